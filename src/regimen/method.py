@@ -9,6 +9,10 @@ Hooks (all optional; the defaults do nothing):
 ``setup(ctx)``                once, before devices are set up: surgery on ``ctx.model`` (replace layers) and
                               ``ctx.optimizer`` (rebind to new parameters). May replace either attribute.
 ``on_epoch_start(ctx)``       start of every epoch (choose a subset, grow the batch size, ...).
+``select_batches(batches, ctx)``  after ``on_epoch_start``: returns the positions (0-based, strictly increasing)
+                              of this epoch's micro-batches to train on, or ``None`` for all. ``batches`` iterates
+                              the epoch's micro-batches ``(x, y, indices)`` in training order (iterating does not
+                              consume the epoch). At most one method per recipe. See *Batch selection* below.
 ``transform_batch(x, y, ctx)``  returns ``(x, y)``: augmentation and mixing. ``x`` is float in [0, 1] before
                               normalisation; ``y`` may become soft targets ``(N, C)``.
 ``compute_loss(model, x, y, ctx)``  replaces the default ``forward + criterion``; returns ``(loss, logits)``
@@ -26,6 +30,20 @@ Hooks (all optional; the defaults do nothing):
 Ordering: hooks run in recipe order; ``after_backward``, ``after_step``, ``on_epoch_end`` and ``on_train_end``
 run in reverse recipe order (the innermost wrapper unwinds first).
 
+Batch selection (``select_batches``):
+  * The epoch trains ``len(positions) // accumulation`` optimizer steps; with gradient accumulation the selection
+    must keep whole optimizer steps (its length a multiple of ``accumulation``, the ``accumulation`` micro-batches of
+    one step together). ``train.max_steps_per_epoch`` still caps the steps.
+  * LR schedule: progress is measured in epochs. Skipped batches do not count as steps; an epoch's progress is spread
+    over the steps it actually trains, so the schedule (warm-up in epochs, cosine, milestones) ends exactly at the
+    last epoch whatever fraction is kept.
+  * Resume: checkpoints are written at epoch boundaries and the hook runs at the start of an epoch, so a selection
+    that is a deterministic function of the model, the epoch's batches, the method's ``state_dict`` and
+    ``ctx.generator`` is repeated exactly by a resumed run. Do not draw from the global RNG.
+  * Several processes: every rank sees its own share of each global batch, and every rank must return the *same*
+    positions (otherwise ranks run different numbers of steps and block in the gradient all-reduce): reduce the
+    per-batch statistics with ``ctx.all_reduce`` before choosing. The trainer checks that the ranks agree.
+
 This module imports nothing from the rest of regimen, so pillars can depend on it freely.
 """
 
@@ -34,7 +52,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,10 +68,13 @@ __all__ = [
     "register_method",
     "EXCLUSIVE_HOOKS",
     "REVERSED_HOOKS",
+    "SELECTION_HOOK",
 ]
 
 #: Hooks that replace part of the step: at most one method in a recipe may implement each.
 EXCLUSIVE_HOOKS = ("compute_loss", "training_step")
+#: The hook that chooses an epoch's batches: at most one method in a recipe may implement it.
+SELECTION_HOOK = "select_batches"
 #: Hooks that run in reverse recipe order.
 REVERSED_HOOKS = ("after_backward", "after_step", "on_epoch_end", "on_train_end")
 
@@ -70,7 +91,7 @@ _METHOD_PACKAGES = (
 
 
 class MethodConflictError(ValueError):
-    """Two methods in one recipe both replace an exclusive hook."""
+    """Two methods in one recipe both replace an exclusive hook (or both select batches)."""
 
 
 @dataclass
@@ -151,6 +172,9 @@ class Method:
 
     def on_epoch_start(self, ctx: Context) -> None:
         pass
+
+    def select_batches(self, batches: Iterable[Any], ctx: Context) -> Sequence[int] | None:
+        return None
 
     def transform_batch(self, x: torch.Tensor, y: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
         return x, y
@@ -239,11 +263,18 @@ def get_method(name: str) -> type[Method]:
 
 
 def check_exclusive_hooks(methods: list[Method]) -> None:
-    """Raise MethodConflictError when two methods both implement one of EXCLUSIVE_HOOKS (or one each)."""
+    """Raise MethodConflictError when two methods both implement one of EXCLUSIVE_HOOKS (or one each), or when two
+    methods both implement ``select_batches``."""
     owners = [(m.name, hook) for m in methods for hook in EXCLUSIVE_HOOKS if m.overrides(hook)]
     if len(owners) > 1:
         described = " and ".join(f"{name!r} ({hook})" for name, hook in owners)
         raise MethodConflictError(
             f"methods {described} both replace the training step; a recipe may use at most one of "
             "compute_loss/training_step"
+        )
+    selectors = [m.name for m in methods if m.overrides(SELECTION_HOOK)]
+    if len(selectors) > 1:
+        raise MethodConflictError(
+            f"methods {' and '.join(repr(name) for name in selectors)} both choose the epoch's batches "
+            f"({SELECTION_HOOK}); a recipe may use at most one of them"
         )

@@ -2,7 +2,7 @@
 adaptive batch size (norm test), LARS / LAMB, hard-batch selection and length-bucketed samplers.
 
 Importing this package registers the recipe methods ``lr_scaling``, ``ghost_bn``, ``regime_adaptation``,
-``weight_std`` and ``adaptive_batch``.
+``weight_std``, ``adaptive_batch`` and ``high_loss_batches``.
 """
 
 from regimen.batch.adaptive import AdaptiveBatch, NormTestResult, norm_test, norm_test_from_sums, per_sample_gradients
@@ -13,7 +13,7 @@ from regimen.batch.ghost_bn import (
     apply_ghost_batchnorm,
     ghost_batch_norm,
 )
-from regimen.batch.hard_batches import HighLossBatchSelector, select_high_loss
+from regimen.batch.hard_batches import HighLossBatches, HighLossBatchSelector, batch_loss_sums, select_high_loss
 from regimen.batch.lamb import LAMB
 from regimen.batch.lars import LARS
 from regimen.batch.regime import Regime, RegimeAdaptation, adapt_regime, regime_factor
@@ -36,6 +36,7 @@ __all__ = [
     "GhostBatchNorm1d",
     "GhostBatchNorm2d",
     "HighLossBatchSelector",
+    "HighLossBatches",
     "LAMB",
     "LARS",
     "LRScaling",
@@ -50,6 +51,7 @@ __all__ = [
     "apply_batch_channel_norm",
     "apply_ghost_batchnorm",
     "apply_weight_standardization",
+    "batch_loss_sums",
     "convs_followed_by_norm",
     "ghost_batch_norm",
     "infer_scaling_rule",

@@ -1,8 +1,9 @@
 """Train on the hardest mini-batches: rank the epoch's mini-batches by loss and keep the top fraction δ.
 
-Paper: Sahayam, Zakkam & Jayaraman, "Can we learn better with hard samples?", 2023, arXiv 2304.03486. Each epoch the
-mini-batches are scored by their loss under the current model; the network is then trained only on the
-``⌈δ · n_batches⌉`` batches with the highest loss (the paper reports faster generalisation for small δ).
+Paper: Sahayam, Zakkam & Jayaraman, "Can we learn better with hard samples?", 2023, arXiv 2304.03486. The network is
+trained only on the ``⌈δ · n_batches⌉`` mini-batches with the highest loss
+``L_b = (1/|b|) Σ_{i∈b} ℓ(f(x_i), y_i)``, the mean loss of batch ``b`` under the current model (the paper reports
+faster generalisation for small δ).
 
 Usage in any loop::
 
@@ -11,9 +12,25 @@ Usage in any loop::
     for x, y in selector(model, batches, loss_fn):  # scored without gradients, hardest first
         ...train step...
 
+In the trainer, the recipe method ``high_loss_batches`` (:class:`HighLossBatches`) does this through the
+``select_batches`` hook: at the start of every epoch (from ``start_epoch`` on) it scores that epoch's mini-batches
+with one no-grad forward pass each, keeps the top δ and the loop trains on them in loader order. With gradient
+accumulation a "mini-batch" is one optimizer step's global batch. Under DDP each rank scores its share and the loss
+sums and counts are all-reduced, so every rank keeps the same steps.
+
+How this differs from the authors' code (github.com/imjohnzakkam/DyBAT, ``run.py``, read for this docstring): there the
+batch partition is fixed (no shuffling), the first epoch trains on every batch, and afterwards batches are ranked by
+the loss recorded at their *last training step* (stale for batches not retrained, no extra forward pass); it stops
+after ``epochs × n_batches`` steps, i.e. at the same number of updates as the baseline, and keeps
+``int(δ · n_batches)`` (floor). Here batches are reshuffled every epoch, so they are scored afresh under the current
+model (costs one forward pass per batch, in eval mode), the count is rounded up, and ``train.epochs`` counts passes
+over the selected batches: compare at equal updates by giving δ = 0.5 twice the epochs. ``start_epoch=1`` (default)
+trains the first epoch on every batch, as the authors' code does.
+
 Pitfalls handled:
   * Scoring runs under ``torch.no_grad`` in eval mode (restored afterwards), so scoring does not update BatchNorm
-    running statistics or draw dropout masks; pass ``eval_mode=False`` to score in the model's current mode.
+    running statistics or draw dropout masks; pass ``eval_mode=False`` to score in the model's current mode. Scoring
+    sees the un-augmented images (``transform_batch`` runs only for the trained batches).
   * Ties are broken by batch position (stable), so selection is deterministic.
   * At least ``min_batches`` batches are kept; ``fraction`` must be in (0, 1]; NaN losses are an error (a NaN would
     sort arbitrarily).
@@ -29,7 +46,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["HighLossBatchSelector", "select_high_loss"]
+from regimen.method import Context, Method, register_method
+
+__all__ = ["HighLossBatchSelector", "HighLossBatches", "batch_loss_sums", "select_high_loss"]
 
 
 def select_high_loss(batch_losses: torch.Tensor | Sequence[float], fraction: float, min_batches: int = 1
@@ -53,6 +72,25 @@ def select_high_loss(batch_losses: torch.Tensor | Sequence[float], fraction: flo
     keep = min(losses.numel(), max(min_batches, math.ceil(fraction * losses.numel() - 1e-9)))
     order = torch.sort(losses, descending=True, stable=True).indices
     return order[:keep]
+
+
+@torch.no_grad()
+def batch_loss_sums(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], eval_mode: bool = True
+                    ) -> torch.Tensor:
+    """``(n_batches, 2)`` float64: the summed loss ``|b| · L_b`` and the size ``|b|`` of every batch (no gradients).
+
+    Sums and counts, not means, so that the shares of one global batch on several ranks (or several micro-batches
+    of one optimizer step) add up to the global batch's mean loss. ``loss_fn`` returns the batch mean.
+    """
+    was_training = model.training
+    if eval_mode:
+        model.eval()
+    try:
+        rows = [(float(loss_fn(model(x), y)) * y.shape[0], float(y.shape[0])) for x, y in batches]
+    finally:
+        model.train(was_training)
+    return torch.tensor(rows, dtype=torch.float64).reshape(-1, 2)
 
 
 class HighLossBatchSelector:
@@ -80,14 +118,8 @@ class HighLossBatchSelector:
     def score(self, model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """The mean loss of every batch under ``model`` (no gradients)."""
-        was_training = model.training
-        if self.eval_mode:
-            model.eval()
-        try:
-            losses = [float(loss_fn(model(x), y)) for x, y in batches]
-        finally:
-            model.train(was_training)
-        self.last_losses = torch.tensor(losses, dtype=torch.float64)
+        sums = batch_loss_sums(model, batches, loss_fn, self.eval_mode)
+        self.last_losses = sums[:, 0] / sums[:, 1].clamp_min(1.0)
         return self.last_losses
 
     def __call__(self, model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
@@ -96,3 +128,51 @@ class HighLossBatchSelector:
         batches = list(batches)
         indices = self.select(self.score(model, batches, loss_fn))
         return [batches[i] for i in indices.tolist()]
+
+
+def _check_start_epoch(start_epoch: int) -> None:
+    if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
+        raise ValueError(f"start_epoch must be an int >= 0, got {start_epoch!r}")
+
+
+def _step_positions(steps: torch.Tensor, accumulation: int) -> list[int]:
+    """Micro-batch positions of the chosen optimizer steps, in loader order."""
+    return [step * accumulation + micro for step in sorted(steps.tolist()) for micro in range(accumulation)]
+
+
+@register_method
+class HighLossBatches(Method):
+    """Train each epoch only on the top-δ fraction of its mini-batches ranked by loss (Sahayam et al. 2023).
+
+    Args:
+        fraction: δ in (0, 1], the fraction of the epoch's optimizer steps trained on (1.0 = no selection).
+        min_batches: keep at least this many optimizer steps per epoch.
+        eval_mode: score in eval mode (no BN-statistics update, no dropout).
+        start_epoch: epochs trained on every batch before selection starts (the authors' code: 1).
+    """
+
+    name = "high_loss_batches"
+
+    def __init__(self, fraction: float = 0.5, min_batches: int = 1, eval_mode: bool = True,
+                 start_epoch: int = 1) -> None:
+        self.selector = HighLossBatchSelector(fraction, min_batches, eval_mode)
+        _check_start_epoch(start_epoch)
+        self.start_epoch = start_epoch
+
+    def select_batches(self, batches: Iterable[Any], ctx: Context) -> list[int] | None:
+        if ctx.epoch < self.start_epoch or self.selector.fraction == 1.0:
+            ctx.log["high_loss/kept_fraction"] = 1.0
+            return None
+        with ctx.autocast():
+            sums = batch_loss_sums(ctx.model, ((ctx.normalize(x), y) for x, y, _ in batches), ctx.criterion,
+                                   self.selector.eval_mode)
+        sums = ctx.all_reduce(sums.to(ctx.device), "sum").cpu()  # each rank holds its share of every batch
+        steps = sums.shape[0] // ctx.accumulation  # a trailing incomplete step is not trained anyway
+        per_step = sums[: steps * ctx.accumulation].reshape(steps, ctx.accumulation, 2).sum(dim=1)
+        losses = per_step[:, 0] / per_step[:, 1].clamp_min(1.0)
+        kept = self.selector.select(losses)
+        self.selector.last_losses = losses
+        ctx.log["high_loss/kept_fraction"] = kept.numel() / steps
+        ctx.log["high_loss/loss_all"] = losses.mean().item()
+        ctx.log["high_loss/loss_kept"] = losses[kept].mean().item()
+        return _step_positions(kept, ctx.accumulation)

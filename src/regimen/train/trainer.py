@@ -23,7 +23,7 @@ from torch import nn
 
 from regimen.data import DataSplits, InMemoryLoader, load_data
 from regimen.losses import classification_loss
-from regimen.method import REVERSED_HOOKS, Context, Method
+from regimen.method import REVERSED_HOOKS, SELECTION_HOOK, Context, Method
 from regimen.models import build_model
 from regimen.train.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -58,6 +58,7 @@ class _Hooks:
         self.methods = methods
         self.loss_owner = next((m for m in methods if m.overrides("compute_loss")), None)
         self.step_owner = next((m for m in methods if m.overrides("training_step")), None)
+        self.batch_selector = next((m for m in methods if m.overrides(SELECTION_HOOK)), None)
 
     def call(self, hook: str, ctx: Context) -> None:
         ordered = reversed(self.methods) if hook in REVERSED_HOOKS else self.methods
@@ -282,9 +283,35 @@ class _Run:
         else:
             torch.manual_seed(recipe.seed + 1 + self.rank)  # per-rank stream for dropout and other global draws
 
-    def _steps_per_epoch(self) -> int:
-        steps = len(self.loader) // self.ctx.accumulation
+    def _steps_per_epoch(self, selected: list[int] | None = None) -> int:
+        batches = len(self.loader) if selected is None else len(selected)
+        steps = batches // self.ctx.accumulation
         return min(steps, self.cfg.max_steps_per_epoch) if self.cfg.max_steps_per_epoch else steps
+
+    def _select_batches(self) -> list[int] | None:
+        """The selecting method's micro-batch positions for this epoch (checked), or ``None`` for all batches."""
+        method = self.hooks.batch_selector
+        if method is None:
+            return None
+        chosen = method.select_batches(self.loader, self.ctx)
+        if chosen is None:
+            return None
+        positions = [int(p) for p in chosen]
+        _check_selection(positions, len(self.loader), self.ctx.accumulation, method.name)
+        self._check_ranks_agree(positions, method.name)
+        return positions
+
+    def _check_ranks_agree(self, positions: list[int], name: str) -> None:
+        """Every rank must train the same steps, or the gradient all-reduce would block: compare (count, Σp, Σp²)."""
+        if self.world_size == 1:
+            return
+        mine = torch.tensor([len(positions), sum(positions), sum(p * p for p in positions)], dtype=torch.float64,
+                            device=self.ctx.device)
+        mean = self.ctx.all_reduce(mine.clone(), "sum") / self.world_size
+        differs = self.ctx.all_reduce((mine != mean).any().double().reshape(1), "sum")
+        if differs.item() > 0:
+            raise RuntimeError(f"method {name!r} selected different batches on different ranks; select_batches must "
+                               "return the same positions on every rank (reduce per-batch statistics first)")
 
     def _set_batch_size(self, per_device: int) -> None:
         if per_device <= 0:
@@ -341,11 +368,12 @@ class _Run:
         self.loader.set_epoch(epoch)
         started = time.perf_counter()  # epoch time includes the methods' per-epoch work (e.g. subset selection)
         hooks.call("on_epoch_start", ctx)
-        ctx.steps_per_epoch = steps = self._steps_per_epoch()
+        selected = self._select_batches()
+        ctx.steps_per_epoch = steps = self._steps_per_epoch(selected)
         bar = self.console.progress(steps, f"epoch {epoch + 1}/{ctx.epochs}")
         ctx.model.train()
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
-        batches = iter(self.loader)
+        batches = iter(self.loader) if selected is None else _only(self.loader, selected)
         lr_factor = self.schedule.last_factor
         for step_in_epoch in range(steps):
             lr_factor = self.schedule.update((epoch + (step_in_epoch + 1) / steps) / ctx.epochs)
@@ -476,6 +504,27 @@ class _Run:
             "global_batch": self.ctx.global_batch, "device": str(self.ctx.device), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "python": sys.version.split()[0],
         }
+
+
+def _check_selection(positions: list[int], available: int, accumulation: int, name: str) -> None:
+    if not positions:
+        raise ValueError(f"method {name!r} selected no batches; select_batches must keep at least one optimizer step")
+    if any(b <= a for a, b in zip(positions, positions[1:])) or positions[0] < 0 or positions[-1] >= available:
+        raise ValueError(f"method {name!r}: select_batches must return strictly increasing positions in "
+                         f"[0, {available}), got {positions[:8]}{' ...' if len(positions) > 8 else ''}")
+    if len(positions) % accumulation:
+        raise ValueError(f"method {name!r} selected {len(positions)} micro-batches, not a multiple of "
+                         f"train.accumulation={accumulation}; keep whole optimizer steps")
+
+
+def _only(loader, positions: list[int]):
+    """The loader's batches at ``positions`` (sorted), in order; stops after the last one."""
+    wanted, last = set(positions), positions[-1]
+    for position, batch in enumerate(loader):
+        if position in wanted:
+            yield batch
+        if position == last:
+            return
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:
