@@ -13,6 +13,12 @@
    that z_y ≤ sqrt(C − 1) for any logits, so with few classes a ``b`` above that bound never saturates and the loss
    behaves like a smooth linear "raise the target's z-score" objective. It replaces cross-entropy.
 
+   Defaults ``a = 0.1, b = 10`` are **not verified against the paper**. The paper treats a and b as hyper-parameters
+   tuned per task; the values it reports could not be read here (searched: the arXiv abstract, secondary summaries
+   that restate the formula above with the population σ, and the authors' Theano code
+   ``adbrebs/factored_output_layer``, whose example trains an MSE spherical loss and sets no a, b). Treat the
+   defaults as a starting point and tune a, b like a learning rate.
+
 2. **Logit z-loss** (PaLM, Chowdhery et al. 2022, arXiv 2204.02311; ST-MoE, Zoph et al. 2022, arXiv 2202.08906):
    the regulariser ``coef · (log Σ_j e^{o_j})²`` that pulls the softmax normaliser towards 1 for stability. It is
    *added* to cross-entropy, computed in fp32 and masked exactly like the cross-entropy (``ignore_index``).
@@ -90,7 +96,8 @@ def z_loss(
         a: sharpness (> 0); large ``a`` approaches the hinge ``max(0, b − z_y)``.
         b: target z-score. The paper tunes (a, b) per task; with C classes z_y <= sqrt(C − 1), so choose b near or
             below that bound for a loss that saturates once the target clearly stands out. The defaults (0.1, 10)
-            give a smooth, non-saturating objective for small C.
+            give a smooth, non-saturating objective for small C; they are not verified against the paper (see the
+            module docstring).
         reduction: ``"mean"`` over non-ignored rows, ``"sum"`` or ``"none"``.
         ignore_index: target value to skip.
         eps: added to the variance so equal logits (σ = 0) give a finite loss.
