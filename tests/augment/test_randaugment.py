@@ -28,6 +28,51 @@ def test_batch_equals_one_image_at_a_time_and_pillow(aug, test_images):
     assert torch.equal(out, pillow)  # the chained uint8 ops reproduce Pillow level for level
 
 
+@pytest.mark.parametrize("shape", [(40, 3, 70, 90), (30, 1, 80, 66), (60, 1, 28, 28), (20, 3, 33, 17)],
+                         ids=["rgb-large", "grey-large", "grey-small", "rgb-small"])
+def test_grouped_uint8_path_equals_explicit_loop_and_pillow(shape):
+    """The uint8 fast path (op groups; one warp for every geometric op of small images, op-specific copies for large
+    ones) against the functional ops applied image by image, op by op, and against Pillow."""
+    from regimen.augment.randaugment import _apply_one
+
+    n, c, h, w = shape
+    x = _batch(n, c, h, w, seed=3)
+    fill = 17 if c == 1 else (10, 200, 30)
+    for aug in (RandAugment(num_ops=3, magnitude=9, magnitude_std=float("inf"), fill=fill), TrivialAugment(fill=fill)):
+        params = aug.sample(n, h, w, torch.Generator().manual_seed(2))
+        out = aug.apply(x, params)
+        expected = []
+        for i, chain in enumerate(params.as_lists()):
+            image = x[i : i + 1]
+            for name, value in chain:
+                image = _apply_one(name, image, torch.tensor([value], dtype=torch.float64), "nearest", fill)
+            expected.append(image)
+        assert torch.equal(out, torch.cat(expected))
+        pillow = torch.stack([pillow_apply(x[i], ops, fill=fill) for i, ops in enumerate(params.as_lists())])
+        assert torch.equal(out, pillow)
+
+
+@pytest.mark.parametrize("size", [(29, 31), (96, 80)], ids=["small", "large"])
+def test_grouped_geometric_ops_at_exact_angles_and_shears(size):
+    """Right angles and zero shears/translations take Pillow's scale-only path: the fast path must agree."""
+    from regimen.augment import functional as AF
+
+    h, w = size
+    cases = {
+        "Rotate": ([0.0, 90.0, 180.0, 270.0, -90.0, 135.0, -135.0, 45.0, 1e-9, 359.5], AF.rotate),
+        "ShearX": ([0.0, 0.3, -0.99, 1.5], AF.shear_x),
+        "ShearY": ([0.0, 0.3, -0.99, 1.5], AF.shear_y),
+        "TranslateX": ([0.0, 4.5, -4.5, 3.49, 1000.0], AF.translate_x),
+        "TranslateY": ([0.0, 4.5, -4.5, -1000.0], AF.translate_y),
+    }
+    image = _batch(1, 3, h, w, seed=4)
+    for name, (values, op) in cases.items():
+        v = torch.tensor(values, dtype=torch.float64)
+        batch = image.expand(len(values), -1, -1, -1)
+        params = AugmentParams(torch.full((len(values), 1), OPS.index(name)), v.view(-1, 1))
+        assert torch.equal(apply_ops(batch, params, fill=77), op(batch, v, fill=77)), name
+
+
 def test_every_op_on_real_photos_matches_pillow(test_images):
     for image in test_images:
         n = len(OPS)

@@ -57,6 +57,24 @@ __all__ = [
 ]
 
 Fill = float | Sequence[float]
+
+#: The 14 RandAugment ops, in this order (``AugmentParams.ops`` holds indices into this tuple).
+OPS = (
+    "Identity",
+    "AutoContrast",
+    "Equalize",
+    "Rotate",
+    "Solarize",
+    "Color",
+    "Posterize",
+    "Contrast",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
+)
 _INTERPOLATIONS = ("nearest", "bilinear")
 
 
@@ -155,22 +173,23 @@ def _grey_levels(images: torch.Tensor) -> torch.Tensor:
     if images.shape[1] == 1:
         return _levels(images)
     if images.dtype == torch.uint8:
-        # (19595 R + 38470 G + 7471 B + 2^15) >> 16; every partial sum is an integer < 2^24, so float32 is exact.
-        weights = torch.tensor([19595.0, 38470.0, 7471.0], device=images.device).view(1, 3, 1, 1)
-        total = (images.float() * weights).sum(dim=1, keepdim=True)
-        return total.add_(32768.0).mul_(1.0 / 65536.0).floor_()
+        return _grey_int32(images).float()
     levels = _levels(images)
     return (0.299 * levels[:, 0:1] + 0.587 * levels[:, 1:2] + 0.114 * levels[:, 2:3]).clamp(0.0, 255.0)
 
 
+def _grey_int32(images: torch.Tensor) -> torch.Tensor:
+    """Pillow's ``convert('L')`` of uint8 RGB ``(N, 3, H, W)``: ``(19595 R + 38470 G + 7471 B + 2^15) >> 16``, int32
+    ``(N, 1, H, W)``."""
+    total = images[:, 0:1].to(torch.int32).mul_(19595)
+    total.add_(images[:, 1:2].to(torch.int32), alpha=38470)
+    total.add_(images[:, 2:3].to(torch.int32), alpha=7471)
+    return total.add_(0x8000).bitwise_right_shift_(16)
+
+
 def _grey_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Pillow's ``convert('L')`` of uint8 RGB ``(N, 3, H, W)`` -> uint8 ``(N, 1, H, W)``, with int32 lookups."""
-    ramp = torch.arange(256, dtype=torch.int32, device=images.device)
-    red, green, blue = images[:, 0:1], images[:, 1:2], images[:, 2:3]
-    total = (ramp * 19595).index_select(0, red.to(torch.int32).view(-1))
-    total += (ramp * 38470).index_select(0, green.to(torch.int32).view(-1))
-    total += (ramp * 7471 + 0x8000).index_select(0, blue.to(torch.int32).view(-1))
-    return total.bitwise_right_shift_(16).to(torch.uint8).view(red.shape)
+    """Pillow's ``convert('L')`` of uint8 RGB ``(N, 3, H, W)`` -> uint8 ``(N, 1, H, W)``."""
+    return _grey_int32(images).to(torch.uint8)
 
 
 def _blend(degenerate: torch.Tensor, levels: torch.Tensor, factors: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -188,8 +207,10 @@ def _blend_table(degenerate: torch.Tensor, factors: torch.Tensor, device: torch.
     return (d + f * (ramp - d)).clamp_(0.0, 255.0).to(torch.uint8)
 
 
-def _blend_pixels(degenerate: torch.Tensor, images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """Pillow's blend of uint8 ``images`` with a per-pixel uint8 ``degenerate`` (broadcastable), exactly.
+def _blend_pixels(degenerate: torch.Tensor, images: torch.Tensor, factors: torch.Tensor,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """Pillow's blend of uint8 ``images`` with a per-pixel uint8 ``degenerate`` (broadcastable), exactly; ``out``
+    (contiguous, ``images``' shape) receives the result.
 
     Large images use 2-D tables ``T_f[d, x] = trunc(clip(d + f (x - d)))`` (one 256 x 256 table per distinct factor,
     float32 arithmetic as Pillow), looked up with int32 indices; small ones compute the float32 blend directly."""
@@ -198,7 +219,8 @@ def _blend_pixels(degenerate: torch.Tensor, images: torch.Tensor, factors: torch
     if uniq.numel() * 65536 > images.numel():
         f = _bcast(factors.float(), images)
         d = degenerate.float()
-        return (d + f * (images.float() - d)).clamp_(0.0, 255.0).to(torch.uint8)
+        blended = (d + f * (images.float() - d)).clamp_(0.0, 255.0)
+        return blended.to(torch.uint8) if out is None else out.copy_(blended)
     device = images.device
     ramp = torch.arange(256, dtype=torch.float32, device=device)
     d = ramp.view(1, 256, 1)
@@ -207,7 +229,10 @@ def _blend_pixels(degenerate: torch.Tensor, images: torch.Tensor, factors: torch
     index = images.to(torch.int32).add_(degenerate.to(torch.int32).mul_(256))
     if uniq.numel() > 1:
         index.add_(which.to(device=device, dtype=torch.int32).mul_(65536).view(n, 1, 1, 1))
-    return tables.view(-1).index_select(0, index.reshape(-1)).view(index.shape)
+    if out is None:
+        return tables.view(-1).index_select(0, index.reshape(-1)).view(index.shape)
+    torch.index_select(tables.view(-1), 0, index.view(-1), out=out.view(-1))
+    return out
 
 
 def _check_factors(factors, n: int, name: str = "factors") -> torch.Tensor:
@@ -217,18 +242,22 @@ def _check_factors(factors, n: int, name: str = "factors") -> torch.Tensor:
     return tensor
 
 
-def _apply_lut(images: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+def _apply_lut(images: torch.Tensor, lut: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Lookup in uint8 tables: ``images`` uint8 ``(N, C, H, W)``; ``lut`` ``(N, C, 256)`` (per sample and channel) or
-    ``(N, 256)`` (per sample). Uses int32 indices (``index_select``), half the traffic of int64 ``take``."""
+    ``(N, 256)`` (per sample). Uses int32 indices (``index_select``), half the traffic of int64 ``take``; ``out``
+    (contiguous, ``images``' shape) receives the result."""
     n, c = images.shape[:2]
     index = images.to(torch.int32)
     if lut.dim() == 2:
         lut = lut.unsqueeze(1)
     rows = lut.shape[1]
     if n * rows > 1:
-        offsets = torch.arange(n * rows, device=images.device, dtype=torch.int32).mul_(256).view(n, rows, 1, 1)
+        offsets = torch.arange(0, n * rows * 256, 256, device=images.device, dtype=torch.int32).view(n, rows, 1, 1)
         index.add_(offsets)
-    return lut.reshape(-1).index_select(0, index.view(-1)).view(images.shape)
+    if out is None:
+        return lut.reshape(-1).index_select(0, index.view(-1)).view(images.shape)
+    torch.index_select(lut.reshape(-1), 0, index.view(-1), out=out.view(-1))
+    return out
 
 
 def _histograms(images: torch.Tensor) -> torch.Tensor:
@@ -259,23 +288,27 @@ def autocontrast(images: torch.Tensor) -> torch.Tensor:
     _check(images)
     if images.numel() == 0:
         return images.clone()
-    lo, hi = torch.aminmax(images.flatten(2), dim=2)  # (N, C)
+    lo, hi = images.flatten(2).amin(dim=2), images.flatten(2).amax(dim=2)  # (N, C); aminmax is slow on uint8
     if images.is_floating_point():
         lo, hi = lo[..., None, None], hi[..., None, None]
         span = hi - lo
         flat = span <= 0
         scaled = (images - lo) / torch.where(flat, torch.ones_like(span), span)
         return torch.where(flat, images, scaled).clamp(0, 1)
+    return _apply_lut(images, _autocontrast_table(lo, hi))
+
+
+def _autocontrast_table(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Pillow's autocontrast tables ``(N, C, 256)`` uint8 from each channel's darkest/brightest levels ``(N, C)``."""
     lo64 = lo.double().unsqueeze(-1)  # (N, C, 1)
     hi64 = hi.double().unsqueeze(-1)
     flat = hi64 <= lo64
     # tensor / tensor: ``255.0 / t`` would be computed as ``255 * (1 / t)`` and round differently from Pillow
     scale = torch.full_like(hi64, 255.0) / torch.where(flat, torch.ones_like(hi64), hi64 - lo64)
     offset = -lo64 * scale
-    ramp = torch.arange(256, dtype=torch.float64, device=images.device)
+    ramp = torch.arange(256, dtype=torch.float64, device=lo.device)
     table = (ramp * scale + offset).trunc().clamp(0, 255)
-    table = torch.where(flat, ramp.expand_as(table), table).to(torch.uint8)
-    return _apply_lut(images, table)
+    return torch.where(flat, ramp.expand_as(table), table).to(torch.uint8)
 
 
 def equalize(images: torch.Tensor) -> torch.Tensor:
@@ -288,8 +321,13 @@ def equalize(images: torch.Tensor) -> torch.Tensor:
     if images.numel() == 0:
         return images.clone()
     levels = _quantize(images)
+    return _from_uint8(_apply_lut(levels, _equalize_table(levels)), images)
+
+
+def _equalize_table(levels: torch.Tensor) -> torch.Tensor:
+    """Pillow's equalize tables ``(N, C, 256)`` uint8 of uint8 images."""
     hist = _histograms(levels)  # (N, C, 256)
-    ramp = torch.arange(256, device=images.device)
+    ramp = torch.arange(256, device=levels.device)
     top = torch.where(hist > 0, ramp, -1).amax(dim=2, keepdim=True)  # last occupied level
     last_count = hist.gather(2, top)
     total = hist.sum(dim=2, keepdim=True)
@@ -299,8 +337,7 @@ def equalize(images: torch.Tensor) -> torch.Tensor:
     safe_step = torch.where(keep, torch.ones_like(step), step)
     below = torch.cumsum(hist, dim=2) - hist  # pixels strictly below level i
     table = torch.div(safe_step // 2 + below, safe_step, rounding_mode="floor").clamp_(0, 255)
-    table = torch.where(keep, ramp.expand_as(table), table).to(torch.uint8)
-    return _from_uint8(_apply_lut(levels, table), images)
+    return torch.where(keep, ramp.expand_as(table), table).to(torch.uint8)
 
 
 def solarize(images: torch.Tensor, thresholds) -> torch.Tensor:
@@ -315,9 +352,19 @@ def solarize(images: torch.Tensor, thresholds) -> torch.Tensor:
     if images.is_floating_point():
         # compare in the images' own precision so that a pixel equal to the threshold counts as ">="
         return torch.where(images < _bcast(t, images).to(images.dtype), images, 1.0 - images)
-    ramp = torch.arange(256, dtype=torch.float64).view(1, 256)
-    table = torch.where(ramp < t.view(-1, 1), ramp, 255 - ramp).to(torch.uint8)
-    return _apply_lut(images, table.to(images.device))
+    return _apply_lut(images, _solarize_table(t).to(images.device))
+
+
+def _solarize_table(thresholds: torch.Tensor) -> torch.Tensor:
+    """Solarize tables ``(N, 256)`` uint8 for thresholds ``(N,)`` in levels."""
+    ramp = torch.arange(256, dtype=torch.float64, device=thresholds.device).view(1, 256)
+    return torch.where(ramp < thresholds.view(-1, 1), ramp, 255 - ramp).to(torch.uint8)
+
+
+def _posterize_table(bits: torch.Tensor) -> torch.Tensor:
+    """Posterize tables ``(N, 256)`` uint8 for integer ``bits`` ``(N,)`` in [1, 8]."""
+    masks = 256 - (1 << (8 - bits.long()))  # ~(2^(8-b) - 1) & 0xFF
+    return (torch.arange(256, device=bits.device).view(1, 256) & masks.view(-1, 1)).to(torch.uint8)
 
 
 def posterize(images: torch.Tensor, bits) -> torch.Tensor:
@@ -357,14 +404,19 @@ def contrast(images: torch.Tensor, factors) -> torch.Tensor:
     _check(images)
     f = _check_factors(factors, images.shape[0])
     if images.dtype == torch.uint8:
-        if images.shape[1] == 1:
-            mean = images.flatten(1).sum(dim=1, dtype=torch.float64) / images[0].numel()
-        else:
-            mean = _grey_levels(images).flatten(1).sum(dim=1, dtype=torch.float64) / images[0, 0].numel()
-        mean = (mean + 0.5).floor()  # Pillow: int(mean + 0.5)
-        return _apply_lut(images, _blend_table(mean, f, images.device))
+        return _apply_lut(images, _contrast_table(images, f))
     mean = _grey_levels(images).double().mean(dim=(1, 2, 3), keepdim=True)
     return _blend(mean.float(), _levels(images), f, images)
+
+
+def _contrast_table(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Pillow's Contrast as tables ``(N, 256)`` for uint8 images: blend with the rounded mean grey level."""
+    if images.shape[1] == 1:
+        mean = images.flatten(1).sum(dim=1, dtype=torch.float64) / images[0].numel()
+    else:
+        mean = _grey_int32(images).flatten(1).sum(dim=1, dtype=torch.float64) / images[0, 0].numel()
+    mean = (mean + 0.5).floor()  # Pillow: int(mean + 0.5)
+    return _blend_table(mean, factors, images.device)
 
 
 def _smooth_levels(levels: torch.Tensor, round_levels: bool) -> torch.Tensor:
@@ -392,21 +444,36 @@ def sharpness(images: torch.Tensor, factors) -> torch.Tensor:
     _check(images)
     f = _check_factors(factors, images.shape[0])
     if images.dtype == torch.uint8:
-        h, w = images.shape[-2:]
-        if h < 3 or w < 3:
-            return images.clone()  # Pillow copies every pixel: degenerate == image
-        wide = images.to(torch.int16)
-        rows = wide[..., :, :-2] + wide[..., :, 1:-1] + wide[..., :, 2:]
-        sums = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]
-        sums.add_(wide[..., 1:-1, 1:-1], alpha=4)  # <= 13 * 255, fits int16
-        rounding = (torch.arange(13 * 255 + 1, device=images.device, dtype=torch.float32).add_(6.5).mul_(1.0 / 13.0)
-                    .floor_().to(torch.uint8))  # round-half-up of s / 13, exact (see _smooth_levels)
-        smooth = rounding.index_select(0, sums.to(torch.int32).view(-1)).view(sums.shape)
-        out = images.clone()
-        out[..., 1:-1, 1:-1] = _blend_pixels(smooth, images[..., 1:-1, 1:-1], f)
-        return out
+        return _sharpness_uint8(images, f)
     levels = _levels(images)
     return _blend(_smooth_levels(levels, False), levels, f, images)
+
+
+def _sharpness_uint8(images: torch.Tensor, factors: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Pillow-exact Sharpness of uint8 images (factors ``(N,)``); ``out`` (contiguous) receives the result."""
+    h, w = images.shape[-2:]
+    if h < 3 or w < 3:  # Pillow copies every pixel: degenerate == image
+        return images.clone() if out is None else out.copy_(images)
+    wide = images.to(torch.int16)
+    rows = wide[..., :, :-2] + wide[..., :, 1:-1] + wide[..., :, 2:]
+    sums = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]
+    sums.add_(wide[..., 1:-1, 1:-1], alpha=4)  # <= 13 * 255, fits int16
+    # the degenerate image keeps the border pixels, where blend(x, x, f) == x: blend whole contiguous images
+    smooth = images.clone()
+    smooth[..., 1:-1, 1:-1] = _smooth_rounding(images.device).index_select(0, sums.to(torch.int32).view(-1)).view(
+        sums.shape)
+    return _blend_pixels(smooth, images, factors, out=out)
+
+
+_ROUNDING: dict[torch.device, torch.Tensor] = {}
+
+
+def _smooth_rounding(device: torch.device) -> torch.Tensor:
+    """Table of round-half-up ``s / 13`` for box sums ``s`` <= 13 * 255, exact (see :func:`_smooth_levels`)."""
+    if device not in _ROUNDING:
+        sums = torch.arange(13 * 255 + 1, device=device, dtype=torch.float32)
+        _ROUNDING[device] = sums.add_(6.5).mul_(1.0 / 13.0).floor_().to(torch.uint8)
+    return _ROUNDING[device]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -490,36 +557,64 @@ def affine(
     return out.view(n, c, h, w)
 
 def _nearest_indices(m: torch.Tensor, h: int, w: int, device: torch.device, need_x: bool, need_y: bool):
-    """Source column/row indices (int64, broadcastable to ``(N, H, W)``) of Pillow's NEAREST affine sampling.
+    """Source column/row indices (int32, broadcastable to ``(N, H, W)``) of Pillow's NEAREST affine sampling.
 
     Pure scale/translate matrices follow ``ImagingScaleAffine`` (double precision, ``floor``); the others
     ``affine_fixed`` (16.16 fixed point of the pixel-centre start, integer steps, arithmetic shift)."""
     n = m.shape[0]
-    a0, a1, a2, a3, a4, a5 = (m[:, i].view(n, 1, 1).to(device) for i in range(6))
-    xs = torch.arange(w, device=device).view(1, 1, w)
-    ys = torch.arange(h, device=device).view(1, h, 1)
+    a0, a1, a2, a3, a4, a5 = (m[:, i].view(n, 1, 1) for i in range(6))
+    xs = torch.arange(w).view(1, 1, w)
+    ys = torch.arange(h).view(1, h, 1)
     scale_only = (a1 == 0) & (a3 == 0)
+
+    def fixed(start: torch.Tensor, step_x: torch.Tensor, step_y: torch.Tensor) -> torch.Tensor:
+        def fix(v: torch.Tensor) -> torch.Tensor:
+            return torch.floor(v * 65536.0 + 0.5).long()
+
+        per_row = fix(start) + ys * fix(step_y)  # (N, H, 1), small: int64
+        per_column = xs * fix(step_x)  # (N, 1, W)
+        if per_row.abs().amax() + per_column.abs().amax() < 2**31:  # the (N, H, W) sum fits int32
+            per_row, per_column = per_row.to(torch.int32), per_column.to(torch.int32)
+        return torch.add(per_row.to(device), per_column.to(device)).bitwise_right_shift_(16)
+
+    def scaled(start: torch.Tensor, step: torch.Tensor, ramp: torch.Tensor) -> torch.Tensor:
+        return torch.floor(start + step * 0.5 + ramp.double() * step).to(torch.int32).to(device)
+
     ix = iy = None
-    if scale_only.all():
-        if need_x:
-            ix = torch.floor(a2 + a0 * 0.5 + xs.double() * a0).long()  # (N, 1, W)
-        if need_y:
-            iy = torch.floor(a5 + a4 * 0.5 + ys.double() * a4).long()  # (N, H, 1)
-        return ix, iy
-
-    def fix(v: torch.Tensor) -> torch.Tensor:
-        return torch.floor(v * 65536.0 + 0.5).long()
-
+    if bool(scale_only.all()):
+        return (scaled(a2, a0, xs) if need_x else None), (scaled(a5, a4, ys) if need_y else None)
     if need_x:
-        ix = (fix(a2 + a0 * 0.5 + a1 * 0.5) + xs * fix(a0) + ys * fix(a1)) >> 16
+        ix = fixed(a2 + a0 * 0.5 + a1 * 0.5, a0, a1)
     if need_y:
-        iy = (fix(a5 + a3 * 0.5 + a4 * 0.5) + xs * fix(a3) + ys * fix(a4)) >> 16
-    if scale_only.any():
+        iy = fixed(a5 + a3 * 0.5 + a4 * 0.5, a3, a4)
+    if bool(scale_only.any()):
+        where = scale_only.to(device)
         if need_x:
-            ix = torch.where(scale_only, torch.floor(a2 + a0 * 0.5 + xs.double() * a0).long(), ix)
+            ix = torch.where(where, scaled(a2, a0, xs).to(ix.dtype), ix)
         if need_y:
-            iy = torch.where(scale_only, torch.floor(a5 + a4 * 0.5 + ys.double() * a4).long(), iy)
+            iy = torch.where(where, scaled(a5, a4, ys).to(iy.dtype), iy)
     return ix, iy
+
+
+def _gather_nearest(images: torch.Tensor, ix: torch.Tensor, iy: torch.Tensor, fill_t: torch.Tensor,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """``out[n, c, y, x] = images[n, c, iy[n, y, x], ix[n, y, x]]``, ``fill`` where the source is outside: one
+    ``index_select`` with int32 indices into the images with one fill pixel appended to every plane."""
+    n, c, h, w = images.shape
+    device = images.device
+    outside = (ix < 0) | (ix >= w) | (iy < 0) | (iy >= h)
+    flat = torch.mul(iy, w).add_(ix) if iy.shape == outside.shape else torch.add(iy * w, ix)
+    flat = flat.expand(outside.shape).masked_fill(outside, h * w)
+    index_type = flat.dtype if n * c * (h * w + 1) >= 2**31 else torch.int32
+    planes = torch.arange(0, n * c * (h * w + 1), h * w + 1, device=device, dtype=index_type).view(n, c, 1)
+    index = torch.add(flat.view(n, 1, h * w).to(index_type), planes)  # (N, C, H*W)
+    padded = torch.empty(n, c, h * w + 1, dtype=images.dtype, device=device)
+    padded[..., : h * w] = images.reshape(n, c, h * w)
+    padded[..., h * w] = fill_t.view(1, c)
+    if out is None:
+        return padded.view(-1).index_select(0, index.view(-1)).view(n, c, h, w)
+    torch.index_select(padded.view(-1), 0, index.view(-1), out=out.view(-1))
+    return out
 
 
 def _shift_rows(images: torch.Tensor, shifts: torch.Tensor, fill_t: torch.Tensor) -> torch.Tensor:
@@ -574,14 +669,10 @@ def _affine_nearest(images: torch.Tensor, m: torch.Tensor, fill_t: torch.Tensor)
         return _shift_image_rows(images, torch.floor(a5 + 0.5).long().to(device), fill_t)
     ix, iy = _nearest_indices(m, h, w, device, need_x=not keep_cols, need_y=not keep_rows)
     if ix is None:
-        ix = torch.arange(w, device=device).view(1, 1, w)
+        ix = torch.arange(w, device=device, dtype=torch.int32).view(1, 1, w)
     if iy is None:
-        iy = torch.arange(h, device=device).view(1, h, 1)
-    flat = (iy * w + ix).expand(n, h, w).contiguous()
-    outside = ((ix < 0) | (ix >= w) | (iy < 0) | (iy >= h)).expand(n, h, w)
-    flat.masked_fill_(outside, h * w)
-    padded = torch.cat([images.reshape(n, c, h * w), fill_t.view(1, c, 1).expand(n, c, 1)], dim=2)
-    return padded.gather(2, flat.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
+        iy = torch.arange(h, device=device, dtype=torch.int32).view(1, h, 1)
+    return _gather_nearest(images, ix, iy, fill_t)
 
 
 def rotation_matrix(angles: torch.Tensor, height: int, width: int) -> torch.Tensor:

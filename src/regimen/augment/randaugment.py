@@ -36,6 +36,8 @@ import torch
 from torch import nn
 
 from regimen.augment import functional as AF
+from regimen.augment.functional import OPS
+from regimen.augment.op_groups import apply_ops_uint8
 from regimen.method import Context, Method, register_method
 
 __all__ = [
@@ -48,23 +50,6 @@ __all__ = [
     "TrivialAugmentMethod",
 ]
 
-#: The 14 ops, in this order; ``AugmentParams.ops`` holds indices into this tuple.
-OPS = (
-    "Identity",
-    "AutoContrast",
-    "Equalize",
-    "Rotate",
-    "Solarize",
-    "Color",
-    "Posterize",
-    "Contrast",
-    "Brightness",
-    "Sharpness",
-    "ShearX",
-    "ShearY",
-    "TranslateX",
-    "TranslateY",
-)
 _SIGNED = {"Rotate", "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY"}
 _ENHANCE = {"Color", "Contrast", "Brightness", "Sharpness"}
 _BLOCK_ELEMENTS = 1 << 20
@@ -135,6 +120,9 @@ def apply_ops(
         raise ValueError(f"params.ops must be indices in [0, {len(OPS)})")
     ops = params.ops.cpu()
     values = params.values.to(torch.float64).cpu()
+    if images.dtype == torch.uint8 and interpolation == "nearest":
+        fill_levels = AF._fill_levels(fill, images.shape[1]).to(device=images.device, dtype=torch.uint8)
+        return apply_ops_uint8(images, ops, values, fill_levels)
     # work on blocks of whole images of ~1M values: float32/int32 temporaries stay small (cache-resident, and below
     # glibc's mmap threshold, which otherwise makes every large temporary page-fault)
     per_image = max(1, images[0].numel())

@@ -1,0 +1,242 @@
+"""The uint8 fast path of :func:`regimen.augment.randaugment.apply_ops`: per-sample ops, processed in op groups.
+
+For each of the ``K`` op positions the batch is sorted once by op (a stable ``argsort`` of a rank that puts the
+Identity images first, then the table ops, then Color/Sharpness, then the geometric ops), so every op's images form
+one contiguous slice of the sorted batch. Each slice is processed in place of its rows of one output buffer, and one
+``index_select`` puts the batch back in its order. The loops are over op types and over blocks of whole images (to
+keep int32 temporaries cache-sized), never over samples.
+
+* **Table ops** (AutoContrast, Equalize, Solarize, Posterize, Contrast, Brightness; Color of a 1-channel image is the
+  identity): every image gets a ``(C, 256)`` uint8 table built from its own statistics, and the whole table slice is
+  looked up at once, with int32 indices.
+* **Color, Sharpness**: Pillow's blend with the greyscale / SMOOTH image, as in :mod:`regimen.augment.functional`.
+* **Geometric ops** all reduce to Pillow's NEAREST source indices in 16.16 fixed point, computed once per call for
+  every image and position (:func:`_fixed_point_maps`). Small images (call overhead dominates) do every geometric op
+  of a position in one int32 gather from the images with a one-pixel fill border; large ones take each op's cheapest
+  exact route: TranslateY copies whole rows, TranslateX and ShearX copy row segments, ShearY gathers with a
+  per-column offset, Rotate gathers through the full maps.
+
+The results are the functional ops' results exactly (tests compare them with Pillow and with the per-op functions).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from regimen.augment import functional as AF
+from regimen.augment.functional import OPS
+
+__all__ = ["apply_ops_uint8"]
+
+_IDENTITY, _COLOR, _ROTATE = OPS.index("Identity"), OPS.index("Color"), OPS.index("Rotate")
+_SHEAR_X, _SHEAR_Y = OPS.index("ShearX"), OPS.index("ShearY")
+_TRANSLATE_X, _TRANSLATE_Y = OPS.index("TranslateX"), OPS.index("TranslateY")
+_SOLARIZE, _POSTERIZE, _BRIGHTNESS = OPS.index("Solarize"), OPS.index("Posterize"), OPS.index("Brightness")
+_TABLE_OPS = ("AutoContrast", "Equalize", "Solarize", "Posterize", "Contrast", "Brightness")
+_GEOMETRIC = ("TranslateY", "TranslateX", "ShearX", "ShearY", "Rotate")
+_GROUP_ORDER = ("Identity", *_TABLE_OPS, "Color", "Sharpness", *_GEOMETRIC)
+_ORDER = [OPS.index(name) for name in _GROUP_ORDER]  # op indices in group order
+_RANK = torch.tensor([_GROUP_ORDER.index(name) for name in OPS])  # op index -> position in group order
+_BLOCK_ELEMENTS = 1 << 20
+_SMALL_IMAGE = 64 * 64  # pixels; up to this size one gather does every geometric op of a pass
+
+
+def apply_ops_uint8(images: torch.Tensor, ops: torch.Tensor, values: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """Apply per-sample op sequences to a uint8 batch with NEAREST geometry (validated by the caller).
+
+    Args:
+        images: ``(N, C, H, W)`` uint8.
+        ops: ``(N, K)`` int64 indices into ``OPS`` (CPU).
+        values: ``(N, K)`` float64 op parameters (CPU), as in ``AugmentParams``.
+        fill: ``(C,)`` uint8 fill levels on the images' device.
+
+    Returns a new tensor (never ``images`` itself).
+    """
+    n, c, h, w = images.shape
+    if c == 1:
+        ops = ops.masked_fill(ops == _COLOR, _IDENTITY)  # Pillow: an L image's Color enhancement is the identity
+    # the parameter-only work of every position at once: source-index maps and image-independent tables
+    maps = _fixed_point_maps(ops.reshape(-1), values.reshape(-1), h, w).view(n, -1, 6)
+    tables = _static_tables(ops.reshape(-1), values.reshape(-1)).view(n, -1, 256).to(images.device)
+    out = images
+    for k in range(ops.shape[1]):
+        out = _apply_position(out, ops[:, k], values[:, k], maps[:, k], tables[:, k], fill)
+    return out.clone() if out is images else out
+
+
+def _apply_position(images: torch.Tensor, ops: torch.Tensor, values: torch.Tensor, maps: torch.Tensor,
+                    static_tables: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """Image ``i`` gets op ``ops[i]`` with parameter ``values[i]`` (``maps[i]``, ``static_tables[i]`` precomputed)."""
+    n, c, h, w = images.shape
+    counts = torch.bincount(ops, minlength=len(OPS)).tolist()
+    if counts[_IDENTITY] == n:
+        return images
+    order = torch.argsort(_RANK[ops], stable=True)
+    values, maps = values[order], maps[order]
+    device = images.device
+    source = images.index_select(0, order.to(device))
+    result = torch.empty_like(source)
+    bounds, start = {}, 0
+    for op in _ORDER:
+        bounds[OPS[op]] = (start, start + counts[op])
+        start += counts[op]
+
+    tables_start = bounds["Identity"][1]  # the Identity images come first: copy them
+    result[:tables_start] = source[:tables_start]
+    tables_stop = bounds[_TABLE_OPS[-1]][1]
+    if tables_stop > tables_start:
+        rows = order[tables_start:tables_stop].to(device)
+        tables = static_tables.index_select(0, rows).unsqueeze(1).repeat(1, c, 1)  # (M, C, 256)
+        for name in ("AutoContrast", "Equalize", "Contrast"):
+            a, b = bounds[name]
+            if b > a:
+                tables[a - tables_start : b - tables_start] = _image_tables(name, source[a:b], values[a:b])
+        for a, b in _blocks(tables_start, tables_stop, source[0].numel()):
+            AF._apply_lut(source[a:b], tables[a - tables_start : b - tables_start], out=result[a:b])
+    for name in ("Color", "Sharpness"):
+        for a, b in _blocks(*bounds[name], source[0].numel()):
+            _blend_op(name, source[a:b], values[a:b].float(), result[a:b])
+    geometric_start = bounds[_GEOMETRIC[0]][0]
+    if h * w <= _SMALL_IMAGE:  # call overhead dominates: one gather for all geometric ops
+        for a, b in _blocks(geometric_start, n, source[0].numel()):
+            _warp(source[a:b], maps[a:b], fill, result[a:b])
+    else:
+        for name in _GEOMETRIC:
+            for a, b in _blocks(*bounds[name], source[0].numel()):
+                _geometric_op(name, source[a:b], maps[a:b], fill, result[a:b])
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(n)
+    return result.index_select(0, inverse.to(device))
+
+
+def _blocks(start: int, stop: int, per_image: int) -> list[tuple[int, int]]:
+    """``(a, b)`` ranges of whole images in ``[start, stop)`` with about ``_BLOCK_ELEMENTS`` values each."""
+    step = max(1, _BLOCK_ELEMENTS // max(1, per_image))
+    return [(a, min(a + step, stop)) for a in range(start, stop, step)]
+
+
+def _image_tables(name: str, images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Lookup tables ``(M, C, 256)`` or ``(M, 1, 256)`` uint8 of the table ops that depend on the image itself."""
+    if name == "AutoContrast":
+        flat = images.flatten(2)
+        return AF._autocontrast_table(flat.amin(dim=2), flat.amax(dim=2))  # aminmax is far slower on uint8
+    if name == "Equalize":
+        return AF._equalize_table(images)
+    return AF._contrast_table(images, factors).unsqueeze(1)
+
+
+def _static_tables(ops: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Lookup tables ``(N, 256)`` uint8 of the table ops that depend on their parameter only (Solarize, Posterize,
+    Brightness); the rows of other ops are left uninitialised."""
+    tables = torch.empty(ops.shape[0], 256, dtype=torch.uint8)
+    builders = {
+        _SOLARIZE: AF._solarize_table,
+        _POSTERIZE: AF._posterize_table,
+        _BRIGHTNESS: lambda factors: AF._blend_table(torch.zeros(factors.shape[0]), factors, factors.device),
+    }
+    for op, build in builders.items():
+        rows = (ops == op).nonzero().squeeze(1)
+        if rows.numel():
+            tables[rows] = build(values[rows])
+    return tables
+
+
+def _blend_op(name: str, images: torch.Tensor, factors: torch.Tensor, out: torch.Tensor) -> None:
+    """Color (blend with the greyscale image; 3 channels) or Sharpness (blend with the SMOOTH image)."""
+    if name == "Color":
+        AF._blend_pixels(AF._grey_uint8(images), images, factors, out=out)
+    else:
+        AF._sharpness_uint8(images, factors, out=out)
+
+
+def _geometric_op(name: str, images: torch.Tensor, maps: torch.Tensor, fill: torch.Tensor, out: torch.Tensor) -> None:
+    """One geometric op for all ``images`` by its cheapest exact route (large images), from its integer ``maps``."""
+    h, w = images.shape[-2:]
+    device = images.device
+    if name == "TranslateY":  # whole rows move: source row y + (Y0 >> 16)
+        out.copy_(AF._shift_image_rows(images, (maps[:, 3] >> 16).to(device), fill))
+    elif name in ("TranslateX", "ShearX"):  # the column step is exactly one pixel: a source-column offset per row
+        shifts = (maps[:, 0:1] + torch.arange(h).view(1, h) * maps[:, 2:3]) >> 16
+        out.copy_(AF._shift_rows(images, shifts.to(device), fill))
+    elif name == "ShearY":  # the row step is exactly one pixel: a source-row offset per column
+        _shift_columns(images, ((maps[:, 3:4] + torch.arange(w).view(1, w) * maps[:, 4:5]) >> 16).to(device), fill,
+                       out)
+    else:
+        _warp(images, maps, fill, out)
+
+
+def _fixed_point_maps(ops: torch.Tensor, values: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pillow's NEAREST source indices of the geometric ops as integer maps ``(M, 6)`` = ``(X0, A, B, Y0, C, D)``:
+    output pixel ``(x, y)`` reads column ``(X0 + A x + B y) >> 16`` and row ``(Y0 + C x + D y) >> 16``.
+
+    ``affine_fixed`` rounds the pixel-centre start and the steps to 16.16 fixed point. Pure scale/translate matrices
+    (translations, zero shears, 0 and 180 degree rotations) take ``ImagingScaleAffine`` in double precision instead,
+    ``floor(a2 + a0 (x + 0.5))``: with ``a0 = 1`` that is the integer shift ``floor(a2 + 0.5)``, stored exactly; at
+    180 degrees every entry is a multiple of 1/2, so the fixed-point values are exact too."""
+    m = torch.zeros(ops.shape[0], 6, dtype=torch.float64)
+    m[:, 0] = 1.0
+    m[:, 4] = 1.0
+    rotate = ops == _ROTATE
+    if bool(rotate.any()):
+        m[rotate] = AF.rotation_matrix(values[rotate], height, width)
+    m[:, 1] = torch.where(ops == _SHEAR_X, values, m[:, 1])
+    m[:, 3] = torch.where(ops == _SHEAR_Y, values, m[:, 3])
+    m[:, 2] = torch.where(ops == _TRANSLATE_X, -values, m[:, 2])
+    m[:, 5] = torch.where(ops == _TRANSLATE_Y, -values, m[:, 5])
+    a0, a1, a2, a3, a4, a5 = m.unbind(1)
+    steps = torch.floor(m * 65536.0 + 0.5).long()
+    x0 = torch.floor((a2 + (a0 + a1) * 0.5) * 65536.0 + 0.5).long()
+    y0 = torch.floor((a5 + (a3 + a4) * 0.5) * 65536.0 + 0.5).long()
+    scale_only = (a1 == 0) & (a3 == 0)
+    x0 = torch.where(scale_only & (a0 == 1), torch.floor(a2 + 0.5).long() * 65536, x0)
+    y0 = torch.where(scale_only & (a4 == 1), torch.floor(a5 + 0.5).long() * 65536, y0)
+    return torch.stack([x0, steps[:, 0], steps[:, 1], y0, steps[:, 3], steps[:, 4]], dim=1)
+
+
+def _padded(images: torch.Tensor, fill: torch.Tensor, top: int, side: int) -> torch.Tensor:
+    """``images`` with ``top`` fill rows above and below and ``side`` fill columns left and right."""
+    n, c, h, w = images.shape
+    padded = torch.empty(n, c, h + 2 * top, w + 2 * side, dtype=images.dtype, device=images.device)
+    padded.copy_(fill.view(1, c, 1, 1).expand_as(padded))
+    padded[:, :, top : top + h, side : side + w] = images
+    return padded
+
+
+def _planes(images: torch.Tensor, plane_size: int) -> torch.Tensor:
+    """int32 start offsets ``(N, C, 1)`` of every (sample, channel) plane of ``plane_size`` values."""
+    n, c = images.shape[:2]
+    return torch.arange(0, n * c * plane_size, plane_size, dtype=torch.int32, device=images.device).view(n, c, 1)
+
+
+def _shift_columns(images: torch.Tensor, shifts: torch.Tensor, fill: torch.Tensor, out: torch.Tensor) -> None:
+    """``out[n, c, y, x] = images[n, c, y + shifts[n, x], x]`` (``fill`` outside), from the images padded by ``H`` fill
+    rows above and below: one int32 index (a constant grid plus a per-column offset) and one ``index_select``."""
+    n, c, h, w = images.shape
+    padded = _padded(images, fill, h, 0)
+    grid = torch.arange(h * w, 2 * h * w, dtype=torch.int32, device=images.device).view(1, 1, h, w)
+    columns = shifts.clamp(-h, h).to(torch.int32).mul_(w).view(n, 1, 1, w)
+    offsets = _planes(images, 3 * h * w).view(n, c, 1, 1) + columns  # (N, C, 1, W)
+    torch.index_select(padded.view(-1), 0, torch.add(grid, offsets).view(-1), out=out.view(-1))
+
+
+def _warp(images: torch.Tensor, maps: torch.Tensor, fill: torch.Tensor, out: torch.Tensor) -> None:
+    """NEAREST warp by integer maps ``(M, 6)`` (:func:`_fixed_point_maps`), source points clamped into a one-pixel
+    fill border: int32 indices and one ``index_select``."""
+    n, c, h, w = images.shape
+    device = images.device
+    ys = torch.arange(h).view(1, h, 1)
+    xs = torch.arange(w).view(1, 1, w)
+    # |X0 + A x + B y| <= max|entry| (1 + W + H): int32 unless the image or the map is huge
+    index_type = torch.int32 if int(maps.abs().amax()) * (1 + w + h) < 2**31 else torch.int64
+
+    def source(start: torch.Tensor, step_x: torch.Tensor, step_y: torch.Tensor, size: int) -> torch.Tensor:
+        per_row = (start.view(n, 1, 1) + ys * step_y.view(n, 1, 1)).to(device=device, dtype=index_type)  # (M, H, 1)
+        per_column = (xs * step_x.view(n, 1, 1)).to(device=device, dtype=index_type)  # (M, 1, W)
+        return torch.add(per_row, per_column).bitwise_right_shift_(16).clamp_(-1, size)
+
+    ix = source(maps[:, 0], maps[:, 1], maps[:, 2], w)
+    iy = source(maps[:, 3], maps[:, 4], maps[:, 5], h)
+    flat = iy.mul_(w + 2).add_(ix).view(n, 1, h * w)
+    offsets = _planes(images, (h + 2) * (w + 2)).add_(w + 3)  # + one border row and one border column
+    padded = _padded(images, fill, 1, 1)
+    torch.index_select(padded.view(-1), 0, torch.add(flat, offsets).view(-1), out=out.view(-1))
