@@ -184,35 +184,25 @@ class _BatchedAugment(nn.Module):
         levels = self._magnitudes(n, generator).to(torch.float64)  # (n, k) in [0, bins - 1]
         signs = torch.where(torch.rand((n, k), generator=generator) < 0.5, -1.0, 1.0).to(torch.float64)
         r = levels / (self.num_magnitude_bins - 1)
-        values = torch.zeros(n, k, dtype=torch.float64)
+        return AugmentParams(ops=ops, values=self._values(ops, r, signs, height, width))
+
+    def _values(self, ops: torch.Tensor, r: torch.Tensor, signs: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Op parameters from the relative magnitudes ``r`` and signs, by table lookups over the op indices (the
+        arithmetic of the table in the module docstring, term for term)."""
         wide = (135.0, 0.99, 0.99, 6)
         max_rotate, max_shear, max_enhance, posterize_span = wide if self.wide else (30.0, 0.3, 0.9, 4)
-        for index, name in enumerate(OPS):
-            where = ops == index
-            if not where.any():
-                continue
-            if name == "Rotate":
-                v = max_rotate * r
-            elif name in ("ShearX", "ShearY"):
-                v = max_shear * r
-            elif name == "TranslateX":
-                v = (32.0 if self.wide else 150.0 / 331.0 * width) * r
-            elif name == "TranslateY":
-                v = (32.0 if self.wide else 150.0 / 331.0 * height) * r
-            elif name in _ENHANCE:
-                v = max_enhance * r
-            elif name == "Posterize":
-                v = 8.0 - torch.round(posterize_span * r)
-            elif name == "Solarize":
-                v = 255.0 * (1.0 - r)
-            else:
-                v = torch.zeros_like(r)
-            if name in _SIGNED:
-                v = v * signs
-            if name in _ENHANCE:
-                v = 1.0 + v
-            values = torch.where(where, v, values)
-        return AugmentParams(ops=ops, values=values)
+        translate_x = 32.0 if self.wide else 150.0 / 331.0 * width
+        translate_y = 32.0 if self.wide else 150.0 / 331.0 * height
+        scale = {"Rotate": max_rotate, "ShearX": max_shear, "ShearY": max_shear, "TranslateX": translate_x,
+                 "TranslateY": translate_y, "Posterize": posterize_span, **dict.fromkeys(_ENHANCE, max_enhance)}
+        scales = torch.tensor([scale.get(name, 0.0) for name in OPS], dtype=torch.float64)[ops]
+        values = scales * r
+        values = torch.where(ops == OPS.index("Posterize"), 8.0 - torch.round(values), values)
+        values = torch.where(ops == OPS.index("Solarize"), 255.0 * (1.0 - r), values)
+        signed = torch.tensor([name in _SIGNED for name in OPS])[ops]
+        values = torch.where(signed, values * signs, values)
+        enhance = torch.tensor([name in _ENHANCE for name in OPS])[ops]
+        return torch.where(enhance, 1.0 + values, values)
 
     def apply(self, images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
         """Apply previously sampled parameters (replay)."""
