@@ -9,8 +9,9 @@ images, and again including the tensor<->PIL conversion a tensor pipeline needs)
 ``kornia.augmentation.auto.RandAugment(n=2, m=9)`` runs on the same batch as float32 in [0, 1] (it does not take
 uint8) and shares its ops across the batch. The "copy floor" is ``2 x num_ops`` plain ``clone()``s of the uint8 batch
 (one read + one write per op): our time is reported as a multiple of it. All timings are medians of ``--repeats``
-runs after one warm-up, in one process, with ``torch.set_num_threads(--threads)``; the machine is shared, so read
-the ratios (measured back to back in the same run), not the absolute times.
+rounds after one warm-up round, in one process, with ``torch.set_num_threads(--threads)``; every round times each
+contender once, back to back, so drift on the shared machine hits all of them alike. Read the ratios, not the
+absolute times.
 """
 
 from __future__ import annotations
@@ -29,14 +30,18 @@ from regimen.augment.pillow_reference import from_pil, pillow_op, to_pil
 STAT = statistics.median  # --stat min switches to the minimum (filters preemption on a shared machine)
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _interleaved(fns: dict, repeats: int) -> dict[str, float]:
+    """Time every function once per round, round after round (so drift on a shared machine hits all alike); returns
+    the statistic over rounds of each function's wall time, after one warm-up round."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return STAT(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: STAT(values) for name, values in times.items()}
 
 
 def run(shape: tuple[int, int, int, int], repeats: int, kornia_ok: bool) -> dict[str, float]:
@@ -76,13 +81,13 @@ def run(shape: tuple[int, int, int, int], repeats: int, kornia_ok: bool) -> dict
         for _ in range(2 * aug.num_ops):
             x.clone()
 
-    results = {
-        "ours_uint8": _median_time(ours, repeats),
-        "ours_uint8_incl_sampling": _median_time(ours_with_sampling, repeats),
-        "ours_float32": _median_time(ours_float, repeats),
-        "pillow_ops_only": _median_time(pillow_ops_only, max(3, repeats // 2)),
-        "pillow_incl_conversion": _median_time(pillow_with_conversion, max(3, repeats // 2)),
-        "copy_floor": _median_time(copies, repeats),
+    fns = {
+        "ours_uint8": ours,
+        "ours_uint8_incl_sampling": ours_with_sampling,
+        "ours_float32": ours_float,
+        "pillow_ops_only": pillow_ops_only,
+        "pillow_incl_conversion": pillow_with_conversion,
+        "copy_floor": copies,
     }
     if kornia_ok:
         from kornia.augmentation.auto import RandAugment as KorniaRandAugment
@@ -90,7 +95,8 @@ def run(shape: tuple[int, int, int, int], repeats: int, kornia_ok: bool) -> dict
         kaug = KorniaRandAugment(n=2, m=9)
         # Kornia's RandAugment rejects 1-channel input (its Color op needs RGB): time it on a 3-channel replica.
         kx = xf if c == 3 else xf.expand(n, 3, h, w).contiguous()
-        results["kornia_float32"] = _median_time(lambda: kaug(kx), repeats)
+        fns["kornia_float32"] = lambda: kaug(kx)
+    results = _interleaved(fns, repeats)
     return results
 
 
@@ -114,7 +120,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, Pillow {PIL.__version__}, threads {torch.get_num_threads()}, "
           f"{platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} CPUs; RandAugment(num_ops=2, magnitude=9), {args.stat} of {args.repeats} runs "
-          f"(Pillow: {max(3, args.repeats // 2)})")
+          "rounds, interleaved")
     header = (
         "| batch | ours uint8 (ms) | images/s | Pillow ops-only (ms) | x Pillow | Pillow+conv (ms) | x Pillow+conv "
         "| Kornia f32 (ms) | x Kornia | ours f32 (ms) | copy floor (ms) | ours / floor |"

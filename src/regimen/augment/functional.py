@@ -33,6 +33,7 @@ import math
 import threading
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -198,13 +199,28 @@ def _blend(degenerate: torch.Tensor, levels: torch.Tensor, factors: torch.Tensor
     return _finish(degenerate + factors * (levels - degenerate), like)
 
 
-def _blend_table(degenerate: torch.Tensor, factors: torch.Tensor, device: torch.device) -> torch.Tensor:
+# Lookup tables are built in numpy: they hold a few hundred numbers per image, where a torch call costs several
+# microseconds of dispatch and a numpy call about one. The arithmetic is the same IEEE float32/float64/int64 as in
+# torch (tests compare every table op with Pillow).
+_RAMP = np.arange(256)
+
+
+def _np(tensor: torch.Tensor) -> np.ndarray:
+    """A small parameter/statistics tensor as a numpy array (copied to the CPU if needed)."""
+    return tensor.detach().cpu().numpy()
+
+
+def _lut(table: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A uint8 numpy table as a tensor on ``device``."""
+    return torch.from_numpy(np.ascontiguousarray(table, dtype=np.uint8)).to(device)
+
+
+def _blend_table(degenerate: np.ndarray, factors: np.ndarray) -> np.ndarray:
     """Per-sample uint8 lookup tables ``(N, 256)`` of Pillow's blend with a constant ``degenerate`` level ``(N,)``:
     the same float32 arithmetic as :func:`_blend`, done once per level instead of once per pixel."""
-    ramp = torch.arange(256, dtype=torch.float32, device=device).view(1, 256)
-    d = degenerate.to(device=device, dtype=torch.float32).view(-1, 1)
-    f = factors.to(device=device, dtype=torch.float32).view(-1, 1)
-    return (d + f * (ramp - d)).clamp_(0.0, 255.0).to(torch.uint8)
+    d = np.asarray(degenerate).astype(np.float32).reshape(-1, 1)
+    f = np.asarray(factors).astype(np.float32).reshape(-1, 1)
+    return np.clip(d + f * (_RAMP.astype(np.float32) - d), 0.0, 255.0).astype(np.uint8)
 
 
 def _blend_pixels(degenerate: torch.Tensor, images: torch.Tensor, factors: torch.Tensor,
@@ -295,20 +311,20 @@ def autocontrast(images: torch.Tensor) -> torch.Tensor:
         flat = span <= 0
         scaled = (images - lo) / torch.where(flat, torch.ones_like(span), span)
         return torch.where(flat, images, scaled).clamp(0, 1)
-    return _apply_lut(images, _autocontrast_table(lo, hi))
+    return _apply_lut(images, _lut(_autocontrast_table(_np(lo), _np(hi)), images.device))
 
 
-def _autocontrast_table(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """Pillow's autocontrast tables ``(N, C, 256)`` uint8 from each channel's darkest/brightest levels ``(N, C)``."""
-    lo64 = lo.double().unsqueeze(-1)  # (N, C, 1)
-    hi64 = hi.double().unsqueeze(-1)
+def _autocontrast_table(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Pillow's autocontrast tables ``(N, C, 256)`` uint8 from each channel's darkest/brightest levels ``(N, C)``:
+    ``trunc(v * scale + offset)`` with ``scale = 255 / (hi - lo)``, ``offset = -lo * scale`` in double precision."""
+    lo64 = lo.astype(np.float64)[..., None]  # (N, C, 1)
+    hi64 = hi.astype(np.float64)[..., None]
     flat = hi64 <= lo64
-    # tensor / tensor: ``255.0 / t`` would be computed as ``255 * (1 / t)`` and round differently from Pillow
-    scale = torch.full_like(hi64, 255.0) / torch.where(flat, torch.ones_like(hi64), hi64 - lo64)
+    scale = 255.0 / np.where(flat, 1.0, hi64 - lo64)  # a true division, as Pillow's (torch's 255 / t is 255 * (1/t))
     offset = -lo64 * scale
-    ramp = torch.arange(256, dtype=torch.float64, device=lo.device)
-    table = (ramp * scale + offset).trunc().clamp(0, 255)
-    return torch.where(flat, ramp.expand_as(table), table).to(torch.uint8)
+    ramp = _RAMP.astype(np.float64)
+    table = np.clip(np.trunc(ramp * scale + offset), 0, 255)
+    return np.where(flat, ramp, table).astype(np.uint8)
 
 
 def equalize(images: torch.Tensor) -> torch.Tensor:
@@ -321,23 +337,23 @@ def equalize(images: torch.Tensor) -> torch.Tensor:
     if images.numel() == 0:
         return images.clone()
     levels = _quantize(images)
-    return _from_uint8(_apply_lut(levels, _equalize_table(levels)), images)
+    return _from_uint8(_apply_lut(levels, _lut(_equalize_table(_np(_histograms(levels))), images.device)), images)
 
 
-def _equalize_table(levels: torch.Tensor) -> torch.Tensor:
-    """Pillow's equalize tables ``(N, C, 256)`` uint8 of uint8 images."""
-    hist = _histograms(levels)  # (N, C, 256)
-    ramp = torch.arange(256, device=levels.device)
-    top = torch.where(hist > 0, ramp, -1).amax(dim=2, keepdim=True)  # last occupied level
-    last_count = hist.gather(2, top)
-    total = hist.sum(dim=2, keepdim=True)
-    occupied = (hist > 0).sum(dim=2, keepdim=True)
-    step = torch.div(total - last_count, 255, rounding_mode="floor")
+def _equalize_table(hist: np.ndarray) -> np.ndarray:
+    """Pillow's equalize tables ``(N, C, 256)`` uint8 from per-channel histograms ``(N, C, 256)`` (every channel has
+    at least one pixel)."""
+    occupied_levels = hist > 0
+    top = np.where(occupied_levels, _RAMP, -1).max(axis=2, keepdims=True)  # last occupied level
+    last_count = np.take_along_axis(hist, top, axis=2)
+    total = hist.sum(axis=2, keepdims=True)
+    occupied = occupied_levels.sum(axis=2, keepdims=True)
+    step = (total - last_count) // 255
     keep = (occupied <= 1) | (step == 0)
-    safe_step = torch.where(keep, torch.ones_like(step), step)
-    below = torch.cumsum(hist, dim=2) - hist  # pixels strictly below level i
-    table = torch.div(safe_step // 2 + below, safe_step, rounding_mode="floor").clamp_(0, 255)
-    return torch.where(keep, ramp.expand_as(table), table).to(torch.uint8)
+    safe_step = np.where(keep, 1, step)
+    below = np.cumsum(hist, axis=2) - hist  # pixels strictly below level i
+    table = np.clip((safe_step // 2 + below) // safe_step, 0, 255)
+    return np.where(keep, _RAMP, table).astype(np.uint8)
 
 
 def solarize(images: torch.Tensor, thresholds) -> torch.Tensor:
@@ -352,19 +368,18 @@ def solarize(images: torch.Tensor, thresholds) -> torch.Tensor:
     if images.is_floating_point():
         # compare in the images' own precision so that a pixel equal to the threshold counts as ">="
         return torch.where(images < _bcast(t, images).to(images.dtype), images, 1.0 - images)
-    return _apply_lut(images, _solarize_table(t).to(images.device))
+    return _apply_lut(images, _lut(_solarize_table(_np(t)), images.device))
 
 
-def _solarize_table(thresholds: torch.Tensor) -> torch.Tensor:
+def _solarize_table(thresholds: np.ndarray) -> np.ndarray:
     """Solarize tables ``(N, 256)`` uint8 for thresholds ``(N,)`` in levels."""
-    ramp = torch.arange(256, dtype=torch.float64, device=thresholds.device).view(1, 256)
-    return torch.where(ramp < thresholds.view(-1, 1), ramp, 255 - ramp).to(torch.uint8)
+    return np.where(_RAMP < thresholds.reshape(-1, 1), _RAMP, 255 - _RAMP).astype(np.uint8)
 
 
-def _posterize_table(bits: torch.Tensor) -> torch.Tensor:
+def _posterize_table(bits: np.ndarray) -> np.ndarray:
     """Posterize tables ``(N, 256)`` uint8 for integer ``bits`` ``(N,)`` in [1, 8]."""
-    masks = 256 - (1 << (8 - bits.long()))  # ~(2^(8-b) - 1) & 0xFF
-    return (torch.arange(256, device=bits.device).view(1, 256) & masks.view(-1, 1)).to(torch.uint8)
+    masks = 256 - (1 << (8 - bits.astype(np.int64)))  # ~(2^(8-b) - 1) & 0xFF
+    return (_RAMP & masks.reshape(-1, 1)).astype(np.uint8)
 
 
 def posterize(images: torch.Tensor, bits) -> torch.Tensor:
@@ -384,7 +399,7 @@ def brightness(images: torch.Tensor, factors) -> torch.Tensor:
     _check(images)
     f = _check_factors(factors, images.shape[0])
     if images.dtype == torch.uint8:
-        return _apply_lut(images, _blend_table(torch.zeros(images.shape[0]), f, images.device))
+        return _apply_lut(images, _lut(_blend_table(np.zeros(images.shape[0]), _np(f)), images.device))
     return _blend(torch.zeros((), device=images.device), _levels(images), f, images)
 
 
@@ -404,19 +419,18 @@ def contrast(images: torch.Tensor, factors) -> torch.Tensor:
     _check(images)
     f = _check_factors(factors, images.shape[0])
     if images.dtype == torch.uint8:
-        return _apply_lut(images, _contrast_table(images, f))
+        return _apply_lut(images, _lut(_contrast_table(images, _np(f)), images.device))
     mean = _grey_levels(images).double().mean(dim=(1, 2, 3), keepdim=True)
     return _blend(mean.float(), _levels(images), f, images)
 
 
-def _contrast_table(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+def _contrast_table(images: torch.Tensor, factors: np.ndarray) -> np.ndarray:
     """Pillow's Contrast as tables ``(N, 256)`` for uint8 images: blend with the rounded mean grey level."""
     if images.shape[1] == 1:
         mean = images.flatten(1).sum(dim=1, dtype=torch.float64) / images[0].numel()
     else:
         mean = _grey_int32(images).flatten(1).sum(dim=1, dtype=torch.float64) / images[0, 0].numel()
-    mean = (mean + 0.5).floor()  # Pillow: int(mean + 0.5)
-    return _blend_table(mean, factors, images.device)
+    return _blend_table(np.floor(_np(mean) + 0.5), factors)  # Pillow: int(mean + 0.5)
 
 
 def _smooth_levels(levels: torch.Tensor, round_levels: bool) -> torch.Tensor:

@@ -21,6 +21,7 @@ The results are the functional ops' results exactly (tests compare them with Pil
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from regimen.augment import functional as AF
@@ -36,7 +37,7 @@ _TABLE_OPS = ("AutoContrast", "Equalize", "Solarize", "Posterize", "Contrast", "
 _GEOMETRIC = ("TranslateY", "TranslateX", "ShearX", "ShearY", "Rotate")
 _GROUP_ORDER = ("Identity", *_TABLE_OPS, "Color", "Sharpness", *_GEOMETRIC)
 _ORDER = [OPS.index(name) for name in _GROUP_ORDER]  # op indices in group order
-_RANK = torch.tensor([_GROUP_ORDER.index(name) for name in OPS])  # op index -> position in group order
+_RANK = np.array([_GROUP_ORDER.index(name) for name in OPS])  # op index -> position in group order
 _BLOCK_ELEMENTS = 1 << 20
 _SMALL_IMAGE = 64 * 64  # pixels; up to this size one gather does every geometric op of a pass
 
@@ -51,30 +52,34 @@ def apply_ops_uint8(images: torch.Tensor, ops: torch.Tensor, values: torch.Tenso
         fill: ``(C,)`` uint8 fill levels on the images' device.
 
     Returns a new tensor (never ``images`` itself).
+
+    Parameter-only work (grouping, index maps, lookup tables) runs in numpy on a few numbers per image, where a torch
+    call would cost more in dispatch than in arithmetic; pixels are only ever touched by torch.
     """
     n, c, h, w = images.shape
+    ops, values = ops.numpy(), values.numpy()
     if c == 1:
-        ops = ops.masked_fill(ops == _COLOR, _IDENTITY)  # Pillow: an L image's Color enhancement is the identity
+        ops = np.where(ops == _COLOR, _IDENTITY, ops)  # Pillow: an L image's Color enhancement is the identity
     # the parameter-only work of every position at once: source-index maps and image-independent tables
-    maps = _fixed_point_maps(ops.reshape(-1), values.reshape(-1), h, w).view(n, -1, 6)
-    tables = _static_tables(ops.reshape(-1), values.reshape(-1)).view(n, -1, 256).to(images.device)
+    maps = _fixed_point_maps(ops.reshape(-1), values.reshape(-1), h, w).reshape(n, -1, 6)
+    tables = _static_tables(ops.reshape(-1), values.reshape(-1)).reshape(n, -1, 256)
     out = images
     for k in range(ops.shape[1]):
         out = _apply_position(out, ops[:, k], values[:, k], maps[:, k], tables[:, k], fill)
     return out.clone() if out is images else out
 
 
-def _apply_position(images: torch.Tensor, ops: torch.Tensor, values: torch.Tensor, maps: torch.Tensor,
-                    static_tables: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+def _apply_position(images: torch.Tensor, ops: np.ndarray, values: np.ndarray, maps: np.ndarray,
+                    static_tables: np.ndarray, fill: torch.Tensor) -> torch.Tensor:
     """Image ``i`` gets op ``ops[i]`` with parameter ``values[i]`` (``maps[i]``, ``static_tables[i]`` precomputed)."""
     n, c, h, w = images.shape
-    counts = torch.bincount(ops, minlength=len(OPS)).tolist()
+    counts = np.bincount(ops, minlength=len(OPS)).tolist()
     if counts[_IDENTITY] == n:
         return images
-    order = torch.argsort(_RANK[ops], stable=True)
+    order = np.argsort(_RANK[ops], kind="stable")
     values, maps = values[order], maps[order]
     device = images.device
-    source = images.index_select(0, order.to(device))
+    source = images.index_select(0, torch.from_numpy(order).to(device))
     result = torch.empty_like(source)
     bounds, start = {}, 0
     for op in _ORDER:
@@ -85,17 +90,17 @@ def _apply_position(images: torch.Tensor, ops: torch.Tensor, values: torch.Tenso
     result[:tables_start] = source[:tables_start]
     tables_stop = bounds[_TABLE_OPS[-1]][1]
     if tables_stop > tables_start:
-        rows = order[tables_start:tables_stop].to(device)
-        tables = static_tables.index_select(0, rows).unsqueeze(1).repeat(1, c, 1)  # (M, C, 256)
+        tables = np.repeat(static_tables[order[tables_start:tables_stop], None, :], c, axis=1)  # (M, C, 256)
         for name in ("AutoContrast", "Equalize", "Contrast"):
             a, b = bounds[name]
             if b > a:
                 tables[a - tables_start : b - tables_start] = _image_tables(name, source[a:b], values[a:b])
+        tables = AF._lut(tables, device)
         for a, b in _blocks(tables_start, tables_stop, source[0].numel()):
             AF._apply_lut(source[a:b], tables[a - tables_start : b - tables_start], out=result[a:b])
     for name in ("Color", "Sharpness"):
         for a, b in _blocks(*bounds[name], source[0].numel()):
-            _blend_op(name, source[a:b], values[a:b].float(), result[a:b])
+            _blend_op(name, source[a:b], torch.from_numpy(values[a:b]).float(), result[a:b])
     geometric_start = bounds[_GEOMETRIC[0]][0]
     if h * w <= _SMALL_IMAGE:  # call overhead dominates: one gather for all geometric ops
         for a, b in _blocks(geometric_start, n, source[0].numel()):
@@ -104,9 +109,9 @@ def _apply_position(images: torch.Tensor, ops: torch.Tensor, values: torch.Tenso
         for name in _GEOMETRIC:
             for a, b in _blocks(*bounds[name], source[0].numel()):
                 _geometric_op(name, source[a:b], maps[a:b], fill, result[a:b])
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(n)
-    return result.index_select(0, inverse.to(device))
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(n)
+    return result.index_select(0, torch.from_numpy(inverse).to(device))
 
 
 def _blocks(start: int, stop: int, per_image: int) -> list[tuple[int, int]]:
@@ -115,28 +120,28 @@ def _blocks(start: int, stop: int, per_image: int) -> list[tuple[int, int]]:
     return [(a, min(a + step, stop)) for a in range(start, stop, step)]
 
 
-def _image_tables(name: str, images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+def _image_tables(name: str, images: torch.Tensor, factors: np.ndarray) -> np.ndarray:
     """Lookup tables ``(M, C, 256)`` or ``(M, 1, 256)`` uint8 of the table ops that depend on the image itself."""
     if name == "AutoContrast":
-        flat = images.flatten(2)
-        return AF._autocontrast_table(flat.amin(dim=2), flat.amax(dim=2))  # aminmax is far slower on uint8
+        flat = images.flatten(2)  # amin/amax: aminmax is far slower on uint8
+        return AF._autocontrast_table(AF._np(flat.amin(dim=2)), AF._np(flat.amax(dim=2)))
     if name == "Equalize":
-        return AF._equalize_table(images)
-    return AF._contrast_table(images, factors).unsqueeze(1)
+        return AF._equalize_table(AF._np(AF._histograms(images)))
+    return AF._contrast_table(images, factors)[:, None, :]
 
 
-def _static_tables(ops: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+def _static_tables(ops: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Lookup tables ``(N, 256)`` uint8 of the table ops that depend on their parameter only (Solarize, Posterize,
-    Brightness); the rows of other ops are left uninitialised."""
-    tables = torch.empty(ops.shape[0], 256, dtype=torch.uint8)
+    Brightness); the rows of other ops are zero."""
+    tables = np.zeros((ops.shape[0], 256), dtype=np.uint8)
     builders = {
         _SOLARIZE: AF._solarize_table,
         _POSTERIZE: AF._posterize_table,
-        _BRIGHTNESS: lambda factors: AF._blend_table(torch.zeros(factors.shape[0]), factors, factors.device),
+        _BRIGHTNESS: lambda factors: AF._blend_table(np.zeros(factors.shape[0]), factors),  # blend with black
     }
     for op, build in builders.items():
-        rows = (ops == op).nonzero().squeeze(1)
-        if rows.numel():
+        rows = ops == op
+        if rows.any():
             tables[rows] = build(values[rows])
     return tables
 
@@ -149,48 +154,48 @@ def _blend_op(name: str, images: torch.Tensor, factors: torch.Tensor, out: torch
         AF._sharpness_uint8(images, factors, out=out)
 
 
-def _geometric_op(name: str, images: torch.Tensor, maps: torch.Tensor, fill: torch.Tensor, out: torch.Tensor) -> None:
+def _geometric_op(name: str, images: torch.Tensor, maps: np.ndarray, fill: torch.Tensor, out: torch.Tensor) -> None:
     """One geometric op for all ``images`` by its cheapest exact route (large images), from its integer ``maps``."""
     h, w = images.shape[-2:]
     device = images.device
     if name == "TranslateY":  # whole rows move: source row y + (Y0 >> 16)
-        out.copy_(AF._shift_image_rows(images, (maps[:, 3] >> 16).to(device), fill))
+        out.copy_(AF._shift_image_rows(images, torch.from_numpy(maps[:, 3] >> 16).to(device), fill))
     elif name in ("TranslateX", "ShearX"):  # the column step is exactly one pixel: a source-column offset per row
-        shifts = (maps[:, 0:1] + torch.arange(h).view(1, h) * maps[:, 2:3]) >> 16
-        out.copy_(AF._shift_rows(images, shifts.to(device), fill))
+        shifts = (maps[:, 0:1] + np.arange(h)[None, :] * maps[:, 2:3]) >> 16
+        out.copy_(AF._shift_rows(images, torch.from_numpy(shifts).to(device), fill))
     elif name == "ShearY":  # the row step is exactly one pixel: a source-row offset per column
-        _shift_columns(images, ((maps[:, 3:4] + torch.arange(w).view(1, w) * maps[:, 4:5]) >> 16).to(device), fill,
-                       out)
+        shifts = (maps[:, 3:4] + np.arange(w)[None, :] * maps[:, 4:5]) >> 16
+        _shift_columns(images, torch.from_numpy(shifts).to(device), fill, out)
     else:
         _warp(images, maps, fill, out)
 
 
-def _fixed_point_maps(ops: torch.Tensor, values: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def _fixed_point_maps(ops: np.ndarray, values: np.ndarray, height: int, width: int) -> np.ndarray:
     """Pillow's NEAREST source indices of the geometric ops as integer maps ``(M, 6)`` = ``(X0, A, B, Y0, C, D)``:
-    output pixel ``(x, y)`` reads column ``(X0 + A x + B y) >> 16`` and row ``(Y0 + C x + D y) >> 16``.
+    output pixel ``(x, y)`` reads column ``(X0 + A x + B y) >> 16`` and row ``(Y0 + C x + D y) >> 16`` (identity
+    maps for the other ops).
 
     ``affine_fixed`` rounds the pixel-centre start and the steps to 16.16 fixed point. Pure scale/translate matrices
     (translations, zero shears, 0 and 180 degree rotations) take ``ImagingScaleAffine`` in double precision instead,
     ``floor(a2 + a0 (x + 0.5))``: with ``a0 = 1`` that is the integer shift ``floor(a2 + 0.5)``, stored exactly; at
     180 degrees every entry is a multiple of 1/2, so the fixed-point values are exact too."""
-    m = torch.zeros(ops.shape[0], 6, dtype=torch.float64)
+    m = np.zeros((ops.shape[0], 6))
     m[:, 0] = 1.0
     m[:, 4] = 1.0
     rotate = ops == _ROTATE
-    if bool(rotate.any()):
-        m[rotate] = AF.rotation_matrix(values[rotate], height, width)
-    m[:, 1] = torch.where(ops == _SHEAR_X, values, m[:, 1])
-    m[:, 3] = torch.where(ops == _SHEAR_Y, values, m[:, 3])
-    m[:, 2] = torch.where(ops == _TRANSLATE_X, -values, m[:, 2])
-    m[:, 5] = torch.where(ops == _TRANSLATE_Y, -values, m[:, 5])
-    a0, a1, a2, a3, a4, a5 = m.unbind(1)
-    steps = torch.floor(m * 65536.0 + 0.5).long()
-    x0 = torch.floor((a2 + (a0 + a1) * 0.5) * 65536.0 + 0.5).long()
-    y0 = torch.floor((a5 + (a3 + a4) * 0.5) * 65536.0 + 0.5).long()
+    if rotate.any():
+        m[rotate] = AF.rotation_matrix(torch.from_numpy(values[rotate]), height, width).numpy()
+    for op, column, sign in ((_SHEAR_X, 1, 1.0), (_SHEAR_Y, 3, 1.0), (_TRANSLATE_X, 2, -1.0), (_TRANSLATE_Y, 5, -1.0)):
+        rows = ops == op
+        m[rows, column] = sign * values[rows]
+    a0, a1, a2, a3, a4, a5 = m.T
+    steps = np.floor(m * 65536.0 + 0.5).astype(np.int64)
+    x0 = np.floor((a2 + (a0 + a1) * 0.5) * 65536.0 + 0.5).astype(np.int64)
+    y0 = np.floor((a5 + (a3 + a4) * 0.5) * 65536.0 + 0.5).astype(np.int64)
     scale_only = (a1 == 0) & (a3 == 0)
-    x0 = torch.where(scale_only & (a0 == 1), torch.floor(a2 + 0.5).long() * 65536, x0)
-    y0 = torch.where(scale_only & (a4 == 1), torch.floor(a5 + 0.5).long() * 65536, y0)
-    return torch.stack([x0, steps[:, 0], steps[:, 1], y0, steps[:, 3], steps[:, 4]], dim=1)
+    x0 = np.where(scale_only & (a0 == 1), np.floor(a2 + 0.5).astype(np.int64) * 65536, x0)
+    y0 = np.where(scale_only & (a4 == 1), np.floor(a5 + 0.5).astype(np.int64) * 65536, y0)
+    return np.stack([x0, steps[:, 0], steps[:, 1], y0, steps[:, 3], steps[:, 4]], axis=1)
 
 
 def _padded(images: torch.Tensor, fill: torch.Tensor, top: int, side: int) -> torch.Tensor:
@@ -219,24 +224,24 @@ def _shift_columns(images: torch.Tensor, shifts: torch.Tensor, fill: torch.Tenso
     torch.index_select(padded.view(-1), 0, torch.add(grid, offsets).view(-1), out=out.view(-1))
 
 
-def _warp(images: torch.Tensor, maps: torch.Tensor, fill: torch.Tensor, out: torch.Tensor) -> None:
+def _warp(images: torch.Tensor, maps: np.ndarray, fill: torch.Tensor, out: torch.Tensor) -> None:
     """NEAREST warp by integer maps ``(M, 6)`` (:func:`_fixed_point_maps`), source points clamped into a one-pixel
     fill border: int32 indices and one ``index_select``."""
     n, c, h, w = images.shape
     device = images.device
-    ys = torch.arange(h).view(1, h, 1)
-    xs = torch.arange(w).view(1, 1, w)
     # |X0 + A x + B y| <= max|entry| (1 + W + H): int32 unless the image or the map is huge
-    index_type = torch.int32 if int(maps.abs().amax()) * (1 + w + h) < 2**31 else torch.int64
+    index_type = np.int32 if int(np.abs(maps).max()) * (1 + w + h) < 2**31 else np.int64
+    ys = np.arange(h)[None, :, None]
+    xs = np.arange(w)[None, None, :]
 
-    def source(start: torch.Tensor, step_x: torch.Tensor, step_y: torch.Tensor, size: int) -> torch.Tensor:
-        per_row = (start.view(n, 1, 1) + ys * step_y.view(n, 1, 1)).to(device=device, dtype=index_type)  # (M, H, 1)
-        per_column = (xs * step_x.view(n, 1, 1)).to(device=device, dtype=index_type)  # (M, 1, W)
-        return torch.add(per_row, per_column).bitwise_right_shift_(16).clamp_(-1, size)
+    def source(start: np.ndarray, step_x: np.ndarray, step_y: np.ndarray, size: int) -> torch.Tensor:
+        per_row = torch.from_numpy((start[:, None, None] + ys * step_y[:, None, None]).astype(index_type))  # (M, H, 1)
+        per_column = torch.from_numpy((xs * step_x[:, None, None]).astype(index_type))  # (M, 1, W)
+        return torch.add(per_row.to(device), per_column.to(device)).bitwise_right_shift_(16).clamp_(-1, size)
 
     ix = source(maps[:, 0], maps[:, 1], maps[:, 2], w)
     iy = source(maps[:, 3], maps[:, 4], maps[:, 5], h)
     flat = iy.mul_(w + 2).add_(ix).view(n, 1, h * w)
     offsets = _planes(images, (h + 2) * (w + 2)).add_(w + 3)  # + one border row and one border column
     padded = _padded(images, fill, 1, 1)
-    torch.index_select(padded.view(-1), 0, torch.add(flat, offsets).view(-1), out=out.view(-1))
+    torch.index_select(padded.view(-1), 0, torch.add(flat, offsets.to(flat.dtype)).view(-1), out=out.view(-1))

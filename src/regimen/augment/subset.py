@@ -5,9 +5,11 @@ arXiv 2210.08363). Augmentation (modelled as additive perturbations) enlarges th
 network Jacobian while keeping its prominent directions; a subset whose gradients align with the full data's captures
 that effect when only the subset is augmented. Every ``every`` epochs the selector
 
-1. computes a per-example gradient proxy at the last layer on the training set (un-augmented; the paper's cheap
-   proxy): ``g_i = softmax(z_i) - onehot(y_i)`` (the gradient of the loss w.r.t. the logits), or with
-   ``proxy="last_layer"`` the full last-layer gradient ``g_i (x) h_i`` (``h_i`` the features entering the classifier);
+1. computes a per-example gradient proxy at the last layer on the un-augmented training set (as the authors' code
+   does: ``grad_predictions`` runs over the training set with the evaluation transforms, in eval mode):
+   ``g_i = softmax(z_i) - onehot(y_i)`` (the gradient of the loss w.r.t. the logits), or with
+   ``proxy="last_layer"`` the full last-layer gradient ``g_i (x) h_i`` (``h_i`` the features entering the classifier,
+   the authors' ``--use_linear``);
 2. per class, greedily maximises the facility-location function ``F(S) = sum_i max_{j in S} (d_max - ||g_i - g_j||)``
    (CRAIG's weighted coreset: the subset whose weighted gradient sum best matches the full set's), with stochastic
    greedy (``ceil(n / k * ln(1 / 0.01))`` random candidates a step), picking ``round(fraction * n_c)`` examples;
