@@ -52,6 +52,25 @@ def test_grouped_uint8_path_equals_explicit_loop_and_pillow(shape):
         assert torch.equal(out, pillow)
 
 
+@pytest.mark.parametrize("shape", [(0, 3, 8, 8), (5, 1, 1, 1), (7, 3, 2, 2), (6, 3, 1, 5), (3, 1, 2, 2100)],
+                         ids=["empty", "1x1", "2x2", "1x5", "2x2100-large"])
+def test_grouped_uint8_path_on_degenerate_shapes(shape):
+    from regimen.augment.randaugment import _apply_one
+
+    n, c, h, w = shape
+    x = _batch(n, c, h, w, seed=5)
+    aug = RandAugment(num_ops=3, magnitude=25, magnitude_std=float("inf"), fill=3)
+    params = aug.sample(n, h, w, torch.Generator().manual_seed(6))
+    expected = x
+    for k in range(params.ops.shape[1]):
+        expected = torch.cat([expected[:0]] + [
+            _apply_one(OPS[int(params.ops[i, k])], expected[i : i + 1], params.values[i : i + 1, k], "nearest", 3)
+            for i in range(n)
+        ])
+    out = aug.apply(x, params)
+    assert out.shape == x.shape and torch.equal(out, expected)
+
+
 @pytest.mark.parametrize("size", [(29, 31), (96, 80)], ids=["small", "large"])
 def test_grouped_geometric_ops_at_exact_angles_and_shears(size):
     """Right angles and zero shears/translations take Pillow's scale-only path: the fast path must agree."""

@@ -61,11 +61,13 @@ def apply_ops_uint8(images: torch.Tensor, ops: torch.Tensor, values: torch.Tenso
     if c == 1:
         ops = np.where(ops == _COLOR, _IDENTITY, ops)  # Pillow: an L image's Color enhancement is the identity
     # the parameter-only work of every position at once: source-index maps and image-independent tables
-    maps = _fixed_point_maps(ops.reshape(-1), values.reshape(-1), h, w).reshape(n, -1, 6)
-    tables = _static_tables(ops.reshape(-1), values.reshape(-1)).reshape(n, -1, 256)
+    k = ops.shape[1]
+    maps = _fixed_point_maps(ops.reshape(-1), values.reshape(-1), h, w).reshape(n, k, 6)
+    tables = _static_tables(ops.reshape(-1), values.reshape(-1)).reshape(n, k, 256)
     out = images
-    for k in range(ops.shape[1]):
-        out = _apply_position(out, ops[:, k], values[:, k], maps[:, k], tables[:, k], fill)
+    for position in range(k):
+        out = _apply_position(out, ops[:, position], values[:, position], maps[:, position], tables[:, position],
+                              fill)
     return out.clone() if out is images else out
 
 
