@@ -74,3 +74,15 @@ def test_method_grows_batch_monotonically_and_capped():
     assert AdaptiveBatch(eta=1.0).next_global_batch(64, 1000) == 64  # nothing suggested: unchanged
     with pytest.raises(ValueError, match="max_growth"):
         AdaptiveBatch(max_growth=0.5)
+
+
+def test_epoch_record_shows_the_batch_the_epoch_trained_at(tiny_recipe):
+    """adaptive_batch grows the batch at the end of an epoch; that epoch's metrics line keeps the batch it used."""
+    from regimen.train import fit
+
+    recipe = dict(tiny_recipe, methods=[{"name": "adaptive_batch", "eta": 0.01, "interval": 1, "max_samples": 8,
+                                         "max_batch_size": 128, "max_growth": 2.0}])
+    recipe["train"] = dict(tiny_recipe["train"], epochs=2, batch_size=16)
+    history = fit(recipe).history
+    assert history[0]["global_batch"] == 16
+    assert history[0]["adaptive_batch/batch_size"] == history[1]["global_batch"] > 16

@@ -370,6 +370,7 @@ class _Run:
         hooks.call("on_epoch_start", ctx)
         selected = self._select_batches()
         ctx.steps_per_epoch = steps = self._steps_per_epoch(selected)
+        global_batch = ctx.global_batch  # the batch this epoch trains at (on_epoch_end may set the next one)
         bar = self.console.progress(steps, f"epoch {epoch + 1}/{ctx.epochs}")
         ctx.model.train()
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
@@ -406,7 +407,7 @@ class _Run:
         self.samples_seen += int(totals[2].item())
         return {
             "epoch": epoch + 1, "step": ctx.step, "lr": ctx.optimizer.param_groups[0]["lr"], "lr_factor": lr_factor,
-            "global_batch": ctx.global_batch, "train_loss": totals[0].item() / count,
+            "global_batch": global_batch, "train_loss": totals[0].item() / count,
             "train_acc": totals[1].item() / count, "epoch_time": train_time,
             "samples_per_s": totals[2].item() / train_time if train_time > 0 else 0.0,
         }
