@@ -13,27 +13,12 @@ import torch.nn.functional as F
 from regimen.batch import HighLossBatches
 from regimen.data import InMemoryLoader, load_data
 from regimen.losses import classification_loss
-from regimen.method import Context, Method, register_method
+from regimen.method import Method, register_method
 from regimen.models import build_model
 from regimen.train import fit, load_checkpoint, parse_recipe
 from regimen.train.optim import build_optimizer
 from regimen.train.schedule import ProgressSchedule
-
-
-@register_method
-class _InterruptAt(Method):
-    """Test helper: raises KeyboardInterrupt once at the start of the given epoch."""
-
-    name = "_test_hl_interrupt"
-    fired = False
-
-    def __init__(self, epoch: int = 1) -> None:
-        self.epoch = epoch
-
-    def on_epoch_start(self, ctx: Context) -> None:
-        if ctx.epoch == self.epoch and not _InterruptAt.fired:
-            _InterruptAt.fired = True
-            raise KeyboardInterrupt
+from tests.helpers import reference_and_resumed_runs
 
 
 @register_method
@@ -148,14 +133,8 @@ def test_accumulation_keeps_whole_optimizer_steps(tiny_recipe):
 def test_resumed_run_is_bitwise_identical(tiny_recipe, tmp_path):
     base = dict(tiny_recipe, model={"name": "mlp", "options": {"hidden": [16], "head_dropout": 0.3}})
     recipe = recipe_with(base, [{"name": "high_loss_batches", "fraction": 0.5},
-                                {"name": "_test_hl_interrupt", "epoch": 2}])
-    _InterruptAt.fired = True  # the reference run is not interrupted
-    reference = fit(recipe, out_dir=tmp_path / "ref")
-    _InterruptAt.fired = False
-    with pytest.raises(KeyboardInterrupt):
-        fit(recipe, out_dir=tmp_path / "run")
-    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 2
-    resumed = fit(recipe, out_dir=tmp_path / "run", resume=tmp_path / "run" / "checkpoint.pt")
+                                {"name": "_test_interrupt_once", "epoch": 2}])
+    reference, resumed = reference_and_resumed_runs(recipe, tmp_path, interrupted_epoch=2)
     assert weights_equal(reference.model, resumed.model)
     assert resumed.summary["steps"] == reference.summary["steps"]
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in reference.history]

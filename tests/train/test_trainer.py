@@ -4,28 +4,13 @@ import math
 import pytest
 import torch
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Method, register_method
 from regimen.train import CheckpointError, fit, load_checkpoint, parse_recipe
 from regimen.train.builtin import ema_update
 from regimen.train.checkpoint import save_checkpoint
 from regimen.train.optim import param_groups
 from regimen.train.schedule import schedule_factor
-
-
-@register_method
-class InterruptOnce(Method):
-    """Test helper: raises KeyboardInterrupt once at the start of the given epoch, like a user's Ctrl-C."""
-
-    name = "_test_interrupt_once"
-    fired = False
-
-    def __init__(self, epoch: int = 1) -> None:
-        self.epoch = epoch
-
-    def on_epoch_start(self, ctx: Context) -> None:
-        if ctx.epoch == self.epoch and not InterruptOnce.fired:
-            InterruptOnce.fired = True
-            raise KeyboardInterrupt
+from tests.helpers import reference_and_resumed_runs
 
 
 @register_method
@@ -65,13 +50,7 @@ def test_interrupted_run_resumed_from_checkpoint_is_bitwise_identical(tiny_recip
     recipe = dict(tiny_recipe, model={"name": "mlp", "options": {"hidden": [16], "head_dropout": 0.3}})
     recipe["train"] = dict(recipe["train"], epochs=3)
     recipe["methods"] = [{"name": "ema", "decay": 0.9}, {"name": "_test_interrupt_once", "epoch": 2}]
-    InterruptOnce.fired = True  # the reference run is not interrupted
-    reference = fit(recipe, out_dir=tmp_path / "ref")
-    InterruptOnce.fired = False
-    with pytest.raises(KeyboardInterrupt):
-        fit(recipe, out_dir=tmp_path / "run")
-    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 2
-    resumed = fit(recipe, out_dir=tmp_path / "run", resume=tmp_path / "run" / "checkpoint.pt")
+    reference, resumed = reference_and_resumed_runs(recipe, tmp_path, interrupted_epoch=2)
     for key, value in reference.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     assert resumed.summary["final_test_acc"] == reference.summary["final_test_acc"]  # EMA state resumed too
