@@ -7,8 +7,8 @@ one contiguous slice of the sorted batch. Each slice is processed in place of it
 keep int32 temporaries cache-sized), never over samples.
 
 * **Table ops** (AutoContrast, Equalize, Solarize, Posterize, Contrast, Brightness; Color of a 1-channel image is the
-  identity): every image gets a ``(C, 256)`` uint8 table built from its own statistics, and the whole table slice is
-  looked up at once, with int32 indices.
+  identity): every image gets a ``(C, 256)`` uint8 table, from its parameter or from its own statistics, and the
+  whole table slice is looked up at once, with int32 indices.
 * **Color, Sharpness**: Pillow's blend with the greyscale / SMOOTH image, as in :mod:`regimen.augment.functional`.
 * **Geometric ops** all reduce to Pillow's NEAREST source indices in 16.16 fixed point, computed once per call for
   every image and position (:func:`_fixed_point_maps`). Small images (call overhead dominates) do every geometric op
