@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from regimen.batch.lars import excluded_from_trust_ratio
+from regimen.batch.lars import closure_loss, excluded_from_trust_ratio, params_with_grads
 
 __all__ = ["LAMB"]
 
@@ -62,18 +62,10 @@ class LAMB(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if param.grad.is_sparse:
-                    raise RuntimeError("LAMB does not support sparse gradients")
-                grad = param.grad
+            for param, grad in params_with_grads(group, "LAMB"):
                 state = self.state[param]
                 if not state:
                     state["step"] = torch.zeros((), dtype=torch.float64)

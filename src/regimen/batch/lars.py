@@ -19,7 +19,7 @@ Pitfalls handled:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -35,6 +35,24 @@ def excluded_from_trust_ratio(group: dict[str, Any], param: torch.Tensor) -> boo
     if flag is not None:
         return bool(flag)
     return bool(group["exclude_1d"]) and param.ndim <= 1
+
+
+def closure_loss(closure: Callable[[], float] | None) -> float | None:
+    """Re-evaluate the loss with gradients enabled, as ``torch.optim`` optimizers do (``None`` without a closure)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def params_with_grads(group: dict[str, Any], optimizer: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(parameter, gradient)`` of a group's parameters that have a gradient; sparse gradients are an error."""
+    for param in group["params"]:
+        if param.grad is None:
+            continue
+        if param.grad.is_sparse:
+            raise RuntimeError(f"{optimizer} does not support sparse gradients")
+        yield param, param.grad
 
 class LARS(torch.optim.Optimizer):
     """Momentum SGD with a per-tensor trust ratio (You et al. 2017).
@@ -72,18 +90,10 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if param.grad.is_sparse:
-                    raise RuntimeError("LARS does not support sparse gradients")
-                grad = param.grad
+            for param, grad in params_with_grads(group, "LARS"):
                 if excluded_from_trust_ratio(group, param):
                     direction = grad.clone()
                 else:
