@@ -36,6 +36,17 @@ MODELS = {
 }
 
 
+def fashion_mnist_subset(subset: int):
+    """Fashion-MNIST with ``subset`` training images (10 % validation, seed 0) and its normalising function."""
+    data = load_data("fashion_mnist", None, 0.1, subset, 0)
+    mean, std = data.mean.view(1, -1, 1, 1), data.std.view(1, -1, 1, 1)
+
+    def normalize(x: torch.Tensor) -> torch.Tensor:
+        return (x - mean) / std
+
+    return data, normalize
+
+
 def base_recipe(model: str, epochs: int, subset: int) -> dict:
     return {
         "name": f"nested-{model}", "seed": 0,
@@ -75,12 +86,7 @@ def main() -> None:
     parser.add_argument("--out", default="reports/subnet_nested")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data = load_data("fashion_mnist", None, 0.1, args.subset, 0)
-    mean, std = data.mean.view(1, -1, 1, 1), data.std.view(1, -1, 1, 1)
-
-    def normalize(x):
-        return (x - mean) / std
-
+    data, normalize = fashion_mnist_subset(args.subset)
     rows = {w: {"width": w} for w in WIDTHS}
     recipe = base_recipe(args.model, args.epochs, args.subset)
     recipe["methods"] = [{"name": "nested_width", "widths": list(WIDTHS), "sort_by": "l2", "n_random": 2}]

@@ -17,13 +17,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 from pathlib import Path
 
 import torch
 
-from regimen.data import load_data
 from regimen.subnet.maestro import apply_maestro, set_rank_fraction, truncate_model
 from regimen.train import evaluate, fit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from subnet_nested import fashion_mnist_subset  # noqa: E402  (benchmarks/ is not a package)
 
 FRACTIONS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
 MODELS = {
@@ -52,12 +55,7 @@ def main() -> None:
     parser.add_argument("--out", default="reports/subnet_nested")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data = load_data("fashion_mnist", None, 0.1, args.subset, 0)
-    mean, std = data.mean.view(1, -1, 1, 1), data.std.view(1, -1, 1, 1)
-
-    def normalize(x):
-        return (x - mean) / std
-
+    data, normalize = fashion_mnist_subset(args.subset)
     # the classifier (rank <= 10) stays dense in every run; the ResNet's 1-channel stem too (rank <= 9 anyway)
     head = "stages.2.fc" if args.model == "mlp" else "stages.4.fc"
     exclude = [head] + (["stages.0.0"] if args.model == "resnet" else [])
