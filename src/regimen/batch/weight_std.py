@@ -242,12 +242,6 @@ def convs_followed_by_norm(model: nn.Module) -> list[str]:
     return sorted(found)
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def apply_weight_standardization(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
@@ -267,7 +261,7 @@ def apply_weight_standardization(
         raise ValueError(f"mode must be 'paper' or 'bit', got {mode!r}")
     names = [n for n in convs_followed_by_norm(model) if type(model.get_submodule(n)) is nn.Conv2d]
     for name in names:
-        _replace(model, name, WSConv2d.from_conv(model.get_submodule(name), eps, mode))  # type: ignore[arg-type]
+        model.set_submodule(name, WSConv2d.from_conv(model.get_submodule(name), eps, mode))  # type: ignore[arg-type]
     return names
 
 
@@ -300,7 +294,7 @@ def apply_batch_channel_norm(
             groups = max(d for d in range(1, min(num_groups, bn.num_features) + 1) if bn.num_features % d == 0)
         bcn = BatchChannelNorm2d(bn.num_features, groups, bn.eps, momentum, estimate, bn=bn)  # type: ignore
         bcn.to(device=bn.weight.device if bn.weight is not None else None)
-        _replace(model, name, bcn)
+        model.set_submodule(name, bcn)
         if optimizer is not None:
             group = owner.get(id(bn.weight), optimizer.param_groups[0]) if bn.weight is not None \
                 else optimizer.param_groups[0]

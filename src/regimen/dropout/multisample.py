@@ -232,10 +232,8 @@ def replace_submodule(model: nn.Module, module_name: str, build: Any) -> nn.Modu
         old = model.get_submodule(module_name)
     except AttributeError:
         raise ValueError(f"module_name {module_name!r} does not name a submodule of the model") from None
-    parent_name, _, child = module_name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
     new = build(old)
-    setattr(parent, child, new)  # ModuleList / Sequential keep children under their index as attribute name
+    model.set_submodule(module_name, new)
     return new
 
 

@@ -205,8 +205,7 @@ def factorize(model: nn.Module, energy: float = 0.99, include_linear: bool = Fal
             new: nn.Module = LowRankConv2d.from_conv(module, rank)
         else:
             new = LowRankLinear.from_linear(module, rank)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        model.set_submodule(name, new)
         replaced[name] = rank
         if optimizer is not None:
             old = {id(p) for p in module.parameters()}
@@ -237,8 +236,7 @@ def restore_lowrank(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn
             new = LowRankLinear(module.in_features, module.out_features, rank, module.bias is not None)
         else:
             continue
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        model.set_submodule(name, new)
     return model
 
 

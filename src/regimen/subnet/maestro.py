@@ -404,12 +404,6 @@ def _rebind(optimizer: torch.optim.Optimizer, replaced: dict[nn.Parameter, list[
         group["params"] = params
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 def apply_maestro(
     model: nn.Module,
     rank_ratio: float = 1.0,
@@ -461,7 +455,7 @@ def apply_maestro(
             new = LowRankConv2d.from_conv(module, max(1, math.ceil(rank_ratio * full)))
         new.train(module.training)
         replaced[module.weight] = [new.u, new.v]
-        _set_submodule(model, name, new)
+        model.set_submodule(name, new)
     if optimizer is not None:
         _rebind(optimizer, replaced)
     return model
@@ -484,7 +478,7 @@ def truncate_model(model: nn.Module, dense_when_cheaper: bool = False) -> nn.Mod
         new: nn.Module = layer.truncate()
         if dense_when_cheaper and not layer.saves_compute():
             new = layer.to_dense().train(layer.training)
-        _set_submodule(model, name, new)
+        model.set_submodule(name, new)
     return model
 
 

@@ -280,12 +280,6 @@ def _to_pruned_attention(mha: nn.MultiheadAttention, head_dim: int) -> PrunedMul
     return new
 
 
-def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 class _Snapshot:
     """Saves every module's attribute dict so a failed surgery can be undone exactly."""
 
@@ -384,7 +378,7 @@ def prune_groups(model: nn.Module, plan: Mapping[Group, torch.Tensor | Sequence[
             _fix_module(module, infos[name])
         for name, module in touched.items():
             if isinstance(module, nn.MultiheadAttention):
-                _replace_module(model, name, _to_pruned_attention(module, infos[name]["head_dim"]))
+                model.set_submodule(name, _to_pruned_attention(module, infos[name]["head_dim"]))
         if example_inputs is not None:
             modes = {m: m.training for m in model.modules()}
             try:

@@ -20,7 +20,6 @@ from regimen.subnet.prune import (
     PrunedMultiheadAttention,
     _fix_module,
     _module_info,
-    _replace_module,
     _to_pruned_attention,
 )
 
@@ -85,7 +84,7 @@ def restore_pruned(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.
         _fix_module(module, infos[name])
     for name, module in touched.items():
         if isinstance(module, nn.MultiheadAttention):
-            _replace_module(model, name, _to_pruned_attention(module, infos[name]["head_dim"]))
+            model.set_submodule(name, _to_pruned_attention(module, infos[name]["head_dim"]))
     model.load_state_dict(state_dict, strict=True)
     return model
 
