@@ -55,8 +55,9 @@ packed attention by ``PrunedMultiheadAttention`` when heads or dims change, and 
 
 from __future__ import annotations
 
+import contextlib
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,6 +161,19 @@ def _run_model(model: nn.Module, example_inputs: Any) -> Any:
         return model(*args, **kwargs)
     except Exception as error:  # noqa: BLE001 - any failure means the inputs do not fit the model
         raise ValueError(f"example_inputs do not run the model: {type(error).__name__}: {error}") from error
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no gradients inside the block; every module's own train/eval flag is restored afterwards."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -887,24 +901,18 @@ def trace_dependencies(model: nn.Module, example_inputs: Any, tracer: str = "aut
     if tracer not in ("auto", "fx", "eager"):
         raise ValueError(f"tracer must be 'auto', 'fx' or 'eager', got {tracer!r}")
     args, kwargs = normalize_inputs(example_inputs)
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            _run_model(model, example_inputs)
-            if tracer in ("auto", "fx"):
-                try:
-                    graph = _LeafTracer().trace(model)
-                    del graph
-                except Exception:  # noqa: BLE001 - any symbolic-tracing failure falls back to eager recording
-                    if tracer == "fx":
-                        raise
-                    return _trace_eager(model, args, kwargs)
-                return _trace_fx(model, args, kwargs)
-            return _trace_eager(model, args, kwargs)
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
+    with evaluating(model):
+        _run_model(model, example_inputs)
+        if tracer in ("auto", "fx"):
+            try:
+                graph = _LeafTracer().trace(model)
+                del graph
+            except Exception:  # noqa: BLE001 - any symbolic-tracing failure falls back to eager recording
+                if tracer == "fx":
+                    raise
+                return _trace_eager(model, args, kwargs)
+            return _trace_fx(model, args, kwargs)
+        return _trace_eager(model, args, kwargs)
 
 
 def dependency_groups(model: nn.Module, example_inputs: Any, tracer: str = "auto") -> list[Group]:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regimen.subnet._modules import check_ignore as _check_ignore
-from regimen.subnet.graph import Group, _run_model, normalize_inputs, trace_dependencies
+from regimen.subnet.graph import Group, _run_model, evaluating, normalize_inputs, trace_dependencies
 from regimen.subnet.importance import IMPORTANCES, Importance, normalized_scores
 
 __all__ = [
@@ -160,16 +160,12 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
         if isinstance(module, nn.modules.conv._ConvNd | nn.Linear | nn.MultiheadAttention | PrunedMultiheadAttention):
             handles.append(module.register_forward_hook(hook))
     args, _ = normalize_inputs(example_inputs)
-    modes = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        with torch.no_grad():
+        with evaluating(model):
             _run_model(model, example_inputs)
     finally:
         for handle in handles:
             handle.remove()
-        for m, mode in modes.items():
-            m.training = mode
     batch = args[0].shape[0] if args and isinstance(args[0], torch.Tensor) and args[0].dim() > 0 else 1
     return total[0] // max(batch, 1)
 
@@ -380,14 +376,8 @@ def prune_groups(model: nn.Module, plan: Mapping[Group, torch.Tensor | Sequence[
             if isinstance(module, nn.MultiheadAttention):
                 model.set_submodule(name, _to_pruned_attention(module, infos[name]["head_dim"]))
         if example_inputs is not None:
-            modes = {m: m.training for m in model.modules()}
-            try:
-                model.eval()
-                with torch.no_grad():
-                    _run_model(model, example_inputs)
-            finally:
-                for m, mode in modes.items():
-                    m.training = mode
+            with evaluating(model):
+                _run_model(model, example_inputs)
     except Exception:
         snapshot.restore()
         raise
