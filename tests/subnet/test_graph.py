@@ -12,14 +12,6 @@ from regimen.subnet import UntraceableError, dependency_groups, prune, prune_gro
 from tests.subnet.archs import ARCHS, ControlFlowNet, DenseNet, MobileNetV2, ResNeXt, TinyViT, randomize_norms
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _every_other_unit_zeroed(model: nn.Module, x: torch.Tensor):
     graph = trace_dependencies(model, x)
     plan = {}

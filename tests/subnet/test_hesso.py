@@ -15,14 +15,6 @@ from regimen.subnet import HESSO, group_scores, hesso_factor
 from tests.subnet.archs import DenseNet, randomize_norms
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_factors_decay_linearly_and_end_at_exactly_zero():
     period = 7
     value = 1.0

@@ -15,14 +15,6 @@ from regimen.subnet import NMSparsity, apply_nm_sparsity, export, nm_mask, nm_sp
 from regimen.subnet.nm import to_semi_structured
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one thread avoids synchronisation cost on a loaded machine
-    yield
-    torch.set_num_threads(threads)
-
-
 def _mask_by_loop(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Reference: per output, kernel position and block of m inputs, keep the n largest |w| (lower index on ties)."""
     mask = torch.zeros_like(weight, dtype=torch.bool)

@@ -24,14 +24,6 @@ from regimen.subnet import (
 from tests.subnet.archs import DenseNet, TinyViT
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 

@@ -15,14 +15,6 @@ from regimen.subnet import LowRankConv2d, LowRankLinear, factorize, load_pruned,
 from regimen.subnet.lowrank import conv_to_matrix, energy_rank, matrix_to_conv, nuclear_subgradient
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one thread avoids synchronisation cost on a loaded machine
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_conv_reshape_puts_channel_row_and_filter_column_together():
     weight = torch.randn(3, 2, 4, 5)
     matrix = conv_to_matrix(weight)
