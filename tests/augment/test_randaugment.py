@@ -192,3 +192,27 @@ def test_bad_arguments_raise_clear_errors():
         aug(torch.full((2, 3, 8, 8), 2.0))
     with pytest.raises(ValueError, match="params.ops"):
         apply_ops(_batch(2), AugmentParams(torch.zeros(3, 1, dtype=torch.long), torch.zeros(3, 1)))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("op, value, message", [
+    ("Rotate", math.nan, "finite"), ("Solarize", math.inf, "finite"), ("Posterize", 0.0, "Posterize"),
+    ("Posterize", 3.5, "Posterize"), ("Brightness", -0.5, "enhancement"), ("Sharpness", -1.0, "enhancement"),
+])
+def test_apply_ops_rejects_bad_values_on_every_path(dtype, op, value, message):
+    x = _batch(3, 3, 9, 7)
+    x = x if dtype == torch.uint8 else x.to(dtype) / 255
+    params = AugmentParams(torch.full((3, 1), OPS.index(op)), torch.full((3, 1), value, dtype=torch.float64))
+    with pytest.raises(ValueError, match=message):
+        apply_ops(x, params)
+    with pytest.raises(TypeError, match="params.ops"):
+        apply_ops(x, AugmentParams(params.ops.float(), params.values))
+
+
+@pytest.mark.parametrize("op, value", [("TranslateX", 1e30), ("TranslateY", -1e12), ("ShearX", 1e20), ("ShearY", -3e9)])
+def test_huge_geometric_values_give_pillows_all_fill_result(op, value):
+    x = _batch(2, 3, 9, 7)
+    params = AugmentParams(torch.full((2, 1), OPS.index(op)), torch.full((2, 1), value, dtype=torch.float64))
+    expected = torch.stack([pillow_apply(x[i], [(op, value)], fill=5) for i in range(2)])
+    assert torch.equal(apply_ops(x, params, fill=5), expected)
+    assert torch.equal(apply_ops(x.float() / 255, params, fill=5).mul(255).round().to(torch.uint8), expected)

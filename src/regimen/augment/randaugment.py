@@ -116,10 +116,14 @@ def apply_ops(
             f"params.ops and params.values must both have shape ({n}, K), got {tuple(params.ops.shape)} and "
             f"{tuple(params.values.shape)}"
         )
+    if params.ops.dtype.is_floating_point or params.ops.dtype.is_complex or params.ops.dtype == torch.bool:
+        raise TypeError(f"params.ops must be an integer tensor of op indices, got {params.ops.dtype}")
     if ((params.ops < 0) | (params.ops >= len(OPS))).any():
         raise ValueError(f"params.ops must be indices in [0, {len(OPS)})")
-    ops = params.ops.cpu()
+    ops = params.ops.cpu().long()
     values = params.values.to(torch.float64).cpu()
+    _check_values(ops, values)
+    values = _clamp_geometry(ops, values, *images.shape[-2:])
     if images.dtype == torch.uint8 and interpolation == "nearest":
         fill_levels = AF._fill_levels(fill, images.shape[1]).to(device=images.device, dtype=torch.uint8)
         return apply_ops_uint8(images, ops, values, fill_levels)
@@ -147,6 +151,32 @@ def apply_ops(
             inverse = torch.argsort(torch.cat(order)).to(images.device)
             out = torch.cat(pieces).index_select(0, inverse)
     return out.clone() if out is images else out
+
+
+def _check_values(ops: torch.Tensor, values: torch.Tensor) -> None:
+    """The checks of the functional ops, for a whole parameter table at once."""
+    if not torch.isfinite(values).all():
+        raise ValueError("params.values must be finite")
+    bits = values[ops == OPS.index("Posterize")]
+    if ((bits < 1) | (bits > 8) | (bits != bits.round())).any():
+        raise ValueError(f"params.values of Posterize must be integer bit counts in [1, 8], got "
+                         f"{bits.unique().tolist()}")
+    enhance = torch.isin(ops, torch.tensor([OPS.index(name) for name in sorted(_ENHANCE)]))
+    if (values[enhance] < 0).any():
+        raise ValueError("params.values of Color, Contrast, Brightness and Sharpness (enhancement factors) must be "
+                         f">= 0, got min {values[enhance].min().item()}")
+
+
+def _clamp_geometry(ops: torch.Tensor, values: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Clip translations to one image size plus a pixel and shears to ``2 (H + W) + 2``: beyond that every pixel
+    already comes from outside the image (only fill), so the result is unchanged, and fixed-point indices cannot
+    overflow."""
+    limit = torch.zeros(len(OPS), dtype=torch.float64)
+    limit[OPS.index("TranslateX")] = width + 1
+    limit[OPS.index("TranslateY")] = height + 1
+    limit[[OPS.index("ShearX"), OPS.index("ShearY")]] = 2 * (height + width) + 2
+    bound = limit[ops]
+    return torch.where(bound > 0, values.clamp(-bound, bound), values) if bool((bound > 0).any()) else values
 
 
 class _BatchedAugment(nn.Module):
