@@ -113,3 +113,14 @@ def test_bad_loader_and_dataset_arguments():
         InMemoryLoader(_dataset(), 0)
     with pytest.raises(DataError, match="labels must lie"):
         ArrayDataset(torch.zeros(2, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 5]), 3)
+
+
+def test_loader_batches_at_positions_are_those_of_the_full_epoch():
+    loader = InMemoryLoader(_dataset(), 8, seed=3)
+    loader.set_epoch(2)
+    full = list(loader)
+    chosen = list(loader.batches([4, 0, 2]))
+    assert len(chosen) == 3
+    for (x, y, idx), position in zip(chosen, [4, 0, 2], strict=True):
+        assert torch.equal(idx, full[position][2]) and torch.equal(x, full[position][0])
+        assert torch.equal(y, full[position][1])

@@ -8,7 +8,7 @@ union of the ranks' batches equals the batch a single process would see at the s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -65,8 +65,12 @@ class InMemoryLoader:
         return torch.randperm(len(self.dataset), generator=generator)
 
     def __iter__(self) -> Iterator[Batch]:
+        return self.batches()
+
+    def batches(self, positions: Sequence[int] | None = None) -> Iterator[Batch]:
+        """This epoch's batches, or only those at ``positions`` (in the given order); skipped ones cost nothing."""
         order = self._order()
-        for batch in range(len(self)):
+        for batch in range(len(self)) if positions is None else positions:
             chunk = order[batch * self.global_batch : (batch + 1) * self.global_batch]
             share = -(-len(chunk) // self.world_size)  # ceil: the last partial batch splits as evenly as it can
             indices = chunk[self.rank * share : (self.rank + 1) * share]

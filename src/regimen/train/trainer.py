@@ -374,7 +374,7 @@ class _Run:
         bar = self.console.progress(steps, f"epoch {epoch + 1}/{ctx.epochs}")
         ctx.model.train()
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
-        batches = iter(self.loader) if selected is None else _only(self.loader, selected)
+        batches = self.loader.batches(selected)
         lr_factor = self.schedule.last_factor
         for step_in_epoch in range(steps):
             lr_factor = self.schedule.update((epoch + (step_in_epoch + 1) / steps) / ctx.epochs)
@@ -516,16 +516,6 @@ def _check_selection(positions: list[int], available: int, accumulation: int, na
     if len(positions) % accumulation:
         raise ValueError(f"method {name!r} selected {len(positions)} micro-batches, not a multiple of "
                          f"train.accumulation={accumulation}; keep whole optimizer steps")
-
-
-def _only(loader, positions: list[int]):
-    """The loader's batches at ``positions`` (sorted), in order; stops after the last one."""
-    wanted, last = set(positions), positions[-1]
-    for position, batch in enumerate(loader):
-        if position in wanted:
-            yield batch
-        if position == last:
-            return
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:
