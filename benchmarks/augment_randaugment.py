@@ -8,7 +8,9 @@ replays exactly those ops image by image with ``ImageOps``/``ImageEnhance``/``Im
 images, and again including the tensor<->PIL conversion a tensor pipeline needs). Kornia's
 ``kornia.augmentation.auto.RandAugment(n=2, m=9)`` runs on the same batch as float32 in [0, 1] (it does not take
 uint8) and shares its ops across the batch. The "copy floor" is ``2 x num_ops`` plain ``clone()``s of the uint8 batch
-(one read + one write per op): our time is reported as a multiple of it. All timings are medians of ``--repeats``
+(one read + one write per op): our time is reported as a multiple of it. "ours uint8" is the path users get: the
+compiled kernel (``regimen.augment.native``) when it could be built; the torch implementation of the same ops
+(``native.disabled()``) is timed beside it. All timings are medians of ``--repeats``
 rounds, in one process, with ``torch.set_num_threads(--threads)``; every round times each contender once (right
 after an untimed warm call of the same contender), back to back, so drift on the shared machine hits all alike.
 Read the ratios, not the absolute times.
@@ -24,7 +26,7 @@ import time
 
 import torch
 
-from regimen.augment import RandAugment
+from regimen.augment import RandAugment, native
 from regimen.augment.pillow_reference import from_pil, pillow_op, to_pil
 
 STAT = statistics.median  # --stat min switches to the minimum (filters preemption on a shared machine)
@@ -58,6 +60,10 @@ def run(shape: tuple[int, int, int, int], repeats: int, kornia_ok: bool) -> dict
     def ours():
         aug.apply(x, params)
 
+    def ours_torch_path():
+        with native.disabled():
+            aug.apply(x, params)
+
     def ours_with_sampling():
         aug(x, generator=torch.Generator().manual_seed(1))
 
@@ -84,6 +90,7 @@ def run(shape: tuple[int, int, int, int], repeats: int, kornia_ok: bool) -> dict
 
     fns = {
         "ours_uint8": ours,
+        "ours_uint8_torch_path": ours_torch_path,
         "ours_uint8_incl_sampling": ours_with_sampling,
         "ours_float32": ours_float,
         "pillow_ops_only": pillow_ops_only,
@@ -115,15 +122,23 @@ def per_op(shape: tuple[int, int, int, int], repeats: int) -> None:
     x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     pil_images = [to_pil(image) for image in x]
     print(f"\nper op, {'x'.join(map(str, shape))} (all images draw the op):\n")
-    print("| op | ours (ms) | Pillow ops-only (ms) | x Pillow |\n|---|---|---|---|")
+    print("| op | ours (ms) | Pillow ops-only (ms) | x Pillow | torch path (ms) | x Pillow |")
+    print("|---" * 6 + "|")
     for index, name in enumerate(OPS):
         if name == "Identity" or (c == 1 and name == "Color"):
             continue
         value = _PER_OP_VALUES.get(name, 0.0)
         params = AugmentParams(torch.full((n, 1), index), torch.full((n, 1), value, dtype=torch.float64))
         r = _interleaved({"ours": lambda p=params: apply_ops(x, p),
+                          "torch": lambda p=params: _torch_path(apply_ops, x, p),
                           "pillow": lambda op=name, v=value: [pillow_op(im, op, v) for im in pil_images]}, repeats)
-        print(f"| {name} | {r['ours'] * 1e3:.2f} | {r['pillow'] * 1e3:.2f} | {r['pillow'] / r['ours']:.1f} |")
+        print(f"| {name} | {r['ours'] * 1e3:.2f} | {r['pillow'] * 1e3:.2f} | {r['pillow'] / r['ours']:.1f} "
+              f"| {r['torch'] * 1e3:.2f} | {r['pillow'] / r['torch']:.1f} |")
+
+
+def _torch_path(fn, *args):
+    with native.disabled():
+        return fn(*args)
 
 
 def main() -> None:
@@ -144,6 +159,8 @@ def main() -> None:
         kornia_ok = False
     import PIL
 
+    if not native.available():
+        print(f"WARNING: compiled kernel unavailable ({native.build_error()}): 'ours' is the torch path")
     print(f"torch {torch.__version__}, Pillow {PIL.__version__}, threads {torch.get_num_threads()}, "
           f"{platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} CPUs; RandAugment(num_ops=2, magnitude=9), {args.stat} of {args.repeats} "
@@ -165,7 +182,9 @@ def main() -> None:
             f"| {r['copy_floor'] * 1e3:.2f} | {r['ours_uint8'] / r['copy_floor']:.1f} |"
         )
         note = "" if shape[1] == 3 else "; Kornia timed on a 3-channel replica (it rejects C=1)"
-        print(f"  (incl. parameter sampling: {r['ours_uint8_incl_sampling'] * 1e3:.1f} ms; "
+        print(f"  (incl. parameter sampling: {r['ours_uint8_incl_sampling'] * 1e3:.1f} ms; torch path without the "
+              f"compiled kernel: {r['ours_uint8_torch_path'] * 1e3:.1f} ms = "
+              f"{r['pillow_ops_only'] / r['ours_uint8_torch_path']:.1f}x Pillow; "
               f"Kornia vs ours float32: {kornia / r['ours_float32']:.1f}x{note})")
     if args.per_op:
         for shape in ((256, 1, 28, 28), (64, 3, 224, 224)):

@@ -35,3 +35,17 @@ def _single_thread():
 def test_images() -> list[torch.Tensor]:
     """uint8 (C, H, W) images: two RGB photos, one greyscale photo, Fashion-MNIST items (odd sizes included)."""
     return _photos() + _fashion()
+
+
+@pytest.fixture(params=["native", "torch"])
+def uint8_backend(request):
+    """Run a test once with the compiled uint8 kernel and once with the torch implementation of the uint8 path."""
+    from regimen.augment import native
+
+    if request.param == "torch":
+        with native.disabled():
+            yield request.param
+        return
+    if not native.available():
+        pytest.skip(f"compiled kernel unavailable: {native.build_error()}")
+    yield request.param

@@ -16,7 +16,7 @@ def _batch(n=24, c=3, h=20, w=18, seed=0):
 
 @pytest.mark.parametrize("aug", [RandAugment(num_ops=3, magnitude=9), RandAugment(magnitude=20, magnitude_std=3.0),
                                  TrivialAugment()], ids=["ra", "ra_mstd", "ta"])
-def test_batch_equals_one_image_at_a_time_and_pillow(aug, test_images):
+def test_batch_equals_one_image_at_a_time_and_pillow(aug, test_images, uint8_backend):
     x = _batch()
     params = aug.sample(x.shape[0], 20, 18, torch.Generator().manual_seed(1))
     assert len(set(params.ops[:, 0].tolist())) > 5  # images really draw different ops
@@ -30,7 +30,7 @@ def test_batch_equals_one_image_at_a_time_and_pillow(aug, test_images):
 
 @pytest.mark.parametrize("shape", [(40, 3, 70, 90), (30, 1, 80, 66), (60, 1, 28, 28), (20, 3, 33, 17)],
                          ids=["rgb-large", "grey-large", "grey-small", "rgb-small"])
-def test_grouped_uint8_path_equals_explicit_loop_and_pillow(shape):
+def test_grouped_uint8_path_equals_explicit_loop_and_pillow(shape, uint8_backend):
     """The uint8 fast path (op groups; one warp for every geometric op of small images, op-specific copies for large
     ones) against the functional ops applied image by image, op by op, and against Pillow."""
     from regimen.augment.randaugment import _apply_one
@@ -54,7 +54,7 @@ def test_grouped_uint8_path_equals_explicit_loop_and_pillow(shape):
 
 @pytest.mark.parametrize("shape", [(0, 3, 8, 8), (5, 1, 1, 1), (7, 3, 2, 2), (6, 3, 1, 5), (3, 1, 2, 2100)],
                          ids=["empty", "1x1", "2x2", "1x5", "2x2100-large"])
-def test_grouped_uint8_path_on_degenerate_shapes(shape):
+def test_grouped_uint8_path_on_degenerate_shapes(shape, uint8_backend):
     from regimen.augment.randaugment import _apply_one
 
     n, c, h, w = shape
@@ -72,7 +72,7 @@ def test_grouped_uint8_path_on_degenerate_shapes(shape):
 
 
 @pytest.mark.parametrize("size", [(29, 31), (96, 80)], ids=["small", "large"])
-def test_grouped_geometric_ops_at_exact_angles_and_shears(size):
+def test_grouped_geometric_ops_at_exact_angles_and_shears(size, uint8_backend):
     """Right angles and zero shears/translations take Pillow's scale-only path: the fast path must agree."""
     from regimen.augment import functional as AF
 
@@ -92,7 +92,7 @@ def test_grouped_geometric_ops_at_exact_angles_and_shears(size):
         assert torch.equal(apply_ops(batch, params, fill=77), op(batch, v, fill=77)), name
 
 
-def test_every_op_on_real_photos_matches_pillow(test_images):
+def test_every_op_on_real_photos_matches_pillow(test_images, uint8_backend):
     for image in test_images:
         n = len(OPS)
         ops = torch.arange(n).view(n, 1)
@@ -210,7 +210,7 @@ def test_apply_ops_rejects_bad_values_on_every_path(dtype, op, value, message):
 
 
 @pytest.mark.parametrize("op, value", [("TranslateX", 1e30), ("TranslateY", -1e12), ("ShearX", 1e20), ("ShearY", -3e9)])
-def test_huge_geometric_values_give_pillows_all_fill_result(op, value):
+def test_huge_geometric_values_give_pillows_all_fill_result(op, value, uint8_backend):
     x = _batch(2, 3, 9, 7)
     params = AugmentParams(torch.full((2, 1), OPS.index(op)), torch.full((2, 1), value, dtype=torch.float64))
     expected = torch.stack([pillow_apply(x[i], [(op, value)], fill=5) for i in range(2)])

@@ -1,5 +1,9 @@
 """The uint8 fast path of :func:`regimen.augment.randaugment.apply_ops`: per-sample ops, processed in op groups.
 
+On the CPU, the pixel work goes to the compiled kernel (:mod:`regimen.augment.native`, ``uint8_kernel.c``) when it
+could be built; it takes the same parameter-only preparation (maps, static tables) from here. The torch
+implementation below serves the other devices, machines without a C compiler, and tests (both agree bit for bit).
+
 For each of the ``K`` op positions the batch is sorted once by op (a stable ``argsort`` of a rank that puts the
 Identity images first, then the table ops, then Color/Sharpness, then the geometric ops), so every op's images form
 one contiguous slice of the sorted batch. Each slice is processed in place of its rows of one output buffer, and one
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 
 from regimen.augment import functional as AF
+from regimen.augment import native
 from regimen.augment.functional import OPS
 
 __all__ = ["apply_ops_uint8"]
@@ -39,6 +44,10 @@ _GROUP_ORDER = ("Identity", *_TABLE_OPS, "Color", "Sharpness", *_GEOMETRIC)
 _ORDER = [OPS.index(name) for name in _GROUP_ORDER]  # op indices in group order
 _RANK = np.array([_GROUP_ORDER.index(name) for name in OPS])  # op index -> position in group order
 _BLOCK_ELEMENTS = 1 << 20
+# op index -> the compiled kernel's op kind (uint8_kernel.c): 1 = static table, 7 = geometric map
+_KERNEL_KIND = np.array([{"Identity": 0, "AutoContrast": 2, "Equalize": 3, "Contrast": 4, "Color": 5, "Sharpness": 6,
+                          "Solarize": 1, "Posterize": 1, "Brightness": 1}.get(name, 7) for name in OPS], dtype=np.int32)
+_NATIVE_MAX_PLANE = 2**31 - 4  # the compiled kernel indexes a plane (and a fill level) with int32
 _SMALL_IMAGE = 64 * 64  # pixels; up to this size one gather does every geometric op of a pass
 
 
@@ -54,7 +63,7 @@ def apply_ops_uint8(images: torch.Tensor, ops: torch.Tensor, values: torch.Tenso
     Returns a new tensor (never ``images`` itself).
 
     Parameter-only work (grouping, index maps, lookup tables) runs in numpy on a few numbers per image, where a torch
-    call would cost more in dispatch than in arithmetic; pixels are only ever touched by torch.
+    call would cost more in dispatch than in arithmetic; pixels are touched by the compiled kernel or by torch.
     """
     n, c, h, w = images.shape
     ops, values = ops.numpy(), values.numpy()
@@ -64,6 +73,9 @@ def apply_ops_uint8(images: torch.Tensor, ops: torch.Tensor, values: torch.Tenso
     k = ops.shape[1]
     maps = _fixed_point_maps(ops.reshape(-1), values.reshape(-1), h, w).reshape(n, k, 6)
     tables = _static_tables(ops.reshape(-1), values.reshape(-1)).reshape(n, k, 256)
+    if images.device.type == "cpu" and h * w < _NATIVE_MAX_PLANE and native.available():
+        return native.apply_ops_uint8_native(images, _KERNEL_KIND[ops], values.astype(np.float32), tables, maps,
+                                             fill.numpy())
     out = images
     for position in range(k):
         out = _apply_position(out, ops[:, position], values[:, position], maps[:, position], tables[:, position],

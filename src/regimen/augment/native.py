@@ -1,0 +1,184 @@
+"""The compiled uint8 kernel (``uint8_kernel.c``): built on first use with the system C compiler, loaded with ctypes.
+
+The kernel applies every image's RandAugment ops in one foreign call, touching each byte once per op, where the torch
+path (:mod:`regimen.augment.op_groups`) needs an int32 index per byte and hundreds of tensor ops per call. Both give
+the same results bit for bit (tests compare them with each other and with Pillow).
+
+Building: ``$CC`` (else ``cc``, ``gcc`` or ``clang``) compiles the source once into a cache folder
+(``$REGIMEN_CACHE_DIR``, else ``$XDG_CACHE_HOME/regimen``, else ``~/.cache/regimen``), under a name that hashes the
+source, the flags, the compiler and the platform, so an edited source or another machine type gets its own build. The
+build writes a temporary file and renames it, so processes that build at the same time do not see half a library.
+Without a compiler (or with ``REGIMEN_NATIVE=0``) the torch path is used, with one warning saying so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["available", "disabled", "apply_ops_uint8_native", "build_error", "set_simd"]
+
+_SOURCE = Path(__file__).with_name("uint8_kernel.c")
+_FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off")
+_lock = threading.Lock()
+_state: dict = {"library": None, "function": None, "tried": False, "error": None}
+_local = threading.local()
+_MIN_BYTES_PER_THREAD = 1 << 18  # below this a worker thread costs more than it saves
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("REGIMEN_CACHE_DIR"):
+        return Path(os.environ["REGIMEN_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "regimen"
+
+
+def _build(compiler: str) -> Path:
+    """The path of the compiled library, building it if this source/compiler/platform has no build yet."""
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, " ".join(_FLAGS).encode(), compiler.encode(),
+                                     platform.machine().encode(), sys.platform.encode()])).hexdigest()[:16]
+    folder = _cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:  # e.g. a read-only home: build in a private temporary folder instead
+        folder = Path(tempfile.gettempdir()) / f"regimen-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+        folder.mkdir(parents=True, exist_ok=True)
+    library = folder / f"uint8_kernel-{key}.so"
+    if library.exists():
+        return library
+    handle, temporary = tempfile.mkstemp(suffix=".so", dir=folder)
+    os.close(handle)
+    try:
+        result = subprocess.run([compiler, *_FLAGS, "-o", temporary, str(_SOURCE)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[:2000]}")
+        os.replace(temporary, library)  # atomic: a concurrent build of the same source renames the same bytes
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+    return library
+
+
+def _load():
+    """The kernel's ctypes function, or ``None`` (and a warning, once) if it cannot be built."""
+    with _lock:
+        if _state["tried"]:
+            return _state["function"]
+        _state["tried"] = True
+        if os.environ.get("REGIMEN_NATIVE", "1") == "0":
+            _state["error"] = "disabled by REGIMEN_NATIVE=0"
+            return None
+        try:
+            compiler = _compiler()
+            if compiler is None:
+                raise RuntimeError("no C compiler found (set CC, or install cc/gcc/clang)")
+            library = ctypes.CDLL(str(_build(compiler)))
+            function = library.regimen_apply_ops_uint8
+        except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+            _state["error"] = str(error)
+            warnings.warn(f"regimen: the compiled uint8 augmentation kernel is unavailable ({error}); using the "
+                          "slower torch implementation", RuntimeWarning, stacklevel=3)
+            return None
+        function.restype = ctypes.c_int
+        function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_int64] * 5, *[ctypes.c_void_p] * 5]
+        library.regimen_set_simd.restype = ctypes.c_int
+        library.regimen_set_simd.argtypes = [ctypes.c_int]
+        library.regimen_set_simd(1)
+        _state["library"], _state["function"] = library, function
+        return function
+
+
+def available() -> bool:
+    """Whether the compiled kernel is built and enabled (builds it on the first call)."""
+    return not getattr(_local, "disabled", False) and _load() is not None
+
+
+def build_error() -> str | None:
+    """Why the kernel is unavailable (``None`` if it loaded or was not tried yet)."""
+    return _state["error"]
+
+
+def set_simd(enabled: bool) -> bool:
+    """Switch the kernel's hand-written SIMD routes (AVX-512 VBMI table lookups and AVX-512 gathers) on or off for
+    the whole process; returns whether they are now in use (``False`` on CPUs without them). The compiler's own
+    vectorisation is unaffected. For tests and benchmarks: both routes give the same results."""
+    if _load() is None:
+        return False
+    return bool(_state["library"].regimen_set_simd(int(bool(enabled))))
+
+
+@contextlib.contextmanager
+def disabled():
+    """Use the torch implementation inside this block (this thread only): for tests and comparisons."""
+    previous = getattr(_local, "disabled", False)
+    _local.disabled = True
+    try:
+        yield
+    finally:
+        _local.disabled = previous
+
+
+_pool: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _executor(threads: int) -> ThreadPoolExecutor:
+    """A pool per process and size: a forked child (e.g. a DataLoader worker) must not reuse its parent's pool,
+    whose threads do not exist in the child."""
+    key = (os.getpid(), threads)
+    with _lock:
+        if key not in _pool:
+            _pool[key] = ThreadPoolExecutor(threads, thread_name_prefix="regimen-augment")
+        return _pool[key]
+
+
+def apply_ops_uint8_native(images: torch.Tensor, kinds: np.ndarray, factors: np.ndarray, tables: np.ndarray,
+                           maps: np.ndarray, fill: np.ndarray) -> torch.Tensor:
+    """Run the kernel on a contiguous CPU uint8 batch ``(N, C, H, W)``: ``kinds`` ``(N, K)`` int32, ``factors``
+    ``(N, K)`` float32, ``tables`` ``(N, K, 256)`` uint8, ``maps`` ``(N, K, 6)`` int64, ``fill`` ``(C,)`` uint8 (see
+    ``uint8_kernel.c``). Splits the batch over ``torch.get_num_threads()`` threads (ctypes releases the GIL)."""
+    function = _load()
+    images = images.contiguous()
+    out = torch.empty_like(images)
+    n, c, h, w = images.shape
+    k = kinds.shape[1]
+    arrays = [np.ascontiguousarray(a, dtype=t) for a, t in
+              ((kinds, np.int32), (factors, np.float32), (tables, np.uint8), (maps, np.int64), (fill, np.uint8))]
+    kinds, factors, tables, maps, fill = arrays
+    size = c * h * w
+    threads = max(1, min(torch.get_num_threads(), n, n * size // _MIN_BYTES_PER_THREAD))
+    bounds = np.linspace(0, n, threads + 1).astype(np.int64)
+
+    def run(a: int, b: int) -> int:
+        return function(images.data_ptr() + a * size, out.data_ptr() + a * size, b - a, c, h, w, k,
+                        kinds[a:].ctypes.data, factors[a:].ctypes.data, tables[a:].ctypes.data,
+                        maps[a:].ctypes.data, fill.ctypes.data)
+
+    if threads == 1:
+        codes = [run(0, n)]
+    else:
+        codes = list(_executor(threads).map(run, bounds[:-1].tolist(), bounds[1:].tolist()))
+    if any(code != 0 for code in codes):
+        raise MemoryError(f"the uint8 augmentation kernel could not allocate scratch memory for a {c}x{h}x{w} image")
+    return out

@@ -1,0 +1,454 @@
+/* Per-sample RandAugment ops on uint8 NCHW images with Pillow's semantics (NEAREST geometry), image by image.
+ *
+ * The compiled counterpart of regimen/augment/op_groups.py: the same results bit for bit (tests compare both with
+ * Pillow and with each other). Python prepares everything that depends on the parameters only (op kinds, the
+ * static lookup tables of Solarize/Posterize/Brightness, the 16.16 fixed-point maps of the geometric ops, float32
+ * enhancement factors); this file does the per-pixel work and the per-image statistics (AutoContrast's extremes,
+ * Equalize's histograms, Contrast's mean grey level) in one pass over the batch, so a call costs one foreign call
+ * instead of hundreds of tensor ops, and each op touches each byte once.
+ *
+ * Floating-point arithmetic is float32 for blends and float64 for AutoContrast, as in the Python code; compile with
+ * -ffp-contract=off so that no multiply-add is fused (numpy and torch round after every operation).
+ *
+ * Speed: with GCC on x86-64 Linux, the pixel loops are compiled for AVX-512, AVX2 and baseline SSE2 and the
+ * dynamic loader picks the best the CPU has (target_clones); the same C code gives the same results in every clone.
+ * Table lookups on CPUs with AVX-512 VBMI use two 128-entry byte permutes per 64 bytes (hand-written; switched off
+ * by regimen_set_simd(0), which the tests use to compare it with the scalar loop).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define HAVE_VBMI 1
+#include <immintrin.h>
+#else
+#define CLONES
+#define HAVE_VBMI 0
+#endif
+
+static int use_vbmi = -1;  /* -1: not decided yet */
+
+/* Enable (1) or disable (0) the hand-written SIMD routes; returns whether they are in use. */
+int regimen_set_simd(int enabled) {
+#if HAVE_VBMI
+    __builtin_cpu_init();
+    use_vbmi = enabled && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw")
+               && __builtin_cpu_supports("avx512vl");
+#else
+    (void)enabled;
+    use_vbmi = 0;
+#endif
+    return use_vbmi;
+}
+
+enum {
+    KIND_IDENTITY = 0,
+    KIND_TABLE = 1,        /* a static per-image table (Solarize, Posterize, Brightness) */
+    KIND_AUTOCONTRAST = 2,
+    KIND_EQUALIZE = 3,
+    KIND_CONTRAST = 4,
+    KIND_COLOR = 5,        /* 3-channel images only (Python maps 1-channel Color to Identity) */
+    KIND_SHARPNESS = 6,
+    KIND_GEOMETRIC = 7     /* TranslateX/Y, ShearX/Y, Rotate: a fixed-point map */
+};
+
+typedef struct {
+    int64_t c, h, w, plane;
+    const uint8_t *fill;
+    int32_t *index;        /* scratch: a source index per pixel (h w values) */
+    uint8_t *plane_copy;   /* scratch: one plane and a fill level (h w + 1 values, 3 more readable) */
+    const uint8_t *input_end;                        /* end of the caller's images */
+    const uint8_t *scratch_start, *scratch_end;      /* our buffers, all followed by >= 3 readable bytes */
+} Shape;
+
+static uint8_t blend_level(float degenerate, float factor, float x) {
+    /* Pillow's Image.blend in float32: d + f (x - d), clipped to [0, 255], truncated */
+    float v = degenerate + factor * (x - degenerate);
+    if (v < 0.0f) v = 0.0f;
+    if (v > 255.0f) v = 255.0f;
+    return (uint8_t)v;
+}
+
+#if HAVE_VBMI
+__attribute__((target("avx512f,avx512bw,avx512vbmi")))
+static int64_t lookup_vbmi(const uint8_t *src, uint8_t *dst, int64_t count, const uint8_t *table) {
+    /* returns how many leading values it did (whole 64-byte blocks) */
+    const __m512i t0 = _mm512_loadu_si512(table), t1 = _mm512_loadu_si512(table + 64);
+    const __m512i t2 = _mm512_loadu_si512(table + 128), t3 = _mm512_loadu_si512(table + 192);
+    int64_t i = 0;
+    for (; i + 64 <= count; i += 64) {
+        __m512i x = _mm512_loadu_si512(src + i);
+        __m512i low = _mm512_permutex2var_epi8(t0, x, t1);   /* levels 0-127: bit 6 picks t0/t1 */
+        __m512i high = _mm512_permutex2var_epi8(t2, x, t3);  /* levels 128-255 */
+        _mm512_storeu_si512(dst + i, _mm512_mask_blend_epi8(_mm512_movepi8_mask(x), low, high));
+    }
+    return i;
+}
+#endif
+
+static void lookup(const uint8_t *src, uint8_t *dst, int64_t count, const uint8_t *table) {
+    int64_t i = 0;
+#if HAVE_VBMI
+    if (use_vbmi) i = lookup_vbmi(src, dst, count, table);
+#endif
+    for (; i < count; i++) dst[i] = table[src[i]];
+}
+
+static void identity_table(uint8_t *table) {
+    for (int i = 0; i < 256; i++) table[i] = (uint8_t)i;
+}
+
+CLONES static void autocontrast_table(const uint8_t *plane, int64_t count, uint8_t *table) {
+    uint8_t lo = 255, hi = 0;
+    for (int64_t i = 0; i < count; i++) {
+        uint8_t v = plane[i];
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+    }
+    if (hi <= lo) {
+        identity_table(table);
+        return;
+    }
+    double scale = 255.0 / (double)(hi - lo);
+    double offset = -(double)lo * scale;
+    for (int i = 0; i < 256; i++) {
+        double v = (double)i * scale + offset;
+        v = v < 0.0 ? 0.0 : v;  /* trunc then clip == clip then trunc for values in (-1, 256) */
+        int64_t t = (int64_t)v;
+        table[i] = (uint8_t)(t > 255 ? 255 : t);
+    }
+}
+
+CLONES static void equalize_table(const uint8_t *plane, int64_t count, uint8_t *table) {
+    /* four interleaved sub-histograms (consecutive equal levels do not wait on each other's increments), eight
+     * levels per 64-bit load; counts fit 32 bits (planes have fewer than 2^31 pixels) */
+    uint32_t parts[4][256];
+    memset(parts, 0, sizeof(parts));
+    int64_t i = 0;
+    for (; i + 8 <= count; i += 8) {
+        uint64_t v;
+        memcpy(&v, plane + i, 8);
+        parts[0][v & 255]++;
+        parts[1][(v >> 8) & 255]++;
+        parts[2][(v >> 16) & 255]++;
+        parts[3][(v >> 24) & 255]++;
+        parts[0][(v >> 32) & 255]++;
+        parts[1][(v >> 40) & 255]++;
+        parts[2][(v >> 48) & 255]++;
+        parts[3][v >> 56]++;
+    }
+    for (; i < count; i++) parts[0][plane[i]]++;
+    int64_t hist[256];
+    for (int level = 0; level < 256; level++) {
+        hist[level] = (int64_t)parts[0][level] + parts[1][level] + parts[2][level] + parts[3][level];
+    }
+    int top = -1, occupied = 0;
+    for (int level = 0; level < 256; level++) {
+        if (hist[level] > 0) {
+            top = level;
+            occupied++;
+        }
+    }
+    int64_t step = top < 0 ? 0 : (count - hist[top]) / 255;
+    if (occupied <= 1 || step == 0) {
+        identity_table(table);
+        return;
+    }
+    uint32_t below = 0, half = (uint32_t)(step / 2), divisor = (uint32_t)step;  /* 32-bit division is faster */
+    for (int level = 0; level < 256; level++) {
+        uint32_t v = (half + below) / divisor;
+        table[level] = (uint8_t)(v > 255 ? 255 : v);
+        below += (uint32_t)hist[level];
+    }
+}
+
+static inline uint8_t grey(uint8_t r, uint8_t g, uint8_t b) {
+    /* Pillow's convert('L') */
+    return (uint8_t)((19595 * (int32_t)r + 38470 * (int32_t)g + 7471 * (int32_t)b + 0x8000) >> 16);
+}
+
+CLONES static void contrast(const uint8_t *src, uint8_t *dst, const Shape *s, float factor) {
+    int64_t total = 0;
+    if (s->c == 1) {
+        for (int64_t i = 0; i < s->plane; i++) total += src[i];
+    } else {
+        const uint8_t *r = src, *g = src + s->plane, *b = src + 2 * s->plane;
+        for (int64_t i = 0; i < s->plane; i++) total += grey(r[i], g[i], b[i]);
+    }
+    double mean = (double)total / (double)s->plane;
+    float degenerate = (float)(int64_t)(mean + 0.5);  /* Pillow: int(mean + 0.5); mean >= 0 */
+    uint8_t table[256];
+    for (int i = 0; i < 256; i++) table[i] = blend_level(degenerate, factor, (float)i);
+    lookup(src, dst, s->c * s->plane, table);
+}
+
+/* Blends (Color, Sharpness) first build the whole degenerate plane, then blend the plane in one long loop: short
+ * per-row loops would spend much of their time in scalar remainders. */
+CLONES static void blend_plane(const uint8_t *restrict x, const uint8_t *restrict degenerate, uint8_t *restrict out,
+                               int64_t count, float factor) {
+    for (int64_t i = 0; i < count; i++) {
+        float d = (float)degenerate[i];
+        float v = d + factor * ((float)x[i] - d);  /* Pillow's Image.blend in float32, clipped, truncated */
+        v = v < 0.0f ? 0.0f : v;
+        v = v > 255.0f ? 255.0f : v;
+        out[i] = (uint8_t)(int32_t)v;
+    }
+}
+
+CLONES static void grey_plane(const uint8_t *restrict r, const uint8_t *restrict g, const uint8_t *restrict b,
+                              uint8_t *restrict out, int64_t count) {
+    for (int64_t i = 0; i < count; i++) {
+        out[i] = (uint8_t)((19595 * (int32_t)r[i] + 38470 * (int32_t)g[i] + 7471 * (int32_t)b[i] + 0x8000) >> 16);
+    }
+}
+
+static void color(const uint8_t *src, uint8_t *dst, const Shape *s, float factor) {
+    const int64_t p = s->plane;
+    uint8_t *grey_levels = s->plane_copy;
+    grey_plane(src, src + p, src + 2 * p, grey_levels, p);
+    for (int64_t ch = 0; ch < 3; ch++) blend_plane(src + ch * p, grey_levels, dst + ch * p, p, factor);
+}
+
+CLONES static void smooth_interior(const uint8_t *restrict in, uint8_t *restrict out, int64_t first, int64_t last,
+                                   int64_t w) {
+    /* Pillow's SMOOTH at flat positions first..last-1: the weighted 3x3 sum / 13, rounded half up (exact in 16-bit
+     * integers); one long loop over the flattened plane, the wrapped-around edge columns are overwritten after */
+    for (int64_t i = first; i < last; i++) {
+        uint16_t sum = (uint16_t)(in[i - w - 1] + in[i - w] + in[i - w + 1] + in[i - 1] + 5 * in[i] + in[i + 1]
+                                  + in[i + w - 1] + in[i + w] + in[i + w + 1]);
+        out[i] = (uint8_t)((uint16_t)(2 * sum + 13) / 26);
+    }
+}
+
+static void sharpness(const uint8_t *src, uint8_t *dst, const Shape *s, float factor) {
+    const int64_t h = s->h, w = s->w, p = s->plane;
+    if (h < 3 || w < 3) {  /* Pillow copies every pixel: the degenerate image is the image */
+        memcpy(dst, src, (size_t)(s->c * p));
+        return;
+    }
+    uint8_t *smooth = s->plane_copy;
+    for (int64_t ch = 0; ch < s->c; ch++) {
+        const uint8_t *in = src + ch * p;
+        /* the degenerate image keeps the border pixels, where blend(x, x, f) == x */
+        memcpy(smooth, in, (size_t)w);
+        memcpy(smooth + (h - 1) * w, in + (h - 1) * w, (size_t)w);
+        smooth_interior(in, smooth, w + 1, p - w - 1, w);
+        for (int64_t y = 1; y < h - 1; y++) {
+            smooth[y * w] = in[y * w];
+            smooth[y * w + w - 1] = in[y * w + w - 1];
+        }
+        blend_plane(in, smooth, dst + ch * p, p, factor);
+    }
+}
+
+static void fill_row(uint8_t *dst, int64_t count, uint8_t value) {
+    memset(dst, value, (size_t)count);
+}
+
+#if HAVE_VBMI
+__attribute__((target("avx512f,avx512bw")))
+static int64_t gather_avx512(const uint8_t *plane, const int32_t *index, uint8_t *out, int64_t count) {
+    /* 16 unaligned 32-bit loads per instruction, low bytes kept (the plane has 3 readable bytes past its end) */
+    int64_t i = 0;
+    for (; i + 16 <= count; i += 16) {
+        __m512i at = _mm512_loadu_si512(index + i);
+        __m512i words = _mm512_i32gather_epi32(at, (const void *)plane, 1);
+        _mm_storeu_si128((__m128i *)(out + i), _mm512_cvtepi32_epi8(words));
+    }
+    return i;
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static void warp_avx512(const uint8_t *plane, uint8_t *out, int32_t h, int32_t w, int32_t x0, int32_t a, int32_t b,
+                        int32_t y0, int32_t c, int32_t d, uint8_t fill) {
+    /* 16 output pixels at a time: source column/row in 32-bit fixed point (the caller checked they fit), a mask
+     * of the pixels inside the image, and a masked gather of 32-bit words whose low byte is the source level
+     * (pixels outside keep the fill level); the plane must have 3 readable bytes after its end */
+    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i step_x = _mm512_set1_epi32(a), step_y = _mm512_set1_epi32(c);
+    const __m512i width = _mm512_set1_epi32(w), height = _mm512_set1_epi32(h), level = _mm512_set1_epi32(fill);
+    for (int32_t y = 0; y < h; y++) {
+        const __m512i start_x = _mm512_set1_epi32(x0 + b * y), start_y = _mm512_set1_epi32(y0 + d * y);
+        uint8_t *row_out = out + (int64_t)y * w;
+        for (int32_t x = 0; x < w; x += 16) {
+            const __mmask16 live = w - x >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (w - x)) - 1u);
+            const __m512i xs = _mm512_add_epi32(_mm512_set1_epi32(x), lanes);
+            const __m512i col = _mm512_srai_epi32(_mm512_add_epi32(start_x, _mm512_mullo_epi32(step_x, xs)), 16);
+            const __m512i row = _mm512_srai_epi32(_mm512_add_epi32(start_y, _mm512_mullo_epi32(step_y, xs)), 16);
+            const __mmask16 inside = live & _mm512_cmplt_epu32_mask(col, width) & _mm512_cmplt_epu32_mask(row, height);
+            const __m512i at = _mm512_add_epi32(_mm512_mullo_epi32(row, width), col);
+            const __m512i words = _mm512_mask_i32gather_epi32(level, inside, at, (const void *)plane, 1);
+            _mm_mask_storeu_epi8(row_out + x, live, _mm512_cvtepi32_epi8(words));
+        }
+    }
+}
+#endif
+
+static void gather(const uint8_t *plane, const int32_t *index, uint8_t *out, int64_t count) {
+    int64_t i = 0;
+#if HAVE_VBMI
+    if (use_vbmi) i = gather_avx512(plane, index, out, count);
+#endif
+    for (; i < count; i++) out[i] = plane[index[i]];
+}
+
+/* Source indices of a map into a plane (row * w + col), or h w (the appended fill level) outside the image. */
+static int fits_int32(int64_t start, int64_t step_x, int64_t step_y, int64_t w, int64_t h) {
+    int64_t bound = llabs(start) + llabs(step_x) * w + llabs(step_y) * h;
+    return bound < ((int64_t)1 << 31);
+}
+
+CLONES static void source_index32(int32_t *index, int64_t h, int64_t w, int32_t x0, int32_t a, int32_t b,
+                                  int32_t y0, int32_t c, int32_t d) {
+    const int32_t width = (int32_t)w, height = (int32_t)h, outside = (int32_t)(h * w);
+    for (int32_t y = 0; y < height; y++) {
+        const int32_t xx = x0 + b * y, yy = y0 + d * y;
+        int32_t *row_index = index + (int64_t)y * w;
+        for (int32_t x = 0; x < width; x++) {
+            int32_t col = (xx + a * x) >> 16, row = (yy + c * x) >> 16;
+            int inside = (uint32_t)col < (uint32_t)width && (uint32_t)row < (uint32_t)height;
+            row_index[x] = inside ? row * width + col : outside;
+        }
+    }
+}
+
+static void source_index64(int32_t *index, int64_t h, int64_t w, int64_t x0, int64_t a, int64_t b, int64_t y0,
+                           int64_t c, int64_t d) {
+    for (int64_t y = 0; y < h; y++) {
+        const int64_t xx = x0 + b * y, yy = y0 + d * y;
+        for (int64_t x = 0; x < w; x++) {
+            int64_t col = (xx + a * x) >> 16, row = (yy + c * x) >> 16;
+            int inside = (uint64_t)col < (uint64_t)w && (uint64_t)row < (uint64_t)h;
+            index[y * w + x] = (int32_t)(inside ? row * w + col : h * w);
+        }
+    }
+}
+
+/* output (x, y) reads column (X0 + A x + B y) >> 16 and row (Y0 + C x + D y) >> 16 (arithmetic shifts) */
+static void geometric(const uint8_t *src, uint8_t *dst, const Shape *s, const int64_t *m) {
+    const int64_t h = s->h, w = s->w, p = s->plane;
+    const int64_t x0 = m[0], a = m[1], b = m[2], y0 = m[3], c = m[4], d = m[5];
+    if (a == 65536 && c == 0) {  /* TranslateX/Y, ShearX: each output row is a shifted segment of one source row */
+        for (int64_t y = 0; y < h; y++) {
+            int64_t row = (y0 + d * y) >> 16;
+            int64_t shift = (x0 + b * y) >> 16;  /* column = x + shift */
+            int64_t lo = shift < 0 ? -shift : 0, hi = w - shift < w ? w - shift : w;  /* x range inside */
+            for (int64_t ch = 0; ch < s->c; ch++) {
+                uint8_t *o = dst + ch * p + y * w;
+                if (row < 0 || row >= h || lo >= hi) {
+                    fill_row(o, w, s->fill[ch]);
+                    continue;
+                }
+                fill_row(o, lo, s->fill[ch]);
+                memcpy(o + lo, src + ch * p + row * w + lo + shift, (size_t)(hi - lo));
+                fill_row(o + hi, w - hi, s->fill[ch]);
+            }
+        }
+        return;
+    }
+    const int small = fits_int32(x0, a, b, w, h) && fits_int32(y0, c, d, w, h);
+#if HAVE_VBMI
+    if (use_vbmi && small) {  /* indices computed in registers, masked 32-bit gathers straight from the plane */
+        for (int64_t ch = 0; ch < s->c; ch++) {
+            const uint8_t *plane = src + ch * p;
+            uintptr_t at = (uintptr_t)plane, scratch = (uintptr_t)s->scratch_start;
+            int ours = at >= scratch && at < (uintptr_t)s->scratch_end;
+            if (!ours && at + (uintptr_t)(p + 3) > (uintptr_t)s->input_end) {  /* 3 bytes past it are not ours */
+                memcpy(s->plane_copy, plane, (size_t)p);
+                plane = s->plane_copy;
+            }
+            warp_avx512(plane, dst + ch * p, (int32_t)h, (int32_t)w, (int32_t)x0, (int32_t)a, (int32_t)b,
+                        (int32_t)y0, (int32_t)c, (int32_t)d, s->fill[ch]);
+        }
+        return;
+    }
+#endif
+    /* otherwise: a source index per pixel (shared by the channels), then a gather per channel from a copy of the
+     * plane with the fill level appended at index `p` (no branch in the gather) */
+    int32_t *index = s->index;
+    if (small) {
+        source_index32(index, h, w, (int32_t)x0, (int32_t)a, (int32_t)b, (int32_t)y0, (int32_t)c, (int32_t)d);
+    } else {
+        source_index64(index, h, w, x0, a, b, y0, c, d);
+    }
+    for (int64_t ch = 0; ch < s->c; ch++) {
+        uint8_t *plane = s->plane_copy;
+        memcpy(plane, src + ch * p, (size_t)p);
+        plane[p] = s->fill[ch];
+        gather(plane, index, dst + ch * p, p);
+    }
+}
+
+static void apply_op(int32_t kind, const uint8_t *src, uint8_t *dst, const Shape *s, float factor,
+                     const uint8_t *table, const int64_t *map) {
+    uint8_t own[256];
+    switch (kind) {
+    case KIND_TABLE:
+        lookup(src, dst, s->c * s->plane, table);
+        break;
+    case KIND_AUTOCONTRAST:
+        for (int64_t ch = 0; ch < s->c; ch++) {
+            autocontrast_table(src + ch * s->plane, s->plane, own);
+            lookup(src + ch * s->plane, dst + ch * s->plane, s->plane, own);
+        }
+        break;
+    case KIND_EQUALIZE:
+        for (int64_t ch = 0; ch < s->c; ch++) {
+            equalize_table(src + ch * s->plane, s->plane, own);
+            lookup(src + ch * s->plane, dst + ch * s->plane, s->plane, own);
+        }
+        break;
+    case KIND_CONTRAST:
+        contrast(src, dst, s, factor);
+        break;
+    case KIND_COLOR:
+        color(src, dst, s, factor);
+        break;
+    case KIND_SHARPNESS:
+        sharpness(src, dst, s, factor);
+        break;
+    default:
+        geometric(src, dst, s, map);
+        break;
+    }
+}
+
+/* Image i of images (n, c, h, w) gets ops kinds[i, 0..k-1] in order; the result goes to out (same shape, not
+ * overlapping images). factors (n, k) float32, tables (n, k, 256), maps (n, k, 6) int64 fixed point, fill (c).
+ * Returns 0, or -1 if scratch memory could not be allocated (out is then unspecified). */
+int regimen_apply_ops_uint8(const uint8_t *images, uint8_t *out, int64_t n, int64_t c, int64_t h, int64_t w,
+                            int64_t k, const int32_t *kinds, const float *factors, const uint8_t *tables,
+                            const int64_t *maps, const uint8_t *fill) {
+    const int64_t size = c * h * w;
+    if (n == 0 || size == 0) return 0;
+    if (use_vbmi < 0) regimen_set_simd(1);
+    uint8_t *scratch = (uint8_t *)malloc((size_t)(2 * size + h * w + 4));
+    int32_t *index = (int32_t *)malloc((size_t)(h * w) * sizeof(int32_t));
+    if (scratch == NULL || index == NULL) {
+        free(scratch);
+        free(index);
+        return -1;
+    }
+    Shape s = {c, h, w, h * w, fill, index, scratch + 2 * size, images + n * size, scratch, scratch + 2 * size};
+    for (int64_t i = 0; i < n; i++) {
+        const uint8_t *current = images + i * size;
+        uint8_t *result = out + i * size;
+        int64_t last = -1;  /* the last position that is not Identity writes straight into the result */
+        for (int64_t j = 0; j < k; j++) {
+            if (kinds[i * k + j] != KIND_IDENTITY) last = j;
+        }
+        for (int64_t j = 0; j <= last; j++) {
+            const int64_t at = i * k + j;
+            if (kinds[at] == KIND_IDENTITY) continue;
+            uint8_t *target = j == last ? result : (current == scratch ? scratch + size : scratch);
+            apply_op(kinds[at], current, target, &s, factors[at], tables + at * 256, maps + at * 6);
+            current = target;
+        }
+        if (last < 0) memcpy(result, current, (size_t)size);
+    }
+    free(scratch);
+    free(index);
+    return 0;
+}
