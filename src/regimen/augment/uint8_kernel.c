@@ -63,12 +63,12 @@ typedef struct {
     const uint8_t *scratch_start, *scratch_end;      /* our buffers, all followed by >= 3 readable bytes */
 } Shape;
 
-static uint8_t blend_level(float degenerate, float factor, float x) {
+static inline uint8_t blend_pixel(float degenerate, float factor, uint8_t x) {
     /* Pillow's Image.blend in float32: d + f (x - d), clipped to [0, 255], truncated */
-    float v = degenerate + factor * (x - degenerate);
-    if (v < 0.0f) v = 0.0f;
-    if (v > 255.0f) v = 255.0f;
-    return (uint8_t)v;
+    float v = degenerate + factor * ((float)x - degenerate);
+    v = v < 0.0f ? 0.0f : v;
+    v = v > 255.0f ? 255.0f : v;
+    return (uint8_t)(int32_t)v;
 }
 
 #if HAVE_VBMI
@@ -180,45 +180,37 @@ CLONES static void contrast(const uint8_t *src, uint8_t *dst, const Shape *s, fl
     double mean = (double)total / (double)s->plane;
     float degenerate = (float)(int64_t)(mean + 0.5);  /* Pillow: int(mean + 0.5); mean >= 0 */
     uint8_t table[256];
-    for (int i = 0; i < 256; i++) table[i] = blend_level(degenerate, factor, (float)i);
+    for (int i = 0; i < 256; i++) table[i] = blend_pixel(degenerate, factor, (uint8_t)i);
     lookup(src, dst, s->c * s->plane, table);
 }
 
-/* Blends (Color, Sharpness) first build the whole degenerate plane, then blend the plane in one long loop: short
- * per-row loops would spend much of their time in scalar remainders. */
-CLONES static void blend_plane(const uint8_t *restrict x, const uint8_t *restrict degenerate, uint8_t *restrict out,
-                               int64_t count, float factor) {
+/* Blends run in long loops simple enough for the compiler to vectorise. */
+CLONES static void color_pixels(const uint8_t *restrict r, const uint8_t *restrict g, const uint8_t *restrict b,
+                                uint8_t *restrict out_r, uint8_t *restrict out_g, uint8_t *restrict out_b,
+                                int64_t count, float factor) {
+    /* one pass: Pillow's convert('L') grey level, then the three channels blended with it */
     for (int64_t i = 0; i < count; i++) {
-        float d = (float)degenerate[i];
-        float v = d + factor * ((float)x[i] - d);  /* Pillow's Image.blend in float32, clipped, truncated */
-        v = v < 0.0f ? 0.0f : v;
-        v = v > 255.0f ? 255.0f : v;
-        out[i] = (uint8_t)(int32_t)v;
-    }
-}
-
-CLONES static void grey_plane(const uint8_t *restrict r, const uint8_t *restrict g, const uint8_t *restrict b,
-                              uint8_t *restrict out, int64_t count) {
-    for (int64_t i = 0; i < count; i++) {
-        out[i] = (uint8_t)((19595 * (int32_t)r[i] + 38470 * (int32_t)g[i] + 7471 * (int32_t)b[i] + 0x8000) >> 16);
+        float level = (float)grey(r[i], g[i], b[i]);
+        out_r[i] = blend_pixel(level, factor, r[i]);
+        out_g[i] = blend_pixel(level, factor, g[i]);
+        out_b[i] = blend_pixel(level, factor, b[i]);
     }
 }
 
 static void color(const uint8_t *src, uint8_t *dst, const Shape *s, float factor) {
     const int64_t p = s->plane;
-    uint8_t *grey_levels = s->plane_copy;
-    grey_plane(src, src + p, src + 2 * p, grey_levels, p);
-    for (int64_t ch = 0; ch < 3; ch++) blend_plane(src + ch * p, grey_levels, dst + ch * p, p, factor);
+    color_pixels(src, src + p, src + 2 * p, dst, dst + p, dst + 2 * p, p, factor);
 }
 
-CLONES static void smooth_interior(const uint8_t *restrict in, uint8_t *restrict out, int64_t first, int64_t last,
-                                   int64_t w) {
-    /* Pillow's SMOOTH at flat positions first..last-1: the weighted 3x3 sum / 13, rounded half up (exact in 16-bit
-     * integers); one long loop over the flattened plane, the wrapped-around edge columns are overwritten after */
+CLONES static void sharpen_interior(const uint8_t *restrict in, uint8_t *restrict out, int64_t first, int64_t last,
+                                    int64_t w, float factor) {
+    /* blend with Pillow's SMOOTH at flat positions first..last-1: the weighted 3x3 sum / 13, rounded half up (exact
+     * in 16-bit integers); one long loop over the flattened plane (short per-row loops would spend much of their
+     * time in scalar remainders), the wrapped-around edge columns are overwritten after */
     for (int64_t i = first; i < last; i++) {
         uint16_t sum = (uint16_t)(in[i - w - 1] + in[i - w] + in[i - w + 1] + in[i - 1] + 5 * in[i] + in[i + 1]
                                   + in[i + w - 1] + in[i + w] + in[i + w + 1]);
-        out[i] = (uint8_t)((uint16_t)(2 * sum + 13) / 26);
+        out[i] = blend_pixel((float)(uint8_t)((uint16_t)(2 * sum + 13) / 26), factor, in[i]);
     }
 }
 
@@ -228,18 +220,17 @@ static void sharpness(const uint8_t *src, uint8_t *dst, const Shape *s, float fa
         memcpy(dst, src, (size_t)(s->c * p));
         return;
     }
-    uint8_t *smooth = s->plane_copy;
     for (int64_t ch = 0; ch < s->c; ch++) {
         const uint8_t *in = src + ch * p;
+        uint8_t *out = dst + ch * p;
+        sharpen_interior(in, out, w + 1, p - w - 1, w, factor);
         /* the degenerate image keeps the border pixels, where blend(x, x, f) == x */
-        memcpy(smooth, in, (size_t)w);
-        memcpy(smooth + (h - 1) * w, in + (h - 1) * w, (size_t)w);
-        smooth_interior(in, smooth, w + 1, p - w - 1, w);
+        memcpy(out, in, (size_t)w + 1);
+        memcpy(out + p - w - 1, in + p - w - 1, (size_t)w + 1);
         for (int64_t y = 1; y < h - 1; y++) {
-            smooth[y * w] = in[y * w];
-            smooth[y * w + w - 1] = in[y * w + w - 1];
+            out[y * w] = in[y * w];
+            out[y * w + w - 1] = in[y * w + w - 1];
         }
-        blend_plane(in, smooth, dst + ch * p, p, factor);
     }
 }
 
