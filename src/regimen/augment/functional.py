@@ -100,22 +100,35 @@ def check_images(images: torch.Tensor, name: str = "images", check_range: bool =
             raise ValueError(f"{name} must lie in [0, 1] when floating point, got values in [{low}, {high}]")
 
 
-_state = threading.local()
+class ThreadFlag:
+    """A per-thread switch that is on inside ``with flag.on():`` blocks (nesting restores the outer state)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def __bool__(self) -> bool:
+        return getattr(self._local, "on", False)
+
+    @contextlib.contextmanager
+    def on(self):
+        previous = bool(self)
+        self._local.on = True
+        try:
+            yield
+        finally:
+            self._local.on = previous
 
 
-@contextlib.contextmanager
+_trusted = ThreadFlag()
+
+
 def trusted_images():
     """Skip the (full-pass) range check of ``images`` inside this block: for callers that validated them already."""
-    previous = getattr(_state, "trusted", False)
-    _state.trusted = True
-    try:
-        yield
-    finally:
-        _state.trusted = previous
+    return _trusted.on()
 
 
 def _check(images: torch.Tensor) -> None:
-    check_images(images, check_range=not getattr(_state, "trusted", False))
+    check_images(images, check_range=not _trusted)
 
 
 def _per_sample(value, n: int, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -30,13 +30,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from regimen.augment.functional import ThreadFlag
+
 __all__ = ["available", "disabled", "apply_ops_uint8_native", "build_error", "set_simd"]
 
 _SOURCE = Path(__file__).with_name("uint8_kernel.c")
 _FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off")
 _lock = threading.Lock()
 _state: dict = {"library": None, "function": None, "tried": False, "error": None}
-_local = threading.local()
+_disabled = ThreadFlag()
 _MIN_BYTES_PER_THREAD = 1 << 18  # below this a worker thread costs more than it saves
 
 
@@ -112,7 +114,7 @@ def _load():
 
 def available() -> bool:
     """Whether the compiled kernel is built and enabled (builds it on the first call)."""
-    return not getattr(_local, "disabled", False) and _load() is not None
+    return not _disabled and _load() is not None
 
 
 def build_error() -> str | None:
@@ -129,15 +131,9 @@ def set_simd(enabled: bool) -> bool:
     return bool(_state["library"].regimen_set_simd(int(bool(enabled))))
 
 
-@contextlib.contextmanager
 def disabled():
     """Use the torch implementation inside this block (this thread only): for tests and comparisons."""
-    previous = getattr(_local, "disabled", False)
-    _local.disabled = True
-    try:
-        yield
-    finally:
-        _local.disabled = previous
+    return _disabled.on()
 
 
 _pool: dict[tuple[int, int], ThreadPoolExecutor] = {}
