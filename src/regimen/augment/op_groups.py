@@ -51,13 +51,13 @@ _NATIVE_MAX_PLANE = 2**31 - 4  # the compiled kernel indexes a plane (and a fill
 _SMALL_IMAGE = 64 * 64  # pixels; up to this size one gather does every geometric op of a pass
 
 
-def apply_ops_uint8(images: torch.Tensor, ops: torch.Tensor, values: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+def apply_ops_uint8(images: torch.Tensor, ops: np.ndarray, values: np.ndarray, fill: torch.Tensor) -> torch.Tensor:
     """Apply per-sample op sequences to a uint8 batch with NEAREST geometry (validated by the caller).
 
     Args:
         images: ``(N, C, H, W)`` uint8.
-        ops: ``(N, K)`` int64 indices into ``OPS`` (CPU).
-        values: ``(N, K)`` float64 op parameters (CPU), as in ``AugmentParams``.
+        ops: ``(N, K)`` int64 indices into ``OPS``.
+        values: ``(N, K)`` float64 op parameters, as in ``AugmentParams``.
         fill: ``(C,)`` uint8 fill levels on the images' device.
 
     Returns a new tensor (never ``images`` itself).
@@ -66,7 +66,6 @@ def apply_ops_uint8(images: torch.Tensor, ops: torch.Tensor, values: torch.Tenso
     call would cost more in dispatch than in arithmetic; pixels are touched by the compiled kernel or by torch.
     """
     n, c, h, w = images.shape
-    ops, values = ops.numpy(), values.numpy()
     if c == 1:
         ops = np.where(ops == _COLOR, _IDENTITY, ops)  # Pillow: an L image's Color enhancement is the identity
     # the parameter-only work of every position at once: source-index maps and image-independent tables

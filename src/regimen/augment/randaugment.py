@@ -37,6 +37,7 @@ both against a per-image Pillow loop and Kornia.
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -123,15 +124,17 @@ def apply_ops(
         )
     if params.ops.dtype.is_floating_point or params.ops.dtype.is_complex or params.ops.dtype == torch.bool:
         raise TypeError(f"params.ops must be an integer tensor of op indices, got {params.ops.dtype}")
-    if ((params.ops < 0) | (params.ops >= len(OPS))).any():
+    # parameter checks in numpy: a few hundred numbers, where each torch call costs several microseconds
+    ops = params.ops.detach().cpu().to(torch.int64).numpy()
+    values = params.values.detach().cpu().to(torch.float64).numpy()  # read only: it may share the caller's memory
+    if ops.size and (ops.min() < 0 or ops.max() >= len(OPS)):
         raise ValueError(f"params.ops must be indices in [0, {len(OPS)})")
-    ops = params.ops.cpu().long()
-    values = params.values.to(torch.float64).cpu()
     _check_values(ops, values)
     values = _clamp_geometry(ops, values, *images.shape[-2:])
     if images.dtype == torch.uint8 and interpolation == "nearest":
         fill_levels = AF._fill_levels(fill, images.shape[1]).to(device=images.device, dtype=torch.uint8)
         return apply_ops_uint8(images, ops, values, fill_levels)
+    ops, values = torch.from_numpy(ops), torch.from_numpy(values)
     # work on blocks of whole images of ~1M values: float32/int32 temporaries stay small (cache-resident, and below
     # glibc's mmap threshold, which otherwise makes every large temporary page-fault)
     per_image = max(1, images[0].numel())
@@ -158,30 +161,35 @@ def apply_ops(
     return out.clone() if out is images else out
 
 
-def _check_values(ops: torch.Tensor, values: torch.Tensor) -> None:
+_POSTERIZE = OPS.index("Posterize")
+_IS_ENHANCE = np.array([name in _ENHANCE for name in OPS])
+
+
+def _check_values(ops: np.ndarray, values: np.ndarray) -> None:
     """The checks of the functional ops, for a whole parameter table at once."""
-    if not torch.isfinite(values).all():
+    if not np.isfinite(values).all():
         raise ValueError("params.values must be finite")
-    bits = values[ops == OPS.index("Posterize")]
-    if ((bits < 1) | (bits > 8) | (bits != bits.round())).any():
+    bits = values[ops == _POSTERIZE]
+    if ((bits < 1) | (bits > 8) | (bits != np.round(bits))).any():
         raise ValueError(f"params.values of Posterize must be integer bit counts in [1, 8], got "
-                         f"{bits.unique().tolist()}")
-    enhance = torch.isin(ops, torch.tensor([OPS.index(name) for name in sorted(_ENHANCE)]))
-    if (values[enhance] < 0).any():
+                         f"{np.unique(bits).tolist()}")
+    factors = values[_IS_ENHANCE[ops]]
+    if (factors < 0).any():
         raise ValueError("params.values of Color, Contrast, Brightness and Sharpness (enhancement factors) must be "
-                         f">= 0, got min {values[enhance].min().item()}")
+                         f">= 0, got min {factors.min()}")
 
 
-def _clamp_geometry(ops: torch.Tensor, values: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def _clamp_geometry(ops: np.ndarray, values: np.ndarray, height: int, width: int) -> np.ndarray:
     """Clip translations to one image size plus a pixel and shears to ``2 (H + W) + 2``: beyond that every pixel
     already comes from outside the image (only fill), so the result is unchanged, and fixed-point indices cannot
     overflow."""
-    limit = torch.zeros(len(OPS), dtype=torch.float64)
+    limit = np.zeros(len(OPS))
     limit[OPS.index("TranslateX")] = width + 1
     limit[OPS.index("TranslateY")] = height + 1
     limit[[OPS.index("ShearX"), OPS.index("ShearY")]] = 2 * (height + width) + 2
     bound = limit[ops]
-    return torch.where(bound > 0, values.clamp(-bound, bound), values) if bool((bound > 0).any()) else values
+    clipped = bound > 0
+    return np.where(clipped, np.clip(values, -bound, bound), values) if clipped.any() else values
 
 
 class _BatchedAugment(nn.Module):
