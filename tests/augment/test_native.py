@@ -151,3 +151,25 @@ def test_concurrent_first_builds_share_one_library(tmp_path):
         assert process.returncode == 0, err
         assert out.startswith("True"), out
     assert [p.suffix for p in tmp_path.iterdir()] == [".so"]  # one library, no temporary files left
+
+
+@pytest.mark.parametrize("flags", [("-DREGIMEN_PORTABLE",), ("-DREGIMEN_PORTABLE", "-O0"),
+                                   ("-DREGIMEN_PORTABLE", "-march=native")],
+                         ids=["portable-O3", "portable-O0", "portable-native"])
+def test_portable_builds_give_the_same_results(flags, tmp_path, monkeypatch):
+    """The plain C loops (what CPUs without AVX-512, other architectures and clang run; unoptimised, and
+    auto-vectorised for this CPU) against the default build, on every op, odd sizes and both channel counts."""
+    from regimen.augment.op_groups import kernel_arguments
+
+    monkeypatch.setenv("REGIMEN_CACHE_DIR", str(tmp_path))
+    try:
+        variant = native.load_variant(*flags)
+    except RuntimeError as error:  # e.g. -march=native unknown to this compiler
+        pytest.skip(str(error))
+    for shape in [(40, 3, 37, 53), (30, 1, 28, 28), (6, 3, 2, 9)]:
+        g = torch.Generator().manual_seed(shape[2])
+        x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
+        params = _params(shape[0], 3, g)
+        arguments = kernel_arguments(params.ops.numpy(), params.values.numpy(), *shape[1:])
+        fill = torch.full((shape[1],), 11, dtype=torch.uint8).numpy()
+        assert torch.equal(native.run_kernel(variant, x, *arguments, fill), apply_ops(x, params, fill=11)), shape

@@ -32,7 +32,7 @@ import torch
 
 from regimen.augment.functional import ThreadFlag
 
-__all__ = ["available", "disabled", "apply_ops_uint8_native", "build_error", "set_simd"]
+__all__ = ["available", "disabled", "apply_ops_uint8_native", "build_error", "set_simd", "run_kernel", "load_variant"]
 
 _SOURCE = Path(__file__).with_name("uint8_kernel.c")
 _FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off")
@@ -56,10 +56,12 @@ def _cache_dir() -> Path:
     return Path(base) / "regimen"
 
 
-def _build(compiler: str) -> Path:
-    """The path of the compiled library, building it if this source/compiler/platform has no build yet."""
+def _build(compiler: str, extra_flags: tuple[str, ...] = ()) -> Path:
+    """The path of the compiled library, building it if this source/compiler/flags/platform has no build yet
+    (``extra_flags``: for tests that build variants, e.g. ``-DREGIMEN_PORTABLE``)."""
     source = _SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(_FLAGS).encode(), compiler.encode(),
+    flags = (*_FLAGS, *extra_flags)
+    key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), compiler.encode(),
                                      platform.machine().encode(), sys.platform.encode()])).hexdigest()[:16]
     folder = _cache_dir()
     try:
@@ -73,13 +75,28 @@ def _build(compiler: str) -> Path:
     handle, temporary = tempfile.mkstemp(suffix=".so", dir=folder)
     os.close(handle)
     try:
-        result = subprocess.run([compiler, *_FLAGS, "-o", temporary, str(_SOURCE)], capture_output=True, text=True)
+        result = subprocess.run([compiler, *flags, "-o", temporary, str(_SOURCE)], capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[:2000]}")
         os.replace(temporary, library)  # atomic: a concurrent build of the same source renames the same bytes
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
+    return library
+
+
+def _open(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """Build (if needed) and load the library, with the argument types of its two functions declared."""
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C compiler found (set CC, or install cc/gcc/clang)")
+    library = ctypes.CDLL(str(_build(compiler, extra_flags)))
+    library.regimen_apply_ops_uint8.restype = ctypes.c_int
+    library.regimen_apply_ops_uint8.argtypes = [ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_int64] * 5,
+                                                *[ctypes.c_void_p] * 5]
+    library.regimen_set_simd.restype = ctypes.c_int
+    library.regimen_set_simd.argtypes = [ctypes.c_int]
+    library.regimen_set_simd(1)
     return library
 
 
@@ -93,23 +110,14 @@ def _load():
             _state["error"] = "disabled by REGIMEN_NATIVE=0"
             return None
         try:
-            compiler = _compiler()
-            if compiler is None:
-                raise RuntimeError("no C compiler found (set CC, or install cc/gcc/clang)")
-            library = ctypes.CDLL(str(_build(compiler)))
-            function = library.regimen_apply_ops_uint8
+            library = _open()
         except (OSError, RuntimeError, subprocess.SubprocessError) as error:
             _state["error"] = str(error)
             warnings.warn(f"regimen: the compiled uint8 augmentation kernel is unavailable ({error}); using the "
                           "slower torch implementation", RuntimeWarning, stacklevel=3)
             return None
-        function.restype = ctypes.c_int
-        function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_int64] * 5, *[ctypes.c_void_p] * 5]
-        library.regimen_set_simd.restype = ctypes.c_int
-        library.regimen_set_simd.argtypes = [ctypes.c_int]
-        library.regimen_set_simd(1)
-        _state["library"], _state["function"] = library, function
-        return function
+        _state["library"], _state["function"] = library, library.regimen_apply_ops_uint8
+        return _state["function"]
 
 
 def available() -> bool:
@@ -151,10 +159,16 @@ def _executor(threads: int) -> ThreadPoolExecutor:
 
 def apply_ops_uint8_native(images: torch.Tensor, kinds: np.ndarray, factors: np.ndarray, tables: np.ndarray,
                            maps: np.ndarray, fill: np.ndarray) -> torch.Tensor:
-    """Run the kernel on a contiguous CPU uint8 batch ``(N, C, H, W)``: ``kinds`` ``(N, K)`` int32, ``factors``
-    ``(N, K)`` float32, ``tables`` ``(N, K, 256)`` uint8, ``maps`` ``(N, K, 6)`` int64, ``fill`` ``(C,)`` uint8 (see
-    ``uint8_kernel.c``). Splits the batch over ``torch.get_num_threads()`` threads (ctypes releases the GIL)."""
-    function = _load()
+    """Run the kernel on a CPU uint8 batch ``(N, C, H, W)``: ``kinds`` ``(N, K)`` int32, ``factors`` ``(N, K)``
+    float32, ``tables`` ``(N, K, 256)`` uint8, ``maps`` ``(N, K, 6)`` int64, ``fill`` ``(C,)`` uint8 (see
+    ``uint8_kernel.c`` and :func:`regimen.augment.op_groups.kernel_arguments`). Splits the batch over
+    ``torch.get_num_threads()`` threads (ctypes releases the GIL)."""
+    return run_kernel(_load(), images, kinds, factors, tables, maps, fill)
+
+
+def run_kernel(function, images: torch.Tensor, kinds: np.ndarray, factors: np.ndarray, tables: np.ndarray,
+               maps: np.ndarray, fill: np.ndarray) -> torch.Tensor:
+    """:func:`apply_ops_uint8_native` with a given kernel function (tests pass variant builds)."""
     images = images.contiguous()
     out = torch.empty_like(images)
     n, c, h, w = images.shape
@@ -178,3 +192,9 @@ def apply_ops_uint8_native(images: torch.Tensor, kinds: np.ndarray, factors: np.
     if any(code != 0 for code in codes):
         raise MemoryError(f"the uint8 augmentation kernel could not allocate scratch memory for a {c}x{h}x{w} image")
     return out
+
+
+def load_variant(*extra_flags: str):
+    """The kernel function of a build with ``extra_flags`` (for tests, e.g. ``-DREGIMEN_PORTABLE``: the plain C
+    loops that CPUs without AVX-512, other architectures and other compilers run)."""
+    return _open(tuple(extra_flags)).regimen_apply_ops_uint8

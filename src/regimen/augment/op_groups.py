@@ -32,7 +32,7 @@ from regimen.augment import functional as AF
 from regimen.augment import native
 from regimen.augment.functional import OPS
 
-__all__ = ["apply_ops_uint8"]
+__all__ = ["apply_ops_uint8", "kernel_arguments"]
 
 _IDENTITY, _COLOR, _ROTATE = OPS.index("Identity"), OPS.index("Color"), OPS.index("Rotate")
 _SHEAR_X, _SHEAR_Y = OPS.index("ShearX"), OPS.index("ShearY")
@@ -66,20 +66,31 @@ def apply_ops_uint8(images: torch.Tensor, ops: np.ndarray, values: np.ndarray, f
     call would cost more in dispatch than in arithmetic; pixels are touched by the compiled kernel or by torch.
     """
     n, c, h, w = images.shape
+    if images.device.type == "cpu" and h * w < _NATIVE_MAX_PLANE and native.available():
+        return native.apply_ops_uint8_native(images, *kernel_arguments(ops, values, c, h, w), fill.numpy())
     if c == 1:
         ops = np.where(ops == _COLOR, _IDENTITY, ops)  # Pillow: an L image's Color enhancement is the identity
     # the parameter-only work of every position at once: source-index maps and image-independent tables
     k = ops.shape[1]
     maps = _fixed_point_maps(ops.reshape(-1), values.reshape(-1), h, w).reshape(n, k, 6)
     tables = _static_tables(ops.reshape(-1), values.reshape(-1)).reshape(n, k, 256)
-    if images.device.type == "cpu" and h * w < _NATIVE_MAX_PLANE and native.available():
-        return native.apply_ops_uint8_native(images, _KERNEL_KIND[ops], values.astype(np.float32), tables, maps,
-                                             fill.numpy())
     out = images
     for position in range(k):
         out = _apply_position(out, ops[:, position], values[:, position], maps[:, position], tables[:, position],
                               fill)
     return out.clone() if out is images else out
+
+
+def kernel_arguments(ops: np.ndarray, values: np.ndarray, channels: int, height: int,
+                     width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The compiled kernel's parameter arrays for ``(N, K)`` ops and values: op kinds ``(N, K)`` int32, float32
+    factors ``(N, K)``, static tables ``(N, K, 256)`` and fixed-point maps ``(N, K, 6)``."""
+    n, k = ops.shape
+    if channels == 1:
+        ops = np.where(ops == _COLOR, _IDENTITY, ops)  # Pillow: an L image's Color enhancement is the identity
+    maps = _fixed_point_maps(ops.reshape(-1), values.reshape(-1), height, width).reshape(n, k, 6)
+    tables = _static_tables(ops.reshape(-1), values.reshape(-1)).reshape(n, k, 256)
+    return _KERNEL_KIND[ops], values.astype(np.float32), tables, maps
 
 
 def _apply_position(images: torch.Tensor, ops: np.ndarray, values: np.ndarray, maps: np.ndarray,

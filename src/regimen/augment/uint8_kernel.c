@@ -19,7 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+/* REGIMEN_PORTABLE builds the plain C loops only (tests compare them with the default build) */
+#if !defined(REGIMEN_PORTABLE) && defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define HAVE_VBMI 1
 #include <immintrin.h>
