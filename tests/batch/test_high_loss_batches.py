@@ -194,3 +194,42 @@ def test_two_processes_select_and_train_like_one_process(tmp_path):
         [h["high_loss/loss_kept"] for h in single["history"]], rel=1e-6)
     for key, value in single["model"].items():
         assert torch.allclose(value, double["model"][key], atol=1e-6), key
+
+
+_DISAGREEING_SCRIPT = """
+import sys
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+from regimen.method import Method, register_method
+from regimen.train import fit
+
+
+@register_method
+class RankDependent(Method):
+    name = "_test_rank_dependent"
+
+    def select_batches(self, batches, ctx):
+        return [ctx.rank]  # a different batch on every rank: a bug the trainer must report, not deadlock on
+
+
+recipe = tomllib.loads(open("recipes/smoke.toml").read())
+recipe["methods"] = [{"name": "_test_rank_dependent"}]
+recipe["train"].update(epochs=1, batch_size=16, devices=2)
+try:
+    fit(recipe)
+except RuntimeError as error:
+    print("ERROR:", error)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.slow
+def test_ranks_that_select_different_batches_get_a_clear_error(tmp_path):
+    script = tmp_path / "disagree.py"
+    script.write_text(_DISAGREEING_SCRIPT)
+    completed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                               env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert completed.returncode != 0
+    assert "selected different batches on different ranks" in completed.stdout + completed.stderr
