@@ -50,7 +50,7 @@ enum {
     KIND_AUTOCONTRAST = 2,
     KIND_EQUALIZE = 3,
     KIND_CONTRAST = 4,
-    KIND_COLOR = 5,        /* 3-channel images only (Python maps 1-channel Color to Identity) */
+    KIND_COLOR = 5,        /* the identity on 1-channel images */
     KIND_SHARPNESS = 6,
     KIND_GEOMETRIC = 7     /* TranslateX/Y, ShearX/Y, Rotate: a fixed-point map */
 };
@@ -396,7 +396,11 @@ static void apply_op(int32_t kind, const uint8_t *src, uint8_t *dst, const Shape
         contrast(src, dst, s, factor);
         break;
     case KIND_COLOR:
-        color(src, dst, s, factor);
+        if (s->c == 3) {
+            color(src, dst, s, factor);
+        } else {  /* Pillow: the Color enhancement of an L image is the identity */
+            memcpy(dst, src, (size_t)(s->c * s->plane));
+        }
         break;
     case KIND_SHARPNESS:
         sharpness(src, dst, s, factor);
