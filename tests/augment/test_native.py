@@ -142,6 +142,15 @@ def test_regimen_native_0_disables_the_kernel(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing was built
 
 
+def test_an_unusable_cache_folder_falls_back_to_the_temporary_folder(tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    result = _run(_USE, REGIMEN_CACHE_DIR=str(blocked / "cache"), TMPDIR=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("True"), result.stdout + result.stderr
+    assert len(list(tmp_path.glob("regimen-*/uint8_kernel-*.so"))) == 1
+
+
 def test_concurrent_first_builds_share_one_library(tmp_path):
     code = _USE + "; assert native.available()"
     processes = [subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "REGIMEN_CACHE_DIR": str(tmp_path)},

@@ -5,7 +5,8 @@ path (:mod:`regimen.augment.op_groups`) needs an int32 index per byte and hundre
 the same results bit for bit (tests compare them with each other and with Pillow).
 
 Building: ``$CC`` (else ``cc``, ``gcc`` or ``clang``) compiles the source once into a cache folder
-(``$REGIMEN_CACHE_DIR``, else ``$XDG_CACHE_HOME/regimen``, else ``~/.cache/regimen``), under a name that hashes the
+(``$REGIMEN_CACHE_DIR``, else ``$XDG_CACHE_HOME/regimen``, else ``~/.cache/regimen``; if that cannot be written,
+``<temp dir>/regimen-<uid>``), under a name that hashes the
 source, the flags, the compiler and the platform, so an edited source or another machine type gets its own build. The
 build writes a temporary file and renames it, so processes that build at the same time do not see half a library.
 Without a compiler (or with ``REGIMEN_NATIVE=0``) the torch path is used, with one warning saying so.
@@ -63,26 +64,28 @@ def _build(compiler: str, extra_flags: tuple[str, ...] = ()) -> Path:
     flags = (*_FLAGS, *extra_flags)
     key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), compiler.encode(),
                                      platform.machine().encode(), sys.platform.encode()])).hexdigest()[:16]
-    folder = _cache_dir()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:  # e.g. a read-only home: build in a private temporary folder instead
-        folder = Path(tempfile.gettempdir()) / f"regimen-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
-        folder.mkdir(parents=True, exist_ok=True)
-    library = folder / f"uint8_kernel-{key}.so"
-    if library.exists():
+    errors = []
+    for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"regimen-{getattr(os, 'getuid', lambda: 'user')()}"):
+        library = folder / f"uint8_kernel-{key}.so"
+        if library.exists():
+            return library
+        try:  # e.g. a read-only home: try the next folder
+            folder.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(suffix=".so", dir=folder)
+        except OSError as error:
+            errors.append(f"{folder}: {error}")
+            continue
+        os.close(handle)
+        try:
+            result = subprocess.run([compiler, *flags, "-o", temporary, str(_SOURCE)], capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[:2000]}")
+            os.replace(temporary, library)  # atomic: a concurrent build of the same source renames the same bytes
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temporary)
         return library
-    handle, temporary = tempfile.mkstemp(suffix=".so", dir=folder)
-    os.close(handle)
-    try:
-        result = subprocess.run([compiler, *flags, "-o", temporary, str(_SOURCE)], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[:2000]}")
-        os.replace(temporary, library)  # atomic: a concurrent build of the same source renames the same bytes
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-    return library
+    raise RuntimeError(f"no writable folder for the compiled kernel ({'; '.join(errors)})")
 
 
 def _open(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
