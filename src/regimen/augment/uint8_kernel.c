@@ -12,8 +12,10 @@
  *
  * Speed: with GCC on x86-64 Linux, the pixel loops are compiled for AVX-512, AVX2 and baseline SSE2 and the
  * dynamic loader picks the best the CPU has (target_clones); the same C code gives the same results in every clone.
- * Table lookups on CPUs with AVX-512 VBMI use two 128-entry byte permutes per 64 bytes (hand-written; switched off
- * by regimen_set_simd(0), which the tests use to compare it with the scalar loop).
+ * Hand-written AVX-512 routes, used on CPUs with AVX-512 F/BW/VL/VBMI: table lookups by two 128-entry byte
+ * permutes per 64 bytes, and Rotate/ShearY by masked 32-bit gathers with the indices computed in registers.
+ * regimen_set_simd(0) switches them off; the tests compare both routes, and a -DREGIMEN_PORTABLE build (plain C
+ * loops only, what other CPUs, architectures and compilers run) with the default build.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -22,26 +24,26 @@
 /* REGIMEN_PORTABLE builds the plain C loops only (tests compare them with the default build) */
 #if !defined(REGIMEN_PORTABLE) && defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#define HAVE_VBMI 1
+#define HAVE_AVX512 1
 #include <immintrin.h>
 #else
 #define CLONES
-#define HAVE_VBMI 0
+#define HAVE_AVX512 0
 #endif
 
-static int use_vbmi = -1;  /* -1: not decided yet */
+static int use_avx512 = -1;  /* the hand-written AVX-512 routes; -1: not decided yet */
 
 /* Enable (1) or disable (0) the hand-written SIMD routes; returns whether they are in use. */
 int regimen_set_simd(int enabled) {
-#if HAVE_VBMI
+#if HAVE_AVX512
     __builtin_cpu_init();
-    use_vbmi = enabled && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw")
+    use_avx512 = enabled && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw")
                && __builtin_cpu_supports("avx512vl");
 #else
     (void)enabled;
-    use_vbmi = 0;
+    use_avx512 = 0;
 #endif
-    return use_vbmi;
+    return use_avx512;
 }
 
 enum {
@@ -72,7 +74,7 @@ static inline uint8_t blend_pixel(float degenerate, float factor, uint8_t x) {
     return (uint8_t)(int32_t)v;
 }
 
-#if HAVE_VBMI
+#if HAVE_AVX512
 __attribute__((target("avx512f,avx512bw,avx512vbmi")))
 static int64_t lookup_vbmi(const uint8_t *src, uint8_t *dst, int64_t count, const uint8_t *table) {
     /* returns how many leading values it did (whole 64-byte blocks) */
@@ -91,8 +93,8 @@ static int64_t lookup_vbmi(const uint8_t *src, uint8_t *dst, int64_t count, cons
 
 static void lookup(const uint8_t *src, uint8_t *dst, int64_t count, const uint8_t *table) {
     int64_t i = 0;
-#if HAVE_VBMI
-    if (use_vbmi) i = lookup_vbmi(src, dst, count, table);
+#if HAVE_AVX512
+    if (use_avx512) i = lookup_vbmi(src, dst, count, table);
 #endif
     for (; i < count; i++) dst[i] = table[src[i]];
 }
@@ -239,7 +241,7 @@ static void fill_row(uint8_t *dst, int64_t count, uint8_t value) {
     memset(dst, value, (size_t)count);
 }
 
-#if HAVE_VBMI
+#if HAVE_AVX512
 __attribute__((target("avx512f,avx512bw")))
 static int64_t gather_avx512(const uint8_t *plane, const int32_t *index, uint8_t *out, int64_t count) {
     /* 16 unaligned 32-bit loads per instruction, low bytes kept (the plane has 3 readable bytes past its end) */
@@ -280,8 +282,8 @@ static void warp_avx512(const uint8_t *plane, uint8_t *out, int32_t h, int32_t w
 
 static void gather(const uint8_t *plane, const int32_t *index, uint8_t *out, int64_t count) {
     int64_t i = 0;
-#if HAVE_VBMI
-    if (use_vbmi) i = gather_avx512(plane, index, out, count);
+#if HAVE_AVX512
+    if (use_avx512) i = gather_avx512(plane, index, out, count);
 #endif
     for (; i < count; i++) out[i] = plane[index[i]];
 }
@@ -341,8 +343,8 @@ static void geometric(const uint8_t *src, uint8_t *dst, const Shape *s, const in
         return;
     }
     const int small = fits_int32(x0, a, b, w, h) && fits_int32(y0, c, d, w, h);
-#if HAVE_VBMI
-    if (use_vbmi && small) {  /* indices computed in registers, masked 32-bit gathers straight from the plane */
+#if HAVE_AVX512
+    if (use_avx512 && small) {  /* indices computed in registers, masked 32-bit gathers straight from the plane */
         for (int64_t ch = 0; ch < s->c; ch++) {
             const uint8_t *plane = src + ch * p;
             uintptr_t at = (uintptr_t)plane, scratch = (uintptr_t)s->scratch_start;
@@ -419,7 +421,7 @@ int regimen_apply_ops_uint8(const uint8_t *images, uint8_t *out, int64_t n, int6
                             const int64_t *maps, const uint8_t *fill) {
     const int64_t size = c * h * w;
     if (n == 0 || size == 0) return 0;
-    if (use_vbmi < 0) regimen_set_simd(1);
+    if (use_avx512 < 0) regimen_set_simd(1);
     uint8_t *scratch = (uint8_t *)malloc((size_t)(2 * size + h * w + 4));
     int32_t *index = (int32_t *)malloc((size_t)(h * w) * sizeof(int32_t));
     if (scratch == NULL || index == NULL) {
