@@ -1,5 +1,5 @@
 """The ``regimen`` command: ``train``, ``bench``, ``report``, ``methods`` and the subcommands in
-``regimen.commands`` (``prune``, ``tune``). Thin: parses arguments, calls library code, turns user errors into
+``regimen.commands`` (``prune``, ``tune``, ``info``). Thin: parses arguments, calls library code, turns user errors into
 one-line messages and a non-zero exit code.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 __all__ = ["main"]
 
 #: Subcommand modules (``add_parser(subparsers)`` + ``run(args) -> int``), loaded when present.
-COMMAND_MODULES = ("regimen.commands.prune", "regimen.commands.tune")
+COMMAND_MODULES = ("regimen.commands.prune", "regimen.commands.tune", "regimen.commands.info")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

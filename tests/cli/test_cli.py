@@ -80,3 +80,16 @@ def test_bench_writes_json_table_and_plot(capsys, tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert "| smoke#2 |" in table and "time to target" in table
     assert (tmp_path / "accuracy_vs_time.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_info_reports_versions_data_and_the_kernel(capsys, tmp_path, monkeypatch):
+    import torch
+
+    from regimen.augment import native
+
+    monkeypatch.setenv("REGIMEN_DATA", str(tmp_path))  # an empty folder: the data is reported missing
+    assert main(["info"]) == 0
+    lines = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines())
+    assert lines["torch"].strip() == torch.__version__
+    assert "missing" in lines["fashion-mnist"] and str(tmp_path) in lines["fashion-mnist"]
+    assert lines["uint8 augmentation kernel"].strip().startswith("built" if native.available() else "unavailable")
