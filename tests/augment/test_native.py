@@ -35,18 +35,17 @@ def _both(x: torch.Tensor, params: AugmentParams, fill) -> tuple[torch.Tensor, t
     return compiled, reference
 
 
-@pytest.fixture(autouse=True)
-def _needs_kernel():
-    if not native.available():
-        pytest.skip(f"compiled kernel unavailable: {native.build_error()}")
+_COMPILER = shutil.which(os.environ.get("CC") or "cc") or shutil.which("gcc") or shutil.which("clang")
+needs_kernel = pytest.mark.skipif(_COMPILER is None, reason="no C compiler: the torch path is used")
 
 
+@needs_kernel
 def test_kernel_is_built_wherever_a_compiler_exists():
     """CI machines have gcc: the fast path must really be exercised there, not silently replaced."""
-    assert shutil.which("cc") or shutil.which("gcc")
     assert native.available(), native.build_error()
 
 
+@needs_kernel
 @pytest.mark.parametrize("shape", [(64, 1, 28, 28), (24, 3, 33, 47), (6, 3, 120, 97), (9, 1, 3, 3), (5, 3, 2, 2),
                                    (4, 1, 1, 9), (3, 3, 200, 13), (0, 3, 8, 8)])
 @pytest.mark.parametrize("k", [1, 2, 3])
@@ -58,6 +57,7 @@ def test_kernel_equals_torch_implementation(shape, k):
     assert torch.equal(compiled, reference)
 
 
+@needs_kernel
 @pytest.mark.parametrize("shape", [(40, 3, 67, 130), (50, 1, 28, 28)])
 def test_simd_routes_equal_the_scalar_loops(shape):
     """The hand-written AVX-512 lookups and gathers against the plain C loops (odd sizes leave scalar tails)."""
@@ -76,6 +76,7 @@ def test_simd_routes_equal_the_scalar_loops(shape):
         pytest.skip("this CPU has no AVX-512 VBMI: only the scalar loops ran")
 
 
+@needs_kernel
 @pytest.mark.parametrize("op, value", [("Rotate", 33.3), ("ShearY", -0.7), ("Rotate", 1e-3)])
 def test_simd_warp_reads_only_inside_the_input(op, value):
     """Every image warps straight from the caller's tensor, the last plane included (whose last pixels sit at the
@@ -92,6 +93,7 @@ def test_simd_warp_reads_only_inside_the_input(op, value):
     assert torch.equal(compiled, reference) and torch.equal(scalar, reference)
 
 
+@needs_kernel
 def test_threads_split_the_batch_without_changing_the_result():
     g = torch.Generator().manual_seed(8)
     x = torch.randint(0, 256, (16, 3, 128, 128), dtype=torch.uint8, generator=g)
@@ -106,6 +108,7 @@ def test_threads_split_the_batch_without_changing_the_result():
     assert torch.equal(one, two)
 
 
+@needs_kernel
 def test_input_untouched_and_non_contiguous_input():
     g = torch.Generator().manual_seed(9)
     base = torch.randint(0, 256, (8, 30, 20, 3), dtype=torch.uint8, generator=g)
@@ -142,6 +145,7 @@ def test_regimen_native_0_disables_the_kernel(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing was built
 
 
+@needs_kernel
 def test_an_unusable_cache_folder_falls_back_to_the_temporary_folder(tmp_path):
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
@@ -151,6 +155,7 @@ def test_an_unusable_cache_folder_falls_back_to_the_temporary_folder(tmp_path):
     assert len(list(tmp_path.glob("regimen-*/uint8_kernel-*.so"))) == 1
 
 
+@needs_kernel
 def test_concurrent_first_builds_share_one_library(tmp_path):
     code = _USE + "; assert native.available()"
     processes = [subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "REGIMEN_CACHE_DIR": str(tmp_path)},
@@ -162,6 +167,7 @@ def test_concurrent_first_builds_share_one_library(tmp_path):
     assert [p.suffix for p in tmp_path.iterdir()] == [".so"]  # one library, no temporary files left
 
 
+@needs_kernel
 @pytest.mark.parametrize("flags", [("-DREGIMEN_PORTABLE",), ("-DREGIMEN_PORTABLE", "-O0"),
                                    ("-DREGIMEN_PORTABLE", "-march=native")],
                          ids=["portable-O3", "portable-O0", "portable-native"])
