@@ -138,6 +138,27 @@ def test_ema_update_matches_its_formula():
     assert all(torch.allclose(e, x) for e, x in zip(ema.parameters(), expected))
 
 
+def test_ema_copy_survives_removing_the_models_parametrizations():
+    """A deep copy shares torch's per-module parametrization class; the EMA copy must not lose its weights when the
+    trained model's parametrizations are removed (N:M sparsity exports that way at the end of training)."""
+    from torch.nn.utils import parametrize
+
+    from regimen.train.builtin import ModelEMA
+
+    class Halve(torch.nn.Module):
+        def forward(self, weight):
+            return weight / 2
+
+    model = torch.nn.Linear(3, 2)
+    parametrize.register_parametrization(model, "weight", Halve())
+    ema = ModelEMA(model, decay=0.5)
+    x = torch.randn(4, 3)
+    before = ema(x)
+    parametrize.remove_parametrizations(model, "weight", leave_parametrized=True)
+    assert torch.equal(ema(x), before) and parametrize.is_parametrized(ema.module)
+    ema.update(model)  # parameters still pair up: the copy's original weight with the model's exported weight
+
+
 def test_ema_method_evaluates_the_averaged_model(tiny_recipe):
     recipe = dict(tiny_recipe, methods=[{"name": "ema", "decay": 0.99}])
     plain, averaged = fit(tiny_recipe), fit(recipe)
