@@ -7,7 +7,9 @@ Hooks (all optional; the defaults do nothing):
 
 ============================  ==========================================================================
 ``setup(ctx)``                once, before devices are set up: surgery on ``ctx.model`` (replace layers) and
-                              ``ctx.optimizer`` (rebind to new parameters). May replace either attribute.
+                              ``ctx.optimizer`` (rebind to new parameters). May replace either attribute, and
+                              may wrap ``ctx.criterion`` (loss methods do: the default step and every
+                              ``compute_loss`` method call it, so a loss composes with them).
 ``on_epoch_start(ctx)``       start of every epoch (choose a subset, grow the batch size, ...).
 ``select_batches(batches, ctx)``  after ``on_epoch_start``: returns the positions (0-based, strictly increasing)
                               of this epoch's micro-batches to train on, or ``None`` for all. ``batches`` iterates

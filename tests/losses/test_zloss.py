@@ -109,12 +109,11 @@ def test_z_loss_method_replaces_cross_entropy_and_rejects_soft_targets():
     torch.manual_seed(0)
     model = nn.Linear(3, 4)
     x, y = torch.randn(6, 3), torch.randint(0, 4, (6,))
-    method = ZLossMethod(a=0.5, b=2.0)
-    loss, logits = method.compute_loss(model, x, y, _ctx(model))
-    torch.testing.assert_close(loss, ZLoss(0.5, 2.0)(model(x), y))
-    assert logits.shape == (6, 4)
+    ctx = _ctx(model)
+    ZLossMethod(a=0.5, b=2.0).setup(ctx)
+    torch.testing.assert_close(ctx.criterion(model(x), y), ZLoss(0.5, 2.0)(model(x), y))
     with pytest.raises(ValueError, match="index targets"):
-        method.compute_loss(model, x, F.one_hot(y, 4).float(), _ctx(model))
+        ctx.criterion(model(x), F.one_hot(y, 4).float())
 
 
 def test_logit_z_loss_method_adds_the_regulariser_to_the_criterion():
@@ -122,9 +121,36 @@ def test_logit_z_loss_method_adds_the_regulariser_to_the_criterion():
     model = nn.Linear(3, 4)
     x, y = torch.randn(6, 3), torch.randint(0, 4, (6,))
     ctx = _ctx(model)
-    loss, logits = LogitZLossMethod(coef=0.1).compute_loss(model, x, y, ctx)
+    LogitZLossMethod(coef=0.1).setup(ctx)
+    loss = ctx.criterion(model(x), y)
     ref = F.cross_entropy(model(x), y) + 0.1 * torch.logsumexp(model(x), 1).square().mean()
     torch.testing.assert_close(loss, ref)
     assert "logit_z_loss" in ctx.log
     loss.backward()
     assert model.weight.grad is not None
+
+
+def test_loss_methods_stack_in_recipe_order_and_refuse_to_drop_a_wrapper():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 4)
+    x, y = torch.randn(6, 3), torch.randint(0, 4, (6,))
+    ctx = _ctx(model)
+    ZLossMethod(a=0.5, b=2.0).setup(ctx)
+    LogitZLossMethod(coef=0.1).setup(ctx)  # z-loss plus the logit regulariser
+    expected = ZLoss(0.5, 2.0)(model(x), y) + 0.1 * torch.logsumexp(model(x), 1).square().mean()
+    torch.testing.assert_close(ctx.criterion(model(x), y), expected)
+    ctx = _ctx(model)
+    LogitZLossMethod(coef=0.1).setup(ctx)
+    with pytest.raises(ValueError, match="list z_loss before logit_z_loss"):
+        ZLossMethod().setup(ctx)
+
+
+def test_loss_methods_compose_with_multi_sample_dropout_in_a_recipe(tiny_recipe):
+    """Before, both owned compute_loss and a recipe could not hold them together; now multi-sample dropout calls the
+    wrapped criterion on all K samples' logits."""
+    from regimen.train import fit
+
+    recipe = dict(tiny_recipe, methods=[{"name": "logit_z_loss", "coef": 1e-3},
+                                        {"name": "multi_sample_dropout", "num_samples": 3, "p": 0.2}])
+    result = fit(recipe)
+    assert all(h["logit_z_loss"] > 0 for h in result.history)

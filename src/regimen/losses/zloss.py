@@ -205,9 +205,23 @@ def _index_targets(y: torch.Tensor, method: str) -> torch.Tensor:
     return y
 
 
+def _set_criterion(ctx: Context, method: str, criterion, replaces: bool) -> None:
+    """Install ``criterion`` as ``ctx.criterion`` (the loss every step, multi-sample dropout, nested widths, ... call),
+    marked with the method's name. A criterion that *replaces* the loss must come before any that adds to it."""
+    previous = getattr(ctx.criterion, "regimen_method", None)
+    if replaces and previous is not None:
+        raise ValueError(f"{method} replaces the training criterion, which {previous!r} already changed; list "
+                         f"{method} before {previous} in the recipe")
+    criterion.regimen_method = method
+    ctx.criterion = criterion
+
+
 @register_method
 class ZLossMethod(Method):
-    """Train with the spherical-family Z-loss instead of cross-entropy (de Brébisson & Vincent 2016)."""
+    """Train with the spherical-family Z-loss instead of cross-entropy (de Brébisson & Vincent 2016).
+
+    Replaces ``ctx.criterion`` in ``setup``, so it composes with methods that own the forward pass and call the
+    criterion (multi-sample dropout, nested widths). Needs index targets (not after CutMix/MixUp)."""
 
     name = "z_loss"
 
@@ -217,15 +231,19 @@ class ZLossMethod(Method):
         self.a = float(a)
         self.b = float(b)
 
-    def compute_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: Context):
-        logits = model(x)
-        loss = z_loss(logits, _index_targets(y, self.name), a=self.a, b=self.b)
-        return loss, logits
+    def setup(self, ctx: Context) -> None:
+        def criterion(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return z_loss(logits, _index_targets(y, self.name), a=self.a, b=self.b)
+
+        _set_criterion(ctx, self.name, criterion, replaces=True)
 
 
 @register_method
 class LogitZLossMethod(Method):
-    """Add the logit z-loss coef·(log Σ e^o)² to the default criterion (PaLM / ST-MoE stabiliser)."""
+    """Add the logit z-loss coef·(log Σ e^o)² to the default criterion (PaLM / ST-MoE stabiliser).
+
+    Wraps ``ctx.criterion`` in ``setup`` (the criterion plus the regulariser on the same logits), so it composes
+    with soft targets and with methods that own the forward pass (multi-sample dropout: every sample's logits)."""
 
     name = "logit_z_loss"
 
@@ -234,8 +252,12 @@ class LogitZLossMethod(Method):
             raise ValueError(f"logit_z_loss: coef must be >= 0, got {coef}")
         self.coef = float(coef)
 
-    def compute_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: Context):
-        logits = model(x)
-        reg = logit_z_loss(logits, coef=self.coef)
-        ctx.log["logit_z_loss"] = float(reg.detach())
-        return ctx.criterion(logits, y) + reg, logits
+    def setup(self, ctx: Context) -> None:
+        base = ctx.criterion
+
+        def criterion(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            reg = logit_z_loss(logits, coef=self.coef)
+            ctx.log["logit_z_loss"] = float(reg.detach())
+            return base(logits, y) + reg
+
+        _set_criterion(ctx, self.name, criterion, replaces=False)
