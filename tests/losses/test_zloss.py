@@ -154,3 +154,21 @@ def test_loss_methods_compose_with_multi_sample_dropout_in_a_recipe(tiny_recipe)
                                         {"name": "multi_sample_dropout", "num_samples": 3, "p": 0.2}])
     result = fit(recipe)
     assert all(h["logit_z_loss"] > 0 for h in result.history)
+
+
+@pytest.mark.parametrize("loss", [{"name": "z_loss"}, {"name": "logit_z_loss", "coef": 1e-3}])
+def test_loss_methods_run_under_adaptive_batchs_per_sample_gradients(tiny_recipe, loss):
+    """adaptive_batch takes per-sample gradients of ctx.criterion with torch.func.vmap: the loss methods' criteria
+    must not look at the data (no NaN/range checks, no .item() for logging) inside the transform."""
+    from regimen.train import fit
+
+    recipe = dict(tiny_recipe, methods=[loss, {"name": "adaptive_batch", "interval": 1, "max_samples": 8}])
+    result = fit(recipe)
+    assert all(h["train_loss"] == h["train_loss"] for h in result.history)  # finite, trained
+
+
+def test_check_values_false_skips_only_the_data_dependent_checks():
+    logits = torch.tensor([[float("nan"), 0.0]])
+    assert torch.isnan(z_loss(logits, torch.tensor([0]), check_values=False))
+    with pytest.raises(TypeError, match="integer"):
+        z_loss(torch.randn(2, 3), torch.tensor([0.0, 1.0]), check_values=False)  # static checks stay

@@ -32,6 +32,8 @@ index target only. The class dimension is the **last** dimension (``(N, C)`` or 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,17 +45,18 @@ __all__ = ["LogitZLoss", "LogitZLossMethod", "ZLoss", "ZLossMethod", "logit_z_lo
 _REDUCTIONS = ("mean", "sum", "none")
 
 
-def _check_logits(logits: torch.Tensor, name: str = "logits") -> None:
+def _check_logits(logits: torch.Tensor, name: str = "logits", check_values: bool = True) -> None:
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise TypeError(f"{name} must be a floating tensor, got {getattr(logits, 'dtype', type(logits))}")
     if logits.dim() < 1:
         raise ValueError(f"{name} must have a class dimension (last), got a scalar")
-    if not torch.isfinite(logits).all():
+    if check_values and not torch.isfinite(logits).all():
         raise ValueError(f"{name} contain NaN or inf ({int((~torch.isfinite(logits)).sum())} entries)")
 
 
-def _valid_mask(target: torch.Tensor, logits: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    """Boolean mask of non-ignored rows; checks target dtype, shape and range."""
+def _valid_mask(target: torch.Tensor, logits: torch.Tensor, ignore_index: int,
+                check_values: bool = True) -> torch.Tensor:
+    """Boolean mask of non-ignored rows; checks target dtype, shape and (``check_values``) range."""
     if not isinstance(target, torch.Tensor) or target.is_floating_point() or target.is_complex():
         raise TypeError(
             f"target must be an integer tensor of class indices, got {getattr(target, 'dtype', type(target))}"
@@ -63,7 +66,7 @@ def _valid_mask(target: torch.Tensor, logits: torch.Tensor, ignore_index: int) -
     classes = logits.shape[-1]
     valid = target != ignore_index
     bad = valid & ((target < 0) | (target >= classes))
-    if bad.any():
+    if check_values and bad.any():
         raise ValueError(
             f"target values must be in [0, {classes}) or ignore_index={ignore_index}; got e.g. {int(target[bad][0])}"
         )
@@ -87,6 +90,7 @@ def z_loss(
     reduction: str = "mean",
     ignore_index: int = -100,
     eps: float = 1e-6,
+    check_values: bool = True,
 ) -> torch.Tensor:
     """Spherical-family Z-loss ``(1/a) log(1 + exp(a (b − z_y)))`` with ``z = (o − mean(o)) / std(o)``.
 
@@ -101,11 +105,14 @@ def z_loss(
         reduction: ``"mean"`` over non-ignored rows, ``"sum"`` or ``"none"``.
         ignore_index: target value to skip.
         eps: added to the variance so equal logits (σ = 0) give a finite loss.
+        check_values: reject NaN/inf logits and out-of-range targets. These checks look at the data, which
+            ``torch.func`` transforms (``vmap``) cannot; the trainer's Methods turn them off (the trainer checks the
+            loss for NaN itself).
 
     Returns:
         fp32 loss (scalar, or shape of ``target`` for ``reduction="none"``).
     """
-    _check_logits(logits)
+    _check_logits(logits, check_values=check_values)
     if logits.shape[-1] < 2:
         raise ValueError(f"z_loss needs at least 2 classes, got logits with last dimension {logits.shape[-1]}")
     if not a > 0:
@@ -114,7 +121,7 @@ def z_loss(
         raise ValueError(f"eps must be >= 0, got {eps}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    valid = _valid_mask(target, logits, ignore_index)
+    valid = _valid_mask(target, logits, ignore_index, check_values)
     o = logits.float()
     mu = o.mean(dim=-1, keepdim=True)
     var = o.var(dim=-1, unbiased=False, keepdim=True)
@@ -130,6 +137,7 @@ def logit_z_loss(
     ignore_index: int = -100,
     target: torch.Tensor | None = None,
     reduction: str = "mean",
+    check_values: bool = True,
 ) -> torch.Tensor:
     """The logit z-loss regulariser ``coef · (log Σ_j exp(o_j))²`` (PaLM / ST-MoE), in fp32.
 
@@ -141,11 +149,12 @@ def logit_z_loss(
         target: optional integer targets of shape ``logits.shape[:-1]``, only used for the mask; ``None`` keeps
             every row.
         reduction: ``"mean"`` (over kept rows), ``"sum"`` or ``"none"``.
+        check_values: reject NaN/inf logits and out-of-range targets (see :func:`z_loss`).
 
     Returns:
         The regulariser, to be *added* to the classification loss.
     """
-    _check_logits(logits)
+    _check_logits(logits, check_values=check_values)
     if not coef >= 0:
         raise ValueError(f"coef must be >= 0, got {coef}")
     if reduction not in _REDUCTIONS:
@@ -153,7 +162,7 @@ def logit_z_loss(
     if target is None:
         valid = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
     else:
-        valid = _valid_mask(target, logits, ignore_index)
+        valid = _valid_mask(target, logits, ignore_index, check_values)
     lse = torch.logsumexp(logits.float(), dim=-1)
     return _reduce(coef * lse.square(), valid, reduction)
 
@@ -233,7 +242,9 @@ class ZLossMethod(Method):
 
     def setup(self, ctx: Context) -> None:
         def criterion(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return z_loss(logits, _index_targets(y, self.name), a=self.a, b=self.b)
+            # no data-dependent checks: the criterion must run under torch.func (adaptive_batch's per-sample
+            # gradients); the trainer rejects a NaN loss itself
+            return z_loss(logits, _index_targets(y, self.name), a=self.a, b=self.b, check_values=False)
 
         _set_criterion(ctx, self.name, criterion, replaces=True)
 
@@ -256,8 +267,9 @@ class LogitZLossMethod(Method):
         base = ctx.criterion
 
         def criterion(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            reg = logit_z_loss(logits, coef=self.coef)
-            ctx.log["logit_z_loss"] = float(reg.detach())
+            reg = logit_z_loss(logits, coef=self.coef, check_values=False)  # torch.func-safe, as in z_loss
+            with contextlib.suppress(RuntimeError):  # no value to log inside a torch.func transform
+                ctx.log["logit_z_loss"] = float(reg.detach())
             return base(logits, y) + reg
 
         _set_criterion(ctx, self.name, criterion, replaces=False)
