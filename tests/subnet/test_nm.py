@@ -118,3 +118,25 @@ def test_bad_input_is_a_clear_error():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="GPU"):
             to_semi_structured(MLP(in_features=16))
+
+
+def test_sr_ste_runs_under_torch_func_and_matches_per_sample_autograd():
+    """vmap(grad) over an N:M-parametrized layer (what adaptive_batch does) gives each sample's SR-STE gradient."""
+    from torch.func import functional_call, grad, vmap
+    from torch.nn.utils import parametrize
+
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 3)
+    parametrize.register_parametrization(layer, "weight", NMSparsity(2, 4, decay=0.1))
+    x, y = torch.randn(5, 8), torch.randint(0, 3, (5,))
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+
+    def loss(p, xi, yi):
+        return F.cross_entropy(functional_call(layer, p, (xi[None],)), yi[None])
+
+    batched = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    for i in range(5):
+        layer.zero_grad()
+        F.cross_entropy(layer(x[i : i + 1]), y[i : i + 1]).backward()
+        original = layer.parametrizations.weight.original
+        torch.testing.assert_close(batched["parametrizations.weight.original"][i], original.grad)

@@ -72,11 +72,19 @@ def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
 
 
 class _SRSTE(torch.autograd.Function):
+    # forward/setup_context split and a generated vmap rule: works under torch.func (e.g. adaptive_batch's
+    # per-sample gradients) as well as in plain autograd
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx: Any, weight: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
+    def forward(weight: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
+        return weight * mask
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        weight, mask, decay = inputs
         ctx.save_for_backward(weight, mask)
         ctx.decay = decay
-        return weight * mask
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
