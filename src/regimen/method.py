@@ -30,7 +30,9 @@ Hooks (all optional; the defaults do nothing):
 ============================  ==========================================================================
 
 Ordering: hooks run in recipe order; ``after_backward``, ``after_step``, ``on_epoch_end`` and ``on_train_end``
-run in reverse recipe order (the innermost wrapper unwinds first).
+run in reverse recipe order (the innermost wrapper unwinds first). A method declares the other methods it must
+follow (``after``), precede (``before``) or cannot share a recipe with (``conflicts``), with a
+``constraint_reason``; a recipe that breaks a declaration is refused before training with a message naming the fix.
 
 Batch selection (``select_batches``):
   * The epoch trains ``len(positions) // accumulation`` optimizer steps; with gradient accumulation the selection
@@ -69,6 +71,7 @@ __all__ = [
     "list_methods",
     "register_method",
     "EXCLUSIVE_HOOKS",
+    "check_method_order",
     "REVERSED_HOOKS",
     "SELECTION_HOOK",
 ]
@@ -93,7 +96,8 @@ _METHOD_PACKAGES = (
 
 
 class MethodConflictError(ValueError):
-    """Two methods in one recipe both replace an exclusive hook (or both select batches)."""
+    """Two methods in one recipe both replace an exclusive hook (or both select batches), declare each other as
+    conflicts, or stand in an order they forbid."""
 
 
 @dataclass
@@ -168,6 +172,14 @@ class Method:
     """
 
     name: str = ""
+    #: Recipe names of methods that, when the recipe also has them, must be listed *before* this one (e.g. their
+    #: surgery must happen first), and ones that must be listed *after* it.
+    after: tuple[str, ...] = ()
+    before: tuple[str, ...] = ()
+    #: Recipe names of methods this one cannot share a recipe with.
+    conflicts: tuple[str, ...] = ()
+    #: Why ``after``/``before``/``conflicts`` hold (one sentence, shown in the error).
+    constraint_reason: str = ""
 
     def setup(self, ctx: Context) -> None:
         pass
@@ -262,6 +274,23 @@ def get_method(name: str) -> type[Method]:
         known = ", ".join(methods) or "(none)"
         raise KeyError(f"unknown method {name!r}; known methods: {known}")
     return methods[name]
+
+
+def check_method_order(methods: list[Method]) -> None:
+    """Raise MethodConflictError when a recipe lists methods that declare each other as conflicts, or in an order
+    their ``after``/``before`` declarations forbid; the message says what to change."""
+    position = {m.name: i for i, m in enumerate(methods)}
+    for i, method in enumerate(methods):
+        why = f" ({method.constraint_reason})" if method.constraint_reason else ""
+        for other in method.conflicts:
+            if other in position:
+                raise MethodConflictError(f"methods {method.name!r} and {other!r} cannot share a recipe{why}")
+        for other in method.after:
+            if position.get(other, -1) > i:
+                raise MethodConflictError(f"method {other!r} must be listed before {method.name!r}{why}")
+        for other in method.before:
+            if 0 <= position.get(other, len(methods)) < i:
+                raise MethodConflictError(f"method {method.name!r} must be listed before {other!r}{why}")
 
 
 def check_exclusive_hooks(methods: list[Method]) -> None:

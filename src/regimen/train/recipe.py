@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from regimen.method import Method, check_exclusive_hooks, get_method
+from regimen.method import Method, check_exclusive_hooks, check_method_order, get_method
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -196,6 +196,7 @@ def build_methods(recipe: Recipe) -> list[Method]:
             raise RecipeError(f"{where} ({entry.name}): {error}") from None
     try:
         check_exclusive_hooks(methods)
+        check_method_order(methods)
     except ValueError as error:
         raise RecipeError(str(error)) from None
     return methods

@@ -1,0 +1,85 @@
+"""Pairs of methods in one recipe: declared conflicts and orders give clear recipe errors; allowed pairs train.
+
+A sweep over every ordered pair of the registered methods (about 10 minutes on one core) found the pairs below; run
+it again with ``REGIMEN_ALL_PAIRS=1 .venv/bin/python -m pytest -q tests/integration/test_method_pairs.py``.
+"""
+
+import copy
+import itertools
+import os
+
+import pytest
+
+from regimen.method import Method, check_method_order
+from regimen.train import RecipeError, fit
+
+BASE = {
+    "name": "pair", "seed": 0,
+    "data": {"name": "digits", "val_fraction": 0.1},
+    "model": {"name": "resnet", "options": {"widths": [8, 16], "depths": [1, 1]}},
+    "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+    "schedule": {"name": "cosine"},
+    "train": {"epochs": 2, "batch_size": 32, "max_steps_per_epoch": 2, "threads": 1},
+}
+PARAMS = {
+    "ghost_bn": {"ghost_batch_size": 8}, "drop_path": {"max_rate": 0.1}, "dropblock": {"p": 0.1, "block_size": 3},
+    "multi_sample_dropout": {"num_samples": 2, "p": 0.2}, "ema": {"decay": 0.9},
+    "high_loss_batches": {"fraction": 0.5, "start_epoch": 0}, "adaptive_batch": {"interval": 1, "max_samples": 8},
+}
+
+
+def recipe(*names: str) -> dict:
+    r = copy.deepcopy(BASE)
+    r["methods"] = [dict(name=name, **PARAMS.get(name, {})) for name in names]
+    return r
+
+
+def _named(name: str, **declared) -> Method:
+    return type(f"M_{name}", (Method,), {"name": name, **declared})()
+
+
+def test_order_and_conflict_declarations_name_the_fix():
+    tracer = _named("tracer", before=("surgery",), after=("wrapper",), conflicts=("rival",),
+                    constraint_reason="it traces the plain layers")
+    check_method_order([_named("wrapper"), tracer, _named("surgery")])  # the allowed order
+    with pytest.raises(ValueError, match=r"'tracer' must be listed before 'surgery' \(it traces the plain layers\)"):
+        check_method_order([_named("surgery"), tracer])
+    with pytest.raises(ValueError, match="'wrapper' must be listed before 'tracer'"):
+        check_method_order([tracer, _named("wrapper")])
+    with pytest.raises(ValueError, match="'tracer' and 'rival' cannot share a recipe"):
+        check_method_order([_named("rival"), tracer])
+
+
+@pytest.mark.parametrize("first, second", [
+    ("ghost_bn", "hesso"), ("weight_std", "nested_width"), ("nm_sparsity", "hesso"), ("hesso", "trp"),
+    ("hesso", "multi_sample_dropout"), ("hesso", "maestro"), ("nested_width", "nm_sparsity"),
+])
+def test_pairs_that_failed_inside_training_are_refused_by_the_recipe(first, second):
+    with pytest.raises(RecipeError, match="must be listed before|cannot share a recipe"):
+        fit(recipe(first, second))
+
+
+@pytest.mark.parametrize("first, second", [
+    ("hesso", "ghost_bn"), ("nested_width", "weight_std"), ("hesso", "nm_sparsity"), ("trp", "hesso"),
+    ("multi_sample_dropout", "hesso"), ("nm_sparsity", "adaptive_batch"), ("logit_z_loss", "adaptive_batch"),
+    ("nm_sparsity", "ema"),
+])
+def test_pairs_in_their_allowed_order_train(first, second):
+    result = fit(recipe(first, second))
+    assert len(result.history) == 2
+
+
+@pytest.mark.skipif(os.environ.get("REGIMEN_ALL_PAIRS") != "1", reason="about 10 minutes: set REGIMEN_ALL_PAIRS=1")
+def test_every_ordered_pair_of_methods_trains_or_is_refused_by_the_recipe():
+    from regimen.method import list_methods
+
+    names = [name for name in list_methods() if not name.startswith("_")]
+    failures = []
+    for first, second in itertools.permutations(names, 2):
+        try:
+            fit(recipe(first, second))
+        except RecipeError:
+            continue  # refused before training, with a message
+        except Exception as error:  # noqa: BLE001 - collect every failure, report them together
+            failures.append(f"{first} + {second}: {type(error).__name__}: {str(error).splitlines()[0][:160]}")
+    assert not failures, "\n".join(failures)
