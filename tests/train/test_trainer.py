@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from regimen.method import Method, register_method
+from regimen.method import Context, Method, register_method
 from regimen.train import CheckpointError, fit, load_checkpoint, parse_recipe
 from regimen.train.builtin import ema_update
 from regimen.train.checkpoint import save_checkpoint
@@ -157,6 +157,24 @@ def test_ema_copy_survives_removing_the_models_parametrizations():
     parametrize.remove_parametrizations(model, "weight", leave_parametrized=True)
     assert torch.equal(ema(x), before) and parametrize.is_parametrized(ema.module)
     ema.update(model)  # parameters still pair up: the copy's original weight with the model's exported weight
+
+
+def test_ema_listed_before_surgery_averages_the_model_after_surgery():
+    """EMA copies the model at the start of training, not in its setup: a method listed after it that replaces
+    layers in setup (here weight standardization) is part of the averaged copy that evaluation uses."""
+    from regimen.method import get_method
+    from regimen.models import build_model
+
+    model = build_model("resnet", (1, 8, 8), 10, widths=[4, 8], depths=[1, 1])
+    ctx = Context(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                  criterion=torch.nn.functional.cross_entropy, num_classes=10, per_device_batch=8)
+    ema, weight_std = get_method("ema")(decay=0.9), get_method("weight_std")()
+    ema.setup(ctx)  # recipe order: ema, then weight_std
+    weight_std.setup(ctx)
+    ema.on_epoch_start(ctx)
+    replaced = {type(m) for m in ctx.model.modules()} - {type(m) for m in build_model(
+        "resnet", (1, 8, 8), 10, widths=[4, 8], depths=[1, 1]).modules()}
+    assert replaced and replaced <= {type(m) for m in ema.ema.module.modules()}
 
 
 def test_ema_method_evaluates_the_averaged_model(tiny_recipe):

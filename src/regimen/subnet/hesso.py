@@ -212,7 +212,7 @@ class HESSOMethod(Method):
     name = "hesso"
     # found by training every pair of methods (tests/integration): the tracer needs the plain layers, and MAESTRO's
     # factorised layers can neither be traced nor pruned by name
-    before = ("ghost_bn", "weight_std", "nm_sparsity")
+    before = ("ghost_bn", "weight_std", "nm_sparsity", "drop_path", "dropblock")
     after = ("trp", "multi_sample_dropout")
     conflicts = ("maestro",)
     constraint_reason = ("hesso traces the model's channel-dependency graph in setup and prunes its layers by name at "

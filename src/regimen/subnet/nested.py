@@ -373,7 +373,7 @@ class NestedWidthMethod(Method):
 
     name = "nested_width"
     # found by training every pair of methods (tests/integration)
-    before = ("ghost_bn", "weight_std")
+    before = ("ghost_bn", "weight_std", "drop_path", "dropblock")
     conflicts = ("nm_sparsity", "maestro")
     constraint_reason = ("nested_width traces the model's channel groups in setup and slices the traced layers' "
                          "weights; it cannot trace layers other methods replace, nor slice N:M-parametrized or "

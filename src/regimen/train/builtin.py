@@ -83,26 +83,35 @@ class EMA(Method):
         self.ema: ModelEMA | None = None
         self._pending: dict[str, Any] | None = None
 
-    def setup(self, ctx: Context) -> None:
-        self.ema = ModelEMA(ctx.model, self.decay, self.warmup)
+    def on_epoch_start(self, ctx: Context) -> None:
+        self._ensure(ctx)
+
+    def _ensure(self, ctx: Context) -> ModelEMA:
+        """The averaged copy, made at the start of training rather than in ``setup``: every method's surgery (which
+        may come after this one in the recipe) and device placement are done by then."""
+        if self.ema is None:
+            self.ema = ModelEMA(self._unwrapped(ctx.model), self.decay, self.warmup)
+            if self._pending is not None:  # resumed: the saved EMA weights replace the fresh copy
+                self.load_state_dict(self._pending)
+        return self.ema
 
     def _unwrapped(self, model: nn.Module) -> nn.Module:
         return model.module if hasattr(model, "module") else model
 
     def after_step(self, ctx: Context) -> None:
-        if self._pending is not None:  # resumed: the saved EMA weights replace the fresh copy once devices are set
-            self.load_state_dict(self._pending)
-        self.ema.update(self._unwrapped(ctx.model))
+        self._ensure(ctx).update(self._unwrapped(ctx.model))
 
     def eval_model(self, model: nn.Module, ctx: Context) -> nn.Module:
-        if self._pending is not None:
-            self.load_state_dict(self._pending)
-        return self.ema.module.to(ctx.device)
+        return self._ensure(ctx).module.to(ctx.device)
 
     def state_dict(self) -> dict[str, Any]:
+        if self.ema is None:
+            return {} if self._pending is None else self._pending
         return {"module": self.ema.module.state_dict(), "updates": self.ema.updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
         if self.ema is None:
             self._pending = state
             return
