@@ -233,6 +233,8 @@ class ZLossMethod(Method):
     criterion (multi-sample dropout, nested widths). Needs index targets (not after CutMix/MixUp)."""
 
     name = "z_loss"
+    conflicts = ("cutmix", "mixup")
+    constraint_reason = "the Z-loss needs index targets, and mixing methods train on soft targets"
 
     def __init__(self, a: float = 0.1, b: float = 10.0) -> None:
         if not a > 0:
