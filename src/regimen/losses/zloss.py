@@ -234,7 +234,9 @@ class ZLossMethod(Method):
 
     name = "z_loss"
     conflicts = ("cutmix", "mixup")
-    constraint_reason = "the Z-loss needs index targets, and mixing methods train on soft targets"
+    before = ("logit_z_loss",)
+    constraint_reason = ("the Z-loss replaces the criterion (logit_z_loss adds to it) and needs index targets "
+                         "(mixing methods train on soft targets)")
 
     def __init__(self, a: float = 0.1, b: float = 10.0) -> None:
         if not a > 0:
