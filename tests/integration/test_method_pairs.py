@@ -74,7 +74,8 @@ def test_pairs_in_their_allowed_order_train(first, second):
 def test_every_ordered_pair_of_methods_trains_or_is_refused_by_the_recipe():
     from regimen.method import list_methods
 
-    names = [name for name in list_methods() if not name.startswith("_")]
+    # test helpers (``_test_*``) and PBT's round limiter (ends training on purpose) are not user methods
+    names = [name for name in list_methods() if not name.startswith("_") and name != "tune_stop_after"]
     failures = []
     for first, second in itertools.permutations(names, 2):
         try:
