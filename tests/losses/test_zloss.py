@@ -100,16 +100,20 @@ def _ctx(model: nn.Module) -> Context:
     return Context(model=model, optimizer=opt, criterion=F.cross_entropy, num_classes=4, per_device_batch=6)
 
 
+def _linear_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor, Context]:
+    """A seeded 3 -> 4 linear model, a batch of 6 and a context with cross-entropy as the criterion."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 4)
+    return model, torch.randn(6, 3), torch.randint(0, 4, (6,)), _ctx(model)
+
+
 def test_methods_are_registered_under_their_recipe_names():
     assert get_method("z_loss") is ZLossMethod
     assert get_method("logit_z_loss") is LogitZLossMethod
 
 
 def test_z_loss_method_replaces_cross_entropy_and_rejects_soft_targets():
-    torch.manual_seed(0)
-    model = nn.Linear(3, 4)
-    x, y = torch.randn(6, 3), torch.randint(0, 4, (6,))
-    ctx = _ctx(model)
+    model, x, y, ctx = _linear_case()
     ZLossMethod(a=0.5, b=2.0).setup(ctx)
     torch.testing.assert_close(ctx.criterion(model(x), y), ZLoss(0.5, 2.0)(model(x), y))
     with pytest.raises(ValueError, match="index targets"):
@@ -117,10 +121,7 @@ def test_z_loss_method_replaces_cross_entropy_and_rejects_soft_targets():
 
 
 def test_logit_z_loss_method_adds_the_regulariser_to_the_criterion():
-    torch.manual_seed(0)
-    model = nn.Linear(3, 4)
-    x, y = torch.randn(6, 3), torch.randint(0, 4, (6,))
-    ctx = _ctx(model)
+    model, x, y, ctx = _linear_case()
     LogitZLossMethod(coef=0.1).setup(ctx)
     loss = ctx.criterion(model(x), y)
     ref = F.cross_entropy(model(x), y) + 0.1 * torch.logsumexp(model(x), 1).square().mean()
@@ -131,10 +132,7 @@ def test_logit_z_loss_method_adds_the_regulariser_to_the_criterion():
 
 
 def test_loss_methods_stack_in_recipe_order_and_refuse_to_drop_a_wrapper():
-    torch.manual_seed(0)
-    model = nn.Linear(3, 4)
-    x, y = torch.randn(6, 3), torch.randint(0, 4, (6,))
-    ctx = _ctx(model)
+    model, x, y, ctx = _linear_case()
     ZLossMethod(a=0.5, b=2.0).setup(ctx)
     LogitZLossMethod(coef=0.1).setup(ctx)  # z-loss plus the logit regulariser
     expected = ZLoss(0.5, 2.0)(model(x), y) + 0.1 * torch.logsumexp(model(x), 1).square().mean()
