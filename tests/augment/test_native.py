@@ -35,7 +35,8 @@ def _both(x: torch.Tensor, params: AugmentParams, fill) -> tuple[torch.Tensor, t
     return compiled, reference
 
 
-_COMPILER = shutil.which(os.environ.get("CC") or "cc") or shutil.which("gcc") or shutil.which("clang")
+_COMPILER = (shutil.which(os.environ["CC"]) if os.environ.get("CC")
+             else shutil.which("cc") or shutil.which("gcc") or shutil.which("clang"))
 needs_kernel = pytest.mark.skipif(_COMPILER is None, reason="no C compiler: the torch path is used")
 
 
@@ -136,6 +137,12 @@ def test_without_a_working_compiler_the_torch_path_is_used_with_a_warning(tmp_pa
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("False"), result.stdout
     assert "torch implementation" in result.stderr and "unavailable" in result.stderr
+
+
+def test_a_cc_that_is_not_a_program_is_reported_not_replaced(tmp_path):
+    result = _run(_USE, CC="/nonexistent/cc", REGIMEN_CACHE_DIR=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "CC='/nonexistent/cc' is not an executable program" in result.stdout + result.stderr
 
 
 def test_regimen_native_0_disables_the_kernel(tmp_path):

@@ -4,12 +4,12 @@ The kernel applies every image's RandAugment ops in one foreign call, touching e
 path (:mod:`regimen.augment.op_groups`) needs an int32 index per byte and hundreds of tensor ops per call. Both give
 the same results bit for bit (tests compare them with each other and with Pillow).
 
-Building: ``$CC`` (else ``cc``, ``gcc`` or ``clang``) compiles the source once into a cache folder
+Building: ``$CC`` (if set, else ``cc``, ``gcc`` or ``clang``) compiles the source once into a cache folder
 (``$REGIMEN_CACHE_DIR``, else ``$XDG_CACHE_HOME/regimen``, else ``~/.cache/regimen``; if that cannot be written,
-``<temp dir>/regimen-<uid>``), under a name that hashes the
-source, the flags, the compiler and the platform, so an edited source or another machine type gets its own build. The
-build writes a temporary file and renames it, so processes that build at the same time do not see half a library.
-Without a compiler (or with ``REGIMEN_NATIVE=0``) the torch path is used, with one warning saying so.
+``<temp dir>/regimen-<uid>``), under a name that hashes the source, the flags, the compiler and the platform, so an
+edited source or another machine type gets its own build. The build writes a temporary file and renames it, so
+processes that build at the same time do not see half a library. Without a compiler (or with ``REGIMEN_NATIVE=0``)
+the torch path is used, with one warning saying so.
 """
 
 from __future__ import annotations
@@ -44,8 +44,15 @@ _MIN_BYTES_PER_THREAD = 1 << 18  # below this a worker thread costs more than it
 
 
 def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
+    """``$CC`` if set (an error if it is not a program), else the first of cc, gcc, clang found."""
+    chosen = os.environ.get("CC")
+    if chosen:
+        found = shutil.which(chosen)
+        if found is None:
+            raise RuntimeError(f"CC={chosen!r} is not an executable program")
+        return found
+    for name in ("cc", "gcc", "clang"):
+        if shutil.which(name):
             return shutil.which(name)
     return None
 
