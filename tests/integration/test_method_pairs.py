@@ -50,9 +50,9 @@ def test_order_and_conflict_declarations_name_the_fix():
 
 
 @pytest.mark.parametrize("first, second", [
-    ("ghost_bn", "hesso"), ("weight_std", "nested_width"), ("nm_sparsity", "hesso"), ("hesso", "trp"),
-    ("hesso", "multi_sample_dropout"), ("hesso", "maestro"), ("nested_width", "nm_sparsity"), ("drop_path", "hesso"),
-    ("dropblock", "nested_width"), ("cutmix", "z_loss"), ("z_loss", "mixup"), ("logit_z_loss", "z_loss"),
+    ("weight_std", "hesso"), ("weight_std", "nested_width"), ("nm_sparsity", "hesso"), ("hesso", "trp"),
+    ("hesso", "multi_sample_dropout"), ("hesso", "maestro"), ("nested_width", "nm_sparsity"),
+    ("cutmix", "z_loss"), ("z_loss", "mixup"), ("logit_z_loss", "z_loss"),
 ])
 def test_pairs_that_failed_inside_training_are_refused_by_the_recipe(first, second):
     with pytest.raises(RecipeError, match="must be listed before|cannot share a recipe"):
@@ -63,7 +63,8 @@ def test_pairs_that_failed_inside_training_are_refused_by_the_recipe(first, seco
     ("hesso", "ghost_bn"), ("nested_width", "weight_std"), ("hesso", "nm_sparsity"), ("trp", "hesso"),
     ("multi_sample_dropout", "hesso"), ("nm_sparsity", "adaptive_batch"), ("logit_z_loss", "adaptive_batch"),
     ("nm_sparsity", "ema"), ("ema", "nm_sparsity"), ("ema", "maestro"), ("ema", "local_learning"),
-    ("ema", "nested_width"), ("hesso", "drop_path"),
+    ("ema", "nested_width"), ("hesso", "drop_path"), ("ghost_bn", "hesso"), ("drop_path", "hesso"),
+    ("dropblock", "nested_width"), ("ghost_bn", "nested_width"),
 ])
 def test_pairs_in_their_allowed_order_train(first, second):
     result = fit(recipe(first, second))

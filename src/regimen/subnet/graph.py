@@ -64,6 +64,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
 __all__ = [
@@ -249,7 +250,9 @@ _SAME_SHAPE_MIXING = {"softmax", "log_softmax", "softmin", "cumsum", "normalize"
 _FACTORY = {"new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "zeros_like", "ones_like", "empty_like",
             "full_like", "rand_like", "randn_like", "randint_like", "bernoulli"}
 _IGNORED = _FACTORY | {"size", "dim", "numel", "getattr", "eq", "ne", "lt", "le", "gt", "ge", "argmax", "argmin",
-                       "isnan", "isinf", "isfinite", "all", "any", "item", "tolist", "len"}
+                       "isnan", "isinf", "isfinite", "all", "any", "item", "tolist", "len",
+                       # questions about a tensor's type or layout, not its values (e.g. in DropPath, WS convs)
+                       "is_floating_point", "is_complex", "is_contiguous", "is_signed"}
 
 _POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
                  nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
@@ -282,6 +285,11 @@ def _is_leaf(module: nn.Module) -> bool:
         return True
     if isinstance(module, nn.Sequential | nn.ModuleList | nn.ModuleDict):
         return False
+    if isinstance(module, _NORMS) and not parametrize.is_parametrized(module):
+        # norm subclasses (e.g. ghost batch norm) keep the per-channel structure: mapped as the base layer. Conv
+        # subclasses are traced inside instead: weight standardization, for one, normalises each filter over its
+        # input channels, so removing even all-zero input channels would change the output.
+        return True
     return type(module).__module__.startswith("torch.nn")
 
 

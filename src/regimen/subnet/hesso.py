@@ -210,14 +210,15 @@ class HESSOMethod(Method):
     """
 
     name = "hesso"
-    # found by training every pair of methods (tests/integration): the tracer needs the plain layers, and MAESTRO's
-    # factorised layers can neither be traced nor pruned by name
-    before = ("ghost_bn", "weight_std", "nm_sparsity", "drop_path", "dropblock")
+    # found by training every pair of methods (tests/integration/test_method_pairs.py): the tracer cannot map
+    # weight-standardized convs or N:M-parametrized weights, and MAESTRO's factorised layers can neither be traced
+    # nor pruned by name
+    before = ("weight_std", "nm_sparsity")
     after = ("trp", "multi_sample_dropout")
     conflicts = ("maestro",)
     constraint_reason = ("hesso traces the model's channel-dependency graph in setup and prunes its layers by name at "
-                         "the end, so it needs the layers it traced: before surgery that replaces them, after surgery "
-                         "that wraps the head")
+                         "the end: it cannot trace weight-standardized, N:M-parametrized or low-rank layers, and must "
+                         "see the head that multi-sample dropout and TRP wrap")
 
     def __init__(self, ratio: float = 0.5, importance: str = "l2", start: float = 0.1, end: float = 0.6,
                  periods: int = 2, scope: str = "global", ignore: list[str] | None = None,

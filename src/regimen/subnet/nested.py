@@ -373,11 +373,11 @@ class NestedWidthMethod(Method):
 
     name = "nested_width"
     # found by training every pair of methods (tests/integration)
-    before = ("ghost_bn", "weight_std", "drop_path", "dropblock")
+    before = ("weight_std",)
     conflicts = ("nm_sparsity", "maestro")
     constraint_reason = ("nested_width traces the model's channel groups in setup and slices the traced layers' "
-                         "weights; it cannot trace layers other methods replace, nor slice N:M-parametrized or "
-                         "low-rank layers")
+                         "weights; it cannot trace weight-standardized convs, nor slice N:M-parametrized or low-rank "
+                         "layers")
 
     def __init__(
         self,
