@@ -7,6 +7,16 @@ torch.set_num_threads(int(os.environ.get("REGIMEN_TEST_THREADS", "2")))
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: on tiny tensors it avoids OpenMP barrier stalls on a loaded 2-core
+    machine. Folders of tiny-tensor tests request it from an autouse fixture."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
 def tiny_recipe() -> dict:
     """A seconds-long recipe: MLP on scikit-learn digits."""
     return {

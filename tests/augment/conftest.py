@@ -23,12 +23,8 @@ def _fashion(count: int = 3) -> list[torch.Tensor]:
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    """These tests use tiny tensors: one intra-op thread avoids OpenMP barrier stalls on a loaded 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_thread):
+    """Every test here uses tiny tensors (see ``one_thread`` in tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")
