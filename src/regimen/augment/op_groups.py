@@ -68,28 +68,31 @@ def apply_ops_uint8(images: torch.Tensor, ops: np.ndarray, values: np.ndarray, f
     n, c, h, w = images.shape
     if images.device.type == "cpu" and h * w < _NATIVE_MAX_PLANE and native.available():
         return native.apply_ops_uint8_native(images, *kernel_arguments(ops, values, c, h, w), fill.numpy())
-    if c == 1:
-        ops = np.where(ops == _COLOR, _IDENTITY, ops)  # Pillow: an L image's Color enhancement is the identity
-    # the parameter-only work of every position at once: source-index maps and image-independent tables
-    k = ops.shape[1]
-    maps = _fixed_point_maps(ops.reshape(-1), values.reshape(-1), h, w).reshape(n, k, 6)
-    tables = _static_tables(ops.reshape(-1), values.reshape(-1)).reshape(n, k, 256)
+    ops, maps, tables = _prepare(ops, values, c, h, w)
     out = images
-    for position in range(k):
+    for position in range(ops.shape[1]):
         out = _apply_position(out, ops[:, position], values[:, position], maps[:, position], tables[:, position],
                               fill)
     return out.clone() if out is images else out
+
+
+def _prepare(ops: np.ndarray, values: np.ndarray, channels: int, height: int,
+             width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The parameter-only work of every position at once: the ops (Color of a 1-channel image is the Identity, as in
+    Pillow), source-index maps ``(N, K, 6)`` and image-independent tables ``(N, K, 256)``."""
+    n, k = ops.shape
+    if channels == 1:
+        ops = np.where(ops == _COLOR, _IDENTITY, ops)
+    maps = _fixed_point_maps(ops.reshape(-1), values.reshape(-1), height, width).reshape(n, k, 6)
+    tables = _static_tables(ops.reshape(-1), values.reshape(-1)).reshape(n, k, 256)
+    return ops, maps, tables
 
 
 def kernel_arguments(ops: np.ndarray, values: np.ndarray, channels: int, height: int,
                      width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The compiled kernel's parameter arrays for ``(N, K)`` ops and values: op kinds ``(N, K)`` int32, float32
     factors ``(N, K)``, static tables ``(N, K, 256)`` and fixed-point maps ``(N, K, 6)``."""
-    n, k = ops.shape
-    if channels == 1:
-        ops = np.where(ops == _COLOR, _IDENTITY, ops)  # Pillow: an L image's Color enhancement is the identity
-    maps = _fixed_point_maps(ops.reshape(-1), values.reshape(-1), height, width).reshape(n, k, 6)
-    tables = _static_tables(ops.reshape(-1), values.reshape(-1)).reshape(n, k, 256)
+    ops, maps, tables = _prepare(ops, values, channels, height, width)
     return _KERNEL_KIND[ops], values.astype(np.float32), tables, maps
 
 
