@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -195,3 +196,23 @@ def test_portable_builds_give_the_same_results(flags, tmp_path, monkeypatch):
         arguments = kernel_arguments(params.ops.numpy(), params.values.numpy(), *shape[1:])
         fill = torch.full((shape[1],), 11, dtype=torch.uint8).numpy()
         assert torch.equal(native.run_kernel(variant, x, *arguments, fill), apply_ops(x, params, fill=11)), shape
+
+
+@needs_kernel
+def test_run_kernel_rejects_arrays_that_do_not_fit_the_images():
+    """The C code trusts the arrays' sizes, so a mismatch is a clear error instead of an out-of-bounds access."""
+    from regimen.augment.op_groups import kernel_arguments
+
+    x = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    params = _params(4, 2, torch.Generator().manual_seed(0))
+    kinds, factors, tables, maps = kernel_arguments(params.ops.numpy(), params.values.numpy(), 3, 8, 8)
+    fill = np.zeros(3, dtype=np.uint8)
+    function = native.load_variant()
+    with pytest.raises(ValueError, match=r"maps must have shape \(4, 2, 6\)"):
+        native.run_kernel(function, x, kinds, factors, tables, maps[:3], fill)
+    with pytest.raises(ValueError, match=r"fill must have shape \(3,\)"):
+        native.run_kernel(function, x, kinds, factors, tables, maps, fill[:1])
+    with pytest.raises(ValueError, match="kinds must be op kinds"):
+        native.run_kernel(function, x, kinds + 9, factors, tables, maps, fill)
+    with pytest.raises(ValueError, match="uint8"):
+        native.run_kernel(function, x.float(), kinds, factors, tables, maps, fill)

@@ -179,6 +179,7 @@ def apply_ops_uint8_native(images: torch.Tensor, kinds: np.ndarray, factors: np.
 def run_kernel(function, images: torch.Tensor, kinds: np.ndarray, factors: np.ndarray, tables: np.ndarray,
                maps: np.ndarray, fill: np.ndarray) -> torch.Tensor:
     """:func:`apply_ops_uint8_native` with a given kernel function (tests pass variant builds)."""
+    _check_kernel_inputs(images, kinds, factors, tables, maps, fill)
     images = images.contiguous()
     out = torch.empty_like(images)
     n, c, h, w = images.shape
@@ -202,6 +203,26 @@ def run_kernel(function, images: torch.Tensor, kinds: np.ndarray, factors: np.nd
     if any(code != 0 for code in codes):
         raise MemoryError(f"the uint8 augmentation kernel could not allocate scratch memory for a {c}x{h}x{w} image")
     return out
+
+
+def _check_kernel_inputs(images, kinds, factors, tables, maps, fill) -> None:
+    """The C code trusts its arrays' sizes: a mismatch would read or write out of bounds, so it is an error here."""
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
+        raise ValueError(f"images must be a uint8 tensor (N, C, H, W), got {getattr(images, 'dtype', type(images))} "
+                         f"of shape {tuple(getattr(images, 'shape', ()))}")
+    if images.device.type != "cpu":
+        raise ValueError(f"images must be on the CPU for the compiled kernel, got {images.device}")
+    n, c, h, w = images.shape
+    if h * w >= 2**31 - 4:
+        raise ValueError(f"images of {h}x{w} pixels are too large for the kernel's 32-bit plane indices")
+    k = np.shape(kinds)[1] if np.ndim(kinds) == 2 else -1
+    expected = {"kinds": (n, k), "factors": (n, k), "tables": (n, k, 256), "maps": (n, k, 6), "fill": (c,)}
+    for name, array in zip(expected, (kinds, factors, tables, maps, fill)):
+        if k < 0 or np.shape(array) != expected[name]:
+            raise ValueError(f"{name} must have shape {expected[name]} for images {tuple(images.shape)}, got "
+                             f"{np.shape(array)}")
+    if np.size(kinds) and (np.min(kinds) < 0 or np.max(kinds) > 7):
+        raise ValueError("kinds must be op kinds in [0, 7] (see uint8_kernel.c)")
 
 
 def load_variant(*extra_flags: str):
