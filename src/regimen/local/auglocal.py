@@ -20,14 +20,13 @@ parameters, added to the optimizer by the wrapper.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from regimen.local.auxiliary import ClassifierAuxiliary, _TokenMean
-from regimen.models import BasicBlock
+from regimen.models import BasicBlock, copy_module
 
 __all__ = ["auglocal_auxiliary", "auglocal_layer_indices", "pyramid_depths", "reinitialized_copy"]
 
@@ -72,7 +71,7 @@ def pyramid_depths(num_auxiliaries: int, depth: int, coeff: float = 0.5) -> list
 
 def reinitialized_copy(module: nn.Module) -> nn.Module:
     """A deep copy of ``module`` with every submodule's parameters re-drawn by its ``reset_parameters``."""
-    clone = copy.deepcopy(module)
+    clone = copy_module(module)
     for sub in clone.modules():
         reset = getattr(sub, "reset_parameters", None)
         if callable(reset):

@@ -20,7 +20,6 @@ is excluded from the optimizer and gets no ``.grad``; the update runs under ``no
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Literal
 
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from regimen.local.auxiliary import AuxiliaryNetwork, dgl_head
+from regimen.models import copy_module
 
 __all__ = ["MomentumAuxiliary", "ema_update_"]
 
@@ -76,7 +76,7 @@ class MomentumAuxiliary(AuxiliaryNetwork):
         if learnable not in ("bias", "copy"):
             raise ValueError(f"learnable must be 'bias' or 'copy', got {learnable!r}")
         self.source = [next_block]  # a plain list: the live block is not registered twice
-        self.ema = copy.deepcopy(next_block)
+        self.ema = copy_module(next_block)
         self.ema.requires_grad_(False)
         self.momentum = float(momentum)
         self.learnable = learnable
@@ -87,7 +87,7 @@ class MomentumAuxiliary(AuxiliaryNetwork):
             self.learnable_copy = None
         else:
             self.bias = None
-            self.learnable_copy = copy.deepcopy(next_block)
+            self.learnable_copy = copy_module(next_block)
             self.learnable_copy.requires_grad_(True)
         self.head = dgl_head(out_shape, num_classes, depth=head_depth)
 

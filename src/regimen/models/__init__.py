@@ -1,8 +1,9 @@
 """Small reference models built as explicit stages (``model.stages``: an ordered ModuleList ending in the head)."""
 
+from regimen.models.copying import copy_module
 from regimen.models.factory import build_model
 from regimen.models.mlp import MLP
 from regimen.models.resnet import BasicBlock, ResNet, resnet
 from regimen.models.staged import ClassifierHead, StagedModel
 
-__all__ = ["BasicBlock", "ClassifierHead", "MLP", "ResNet", "StagedModel", "build_model", "resnet"]
+__all__ = ["BasicBlock", "ClassifierHead", "MLP", "ResNet", "StagedModel", "build_model", "copy_module", "resnet"]

@@ -39,7 +39,6 @@ Pitfalls handled:
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
@@ -52,6 +51,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from regimen.losses import soft_target_cross_entropy
 from regimen.method import Context, Method, register_method
+from regimen.models import copy_module
 from regimen.subnet.graph import Group, dependency_groups
 from regimen.subnet.importance import group_scores
 from regimen.subnet.prune import prune_groups
@@ -292,7 +292,7 @@ class NestedWidth(nn.Module):
     def extract(self, width: float) -> nn.Module:
         """A standalone copy of the model physically sliced to ``width`` (with that width's BN statistics)."""
         width = self._check_width(width)
-        model = copy.deepcopy(self.model)
+        model = copy_module(self.model)
         plan = {g: torch.arange(self.units(g, width)) for g in self.groups if self.units(g, width) < g.size}
         if plan:
             prune_groups(model, plan)

@@ -7,14 +7,13 @@ buffers (BN running statistics) are copied. Evaluation uses the EMA weights.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from regimen.method import Context, Method, register_method
+from regimen.models import copy_module
 
 __all__ = ["EMA", "ModelEMA", "ema_update"]
 
@@ -30,20 +29,6 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         ema_buffer.copy_(buffer)
 
 
-def _independent_copy(model: nn.Module) -> nn.Module:
-    """``copy.deepcopy`` that also gives every parametrized module of the copy its own class.
-
-    ``torch.nn.utils.parametrize`` puts a module's parametrized tensors as properties on a class made for that
-    module, and a deep copy shares the class; removing the original's parametrizations (e.g. N:M sparsity's export
-    at the end of training) deletes those properties and would break the copy."""
-    replica = copy.deepcopy(model)
-    for module in replica.modules():
-        if parametrize.is_parametrized(module):
-            cls = type(module)
-            module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
-    return replica
-
-
 class ModelEMA(nn.Module):
     """A frozen copy of a model that tracks its exponential moving average."""
 
@@ -51,7 +36,7 @@ class ModelEMA(nn.Module):
         super().__init__()
         if not 0.0 < decay < 1.0:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
-        self.module = _independent_copy(model).eval().requires_grad_(False)
+        self.module = copy_module(model).eval().requires_grad_(False)
         self.decay = decay
         self.warmup = warmup
         self.updates = 0
