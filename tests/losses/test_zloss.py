@@ -143,6 +143,32 @@ def test_loss_methods_stack_in_recipe_order_and_refuse_to_drop_a_wrapper():
         ZLossMethod().setup(ctx)
 
 
+def test_multi_sample_dropout_calls_the_wrapped_criterion_on_every_samples_logits():
+    """Against the formula: mean over K samples of (cross-entropy + coef * lse^2), from the K logit sets."""
+    from regimen.dropout.multisample import MultiSampleDropoutMethod
+    from regimen.models import MLP
+
+    torch.manual_seed(0)
+    model = MLP(16, 4, hidden=[8])
+    x, y = torch.randn(6, 16), torch.randint(0, 4, (6,))
+    ctx = _ctx(model)
+    LogitZLossMethod(coef=0.1).setup(ctx)
+    msd = MultiSampleDropoutMethod(num_samples=3, p=0.3)
+    msd.setup(ctx)
+    ctx.model.train()
+    seed = torch.Generator().manual_seed(5)
+    ctx.generator = seed
+    loss, _ = msd.compute_loss(ctx.model, x, y, ctx)
+    ctx.generator = torch.Generator().manual_seed(5)
+    for layer in msd._layers:
+        layer.generator = ctx.generator
+    logits_k = ctx.model(x)  # the same K dropout samples again
+    assert logits_k.shape[0] == 3
+    flat = logits_k.reshape(-1, 4)
+    expected = F.cross_entropy(flat, y.repeat(3)) + 0.1 * torch.logsumexp(flat, 1).square().mean()
+    torch.testing.assert_close(loss, expected)
+
+
 def test_loss_methods_compose_with_multi_sample_dropout_in_a_recipe(tiny_recipe):
     """Before, both owned compute_loss and a recipe could not hold them together; now multi-sample dropout calls the
     wrapped criterion on all K samples' logits."""
