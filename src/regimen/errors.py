@@ -1,0 +1,19 @@
+"""regimen's own error types. The command line prints these as one-line user errors; anything else is a bug and
+shows a traceback.
+
+Every class also derives from ``ValueError`` (or ``RuntimeError``), so code written against the older behaviour, which
+raised plain ``ValueError``, keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConfigurationError", "RegimenError"]
+
+
+class RegimenError(Exception):
+    """Base of the errors regimen raises for bad input: recipes, data, checkpoints, methods on models they cannot
+    serve. The message names the argument, key or method and what was expected."""
+
+
+class ConfigurationError(RegimenError, ValueError):
+    """A setting that cannot work: a method on a task or model it cannot serve, a bad command-line argument."""
