@@ -8,8 +8,8 @@ from torch import nn
 from regimen.dropout import (
     DropBlock2d,
     DropBlockMethod,
+    DropBlockOutput,
     DropPath,
-    DropPathBasicBlock,
     DropPathMethod,
     apply_drop_path,
     apply_dropblock,
@@ -77,29 +77,33 @@ def test_dropblock_batchwise_shares_one_mask_and_eval_is_identity():
     assert torch.equal(a, b)
 
 
-def test_apply_dropblock_hooks_the_last_two_groups_without_changing_keys():
+def test_apply_dropblock_wraps_the_last_two_groups_without_changing_keys():
     model = resnet()
     keys = list(model.state_dict())
     plain = copy.deepcopy(model)
     layers = apply_dropblock(model, 0.2, 3, generator=torch.Generator().manual_seed(0))
-    assert len(layers) == 2 and model.stages[2].dropblock is layers[0] and model.stages[3].dropblock is layers[1]
-    assert not hasattr(model.stages[1], "dropblock")
+    assert [type(stage).__name__ for stage in model.stages[1:4]] == ["BasicBlock", "DropBlockOutput", "DropBlockOutput"]
+    assert model.stages[2].dropblock is layers[0] and model.stages[3].dropblock is layers[1]
     assert list(model.state_dict()) == keys
     x = torch.randn(4, 1, 28, 28)
     model.eval()
     plain.eval()
     torch.testing.assert_close(model(x), plain(x))
-    # in training the hooked block's output is the block's output through drop_block2d with the same draws
+    # in training the wrapped block's output is the block's output through drop_block2d with the same draws
     model.train()
     captured = {}
     model.stages[2].register_forward_hook(lambda m, args, out: captured.update(x=args[0], out=out))
     state = layers[0].generator.get_state()
     model(x)
-    raw = BasicBlock.forward(model.stages[2], captured["x"])
+    raw = BasicBlock.forward(model.stages[2].module, captured["x"])
     expected = drop_block2d(raw, 0.2, 3, generator=torch.Generator().set_state(state))
     torch.testing.assert_close(captured["out"], expected)
     with pytest.raises(ValueError, match="already"):
         apply_dropblock(model, 0.2, 3)
+    # checkpoints move both ways between the plain and the changed model
+    plain.load_state_dict(model.state_dict())
+    model.load_state_dict(plain.state_dict())
+    assert isinstance(model.stages[3], DropBlockOutput)
 
 
 def test_dropblock_method_ramps_p_linearly():
@@ -142,7 +146,7 @@ def test_drop_path_block_drops_only_the_residual_branch():
     model = nn.Sequential(block)
     keys = list(model.state_dict())
     (layer,) = apply_drop_path(model, 0.5, generator=torch.Generator().manual_seed(1))
-    assert isinstance(block, DropPathBasicBlock) and isinstance(block, BasicBlock)
+    assert block.drop_path is layer and type(block) is BasicBlock
     assert list(model.state_dict()) == keys
     x = torch.randn(64, 4, 6, 6)
     state = layer.generator.get_state()
@@ -164,7 +168,7 @@ def test_drop_path_method_and_surgery_errors():
     assert [b.drop_path.p for b in model.stages[1:4]] == pytest.approx([0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match="already"):
         apply_drop_path(model, 0.1)
-    with pytest.raises(ValueError, match="no residual"):
+    with pytest.raises(ValueError, match="needs residual blocks"):
         apply_drop_path(nn.Linear(2, 2), 0.1)
 
 
@@ -185,7 +189,8 @@ def dropblock_model(block_size):
         (lambda: drop_path(torch.rand(3, 2), 1.0), ValueError, "p must be in"),
         (lambda: DropPath(-0.1), ValueError, "p must be in"),
         (lambda: DropPathMethod(max_rate=1.5), ValueError, "max_rate"),
-        (lambda: apply_dropblock(resnet(), 0.1, 3, module_names=["nope"]), ValueError, "nope"),
+        (lambda: apply_dropblock(resnet(), 0.1, 3, modules=["nope"]), ValueError, "nope"),
+        (lambda: apply_dropblock(resnet(), 0.1, 3, modules="stages.1"), TypeError, "modules must be a list"),
         (lambda: dropblock_model(9)(torch.rand(2, 1, 28, 28)), ValueError, "larger"),
     ],
 )

@@ -174,19 +174,19 @@ def test_same_generator_seed_gives_same_logits():
 def test_apply_to_a_named_module_and_optimizer_check():
     model = nn.Sequential()
     model.add_module("body", nn.Linear(4, 6))
-    model.add_module("classifier", nn.Linear(6, 3))
+    model.add_module("out", nn.Linear(6, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    apply_multi_sample_dropout(model, 2, 0.5, module_name="classifier", optimizer=optimizer)
-    assert isinstance(model.classifier, MultiSampleDropout)
+    apply_multi_sample_dropout(model, 2, 0.5, module="out", optimizer=optimizer)
+    assert isinstance(model.out, MultiSampleDropout)
     assert model(torch.randn(3, 4)).shape == (2, 3, 3)
     other = nn.Sequential(nn.Linear(4, 3))
     with pytest.raises(ValueError, match="optimizer"):
-        apply_multi_sample_dropout(other, 2, 0.5, module_name="0", optimizer=torch.optim.SGD(model.parameters()))
+        apply_multi_sample_dropout(other, 2, 0.5, module="0", optimizer=torch.optim.SGD(model.parameters()))
     assert isinstance(other[0], nn.Linear)  # a failed surgery leaves the model untouched
-    with pytest.raises(ValueError, match="module_name"):
-        apply_multi_sample_dropout(model, 2, 0.5, module_name="missing")
-    with pytest.raises(ValueError, match="stages"):
-        apply_multi_sample_dropout(nn.Linear(2, 2), 2, 0.5)
+    with pytest.raises(ValueError, match="module: 'missing'"):
+        apply_multi_sample_dropout(model, 2, 0.5, module="missing")
+    with pytest.raises(ValueError, match="already applied"):
+        apply_multi_sample_dropout(model, 2, 0.5, module="out")
 
 
 @pytest.mark.parametrize(

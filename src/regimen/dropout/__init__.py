@@ -1,35 +1,54 @@
 """Dropout pillar: multi-sample, nested, temporal and concrete dropout, MC inference, DropBlock and DropPath.
 
-Importing this package registers the recipe methods ``multi_sample_dropout``, ``drop_path`` and ``dropblock``.
+Importing this package registers the recipe methods ``multi_sample_dropout`` (:class:`MultiSampleDropoutMethod`),
+``drop_path`` (:class:`DropPathMethod`) and ``dropblock`` (:class:`DropBlockMethod`).
+
+Surgery works on any model: by names the user gives (``blocks=``/``branches=``, ``modules=``, ``module=``) or by
+convention (a residual block has a ``drop_path`` child, timm's convention; the head is ``stages[-1]`` or a child
+``head``/``fc``/``classifier``). See each function.
 """
 
+from regimen._compat import deprecated_aliases
 from regimen.dropout.concrete import ConcreteTemporalDropout, concrete_dropout_mask
-from regimen.dropout.dropblock import DropBlock2d, DropBlockMethod, apply_dropblock, drop_block2d, dropblock_mask
+from regimen.dropout.dropblock import (
+    DropBlock2d,
+    DropBlockMethod,
+    DropBlockOutput,
+    apply_dropblock,
+    default_dropblock_targets,
+    drop_block2d,
+    dropblock_mask,
+)
 from regimen.dropout.droppath import (
     DropPath,
-    DropPathBasicBlock,
+    DropPathBranch,
     DropPathMethod,
     apply_drop_path,
     drop_path,
     drop_path_rates,
 )
-from regimen.dropout.mc import mc_dropout_mode, mc_predict
+from regimen.dropout.mc import is_mc_dropout_layer, mc_dropout_mode, mc_predict
 from regimen.dropout.multisample import (
+    HEAD_NAMES,
     MultiSampleDropout,
     MultiSampleDropoutMethod,
     apply_multi_sample_dropout,
+    default_head,
     multi_sample_dropout,
     multi_sample_dropout_masks,
 )
 from regimen.dropout.nested import NestedDropout, nested_dropout, nested_dropout_index
-from regimen.dropout.temporal import TemporalDropout, temporal_dropout
+from regimen.dropout.temporal import TemporalDropout, temporal_dropout, time_step_mask_shape
+from regimen.models import BasicBlock  # noqa: F401 - target of the deprecated DropPathBasicBlock alias
 
 __all__ = [
+    "HEAD_NAMES",
     "ConcreteTemporalDropout",
     "DropBlock2d",
     "DropBlockMethod",
+    "DropBlockOutput",
     "DropPath",
-    "DropPathBasicBlock",
+    "DropPathBranch",
     "DropPathMethod",
     "MultiSampleDropout",
     "MultiSampleDropoutMethod",
@@ -39,10 +58,13 @@ __all__ = [
     "apply_dropblock",
     "apply_multi_sample_dropout",
     "concrete_dropout_mask",
+    "default_dropblock_targets",
+    "default_head",
     "drop_block2d",
     "drop_path",
     "drop_path_rates",
     "dropblock_mask",
+    "is_mc_dropout_layer",
     "mc_dropout_mode",
     "mc_predict",
     "multi_sample_dropout",
@@ -50,4 +72,8 @@ __all__ = [
     "nested_dropout",
     "nested_dropout_index",
     "temporal_dropout",
+    "time_step_mask_shape",
 ]
+
+# ``DropPathBasicBlock`` was the class the old drop-path surgery switched blocks to; BasicBlock has the slot now.
+__getattr__ = deprecated_aliases(__name__, {"DropPathBasicBlock": "BasicBlock"}, globals())

@@ -1,14 +1,46 @@
-"""Shared helpers of the dropout pillar: argument validation and reproducible random draws."""
+"""Shared helpers of the dropout pillar (package-internal): argument validation, reproducible random draws, the
+state_dict-transparent wrapper that surgery uses, and how modules are found by name or by convention.
+
+Conventions (documented for users in the surgery functions):
+
+- A *residual block* is a module with a child named ``drop_path`` (or ``drop_path1``, ``drop_path2``, ...: timm's
+  ViT blocks have one per branch), applied to its residual branch before the addition. ``nn.Identity()`` is the
+  placeholder (timm builds blocks this way with ``drop_path_rate=0``; regimen's ``BasicBlock`` has one too).
+- Dotted module names are those of the plain model: a :class:`TransparentWrapper` that surgery put in between does
+  not add a component (``"stages.2.conv1"`` still names the conv after ``stages.2`` was wrapped), exactly as the
+  state_dict keys do not change.
+"""
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["StochasticLayer", "check_feature_dim", "check_generator", "check_probability", "check_tensor", "rand"]
+__all__ = [
+    "StochasticLayer",
+    "TransparentWrapper",
+    "check_dim_of",
+    "check_feature_dim",
+    "check_generator",
+    "check_module_names",
+    "check_probabilities",
+    "check_probability",
+    "check_tensor",
+    "drop_path_slots",
+    "locate_submodule",
+    "rand",
+    "renamed_arguments",
+    "replace_submodule",
+    "residual_blocks",
+    "unwrap",
+]
 
 
 def check_probability(p: object, name: str = "p") -> float:
@@ -25,6 +57,18 @@ def check_feature_dim(dim: object, name: str = "dim") -> int:
     """A module's ``dim`` argument: an int that is not the batch dimension 0."""
     if isinstance(dim, bool) or not isinstance(dim, int) or dim == 0:
         raise ValueError(f"{name} must be a non-batch dimension index, got {dim!r}")
+    return dim
+
+
+def check_dim_of(x: torch.Tensor, dim: object) -> int:
+    """``dim`` as a non-negative index of a non-batch dimension of ``x``."""
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+    if not -x.dim() <= dim < x.dim():
+        raise ValueError(f"dim must be in [{-x.dim()}, {x.dim()}) for x of shape {tuple(x.shape)}, got {dim}")
+    dim = dim % x.dim()
+    if dim == 0:
+        raise ValueError("dim must not be the batch dimension 0")
     return dim
 
 
@@ -82,3 +126,140 @@ class StochasticLayer(nn.Module):
     def __init__(self, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.generator = check_generator(generator)
+
+
+def renamed_arguments(**renames: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: keyword ``old=`` still works for one release with a DeprecationWarning and means ``new=``
+    (``@renamed_arguments(module_name="module")``). Passing both is a TypeError."""
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for old, new in renames.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"{function.__name__}() got both {old}= (deprecated) and {new}=")
+                    warnings.warn(f"{function.__name__}({old}=...) is deprecated; use {new}=...", DeprecationWarning,
+                                  stacklevel=2)
+                    kwargs[new] = kwargs.pop(old)
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def check_module_names(names: object, argument: str) -> list[str]:
+    """A non-empty list of dotted module names (a single string is refused: it is almost always a missing list)."""
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise TypeError(f"{argument} must be a list of dotted module names, got {type(names).__name__}")
+    names = list(names)
+    if not names:
+        raise ValueError(f"{argument} must not be empty")
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{argument} must hold non-empty strings (dotted module names), got {name!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{argument} names a module twice: {names}")
+    return names
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# surgery: a wrapper that is invisible in state_dict keys, and name resolution through it
+
+
+def _state_dict_post_hook(module: TransparentWrapper, state_dict: dict[str, Any], prefix: str, local: Any) -> None:
+    inner = prefix + module.wrapped_name + "."
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:  # per-module versions (BatchNorm's) move with their keys
+        inner = inner[:-1]
+        for key in [k for k in metadata if k == inner or k.startswith(inner + ".")]:
+            metadata[prefix + key[len(inner) + 1:] if key != inner else prefix[:-1]] = metadata.pop(key)
+
+
+def _load_pre_hook(module: TransparentWrapper, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    inner = prefix + module.wrapped_name + "."
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
+        state_dict[inner + key[len(prefix):]] = state_dict.pop(key)
+
+
+class TransparentWrapper(nn.Module):
+    """Base of the modules surgery puts around an existing module: the wrapped module is the child
+    ``wrapped_name``, and the state_dict keys are those of the wrapped module alone (renamed on save and load), so a
+    checkpoint of the changed model loads into the plain model and vice versa. The wrapper's other children must
+    hold no parameters or buffers. Subclasses assign the wrapped module after ``super().__init__()``."""
+
+    wrapped_name: str = "module"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_state_dict_post_hook(_state_dict_post_hook)
+        self.register_load_state_dict_pre_hook(_load_pre_hook)
+
+    @property
+    def wrapped(self) -> nn.Module:
+        return self._modules[self.wrapped_name]
+
+
+def locate_submodule(model: nn.Module, name: str, argument: str) -> tuple[nn.Module, str, nn.Module]:
+    """``(holder, key, module)`` with ``holder._modules[key] is module`` for the dotted ``name`` of the plain model
+    (wrappers are looked through, see the module docstring). Raises ValueError naming ``argument``."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{argument} must be a non-empty dotted module name, got {name!r}")
+    holder, key, module = model, "", model
+    for part in name.split("."):
+        holder = module
+        while part not in holder._modules and isinstance(holder, TransparentWrapper):
+            holder = holder.wrapped
+        if holder._modules.get(part) is None:
+            raise ValueError(f"{argument}: {name!r} does not name a submodule of the model")
+        key, module = part, holder._modules[part]
+    return holder, key, module
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside any :class:`TransparentWrapper` s around it."""
+    while isinstance(module, TransparentWrapper):
+        module = module.wrapped
+    return module
+
+
+def replace_submodule(model: nn.Module, name: str, build: Callable[[nn.Module], nn.Module],
+                      argument: str = "module") -> nn.Module:
+    """Replace the submodule ``name`` by ``build(old)`` in place (its position among its siblings is kept); returns
+    the new module."""
+    holder, key, old = locate_submodule(model, name, argument)
+    new = build(old)
+    setattr(holder, key, new)
+    return new
+
+
+_DROP_PATH_SLOT = re.compile(r"drop_path\d*")
+
+
+def drop_path_slots(module: nn.Module) -> list[str]:
+    """Names of ``module``'s children that are drop-path slots (``drop_path``, ``drop_path1``, ...)."""
+    return [name for name, child in module._modules.items() if child is not None and _DROP_PATH_SLOT.fullmatch(name)]
+
+
+def residual_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, block)`` of the modules that follow the residual-block convention, in registration order (forward
+    order for a model built front to back), names as in the plain model."""
+    found, seen = [], set()
+    for name, module in model.named_modules():
+        if drop_path_slots(module) and id(module) not in seen:
+            seen.add(id(module))
+            found.append((_plain_name(model, name), module))
+    return found
+
+
+def _plain_name(model: nn.Module, name: str) -> str:
+    """``name`` (from ``named_modules``) without the components that step into a wrapper's wrapped module."""
+    parts, module = [], model
+    for part in name.split(".") if name else []:
+        if not (isinstance(module, TransparentWrapper) and part == module.wrapped_name):
+            parts.append(part)
+        module = module._modules[part]
+    return ".".join(parts)

@@ -26,8 +26,14 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from regimen.dropout._common import StochasticLayer, check_feature_dim, check_probability, check_tensor, rand
-from regimen.dropout.nested import _check_dim
+from regimen.dropout._common import (
+    StochasticLayer,
+    check_dim_of,
+    check_feature_dim,
+    check_probability,
+    check_tensor,
+    rand,
+)
 from regimen.dropout.temporal import time_step_mask_shape
 
 __all__ = ["ConcreteTemporalDropout", "concrete_dropout_mask"]
@@ -93,7 +99,7 @@ class ConcreteTemporalDropout(StochasticLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor(x, "x", min_dim=2)
-        dim = _check_dim(x, self.dim)
+        dim = check_dim_of(x, self.dim)
         if not self.training:
             return x
         self.num_units = x.shape[dim]

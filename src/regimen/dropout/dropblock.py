@@ -16,20 +16,48 @@ Pitfalls handled:
 - ``block_size`` larger than the feature map is an error (timm silently clips it).
 - γ is clipped to 1; masks are independent per sample and channel unless ``batchwise`` (one mask for the batch).
 - The paper ramps p linearly from 0 over training; the recipe Method offers that as ``ramp = true``.
+
+Where it goes (:func:`apply_dropblock`), on any model: the outputs of the modules named in ``modules=``, or by
+convention the residual blocks (modules with a ``drop_path`` child, see :mod:`regimen.dropout.droppath`) of the
+last two resolution groups (the paper's groups 3 and 4). A group starts at every block that downsamples (holds a
+convolution or pooling with stride > 1). Each target is wrapped in a :class:`DropBlockOutput`; state_dict keys are
+unchanged.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimen.dropout._common import StochasticLayer, check_generator, check_probability, check_tensor, rand
+from regimen.dropout._common import (
+    StochasticLayer,
+    TransparentWrapper,
+    check_generator,
+    check_module_names,
+    check_probability,
+    check_tensor,
+    locate_submodule,
+    rand,
+    renamed_arguments,
+    replace_submodule,
+    residual_blocks,
+)
+from regimen.errors import ConfigurationError
 from regimen.method import Context, Method, register_method
 
-__all__ = ["DropBlock2d", "DropBlockMethod", "apply_dropblock", "drop_block2d", "dropblock_mask"]
+__all__ = [
+    "DropBlock2d",
+    "DropBlockMethod",
+    "DropBlockOutput",
+    "apply_dropblock",
+    "default_dropblock_targets",
+    "drop_block2d",
+    "dropblock_mask",
+]
 
 
 def _check_block_size(block_size: object) -> int:
@@ -131,63 +159,95 @@ class DropBlock2d(StochasticLayer):
         return f"p={self.p}, block_size={self.block_size}"
 
 
-def _dropblock_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-    return module.dropblock(output)
+class DropBlockOutput(TransparentWrapper):
+    """A module followed by a :class:`DropBlock2d` on its output: ``dropblock(module(x))``. Built by
+    :func:`apply_dropblock`; the state_dict keys are the module's own."""
+
+    wrapped_name = "module"
+
+    def __init__(self, module: nn.Module, dropblock: DropBlock2d) -> None:
+        super().__init__()
+        if not isinstance(module, nn.Module) or not isinstance(dropblock, DropBlock2d):
+            raise TypeError(f"DropBlockOutput takes an nn.Module and a DropBlock2d, got {type(module).__name__} and "
+                            f"{type(dropblock).__name__}")
+        self.module = module
+        self.dropblock = dropblock
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.dropblock(self.module(*args, **kwargs))
+
+
+def _downsamples(block: nn.Module) -> bool:
+    """True when ``block`` holds a convolution or pooling layer with a stride > 1 (it starts a resolution group)."""
+    strided = (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)
+    for module in block.modules():
+        if isinstance(module, strided):
+            stride = module.stride if isinstance(module.stride, tuple | list) else (module.stride,)
+            if any(s is not None and s > 1 for s in stride):
+                return True
+    return False
 
 
 def default_dropblock_targets(model: nn.Module) -> list[str]:
-    """Names of the residual blocks of the last two width groups of a reference ResNet (the paper: groups 3-4)."""
-    from regimen.models import BasicBlock
+    """Names of the residual blocks of the last two resolution groups (the paper: groups 3 and 4).
 
-    blocks = [(name, m) for name, m in model.named_modules() if isinstance(m, BasicBlock)]
+    Blocks are the modules with a ``drop_path`` child; a new group starts at each block that downsamples.
+    """
+    blocks = residual_blocks(model)
     if not blocks:
-        raise ValueError("model has no BasicBlock residual blocks; pass module_names= to choose where to apply")
-    widths = sorted({m.conv2.out_channels for _, m in blocks}, key=[m.conv2.out_channels for _, m in blocks].index)
-    last = set(widths[-2:])
-    return [name for name, m in blocks if m.conv2.out_channels in last]
+        raise ConfigurationError(
+            "dropblock needs target modules: pass modules=[...] naming the modules whose 4-D outputs are dropped, or "
+            "give the residual blocks a child `drop_path = nn.Identity()` (timm's convention) so that the blocks of "
+            f"the last two resolution groups are chosen; {type(model).__name__} has neither"
+        )
+    group_starts = [0] + [i for i, (_, block) in enumerate(blocks) if i > 0 and _downsamples(block)]
+    first = group_starts[-2] if len(group_starts) >= 2 else 0
+    return [name for name, _ in blocks[first:]]
 
 
+@renamed_arguments(module_names="modules")
 def apply_dropblock(
     model: nn.Module,
     p: float = 0.1,
     block_size: int = 3,
     *,
-    module_names: Sequence[str] | None = None,
+    modules: Sequence[str] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     generator: torch.Generator | None = None,
-    **options: object,
+    gamma_scale: float = 1.0,
+    scale_by_keep: bool = True,
+    batchwise: bool = False,
 ) -> list[DropBlock2d]:
-    """Apply DropBlock to the outputs of the named modules (default: residual blocks of the last two groups).
+    """Apply DropBlock to the outputs of the named modules (default: :func:`default_dropblock_targets`).
 
-    Each target gets a parameter-free child ``dropblock`` and a forward hook that passes its output through it,
-    so ``state_dict`` keys are unchanged and the layers follow ``model.train()`` / ``model.eval()``.
+    Each target is replaced in place by ``DropBlockOutput(target, DropBlock2d(...))``: the same module (its
+    Parameters untouched) followed by the parameter-free layer, so ``state_dict`` keys are unchanged and the layers
+    follow ``model.train()`` / ``model.eval()``.
 
     Args:
-        model: the model, modified in place. p, block_size, options: see :class:`DropBlock2d`.
-        module_names: dotted names of the modules whose 4-D output is dropped.
+        model: the model, modified in place.
+        p, block_size, gamma_scale, scale_by_keep, batchwise: see :class:`DropBlock2d`.
+        modules: dotted names of the modules whose 4-D output is dropped (``module_names=`` is the deprecated
+            spelling).
         optimizer: accepted for the surgery contract; DropBlock adds no parameters, so it is unchanged.
-        generator: random source.
+        generator: random source (the layers keep this object).
 
     Returns:
         The new DropBlock2d layers, in order.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    names = list(default_dropblock_targets(model) if module_names is None else module_names)
-    if not names:
-        raise ValueError("module_names must not be empty")
-    layers = []
-    for name in names:
-        try:
-            target = model.get_submodule(name)
-        except AttributeError:
-            raise ValueError(f"module_names: {name!r} is not a submodule of the model") from None
-        if isinstance(getattr(target, "dropblock", None), DropBlock2d):
+    names = default_dropblock_targets(model) if modules is None else check_module_names(modules, "modules")
+    for name in names:  # check every target before changing any
+        if isinstance(locate_submodule(model, name, "modules")[2], DropBlockOutput):
             raise ValueError(f"{name!r} already has DropBlock applied")
-        layer = DropBlock2d(p, block_size, generator=generator, **options)  # type: ignore[arg-type]
-        target.dropblock = layer
-        target.register_forward_hook(_dropblock_hook)
-        layers.append(layer)
+    layers = [
+        DropBlock2d(p, block_size, gamma_scale=gamma_scale, scale_by_keep=scale_by_keep, batchwise=batchwise,
+                    generator=generator)
+        for _ in names
+    ]
+    for name, layer in zip(names, layers, strict=True):
+        replace_submodule(model, name, lambda module, layer=layer: DropBlockOutput(module, layer), "modules")
     return layers
 
 
@@ -197,30 +257,40 @@ class DropBlockMethod(Method):
 
     Args:
         p: target drop fraction. block_size: b (must fit the smallest targeted feature map).
-        module_names: dotted names of the modules to apply it to (default: blocks of the last two width groups).
+        modules: dotted names of the modules whose outputs are dropped (default: the residual blocks of the last
+            two resolution groups, see :func:`default_dropblock_targets`).
         ramp: grow p linearly from p/epochs (first epoch) to p (last epoch), as the paper recommends.
+        module_names: deprecated spelling of ``modules``.
     """
 
     name = "dropblock"
 
     def __init__(
-        self, p: float = 0.1, block_size: int = 3, module_names: list[str] | None = None, ramp: bool = False
+        self,
+        p: float = 0.1,
+        block_size: int = 3,
+        modules: list[str] | None = None,
+        ramp: bool = False,
+        module_names: list[str] | None = None,
     ) -> None:
+        if module_names is not None:
+            if modules is not None:
+                raise ValueError("dropblock: pass modules (module_names is its deprecated spelling), not both")
+            warnings.warn("dropblock: module_names is deprecated; use modules", DeprecationWarning, stacklevel=2)
+            modules = module_names
         self.p = check_probability(p)
         self.block_size = _check_block_size(block_size)
-        self.module_names = module_names
+        self.modules = None if modules is None else check_module_names(modules, "modules")
         self.ramp = ramp
         self._layers: list[DropBlock2d] = []
 
     def setup(self, ctx: Context) -> None:
         self._layers = apply_dropblock(
-            ctx.model, self.p, self.block_size, module_names=self.module_names, optimizer=ctx.optimizer,
-            generator=ctx.generator,
+            ctx.model, self.p, self.block_size, modules=self.modules, optimizer=ctx.optimizer, generator=ctx.generator
         )
 
     def on_epoch_start(self, ctx: Context) -> None:
-        p = self.p * (ctx.epoch + 1) / max(1, ctx.epochs) if self.ramp else self.p
+        p = min(self.p * (ctx.epoch + 1) / max(1, ctx.epochs), self.p) if self.ramp else self.p
         for layer in self._layers:
-            layer.p = min(p, self.p)
-            layer.generator = ctx.generator
-        ctx.log["dropblock_p"] = min(p, self.p)
+            layer.p = p
+        ctx.log["dropblock_p"] = p

@@ -3,30 +3,62 @@
 Paper: Gao Huang, Yu Sun, Zhuang Liu, Daniel Sedra, Kilian Weinberger, "Deep Networks with Stochastic Depth",
 2016, arXiv 1603.09382. Semantics follow timm's ``drop_path`` (``scale_by_keep``); the code is our own.
 
-Formula: for a residual block y = relu(F(x) + s(x)), training uses y = relu(F(x) · m / (1 - p) + s(x)) with one
+Formula: for a residual block y = f(F(x) + s(x)), training uses y = f(F(x) · m / (1 - p) + s(x)) with one
 m ~ Bernoulli(1 - p) per sample (``scale_by_keep``; the paper instead multiplies F by 1 - p at test time, which is
 the same in expectation). Rates grow linearly with depth: block l of L gets p_l = (l / L) · max_rate (the paper's
 linear decay rule, so the last block has ``max_rate``).
 
+Where it goes (:func:`apply_drop_path`), on any model:
+
+- *Convention* (timm's): a residual block has a child ``drop_path`` (or ``drop_path1``, ``drop_path2``, ... for
+  blocks with several residual branches) that its forward applies to the branch before the addition, an
+  ``nn.Identity()`` placeholder until drop-path is applied; the placeholder is replaced by a :class:`DropPath` of
+  the block's rate. regimen's ``BasicBlock`` follows it.
+- *Named branches* (``branches=["layer1.0.body", ...]``): each branch module is wrapped in a :class:`DropPathBranch`
+  whose output goes through the DropPath, for models whose blocks have no slot.
+
 Pitfalls handled:
 
-- Only the residual branch is dropped, never the shortcut: the reference ``BasicBlock`` is patched in place to a
-  subclass whose forward inserts the drop on F(x) before the addition (state_dict keys unchanged, no new
-  parameters, ``isinstance(block, BasicBlock)`` still holds).
+- Only the residual branch is dropped, never the shortcut; state_dict keys are unchanged (DropPath holds no state,
+  a wrapped branch keeps its keys), so checkpoints load into the plain model.
 - One mask value per sample, broadcast over all other dimensions; identity in eval and at p = 0.
 - p = 1 is rejected (it would remove the branch entirely and divide by zero).
+- A slot that already holds a drop path (ours, or another library's with its own rate) is not silently replaced.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
-from regimen.dropout._common import StochasticLayer, check_probability, check_tensor, rand
+from regimen._compat import deprecated_aliases
+from regimen.dropout._common import (
+    StochasticLayer,
+    TransparentWrapper,
+    check_module_names,
+    check_probability,
+    check_tensor,
+    drop_path_slots,
+    locate_submodule,
+    rand,
+    replace_submodule,
+    residual_blocks,
+    unwrap,
+)
+from regimen.errors import ConfigurationError
 from regimen.method import Context, Method, register_method
-from regimen.models import BasicBlock
+from regimen.models import BasicBlock  # noqa: F401 - target of the deprecated DropPathBasicBlock alias
 
-__all__ = ["DropPath", "DropPathBasicBlock", "DropPathMethod", "apply_drop_path", "drop_path", "drop_path_rates"]
+__all__ = ["DropPath", "DropPathBranch", "DropPathMethod", "apply_drop_path", "drop_path", "drop_path_rates"]
+
+#: What a model needs for drop-path, named in every error that finds it missing.
+_NEEDS = (
+    "drop_path needs residual blocks: give each block a child `drop_path = nn.Identity()` that its forward applies "
+    "to the residual branch before the addition (timm's convention), or pass branches=[...] naming the residual "
+    "branch modules"
+)
 
 
 def drop_path(
@@ -69,18 +101,22 @@ class DropPath(StochasticLayer):
         return f"p={self.p:.4f}"
 
 
-class DropPathBasicBlock(BasicBlock):
-    """A reference ``BasicBlock`` whose residual branch goes through ``self.drop_path`` before the addition.
+class DropPathBranch(TransparentWrapper):
+    """A residual branch followed by a :class:`DropPath`: ``drop(branch(x))``. Built by :func:`apply_drop_path`
+    for ``branches=``; the state_dict keys are the branch's own."""
 
-    Not constructed directly: :func:`apply_drop_path` switches existing blocks to this class in place.
-    """
+    wrapped_name = "branch"
 
-    drop_path: DropPath
+    def __init__(self, branch: nn.Module, drop: DropPath) -> None:
+        super().__init__()
+        if not isinstance(branch, nn.Module) or not isinstance(drop, DropPath):
+            raise TypeError(f"DropPathBranch takes an nn.Module and a DropPath, got {type(branch).__name__} and "
+                            f"{type(drop).__name__}")
+        self.branch = branch
+        self.drop = drop
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(self.drop_path(out) + self.shortcut(x))
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.drop(self.branch(*args, **kwargs))
 
 
 def drop_path_rates(num_blocks: int, max_rate: float) -> list[float]:
@@ -91,42 +127,95 @@ def drop_path_rates(num_blocks: int, max_rate: float) -> list[float]:
     return [max_rate * (index + 1) / num_blocks for index in range(num_blocks)]
 
 
+def _blocks(model: nn.Module, names: Sequence[str] | None) -> list[tuple[str, nn.Module]]:
+    """The blocks to fill: the named ones (each must have a slot) or every block that follows the convention."""
+    if names is None:
+        found = residual_blocks(model)
+        if not found:
+            raise ConfigurationError(f"{_NEEDS}; {type(model).__name__} has no child named drop_path in any module")
+        return found
+    found = []
+    for name in check_module_names(names, "blocks"):
+        block = unwrap(locate_submodule(model, name, "blocks")[2])  # the block, not DropBlock's wrapper around it
+        if not drop_path_slots(block):
+            raise ConfigurationError(f"blocks: {name!r} ({type(block).__name__}) has no drop_path child. {_NEEDS}")
+        found.append((name, block))
+    return found
+
+
+def _fill_slots(blocks: list[tuple[str, nn.Module]], rates: list[float], make) -> list[DropPath]:
+    for name, block in blocks:  # check every slot before changing any
+        for slot in drop_path_slots(block):
+            current = block._modules[slot]
+            if isinstance(current, DropPath):
+                raise ValueError(f"drop-path is already applied to this model ({name}.{slot})")
+            if not isinstance(current, nn.Identity):
+                raise ConfigurationError(
+                    f"{name}.{slot} is a {type(current).__name__}, not an nn.Identity placeholder: the block has its "
+                    "own drop path (build it with drop_path_rate=0 to let regimen set the rates)"
+                )
+    layers = []
+    for (_, block), rate in zip(blocks, rates, strict=True):
+        for slot in drop_path_slots(block):
+            layer = make(rate)
+            setattr(block, slot, layer)
+            layers.append(layer)
+    return layers
+
+
+def _wrap_branches(model: nn.Module, names: Sequence[str], max_rate: float, make) -> list[DropPath]:
+    names = check_module_names(names, "branches")
+    for name in names:
+        if isinstance(locate_submodule(model, name, "branches")[2], DropPathBranch):
+            raise ValueError(f"drop-path is already applied to this model (branch {name!r})")
+    layers = [make(rate) for rate in drop_path_rates(len(names), max_rate)]
+    for name, layer in zip(names, layers, strict=True):
+        replace_submodule(model, name, lambda branch, layer=layer: DropPathBranch(branch, layer), "branches")
+    return layers
+
+
 def apply_drop_path(
     model: nn.Module,
     max_rate: float = 0.1,
     *,
+    blocks: Sequence[str] | None = None,
+    branches: Sequence[str] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     generator: torch.Generator | None = None,
     scale_by_keep: bool = True,
 ) -> list[DropPath]:
-    """Add stochastic depth to every residual ``BasicBlock`` of ``model`` with linearly increasing rates.
+    """Add stochastic depth to the residual blocks of ``model`` (in place) with linearly increasing rates.
 
     Args:
-        model: a model containing reference ``BasicBlock`` s (in forward order), modified in place.
-        max_rate: drop rate of the last block, in [0, 1).
+        model: any model whose residual blocks follow the convention (a ``drop_path`` child, see the module
+            docstring), or whose residual branches are named in ``branches``.
+        max_rate: drop rate of the last block, in [0, 1); block l of L gets (l / L) · max_rate.
+        blocks: dotted names of the blocks to use, in depth order (default: every block with a ``drop_path``
+            child, in registration order).
+        branches: dotted names of residual branch modules, in depth order, for models without the slot: each is
+            wrapped so its output goes through a DropPath before the block adds the shortcut.
         optimizer: accepted for the surgery contract; no parameters are added, so it is unchanged.
-        generator: random source. scale_by_keep: see :func:`drop_path`.
+        generator: random source (the layers keep this object). scale_by_keep: see :func:`drop_path`.
 
     Returns:
-        The DropPath layers, one per block in order (their ``p`` are the rates).
+        The DropPath layers in depth order (one per slot, or one per branch); their ``p`` are the rates.
+
+    Raises:
+        ConfigurationError: the model has no block that follows the convention and no ``branches`` were given.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
-    if not blocks:
-        raise ValueError("model has no residual BasicBlock to apply drop-path to")
-    if any(isinstance(b, DropPathBasicBlock) for b in blocks):
-        raise ValueError("drop-path is already applied to this model")
-    for block in blocks:
-        if type(block) is not BasicBlock:
-            raise ValueError(f"cannot patch a subclass of BasicBlock ({type(block).__name__}) safely")
-    layers = []
-    for block, rate in zip(blocks, drop_path_rates(len(blocks), max_rate), strict=True):
-        layer = DropPath(rate, scale_by_keep=scale_by_keep, generator=generator)
-        block.__class__ = DropPathBasicBlock
-        block.drop_path = layer
-        layers.append(layer)
-    return layers
+    max_rate = check_probability(max_rate, "max_rate")
+
+    def make(rate: float) -> DropPath:
+        return DropPath(rate, scale_by_keep=scale_by_keep, generator=generator)
+
+    if branches is not None:
+        if blocks is not None:
+            raise ValueError("pass blocks= (blocks with a drop_path child) or branches= (branch modules), not both")
+        return _wrap_branches(model, branches, max_rate, make)
+    found = _blocks(model, blocks)
+    return _fill_slots(found, drop_path_rates(len(found), max_rate), make)
 
 
 @register_method
@@ -135,17 +224,28 @@ class DropPathMethod(Method):
 
     Args:
         max_rate: drop rate of the last residual block (block l of L gets l/L · max_rate).
+        blocks: dotted names of the blocks (default: every block with a ``drop_path`` child).
+        branches: dotted names of residual branch modules, for models whose blocks have no ``drop_path`` child.
     """
 
     name = "drop_path"
 
-    def __init__(self, max_rate: float = 0.1) -> None:
+    def __init__(
+        self, max_rate: float = 0.1, blocks: list[str] | None = None, branches: list[str] | None = None
+    ) -> None:
         self.max_rate = check_probability(max_rate, "max_rate")
+        if blocks is not None and branches is not None:
+            raise ValueError("pass blocks= or branches=, not both")
+        self.blocks = None if blocks is None else check_module_names(blocks, "blocks")
+        self.branches = None if branches is None else check_module_names(branches, "branches")
         self._layers: list[DropPath] = []
 
     def setup(self, ctx: Context) -> None:
-        self._layers = apply_drop_path(ctx.model, self.max_rate, optimizer=ctx.optimizer, generator=ctx.generator)
+        self._layers = apply_drop_path(
+            ctx.model, self.max_rate, blocks=self.blocks, branches=self.branches, optimizer=ctx.optimizer,
+            generator=ctx.generator,
+        )
 
-    def on_epoch_start(self, ctx: Context) -> None:
-        for layer in self._layers:
-            layer.generator = ctx.generator
+
+# ``DropPathBasicBlock`` was the patched class of the old surgery; BasicBlock now carries the drop_path slot itself.
+__getattr__ = deprecated_aliases(__name__, {"DropPathBasicBlock": "BasicBlock"}, globals())

@@ -16,14 +16,17 @@ Pitfalls handled:
 
 - The paper averages the K *losses*. Averaging the logits first is a different objective (it is ordinary dropout
   with a smaller effective noise on the loss), available only as ``average="logits"``.
-- The loss is applied to the K logits, not to the dropped features (a popular third-party implementation does the
-  latter, which is wrong).
+- The loss is applied to the K logits z_k, never to the dropped features m_k ⊙ h themselves.
 - A :class:`~regimen.models.ClassifierHead` with its own dropout: the multi-sample masks replace it (the head's
   dropout is skipped), so the features are not dropped twice.
 - Wrapping the head keeps ``state_dict`` keys unchanged (the wrapper renames ``head.*`` on save/load), so a
   checkpoint of a model trained with multi-sample dropout loads into the plain reference model and vice versa.
 - In training the wrapped model returns (K, N, C): only a loss that knows it (this module's Method, or
   :func:`~regimen.losses.multi_sample_cross_entropy`) should consume it; in eval it returns (N, C).
+
+Which head (:func:`apply_multi_sample_dropout`), on any model: the module named by ``module=``, or by convention
+``model.stages[-1]`` when the model has a ``stages`` list (regimen's staged models), else its child ``head``, ``fc``
+or ``classifier`` (timm, torchvision), the first that exists.
 """
 
 from __future__ import annotations
@@ -35,14 +38,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimen.dropout._common import check_generator, check_probabilities, check_tensor, rand
+from regimen.dropout._common import (
+    TransparentWrapper,
+    check_generator,
+    check_probabilities,
+    check_tensor,
+    locate_submodule,
+    rand,
+    renamed_arguments,
+    replace_submodule,
+)
+from regimen.errors import ConfigurationError
 from regimen.losses import multi_sample_cross_entropy
 from regimen.method import Context, Method, register_method
 
 __all__ = [
+    "HEAD_NAMES",
     "MultiSampleDropout",
     "MultiSampleDropoutMethod",
     "apply_multi_sample_dropout",
+    "default_head",
     "multi_sample_dropout",
     "multi_sample_dropout_masks",
 ]
@@ -123,26 +138,7 @@ def multi_sample_dropout(
     return F.linear(dropped.reshape(-1, features.shape[1]), weight, bias).view(num_samples, features.shape[0], -1)
 
 
-def _rename_prefix(state_dict: dict[str, Any], old: str, new: str) -> None:
-    for key in [k for k in state_dict if k.startswith(old)]:
-        state_dict[new + key[len(old):]] = state_dict.pop(key)
-    metadata = getattr(state_dict, "_metadata", None)
-    if metadata is not None:
-        for key in [k for k in metadata if k.startswith(old.rstrip("."))]:
-            metadata[new.rstrip(".") + key[len(old.rstrip(".")):]] = metadata.pop(key)
-
-
-def _state_dict_post_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
-    _rename_prefix(state_dict, prefix + "head.", prefix)
-
-
-def _load_pre_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-    inner = prefix + "head."
-    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
-        state_dict[inner + key[len(prefix):]] = state_dict.pop(key)
-
-
-class MultiSampleDropout(nn.Module):
+class MultiSampleDropout(TransparentWrapper):
     """Wrap a classifier head: K dropout samples of its features in training (``(K, N, C)``), ``(N, C)`` in eval.
 
     Args:
@@ -151,12 +147,13 @@ class MultiSampleDropout(nn.Module):
             (K·N, ...) stacked dropped inputs.
         num_samples: K >= 1.
         p: drop probability in [0, 1), or a list of K probabilities.
-        generator: random source for the masks (``None``: the global RNG). May be reassigned at any time.
+        generator: random source for the masks (``None``: the global RNG); the layer keeps this object.
 
     ``forward(x, masks=None)``: ``masks`` of shape ``(K, N, D)`` replays given masks (tests, analysis).
     """
 
     mc_dropout = False  # MC inference over this layer would change the output shape; it is off at inference.
+    wrapped_name = "head"  # state_dict keys are the head's own
 
     def __init__(
         self,
@@ -174,8 +171,6 @@ class MultiSampleDropout(nn.Module):
         self.num_samples = num_samples
         self.head = head
         self.generator = check_generator(generator)
-        self.register_state_dict_post_hook(_state_dict_post_hook)
-        self.register_load_state_dict_pre_hook(_load_pre_hook)
 
     def _parts(self) -> tuple[Any, nn.Module | None]:
         """(features function, Linear classifier or None)."""
@@ -226,52 +221,63 @@ class MultiSampleDropout(nn.Module):
         return f"num_samples={self.num_samples}, p={probs}"
 
 
-def replace_submodule(model: nn.Module, module_name: str, build: Any) -> nn.Module:
-    """Replace ``model.<module_name>`` by ``build(old)`` in place; returns the new module."""
-    try:
-        old = model.get_submodule(module_name)
-    except AttributeError:
-        raise ValueError(f"module_name {module_name!r} does not name a submodule of the model") from None
-    new = build(old)
-    model.set_submodule(module_name, new)
-    return new
+#: Children that :func:`default_head` takes for the classifier head, in this order, when there is no ``stages`` list.
+HEAD_NAMES = ("head", "fc", "classifier")
 
 
+def default_head(model: nn.Module) -> str:
+    """Dotted name of the classifier head by convention: ``stages.<last>`` when the model has a non-empty ``stages``
+    ModuleList, else the first of its children named ``head``, ``fc``, ``classifier``.
+
+    Raises:
+        ConfigurationError: none of them exists.
+    """
+    stages = model._modules.get("stages")
+    if isinstance(stages, nn.ModuleList) and len(stages) > 0:
+        return f"stages.{len(stages) - 1}"
+    for name in HEAD_NAMES:
+        if model._modules.get(name) is not None:
+            return name
+    raise ConfigurationError(
+        "multi_sample_dropout needs the classifier head: pass module='<dotted name>' (e.g. module='fc'), or give "
+        f"the model a `stages` ModuleList ending in the head or a child named head, fc or classifier; "
+        f"{type(model).__name__} has none of them"
+    )
+
+
+@renamed_arguments(module_name="module")
 def apply_multi_sample_dropout(
     model: nn.Module,
     num_samples: int = 8,
     p: float | Sequence[float] = 0.5,
     *,
-    module_name: str | None = None,
+    module: str | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     generator: torch.Generator | None = None,
 ) -> nn.Module:
     """Replace the model's head by ``MultiSampleDropout(head, num_samples, p)`` in place and return the model.
 
     Args:
-        model: a staged model (head = ``model.stages[-1]``) or any model when ``module_name`` is given.
+        model: any model; its head is ``module`` or found by convention (:func:`default_head`).
         num_samples, p: as in :class:`MultiSampleDropout`.
-        module_name: dotted name of the head to wrap (e.g. ``"classifier"``); default ``stages[-1]``.
-        optimizer: accepted for the surgery contract; the wrapper reuses the head's parameters, so the optimizer
-            stays bound to the same tensors (checked).
-        generator: random source for the masks.
+        module: dotted name of the head to wrap (e.g. ``"classifier"``); ``module_name=`` is the deprecated
+            spelling.
+        optimizer: accepted for the surgery contract; the wrapper holds the head itself (the same Parameters), so
+            the optimizer stays bound to them (checked).
+        generator: random source for the masks (the layer keeps this object).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if module_name is None:
-        stages = getattr(model, "stages", None)
-        if not isinstance(stages, nn.ModuleList) or len(stages) == 0:
-            raise ValueError("model has no 'stages' ModuleList; pass module_name= naming the head")
-        module_name = f"stages.{len(stages) - 1}"
-    try:
-        head = model.get_submodule(module_name)
-    except AttributeError:
-        raise ValueError(f"module_name {module_name!r} does not name a submodule of the model") from None
+    _keep_probabilities(p, num_samples)
+    name = default_head(model) if module is None else module
+    head = locate_submodule(model, name, "module")[2]
+    if isinstance(head, MultiSampleDropout):
+        raise ValueError(f"multi-sample dropout is already applied to {name!r}")
     if optimizer is not None:
         params = {id(q) for group in optimizer.param_groups for q in group["params"]}
         if not all(id(q) in params for q in head.parameters() if q.requires_grad):
             raise ValueError("optimizer does not hold the head's parameters; build it from this model")
-    replace_submodule(model, module_name, lambda old: MultiSampleDropout(old, num_samples, p, generator))
+    replace_submodule(model, name, lambda old: MultiSampleDropout(old, num_samples, p, generator), "module")
     return model
 
 
@@ -283,7 +289,7 @@ class MultiSampleDropoutMethod(Method):
         num_samples: K >= 1.
         p: drop probability, or a list of K of them.
         average: ``"losses"`` (the paper: mean of K cross-entropies) or ``"logits"`` (CE of the mean logits).
-        module: dotted name of the head to wrap; default ``model.stages[-1]``.
+        module: dotted name of the head to wrap; default by convention (:func:`default_head`).
 
     The loss goes through the trainer's criterion on the K·N stacked logits, so the recipe's label smoothing and
     soft (mixed) targets apply; with index targets this equals
@@ -310,14 +316,11 @@ class MultiSampleDropoutMethod(Method):
 
     def setup(self, ctx: Context) -> None:
         apply_multi_sample_dropout(
-            ctx.model, self.num_samples, self.p, module_name=self.module, optimizer=ctx.optimizer,
-            generator=ctx.generator,
+            ctx.model, self.num_samples, self.p, module=self.module, optimizer=ctx.optimizer, generator=ctx.generator
         )
         self._layers = [m for m in ctx.model.modules() if isinstance(m, MultiSampleDropout)]
 
     def compute_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: Context):
-        for layer in self._layers:  # the trainer may hand out a new generator object (e.g. after resume)
-            layer.generator = ctx.generator
         logits_k = model(x)
         if logits_k.dim() != 3:
             raise RuntimeError(

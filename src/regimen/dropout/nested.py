@@ -21,20 +21,16 @@ from __future__ import annotations
 
 import torch
 
-from regimen.dropout._common import StochasticLayer, check_feature_dim, check_probability, check_tensor, rand
+from regimen.dropout._common import (
+    StochasticLayer,
+    check_dim_of,
+    check_feature_dim,
+    check_probability,
+    check_tensor,
+    rand,
+)
 
 __all__ = ["NestedDropout", "nested_dropout", "nested_dropout_index"]
-
-
-def _check_dim(x: torch.Tensor, dim: int) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, int):
-        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
-    if not -x.dim() <= dim < x.dim():
-        raise ValueError(f"dim must be in [{-x.dim()}, {x.dim()}) for x of shape {tuple(x.shape)}, got {dim}")
-    dim = dim % x.dim()
-    if dim == 0:
-        raise ValueError("dim must not be the batch dimension 0")
-    return dim
 
 
 def nested_dropout_index(
@@ -70,7 +66,7 @@ def nested_dropout(
         generator: random source. index: replay these per-sample kept counts ``(N,)`` instead of drawing.
     """
     check_tensor(x, "x", min_dim=2)
-    dim = _check_dim(x, dim)
+    dim = check_dim_of(x, dim)
     p = check_probability(p)
     if not training or p == 0.0:
         return x

@@ -18,8 +18,14 @@ from __future__ import annotations
 
 import torch
 
-from regimen.dropout._common import StochasticLayer, check_feature_dim, check_probability, check_tensor, rand
-from regimen.dropout.nested import _check_dim
+from regimen.dropout._common import (
+    StochasticLayer,
+    check_dim_of,
+    check_feature_dim,
+    check_probability,
+    check_tensor,
+    rand,
+)
 
 __all__ = ["TemporalDropout", "temporal_dropout", "time_step_mask_shape"]
 
@@ -50,7 +56,7 @@ def temporal_dropout(
         generator: random source.
     """
     check_tensor(x, "x", min_dim=2)
-    dim = _check_dim(x, dim)
+    dim = check_dim_of(x, dim)
     p = check_probability(p)
     if not training or p == 0.0:
         return x

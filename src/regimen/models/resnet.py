@@ -26,7 +26,12 @@ def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Seq
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers with an identity (or 1x1 conv-BN projection) shortcut: relu(F(x) + s(x))."""
+    """Two 3x3 conv-BN layers with an identity (or 1x1 conv-BN projection) shortcut: relu(drop_path(F(x)) + s(x)).
+
+    ``drop_path`` is an ``nn.Identity`` placeholder on the residual branch, before the addition (the residual-block
+    convention of timm that :func:`regimen.dropout.apply_drop_path` fills in); it holds no state, so the state_dict
+    keys are those of the plain block.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__()
@@ -35,6 +40,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
+        self.drop_path: nn.Module = nn.Identity()
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
@@ -44,7 +50,7 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + self.shortcut(x))
+        return self.relu(self.drop_path(out) + self.shortcut(x))
 
 
 class ResNet(StagedModel):
