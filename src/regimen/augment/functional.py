@@ -28,13 +28,32 @@ with a reduced search space", 2019, arXiv 1909.13719), so Pillow is the referenc
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
-from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from regimen.augment._common import (
+    Fill,
+    ThreadFlag,
+    apply_lut,
+    autocontrast_table,
+    blend_pixels,
+    blend_table,
+    contrast_table,
+    equalize_table,
+    fill_levels,
+    grey_int32,
+    grey_uint8,
+    histograms,
+    lut,
+    per_sample_view,
+    sharpness_uint8,
+    shift_image_rows,
+    shift_rows,
+    solarize_table,
+    to_numpy,
+)
 
 __all__ = [
     "affine",
@@ -56,8 +75,6 @@ __all__ = [
     "check_images",
     "trusted_images",
 ]
-
-Fill = float | Sequence[float]
 
 #: The 14 RandAugment ops, in this order (``AugmentParams.ops`` holds indices into this tuple).
 OPS = (
@@ -100,25 +117,6 @@ def check_images(images: torch.Tensor, name: str = "images", check_range: bool =
             raise ValueError(f"{name} must lie in [0, 1] when floating point, got values in [{low}, {high}]")
 
 
-class ThreadFlag:
-    """A per-thread switch that is on inside ``with flag.on():`` blocks (nesting restores the outer state)."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    def __bool__(self) -> bool:
-        return getattr(self._local, "on", False)
-
-    @contextlib.contextmanager
-    def on(self):
-        previous = bool(self)
-        self._local.on = True
-        try:
-            yield
-        finally:
-            self._local.on = previous
-
-
 _trusted = ThreadFlag()
 
 
@@ -147,11 +145,6 @@ def _per_sample(value, n: int, name: str, dtype: torch.dtype = torch.float32) ->
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return torch.full((n,), value, dtype=dtype)
-
-
-def _bcast(values: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """``(N,)`` -> ``(N, 1, 1, 1)`` on the images' device."""
-    return values.to(images.device).view(-1, 1, 1, 1)
 
 
 def _levels(images: torch.Tensor) -> torch.Tensor:
@@ -187,81 +180,15 @@ def _grey_levels(images: torch.Tensor) -> torch.Tensor:
     if images.shape[1] == 1:
         return _levels(images)
     if images.dtype == torch.uint8:
-        return _grey_int32(images).float()
+        return grey_int32(images).float()
     levels = _levels(images)
     return (0.299 * levels[:, 0:1] + 0.587 * levels[:, 1:2] + 0.114 * levels[:, 2:3]).clamp(0.0, 255.0)
 
 
-def _grey_int32(images: torch.Tensor) -> torch.Tensor:
-    """Pillow's ``convert('L')`` of uint8 RGB ``(N, 3, H, W)``: ``(19595 R + 38470 G + 7471 B + 2^15) >> 16``, int32
-    ``(N, 1, H, W)``."""
-    total = images[:, 0:1].to(torch.int32).mul_(19595)
-    total.add_(images[:, 1:2].to(torch.int32), alpha=38470)
-    total.add_(images[:, 2:3].to(torch.int32), alpha=7471)
-    return total.add_(0x8000).bitwise_right_shift_(16)
-
-
-def _grey_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Pillow's ``convert('L')`` of uint8 RGB ``(N, 3, H, W)`` -> uint8 ``(N, 1, H, W)``."""
-    return _grey_int32(images).to(torch.uint8)
-
-
 def _blend(degenerate: torch.Tensor, levels: torch.Tensor, factors: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Pillow's ``Image.blend(degenerate, image, factor)`` in level units: ``d + f (x - d)``, clipped, truncated."""
-    factors = _bcast(factors.float(), like)
+    factors = per_sample_view(factors.float(), like)
     return _finish(degenerate + factors * (levels - degenerate), like)
-
-
-# Lookup tables are built in numpy: they hold a few hundred numbers per image, where a torch call costs several
-# microseconds of dispatch and a numpy call about one. The arithmetic is the same IEEE float32/float64/int64 as in
-# torch (tests compare every table op with Pillow).
-_RAMP = np.arange(256)
-
-
-def _np(tensor: torch.Tensor) -> np.ndarray:
-    """A small parameter/statistics tensor as a numpy array (copied to the CPU if needed)."""
-    return tensor.detach().cpu().numpy()
-
-
-def _lut(table: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A uint8 numpy table as a tensor on ``device``."""
-    return torch.from_numpy(np.ascontiguousarray(table, dtype=np.uint8)).to(device)
-
-
-def _blend_table(degenerate: np.ndarray, factors: np.ndarray) -> np.ndarray:
-    """Per-sample uint8 lookup tables ``(N, 256)`` of Pillow's blend with a constant ``degenerate`` level ``(N,)``:
-    the same float32 arithmetic as :func:`_blend`, done once per level instead of once per pixel."""
-    d = np.asarray(degenerate).astype(np.float32).reshape(-1, 1)
-    f = np.asarray(factors).astype(np.float32).reshape(-1, 1)
-    return np.clip(d + f * (_RAMP.astype(np.float32) - d), 0.0, 255.0).astype(np.uint8)
-
-
-def _blend_pixels(degenerate: torch.Tensor, images: torch.Tensor, factors: torch.Tensor,
-                  out: torch.Tensor | None = None) -> torch.Tensor:
-    """Pillow's blend of uint8 ``images`` with a per-pixel uint8 ``degenerate`` (broadcastable), exactly; ``out``
-    (contiguous, ``images``' shape) receives the result.
-
-    Large images use 2-D tables ``T_f[d, x] = trunc(clip(d + f (x - d)))`` (one 256 x 256 table per distinct factor,
-    float32 arithmetic as Pillow), looked up with int32 indices; small ones compute the float32 blend directly."""
-    n = images.shape[0]
-    uniq, which = torch.unique(factors.float(), return_inverse=True)
-    if uniq.numel() * 65536 > images.numel():
-        f = _bcast(factors.float(), images)
-        d = degenerate.float()
-        blended = (d + f * (images.float() - d)).clamp_(0.0, 255.0)
-        return blended.to(torch.uint8) if out is None else out.copy_(blended)
-    device = images.device
-    ramp = torch.arange(256, dtype=torch.float32, device=device)
-    d = ramp.view(1, 256, 1)
-    x = ramp.view(1, 1, 256)
-    tables = (d + uniq.to(device).view(-1, 1, 1) * (x - d)).clamp_(0.0, 255.0).to(torch.uint8)  # (U, 256, 256)
-    index = images.to(torch.int32).add_(degenerate.to(torch.int32).mul_(256))
-    if uniq.numel() > 1:
-        index.add_(which.to(device=device, dtype=torch.int32).mul_(65536).view(n, 1, 1, 1))
-    if out is None:
-        return tables.view(-1).index_select(0, index.reshape(-1)).view(index.shape)
-    torch.index_select(tables.view(-1), 0, index.view(-1), out=out.view(-1))
-    return out
 
 
 def _check_factors(factors, n: int, name: str = "factors") -> torch.Tensor:
@@ -269,33 +196,6 @@ def _check_factors(factors, n: int, name: str = "factors") -> torch.Tensor:
     if (tensor < 0).any():
         raise ValueError(f"{name} must be >= 0 (1 keeps the image), got min {tensor.min().item()}")
     return tensor
-
-
-def _apply_lut(images: torch.Tensor, lut: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Lookup in uint8 tables: ``images`` uint8 ``(N, C, H, W)``; ``lut`` ``(N, C, 256)`` (per sample and channel) or
-    ``(N, 256)`` (per sample). Uses int32 indices (``index_select``), half the traffic of int64 ``take``; ``out``
-    (contiguous, ``images``' shape) receives the result."""
-    n, c = images.shape[:2]
-    index = images.to(torch.int32)
-    if lut.dim() == 2:
-        lut = lut.unsqueeze(1)
-    rows = lut.shape[1]
-    if n * rows > 1:
-        offsets = torch.arange(0, n * rows * 256, 256, device=images.device, dtype=torch.int32).view(n, rows, 1, 1)
-        index.add_(offsets)
-    if out is None:
-        return lut.reshape(-1).index_select(0, index.view(-1)).view(images.shape)
-    torch.index_select(lut.reshape(-1), 0, index.view(-1), out=out.view(-1))
-    return out
-
-
-def _histograms(images: torch.Tensor) -> torch.Tensor:
-    """Per-(sample, channel) histograms ``(N, C, 256)`` (int64) of uint8 images."""
-    n, c = images.shape[:2]
-    keys = images.to(torch.int32)
-    if n * c > 1:
-        keys.add_(torch.arange(n * c, device=images.device, dtype=torch.int32).mul_(256).view(n, c, 1, 1))
-    return torch.bincount(keys.view(-1), minlength=n * c * 256).view(n, c, 256)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -324,20 +224,7 @@ def autocontrast(images: torch.Tensor) -> torch.Tensor:
         flat = span <= 0
         scaled = (images - lo) / torch.where(flat, torch.ones_like(span), span)
         return torch.where(flat, images, scaled).clamp(0, 1)
-    return _apply_lut(images, _lut(_autocontrast_table(_np(lo), _np(hi)), images.device))
-
-
-def _autocontrast_table(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Pillow's autocontrast tables ``(N, C, 256)`` uint8 from each channel's darkest/brightest levels ``(N, C)``:
-    ``trunc(v * scale + offset)`` with ``scale = 255 / (hi - lo)``, ``offset = -lo * scale`` in double precision."""
-    lo64 = lo.astype(np.float64)[..., None]  # (N, C, 1)
-    hi64 = hi.astype(np.float64)[..., None]
-    flat = hi64 <= lo64
-    scale = 255.0 / np.where(flat, 1.0, hi64 - lo64)  # a true division, as Pillow's (torch's 255 / t is 255 * (1/t))
-    offset = -lo64 * scale
-    ramp = _RAMP.astype(np.float64)
-    table = np.clip(np.trunc(ramp * scale + offset), 0, 255)
-    return np.where(flat, ramp, table).astype(np.uint8)
+    return apply_lut(images, lut(autocontrast_table(to_numpy(lo), to_numpy(hi)), images.device))
 
 
 def equalize(images: torch.Tensor) -> torch.Tensor:
@@ -350,23 +237,7 @@ def equalize(images: torch.Tensor) -> torch.Tensor:
     if images.numel() == 0:
         return images.clone()
     levels = _quantize(images)
-    return _from_uint8(_apply_lut(levels, _lut(_equalize_table(_np(_histograms(levels))), images.device)), images)
-
-
-def _equalize_table(hist: np.ndarray) -> np.ndarray:
-    """Pillow's equalize tables ``(N, C, 256)`` uint8 from per-channel histograms ``(N, C, 256)`` (every channel has
-    at least one pixel)."""
-    occupied_levels = hist > 0
-    top = np.where(occupied_levels, _RAMP, -1).max(axis=2, keepdims=True)  # last occupied level
-    last_count = np.take_along_axis(hist, top, axis=2)
-    total = hist.sum(axis=2, keepdims=True)
-    occupied = occupied_levels.sum(axis=2, keepdims=True)
-    step = (total - last_count) // 255
-    keep = (occupied <= 1) | (step == 0)
-    safe_step = np.where(keep, 1, step)
-    below = np.cumsum(hist, axis=2) - hist  # pixels strictly below level i
-    table = np.clip((safe_step // 2 + below) // safe_step, 0, 255)
-    return np.where(keep, _RAMP, table).astype(np.uint8)
+    return _from_uint8(apply_lut(levels, lut(equalize_table(to_numpy(histograms(levels))), images.device)), images)
 
 
 def solarize(images: torch.Tensor, thresholds) -> torch.Tensor:
@@ -380,19 +251,8 @@ def solarize(images: torch.Tensor, thresholds) -> torch.Tensor:
     t = _per_sample(thresholds, images.shape[0], "thresholds", torch.float64)
     if images.is_floating_point():
         # compare in the images' own precision so that a pixel equal to the threshold counts as ">="
-        return torch.where(images < _bcast(t, images).to(images.dtype), images, 1.0 - images)
-    return _apply_lut(images, _lut(_solarize_table(_np(t)), images.device))
-
-
-def _solarize_table(thresholds: np.ndarray) -> np.ndarray:
-    """Solarize tables ``(N, 256)`` uint8 for thresholds ``(N,)`` in levels."""
-    return np.where(_RAMP < thresholds.reshape(-1, 1), _RAMP, 255 - _RAMP).astype(np.uint8)
-
-
-def _posterize_table(bits: np.ndarray) -> np.ndarray:
-    """Posterize tables ``(N, 256)`` uint8 for integer ``bits`` ``(N,)`` in [1, 8]."""
-    masks = 256 - (1 << (8 - bits.astype(np.int64)))  # ~(2^(8-b) - 1) & 0xFF
-    return (_RAMP & masks.reshape(-1, 1)).astype(np.uint8)
+        return torch.where(images < per_sample_view(t, images).to(images.dtype), images, 1.0 - images)
+    return apply_lut(images, lut(solarize_table(to_numpy(t)), images.device))
 
 
 def posterize(images: torch.Tensor, bits) -> torch.Tensor:
@@ -404,7 +264,7 @@ def posterize(images: torch.Tensor, bits) -> torch.Tensor:
         raise ValueError(f"bits must be integers in [1, 8], got {bits_t.tolist()}")
     masks = (256 - (2 ** (8 - bits_t.long()))).to(torch.uint8)  # ~(2^(8-b) - 1) & 0xFF
     levels = _quantize(images)
-    return _from_uint8(levels & _bcast(masks, levels), images)
+    return _from_uint8(levels & per_sample_view(masks, levels), images)
 
 
 def brightness(images: torch.Tensor, factors) -> torch.Tensor:
@@ -412,7 +272,7 @@ def brightness(images: torch.Tensor, factors) -> torch.Tensor:
     _check(images)
     f = _check_factors(factors, images.shape[0])
     if images.dtype == torch.uint8:
-        return _apply_lut(images, _lut(_blend_table(np.zeros(images.shape[0]), _np(f)), images.device))
+        return apply_lut(images, lut(blend_table(np.zeros(images.shape[0]), to_numpy(f)), images.device))
     return _blend(torch.zeros((), device=images.device), _levels(images), f, images)
 
 
@@ -423,7 +283,7 @@ def color(images: torch.Tensor, factors) -> torch.Tensor:
     if images.shape[1] == 1:
         return images.clone()  # Pillow: an L image's greyscale is itself, blend(x, x, f) == x
     if images.dtype == torch.uint8:
-        return _blend_pixels(_grey_uint8(images), images, f)
+        return blend_pixels(grey_uint8(images), images, f)
     return _blend(_grey_levels(images), _levels(images), f, images)
 
 
@@ -432,18 +292,9 @@ def contrast(images: torch.Tensor, factors) -> torch.Tensor:
     _check(images)
     f = _check_factors(factors, images.shape[0])
     if images.dtype == torch.uint8:
-        return _apply_lut(images, _lut(_contrast_table(images, _np(f)), images.device))
+        return apply_lut(images, lut(contrast_table(images, to_numpy(f)), images.device))
     mean = _grey_levels(images).double().mean(dim=(1, 2, 3), keepdim=True)
     return _blend(mean.float(), _levels(images), f, images)
-
-
-def _contrast_table(images: torch.Tensor, factors: np.ndarray) -> np.ndarray:
-    """Pillow's Contrast as tables ``(N, 256)`` for uint8 images: blend with the rounded mean grey level."""
-    if images.shape[1] == 1:
-        mean = images.flatten(1).sum(dim=1, dtype=torch.float64) / images[0].numel()
-    else:
-        mean = _grey_int32(images).flatten(1).sum(dim=1, dtype=torch.float64) / images[0, 0].numel()
-    return _blend_table(np.floor(_np(mean) + 0.5), factors)  # Pillow: int(mean + 0.5)
 
 
 def _smooth_levels(levels: torch.Tensor, round_levels: bool) -> torch.Tensor:
@@ -471,49 +322,13 @@ def sharpness(images: torch.Tensor, factors) -> torch.Tensor:
     _check(images)
     f = _check_factors(factors, images.shape[0])
     if images.dtype == torch.uint8:
-        return _sharpness_uint8(images, f)
+        return sharpness_uint8(images, f)
     levels = _levels(images)
     return _blend(_smooth_levels(levels, False), levels, f, images)
 
 
-def _sharpness_uint8(images: torch.Tensor, factors: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Pillow-exact Sharpness of uint8 images (factors ``(N,)``); ``out`` (contiguous) receives the result."""
-    h, w = images.shape[-2:]
-    if h < 3 or w < 3:  # Pillow copies every pixel: degenerate == image
-        return images.clone() if out is None else out.copy_(images)
-    wide = images.to(torch.int16)
-    rows = wide[..., :, :-2] + wide[..., :, 1:-1] + wide[..., :, 2:]
-    sums = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]
-    sums.add_(wide[..., 1:-1, 1:-1], alpha=4)  # <= 13 * 255, fits int16
-    # the degenerate image keeps the border pixels, where blend(x, x, f) == x: blend whole contiguous images
-    smooth = images.clone()
-    smooth[..., 1:-1, 1:-1] = _smooth_rounding(images.device).index_select(0, sums.to(torch.int32).view(-1)).view(
-        sums.shape)
-    return _blend_pixels(smooth, images, factors, out=out)
-
-
-_ROUNDING: dict[torch.device, torch.Tensor] = {}
-
-
-def _smooth_rounding(device: torch.device) -> torch.Tensor:
-    """Table of round-half-up ``s / 13`` for box sums ``s`` <= 13 * 255, exact (see :func:`_smooth_levels`)."""
-    if device not in _ROUNDING:
-        sums = torch.arange(13 * 255 + 1, device=device, dtype=torch.float32)
-        _ROUNDING[device] = sums.add_(6.5).mul_(1.0 / 13.0).floor_().to(torch.uint8)
-    return _ROUNDING[device]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # geometric ops
-
-
-def _fill_levels(fill: Fill, channels: int) -> torch.Tensor:
-    values = [fill] if isinstance(fill, int | float) else list(fill)
-    if len(values) not in (1, channels) or not all(isinstance(v, int | float) for v in values):
-        raise ValueError(f"fill must be a number or {channels} numbers (one per channel), got {fill!r}")
-    if not all(0 <= v <= 255 for v in values):
-        raise ValueError(f"fill must be in 8-bit levels [0, 255], got {fill!r}")
-    return torch.tensor(values * (channels if len(values) == 1 else 1), dtype=torch.float64)
 
 
 def _check_matrices(matrices: torch.Tensor, n: int) -> torch.Tensor:
@@ -544,7 +359,7 @@ def affine(
         raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}")
     n, c, h, w = images.shape
     m = _check_matrices(matrices, n)
-    fill_values = _fill_levels(fill, c)
+    fill_values = fill_levels(fill, c)
     if images.numel() == 0:
         return images.clone()
     device = images.device
@@ -644,34 +459,6 @@ def _gather_nearest(images: torch.Tensor, ix: torch.Tensor, iy: torch.Tensor, fi
     return out
 
 
-def _shift_rows(images: torch.Tensor, shifts: torch.Tensor, fill_t: torch.Tensor) -> torch.Tensor:
-    """``out[n, c, y, x] = images[n, c, y, x + shifts[n, y]]`` (``fill`` outside): every output row is one contiguous
-    window of the row padded by ``W`` fill values on each side, copied with a single row ``index_select``."""
-    n, c, h, w = images.shape
-    padded = torch.empty(n, c, h, 3 * w, dtype=images.dtype, device=images.device)
-    padded[..., :w] = fill_t.view(1, c, 1, 1)
-    padded[..., 2 * w :] = fill_t.view(1, c, 1, 1)
-    padded[..., w : 2 * w] = images
-    flat = padded.view(-1)
-    windows = flat.as_strided((flat.numel() - w + 1, w), (1, 1))
-    starts = torch.arange(n * c * h, device=images.device).mul_(3 * w).view(n, c, h)
-    starts += w + shifts.clamp(-w, w).view(n, 1, h)
-    return windows.index_select(0, starts.view(-1)).view(n, c, h, w)
-
-
-def _shift_image_rows(images: torch.Tensor, shifts: torch.Tensor, fill_t: torch.Tensor) -> torch.Tensor:
-    """``out[n, c, y] = images[n, c, y + shifts[n]]`` (a fill row outside): one row ``index_select``."""
-    n, c, h, w = images.shape
-    device = images.device
-    source = torch.arange(h, device=device).view(1, h) + shifts.view(n, 1)  # (N, H)
-    planes = torch.arange(n * c, device=device).view(n, c, 1)
-    rows = planes * h + source.view(n, 1, h)
-    outside = ((source < 0) | (source >= h)).view(n, 1, h)
-    rows = torch.where(outside, n * c * h + torch.arange(c, device=device).view(1, c, 1), rows)
-    table = torch.cat([images.reshape(n * c * h, w), fill_t.view(c, 1).expand(c, w)], dim=0)
-    return table.index_select(0, rows.view(-1)).view(n, c, h, w)
-
-
 def _affine_nearest(images: torch.Tensor, m: torch.Tensor, fill_t: torch.Tensor) -> torch.Tensor:
     """NEAREST warp of ``images`` by Pillow matrices ``m`` ``(N, 6)``.
 
@@ -691,9 +478,9 @@ def _affine_nearest(images: torch.Tensor, m: torch.Tensor, fill_t: torch.Tensor)
                  + ys.long() * torch.floor(a1 * 65536.0 + 0.5).long().view(n, 1)) >> 16
         scaled = torch.floor(a2 + 0.5).long().view(n, 1).expand(n, h)
         shifts = torch.where(((a1 == 0) & (a3 == 0)).view(n, 1), scaled, fixed)
-        return _shift_rows(images, shifts.to(device), fill_t)
+        return shift_rows(images, shifts.to(device), fill_t)
     if keep_cols and bool(((a3 == 0) & (a4 == 1)).all()):
-        return _shift_image_rows(images, torch.floor(a5 + 0.5).long().to(device), fill_t)
+        return shift_image_rows(images, torch.floor(a5 + 0.5).long().to(device), fill_t)
     ix, iy = _nearest_indices(m, h, w, device, need_x=not keep_cols, need_y=not keep_rows)
     if ix is None:
         ix = torch.arange(w, device=device, dtype=torch.int32).view(1, 1, w)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from regimen.augment.functional import ThreadFlag
+from regimen.augment._common import ThreadFlag
 
 __all__ = ["available", "disabled", "apply_ops_uint8_native", "build_error", "set_simd", "run_kernel", "load_variant"]
 

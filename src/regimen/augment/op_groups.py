@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from regimen.augment import _common as C
 from regimen.augment import functional as AF
 from regimen.augment import native
 from regimen.augment.functional import OPS
@@ -122,9 +123,9 @@ def _apply_position(images: torch.Tensor, ops: np.ndarray, values: np.ndarray, m
             a, b = bounds[name]
             if b > a:
                 tables[a - tables_start : b - tables_start] = _image_tables(name, source[a:b], values[a:b])
-        tables = AF._lut(tables, device)
+        tables = C.lut(tables, device)
         for a, b in _blocks(tables_start, tables_stop, source[0].numel()):
-            AF._apply_lut(source[a:b], tables[a - tables_start : b - tables_start], out=result[a:b])
+            C.apply_lut(source[a:b], tables[a - tables_start : b - tables_start], out=result[a:b])
     for name in ("Color", "Sharpness"):
         for a, b in _blocks(*bounds[name], source[0].numel()):
             _blend_op(name, source[a:b], torch.from_numpy(values[a:b]).float(), result[a:b])
@@ -151,10 +152,10 @@ def _image_tables(name: str, images: torch.Tensor, factors: np.ndarray) -> np.nd
     """Lookup tables ``(M, C, 256)`` or ``(M, 1, 256)`` uint8 of the table ops that depend on the image itself."""
     if name == "AutoContrast":
         flat = images.flatten(2)  # amin/amax: aminmax is far slower on uint8
-        return AF._autocontrast_table(AF._np(flat.amin(dim=2)), AF._np(flat.amax(dim=2)))
+        return C.autocontrast_table(C.to_numpy(flat.amin(dim=2)), C.to_numpy(flat.amax(dim=2)))
     if name == "Equalize":
-        return AF._equalize_table(AF._np(AF._histograms(images)))
-    return AF._contrast_table(images, factors)[:, None, :]
+        return C.equalize_table(C.to_numpy(C.histograms(images)))
+    return C.contrast_table(images, factors)[:, None, :]
 
 
 def _static_tables(ops: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -162,9 +163,9 @@ def _static_tables(ops: np.ndarray, values: np.ndarray) -> np.ndarray:
     Brightness); the rows of other ops are zero."""
     tables = np.zeros((ops.shape[0], 256), dtype=np.uint8)
     builders = {
-        _SOLARIZE: AF._solarize_table,
-        _POSTERIZE: AF._posterize_table,
-        _BRIGHTNESS: lambda factors: AF._blend_table(np.zeros(factors.shape[0]), factors),  # blend with black
+        _SOLARIZE: C.solarize_table,
+        _POSTERIZE: C.posterize_table,
+        _BRIGHTNESS: lambda factors: C.blend_table(np.zeros(factors.shape[0]), factors),  # blend with black
     }
     for op, build in builders.items():
         rows = ops == op
@@ -176,9 +177,9 @@ def _static_tables(ops: np.ndarray, values: np.ndarray) -> np.ndarray:
 def _blend_op(name: str, images: torch.Tensor, factors: torch.Tensor, out: torch.Tensor) -> None:
     """Color (blend with the greyscale image; 3 channels) or Sharpness (blend with the SMOOTH image)."""
     if name == "Color":
-        AF._blend_pixels(AF._grey_uint8(images), images, factors, out=out)
+        C.blend_pixels(C.grey_uint8(images), images, factors, out=out)
     else:
-        AF._sharpness_uint8(images, factors, out=out)
+        C.sharpness_uint8(images, factors, out=out)
 
 
 def _geometric_op(name: str, images: torch.Tensor, maps: np.ndarray, fill: torch.Tensor, out: torch.Tensor) -> None:
@@ -186,10 +187,10 @@ def _geometric_op(name: str, images: torch.Tensor, maps: np.ndarray, fill: torch
     h, w = images.shape[-2:]
     device = images.device
     if name == "TranslateY":  # whole rows move: source row y + (Y0 >> 16)
-        out.copy_(AF._shift_image_rows(images, torch.from_numpy(maps[:, 3] >> 16).to(device), fill))
+        out.copy_(C.shift_image_rows(images, torch.from_numpy(maps[:, 3] >> 16).to(device), fill))
     elif name in ("TranslateX", "ShearX"):  # the column step is exactly one pixel: a source-column offset per row
         shifts = (maps[:, 0:1] + np.arange(h)[None, :] * maps[:, 2:3]) >> 16
-        out.copy_(AF._shift_rows(images, torch.from_numpy(shifts).to(device), fill))
+        out.copy_(C.shift_rows(images, torch.from_numpy(shifts).to(device), fill))
     elif name == "ShearY":  # the row step is exactly one pixel: a source-row offset per column
         shifts = (maps[:, 3:4] + np.arange(w)[None, :] * maps[:, 4:5]) >> 16
         _shift_columns(images, torch.from_numpy(shifts).to(device), fill, out)

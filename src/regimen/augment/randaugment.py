@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from regimen.augment import functional as AF
+from regimen.augment._common import augment_float_batch, fill_levels
 from regimen.augment.functional import OPS
 from regimen.augment.op_groups import apply_ops_uint8
 from regimen.method import Context, Method, register_method
@@ -132,8 +133,8 @@ def apply_ops(
     _check_values(ops, values)
     values = _clamp_geometry(ops, values, *images.shape[-2:])
     if images.dtype == torch.uint8 and interpolation == "nearest":
-        fill_levels = AF._fill_levels(fill, images.shape[1]).to(device=images.device, dtype=torch.uint8)
-        return apply_ops_uint8(images, ops, values, fill_levels)
+        fill_uint8 = fill_levels(fill, images.shape[1]).to(device=images.device, dtype=torch.uint8)
+        return apply_ops_uint8(images, ops, values, fill_uint8)
     values_t = torch.from_numpy(values)
     # One output buffer, updated in place block by block: each block of whole images (~1M values, so float32/int32
     # temporaries stay cache-sized and below glibc's mmap threshold) is gathered, transformed and written back to
@@ -204,7 +205,7 @@ class _BatchedAugment(nn.Module):
             raise ValueError(f"num_magnitude_bins must be an integer >= 2, got {num_magnitude_bins!r}")
         if interpolation not in ("nearest", "bilinear"):
             raise ValueError(f"interpolation must be 'nearest' or 'bilinear', got {interpolation!r}")
-        AF._fill_levels(fill, 3 if not isinstance(fill, int | float) and len(fill) == 3 else 1)
+        fill_levels(fill, 3 if not isinstance(fill, int | float) and len(fill) == 3 else 1)
         self.num_ops = num_ops
         self.num_magnitude_bins = num_magnitude_bins
         self.fill = fill
@@ -318,17 +319,6 @@ class TrivialAugment(_BatchedAugment):
         return f"num_magnitude_bins={self.num_magnitude_bins}, fill={self.fill}, interpolation={self.interpolation!r}"
 
 
-def _augment_float_batch(
-    augment: nn.Module, x: torch.Tensor, generator: torch.Generator | None, quantize: bool
-) -> torch.Tensor:
-    """Augment a float [0, 1] training batch. With ``quantize`` (the trainer's batches are 8-bit images divided by
-    255, so this is lossless) it runs the Pillow-exact uint8 ops and divides by 255 again; otherwise the float ops."""
-    if not quantize:
-        return augment(x, generator=generator)
-    levels = (x * 255.0).round_().clamp_(0, 255).to(torch.uint8)
-    return augment(levels, generator=generator).to(x.dtype).div_(255.0)
-
-
 @register_method
 class RandAugmentMethod(Method):
     """RandAugment with per-image ops and magnitudes on each training batch (Cubuk et al. 2019)."""
@@ -349,7 +339,7 @@ class RandAugmentMethod(Method):
         self.quantize = quantize
 
     def transform_batch(self, x: torch.Tensor, y: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
-        return _augment_float_batch(self.augment, x, ctx.generator, self.quantize), y
+        return augment_float_batch(self.augment, x, ctx.generator, self.quantize), y
 
 
 @register_method
@@ -365,4 +355,4 @@ class TrivialAugmentMethod(Method):
         self.quantize = quantize
 
     def transform_batch(self, x: torch.Tensor, y: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
-        return _augment_float_batch(self.augment, x, ctx.generator, self.quantize), y
+        return augment_float_batch(self.augment, x, ctx.generator, self.quantize), y

@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimen.augment.randaugment import RandAugment, TrivialAugment, _augment_float_batch
+from regimen.augment._common import augment_float_batch
+from regimen.augment.randaugment import RandAugment, TrivialAugment
 from regimen.losses import soft_target_cross_entropy
 from regimen.method import Context, Method, register_method
 
@@ -286,7 +287,7 @@ class AugSubsetMethod(Method):
         self._counts[1] += int(mask.numel())
         if mask.any():
             rows = mask.nonzero().squeeze(1).to(x.device)
-            augmented = _augment_float_batch(self.augment, x.index_select(0, rows), ctx.generator, quantize=True)
+            augmented = augment_float_batch(self.augment, x.index_select(0, rows), ctx.generator, quantize=True)
             x = x.index_copy(0, rows, augmented)
         return x, y
 
