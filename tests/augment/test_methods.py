@@ -1,23 +1,27 @@
 """The augment Methods are registered under their recipe names, validate parameters through recipes and transform
 batches as the trainer expects (float [0, 1] in, same shape out; soft targets for mixing)."""
 
+import warnings
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from regimen.augment import CutMixMethod, MixUpMethod, RandAugmentMethod, TrivialAugmentMethod
+from regimen.errors import ConfigurationError
 from regimen.method import Context, get_method
 from regimen.train.recipe import RecipeError, parse_recipe
 
 NAMES = ["randaugment", "trivialaugment", "cutmix", "mixup", "aug_subset"]
 
 
-def _ctx():
+def _ctx(label_smoothing=0.0):
     model = nn.Linear(2, 3)
     return Context(model=model, optimizer=None,
                    criterion=lambda logits, y: F.cross_entropy(logits, y), num_classes=3, per_device_batch=5,
-                   generator=torch.Generator().manual_seed(0))
+                   generator=torch.Generator().manual_seed(0), label_smoothing=label_smoothing)
 
 
 def test_methods_are_registered_and_recipes_validate_their_parameters():
@@ -55,3 +59,25 @@ def test_mixing_methods_return_soft_targets(cls):
     skipped = cls(prob=0.0)
     out, soft = skipped.transform_batch(x, torch.arange(5) % 3, _ctx())
     assert torch.equal(out, x) and torch.equal(soft, F.one_hot(torch.arange(5) % 3, 3).float())
+
+
+@pytest.mark.parametrize("name", ["cutmix", "mixup", "aug_subset"])
+def test_own_label_smoothing_is_deprecated_and_refused_with_the_trainers(name):
+    cls = get_method(name)
+    with pytest.warns(DeprecationWarning, match=f"{name}.label_smoothing is deprecated"):
+        method = cls(label_smoothing=0.1)
+    method.setup(_ctx(label_smoothing=0.0))  # alone it still works for one release
+    with pytest.raises(ConfigurationError, match=rf"train.label_smoothing = 0.2 and {name}.label_smoothing = 0.1"):
+        method.setup(_ctx(label_smoothing=0.2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default (no own smoothing) neither warns nor refuses
+        cls().setup(_ctx(label_smoothing=0.2))
+
+
+def test_refusal_reads_the_v2_run_facts_when_present():
+    ctx = _ctx()
+    ctx.run = SimpleNamespace(label_smoothing=0.1)
+    with pytest.warns(DeprecationWarning):
+        method = CutMixMethod(label_smoothing=0.1)
+    with pytest.raises(ConfigurationError, match="train.label_smoothing = 0.1"):
+        method.setup(ctx)

@@ -117,3 +117,37 @@ def test_bad_inputs_raise_clear_errors():
         cutmix(torch.rand(4, 8, 8), torch.arange(4), num_classes=4)
     with pytest.raises(TypeError, match="integer label maps"):
         mixup(x, torch.arange(4), num_classes=4, masks=torch.zeros(4, 8, 8, dtype=torch.long))
+
+
+def test_trainer_smoothing_of_mixed_targets_equals_the_formula_by_hand():
+    """The trainer's criterion smooths the *mixed* targets t: (1 - eps) t + eps / C. Because smoothing is affine in
+    the target and lam + (1 - lam) = 1, that equals mixing the two smoothed one-hot targets, equals torch's
+    cross-entropy with label smoothing on the one-hot mixture, and equals interpolating the two smoothed losses."""
+    from regimen.losses import classification_loss
+
+    x = torch.rand(9, 1, 8, 8)
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0])
+    logits = torch.randn(9, 4, generator=torch.Generator().manual_seed(5))
+    eps, c = 0.1, 4
+    for mix in (cutmix, mixup):
+        _, t = mix(x, y, num_classes=c, generator=torch.Generator().manual_seed(1), per_sample=True)
+        _, ya, yb, lam = mix(x, y, num_classes=c, generator=torch.Generator().manual_seed(1), per_sample=True,
+                             return_pair=True)
+        loss = classification_loss(logits, t, eps)  # what the trainer computes
+        log_p = F.log_softmax(logits, dim=1)
+        smoothed_a = (1 - eps) * F.one_hot(ya, c) + eps / c
+        smoothed_b = (1 - eps) * F.one_hot(yb, c) + eps / c
+        smoothed_then_mixed = lam[:, None] * smoothed_a + (1 - lam[:, None]) * smoothed_b
+        mixed_then_smoothed = (1 - eps) * t + eps / c
+        torch.testing.assert_close(smoothed_then_mixed, mixed_then_smoothed)
+        torch.testing.assert_close(loss, -(smoothed_then_mixed * log_p).sum(1).mean())
+        torch.testing.assert_close(loss, F.cross_entropy(logits, t, label_smoothing=eps))
+        torch.testing.assert_close(loss, mixed_cross_entropy(logits, ya, yb, lam, label_smoothing=eps))
+
+
+def test_mixed_cross_entropy_old_keywords_warn():
+    logits = torch.randn(3, 2)
+    a, b, lam = torch.tensor([0, 1, 0]), torch.tensor([1, 1, 0]), torch.tensor([0.2, 0.5, 1.0])
+    with pytest.warns(DeprecationWarning, match="targets_a=...\\) is deprecated; use target_a="):
+        old = mixed_cross_entropy(logits, targets_a=a, target_b=b, lam=lam)
+    torch.testing.assert_close(old, mixed_cross_entropy(logits, target_a=a, target_b=b, lam=lam))

@@ -94,6 +94,22 @@ def test_method_augments_only_the_subset_and_weights_its_loss():
     assert torch.equal(other.in_subset, method.in_subset)
 
 
+def test_weighted_loss_applies_the_trainers_label_smoothing_once():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4))
+    data = _Data()
+    ctx = _ctx(model, data)
+    ctx.label_smoothing = 0.1
+    method = AugSubsetMethod(fraction=0.3)
+    method.setup(ctx)
+    method.on_epoch_start(ctx)
+    ctx.batch_indices = torch.arange(16)
+    x, y = data.images[:16].float() / 255, data.labels[:16]
+    x, y = method.transform_batch(x, y, ctx)
+    loss, logits = method.compute_loss(model, x, y, ctx)
+    per_sample = F.cross_entropy(logits, y, label_smoothing=0.1, reduction="none")
+    torch.testing.assert_close(loss, (method.weight[:16] * per_sample).mean())
+
+
 def test_proxies_restore_training_mode_and_match_direct_computation():
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4))
     model.train()

@@ -1,12 +1,16 @@
 """Augmentation: per-sample batched RandAugment/TrivialAugment (Pillow-exact ops), CutMix/MixUp, invertible
-geometric augmentation (AugUndo) and data-efficient augmentation subsets. Importing the package registers the
-Methods ``randaugment``, ``trivialaugment``, ``cutmix``, ``mixup`` and ``aug_subset``."""
+geometric augmentation (AugUndo) and data-efficient augmentation subsets.
 
-from regimen.augment import functional
+Importing the package registers the Methods ``randaugment`` (:class:`RandAugmentMethod`), ``trivialaugment``
+(:class:`TrivialAugmentMethod`), ``cutmix`` (:class:`CutMixMethod`), ``mixup`` (:class:`MixUpMethod`) and
+``aug_subset`` (:class:`AugSubsetMethod`). The Pillow-exact ops on batches are in :mod:`regimen.augment.functional`.
+"""
+
+from regimen.augment import functional, native
+from regimen.augment.functional import OPS
 from regimen.augment.invertible import AugUndo, InvertibleAugment, invertible_augment
 from regimen.augment.mix import CutMixMethod, MixUpMethod, cutmix, cutmix_boxes, mixed_cross_entropy, mixup
 from regimen.augment.randaugment import (
-    OPS,
     AugmentParams,
     RandAugment,
     RandAugmentMethod,
@@ -44,5 +48,6 @@ __all__ = [
     "mixed_cross_entropy",
     "mixup",
     "model_gradient_proxies",
+    "native",
     "select_coreset",
 ]

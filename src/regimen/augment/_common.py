@@ -9,12 +9,17 @@ Names here are public within the package; users import from :mod:`regimen.augmen
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from regimen.errors import ConfigurationError
 
 __all__ = [
     "RAMP",
@@ -22,6 +27,7 @@ __all__ = [
     "ThreadFlag",
     "apply_lut",
     "augment_float_batch",
+    "check_single_smoothing",
     "autocontrast_table",
     "blend_pixels",
     "blend_table",
@@ -34,12 +40,15 @@ __all__ = [
     "lut",
     "per_sample_view",
     "posterize_table",
+    "renamed_arguments",
     "sharpness_uint8",
     "shift_image_rows",
     "shift_rows",
     "smooth_rounding",
     "solarize_table",
     "to_numpy",
+    "trainer_label_smoothing",
+    "warn_method_smoothing",
 ]
 
 Fill = float | Sequence[float]
@@ -286,3 +295,53 @@ def augment_float_batch(
         return augment(x, generator=generator)
     levels = (x * 255.0).round_().clamp_(0, 255).to(torch.uint8)
     return augment(levels, generator=generator).to(x.dtype).div_(255.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# deprecations and the label-smoothing rule of the mixing Methods
+
+
+def renamed_arguments(**renames: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: keyword ``old=`` still works for one release with a DeprecationWarning and means ``new=``.
+    Passing both is a TypeError."""
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for old, new in renames.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"{function.__name__}() got both {old}= (deprecated) and {new}=")
+                    warnings.warn(f"{function.__name__}({old}=...) is deprecated; use {new}=...", DeprecationWarning,
+                                  stacklevel=2)
+                    kwargs[new] = kwargs.pop(old)
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def trainer_label_smoothing(ctx: Any) -> float:
+    """The label smoothing the trainer's criterion applies (``ctx.run.label_smoothing`` in the v2 context,
+    ``ctx.label_smoothing`` before it)."""
+    run = getattr(ctx, "run", None)
+    return float(getattr(run, "label_smoothing", None) if run is not None else getattr(ctx, "label_smoothing", 0.0))
+
+
+def check_single_smoothing(method: str, own: float, ctx: Any) -> None:
+    """Refuse a mixing Method's own (deprecated) ``label_smoothing`` when the trainer smooths as well: the
+    criterion would smooth the already smoothed soft targets a second time."""
+    trainer = trainer_label_smoothing(ctx)
+    if own > 0 and trainer > 0:
+        raise ConfigurationError(
+            f"label smoothing is set twice: train.label_smoothing = {trainer} and {method}.label_smoothing = {own} "
+            f"(the criterion would smooth the targets again); remove {method}.label_smoothing (deprecated)"
+        )
+
+
+def warn_method_smoothing(method: str, own: float) -> None:
+    """DeprecationWarning for a mixing Method's own ``label_smoothing``."""
+    if own > 0:
+        warnings.warn(f"{method}.label_smoothing is deprecated: set train.label_smoothing instead (the trainer's "
+                      "criterion smooths the mixed targets)", DeprecationWarning, stacklevel=3)

@@ -56,6 +56,8 @@ from regimen.augment._common import (
 )
 
 __all__ = [
+    "OPS",
+    "Fill",
     "affine",
     "autocontrast",
     "brightness",

@@ -16,8 +16,12 @@ Pitfalls handled:
   odd batch sizes (and ``N = 1``) work.
 * Index labels with "interpolate the loss" instead of dense soft targets: ``return_pair=True`` returns
   ``(images, targets_a, targets_b, lam)``, to be used with :func:`mixed_cross_entropy` (Composer #382).
-* Label smoothing combined with mixing; segmentation masks mixed alongside (``masks=``: CutMix pastes the same box;
-  MixUp mixes floating masks linearly).
+* Label smoothing is applied once. In training it is the trainer's (``train.label_smoothing``): its criterion smooths
+  the mixed targets, ``(1 - eps) t + eps / C``, which equals mixing the smoothed sides because smoothing is affine in
+  the target and the weights ``lam``, ``1 - lam`` sum to one. The Methods' own ``label_smoothing`` is deprecated and
+  refused in ``setup`` when ``train.label_smoothing`` is also set. The functions keep ``label_smoothing=`` for
+  users' own loops (applied to each side before mixing).
+* Segmentation masks mixed alongside (``masks=``: CutMix pastes the same box; MixUp mixes floating masks linearly).
 * One ``lam`` per batch (the papers) or one per image (``per_sample=True``); ``lam`` is always returned per image.
 * ``Beta`` is sampled through NumPy seeded from ``generator``, so the same generator gives the same result.
 """
@@ -26,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from regimen.augment._common import check_single_smoothing, renamed_arguments, warn_method_smoothing
 from regimen.losses import soft_target_cross_entropy
 from regimen.method import Context, Method, register_method
 
@@ -212,14 +217,16 @@ def mixup(
     return _finish(images, mixed, targets, perm, lam, num_classes, label_smoothing, return_pair, masks, mixed_masks)
 
 
+@renamed_arguments(targets_a="target_a", targets_b="target_b")
 def mixed_cross_entropy(
     logits: torch.Tensor,
-    targets_a: torch.Tensor,
-    targets_b: torch.Tensor,
+    target_a: torch.Tensor,
+    target_b: torch.Tensor,
     lam: torch.Tensor,
     label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """``mean_i [lam_i CE(logits_i, a_i) + (1 - lam_i) CE(logits_i, b_i)]`` for index (or soft) targets."""
+    """``mean_i [lam_i CE(logits_i, a_i) + (1 - lam_i) CE(logits_i, b_i)]`` for index (or soft) targets
+    ``target_a``, ``target_b`` (``targets_a=``/``targets_b=`` are the deprecated spellings)."""
     lam = torch.as_tensor(lam, dtype=torch.float32, device=logits.device).expand(logits.shape[0])
 
     def ce(t: torch.Tensor) -> torch.Tensor:
@@ -227,10 +234,15 @@ def mixed_cross_entropy(
             return soft_target_cross_entropy(logits, t, label_smoothing=label_smoothing, reduction="none")
         return F.cross_entropy(logits.float(), t, label_smoothing=label_smoothing, reduction="none")
 
-    return (lam * ce(targets_a) + (1.0 - lam) * ce(targets_b)).mean()
+    return (lam * ce(target_a) + (1.0 - lam) * ce(target_b)).mean()
 
 
 class _MixMethod(Method):
+    """Shared Method of CutMix and MixUp: mix with probability ``prob``, soft targets on every step.
+
+    ``label_smoothing`` is deprecated: set ``train.label_smoothing`` (the criterion smooths the mixed targets).
+    """
+
     function = staticmethod(cutmix)
 
     def __init__(self, alpha: float, prob: float, label_smoothing: float, per_sample: bool) -> None:
@@ -240,10 +252,14 @@ class _MixMethod(Method):
             raise ValueError(f"prob must be in [0, 1], got {prob}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        warn_method_smoothing(self.name, label_smoothing)
         self.alpha = alpha
         self.prob = prob
         self.label_smoothing = label_smoothing
         self.per_sample = per_sample
+
+    def setup(self, ctx: Context) -> None:
+        check_single_smoothing(self.name, self.label_smoothing, ctx)
 
     def transform_batch(self, x: torch.Tensor, y: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
         if self.prob < 1.0 and torch.rand((), generator=ctx.generator).item() >= self.prob:
@@ -261,7 +277,12 @@ class _MixMethod(Method):
 
 @register_method
 class CutMixMethod(_MixMethod):
-    """CutMix: paste a box from a paired image, labels mixed by the pasted area (Yun et al. 2019)."""
+    """CutMix: paste a box from a paired image, labels mixed by the pasted area (Yun et al. 2019).
+
+    Args:
+        alpha: ``lam ~ Beta(alpha, alpha)``. prob: probability of mixing a batch. per_sample: one box per image.
+        label_smoothing: deprecated; set ``train.label_smoothing`` (refused in ``setup`` when both are set).
+    """
 
     name = "cutmix"
     function = staticmethod(cutmix)
@@ -272,7 +293,12 @@ class CutMixMethod(_MixMethod):
 
 @register_method
 class MixUpMethod(_MixMethod):
-    """MixUp: convex combinations of image pairs and their labels (Zhang et al. 2017)."""
+    """MixUp: convex combinations of image pairs and their labels (Zhang et al. 2017).
+
+    Args:
+        alpha: ``lam ~ Beta(alpha, alpha)``. prob: probability of mixing a batch. per_sample: one ``lam`` per image.
+        label_smoothing: deprecated; set ``train.label_smoothing`` (refused in ``setup`` when both are set).
+    """
 
     name = "mixup"
     function = staticmethod(mixup)

@@ -35,7 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimen.augment._common import augment_float_batch
+from regimen.augment._common import (
+    augment_float_batch,
+    check_single_smoothing,
+    trainer_label_smoothing,
+    warn_method_smoothing,
+)
 from regimen.augment.randaugment import RandAugment, TrivialAugment
 from regimen.losses import soft_target_cross_entropy
 from regimen.method import Context, Method, register_method
@@ -218,7 +223,15 @@ def model_gradient_proxies(
 
 @register_method
 class AugSubsetMethod(Method):
-    """Data-efficient augmentation: augment only a weighted coreset of the data (Liu & Mirzasoleiman 2022)."""
+    """Data-efficient augmentation: augment only a weighted coreset of the data (Liu & Mirzasoleiman 2022).
+
+    Args:
+        fraction: share of each class in the coreset. every: reselect every this many epochs.
+        augment: ``"randaugment"`` (with ``num_ops``, ``magnitude``) or ``"trivialaugment"``.
+        weighted: scale the subset's losses by their coreset weights (mean 1). proxy: ``"logits"`` or
+            ``"last_layer"`` gradient proxies. batch_size: batch of the proxy pass. seed: selection seed.
+        label_smoothing: deprecated; set ``train.label_smoothing`` (refused in ``setup`` when both are set).
+    """
 
     name = "aug_subset"
 
@@ -245,6 +258,7 @@ class AugSubsetMethod(Method):
             raise ValueError(f"proxy must be 'logits' or 'last_layer', got {proxy!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        warn_method_smoothing(self.name, label_smoothing)
         self.fraction = fraction
         self.every = every
         self.augment = RandAugment(num_ops, magnitude) if augment == "randaugment" else TrivialAugment()
@@ -257,6 +271,9 @@ class AugSubsetMethod(Method):
         self.weight: torch.Tensor | None = None
         self._batch_weight: torch.Tensor | None = None
         self._counts = [0, 0]  # augmented, seen (this epoch)
+
+    def setup(self, ctx: Context) -> None:
+        check_single_smoothing(self.name, self.label_smoothing, ctx)
 
     def on_epoch_start(self, ctx: Context) -> None:
         self._counts = [0, 0]
@@ -293,13 +310,15 @@ class AugSubsetMethod(Method):
 
     def compute_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: Context):
         logits = model(x)
-        if not self.weighted:
+        if not self.weighted and not self.label_smoothing:
             return ctx.criterion(logits, y), logits
+        # the trainer's smoothing (its criterion is bypassed here), or the deprecated own one: setup refuses both
+        smoothing = self.label_smoothing or trainer_label_smoothing(ctx)
         if y.dim() == 2 and y.is_floating_point():
-            per_sample = soft_target_cross_entropy(logits, y, self.label_smoothing, reduction="none")
+            per_sample = soft_target_cross_entropy(logits, y, smoothing, reduction="none")
         else:
-            per_sample = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing, reduction="none")
-        weight = self._batch_weight.to(per_sample.device) if self._batch_weight is not None else 1.0
+            per_sample = F.cross_entropy(logits.float(), y, label_smoothing=smoothing, reduction="none")
+        weight = self._batch_weight.to(per_sample.device) if self.weighted and self._batch_weight is not None else 1.0
         return (weight * per_sample).mean(), logits
 
     def on_epoch_end(self, ctx: Context) -> None:
