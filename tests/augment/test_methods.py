@@ -19,9 +19,10 @@ NAMES = ["randaugment", "trivialaugment", "cutmix", "mixup", "aug_subset"]
 
 def _ctx(label_smoothing=0.0):
     model = nn.Linear(2, 3)
+    data = SimpleNamespace(images=torch.zeros(6, 1, 4, 4, dtype=torch.uint8), labels=torch.arange(6) % 3)
     return Context(model=model, optimizer=None,
                    criterion=lambda logits, y: F.cross_entropy(logits, y), num_classes=3, per_device_batch=5,
-                   generator=torch.Generator().manual_seed(0), label_smoothing=label_smoothing)
+                   generator=torch.Generator().manual_seed(0), label_smoothing=label_smoothing, train_data=data)
 
 
 def test_methods_are_registered_and_recipes_validate_their_parameters():
@@ -74,10 +75,15 @@ def test_own_label_smoothing_is_deprecated_and_refused_with_the_trainers(name):
         cls().setup(_ctx(label_smoothing=0.2))
 
 
-def test_refusal_reads_the_v2_run_facts_when_present():
+def test_methods_declare_the_inputs_and_targets_they_serve():
+    for name in ("randaugment", "trivialaugment", "cutmix", "mixup", "aug_subset"):
+        assert get_method(name).inputs == ("image",)
+    for name in ("cutmix", "mixup", "aug_subset"):
+        assert get_method(name).targets == ("labels",)
+
+
+def test_mixing_needs_the_number_of_classes():
     ctx = _ctx()
-    ctx.run = SimpleNamespace(label_smoothing=0.1)
-    with pytest.warns(DeprecationWarning):
-        method = CutMixMethod(label_smoothing=0.1)
-    with pytest.raises(ConfigurationError, match="train.label_smoothing = 0.1"):
-        method.setup(ctx)
+    ctx.update_run(num_classes=None)
+    with pytest.raises(ConfigurationError, match="cutmix needs the number of classes"):
+        CutMixMethod().setup(ctx)

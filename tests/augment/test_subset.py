@@ -10,7 +10,9 @@ from torch import nn
 
 from regimen.augment import facility_location, gradient_proxies, model_gradient_proxies, select_coreset
 from regimen.augment.subset import AugSubsetMethod
-from regimen.method import Context
+from regimen.errors import ConfigurationError
+from regimen.method import Context, compose_criterion, compose_forward_loss
+from regimen.tasks.classification import classification_criterion
 
 
 def _objective(points, chosen):
@@ -62,10 +64,15 @@ class _Data:
         self.labels = torch.arange(n) % 4
 
 
-def _ctx(model, data):
+def _ctx(model, data, label_smoothing=0.0):
     return Context(model=model, optimizer=None,
                    criterion=lambda logits, y: F.cross_entropy(logits, y), num_classes=4, per_device_batch=8,
-                   generator=torch.Generator().manual_seed(0), train_data=data)
+                   generator=torch.Generator().manual_seed(0), train_data=data, label_smoothing=label_smoothing)
+
+
+def _training_step(method, ctx, label_smoothing=0.0):
+    ctx.criterion = compose_criterion([method], classification_criterion(label_smoothing), ctx)
+    return compose_forward_loss([method], ctx)
 
 
 def test_method_augments_only_the_subset_and_weights_its_loss():
@@ -73,6 +80,8 @@ def test_method_augments_only_the_subset_and_weights_its_loss():
     data = _Data()
     ctx = _ctx(model, data)
     method = AugSubsetMethod(fraction=0.3)
+    method.setup(ctx)
+    step = _training_step(method, ctx)
     method.on_epoch_start(ctx)
     assert method.in_subset.sum() == 12  # 3 of 10 per class
     ctx.batch_indices = torch.arange(16)
@@ -82,12 +91,21 @@ def test_method_augments_only_the_subset_and_weights_its_loss():
     chosen = method.in_subset[:16]
     assert torch.equal(out[~chosen], x[~chosen])  # the rest is used un-augmented
     assert not torch.equal(out[chosen], x[chosen])
-    loss, logits = method.compute_loss(model, out, y, ctx)
+    loss, logits = step(model, out, y)
     by_hand = sum(method.weight[i] * F.cross_entropy(logits[i : i + 1], y[i : i + 1]) for i in range(16)) / 16
     assert torch.allclose(loss, by_hand, atol=1e-6)
     assert torch.allclose(method.weight[method.in_subset].mean(), torch.tensor(1.0))
+    # outside the training step (another method scoring batches) the criterion is the plain loss
+    torch.testing.assert_close(ctx.criterion(logits, y), F.cross_entropy(logits, y))
+    weighted = ctx.criterion  # per-sample weights inside the step, for reduction="none" too
+    method._in_step = True
+    torch.testing.assert_close(weighted(logits, y, reduction="none"),
+                               method.weight[:16] * F.cross_entropy(logits, y, reduction="none"))
+    method._in_step = False
     method.on_epoch_end(ctx)
-    assert ctx.log["aug_fraction"] == pytest.approx(chosen.float().mean().item())
+    assert ctx.log["aug_subset/augmented_fraction"] == pytest.approx(chosen.float().mean().item())
+    assert ctx.log["aug_subset/work_saved"] == pytest.approx(1 - chosen.float().mean().item())
+    assert "aug_subset/selection_time" in ctx.log
     state = method.state_dict()
     other = AugSubsetMethod(fraction=0.3)
     other.load_state_dict(state)
@@ -97,17 +115,23 @@ def test_method_augments_only_the_subset_and_weights_its_loss():
 def test_weighted_loss_applies_the_trainers_label_smoothing_once():
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4))
     data = _Data()
-    ctx = _ctx(model, data)
-    ctx.label_smoothing = 0.1
+    ctx = _ctx(model, data, label_smoothing=0.1)
     method = AugSubsetMethod(fraction=0.3)
     method.setup(ctx)
+    step = _training_step(method, ctx, label_smoothing=0.1)
     method.on_epoch_start(ctx)
     ctx.batch_indices = torch.arange(16)
     x, y = data.images[:16].float() / 255, data.labels[:16]
     x, y = method.transform_batch(x, y, ctx)
-    loss, logits = method.compute_loss(model, x, y, ctx)
+    loss, logits = step(model, x, y)
     per_sample = F.cross_entropy(logits, y, label_smoothing=0.1, reduction="none")
     torch.testing.assert_close(loss, (method.weight[:16] * per_sample).mean())
+
+
+def test_setup_refuses_data_without_images():
+    ctx = _ctx(nn.Linear(2, 2), object())
+    with pytest.raises(ConfigurationError, match="aug_subset needs an image training set"):
+        AugSubsetMethod().setup(ctx)
 
 
 def test_proxies_restore_training_mode_and_match_direct_computation():

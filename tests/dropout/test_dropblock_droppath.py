@@ -111,12 +111,16 @@ def test_dropblock_method_ramps_p_linearly():
     ctx = make_context(model, epochs=4)
     method = DropBlockMethod(p=0.2, block_size=3, ramp=True)
     method.setup(ctx)
+    assert ctx.log["dropblock/layers"] == 2
     seen = []
+    x, y = torch.rand(2, 1, 28, 28), torch.tensor([0, 1])
     for epoch in range(4):
-        ctx.epoch = epoch
-        method.on_epoch_start(ctx)
+        ctx.epoch = epoch  # p follows the epoch at every step, so a run resumed mid-epoch gets the same p
+        method.before_forward(x, y, ctx)
         seen.append(method._layers[0].p)
+        assert ctx.log["dropblock/p"] == seen[-1]
     torch.testing.assert_close(torch.tensor(seen), torch.tensor([0.05, 0.1, 0.15, 0.2]))
+    assert all(layer.generator is ctx.generator for layer in method._layers)
 
 
 def test_drop_path_drops_whole_samples_and_preserves_the_expectation():
@@ -165,6 +169,7 @@ def test_drop_path_method_and_surgery_errors():
     model = resnet()
     ctx = make_context(model)
     DropPathMethod(max_rate=0.3).setup(ctx)
+    assert ctx.log["drop_path/layers"] == 3
     assert [b.drop_path.p for b in model.stages[1:4]] == pytest.approx([0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match="already"):
         apply_drop_path(model, 0.1)

@@ -13,8 +13,9 @@ from regimen.dropout import (
     multi_sample_dropout_masks,
 )
 from regimen.losses import classification_loss, multi_sample_cross_entropy
-from regimen.method import Context, get_method
+from regimen.method import Context, Method, compose_criterion, compose_forward_loss, get_method
 from regimen.models import ClassifierHead, resnet
+from regimen.tasks.classification import classification_criterion
 
 
 def make_context(model, seed=0):
@@ -27,6 +28,28 @@ def make_context(model, seed=0):
 
 def small_resnet():
     return resnet(widths=[4, 8], depths=[1, 1])
+
+
+def training_step(methods, ctx, label_smoothing=0.0):
+    """The trainer's chains for ``methods``: ctx.criterion over the task's cross-entropy, and the forward+loss."""
+    ctx.criterion = compose_criterion(methods, classification_criterion(label_smoothing), ctx)
+    return compose_forward_loss(methods, ctx)
+
+
+class PerRowPenalty(Method):
+    """A criterion link listed after multi-sample dropout: adds coef · logsumexp(z)² per row of what it receives
+    (what logit z-loss does) and records the shapes it saw."""
+
+    name = "_test_per_row_penalty"
+
+    def __init__(self, coef):
+        self.coef, self.shapes = coef, []
+
+    def criterion(self, output, target, next, ctx, reduction="mean"):
+        self.shapes.append(tuple(output.shape))
+        penalty = self.coef * torch.logsumexp(output, dim=1) ** 2
+        losses = next(output, target, reduction="none") + penalty
+        return losses if reduction == "none" else losses.mean()
 
 
 def test_vectorised_logits_equal_k_separate_head_calls_with_the_same_masks():
@@ -78,25 +101,62 @@ def test_loss_and_all_gradients_equal_mean_of_k_separate_losses():
         torch.testing.assert_close(grads[name].grad, param.grad, msg=name)
 
 
-def test_method_loss_equals_multi_sample_cross_entropy_and_honours_soft_targets():
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_method_loss_equals_multi_sample_cross_entropy_and_honours_soft_targets(label_smoothing):
     torch.manual_seed(0)
     model = small_resnet()
     ctx = make_context(model)
     method = get_method("multi_sample_dropout")(num_samples=3, p=0.5)
     assert isinstance(method, MultiSampleDropoutMethod)
     method.setup(ctx)
+    step = training_step([method], ctx, label_smoothing)
     x, y = torch.randn(4, 1, 12, 12), torch.randint(0, 10, (4,))
     state = ctx.generator.get_state()
-    loss, logits = method.compute_loss(model, x, y, ctx)
+    loss, output = step(model, x, y)
     ctx.generator.set_state(state)
     logits_k = model(x)
-    torch.testing.assert_close(loss, multi_sample_cross_entropy(logits_k, y))
-    torch.testing.assert_close(logits, logits_k.mean(0).detach())
+    torch.testing.assert_close(loss, multi_sample_cross_entropy(logits_k, y, label_smoothing=label_smoothing))
+    torch.testing.assert_close(output, logits_k.mean(0).detach())  # the output the training metrics see
     soft = F.one_hot(y, 10).float() * 0.7 + 0.03
     ctx.generator.set_state(state)
-    soft_loss, _ = method.compute_loss(model, x, soft, ctx)
-    reference = sum(-(soft * F.log_softmax(logits_k[k], 1)).sum(1).mean() for k in range(3)) / 3
+    soft_loss, _ = step(model, x, soft)
+    smoothed = soft * (1 - label_smoothing) + label_smoothing / 10
+    reference = sum(-(smoothed * F.log_softmax(logits_k[k], 1)).sum(1).mean() for k in range(3)) / 3
     torch.testing.assert_close(soft_loss, reference)
+    torch.testing.assert_close(soft_loss, multi_sample_cross_entropy(logits_k, soft, label_smoothing=label_smoothing))
+
+
+def test_criterion_per_sample_losses_are_the_mean_over_k_and_sum_is_their_sum():
+    torch.manual_seed(1)
+    method = MultiSampleDropoutMethod(num_samples=4, p=0.5)
+    ctx = make_context(small_resnet())
+    ctx.criterion = compose_criterion([method], classification_criterion(0.1), ctx)
+    logits_k, y = torch.randn(4, 5, 10), torch.randint(0, 10, (5,))
+    per_sample = ctx.criterion(logits_k, y, reduction="none")
+    by_hand = torch.stack([F.cross_entropy(logits_k[k], y, label_smoothing=0.1, reduction="none") for k in range(4)])
+    torch.testing.assert_close(per_sample, by_hand.mean(0))
+    torch.testing.assert_close(ctx.criterion(logits_k, y, reduction="sum"), by_hand.mean(0).sum())
+    torch.testing.assert_close(ctx.criterion(logits_k, y), multi_sample_cross_entropy(logits_k, y, 0.1))
+    # (N, C) outputs (e.g. an eval-mode forward another method runs) pass through unchanged
+    torch.testing.assert_close(ctx.criterion(logits_k[0], y), F.cross_entropy(logits_k[0], y, label_smoothing=0.1))
+
+
+def test_loss_links_listed_after_it_apply_per_dropout_sample():
+    torch.manual_seed(2)
+    model = small_resnet()
+    ctx = make_context(model)
+    method, penalty = MultiSampleDropoutMethod(num_samples=3, p=0.5), PerRowPenalty(0.01)
+    method.setup(ctx)
+    step = training_step([method, penalty], ctx)
+    x, y = torch.randn(4, 1, 12, 12), torch.randint(0, 10, (4,))
+    state = ctx.generator.get_state()
+    loss, _ = step(model, x, y)
+    assert penalty.shapes == [(12, 10)]  # K·N rows
+    ctx.generator.set_state(state)
+    logits_k = model(x)
+    by_hand = sum(F.cross_entropy(logits_k[k], y) + 0.01 * (torch.logsumexp(logits_k[k], 1) ** 2).mean()
+                  for k in range(3)) / 3
+    torch.testing.assert_close(loss, by_hand)
 
 
 def test_average_logits_option_is_cross_entropy_of_the_mean_logits():
@@ -104,13 +164,23 @@ def test_average_logits_option_is_cross_entropy_of_the_mean_logits():
     ctx = make_context(model)
     method = MultiSampleDropoutMethod(num_samples=4, p=0.5, average="logits")
     method.setup(ctx)
+    step = training_step([method], ctx)
     x, y = torch.randn(4, 1, 12, 12), torch.randint(0, 10, (4,))
     state = ctx.generator.get_state()
-    loss, _ = method.compute_loss(model, x, y, ctx)
+    loss, _ = step(model, x, y)
     ctx.generator.set_state(state)
     torch.testing.assert_close(loss, F.cross_entropy(model(x).mean(0), y))
     ctx.generator.set_state(state)
+    torch.testing.assert_close(loss, multi_sample_cross_entropy(model(x), y, average="logits"))
+    ctx.generator.set_state(state)
     assert not torch.allclose(loss, multi_sample_cross_entropy(model(x), y))
+
+
+def test_the_layer_keeps_the_context_generator():
+    model = small_resnet()
+    ctx = make_context(model)
+    MultiSampleDropoutMethod(2, 0.5).setup(ctx)
+    assert model.stages[-1].generator is ctx.generator
 
 
 def test_eval_is_one_deterministic_pass_equal_to_the_plain_head():

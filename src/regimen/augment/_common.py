@@ -47,7 +47,6 @@ __all__ = [
     "smooth_rounding",
     "solarize_table",
     "to_numpy",
-    "trainer_label_smoothing",
     "warn_method_smoothing",
 ]
 
@@ -322,17 +321,10 @@ def renamed_arguments(**renames: str) -> Callable[[Callable[..., Any]], Callable
     return decorate
 
 
-def trainer_label_smoothing(ctx: Any) -> float:
-    """The label smoothing the trainer's criterion applies (``ctx.run.label_smoothing`` in the v2 context,
-    ``ctx.label_smoothing`` before it)."""
-    run = getattr(ctx, "run", None)
-    return float(getattr(run, "label_smoothing", None) if run is not None else getattr(ctx, "label_smoothing", 0.0))
-
-
 def check_single_smoothing(method: str, own: float, ctx: Any) -> None:
     """Refuse a mixing Method's own (deprecated) ``label_smoothing`` when the trainer smooths as well: the
     criterion would smooth the already smoothed soft targets a second time."""
-    trainer = trainer_label_smoothing(ctx)
+    trainer = ctx.run.label_smoothing  # what the task's base criterion applies
     if own > 0 and trainer > 0:
         raise ConfigurationError(
             f"label smoothing is set twice: train.label_smoothing = {trainer} and {method}.label_smoothing = {own} "

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from regimen.augment._common import check_single_smoothing, renamed_arguments, warn_method_smoothing
+from regimen.errors import ConfigurationError
 from regimen.losses import soft_target_cross_entropy
 from regimen.method import Context, Method, register_method
 
@@ -244,6 +245,8 @@ class _MixMethod(Method):
     """
 
     function = staticmethod(cutmix)
+    inputs = ("image",)
+    targets = ("labels",)
 
     def __init__(self, alpha: float, prob: float, label_smoothing: float, per_sample: bool) -> None:
         if not alpha > 0:
@@ -260,15 +263,19 @@ class _MixMethod(Method):
 
     def setup(self, ctx: Context) -> None:
         check_single_smoothing(self.name, self.label_smoothing, ctx)
+        if not ctx.run.num_classes:
+            raise ConfigurationError(f"{self.name} needs the number of classes (ctx.run.num_classes) to build soft "
+                                     "targets; the task gave none")
 
     def transform_batch(self, x: torch.Tensor, y: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+        num_classes = ctx.run.num_classes
         if self.prob < 1.0 and torch.rand((), generator=ctx.generator).item() >= self.prob:
-            return x, _soft(y, ctx.num_classes, self.label_smoothing)  # soft targets on every step, smoothed alike
+            return x, _soft(y, num_classes, self.label_smoothing)  # soft targets on every step, smoothed alike
         return type(self).function(
             x,
             y,
             alpha=self.alpha,
-            num_classes=ctx.num_classes,
+            num_classes=num_classes,
             label_smoothing=self.label_smoothing,
             generator=ctx.generator,
             per_sample=self.per_sample,

@@ -324,6 +324,7 @@ class RandAugmentMethod(Method):
     """RandAugment with per-image ops and magnitudes on each training batch (Cubuk et al. 2019)."""
 
     name = "randaugment"
+    inputs = ("image",)
 
     def __init__(
         self,
@@ -347,6 +348,7 @@ class TrivialAugmentMethod(Method):
     """TrivialAugment (wide) with a per-image op and magnitude on each training batch (Müller & Hutter 2021)."""
 
     name = "trivialaugment"
+    inputs = ("image",)
 
     def __init__(
         self, num_magnitude_bins: int = 31, fill: float = 0.0, interpolation: str = "nearest", quantize: bool = True

@@ -17,32 +17,30 @@ that effect when only the subset is augmented. Every ``every`` epochs the select
 
 Training then augments only the selected examples of each batch (the rest is used un-augmented), and with
 ``weighted=True`` scales their loss by ``gamma_j`` normalised to mean 1 over the subset (so the loss scale stays
-that of plain training). The fraction of augmentation work saved is logged each epoch (``aug_work_saved``).
+that of plain training): a ``criterion`` middleware multiplies the per-sample losses of the next link (the task's
+loss with ``train.label_smoothing``, and any loss method listed after this one) by the weights. The fraction of
+augmentation work saved is logged each epoch (``aug_subset/work_saved``).
 
 Pitfalls handled: selection is per class (a coreset must cover every class); ranks select identically (their own
 generator seeded by ``(seed, epoch)``, not the per-rank training generator); the model runs in eval mode and without
 gradients for the proxies and its train/eval mode is restored; all classes advance one greedy step at a time on
 float32 similarity matrices batched under a 256 MB budget (memory ``O(max(256 MB, max_c n_c^2))``). The selection
 (a forward pass over the training set plus the greedy) runs in ``on_epoch_start`` and is logged as
-``selection_time``: count it when comparing wall time.
+``aug_subset/selection_time``: count it when comparing wall time.
 """
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimen.augment._common import (
-    augment_float_batch,
-    check_single_smoothing,
-    trainer_label_smoothing,
-    warn_method_smoothing,
-)
+from regimen.augment._common import augment_float_batch, check_single_smoothing, warn_method_smoothing
 from regimen.augment.randaugment import RandAugment, TrivialAugment
-from regimen.losses import soft_target_cross_entropy
+from regimen.errors import ConfigurationError
 from regimen.method import Context, Method, register_method
 
 __all__ = ["facility_location", "gradient_proxies", "model_gradient_proxies", "select_coreset", "AugSubsetMethod"]
@@ -177,6 +175,12 @@ def select_coreset(
     return index[order], weight[order]
 
 
+def _smoothed(target: torch.Tensor, num_classes: int, eps: float) -> torch.Tensor:
+    """Soft targets ``(1 - eps) t + eps / C`` (one-hot ``t`` for index targets)."""
+    probs = target.float() if target.dim() == 2 else F.one_hot(target.long(), num_classes).float()
+    return probs * (1.0 - eps) + eps / num_classes
+
+
 def _last_linear(model: nn.Module) -> nn.Linear | None:
     last = None
     for module in model.modules():
@@ -234,6 +238,8 @@ class AugSubsetMethod(Method):
     """
 
     name = "aug_subset"
+    inputs = ("image",)
+    targets = ("labels",)
 
     def __init__(
         self,
@@ -269,11 +275,16 @@ class AugSubsetMethod(Method):
         self.seed = seed
         self.in_subset: torch.Tensor | None = None
         self.weight: torch.Tensor | None = None
-        self._batch_weight: torch.Tensor | None = None
+        self._batch_weight: torch.Tensor | None = None  # weights of the current micro-batch (transform_batch)
+        self._in_step = False  # True inside this method's forward_loss: the criterion weights only these calls
         self._counts = [0, 0]  # augmented, seen (this epoch)
 
     def setup(self, ctx: Context) -> None:
         check_single_smoothing(self.name, self.label_smoothing, ctx)
+        data = ctx.train_data
+        if not (isinstance(getattr(data, "images", None), torch.Tensor) and hasattr(data, "labels")):
+            raise ConfigurationError("aug_subset needs an image training set with .images (N, C, H, W) and .labels "
+                                     f"(N,), got {type(data).__name__}")
 
     def on_epoch_start(self, ctx: Context) -> None:
         self._counts = [0, 0]
@@ -283,7 +294,7 @@ class AugSubsetMethod(Method):
         started = time.perf_counter()
         proxies = model_gradient_proxies(
             ctx.model, data.images, data.labels, ctx.normalize, self.batch_size, self.proxy == "last_layer",
-            device=ctx.device,
+            device=ctx.run.device,
         )
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + ctx.epoch)
         index, gamma = select_coreset(proxies, data.labels, self.fraction, generator)
@@ -292,7 +303,7 @@ class AugSubsetMethod(Method):
         self.in_subset[index] = True
         self.weight = torch.ones(n)
         self.weight[index] = gamma / gamma.mean()
-        ctx.log["selection_time"] = time.perf_counter() - started
+        self.log(ctx, "selection_time", time.perf_counter() - started)
 
     def transform_batch(self, x: torch.Tensor, y: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
         if self.in_subset is None or ctx.batch_indices is None:
@@ -308,24 +319,42 @@ class AugSubsetMethod(Method):
             x = x.index_copy(0, rows, augmented)
         return x, y
 
-    def compute_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: Context):
-        logits = model(x)
-        if not self.weighted and not self.label_smoothing:
-            return ctx.criterion(logits, y), logits
-        # the trainer's smoothing (its criterion is bypassed here), or the deprecated own one: setup refuses both
-        smoothing = self.label_smoothing or trainer_label_smoothing(ctx)
-        if y.dim() == 2 and y.is_floating_point():
-            per_sample = soft_target_cross_entropy(logits, y, smoothing, reduction="none")
-        else:
-            per_sample = F.cross_entropy(logits.float(), y, label_smoothing=smoothing, reduction="none")
-        weight = self._batch_weight.to(per_sample.device) if self.weighted and self._batch_weight is not None else 1.0
-        return (weight * per_sample).mean(), logits
+    def forward_loss(self, model: Callable, x: torch.Tensor, y: torch.Tensor, next: Callable, ctx: Context):
+        """Marks the training step, so the criterion weights this micro-batch's losses and no other call's."""
+        self._in_step = True
+        try:
+            return next(model, x, y)
+        finally:
+            self._in_step = False
+
+    def criterion(self, output: torch.Tensor, target: torch.Tensor, next: Callable, ctx: Context,
+                  reduction: str = "mean") -> torch.Tensor:
+        """``reduce(w_i · l_i)`` with ``l_i`` the next link's per-sample losses and ``w_i`` the coreset weights."""
+        if self.label_smoothing:  # deprecated own smoothing (setup refused it together with the trainer's)
+            target = _smoothed(target, output.shape[-1], self.label_smoothing)
+        if not (self.weighted and self._in_step and self._batch_weight is not None):
+            return next(output, target, reduction=reduction)
+        per_sample = next(output, target, reduction="none")
+        weight = self._batch_weight.to(device=per_sample.device, dtype=per_sample.dtype)
+        if per_sample.shape[0] != weight.shape[0]:
+            if per_sample.dim() != 1 or per_sample.shape[0] % weight.shape[0]:
+                raise ValueError(f"aug_subset: the next criterion gave per-sample losses of shape "
+                                 f"{tuple(per_sample.shape)} for a batch of {weight.shape[0]}")
+            weight = weight.repeat(per_sample.shape[0] // weight.shape[0])  # K stacked copies (multi-sample dropout)
+        weighted = weight * per_sample
+        if reduction == "none":
+            return weighted
+        if reduction == "sum":
+            return weighted.sum()
+        if reduction == "mean":
+            return weighted.mean()
+        raise ValueError(f"aug_subset: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
     def on_epoch_end(self, ctx: Context) -> None:
         augmented, seen = self._counts
         if seen:
-            ctx.log["aug_fraction"] = augmented / seen
-            ctx.log["aug_work_saved"] = 1.0 - augmented / seen
+            self.log(ctx, "augmented_fraction", augmented / seen)
+            self.log(ctx, "work_saved", 1.0 - augmented / seen)
 
     def state_dict(self) -> dict[str, Any]:
         return {"in_subset": self.in_subset, "weight": self.weight, "counts": list(self._counts)}

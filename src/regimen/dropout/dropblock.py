@@ -264,6 +264,7 @@ class DropBlockMethod(Method):
     """
 
     name = "dropblock"
+    inputs = ("image",)
 
     def __init__(
         self,
@@ -288,9 +289,15 @@ class DropBlockMethod(Method):
         self._layers = apply_dropblock(
             ctx.model, self.p, self.block_size, modules=self.modules, optimizer=ctx.optimizer, generator=ctx.generator
         )
+        self.log(ctx, "layers", len(self._layers))
 
-    def on_epoch_start(self, ctx: Context) -> None:
-        p = min(self.p * (ctx.epoch + 1) / max(1, ctx.epochs), self.p) if self.ramp else self.p
+    def p_at(self, epoch: int, epochs: int) -> float:
+        """The drop fraction in ``epoch`` (0-based) of ``epochs``: ``p``; with ``ramp``, ``p (epoch + 1) / epochs``."""
+        return min(self.p * (epoch + 1) / max(1, epochs), self.p) if self.ramp else self.p
+
+    def before_forward(self, x: torch.Tensor, y: torch.Tensor, ctx: Context) -> None:
+        # set per step (not in on_epoch_start) so a run resumed mid-epoch has the same p
+        p = self.p_at(ctx.epoch, ctx.run.epochs)
         for layer in self._layers:
             layer.p = p
-        ctx.log["dropblock_p"] = p
+        self.log(ctx, "p", p)

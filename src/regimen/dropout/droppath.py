@@ -245,6 +245,7 @@ class DropPathMethod(Method):
             ctx.model, self.max_rate, blocks=self.blocks, branches=self.branches, optimizer=ctx.optimizer,
             generator=ctx.generator,
         )
+        self.log(ctx, "layers", len(self._layers))
 
 
 # ``DropPathBasicBlock`` was the patched class of the old surgery; BasicBlock now carries the drop_path slot itself.

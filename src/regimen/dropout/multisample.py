@@ -31,7 +31,7 @@ or ``classifier`` (timm, torchvision), the first that exists.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -291,12 +291,16 @@ class MultiSampleDropoutMethod(Method):
         average: ``"losses"`` (the paper: mean of K cross-entropies) or ``"logits"`` (CE of the mean logits).
         module: dotted name of the head to wrap; default by convention (:func:`default_head`).
 
-    The loss goes through the trainer's criterion on the K·N stacked logits, so the recipe's label smoothing and
-    soft (mixed) targets apply; with index targets this equals
-    :func:`regimen.losses.multi_sample_cross_entropy`. The logits returned for training metrics are the mean over K.
+    In training the wrapped model returns (K, N, C). The ``criterion`` link flattens it to K·N rows and repeats the
+    targets K times before calling the next link (the task's loss with its label smoothing and soft targets, and any
+    loss method listed after this one, so they apply per dropout sample); ``reduction="none"`` gives each sample's
+    mean over K, ``"sum"`` their sum. With the task's cross-entropy this equals
+    :func:`regimen.losses.multi_sample_cross_entropy`. The ``forward_loss`` link returns the mean over K of the
+    logits as the output for the training metrics.
     """
 
     name = "multi_sample_dropout"
+    targets = ("labels",)
 
     def __init__(
         self,
@@ -312,28 +316,32 @@ class MultiSampleDropoutMethod(Method):
         self.p = p
         self.average = average
         self.module = module
-        self._layers: list[MultiSampleDropout] = []
 
     def setup(self, ctx: Context) -> None:
         apply_multi_sample_dropout(
             ctx.model, self.num_samples, self.p, module=self.module, optimizer=ctx.optimizer, generator=ctx.generator
         )
-        self._layers = [m for m in ctx.model.modules() if isinstance(m, MultiSampleDropout)]
 
-    def compute_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: Context):
-        logits_k = model(x)
-        if logits_k.dim() != 3:
-            raise RuntimeError(
-                "multi_sample_dropout expected (K, N, C) logits from the model in training, "
-                f"got {tuple(logits_k.shape)}"
-            )
-        mean_logits = logits_k.mean(dim=0)
+    def forward_loss(self, model: Callable, x: Any, y: Any, next: Callable, ctx: Context):
+        loss, output = next(model, x, y)
+        if isinstance(output, torch.Tensor) and output.dim() == 3:
+            output = output.detach().mean(dim=0)  # (K, N, C) -> (N, C) for the training metrics
+        return loss, output
+
+    def criterion(self, output: Any, target: Any, next: Callable, ctx: Context, reduction: str = "mean"):
+        if not (isinstance(output, torch.Tensor) and output.dim() == 3):
+            return next(output, target, reduction=reduction)  # (N, C): not from the K-sample head
+        num_samples, batch, classes = output.shape
+        if target.shape[0] != batch:
+            raise ValueError(f"multi_sample_dropout: target has {target.shape[0]} rows for logits of shape "
+                             f"{tuple(output.shape)} (K, N, C)")
         if self.average == "logits":
-            return ctx.criterion(mean_logits, y), mean_logits.detach()
-        num_samples, batch, classes = logits_k.shape
-        targets = y.repeat(num_samples) if y.dim() == 1 else y.repeat(num_samples, 1)
-        loss = ctx.criterion(logits_k.reshape(num_samples * batch, classes), targets)
-        return loss, mean_logits.detach()
+            return next(output.mean(dim=0), target, reduction=reduction)
+        flat_target = target.repeat(num_samples, *([1] * (target.dim() - 1)))  # [y, y, ..., y]: row k·N + i is y_i
+        losses = next(output.reshape(num_samples * batch, classes), flat_target, reduction=reduction)
+        if reduction == "none":
+            return losses.view(num_samples, batch, *losses.shape[1:]).mean(dim=0)
+        return losses / num_samples if reduction == "sum" else losses  # sum over samples of the mean over K
 
     @staticmethod
     def loss(logits_k: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0, average: str = "losses"):
