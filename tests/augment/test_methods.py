@@ -87,3 +87,13 @@ def test_mixing_needs_the_number_of_classes():
     ctx.update_run(num_classes=None)
     with pytest.raises(ConfigurationError, match="cutmix needs the number of classes"):
         CutMixMethod().setup(ctx)
+
+
+def test_fit_refuses_smoothing_twice_in_one_line(tiny_recipe):
+    from regimen.train import fit
+
+    recipe = dict(tiny_recipe, train=dict(tiny_recipe["train"], label_smoothing=0.1),
+                  methods=[{"name": "mixup", "label_smoothing": 0.1}])
+    with pytest.raises(ConfigurationError, match=r"^method 'mixup': label smoothing is set twice: "
+                                                 r"train.label_smoothing = 0.1 and mixup.label_smoothing = 0.1"):
+        fit(recipe)

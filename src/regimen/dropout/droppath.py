@@ -28,7 +28,7 @@ Pitfalls handled:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -143,7 +143,8 @@ def _blocks(model: nn.Module, names: Sequence[str] | None) -> list[tuple[str, nn
     return found
 
 
-def _fill_slots(blocks: list[tuple[str, nn.Module]], rates: list[float], make) -> list[DropPath]:
+def _fill_slots(blocks: list[tuple[str, nn.Module]], rates: list[float],
+                make: Callable[[float], DropPath]) -> list[DropPath]:
     for name, block in blocks:  # check every slot before changing any
         for slot in drop_path_slots(block):
             current = block._modules[slot]
@@ -163,7 +164,8 @@ def _fill_slots(blocks: list[tuple[str, nn.Module]], rates: list[float], make) -
     return layers
 
 
-def _wrap_branches(model: nn.Module, names: Sequence[str], max_rate: float, make) -> list[DropPath]:
+def _wrap_branches(model: nn.Module, names: Sequence[str], max_rate: float,
+                   make: Callable[[float], DropPath]) -> list[DropPath]:
     names = check_module_names(names, "branches")
     for name in names:
         if isinstance(locate_submodule(model, name, "branches")[2], DropPathBranch):
