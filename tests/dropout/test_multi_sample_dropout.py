@@ -1,4 +1,5 @@
 import copy
+import functools
 
 import pytest
 import torch
@@ -157,6 +158,30 @@ def test_loss_links_listed_after_it_apply_per_dropout_sample():
     by_hand = sum(F.cross_entropy(logits_k[k], y) + 0.01 * (torch.logsumexp(logits_k[k], 1) ** 2).mean()
                   for k in range(3)) / 3
     torch.testing.assert_close(loss, by_hand)
+
+
+def test_loss_links_see_every_dropout_sample_whatever_the_recipe_order():
+    torch.manual_seed(3)
+    x, y = torch.randn(4, 1, 12, 12), torch.randint(0, 10, (4,))
+    for order in ("penalty first", "a v1 criterion replaced in setup"):
+        model = small_resnet()
+        ctx = make_context(model)
+        method, penalty = MultiSampleDropoutMethod(num_samples=3, p=0.5), PerRowPenalty(0.01)
+        method.setup(ctx)
+        if order == "penalty first":
+            step = training_step([penalty, method], ctx)
+        else:  # v1 loss methods replaced ctx.criterion wholesale in setup, outside the chain
+            step = training_step([method], ctx)
+            ctx.criterion = functools.partial(penalty.criterion, next=classification_criterion(0.0), ctx=ctx)
+        state = ctx.generator.get_state()
+        loss, output = step(model, x, y)
+        assert penalty.shapes == [(12, 10)], order  # K·N rows, not (K, N, C)
+        ctx.generator.set_state(state)
+        logits_k = model(x)
+        by_hand = sum(F.cross_entropy(logits_k[k], y) + 0.01 * (torch.logsumexp(logits_k[k], 1) ** 2).mean()
+                      for k in range(3)) / 3
+        torch.testing.assert_close(loss, by_hand)
+        torch.testing.assert_close(output, logits_k.mean(0))
 
 
 def test_average_logits_option_is_cross_entropy_of_the_mean_logits():

@@ -221,3 +221,43 @@ def test_old_names_still_work_with_a_deprecation_warning():
     with pytest.raises(TypeError, match="both"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         apply_dropblock(resnet(), 0.1, 3, modules=["stages.3"], module_names=["stages.3"])
+
+
+def test_wrapped_modules_keep_their_names_for_methods_that_recorded_them_before():
+    torch.manual_seed(0)
+    model = resnet(widths=[4, 8], depths=[1, 1])
+    conv = model.stages[2].conv1
+    weight = model.get_parameter("stages.2.conv1.weight")
+    apply_dropblock(model, 0.1, 3, modules=["stages.2"])
+    apply_multi_sample_dropout(model, 2, 0.5)
+    # names recorded on the plain model still resolve through the wrappers (e.g. a tracer's, a pruner's)
+    assert model.get_submodule("stages.2.conv1") is conv
+    assert model.get_parameter("stages.2.conv1.weight") is weight
+    assert model.get_submodule("stages.3.fc") is model.stages[3].head.fc
+    replacement = nn.Conv2d(4, 8, 3, stride=2, padding=1, bias=False)
+    model.set_submodule("stages.2.conv1", replacement)  # lands in the wrapped block, not on the wrapper
+    assert model.stages[2].module.conv1 is replacement and "conv1" not in model.stages[2]._modules
+    copied = copy.deepcopy(model)
+    assert list(copied.state_dict()) == list(resnet(widths=[4, 8], depths=[1, 1]).state_dict())
+    copied.eval()
+    model.eval()
+    x = torch.randn(2, 1, 12, 12)
+    torch.testing.assert_close(copied(x), model(x))
+
+
+class Wrapper(nn.Module):
+    """Another library's wrapper around a model (nested widths, DDP): the model is its child ``model``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def test_the_head_convention_looks_into_a_wrappers_inner_model():
+    model = Wrapper(resnet(widths=[4, 8], depths=[1, 1]))
+    apply_multi_sample_dropout(model, 3, 0.5)
+    assert isinstance(model.model.stages[-1], MultiSampleDropout)
+    assert model(torch.randn(2, 1, 12, 12)).shape == (3, 2, 10)

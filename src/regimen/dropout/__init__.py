@@ -30,6 +30,7 @@ from regimen.dropout.droppath import (
 from regimen.dropout.mc import is_mc_dropout_layer, mc_dropout_mode, mc_predict
 from regimen.dropout.multisample import (
     HEAD_NAMES,
+    INNER_MODEL_NAMES,
     MultiSampleDropout,
     MultiSampleDropoutMethod,
     apply_multi_sample_dropout,
@@ -43,6 +44,7 @@ from regimen.models import BasicBlock  # noqa: F401 - target of the deprecated D
 
 __all__ = [
     "HEAD_NAMES",
+    "INNER_MODEL_NAMES",
     "ConcreteTemporalDropout",
     "DropBlock2d",
     "DropBlockMethod",

@@ -186,10 +186,15 @@ def _load_pre_hook(module: TransparentWrapper, state_dict: dict[str, Any], prefi
 
 
 class TransparentWrapper(nn.Module):
-    """Base of the modules surgery puts around an existing module: the wrapped module is the child
-    ``wrapped_name``, and the state_dict keys are those of the wrapped module alone (renamed on save and load), so a
-    checkpoint of the changed model loads into the plain model and vice versa. The wrapper's other children must
-    hold no parameters or buffers. Subclasses assign the wrapped module after ``super().__init__()``."""
+    """Base of the modules surgery puts around an existing module, invisible to names.
+
+    The wrapped module is the child ``wrapped_name``. The state_dict keys are those of the wrapped module alone
+    (renamed on save and load), so a checkpoint of the changed model loads into the plain model and vice versa; and
+    attributes the wrapper does not have itself are looked up (and assigned) on the wrapped module, so names that
+    other methods recorded before the surgery (``model.get_submodule("stages.2.conv1")``, ``get_parameter``,
+    ``set_submodule``) still resolve. The wrapper's other children must hold no parameters or buffers. Subclasses
+    assign the wrapped module after ``super().__init__()``.
+    """
 
     wrapped_name: str = "module"
 
@@ -201,6 +206,32 @@ class TransparentWrapper(nn.Module):
     @property
     def wrapped(self) -> nn.Module:
         return self._modules[self.wrapped_name]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            modules = self.__dict__.get("_modules")  # not self._modules: this may run before __init__ (deepcopy)
+            wrapped = modules.get(type(self).wrapped_name) if modules is not None else None
+            if wrapped is None or name.startswith("__"):
+                raise
+            return getattr(wrapped, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        modules = self.__dict__.get("_modules")
+        wrapped = modules.get(type(self).wrapped_name) if modules is not None else None
+        if wrapped is not None and not self._owns(name) and _has_member(wrapped, name):
+            setattr(wrapped, name, value)  # e.g. set_submodule("stages.2.conv1", ...) replacing a wrapped child
+            return
+        super().__setattr__(name, value)
+
+    def _owns(self, name: str) -> bool:
+        return (name in self.__dict__ or name in self._modules or name in self._parameters or name in self._buffers
+                or hasattr(type(self), name))
+
+
+def _has_member(module: nn.Module, name: str) -> bool:
+    return name in module._modules or name in module._parameters or name in module._buffers
 
 
 def locate_submodule(model: nn.Module, name: str, argument: str) -> tuple[nn.Module, str, nn.Module]:

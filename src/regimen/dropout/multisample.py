@@ -54,6 +54,7 @@ from regimen.method import Context, Method, register_method
 
 __all__ = [
     "HEAD_NAMES",
+    "INNER_MODEL_NAMES",
     "MultiSampleDropout",
     "MultiSampleDropoutMethod",
     "apply_multi_sample_dropout",
@@ -223,26 +224,42 @@ class MultiSampleDropout(TransparentWrapper):
 
 #: Children that :func:`default_head` takes for the classifier head, in this order, when there is no ``stages`` list.
 HEAD_NAMES = ("head", "fc", "classifier")
+#: Children of a wrapper (nested widths, DDP) whose inner model :func:`default_head` searches when the wrapper itself
+#: has no head.
+INNER_MODEL_NAMES = ("model", "module")
 
 
-def default_head(model: nn.Module) -> str:
-    """Dotted name of the classifier head by convention: ``stages.<last>`` when the model has a non-empty ``stages``
-    ModuleList, else the first of its children named ``head``, ``fc``, ``classifier``.
-
-    Raises:
-        ConfigurationError: none of them exists.
-    """
+def _find_head(model: nn.Module) -> str | None:
     stages = model._modules.get("stages")
     if isinstance(stages, nn.ModuleList) and len(stages) > 0:
         return f"stages.{len(stages) - 1}"
     for name in HEAD_NAMES:
         if model._modules.get(name) is not None:
             return name
-    raise ConfigurationError(
-        "multi_sample_dropout needs the classifier head: pass module='<dotted name>' (e.g. module='fc'), or give "
-        f"the model a `stages` ModuleList ending in the head or a child named head, fc or classifier; "
-        f"{type(model).__name__} has none of them"
-    )
+    for name in INNER_MODEL_NAMES:
+        inner = model._modules.get(name)
+        found = _find_head(inner) if inner is not None else None
+        if found is not None:
+            return f"{name}.{found}"
+    return None
+
+
+def default_head(model: nn.Module) -> str:
+    """Dotted name of the classifier head by convention: ``stages.<last>`` when the model has a non-empty ``stages``
+    ModuleList, else the first of its children named ``head``, ``fc``, ``classifier``; a wrapper without either is
+    searched through its child ``model`` or ``module`` (the inner model).
+
+    Raises:
+        ConfigurationError: none of them exists.
+    """
+    found = _find_head(model)
+    if found is None:
+        raise ConfigurationError(
+            "multi_sample_dropout needs the classifier head: pass module='<dotted name>' (e.g. module='fc'), or give "
+            f"the model a `stages` ModuleList ending in the head or a child named head, fc or classifier; "
+            f"{type(model).__name__} has none of them"
+        )
+    return found
 
 
 @renamed_arguments(module_name="module")
@@ -281,6 +298,11 @@ def apply_multi_sample_dropout(
     return model
 
 
+def _repeat_rows(target: torch.Tensor, times: int) -> torch.Tensor:
+    """``[t, t, ..., t]`` along the rows: row ``k N + i`` is ``t[i]``, matching a (K, N, C) -> (K N, C) reshape."""
+    return target.repeat(times, *([1] * (target.dim() - 1)))
+
+
 @register_method
 class MultiSampleDropoutMethod(Method):
     """Multi-sample dropout on the head (Inoue 2019): K dropout samples, mean of the K losses.
@@ -291,12 +313,13 @@ class MultiSampleDropoutMethod(Method):
         average: ``"losses"`` (the paper: mean of K cross-entropies) or ``"logits"`` (CE of the mean logits).
         module: dotted name of the head to wrap; default by convention (:func:`default_head`).
 
-    In training the wrapped model returns (K, N, C). The ``criterion`` link flattens it to K·N rows and repeats the
-    targets K times before calling the next link (the task's loss with its label smoothing and soft targets, and any
-    loss method listed after this one, so they apply per dropout sample); ``reduction="none"`` gives each sample's
-    mean over K, ``"sum"`` their sum. With the task's cross-entropy this equals
-    :func:`regimen.losses.multi_sample_cross_entropy`. The ``forward_loss`` link returns the mean over K of the
-    logits as the output for the training metrics.
+    In training the wrapped model returns (K, N, C). The ``forward_loss`` link hands the inner links a model whose
+    output is flattened to K·N rows and targets repeated K times, so every loss after it (the task's loss with its
+    label smoothing and soft targets, logit z-loss, aug_subset's weights ...) applies per dropout sample, whatever
+    the recipe order; it returns the mean over K of the logits as the output (for the training metrics and for
+    methods wrapping it, such as nested widths). The ``criterion`` link does the same flattening for a (K, N, C)
+    output handed to ``ctx.criterion`` directly; ``reduction="none"`` gives each sample's mean over K, ``"sum"``
+    their sum. With the task's cross-entropy the loss equals :func:`regimen.losses.multi_sample_cross_entropy`.
     """
 
     name = "multi_sample_dropout"
@@ -323,9 +346,20 @@ class MultiSampleDropoutMethod(Method):
         )
 
     def forward_loss(self, model: Callable, x: Any, y: Any, next: Callable, ctx: Context):
-        loss, output = next(model, x, y)
-        if isinstance(output, torch.Tensor) and output.dim() == 3:
-            output = output.detach().mean(dim=0)  # (K, N, C) -> (N, C) for the training metrics
+        num_samples = self.num_samples
+        logits_mean = self.average == "logits"
+
+        def flat_model(*args: Any, **kwargs: Any) -> torch.Tensor:  # keyword options too (nested widths' width=)
+            output = model(*args, **kwargs)
+            if not (isinstance(output, torch.Tensor) and output.dim() == 3 and output.shape[0] == num_samples):
+                raise RuntimeError(f"multi_sample_dropout expected ({num_samples}, N, C) logits from the model in "
+                                   f"training, got {tuple(getattr(output, 'shape', ()))}")
+            return output.mean(dim=0) if logits_mean else output.reshape(-1, output.shape[-1])
+
+        target = y if logits_mean else _repeat_rows(y, num_samples)
+        loss, output = next(flat_model, x, target)
+        if not logits_mean:
+            output = output.view(num_samples, -1, output.shape[-1]).mean(dim=0)  # (N, C)
         return loss, output
 
     def criterion(self, output: Any, target: Any, next: Callable, ctx: Context, reduction: str = "mean"):
@@ -337,8 +371,8 @@ class MultiSampleDropoutMethod(Method):
                              f"{tuple(output.shape)} (K, N, C)")
         if self.average == "logits":
             return next(output.mean(dim=0), target, reduction=reduction)
-        flat_target = target.repeat(num_samples, *([1] * (target.dim() - 1)))  # [y, y, ..., y]: row k·N + i is y_i
-        losses = next(output.reshape(num_samples * batch, classes), flat_target, reduction=reduction)
+        losses = next(output.reshape(num_samples * batch, classes), _repeat_rows(target, num_samples),
+                      reduction=reduction)
         if reduction == "none":
             return losses.view(num_samples, batch, *losses.shape[1:]).mean(dim=0)
         return losses / num_samples if reduction == "sum" else losses  # sum over samples of the mean over K
