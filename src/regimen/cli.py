@@ -35,15 +35,13 @@ errors:   exit status 1 and a one-line message; an internal error (a bug) says
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    """regimen's own errors (RecipeError, DataError, CheckpointError, ConfigurationError ... all derive from
+    RegimenError) and pydantic's validation errors."""
     from pydantic import ValidationError
 
-    from regimen.data import DataError
     from regimen.errors import RegimenError
-    from regimen.method import MethodConflictError
-    from regimen.train import CheckpointError, RecipeError
 
-    # RecipeError, DataError, CheckpointError and MethodConflictError are listed until they derive from RegimenError.
-    return (RegimenError, RecipeError, DataError, CheckpointError, MethodConflictError, ValidationError)
+    return (RegimenError, ValidationError)
 
 
 def _named_paths(args: argparse.Namespace) -> list[Path]:

@@ -61,6 +61,17 @@ def test_regimen_errors_are_user_errors(capsys, monkeypatch, error):
     assert code == 1 and err == "regimen report: error: bad input\n"
 
 
+def test_the_library_error_types_are_regimen_errors():
+    """The command line reports these in one line because they derive from RegimenError."""
+    from regimen.data import DataError
+    from regimen.method import MethodConflictError
+    from regimen.tasks import UnknownTaskError
+    from regimen.train import CheckpointError, RecipeError
+
+    for kind in (RecipeError, DataError, CheckpointError, MethodConflictError, UnknownTaskError, ConfigurationError):
+        assert issubclass(kind, RegimenError), kind
+
+
 def test_pydantic_validation_errors_are_user_errors(capsys, monkeypatch):
     from pydantic import BaseModel, ValidationError
 
