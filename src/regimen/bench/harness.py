@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from regimen.bench.report import write_report
+from regimen.recipes import find_recipe
 from regimen.train.recipe import apply_overrides, parse_recipe, read_recipe_file
 
 __all__ = ["run_bench"]
@@ -50,7 +51,7 @@ def run_bench(
     overrides = list(overrides or [])
     if target is not None:
         overrides.append(f"train.target_accuracy={target}")
-    paths = [Path(p) for p in recipes]
+    paths = [find_recipe(p) for p in recipes]  # names of shipped recipes become files the subprocess can read
     parsed = [parse_recipe(apply_overrides(read_recipe_file(p), overrides)) for p in paths]  # fail before running
     names = _unique_names([r.name for r in parsed])
     out = Path(out)
