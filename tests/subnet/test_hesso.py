@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from regimen.method import Context, get_method
 from regimen.models import MLP, resnet
-from regimen.subnet import HESSO, group_scores, hesso_factor
+from regimen.subnet import HESSOPruner, group_scores, hesso_factor
 from tests.subnet.archs import DenseNet, randomize_norms
 
 
@@ -52,7 +52,7 @@ def test_selected_units_are_exactly_zero_and_removal_is_lossless():
     torch.manual_seed(0)
     model, x = DenseNet(), torch.randn(2, 1, 8, 8)
     randomize_norms(model)
-    pruner = HESSO(model, x, ratio=0.4, warmup_steps=2, period_steps=3, periods=2)
+    pruner = HESSOPruner(model, x, ratio=0.4, warmup_steps=2, period_steps=3, periods=2)
     _train(model, pruner, pruner.total_steps + 2)
     total = sum(g.size for g in pruner.groups)
     assert sum(len(u) for u in pruner.zeroed.values()) == int(0.4 * total)
@@ -73,7 +73,7 @@ def test_decay_follows_the_schedule_when_nothing_else_moves_the_weights():
     torch.manual_seed(0)
     model, x = MLP(in_features=12, hidden=(8,)), torch.randn(2, 12)  # a single group: fc1 rows, head columns
     period = 4
-    pruner = HESSO(model, x, ratio=0.5, warmup_steps=1, period_steps=period, periods=1, scope="uniform")
+    pruner = HESSOPruner(model, x, ratio=0.5, warmup_steps=1, period_steps=period, periods=1, scope="uniform")
     (group,) = pruner.groups
     original = copy.deepcopy(model)
     pruner.step()  # warm-up: nothing happens
@@ -91,7 +91,7 @@ def test_decay_follows_the_schedule_when_nothing_else_moves_the_weights():
 def test_first_period_selects_the_lowest_importance_units():
     torch.manual_seed(0)
     model, x = resnet(), torch.randn(2, 1, 16, 16)
-    pruner = HESSO(model, x, ratio=0.5, period_steps=2, scope="uniform")
+    pruner = HESSOPruner(model, x, ratio=0.5, period_steps=2, scope="uniform")
     pruner.step()
     for i, group in enumerate(pruner.groups):
         scores = group_scores(model, group, "l2")  # after one step of scaling the order is unchanged
@@ -102,11 +102,11 @@ def test_first_period_selects_the_lowest_importance_units():
 def test_resume_from_state_dict_is_bitwise():
     torch.manual_seed(0)
     twin, x = DenseNet(), torch.randn(2, 1, 8, 8)
-    first = HESSO(twin, x, ratio=0.3, warmup_steps=1, period_steps=3, periods=2)
+    first = HESSOPruner(twin, x, ratio=0.3, warmup_steps=1, period_steps=3, periods=2)
     _train(twin, first, 4)
     state = copy.deepcopy(first.state_dict())
     resumed_model = copy.deepcopy(twin)
-    resumed = HESSO(resumed_model, x, ratio=0.3, warmup_steps=1, period_steps=3, periods=2)
+    resumed = HESSOPruner(resumed_model, x, ratio=0.3, warmup_steps=1, period_steps=3, periods=2)
     resumed.load_state_dict(state)
     _train(resumed_model, resumed, 4, seed=1)
     _train(twin, first, 4, seed=1)
@@ -145,6 +145,6 @@ def test_hesso_method_prunes_at_the_end_of_training():
                                     {"ignore": ["nope"]}, {"scope": "layer"}])
 def test_bad_arguments_are_clear_errors(kwargs):
     with pytest.raises(ValueError):
-        HESSO(resnet(), torch.randn(2, 1, 16, 16), **kwargs)
+        HESSOPruner(resnet(), torch.randn(2, 1, 16, 16), **kwargs)
     with pytest.raises(ValueError):
         get_method("hesso")(start=0.5, end=0.4)

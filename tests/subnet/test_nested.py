@@ -62,7 +62,7 @@ def test_extract_equals_the_nested_model_at_every_width(arch):
 def test_mlp_width_is_the_channel_prefix_computed_by_hand():
     torch.manual_seed(0)
     model = MLP(in_features=12, num_classes=5, hidden=(8, 6))
-    nested = NestedWidth(model, torch.randn(2, 12), widths=(0.5, 1.0), sort_by=None).eval()
+    nested = NestedWidth(model, torch.randn(2, 12), widths=(0.5, 1.0), sort_by="none").eval()
     x = torch.randn(4, 12)
     l1, l2, fc = model.stages[0][1], model.stages[1][0], model.stages[2].fc
     h = F.relu(F.linear(x, l1.weight[:4], l1.bias[:4]))
@@ -102,7 +102,7 @@ def test_each_width_keeps_its_own_bn_statistics():
 def test_recalibrated_statistics_equal_a_cumulative_average_by_hand():
     torch.manual_seed(0)
     model = resnet(widths=(8, 16), depths=(1, 1))
-    nested = NestedWidth(model, torch.randn(1, 1, 28, 28), widths=(0.5, 1.0), sort_by=None)
+    nested = NestedWidth(model, torch.randn(1, 1, 28, 28), widths=(0.5, 1.0), sort_by="none")
     batches = [torch.randn(6, 1, 28, 28) + i for i in range(3)]
     nested.recalibrate_bn(batches, widths=[0.5])
     # by hand: the stem's BN sees conv outputs of the first 4 filters; cumulative average of the batch means
@@ -116,7 +116,7 @@ def test_recalibrated_statistics_equal_a_cumulative_average_by_hand():
 def test_small_width_gradients_reach_only_the_kept_channels():
     torch.manual_seed(0)
     model = MLP(in_features=12, num_classes=5, hidden=(8,))
-    nested = NestedWidth(model, torch.randn(2, 12), widths=(0.25, 1.0), sort_by=None)
+    nested = NestedWidth(model, torch.randn(2, 12), widths=(0.25, 1.0), sort_by="none")
     nested(torch.randn(4, 12), width=0.25).sum().backward()
     grad = model.stages[0][1].weight.grad
     assert grad[:2].abs().sum() > 0 and torch.all(grad[2:] == 0)

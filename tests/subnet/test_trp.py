@@ -11,7 +11,7 @@ from torch import nn
 
 from regimen.method import Context, get_method
 from regimen.models import resnet
-from regimen.subnet import LowRankConv2d, LowRankLinear, factorize, load_pruned, save_pruned, truncate_weight
+from regimen.subnet import FactorizedConv2d, FactorizedLinear, factorize, load_pruned, save_pruned, truncate_weight
 from regimen.subnet.lowrank import conv_to_matrix, energy_rank, matrix_to_conv, nuclear_subgradient
 
 
@@ -47,11 +47,11 @@ def test_factorised_conv_computes_the_truncated_conv():
     approx, rank = truncate_weight(conv.weight, 0.9)
     with torch.no_grad():
         conv.weight.copy_(approx)
-    layer = LowRankConv2d.from_conv(conv, rank)
+    layer = FactorizedConv2d.from_conv(conv, rank)
     x = torch.randn(2, 6, 11, 13)
     torch.testing.assert_close(layer(x), conv(x), rtol=1e-4, atol=1e-5)
     linear = nn.Linear(12, 7)
-    low = LowRankLinear.from_linear(linear, 7)
+    low = FactorizedLinear.from_linear(linear, 7)
     x2 = torch.randn(3, 12)
     torch.testing.assert_close(low(x2), linear(x2), rtol=1e-4, atol=1e-5)
 
@@ -67,7 +67,7 @@ def test_factorize_replaces_only_layers_below_the_break_even_rank():
     params = sum(p.numel() for p in model.parameters())
     replaced = factorize(model, energy=0.99)
     assert replaced == {"0": 1}
-    assert isinstance(model[0], LowRankConv2d) and isinstance(model[2], nn.Conv2d)
+    assert isinstance(model[0], FactorizedConv2d) and isinstance(model[2], nn.Conv2d)
     assert sum(p.numel() for p in model.parameters()) < params
     torch.testing.assert_close(model(x), out, rtol=1e-4, atol=1e-5)
 

@@ -1,6 +1,6 @@
 """Nested widths: one network whose channel prefixes are smaller networks (SortedNet / slimmable networks).
 
-Every dependency group of coupled channels (``graph.dependency_groups``) is ordered so that width ``w`` keeps the
+Every dependency group of coupled channels (``dependency_groups``) is ordered so that width ``w`` keeps the
 first ``⌈w · n⌉`` units of each group. One training run then yields a model per width: each step trains the *sandwich*
 of widths (the largest, the smallest and ``n_random`` random ones from the list), the largest with the task loss and
 the others by *in-place distillation* from the largest width's detached output. BatchNorm keeps separate running
@@ -40,6 +40,7 @@ Pitfalls handled:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
@@ -52,18 +53,22 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from regimen.losses import soft_target_cross_entropy
 from regimen.method import Context, Method, register_method
 from regimen.models import copy_module
-from regimen.subnet.graph import Group, dependency_groups
-from regimen.subnet.importance import group_scores
+from regimen.subnet.dependency import Group, dependency_groups
+from regimen.subnet.importance import IMPORTANCES, group_scores
 from regimen.subnet.prune import prune_groups
 
 __all__ = [
     "NestedWidth",
     "NestedWidthMethod",
+    "SORT_BY",
     "check_widths",
     "inplace_distillation_loss",
     "sandwich_widths",
     "units_at_width",
 ]
+
+#: How ``NestedWidth`` orders each group's units before training: an importance, or ``"none"`` (keep the order).
+SORT_BY = (*IMPORTANCES, "none")
 
 _SLICEABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, _BatchNorm)
 
@@ -140,7 +145,8 @@ class NestedWidth(nn.Module):
         example_inputs: inputs that run ``model`` once (traced for the dependency groups).
         widths: the trained widths, sorted, unique, in (0, 1].
         sort_by: importance used to order each group's units before training (``"l2"``, ``"l1"``, ``"bn_scale"``,
-            ``"taylor"``) or ``None`` to keep the current order.
+            ``"taylor"``) or ``"none"`` to keep the current order (``None`` is accepted for ``"none"`` but
+            deprecated).
         groups: dependency groups of ``model`` (default: traced from ``example_inputs``).
     """
 
@@ -156,8 +162,12 @@ class NestedWidth(nn.Module):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         self.widths = check_widths(widths)
-        if sort_by is not None and sort_by not in ("l1", "l2", "bn_scale", "taylor"):
-            raise ValueError(f"sort_by must be 'l1', 'l2', 'bn_scale', 'taylor' or None, got {sort_by!r}")
+        if sort_by is None:
+            warnings.warn("NestedWidth: sort_by=None is deprecated; use sort_by='none'", DeprecationWarning,
+                          stacklevel=2)
+            sort_by = "none"
+        if sort_by not in SORT_BY:
+            raise ValueError(f"sort_by must be one of {SORT_BY}, got {sort_by!r}")
         self.model = model
         all_groups = list(groups) if groups is not None else dependency_groups(model, example_inputs)
         self.groups: list[Group] = []
@@ -166,7 +176,7 @@ class NestedWidth(nn.Module):
             (self.groups if self._sliceable(group) else self.fixed).append(group)
         if not self.groups:
             raise ValueError("the model has no channel group that nested widths can slice")
-        if sort_by is not None:
+        if sort_by != "none":
             self.sort_channels(sort_by)
         self.active_width = self.widths[-1]
         self._bn_names = sorted({s.module for g in self.groups for s in g.slices
@@ -258,6 +268,12 @@ class NestedWidth(nn.Module):
                 tensor.index_copy_(s.dim, destination, tensor.index_select(s.dim, source))
 
     # ------------------------------------------------------------------------------------------------------ forward
+    def _param_or_buffer(self, name: str) -> torch.Tensor:
+        try:
+            return self.model.get_parameter(name)
+        except AttributeError:  # not a parameter: a buffer (e.g. running statistics of a norm without its own)
+            return self.model.get_buffer(name)
+
     def _check_width(self, width: float | None) -> float:
         width = self.active_width if width is None else float(width)
         if width not in self.widths:
@@ -277,7 +293,7 @@ class NestedWidth(nn.Module):
         for name, cuts in plan.items():
             if name.rpartition(".")[0] in self._bn_names and name.endswith(("running_mean", "running_var")):
                 continue  # per-width statistics below
-            tensor = self.model.get_parameter(name) if _is_param(self.model, name) else self.model.get_buffer(name)
+            tensor = self._param_or_buffer(name)
             for dim, kept in cuts:
                 if int(kept[-1]) + 1 == kept.numel():  # a prefix: a view, no copy
                     tensor = tensor.narrow(dim, 0, kept.numel())
@@ -348,12 +364,6 @@ class NestedWidth(nn.Module):
         self.train(was_training)
 
 
-def _is_param(model: nn.Module, name: str) -> bool:
-    module_name, _, attr = name.rpartition(".")
-    module = model.get_submodule(module_name) if module_name else model
-    return attr in module._parameters
-
-
 # --------------------------------------------------------------------------------------------------------------- method
 @register_method
 class NestedWidthMethod(Method):
@@ -361,8 +371,8 @@ class NestedWidthMethod(Method):
 
     Args:
         widths: trained widths, sorted, unique, in (0, 1].
-        sort_by: importance to sort each group's channels by at setup (``"l1"``, ``"l2"``, ``"bn_scale"``) or
-            ``"none"``.
+        sort_by: importance to sort each group's channels by at setup (``"l1"``, ``"l2"``, ``"bn_scale"``,
+            ``"taylor"``) or ``"none"``.
         n_random: random in-between widths per step (besides the largest and the smallest).
         distill: train the smaller widths on the largest width's detached soft predictions (else on the labels).
         temperature: distillation temperature.
@@ -382,7 +392,7 @@ class NestedWidthMethod(Method):
     def __init__(
         self,
         widths: list[float] | None = None,
-        sort_by: Literal["l1", "l2", "bn_scale", "none"] = "l2",
+        sort_by: Literal["l1", "l2", "bn_scale", "taylor", "none"] = "l2",
         n_random: int = 2,
         distill: bool = True,
         temperature: float = 1.0,
@@ -390,8 +400,8 @@ class NestedWidthMethod(Method):
         recalibrate_batches: int = 0,
     ) -> None:
         self.widths = check_widths(widths if widths is not None else (0.25, 0.5, 0.75, 1.0))
-        if sort_by not in ("l1", "l2", "bn_scale", "none"):
-            raise ValueError(f"sort_by must be 'l1', 'l2', 'bn_scale' or 'none', got {sort_by!r}")
+        if sort_by not in SORT_BY:
+            raise ValueError(f"sort_by must be one of {SORT_BY}, got {sort_by!r}")
         if n_random < 0:
             raise ValueError(f"n_random must be >= 0, got {n_random}")
         if temperature <= 0:
@@ -414,8 +424,7 @@ class NestedWidthMethod(Method):
     def setup(self, ctx: Context) -> None:
         if ctx.train_data is None:
             raise ValueError("nested_width needs ctx.train_data to trace the model's channel groups")
-        sort_by = None if self.sort_by == "none" else self.sort_by
-        self.nested = NestedWidth(ctx.model, self._example(ctx), self.widths, sort_by=sort_by)
+        self.nested = NestedWidth(ctx.model, self._example(ctx), self.widths, sort_by=self.sort_by)
         self.nested.set_width(self.eval_width or self.widths[-1])
         ctx.model = self.nested
 
