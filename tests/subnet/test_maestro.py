@@ -256,3 +256,40 @@ def test_maestro_recipe_trains_through_fit_and_resumes_bitwise(tmp_path):
     resumed = fit(recipe, out_dir=tmp_path / "run", resume=tmp_path / "run" / "checkpoint.pt")
     for key, value in reference.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_fresh_layer_is_the_svd_of_the_dense_layers_initialisation(dtype):
+    torch.manual_seed(3)
+    dense = nn.Linear(7, 5, dtype=dtype)
+    torch.manual_seed(3)
+    low = OrderedLowRankLinear(7, 5, dtype=dtype)
+    assert low.u.dtype == dtype and int(low.active_rank) == low.max_rank == 5 and low.sample_rank is None
+    torch.testing.assert_close(low.u @ low.v, dense.weight.detach())
+    torch.testing.assert_close(low.bias, dense.bias)
+    torch.manual_seed(3)
+    conv = nn.Conv2d(3, 4, (3, 2), padding=1, dtype=dtype)
+    torch.manual_seed(3)
+    low_conv = OrderedLowRankConv2d(3, 4, (3, 2), padding=1, dtype=dtype)
+    torch.testing.assert_close(low_conv.to_dense().weight, conv.weight.detach())
+    torch.testing.assert_close(low_conv.bias, conv.bias)
+
+
+def test_converted_and_truncated_layers_start_with_every_stored_component_active():
+    conv = nn.Conv2d(3, 6, 3, dtype=torch.float64)
+    low = OrderedLowRankConv2d.from_conv(conv, rank=4)
+    assert int(low.active_rank) == low.max_rank == 4 and low.u.dtype == torch.float64
+    low.set_active_rank(2)
+    small = low.truncate()
+    assert int(small.active_rank) == small.max_rank == 2 and small.bias is not low.bias
+
+
+def test_method_truncates_the_layers_at_the_end_by_default():
+    torch.manual_seed(0)
+    model = MLP(6, 3, hidden=(5,))
+    method = MaestroMethod()
+    ctx = _ctx(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    method.setup(ctx)
+    method._layers[0].set_active_rank(2)
+    method.on_train_end(ctx)
+    assert [layer.max_rank for _, layer in low_rank_layers(model)] == [2, 3]

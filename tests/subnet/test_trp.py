@@ -132,3 +132,23 @@ def test_mac_rule_skips_strided_convs_whose_factorisation_costs_more_macs():
     assert factorize(by_macs, energy=1 - 1e-10, rule="macs") == {}
     with pytest.raises(ValueError, match="rule"):
         factorize(by_macs, rule="flops")
+
+
+def test_factorize_rebinds_the_optimizer_and_keeps_the_bias_and_its_state():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1))
+    with torch.no_grad():  # rank 1: below the break-even rank, so it is factorised
+        model[0].weight.copy_(matrix_to_conv(torch.randn(24, 1) @ torch.randn(1, 24), model[0].weight.shape))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x = torch.randn(2, 8, 6, 6)
+    model(x).square().mean().backward()
+    optimizer.step()
+    old_weight, bias = model[0].weight, model[0].bias
+    momentum = optimizer.state[bias]["momentum_buffer"].clone()
+    assert factorize(model, energy=0.99, optimizer=optimizer) == {"0": 1}
+    layer = model[0]
+    assert isinstance(layer, FactorizedConv2d) and layer.second.bias is bias
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    assert {id(p) for p in params} == {id(p) for p in model.parameters()} and old_weight not in optimizer.state
+    assert torch.equal(optimizer.state[bias]["momentum_buffer"], momentum)
+    assert layer.first.weight not in optimizer.state and layer.second.weight not in optimizer.state

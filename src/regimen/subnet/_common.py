@@ -45,13 +45,14 @@ def normalize_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, An
     )
 
 
-def run_model(model: nn.Module, example_inputs: Any) -> Any:
-    """``model(*args, **kwargs)`` on ``example_inputs``; any failure becomes a ``ValueError`` saying they do not fit."""
+def run_model(model: nn.Module, example_inputs: Any, failure: str = "example_inputs do not run the model") -> Any:
+    """``model(*args, **kwargs)`` on ``example_inputs``; any failure becomes a ``ValueError`` starting with
+    ``failure`` and naming the original error."""
     args, kwargs = normalize_inputs(example_inputs)
     try:
         return model(*args, **kwargs)
     except Exception as error:  # noqa: BLE001 - any failure means the inputs do not fit the model
-        raise ValueError(f"example_inputs do not run the model: {type(error).__name__}: {error}") from error
+        raise ValueError(f"{failure}: {type(error).__name__}: {error}") from error
 
 
 @contextlib.contextmanager

@@ -97,7 +97,7 @@ def prune_groups(model: nn.Module, plan: Mapping[Group, torch.Tensor | Sequence[
                 log.set_submodule(model, name, to_pruned_attention(module, infos[name]["head_dim"]))
         if example_inputs is not None:
             with evaluating(model):
-                run_model(model, example_inputs)
+                run_model(model, example_inputs, "the pruned model does not run on example_inputs (surgery undone)")
     except Exception:
         log.undo()
         raise
