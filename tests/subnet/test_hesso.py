@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from regimen.data import ArrayDataset
 from regimen.method import Context, get_method
 from regimen.models import MLP, resnet
 from regimen.subnet import HESSOPruner, group_scores, hesso_factor
@@ -120,11 +120,12 @@ def test_hesso_method_prunes_at_the_end_of_training():
     model = resnet()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     images = (torch.rand(8, 1, 28, 28) * 255).to(torch.uint8)
-    ctx = Context(model=model, optimizer=optimizer, criterion=F.cross_entropy, num_classes=10, per_device_batch=4,
-                  epochs=2, train_data=SimpleNamespace(images=images))
+    data = ArrayDataset(images, torch.arange(8) % 10, 10)
+    ctx = Context(model, optimizer, F.cross_entropy, num_classes=10, per_device_batch=4, epochs=2, steps_per_epoch=5,
+                  train_data=data)
     method = get_method("hesso")(ratio=0.5, start=0.2, end=0.8, periods=2)
     method.setup(ctx)
-    ctx.steps_per_epoch = 5  # the trainer only knows it once the first epoch starts
+    assert ctx.log["hesso/groups"] == len(method.pruner.groups) > 0
     for step in range(10):
         x = images[:4].float() / 255
         optimizer.zero_grad()
@@ -137,7 +138,8 @@ def test_hesso_method_prunes_at_the_end_of_training():
     params = sum(p.numel() for p in model.parameters())
     method.on_train_end(ctx)
     assert sum(p.numel() for p in model.parameters()) < params
-    assert 0 < ctx.log["hesso_param_ratio"] < 1
+    assert 0 < ctx.log["hesso/param_ratio"] < 1
+    assert ctx.log["hesso/zeroed_fraction"] == pytest.approx(0.5, abs=0.05)
     assert model(images[:2].float() / 255).shape == (2, 10)
 
 

@@ -161,7 +161,7 @@ def test_method_single_layer_sampler_is_seeded_and_touches_one_layer():
         ctx = _ctx(model, None, seed)
         out = []
         for _ in range(5):
-            method.transform_batch(torch.zeros(1), torch.zeros(1), ctx)
+            method.before_forward(torch.zeros(1), torch.zeros(1), ctx)
             out.append(tuple(layer.sample_rank for layer in method._layers))
         return out
 
@@ -204,7 +204,7 @@ def test_method_shrinking_keeps_a_prefix_above_threshold():
         layer.v[3:] = 0.0
     method.on_epoch_end(ctx)
     assert int(layer.active_rank) == 3
-    assert 0 < ctx.log["maestro_rank_fraction"] < 1
+    assert 0 < ctx.log["maestro/rank_fraction"] < 1
 
 
 def test_bad_input_is_rejected_with_clear_errors():

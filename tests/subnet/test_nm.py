@@ -98,7 +98,7 @@ def test_nm_sparsity_method_sets_up_and_exports():
                   num_classes=10, per_device_batch=4)
     method = get_method("nm_sparsity")(n=2, m=4)
     method.setup(ctx)
-    assert ctx.log["nm_layers"] == 2.0
+    assert ctx.log["nm_sparsity/layers"] == 2.0
     assert isinstance(model.stages[0][1].parametrizations.weight[0], NMSparsity)
     method.on_train_end(ctx)
     assert "stages.0.1.weight" in model.state_dict()

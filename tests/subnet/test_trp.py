@@ -92,14 +92,14 @@ def test_trp_method_truncates_periodically_and_factorises_at_the_end(tmp_path):
         method.after_backward(ctx)
         optimizer.step()
         method.after_step(ctx)
-    assert method.ranks and "trp_rank_ratio" in ctx.log
+    assert method.ranks and "trp/rank_ratio" in ctx.log
     weight = model.stages[1].conv1.weight
     rank = torch.linalg.matrix_rank(conv_to_matrix(weight.detach()).double(), rtol=1e-6)
     assert rank == method.ranks["stages.1.conv1"]
     model.eval()
     out = model(x)
     method.on_train_end(ctx)
-    assert ctx.log["trp_layers_factorized"] >= 1 and ctx.log["trp_param_ratio"] < 1
+    assert ctx.log["trp/layers_factorized"] >= 1 and ctx.log["trp/param_ratio"] < 1
     torch.testing.assert_close(model(x), out, rtol=1e-3, atol=1e-4)
     save_pruned(model, tmp_path / "trp.pt")
     loaded = load_pruned(tmp_path / "trp.pt").eval()

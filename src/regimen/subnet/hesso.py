@@ -28,9 +28,10 @@ import torch
 from torch import nn
 
 from regimen._compat import deprecated_aliases
+from regimen.errors import ConfigurationError
 from regimen.method import Context, Method, register_method
 from regimen.subnet._common import check_ignore, check_ratio, check_scope, is_ignored
-from regimen.subnet.dependency import Group, scale_units, trace_dependencies
+from regimen.subnet.dependency import Group, UntraceableError, scale_units, trace_dependencies
 from regimen.subnet.importance import IMPORTANCES, Importance, check_importance, normalized_scores
 from regimen.subnet.measure import PruneReport, count_params, layer_widths
 from regimen.subnet.prune import prune_groups
@@ -177,16 +178,6 @@ class HESSOPruner:
         self.zeroed = {int(k): list(v) for k, v in state["zeroed"].items()}
 
 
-def _example_from_context(ctx: Context) -> torch.Tensor:
-    data = ctx.train_data
-    images = getattr(data, "images", None)
-    if images is None:
-        raise ValueError("hesso needs ctx.train_data with .images to trace the model")
-    x = torch.as_tensor(images[:2])
-    x = x.float() / 255.0 if not x.is_floating_point() else x.float()
-    return ctx.normalize(x)
-
-
 @register_method
 class HESSOMethod(Method):
     """HESSO: progressively zero the least important channels during training, then remove them losslessly.
@@ -233,34 +224,46 @@ class HESSOMethod(Method):
 
     def setup(self, ctx: Context) -> None:
         self._model = ctx.model
-        # the schedule is set at the first step, when ctx.steps_per_epoch is known (placeholder values until then)
-        self.pruner = HESSOPruner(ctx.model, _example_from_context(ctx), self.ratio, self.importance, 0, 1,
-                            self.periods, self.scope, self.ignore)
+        example, _ = ctx.example_batch()
+        # the schedule is set at the first step, from the run's epochs and steps then (placeholder values until then)
+        try:
+            self.pruner = HESSOPruner(ctx.model, example, self.ratio, self.importance, 0, 1, self.periods, self.scope,
+                                      self.ignore)
+        except UntraceableError as error:
+            raise ConfigurationError(
+                f"hesso traces the model's channel dependencies to prune them and cannot trace this model: {error}. "
+                "Use nn modules (Conv, Linear, BatchNorm, MultiheadAttention) for layers with weights, or list "
+                "hesso before methods that rewrite layers") from error
+        if not self.pruner.groups:
+            raise ConfigurationError("hesso found no channel group it can remove without changing the function (a "
+                                     "model with convolution or linear layers outside ignore is needed)")
+        self.log(ctx, "groups", len(self.pruner.groups))
         self._scheduled = False
         if self._pending_state is not None:
             self.pruner.load_state_dict(self._pending_state)
             self._pending_state = None
 
     def _schedule(self, ctx: Context) -> None:
-        total = max(1, ctx.epochs * ctx.steps_per_epoch)
+        total = max(1, ctx.run.epochs * ctx.run.steps_per_epoch)
         self.pruner.warmup_steps = int(self.start * total)
         self.pruner.period_steps = max(1, int((self.end - self.start) * total / self.periods))
         self._scheduled = True
-        ctx.log["hesso_period_steps"] = float(self.pruner.period_steps)
+        self.log(ctx, "period_steps", self.pruner.period_steps)
 
     def after_step(self, ctx: Context) -> None:
         if self.pruner is not None:
             if not self._scheduled:
                 self._schedule(ctx)
             self.pruner.step()
-            ctx.log["hesso_zeroed"] = float(sum(len(u) for u in self.pruner.zeroed.values()))
+            zeroed = sum(len(u) for u in self.pruner.zeroed.values())
+            self.log(ctx, "zeroed_fraction", zeroed / max(1, sum(g.size for g in self.pruner.groups)))
 
     def on_train_end(self, ctx: Context) -> None:
         if self.pruner is None or not self.prune_at_end:
             return
         report = self.pruner.prune()
-        ctx.log["hesso_params"] = float(report.params_after)
-        ctx.log["hesso_param_ratio"] = report.params_after / max(report.params_before, 1)
+        self.log(ctx, "params", report.params_after)
+        self.log(ctx, "param_ratio", report.params_after / max(report.params_before, 1))
 
     def state_dict(self) -> dict[str, Any]:
         return self.pruner.state_dict() if self.pruner is not None else {}

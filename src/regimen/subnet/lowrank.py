@@ -316,7 +316,7 @@ class TrainedRankPruningMethod(Method):
                 self.ranks[name] = rank
                 ratios.append(rank / min(conv_to_matrix(module.weight).shape))
         if ratios:
-            ctx.log["trp_rank_ratio"] = float(sum(ratios) / len(ratios))
+            self.log(ctx, "rank_ratio", sum(ratios) / len(ratios))
 
     def on_train_end(self, ctx: Context) -> None:
         if not self.factorize_at_end or self._model is None:
@@ -327,8 +327,8 @@ class TrainedRankPruningMethod(Method):
         energy = _NUMERICAL_ENERGY if self.steps % self.period == 0 else self.energy
         replaced = factorize(self._model, energy, self.include_linear, self.ignore, rule=self.rule)
         after = sum(p.numel() for p in self._model.parameters())
-        ctx.log["trp_layers_factorized"] = float(len(replaced))
-        ctx.log["trp_param_ratio"] = after / max(before, 1)
+        self.log(ctx, "layers_factorized", len(replaced))
+        self.log(ctx, "param_ratio", after / max(before, 1))
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "ranks": dict(self.ranks)}

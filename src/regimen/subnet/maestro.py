@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regimen._compat import deprecated_aliases
+from regimen.errors import ConfigurationError
 from regimen.method import Context, Method, register_method
 from regimen.subnet._common import unignored_modules
 from regimen.subnet._surgery import replace_parameters
@@ -538,6 +539,10 @@ def truncate_model(model: nn.Module, dense_when_cheaper: bool = False) -> nn.Mod
 class MaestroMethod(Method):
     """Maestro: SVD-initialised low-rank layers trained with ordered dropout over the rank (arXiv 2308.14929).
 
+    ``setup`` decomposes the layers; ``before_forward`` draws each micro-batch's ranks from ``ctx.generator``;
+    ``after_backward`` adds the group-lasso gradient; ``on_epoch_end`` shrinks; ``on_train_end`` truncates.
+    Logs ``maestro/layers`` and ``maestro/rank_fraction`` (active over stored components).
+
     Args:
         rank_ratio: stored rank per layer as a fraction of its full rank.
         layers: ``"all"``, ``"linear"`` or ``"conv"`` layers to decompose.
@@ -587,11 +592,13 @@ class MaestroMethod(Method):
         apply_maestro(ctx.model, self.rank_ratio, self.layers, self.ignore, optimizer=ctx.optimizer)
         self._layers = [layer for _, layer in low_rank_layers(ctx.model)]
         if not self._layers:
-            raise ValueError("maestro found no Linear/Conv2d layer to decompose (check 'layers' and 'ignore')")
+            raise ConfigurationError(
+                f"maestro needs nn.Linear or nn.Conv2d (groups=1) layers to decompose and found none of kind "
+                f"{self.layers!r} outside ignore={self.ignore}")
+        self.log(ctx, "layers", len(self._layers))
 
-    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+    def before_forward(self, x: Any, y: Any, ctx: Context) -> None:
         self.sample(ctx.generator)
-        return x, y
 
     def sample(self, generator: torch.Generator | None = None) -> None:
         """Draw the ordered-dropout ranks of the next training forward."""
@@ -632,7 +639,7 @@ class MaestroMethod(Method):
                 layer.set_active_rank(max(1, keep))
         kept = sum(int(layer.active_rank) for layer in self._layers)
         stored = sum(layer.max_rank for layer in self._layers)
-        ctx.log["maestro_rank_fraction"] = kept / stored
+        self.log(ctx, "rank_fraction", kept / stored)
 
     def on_train_end(self, ctx: Context) -> None:
         for layer in self._layers:

@@ -197,7 +197,7 @@ class NMSparsityMethod(Method):
     def setup(self, ctx: Context) -> None:
         self._model = ctx.model
         self.layers = apply_nm_sparsity(ctx.model, self.n, self.m, self.decay, self.ignore, ctx.optimizer)
-        ctx.log["nm_layers"] = float(len(self.layers))
+        self.log(ctx, "layers", len(self.layers))
 
     def on_train_end(self, ctx: Context) -> None:
         if self.export_at_end and self._model is not None:
