@@ -353,3 +353,14 @@ def test_nested_width_multi_sample_dropout_and_z_loss_train_together_through_fit
     row = result.history[-1]
     assert isinstance(result.model, NestedWidth) and row["nested_width/groups"] > 0
     assert row["nested_width/loss_w1"] > 0 and row["nested_width/loss_w0.5"] > 0
+
+
+def test_distillation_and_z_loss_are_refused_by_the_recipe_without_it_they_compose():
+    from regimen.train import RecipeError, parse_recipe
+    from regimen.train.recipe import build_methods
+
+    base = {"name": "n", "data": {"name": "digits"}, "model": {"name": "mlp"}}
+    for methods in ([{"name": "nested_width"}, {"name": "z_loss"}], [{"name": "z_loss"}, {"name": "nested_width"}]):
+        with pytest.raises(RecipeError, match="distill = false"):
+            build_methods(parse_recipe({**base, "methods": methods}))
+    build_methods(parse_recipe({**base, "methods": [{"name": "nested_width", "distill": False}, {"name": "z_loss"}]}))

@@ -156,9 +156,9 @@ class NestedWidth(nn.Module):
         groups: dependency groups of ``model`` (default: traced from ``example_inputs``).
 
     Surgery on ``model`` after construction may *wrap* modules (multi-sample dropout wrapping the head): the traced
-    modules are found again by identity, so ``groups`` keep the names they had when traced. Replacing a traced
-    module is an error. ``stages`` is the wrapped model's ``stages``, so methods that look for a staged model's
-    head find it through the wrapper.
+    modules are found again by identity, so ``groups`` keep the names they had when traced. A module replaced under
+    its own name is used by that name; a traced module that disappeared is an error. ``stages`` is the wrapped
+    model's ``stages``, so methods that look for a staged model's head find it through the wrapper.
     """
 
     def __init__(
@@ -212,14 +212,20 @@ class NestedWidth(nn.Module):
 
     # ---------------------------------------------------------------------------------------------------- structure
     def _current_names(self) -> dict[str, str]:
-        """Each traced module's name in the model now (it changes when later surgery wraps a module)."""
-        now = {id(m): name for name, m in self.model.named_modules(remove_duplicate=False)}
+        """Each traced module's name in the model now: where the module object is (later surgery may wrap it, e.g.
+        multi-sample dropout's head), else its traced name when that still names a module (surgery that replaced it
+        in place, e.g. weight standardization)."""
+        modules = dict(self.model.named_modules(remove_duplicate=False))
+        now = {id(m): name for name, m in modules.items()}
         names = {}
         for traced, module in self._traced_modules.items():
-            if id(module) not in now:
+            if id(module) in now:
+                names[traced] = now[id(module)]
+            elif traced in modules:
+                names[traced] = traced
+            else:
                 raise RuntimeError(f"NestedWidth: module {traced!r} traced at construction is no longer in the model; "
-                                   "surgery after NestedWidth may wrap traced modules but not replace them")
-            names[traced] = now[id(module)]
+                                   "surgery after NestedWidth may wrap or replace traced modules, not move them away")
         return names
 
     @staticmethod
@@ -490,6 +496,10 @@ class NestedWidthMethod(Method):
             raise ValueError(f"recalibrate_batches must be >= 0, got {recalibrate_batches}")
         self.sort_by, self.n_random, self.distill, self.temperature = sort_by, n_random, distill, temperature
         self.eval_width, self.recalibrate_batches = eval_width, recalibrate_batches
+        if distill:  # a declaration that depends on the parameters: the recipe check reads the instance's
+            self.conflicts = (*type(self).conflicts, "z_loss")
+            self.constraint_reason = (f"{type(self).constraint_reason}; with distill = true the smaller widths train "
+                                      "on soft targets, which z_loss cannot take (set distill = false to combine them)")
         self.nested: NestedWidth | None = None
         #: the sandwich of the current micro-batch (drawn in ``before_forward``), largest width first
         self.last_widths: list[float] = []
