@@ -182,6 +182,10 @@ class HESSOPruner:
 class HESSOMethod(Method):
     """HESSO: progressively zero the least important channels during training, then remove them losslessly.
 
+    ``setup`` traces ``ctx.example_batch()``; the schedule is fixed at the first step from ``ctx.run`` (epochs ×
+    steps per epoch). Logs ``hesso/groups``, ``hesso/period_steps``, ``hesso/zeroed_fraction`` (of the units in the
+    prunable groups) and, after the removal, ``hesso/params`` and ``hesso/param_ratio``.
+
     Args:
         ratio: fraction of channels/heads to remove.
         importance: "l1", "l2", "bn_scale" or "taylor".

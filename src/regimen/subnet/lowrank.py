@@ -263,6 +263,9 @@ def restore_lowrank(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn
 class TrainedRankPruningMethod(Method):
     """Trained Rank Pruning: periodic energy-truncated SVD of conv weights, optional nuclear norm, factorise at end.
 
+    Logs ``trp/rank_ratio`` (mean kept rank over full rank, at each truncation), ``trp/layers_factorized`` and
+    ``trp/param_ratio`` (after factorising).
+
     Args:
         energy: fraction of squared singular-value energy kept at every truncation (0.99).
         period: truncate every ``period`` optimizer steps.

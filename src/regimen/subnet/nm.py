@@ -173,6 +173,8 @@ def to_semi_structured(model: nn.Module) -> nn.Module:
 class NMSparsityMethod(Method):
     """N:M structured sparsity (2:4 by default) trained with SR-STE; masks recomputed every forward.
 
+    Logs ``nm_sparsity/layers`` (the layers made sparse) at setup.
+
     Args:
         n: weights kept in every group.
         m: group size along the input dimension.
