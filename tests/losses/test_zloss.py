@@ -55,22 +55,35 @@ def test_z_loss_ignore_index_and_equal_logits_stay_finite():
     assert per_row[1] == 0
 
 
-def test_logit_z_loss_is_coef_times_squared_log_partition_masked_like_ce():
+def test_logit_z_loss_is_z_loss_coef_times_squared_log_partition_masked_like_ce():
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(5, 6, generator=g) * 2
     target = torch.tensor([0, -100, 3, 5, -100])
     coef = 1e-2
     by_hand = [coef * math.log(sum(math.exp(v) for v in logits[i].tolist())) ** 2 for i in (0, 2, 3)]
-    got = logit_z_loss(logits, coef=coef, target=target)
+    got = logit_z_loss(logits, target, z_loss_coef=coef)
     assert float(got) == pytest.approx(sum(by_hand) / 3, rel=1e-5)
     unmasked = [coef * math.log(sum(math.exp(v) for v in row)) ** 2 for row in logits.tolist()]
-    assert float(logit_z_loss(logits, coef=coef)) == pytest.approx(sum(unmasked) / 5, rel=1e-5)
+    assert float(logit_z_loss(logits, z_loss_coef=coef)) == pytest.approx(sum(unmasked) / 5, rel=1e-5)
     assert float(LogitZLoss(coef)(logits, target)) == pytest.approx(float(got))
+
+
+def test_old_keyword_coef_still_works_with_a_deprecation_warning():
+    logits, target = torch.randn(4, 5), torch.tensor([0, 1, -100, 3])
+    expected = logit_z_loss(logits, target, z_loss_coef=0.3)
+    with pytest.warns(DeprecationWarning, match="z_loss_coef"):
+        torch.testing.assert_close(logit_z_loss(logits, coef=0.3, target=target), expected)
+    with pytest.warns(DeprecationWarning, match="z_loss_coef"):
+        assert LogitZLoss(coef=0.3).z_loss_coef == 0.3
+    with pytest.warns(DeprecationWarning, match="z_loss_coef"):
+        assert LogitZLossMethod(coef=0.3).z_loss_coef == 0.3
+    with pytest.raises(TypeError, match="both"):
+        logit_z_loss(logits, coef=0.3, z_loss_coef=0.3)
 
 
 def test_logit_z_loss_is_computed_in_fp32_for_half_logits():
     logits = (torch.randn(4, 8) * 20).to(torch.bfloat16)
-    got = logit_z_loss(logits, coef=1.0)
+    got = logit_z_loss(logits, z_loss_coef=1.0)
     assert got.dtype == torch.float32
     ref = torch.logsumexp(logits.float(), dim=-1).square().mean()
     torch.testing.assert_close(got, ref)
@@ -86,7 +99,8 @@ def test_logit_z_loss_is_computed_in_fp32_for_half_logits():
         (lambda: z_loss(torch.randn(2, 1), torch.tensor([0, 0])), ValueError, "at least 2 classes"),
         (lambda: z_loss(torch.randn(2, 3), torch.tensor([0, 1]), a=0.0), ValueError, "a must be > 0"),
         (lambda: logit_z_loss(torch.tensor([[float("inf"), 0.0]])), ValueError, "NaN or inf"),
-        (lambda: logit_z_loss(torch.randn(2, 3), coef=-1.0), ValueError, "coef"),
+        (lambda: logit_z_loss(torch.randn(2, 3), z_loss_coef=-1.0), ValueError, "z_loss_coef"),
+        (lambda: logit_z_loss(torch.randn(2, 3), 1e-4), TypeError, "z_loss_coef"),  # the old positional order
         (lambda: logit_z_loss(torch.randn(2, 3), target=torch.tensor([5, 0])), ValueError, "target values"),
     ],
 )
@@ -122,7 +136,7 @@ def test_z_loss_method_replaces_cross_entropy_and_rejects_soft_targets():
 
 def test_logit_z_loss_method_adds_the_regulariser_to_the_criterion():
     model, x, y, ctx = _linear_case()
-    LogitZLossMethod(coef=0.1).setup(ctx)
+    LogitZLossMethod(z_loss_coef=0.1).setup(ctx)
     loss = ctx.criterion(model(x), y)
     ref = F.cross_entropy(model(x), y) + 0.1 * torch.logsumexp(model(x), 1).square().mean()
     torch.testing.assert_close(loss, ref)
@@ -134,11 +148,11 @@ def test_logit_z_loss_method_adds_the_regulariser_to_the_criterion():
 def test_loss_methods_stack_in_recipe_order_and_refuse_to_drop_a_wrapper():
     model, x, y, ctx = _linear_case()
     ZLossMethod(a=0.5, b=2.0).setup(ctx)
-    LogitZLossMethod(coef=0.1).setup(ctx)  # z-loss plus the logit regulariser
+    LogitZLossMethod(z_loss_coef=0.1).setup(ctx)  # z-loss plus the logit regulariser
     expected = ZLoss(0.5, 2.0)(model(x), y) + 0.1 * torch.logsumexp(model(x), 1).square().mean()
     torch.testing.assert_close(ctx.criterion(model(x), y), expected)
     ctx = _ctx(model)
-    LogitZLossMethod(coef=0.1).setup(ctx)
+    LogitZLossMethod(z_loss_coef=0.1).setup(ctx)
     with pytest.raises(ValueError, match="list z_loss before logit_z_loss"):
         ZLossMethod().setup(ctx)
 
@@ -152,7 +166,7 @@ def test_multi_sample_dropout_calls_the_wrapped_criterion_on_every_samples_logit
     model = MLP(16, 4, hidden=[8])
     x, y = torch.randn(6, 16), torch.randint(0, 4, (6,))
     ctx = _ctx(model)
-    LogitZLossMethod(coef=0.1).setup(ctx)
+    LogitZLossMethod(z_loss_coef=0.1).setup(ctx)
     msd = MultiSampleDropoutMethod(num_samples=3, p=0.3)
     msd.setup(ctx)
     ctx.model.train()
@@ -174,13 +188,13 @@ def test_loss_methods_compose_with_multi_sample_dropout_in_a_recipe(tiny_recipe)
     wrapped criterion on all K samples' logits."""
     from regimen.train import fit
 
-    recipe = dict(tiny_recipe, methods=[{"name": "logit_z_loss", "coef": 1e-3},
+    recipe = dict(tiny_recipe, methods=[{"name": "logit_z_loss", "z_loss_coef": 1e-3},
                                         {"name": "multi_sample_dropout", "num_samples": 3, "p": 0.2}])
     result = fit(recipe)
     assert all(h["logit_z_loss"] > 0 for h in result.history)
 
 
-@pytest.mark.parametrize("loss", [{"name": "z_loss"}, {"name": "logit_z_loss", "coef": 1e-3}])
+@pytest.mark.parametrize("loss", [{"name": "z_loss"}, {"name": "logit_z_loss", "z_loss_coef": 1e-3}])
 def test_loss_methods_run_under_adaptive_batchs_per_sample_gradients(tiny_recipe, loss):
     """adaptive_batch takes per-sample gradients of ctx.criterion with torch.func.vmap: the loss methods' criteria
     must not look at the data (no NaN/range checks, no .item() for logging) inside the transform."""

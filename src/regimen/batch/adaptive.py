@@ -28,9 +28,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from regimen._compat import deprecated_aliases
 from regimen.method import Context, Method, register_method
 
-__all__ = ["AdaptiveBatch", "NormTestResult", "norm_test", "norm_test_from_sums", "per_sample_gradients"]
+__all__ = ["AdaptiveBatchMethod", "NormTestResult", "norm_test", "norm_test_from_sums", "per_sample_gradients"]
 
 
 class NormTestResult(NamedTuple):
@@ -131,7 +132,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 @register_method
-class AdaptiveBatch(Method):
+class AdaptiveBatchMethod(Method):
     """Adaptive batch size by the AdAdaGrad norm test (Lau et al. 2024): grow the batch when gradients are noisy.
 
     Every ``interval`` optimizer steps, per-sample gradients of the current micro-batch (at most ``max_samples``
@@ -227,3 +228,6 @@ class AdaptiveBatch(Method):
         self.tests = int(state.get("tests", 0))
         self.failed = int(state.get("failed", 0))
         self.global_batch = state.get("global_batch")
+
+
+__getattr__ = deprecated_aliases(__name__, {"AdaptiveBatch": "AdaptiveBatchMethod"}, globals())

@@ -12,7 +12,7 @@ Usage in any loop::
     for x, y in selector(model, batches, loss_fn):  # scored without gradients, hardest first
         ...train step...
 
-In the trainer, the recipe method ``high_loss_batches`` (:class:`HighLossBatches`) does this through the
+In the trainer, the recipe method ``high_loss_batches`` (:class:`HighLossBatchesMethod`) does this through the
 ``select_batches`` hook: at the start of every epoch (from ``start_epoch`` on) it scores that epoch's mini-batches
 with one no-grad forward pass each, keeps the top δ and the loop trains on them in loader order. With gradient
 accumulation a "mini-batch" is one optimizer step's global batch. Under DDP each rank scores its share and the loss
@@ -46,9 +46,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from regimen._compat import deprecated_aliases
 from regimen.method import Context, Method, register_method
 
-__all__ = ["HighLossBatchSelector", "HighLossBatches", "batch_loss_sums", "select_high_loss"]
+__all__ = ["HighLossBatchSelector", "HighLossBatchesMethod", "batch_loss_sums", "select_high_loss"]
 
 
 def select_high_loss(batch_losses: torch.Tensor | Sequence[float], fraction: float, min_batches: int = 1
@@ -141,7 +142,7 @@ def _step_positions(steps: torch.Tensor, accumulation: int) -> list[int]:
 
 
 @register_method
-class HighLossBatches(Method):
+class HighLossBatchesMethod(Method):
     """Train each epoch only on the top-δ fraction of its mini-batches ranked by loss (Sahayam et al. 2023).
 
     Args:
@@ -176,3 +177,6 @@ class HighLossBatches(Method):
         ctx.log["high_loss/loss_all"] = losses.mean().item()
         ctx.log["high_loss/loss_kept"] = losses[kept].mean().item()
         return _step_positions(kept, ctx.accumulation)
+
+
+__getattr__ = deprecated_aliases(__name__, {"HighLossBatches": "HighLossBatchesMethod"}, globals())

@@ -24,9 +24,10 @@ from typing import Literal
 
 import torch
 
+from regimen._compat import deprecated_aliases
 from regimen.method import Context, Method, register_method
 
-__all__ = ["LRScaling", "infer_scaling_rule", "scale_lr", "scale_optimizer_lr"]
+__all__ = ["LRScalingMethod", "infer_scaling_rule", "scale_lr", "scale_optimizer_lr"]
 
 Rule = Literal["auto", "linear", "sqrt"]
 
@@ -137,7 +138,7 @@ def scale_optimizer_lr(
 
 
 @register_method
-class LRScaling(Method):
+class LRScalingMethod(Method):
     """Scale every param group's LR from a reference batch to the effective global batch (Granziol et al. 2022).
 
     The recipe's ``optim.lr`` is the LR tuned at ``base_batch_size``; in ``setup`` every group's LR becomes
@@ -172,3 +173,6 @@ class LRScaling(Method):
     def on_epoch_end(self, ctx: Context) -> None:
         ctx.log["lr_scaling/lr"] = self.lrs[0] if self.lrs else float("nan")
         ctx.log["lr_scaling/factor"] = self.factor
+
+
+__getattr__ = deprecated_aliases(__name__, {"LRScaling": "LRScalingMethod"}, globals())
