@@ -9,12 +9,16 @@ still returns logits, so evaluation is unchanged) and adds the auxiliary paramet
 param groups copying the existing groups' hyperparameters. ``training_step`` runs the local step with
 ``ctx.backward`` for each module's loss; ``after_step`` updates MAN's EMA copies.
 
-Pitfalls handled: the step bypasses the device wrapper's forward (a DDP forward cannot serve K separate
-backward passes), so with several processes the gradients are averaged explicitly with ``ctx.all_reduce``, and
-the run's precision is applied with ``ctx.autocast()``; the InfoPro target is de-normalised by inverting
-``ctx.normalize`` (an affine map; ``ctx.data_mean``/``data_std`` as fallback; the normalised input is reconstructed
-with MSE, with a warning, when neither is available); each local loss is divided by ``ctx.accumulation`` like the
-trainer's own backward; auxiliary networks never run at evaluation.
+The step is one of a kind: K backward passes, one per module, inside one training step. So the method owns
+``training_step`` alone (``exclusive = ("training_step",)``: a recipe with another step-owning method is refused)
+and it bypasses the device wrapper's forward (a DDP forward cannot serve K separate backward passes): with several
+processes it averages the gradients itself with ``ctx.all_reduce`` and applies the run's precision with
+``ctx.autocast()``.
+
+Pitfalls handled: the InfoPro target is de-normalised by inverting ``ctx.normalize`` (an affine map;
+``ctx.data_mean``/``data_std`` as fallback; the normalised input is reconstructed with MSE, with a warning, when
+neither is available); each local loss is divided by ``ctx.accumulation`` like the trainer's own backward;
+auxiliary networks never run at evaluation.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ class LocalLearningMethod(Method):
     """
 
     name = "local_learning"
+    exclusive = ("training_step",)
 
     def __init__(
         self,
@@ -138,7 +143,7 @@ class LocalLearningMethod(Method):
 
         with ctx.autocast():  # the step bypasses the wrapped module's forward, so apply the precision here
             out = wrapper.local_step(x, y, backward=backward, criterion=ctx.criterion)
-        if ctx.world_size > 1:
+        if ctx.world_size > 1:  # the step bypassed DDP's gradient hooks: average across processes here
             for p in wrapper.parameters():
                 if p.grad is not None:
                     p.grad.copy_(ctx.all_reduce(p.grad, op="mean"))

@@ -26,7 +26,6 @@ Pitfalls handled:
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import math
 import os
@@ -40,7 +39,6 @@ from typing import Any
 
 import torch
 
-from regimen.method import Context, Method, register_method
 from regimen.train import apply_overrides, fit, load_checkpoint, parse_recipe, save_checkpoint
 from regimen.train.recipe import Recipe
 
@@ -56,7 +54,6 @@ __all__ = [
 #: Recipe keys (prefixes) a population may mutate: none of them changes the model or the data.
 MUTABLE_PREFIXES = ("optim.lr", "optim.weight_decay", "optim.momentum", "optim.eps", "methods.",
                     "train.label_smoothing", "train.grad_clip", "schedule.min_lr_ratio")
-_STOP_METHOD = "tune_stop_after"
 _DATA_CACHE: dict[tuple, Any] = {}
 
 
@@ -198,49 +195,9 @@ def retarget_checkpoint(state: dict[str, Any], recipe: Recipe) -> dict[str, Any]
     return out
 
 
-# ------------------------------------------------------------------------------------------------------ round stopping
-class _StopRound(Exception):
-    """Raised at the start of the first epoch past the round (its predecessor's checkpoint is already written)."""
-
-
-@register_method
-class TuneStopAfter(Method):
-    """Internal to ``regimen tune``: ends a training round after ``epochs`` epochs (checkpoint written)."""
-
-    name = _STOP_METHOD
-
-    def __init__(self, epochs: int = 1) -> None:
-        if epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {epochs}")
-        self.epochs = epochs
-
-    def on_epoch_start(self, ctx: Context) -> None:
-        if ctx.epoch >= self.epochs:
-            raise _StopRound(ctx.epoch)
-
-
-def _strip_stopper(state: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint as a plain ``regimen train`` checkpoint (without the internal round-stopping method)."""
-    methods = state["recipe"].get("methods", [])
-    if methods and methods[-1].get("name") == _STOP_METHOD:
-        state = dict(state)
-        state["recipe"] = dict(state["recipe"], methods=methods[:-1])
-        state["methods"] = list(state["methods"])[: len(methods) - 1]
-    return state
-
-
 def _train_round(raw: dict[str, Any], work: Path, resume: Path | None, stop: int, data) -> None:
     """Train ``raw`` (resuming from ``resume``) until ``stop`` epochs are done; the schedule spans train.epochs."""
-    fit_parameters = inspect.signature(fit).parameters
-    if "stop_epoch" in fit_parameters:  # the trainer's own hook, when it has one
-        fit(parse_recipe(raw), out_dir=work, resume=resume, overwrite=True, data=data, stop_epoch=stop)
-        return
-    raw = copy.deepcopy(raw)
-    raw.setdefault("methods", []).append({"name": _STOP_METHOD, "epochs": stop})
-    try:
-        fit(parse_recipe(raw), out_dir=work, resume=resume, overwrite=True, data=data)
-    except _StopRound:
-        pass
+    fit(parse_recipe(raw), out_dir=work, resume=resume, overwrite=True, data=data, stop_epoch=stop)
 
 
 def _last_record(work: Path) -> dict[str, Any]:
@@ -302,7 +259,7 @@ def _trial(config: dict[str, Any], base: dict[str, Any], interval: int, threads:
         resume = work / "checkpoint.pt"
         record = _last_record(work)
         epoch = int(record["epoch"])
-        state = _strip_stopper(load_checkpoint(resume))
+        state = load_checkpoint(resume)
         folder = Path(tempfile.mkdtemp(prefix="ckpt-", dir=trial_dir))
         save_checkpoint(state, folder / "checkpoint.pt")
         digest = _digest(state["model"])
