@@ -18,7 +18,7 @@ with one no-grad forward pass each, keeps the top δ and the loop trains on them
 accumulation a "mini-batch" is one optimizer step's global batch. Under DDP each rank scores its share and the loss
 sums and counts are all-reduced, so every rank keeps the same steps.
 
-How this differs from the authors' code (github.com/imjohnzakkam/DyBAT, ``run.py``, read for this docstring): there the
+How this differs from the authors' code (github.com/imjohnzakkam/DyBAT, ``run.py``): there the
 batch partition is fixed (no shuffling), the first epoch trains on every batch, and afterwards batches are ranked by
 the loss recorded at their *last training step* (stale for batches not retrained, no extra forward pass); it stops
 after ``epochs × n_batches`` steps, i.e. at the same number of updates as the baseline, and keeps
