@@ -1,87 +1,99 @@
-"""The Method hook protocol, the method registry and the training context.
+"""The Method contract: hooks, the registry, and the training context.
 
 A *Method* is a small plug-in that the trainer calls at fixed points of the loop. It holds no training logic of its
 own beyond calling a method's functional core or Module, so every method also works in a user's own loop.
 
 Hooks (all optional; the defaults do nothing):
 
-============================  ==========================================================================
-``setup(ctx)``                once, before devices are set up: surgery on ``ctx.model`` (replace layers) and
-                              ``ctx.optimizer`` (rebind to new parameters). May replace either attribute, and
-                              may wrap ``ctx.criterion`` (loss methods do: the default step and every
-                              ``compute_loss`` method call it, so a loss composes with them).
-``on_epoch_start(ctx)``       start of every epoch (choose a subset, grow the batch size, ...).
-``select_batches(batches, ctx)``  after ``on_epoch_start``: returns the positions (0-based, strictly increasing)
-                              of this epoch's micro-batches to train on, or ``None`` for all. ``batches`` iterates
-                              the epoch's micro-batches ``(x, y, indices)`` in training order (iterating does not
-                              consume the epoch). At most one method per recipe. See *Batch selection* below.
-``transform_batch(x, y, ctx)``  returns ``(x, y)``: augmentation and mixing. ``x`` is float in [0, 1] before
-                              normalisation; ``y`` may become soft targets ``(N, C)``.
-``compute_loss(model, x, y, ctx)``  replaces the default ``forward + criterion``; returns ``(loss, logits)``
-                              (``logits`` may be ``None``). At most one method per recipe.
-``training_step(model, x, y, ctx)``  replaces forward *and* backward (it must call ``ctx.backward(loss)``
-                              itself); returns ``(loss, logits)`` with ``loss`` detached. At most one per recipe.
-``after_backward(ctx)``       after gradients exist, before the optimizer step (gradient edits, regularisers).
-``after_step(ctx)``           after the optimizer step (EMA, pruning schedules, masks).
-``on_epoch_end(ctx)``         end of every epoch, before evaluation.
-``eval_model(model, ctx)``    returns the module to evaluate (e.g. EMA weights) or ``None`` for ``model``.
-``on_train_end(ctx)``         once after the last epoch (export, physical pruning).
-``state_dict()`` / ``load_state_dict(state)``  method state saved in checkpoints for bitwise resume.
-============================  ==========================================================================
+=====================================================  ==========================================================
+``setup(ctx)``                                         once, before device wrapping: surgery on ``ctx.model`` and
+                                                       ``ctx.optimizer`` (may replace either).
+``on_epoch_start(ctx)``                                start of every epoch.
+``select_batches(batches, ctx)``                       the positions of this epoch's micro-batches to train on, or
+                                                       ``None`` for all. One method per recipe.
+``transform_batch(x, y, ctx) -> (x, y)``               augmentation and mixing, per micro-batch, recipe order.
+``before_forward(x, y, ctx)``                          per micro-batch, after every ``transform_batch``: per-step
+                                                       choices (a sampled rank, width or path).
+``forward_loss(model, x, y, next, ctx)``               middleware around forward + loss; ``next(model, x, y)``
+                                                       returns ``(loss, output)``; the base runs ``model(x)`` and
+                                                       ``ctx.criterion``.
+``criterion(output, target, next, ctx, reduction)``    middleware around the loss function; ``next(output, target,
+                                                       reduction=...)``; the base is the task's loss.
+``optimizer_step(closure, next, ctx)``                 middleware around the optimizer step; ``next(closure)`` runs
+                                                       the inner chain (base: clip, ``optimizer.step()``);
+                                                       ``closure()`` recomputes this step's forward and backward.
+``training_step(model, x, y, ctx)``                    replaces forward *and* backward (call ``ctx.backward``);
+                                                       exclusive (local learning).
+``after_backward(ctx)`` / ``after_step(ctx)``          gradient edits / after the optimizer step (EMA, masks).
+``on_epoch_end(ctx)``                                  end of every epoch, before evaluation.
+``eval_model(model, ctx)``                             the module to evaluate (EMA weights) or ``None``.
+``on_train_end(ctx)``                                  once after the last epoch (export, physical pruning).
+``state_dict()`` / ``load_state_dict(state)``          method state saved in checkpoints, for bitwise resume.
+=====================================================  ==========================================================
 
-Ordering: hooks run in recipe order; ``after_backward``, ``after_step``, ``on_epoch_end`` and ``on_train_end``
-run in reverse recipe order (the innermost wrapper unwinds first). A method declares the other methods it must
-follow (``after``), precede (``before``) or cannot share a recipe with (``conflicts``), with a
-``constraint_reason``; a recipe that breaks a declaration is refused before training with a message naming the fix.
+Order: hooks run in recipe order; ``after_backward``, ``after_step``, ``on_epoch_end`` and ``on_train_end`` run in
+reverse. In the three middleware chains the method listed first is the outermost wrapper: it runs first and calls
+``next`` into the ones listed after it. A method that *replaces* a link instead of wrapping it (it never calls
+``next``) must be listed after the methods that wrap that link, and declares so with ``after``.
 
-Batch selection (``select_batches``):
-  * The epoch trains ``len(positions) // accumulation`` optimizer steps; with gradient accumulation the selection
-    must keep whole optimizer steps (its length a multiple of ``accumulation``, the ``accumulation`` micro-batches of
-    one step together). ``train.max_steps_per_epoch`` still caps the steps.
-  * LR schedule: progress is measured in epochs. Skipped batches do not count as steps; an epoch's progress is spread
-    over the steps it actually trains, so the schedule (warm-up in epochs, cosine, milestones) ends exactly at the
-    last epoch whatever fraction is kept.
-  * Resume: checkpoints are written at epoch boundaries and the hook runs at the start of an epoch, so a selection
-    that is a deterministic function of the model, the epoch's batches, the method's ``state_dict`` and
-    ``ctx.generator`` is repeated exactly by a resumed run. Do not draw from the global RNG.
-  * Several processes: every rank sees its own share of each global batch, and every rank must return the *same*
-    positions (otherwise ranks run different numbers of steps and block in the gradient all-reduce): reduce the
-    per-batch statistics with ``ctx.all_reduce`` before choosing. The trainer checks that the ranks agree.
+Declarations (class attributes): ``after`` / ``before`` / ``conflicts`` with a ``constraint_reason``; ``inputs`` and
+``targets``, the input and target kinds a method serves (empty: any), checked against the recipe's task before
+training; ``exclusive``, hooks a method must own alone.
 
-This module imports nothing from the rest of regimen, so pillars can depend on it freely.
+Batch selection (``select_batches``): keep whole optimizer steps (a multiple of ``accumulation``); skipped batches do
+not count as steps and the LR schedule is spread over the steps the epoch trains; with several processes every rank
+must return the same positions (reduce per-batch statistics with ``ctx.all_reduce`` first). The positions are saved
+in mid-epoch checkpoints. Draw randomness only from ``ctx.generator``.
+
+Resuming from a mid-epoch checkpoint does not call ``on_epoch_start`` again: what a method computes there must be
+in its ``state_dict`` (or be recomputed lazily from it).
+
+This module imports nothing from the rest of regimen but ``regimen.errors``, so pillars can depend on it freely.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import inspect
+import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from regimen.errors import ConfigurationError
+
 __all__ = [
+    "CHAIN_HOOKS",
     "Context",
     "Method",
     "MethodConflictError",
+    "MetricLog",
+    "REVERSED_HOOKS",
+    "RunInfo",
+    "SELECTION_HOOK",
+    "check_exclusive_hooks",
+    "check_method_order",
+    "compose_criterion",
+    "compose_forward_loss",
+    "compose_optimizer_step",
     "get_method",
     "list_methods",
     "register_method",
-    "EXCLUSIVE_HOOKS",
-    "check_method_order",
-    "REVERSED_HOOKS",
-    "SELECTION_HOOK",
 ]
 
-#: Hooks that replace part of the step: at most one method in a recipe may implement each.
-EXCLUSIVE_HOOKS = ("compute_loss", "training_step")
+#: The middleware hooks: each method's implementation wraps the next one's.
+CHAIN_HOOKS = ("forward_loss", "criterion", "optimizer_step")
 #: The hook that chooses an epoch's batches: at most one method in a recipe may implement it.
 SELECTION_HOOK = "select_batches"
 #: Hooks that run in reverse recipe order.
 REVERSED_HOOKS = ("after_backward", "after_step", "on_epoch_end", "on_train_end")
+#: Hooks that replace part of the step outright: at most one method may implement them.
+_ALWAYS_EXCLUSIVE = ("training_step", "compute_loss", SELECTION_HOOK)
 
 # Packages whose import registers methods. A pillar registers its methods when its package is imported.
 _METHOD_PACKAGES = (
@@ -95,73 +107,188 @@ _METHOD_PACKAGES = (
 )
 
 
-class MethodConflictError(ValueError):
-    """Two methods in one recipe both replace an exclusive hook (or both select batches), declare each other as
-    conflicts, or stand in an order they forbid."""
+class MethodConflictError(ConfigurationError):
+    """Two methods in one recipe both claim an exclusive hook, declare each other as conflicts, or stand in an
+    order they forbid."""
 
 
-@dataclass
-class Context:
-    """What the trainer tells methods about the run. Methods read it and may set the fields marked *writable*.
+@dataclass(frozen=True)
+class RunInfo:
+    """Read-only facts about the run. The trainer replaces the whole object when the batch size or the number of
+    epochs changes; methods ask for such changes through ``ctx.set_batch_size`` / ``ctx.set_epochs``.
 
     Attributes:
-        model: the model being trained (*writable* in ``setup``; after setup it is the device-wrapped module).
-        optimizer: the optimizer (*writable* in ``setup``).
-        criterion: default loss ``criterion(logits, y) -> loss``; handles index and soft targets.
-        label_smoothing: the recipe's label smoothing (already applied by ``criterion``).
-        num_classes: number of classes of the task.
-        per_device_batch: samples per device per micro-batch (*writable* via ``set_batch_size``).
-        world_size: number of processes.
-        rank: this process's rank.
-        accumulation: micro-batches per optimizer step.
-        epoch: current epoch (0-based).
-        step: optimizer steps done so far.
-        epochs: total epochs of the run (*writable* in ``setup``: the schedule and the loop read it afterwards).
-        steps_per_epoch: optimizer steps per epoch at the current batch size.
-        device: the device tensors live on.
-        generator: a seeded ``torch.Generator`` (on CPU) for methods' randomness; saved in checkpoints.
-        train_data: the training dataset (``regimen.data.ArrayDataset``-like: ``images``, ``labels``).
-        log: dict of scalars a method wants logged this epoch (*writable*).
-        backward: ``backward(loss)`` that respects precision and distribution (use it in ``training_step``).
-        all_reduce: ``all_reduce(tensor, op="sum"|"mean") -> tensor`` across processes (identity for one process).
-        set_batch_size: ``set_batch_size(per_device)`` changes the loader's batch size from the next epoch.
-        batch_indices: dataset indices of the current micro-batch (``LongTensor``), set before ``transform_batch``.
-        normalize: ``normalize(x)`` maps [0, 1] images to the model's input normalisation.
-        data_mean, data_std: the per-channel normalisation constants (tensors of shape ``(C,)``).
-        autocast: ``with ctx.autocast(): ...`` applies the run's precision (mixed-precision autocast) to forward
-            passes a method runs outside the device-wrapped model's own ``forward`` (e.g. in ``training_step``).
+        task: the recipe's task name; ``input_kind`` / ``target_kind`` what its batches hold.
+        world_size, rank: processes (all nodes) and this one's rank.
+        per_device_batch: samples per process per micro-batch; ``accumulation`` micro-batches per optimizer step.
+        epochs: epochs of the run; ``steps_per_epoch`` optimizer steps this epoch.
+        num_classes: classes of a classification task, else ``None``.
+        label_smoothing: what the task's base criterion applies (classification).
+        data_mean, data_std: per-channel normalisation of image inputs ``(C,)``, else ``None``.
     """
 
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    num_classes: int
-    per_device_batch: int
-    label_smoothing: float = 0.0
+    task: str = "image_classification"
+    input_kind: str = "image"
+    target_kind: str = "labels"
     world_size: int = 1
     rank: int = 0
+    per_device_batch: int = 1
     accumulation: int = 1
-    epoch: int = 0
-    step: int = 0
     epochs: int = 1
     steps_per_epoch: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    generator: torch.Generator = field(default_factory=torch.Generator)
-    train_data: Any = None
-    log: dict[str, float] = field(default_factory=dict)
-    backward: Callable[[torch.Tensor], None] = lambda loss: loss.backward()
-    all_reduce: Callable[..., torch.Tensor] = lambda tensor, op="sum": tensor
-    set_batch_size: Callable[[int], None] | None = None
-    batch_indices: torch.Tensor | None = None
-    normalize: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+    device: torch.device = torch.device("cpu")
+    seed: int = 0
+    num_classes: int | None = None
+    label_smoothing: float = 0.0
     data_mean: torch.Tensor | None = None
     data_std: torch.Tensor | None = None
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     @property
     def global_batch(self) -> int:
-        """Effective batch of one optimizer step: per-device batch × world size × accumulation."""
+        """Samples of one optimizer step: per-device batch × world size × accumulation."""
         return self.per_device_batch * self.world_size * self.accumulation
+
+
+_RUN_FIELDS = {f.name for f in dataclasses.fields(RunInfo)}
+
+
+class MetricLog:
+    """``ctx.log(key, value)``: scalars for the metrics, kept until the trainer writes them (so what is logged in
+    ``setup`` reaches the first epoch's row, and what is logged in ``on_train_end`` the summary)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, float] = {}
+
+    def __call__(self, key: str, value: float | torch.Tensor) -> None:
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"log key must be a non-empty str, got {key!r}")
+        self.pending[key] = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+    def __setitem__(self, key: str, value: float) -> None:  # the v1 form ``ctx.log[key] = value``
+        warnings.warn("ctx.log[key] = value is deprecated; call ctx.log(key, value)", DeprecationWarning,
+                      stacklevel=2)
+        self(key, value)
+
+    def __getitem__(self, key: str) -> float:  # what is pending (tests, a user's own loop)
+        return self.pending[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.pending
+
+    def drain(self) -> dict[str, float]:
+        """The pending values, emptied."""
+        values, self.pending = self.pending, {}
+        return values
+
+
+def _no_batch_size_change(per_device: int) -> None:
+    raise RuntimeError("this context cannot change the batch size (no trainer attached)")
+
+
+class Context:
+    """What a method sees of the run: ``run`` (read-only facts), services, and the mutable training state.
+
+    The trainer builds one per run. In a user's own loop build one directly: keyword arguments that name
+    :class:`RunInfo` fields (``num_classes=10, per_device_batch=64``) make ``ctx.run``.
+
+    Services: ``log(key, value)``, ``backward(loss)``, ``all_reduce(tensor, op)``, ``autocast()``,
+    ``example_batch(n)``, ``normalize(x)``, ``set_batch_size(n)``, ``set_epochs(n)`` (setup only).
+    State: ``model``, ``optimizer``, ``criterion`` (the composed loss chain), ``generator`` (never replaced, so
+    layers may keep it), ``epoch``, ``step``, ``batch_indices``, ``train_data``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        criterion: Callable[..., torch.Tensor] | None = None,
+        run: RunInfo | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        train_data: Any = None,
+        normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        backward: Callable[[torch.Tensor], None] | None = None,
+        all_reduce: Callable[..., torch.Tensor] | None = None,
+        autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+        example_batch: Callable[[int], tuple[Any, Any]] | None = None,
+        set_batch_size: Callable[[int], None] | None = None,
+        **run_facts: Any,
+    ) -> None:
+        unknown = sorted(set(run_facts) - _RUN_FIELDS)
+        if unknown:
+            raise TypeError(f"Context got unknown keyword(s) {unknown}; run facts are {sorted(_RUN_FIELDS)}")
+        if run is not None and run_facts:
+            raise TypeError("pass either run=RunInfo(...) or run-fact keywords, not both")
+        self.run = run if run is not None else RunInfo(**run_facts)
+        self.model = model
+        self.optimizer = optimizer
+        self.criterion = criterion if criterion is not None else torch.nn.functional.cross_entropy
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(self.run.seed)
+        self.train_data = train_data
+        self.epoch = 0
+        self.step = 0
+        self.batch_indices: torch.Tensor | None = None
+        self.log = MetricLog()
+        self.normalize = normalize if normalize is not None else (lambda x: x)
+        self.backward = backward if backward is not None else (lambda loss: loss.backward())
+        self.all_reduce = all_reduce if all_reduce is not None else (lambda tensor, op="sum": tensor)
+        self.autocast = autocast if autocast is not None else contextlib.nullcontext
+        self._example_batch = example_batch
+        self._set_batch_size = set_batch_size if set_batch_size is not None else _no_batch_size_change
+        self.in_setup = True
+
+    # ---------------------------------------------------------------------------------------------------- services
+    def example_batch(self, n: int = 2) -> tuple[Any, Any]:
+        """The first ``n`` training samples as the model consumes them (normalised, on the device): the
+        ``example_inputs`` to trace a model or infer shapes with."""
+        if n < 1:
+            raise ValueError(f"example_batch: n must be >= 1, got {n}")
+        if self._example_batch is not None:
+            return self._example_batch(n)
+        data = self.train_data
+        if data is None:
+            raise ConfigurationError("example_batch needs training data: pass train_data= (or example_batch=) to "
+                                     "the Context")
+        x, y = data.gather(torch.arange(min(n, len(data))))
+        return self.normalize(x.to(self.run.device)), y.to(self.run.device)
+
+    def set_batch_size(self, per_device: int) -> None:
+        """Change the per-device batch from the next epoch on (``ctx.run`` follows)."""
+        if isinstance(per_device, bool) or not isinstance(per_device, int) or per_device <= 0:
+            raise ValueError(f"set_batch_size: per_device must be an int > 0, got {per_device!r}")
+        self._set_batch_size(per_device)
+        self.run = dataclasses.replace(self.run, per_device_batch=per_device)
+
+    def set_epochs(self, epochs: int) -> None:
+        """Change the number of epochs of the run; only in ``setup`` (the schedule is built after it)."""
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
+            raise ValueError(f"set_epochs: epochs must be an int > 0, got {epochs!r}")
+        if not self.in_setup:
+            raise RuntimeError("set_epochs may only be called in setup (the LR schedule is built from it)")
+        self.run = dataclasses.replace(self.run, epochs=epochs)
+
+    def update_run(self, **changes: Any) -> None:
+        """Trainer-side: replace run facts (methods use ``set_batch_size`` / ``set_epochs``)."""
+        self.run = dataclasses.replace(self.run, **changes)
+
+    # --------------------------------------------------------------------------------------- v1 attribute names
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _RUN_FIELDS:  # v1 wrote run facts on the context (``ctx.epochs = ...`` in setup)
+            warnings.warn(f"setting ctx.{name} is deprecated; ctx.run is read-only (use ctx.set_epochs / "
+                          "ctx.set_batch_size)", DeprecationWarning, stacklevel=2)
+            if name == "epochs":
+                self.set_epochs(value)
+            else:
+                self.update_run(**{name: value})
+            return
+        super().__setattr__(name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for names that are not attributes: the v1 flat fields, now in ``ctx.run``
+        if name in _RUN_FIELDS or name == "global_batch":
+            warnings.warn(f"ctx.{name} is deprecated; read ctx.run.{name}", DeprecationWarning, stacklevel=2)
+            return getattr(self.run, name)
+        raise AttributeError(f"Context has no attribute {name!r}")
 
 
 class Method:
@@ -180,6 +307,12 @@ class Method:
     conflicts: tuple[str, ...] = ()
     #: Why ``after``/``before``/``conflicts`` hold (one sentence, shown in the error).
     constraint_reason: str = ""
+    #: Input kinds this method serves (``"image"``, ``"tokens"``, ``"vector"`` ...); empty: any.
+    inputs: tuple[str, ...] = ()
+    #: Target kinds this method serves (``"labels"`` = class indices ...); empty: any.
+    targets: tuple[str, ...] = ()
+    #: Hooks this method must own alone in a recipe (besides the always-exclusive ones).
+    exclusive: tuple[str, ...] = ()
 
     def setup(self, ctx: Context) -> None:
         pass
@@ -190,13 +323,26 @@ class Method:
     def select_batches(self, batches: Iterable[Any], ctx: Context) -> Sequence[int] | None:
         return None
 
-    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+    def transform_batch(self, x: Any, y: Any, ctx: Context) -> tuple[Any, Any]:
         return x, y
 
-    def compute_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: Context):
+    def before_forward(self, x: Any, y: Any, ctx: Context) -> None:
+        pass
+
+    def forward_loss(self, model: Callable, x: Any, y: Any, next: Callable, ctx: Context):
+        return next(model, x, y)
+
+    def criterion(self, output: Any, target: Any, next: Callable, ctx: Context, reduction: str = "mean"):
+        return next(output, target, reduction=reduction)
+
+    def optimizer_step(self, closure: Callable[[], torch.Tensor], next: Callable, ctx: Context) -> None:
+        next(closure)
+
+    def training_step(self, model: nn.Module, x: Any, y: Any, ctx: Context):
         raise NotImplementedError
 
-    def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: Context):
+    def compute_loss(self, model: nn.Module, x: Any, y: Any, ctx: Context):
+        """Deprecated (v1): replaced forward + loss exclusively. Implement ``forward_loss`` and call ``next``."""
         raise NotImplementedError
 
     def after_backward(self, ctx: Context) -> None:
@@ -220,8 +366,12 @@ class Method:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def log(self, ctx: Context, what: str, value: float | torch.Tensor) -> None:
+        """``ctx.log(f"{self.name}/{what}", value)``: the one key convention for method metrics."""
+        ctx.log(f"{self.name}/{what}", value)
+
     def overrides(self, hook: str) -> bool:
-        """True when this method implements ``hook`` itself rather than inheriting the no-op."""
+        """True when this method implements ``hook`` itself rather than inheriting the default."""
         return getattr(type(self), hook) is not getattr(Method, hook)
 
     @classmethod
@@ -231,6 +381,74 @@ class Method:
         return doc.splitlines()[0] if doc else ""
 
 
+# ------------------------------------------------------------------------------------------------------ chains
+def compose_criterion(methods: Sequence[Method], base: Callable[..., torch.Tensor], ctx: Context):
+    """The criterion chain: the first method's ``criterion`` wraps the second's ... wraps ``base``.
+
+    Returns ``criterion(output, target, reduction="mean")``."""
+    chain = base
+    for method in reversed([m for m in methods if m.overrides("criterion")]):
+        chain = _bind_criterion(method, chain, ctx)
+    return chain
+
+
+def _bind_criterion(method: Method, inner: Callable, ctx: Context):
+    def criterion(output, target, reduction: str = "mean"):
+        return method.criterion(output, target, inner, ctx, reduction=reduction)
+
+    criterion.__qualname__ = f"{method.name}.criterion"
+    return criterion
+
+
+def _base_forward_loss(ctx: Context):
+    def forward_loss(model, x, y):
+        output = model(x)
+        return ctx.criterion(output, y), output
+
+    return forward_loss
+
+
+def compose_forward_loss(methods: Sequence[Method], ctx: Context):
+    """The forward+loss chain: ``step(model, x, y) -> (loss, output)``; the base calls ``model(x)`` and
+    ``ctx.criterion`` (read when called, so criterion methods set up later still apply). A v1 ``compute_loss``
+    method is the innermost link."""
+    legacy = next((m for m in methods if m.overrides("compute_loss")), None)
+    if legacy is not None:
+        warnings.warn(f"method {legacy.name!r} implements compute_loss, which is deprecated; implement forward_loss "
+                      "and call next", DeprecationWarning, stacklevel=2)
+
+        def chain(model, x, y):
+            return legacy.compute_loss(model, x, y, ctx)
+    else:
+        chain = _base_forward_loss(ctx)
+    for method in reversed([m for m in methods if m.overrides("forward_loss")]):
+        chain = _bind_forward_loss(method, chain, ctx)
+    return chain
+
+
+def _bind_forward_loss(method: Method, inner: Callable, ctx: Context):
+    def forward_loss(model, x, y):
+        return method.forward_loss(model, x, y, inner, ctx)
+
+    return forward_loss
+
+
+def compose_optimizer_step(methods: Sequence[Method], base: Callable[[Callable], None], ctx: Context):
+    """The optimizer-step chain: ``step(closure)``; the first method is outermost, ``base`` innermost."""
+    chain = base
+    for method in reversed([m for m in methods if m.overrides("optimizer_step")]):
+        chain = _bind_optimizer_step(method, chain, ctx)
+    return chain
+
+
+def _bind_optimizer_step(method: Method, inner: Callable, ctx: Context):
+    def step(closure):
+        return method.optimizer_step(closure, inner, ctx)
+
+    return step
+
+
+# ---------------------------------------------------------------------------------------------------- registry
 _REGISTRY: dict[str, type[Method]] = {}
 _discovered = False
 
@@ -254,11 +472,7 @@ def _discover() -> None:
         return
     _discovered = True
     for package in _METHOD_PACKAGES:
-        try:
-            importlib.import_module(package)
-        except ModuleNotFoundError as error:
-            if error.name != package:  # a real missing dependency inside the package: surface it
-                raise
+        importlib.import_module(package)
 
 
 def list_methods() -> dict[str, type[Method]]:
@@ -294,18 +508,21 @@ def check_method_order(methods: list[Method]) -> None:
 
 
 def check_exclusive_hooks(methods: list[Method]) -> None:
-    """Raise MethodConflictError when two methods both implement one of EXCLUSIVE_HOOKS (or one each), or when two
-    methods both implement ``select_batches``."""
-    owners = [(m.name, hook) for m in methods for hook in EXCLUSIVE_HOOKS if m.overrides(hook)]
-    if len(owners) > 1:
-        described = " and ".join(f"{name!r} ({hook})" for name, hook in owners)
+    """Raise MethodConflictError when two methods claim one exclusive hook: ``training_step`` (and the deprecated
+    ``compute_loss``) replace the step, ``select_batches`` chooses the epoch's batches, and a method may declare
+    more in ``exclusive``. A step-replacing method cannot share a recipe with ``forward_loss`` middleware either."""
+    claims: dict[str, list[str]] = {}
+    for method in methods:
+        for hook in sorted({h for h in _ALWAYS_EXCLUSIVE if method.overrides(h)} | set(method.exclusive)):
+            group = "step" if hook in ("training_step", "compute_loss") else hook
+            claims.setdefault(group, []).append(f"{method.name!r} ({hook})")
+    for group, owners in claims.items():
+        if len(owners) > 1:
+            what = "replace the training step" if group == "step" else f"claim {group}"
+            raise MethodConflictError(f"methods {' and '.join(owners)} both {what}; a recipe may use at most one")
+    steppers = [m.name for m in methods if m.overrides("training_step")]
+    wrappers = [m.name for m in methods if m.overrides("forward_loss")]
+    if steppers and wrappers:
         raise MethodConflictError(
-            f"methods {described} both replace the training step; a recipe may use at most one of "
-            "compute_loss/training_step"
-        )
-    selectors = [m.name for m in methods if m.overrides(SELECTION_HOOK)]
-    if len(selectors) > 1:
-        raise MethodConflictError(
-            f"methods {' and '.join(repr(name) for name in selectors)} both choose the epoch's batches "
-            f"({SELECTION_HOOK}); a recipe may use at most one of them"
-        )
+            f"method {steppers[0]!r} replaces the whole training step, so {wrappers[0]!r}'s forward_loss would never "
+            "run; they cannot share a recipe")

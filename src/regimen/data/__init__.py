@@ -2,6 +2,7 @@
 
 from regimen.data.datasets import (
     ArrayDataset,
+    TensorDataset,
     load_digits,
     load_fashion_mnist,
     load_idx_pair,
@@ -15,6 +16,7 @@ from regimen.data.select import DataSplits, load_data
 
 __all__ = [
     "ArrayDataset",
+    "TensorDataset",
     "DataError",
     "DataSplits",
     "InMemoryLoader",

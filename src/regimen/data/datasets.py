@@ -13,6 +13,7 @@ from regimen.data.idx import DataError, load_fashion_mnist_arrays, read_idx
 
 __all__ = [
     "ArrayDataset",
+    "TensorDataset",
     "load_digits",
     "load_fashion_mnist",
     "load_idx_pair",
@@ -24,7 +25,8 @@ __all__ = [
 
 @dataclass
 class ArrayDataset:
-    """A whole dataset as tensors: ``images`` uint8 ``(N, C, H, W)`` and ``labels`` int64 ``(N,)``."""
+    """A whole image-classification dataset as tensors: ``images`` ``(N, C, H, W)``, uint8 (0-255) or floating point
+    in [0, 1], and ``labels`` int64 ``(N,)``. ``gather(indices)`` gives float images in [0, 1] and labels."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -32,8 +34,14 @@ class ArrayDataset:
     name: str = "data"
 
     def __post_init__(self) -> None:
-        if self.images.dim() != 4 or self.images.dtype != torch.uint8:
-            raise DataError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.images.dim() != 4 or not (self.images.dtype == torch.uint8 or self.images.is_floating_point()):
+            raise DataError(f"images must be uint8 or floating point (N, C, H, W), got {self.images.dtype} "
+                            f"{tuple(self.images.shape)}")
+        if self.images.is_floating_point() and self.images.numel():
+            low, high = float(self.images.min()), float(self.images.max())
+            if not (0.0 <= low and high <= 1.0):
+                raise DataError(f"floating-point images must lie in [0, 1], got [{low:.4g}, {high:.4g}]; divide "
+                                "0-255 images by 255 or pass them as uint8")
         if self.labels.dim() != 1 or self.labels.shape[0] != self.images.shape[0]:
             raise DataError(f"labels must be ({self.images.shape[0]},), got {tuple(self.labels.shape)}")
         if self.labels.dtype != torch.int64:
@@ -49,13 +57,52 @@ class ArrayDataset:
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
+    def gather(self, indices: torch.Tensor, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Images at ``indices`` as float in [0, 1] on ``device``, and their labels."""
+        images = self.images[indices].to(device, non_blocking=True)
+        images = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+        return images, self.labels[indices].to(device, non_blocking=True)
+
     def subset(self, indices: torch.Tensor) -> ArrayDataset:
         return ArrayDataset(self.images[indices], self.labels[indices], self.num_classes, self.name)
 
     def channel_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel mean and std of the images scaled to [0, 1]."""
-        pixels = self.images.transpose(0, 1).reshape(self.images.shape[1], -1).double() / 255.0
+        pixels = self.images.transpose(0, 1).reshape(self.images.shape[1], -1).double()
+        pixels = pixels / 255.0 if self.images.dtype == torch.uint8 else pixels
         return pixels.mean(dim=1).float(), pixels.std(dim=1).clamp_min(1e-6).float()
+
+
+@dataclass
+class TensorDataset:
+    """Any task's samples as two tensors with one row per sample: ``inputs`` ``(N, ...)`` and ``targets``
+    ``(N, ...)``. ``gather(indices)`` gives the rows as they are (no scaling)."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    name: str = "data"
+    num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.inputs, torch.Tensor) or not isinstance(self.targets, torch.Tensor):
+            raise DataError(f"inputs and targets must be tensors, got {type(self.inputs).__name__} and "
+                            f"{type(self.targets).__name__}")
+        if self.inputs.dim() < 1 or self.targets.dim() < 1 or self.inputs.shape[0] != self.targets.shape[0]:
+            raise DataError(f"inputs and targets must have one row per sample, got {tuple(self.inputs.shape)} and "
+                            f"{tuple(self.targets.shape)}")
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.inputs.shape[1:])
+
+    def gather(self, indices: torch.Tensor, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inputs[indices].to(device, non_blocking=True), self.targets[indices].to(device, non_blocking=True)
+
+    def subset(self, indices: torch.Tensor) -> TensorDataset:
+        return TensorDataset(self.inputs[indices], self.targets[indices], self.name, self.num_classes)
 
 
 def load_fashion_mnist(root: str | os.PathLike | None = None, split: str = "train") -> ArrayDataset:
@@ -142,7 +189,7 @@ def load_image_folder(root: str | os.PathLike, grayscale: bool = False) -> Array
     return ArrayDataset(_as_uint8_nchw(np.stack(arrays), str(root)), torch.tensor(labels), len(classes), root.name)
 
 
-def split_dataset(dataset: ArrayDataset, fraction: float, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:
+def split_dataset(dataset, fraction: float, seed: int):
     """Seeded split into (train, held-out validation of ``fraction``); ``fraction == 0`` gives no validation set."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"fraction must be in [0, 1), got {fraction}")

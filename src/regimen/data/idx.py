@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from regimen.errors import RegimenError
+
 __all__ = ["DataError", "FASHION_MNIST_DEBIAN_DIR", "find_fashion_mnist", "load_fashion_mnist_arrays", "read_idx"]
 
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -26,7 +28,7 @@ _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(
            0x0E: np.dtype(">f8")}
 
 
-class DataError(ValueError):
+class DataError(RegimenError, ValueError):
     """A data set that is missing, corrupt or not what was asked for; the message says how to fix it."""
 
 

@@ -12,19 +12,17 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from regimen.data.datasets import ArrayDataset
-
 __all__ = ["Batch", "InMemoryLoader"]
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images float [0, 1], labels, dataset indices
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs (images: float in [0, 1]), targets, dataset indices
 
 
 class InMemoryLoader:
-    """Yields ``(images float in [0, 1], labels, indices)`` batches of a rank's share of every global batch."""
+    """Yields ``(inputs, targets, indices)`` batches (``dataset.gather``) of a rank's share of every global batch."""
 
     def __init__(
         self,
-        dataset: ArrayDataset,
+        dataset,
         batch_size: int,
         shuffle: bool = True,
         drop_last: bool = True,
@@ -67,12 +65,14 @@ class InMemoryLoader:
     def __iter__(self) -> Iterator[Batch]:
         return self.batches()
 
-    def batches(self, positions: Sequence[int] | None = None) -> Iterator[Batch]:
-        """This epoch's batches, or only those at ``positions`` (in the given order); skipped ones cost nothing."""
+    def batches(self, positions: Sequence[int] | None = None, start: int = 0) -> Iterator[Batch]:
+        """This epoch's batches, or only those at ``positions`` (in the given order), from the ``start``-th on (a
+        resumed epoch); skipped ones cost nothing."""
         order = self._order()
-        for batch in range(len(self)) if positions is None else positions:
+        chosen = range(len(self)) if positions is None else positions
+        for batch in list(chosen)[start:]:
             chunk = order[batch * self.global_batch : (batch + 1) * self.global_batch]
             share = -(-len(chunk) // self.world_size)  # ceil: the last partial batch splits as evenly as it can
             indices = chunk[self.rank * share : (self.rank + 1) * share]
-            images = self.dataset.images[indices].to(self.device, non_blocking=True).float().div_(255.0)
-            yield images, self.dataset.labels[indices].to(self.device, non_blocking=True), indices
+            inputs, targets = self.dataset.gather(indices, self.device)
+            yield inputs, targets, indices

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,11 +27,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DataSplits:
-    train: ArrayDataset
-    val: ArrayDataset | None
-    test: ArrayDataset
-    mean: torch.Tensor
-    std: torch.Tensor
+    """A task's train / validation / test datasets (``val`` and ``test`` may be ``None``), the per-channel
+    normalisation of image inputs (``None`` elsewhere) and where each split came from (printed in the run header)."""
+
+    train: Any
+    val: Any | None
+    test: Any | None
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
+    sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -81,4 +86,7 @@ def load_data(
     if test_subset is not None and test_subset < len(test):
         test = test.subset(torch.arange(test_subset))
     mean, std = train.channel_stats()
-    return DataSplits(train, val, test, mean, std)
+    source = train.name
+    sources = {"train": f"{source} training set", "val": f"{val_fraction:g} of {source}'s training set (seeded)",
+               "test": f"{source} test set"}
+    return DataSplits(train, val, test, mean, std, sources)

@@ -19,13 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from regimen.errors import RegimenError
+
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "capture_rng", "load_checkpoint", "load_model_state",
            "restore_rng", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "regimen-checkpoint-v1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(RegimenError, ValueError):
     """A checkpoint that cannot be read or does not fit the model it is loaded into."""
 
 

@@ -11,11 +11,13 @@ import copy
 import inspect
 import sys
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from regimen.errors import ConfigurationError
 from regimen.method import Method, check_exclusive_hooks, check_method_order, get_method
 
 if sys.version_info >= (3, 11):
@@ -23,10 +25,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Recipe", "RecipeError", "apply_overrides", "build_methods", "load_recipe", "parse_recipe"]
+__all__ = ["Recipe", "RecipeError", "apply_overrides", "build_methods", "load_recipe", "parse_recipe", "recipe_task"]
 
 
-class RecipeError(ValueError):
+class RecipeError(ConfigurationError):
     """A recipe that cannot be used: the message names the key path and the problem."""
 
 
@@ -35,7 +37,8 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    name: Literal["auto", "fashion_mnist", "digits", "npz", "idx", "folder"] = "auto"
+    name: str = "auto"  # the task says which names it reads
+
     root: str | None = None
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     train_subset: int | None = Field(None, gt=0)
@@ -44,7 +47,7 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: Literal["resnet", "mlp"] = "resnet"
+    name: str | None = None  # None: the task's default model
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -82,8 +85,19 @@ class TrainConfig(_Strict):
     precision: str = "32-true"
     threads: int | None = Field(None, gt=0)
     checkpoint_every: int = Field(1, ge=0)
+    checkpoint_every_steps: int | None = Field(None, gt=0)
     eval_every: int = Field(1, gt=0)
-    target_accuracy: float | None = Field(None, gt=0.0, le=1.0)
+    target: float | None = None  # of the task's primary metric (time-to-target)
+    target_accuracy: float | None = Field(None, gt=0.0, le=1.0)  # deprecated: the v1 name of target
+
+    @model_validator(mode="after")
+    def _target_alias(self) -> TrainConfig:
+        if self.target_accuracy is not None:
+            if self.target is not None and self.target != self.target_accuracy:
+                raise ValueError("set train.target only (train.target_accuracy is its deprecated name)")
+            warnings.warn("train.target_accuracy is deprecated; use train.target", DeprecationWarning, stacklevel=2)
+            self.target, self.target_accuracy = self.target_accuracy, None
+        return self
 
 
 class MethodEntry(BaseModel):
@@ -94,6 +108,7 @@ class MethodEntry(BaseModel):
 class Recipe(_Strict):
     name: str = "recipe"
     description: str = ""
+    task: str = "image_classification"
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -180,8 +195,22 @@ def _validate_method_params(cls: type[Method], params: dict[str, Any], where: st
     return {name: getattr(validated, name) for name in fields}
 
 
+def recipe_task(recipe: Recipe):
+    """The Task class the recipe names (a RecipeError at ``task`` otherwise)."""
+    from regimen.tasks import UnknownTaskError, get_task
+
+    try:
+        return get_task(recipe.task)
+    except UnknownTaskError as error:
+        raise RecipeError(f"task: {error}") from None
+
+
 def build_methods(recipe: Recipe) -> list[Method]:
-    """Instantiate the recipe's methods in order; unknown names, bad parameters and conflicts are RecipeErrors."""
+    """Instantiate the recipe's methods in order; unknown names, bad parameters, methods the task cannot use and
+    conflicts are RecipeErrors."""
+    from regimen.tasks import incompatibility
+
+    task = recipe_task(recipe)
     methods = []
     for index, entry in enumerate(recipe.methods):
         where = f"methods.{index}"
@@ -189,6 +218,9 @@ def build_methods(recipe: Recipe) -> list[Method]:
             cls = get_method(entry.name)
         except KeyError as error:
             raise RecipeError(f"{where}.name: {error.args[0]}") from None
+        problem = incompatibility(cls, task)
+        if problem is not None:
+            raise RecipeError(f"{where} ({entry.name}): {problem}")
         params = _validate_method_params(cls, recipe.method_params(index), where)
         try:
             methods.append(cls(**params))
@@ -208,7 +240,11 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
         recipe = Recipe.model_validate(raw)
     except ValidationError as error:
         raise RecipeError(_format_validation_error(error)) from None
-    build_methods(recipe)  # validates method names, parameters and conflicts up front
+    build_methods(recipe)  # validates the task, method names, parameters and conflicts up front
+    try:
+        recipe_task(recipe)(recipe).check_recipe()
+    except ConfigurationError as error:
+        raise RecipeError(str(error)) from None
     return recipe
 
 

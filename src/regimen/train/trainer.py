@@ -1,8 +1,9 @@
-"""The training loop: data -> batch hooks -> forward -> loss hooks -> backward -> step hooks -> metrics.
+"""The training loop: data -> batch hooks -> forward/loss chain -> backward -> step chain -> metrics.
 
-Lightning Fabric handles devices, DDP (gloo on CPU, nccl on GPU), precision and process launch; this module owns the
-loop, evaluation, the LR schedule, the JSONL metrics log, checkpoints and resume. Anything method-specific lives in a
-``regimen.method.Method``.
+Lightning Fabric handles devices, DDP (gloo on CPU, nccl on GPU), precision and process launch; the recipe's task
+(``regimen.tasks``) owns the data, the default model, the loss and the metrics; this module owns the loop,
+evaluation, the LR schedule, the JSONL metrics log, checkpoints (at epoch ends and every N steps) and resume.
+Anything method-specific lives in a ``regimen.method.Method``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import resource
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from regimen.data import DataSplits, InMemoryLoader, load_data
-from regimen.losses import classification_loss
-from regimen.method import REVERSED_HOOKS, SELECTION_HOOK, Context, Method
-from regimen.models import build_model
+from regimen.data import DataSplits, InMemoryLoader
+from regimen.errors import ConfigurationError
+from regimen.method import (
+    REVERSED_HOOKS,
+    SELECTION_HOOK,
+    Context,
+    Method,
+    RunInfo,
+    compose_criterion,
+    compose_forward_loss,
+    compose_optimizer_step,
+)
+from regimen.tasks import Task
 from regimen.train.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -35,7 +46,7 @@ from regimen.train.checkpoint import (
     save_checkpoint,
 )
 from regimen.train.optim import build_optimizer
-from regimen.train.recipe import Recipe, build_methods, parse_recipe
+from regimen.train.recipe import Recipe, build_methods, parse_recipe, recipe_task
 from regimen.train.schedule import ProgressSchedule
 
 __all__ = ["FitResult", "evaluate", "fit"]
@@ -52,11 +63,10 @@ class FitResult:
 
 
 class _Hooks:
-    """Calls one hook on every method in recipe order (or reverse order for the unwinding hooks)."""
+    """Calls one hook on every method that implements it, in recipe order (reverse for the unwinding hooks)."""
 
     def __init__(self, methods: list[Method]) -> None:
         self.methods = methods
-        self.loss_owner = next((m for m in methods if m.overrides("compute_loss")), None)
         self.step_owner = next((m for m in methods if m.overrides("training_step")), None)
         self.batch_selector = next((m for m in methods if m.overrides(SELECTION_HOOK)), None)
 
@@ -66,11 +76,31 @@ class _Hooks:
             if method.overrides(hook):
                 getattr(method, hook)(ctx)
 
-    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+    def setup(self, ctx: Context) -> None:
+        """Every method's ``setup``; a ValueError there (bad input, a model without the structure the method needs)
+        becomes a user error that names the method."""
+        for method in self.methods:
+            if not method.overrides("setup"):
+                continue
+            try:
+                method.setup(ctx)
+            except ConfigurationError as error:
+                if str(error).startswith(f"method {method.name!r}"):
+                    raise
+                raise ConfigurationError(f"method {method.name!r}: {error}") from error
+            except ValueError as error:
+                raise ConfigurationError(f"method {method.name!r}: {error}") from error
+
+    def transform_batch(self, x: Any, y: Any, ctx: Context) -> tuple[Any, Any]:
         for method in self.methods:
             if method.overrides("transform_batch"):
                 x, y = method.transform_batch(x, y, ctx)
         return x, y
+
+    def before_forward(self, x: Any, y: Any, ctx: Context) -> None:
+        for method in self.methods:
+            if method.overrides("before_forward"):
+                method.before_forward(x, y, ctx)
 
     def eval_model(self, model: nn.Module, ctx: Context) -> nn.Module:
         for method in self.methods:
@@ -86,40 +116,17 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
-def _accuracy_counts(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
-    labels = y.argmax(dim=1) if y.dim() == 2 else y
-    return (logits.argmax(dim=1) == labels).sum().item(), labels.shape[0]
+def evaluate(model: nn.Module, dataset, normalize: Callable, batch_size: int = 1000,
+             device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, all_reduce=None,
+             task: Task | None = None) -> dict[str, float]:
+    """The task's metrics of ``model`` on ``dataset`` (default task: image classification: loss and accuracy);
+    shards across ranks and sums."""
+    if task is None:
+        from regimen.tasks import ImageClassificationTask
+        from regimen.train.recipe import Recipe
 
-
-@torch.no_grad()
-def evaluate(model: nn.Module, dataset, normalize, batch_size: int = 1000, device: torch.device | str = "cpu",
-             rank: int = 0, world_size: int = 1, all_reduce=None) -> dict[str, float]:
-    """Top-1 accuracy and mean cross-entropy of ``model`` on ``dataset``; shards across ranks and sums."""
-    was_training = model.training
-    model.eval()
-    loader = InMemoryLoader(dataset, batch_size, shuffle=False, drop_last=False, rank=rank, world_size=world_size,
-                            device=device)
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-    for x, y, _ in loader:
-        if y.numel() == 0:
-            continue
-        logits = model(normalize(x)).float()
-        totals[0] += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        totals[1] += (logits.argmax(dim=1) == y).sum().item()
-        totals[2] += y.shape[0]
-    if all_reduce is not None:
-        totals = all_reduce(totals, "sum")
-    model.train(was_training)
-    count = max(totals[2].item(), 1.0)
-    return {"loss": totals[0].item() / count, "acc": totals[1].item() / count}
-
-
-def _make_normalize(mean: torch.Tensor, std: torch.Tensor, device: torch.device, enabled: bool):
-    if not enabled:
-        return lambda x: x
-    mean = mean.to(device).view(1, -1, 1, 1)
-    std = std.to(device).view(1, -1, 1, 1)
-    return lambda x: (x - mean) / std
+        task = ImageClassificationTask(Recipe())
+    return task.evaluate(model, dataset, normalize, batch_size, device, rank, world_size, all_reduce)
 
 
 class _Console:
@@ -138,7 +145,7 @@ class _Console:
         if self.console is not None:
             self.console.print(text, highlight=False, soft_wrap=True)
 
-    def progress(self, total: int, description: str):
+    def progress(self, total: int, done: int, description: str):
         if not self.progress_enabled:
             return None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -146,7 +153,7 @@ class _Console:
         bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                        TextColumn("{task.fields[info]}"), console=self.console, transient=True)
         bar.start()
-        bar.add_task(description, total=total, info="")
+        bar.add_task(description, total=total, completed=done, info="")
         return bar
 
     @staticmethod
@@ -157,61 +164,83 @@ class _Console:
 
 def _check_out_dir(out_dir: Path, resuming: bool, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--out {out_dir} exists and is not a folder")
+        raise ConfigurationError(f"--out {out_dir} exists and is not a folder")
     if resuming or overwrite:
         return
     if (out_dir / "metrics.jsonl").exists() or (out_dir / "checkpoint.pt").exists():
-        raise ValueError(f"--out {out_dir} already holds a run; pass --resume {out_dir / 'checkpoint.pt'}, "
-                         "--overwrite, or another --out")
+        raise ConfigurationError(f"--out {out_dir} already holds a run; pass --resume {out_dir / 'checkpoint.pt'}, "
+                                 "--overwrite, or another --out")
+
+
+def _as_recipe(recipe: Recipe | dict | str | os.PathLike) -> Recipe:
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, dict):
+        return parse_recipe(recipe)
+    if isinstance(recipe, str | os.PathLike):
+        from regimen.train.recipe import load_recipe
+
+        return load_recipe(recipe)
+    raise TypeError(f"recipe must be a Recipe, a dict or a recipe file/name, got {type(recipe).__name__}")
 
 
 def fit(
-    recipe: Recipe | dict,
+    recipe: Recipe | dict | str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
     overwrite: bool = False,
     quiet: bool = True,
     progress: bool = False,
-    data: DataSplits | None = None,
+    data: Any = None,
     stop_epoch: int | None = None,
+    model: nn.Module | None = None,
 ) -> FitResult:
-    """Train the recipe's model with its methods; evaluate every epoch; write metrics and checkpoints to ``out_dir``.
+    """Train a model with the recipe's methods on the recipe's task; evaluate every epoch; write metrics and
+    checkpoints to ``out_dir``.
 
     With ``train.devices > 1`` outside torchrun, Fabric re-launches the current command once per extra process, so
     call ``fit`` from a script or the CLI, not an interactive session.
 
     Args:
-        recipe: a validated ``Recipe`` or a dict to validate.
+        recipe: a validated ``Recipe``, a dict to validate, or a recipe file.
         out_dir: folder for ``metrics.jsonl``, ``summary.json`` and ``checkpoint.pt``; ``None`` writes nothing.
-        resume: a checkpoint to continue from (model, optimizer, schedule, RNG, method states, step, epoch).
+        resume: a checkpoint to continue from (model, optimizer, schedule, RNG, method states, step, epoch and, for a
+            mid-epoch checkpoint, the position in the epoch).
         overwrite: allow ``out_dir`` to already hold a run.
         quiet: print nothing (the CLI turns printing on).
         progress: show a rich progress bar (needs ``quiet=False``).
-        data: pre-loaded data splits (tests, benchmarks); default loads what the recipe names.
+        data: your own data instead of the recipe's ``[data]``: the task's ``adopt_data`` says what it takes
+            (``DataSplits``; a dict of ``train``/``val``/``test`` datasets or ``(inputs, targets)`` pairs; one
+            dataset or pair, from which ``data.val_fraction`` is held out).
         stop_epoch: end this call after that many epochs (counted from the start of training) with a checkpoint
             written; the schedule still spans ``train.epochs`` and ``on_train_end`` is not called, so a later
             ``fit(..., resume=...)`` continues exactly (population based training trains in such rounds).
+        model: your own ``nn.Module`` instead of the recipe's ``[model]`` (which is then ignored). ``fit`` trains a
+            copy (methods' surgery replaces layers) and leaves the module you pass unchanged; the trained model is
+            ``FitResult.model``. Pass the same kind of model again to resume.
 
     Returns:
-        FitResult with the summary (best/final accuracy, training wall time, samples/s, peak memory), the per-epoch
-        history and the trained model (unwrapped from Fabric).
+        FitResult with the summary (the task's final and best metrics, training wall time, samples/s, time to
+        ``train.target``, peak memory), the per-epoch history and the trained model (unwrapped from Fabric).
     """
-    if not isinstance(recipe, Recipe):
-        recipe = parse_recipe(recipe)
+    recipe = _as_recipe(recipe)
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if stop_epoch is not None and stop_epoch < 1:
+        raise ValueError(f"stop_epoch must be >= 1, got {stop_epoch}")
     state = load_checkpoint(resume) if resume is not None else None
     out_path = Path(out_dir) if out_dir is not None else None
     if out_path is not None:
         _check_out_dir(out_path, resuming=state is not None, overwrite=overwrite)
-    run = _Run(recipe, data, quiet, progress)
+    run = _Run(recipe, data, model, quiet, progress)
     run.setup(state, str(resume))
     run.start_output(out_path, resumed=state is not None)
-    if stop_epoch is not None and stop_epoch < 1:
-        raise ValueError(f"stop_epoch must be >= 1, got {stop_epoch}")
-    end = run.ctx.epochs if stop_epoch is None else min(stop_epoch, run.ctx.epochs)
+    epochs = run.ctx.run.epochs
+    end = epochs if stop_epoch is None else min(stop_epoch, epochs)
     for epoch in range(run.start_epoch, end):
-        record = run.train_epoch(epoch)
+        record = run.train_epoch(epoch, out_path)
         run.finish_epoch(record, out_path, force_checkpoint=epoch + 1 == end)
-    if end == run.ctx.epochs:
+    if end == epochs:
         run.end_training()
     return run.finish(out_path)
 
@@ -219,10 +248,12 @@ def fit(
 class _Run:
     """The state of one training run and the steps of its loop."""
 
-    def __init__(self, recipe: Recipe, data: DataSplits | None, quiet: bool, progress: bool) -> None:
+    def __init__(self, recipe: Recipe, data: Any, model: nn.Module | None, quiet: bool, progress: bool) -> None:
         from lightning_fabric import Fabric
 
         self.recipe, self.cfg = recipe, recipe.train
+        self.task: Task = recipe_task(recipe)(recipe)
+        self.task.check_recipe(user_model=model is not None, user_data=data is not None)
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         self.fabric = Fabric(accelerator=self.cfg.accelerator, devices=self.cfg.devices, strategy=self.cfg.strategy,
@@ -232,21 +263,34 @@ class _Run:
             self.fabric.launch()  # spawns the other processes, or joins them under torchrun
         self.rank, self.world_size = self.fabric.global_rank, self.fabric.world_size
         self.console = _Console(enabled=not quiet and self.rank == 0, progress=progress)
-        self.data = data if data is not None else load_data(
-            recipe.data.name, recipe.data.root, recipe.data.val_fraction, recipe.data.train_subset, recipe.seed,
-            recipe.data.test_subset)
+        self.data: DataSplits = self.task.adopt_data(data) if data is not None else self.task.load_data()
+        self.user_model = model
         self.history: list[dict[str, Any]] = []
         self.start_epoch, self.elapsed, self.samples_seen = 0, 0.0, 0
+        self.position: dict[str, Any] | None = None  # where a mid-epoch checkpoint stopped
         self.time_to_target: float | None = None
-        self.final_metrics: dict[str, float] = {}  # accuracy of the exported model, after on_train_end
+        self.final_metrics: dict[str, float] = {}  # metrics of the exported model, after on_train_end
+        self.end_logs: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------------------------------ setup
+    def _build_model(self) -> tuple[nn.Module, dict[str, Any]]:
+        torch.manual_seed(self.recipe.seed)  # identical initial weights on every rank
+        if self.user_model is None:
+            return self.task.build_model(self.data), self.task.model_spec(self.data)
+        from regimen.models import copy_module
+
+        cls = type(self.user_model)
+        spec = {"name": "user", "class": f"{cls.__module__}.{cls.__qualname__}",
+                "params": sum(p.numel() for p in self.user_model.parameters())}
+        return copy_module(self.user_model), spec
 
     def setup(self, state: dict | None, source: str) -> None:
         """Model, optimizer, methods, loader and context; surgery by the methods; Fabric wrapping; resume."""
-        recipe, cfg, data = self.recipe, self.cfg, self.data
-        torch.manual_seed(recipe.seed)  # identical initial weights on every rank
-        model = build_model(recipe.model.name, data.train.input_shape, data.train.num_classes, **recipe.model.options)
-        self.model_spec = {"name": recipe.model.name, "input_shape": list(data.train.input_shape),
-                           "num_classes": data.train.num_classes, "options": dict(recipe.model.options)}
+        recipe, cfg, data, task = self.recipe, self.cfg, self.data, self.task
+        if state is not None and state.get("task", "image_classification") != recipe.task:
+            raise CheckpointError(f"{source} is a checkpoint of task {state.get('task')!r}, not of the recipe's task "
+                                  f"{recipe.task!r}")
+        model, self.model_spec = self._build_model()
         if state is not None and state["model_spec"] != self.model_spec:
             raise CheckpointError(f"{source} was saved from a different model: {state['model_spec']} vs "
                                   f"{self.model_spec}")
@@ -254,38 +298,45 @@ class _Run:
         self.methods = build_methods(recipe)
         self.hooks = _Hooks(self.methods)
         device = self.fabric.device
-        self.normalize = _make_normalize(data.mean, data.std, device, recipe.data.normalize)
+        self.normalize = task.normalizer(data, device)
         self.loader = InMemoryLoader(data.train, cfg.batch_size, shuffle=True, drop_last=True, seed=recipe.seed,
                                      rank=self.rank, world_size=self.world_size, device=device)
         if len(self.loader) < cfg.accumulation:
-            raise ValueError(f"train.batch_size={cfg.batch_size} x devices={self.world_size} x accumulation="
-                             f"{cfg.accumulation} leaves no full optimizer step in {len(data.train)} training images")
+            raise ConfigurationError(
+                f"train.batch_size={cfg.batch_size} x devices={self.world_size} x accumulation={cfg.accumulation} "
+                f"leaves no full optimizer step in {len(data.train)} training samples")
+        run = RunInfo(task=recipe.task, input_kind=task.input_kind, target_kind=task.target_kind,
+                      world_size=self.world_size, rank=self.rank, per_device_batch=cfg.batch_size,
+                      accumulation=cfg.accumulation, epochs=cfg.epochs, device=device, seed=recipe.seed,
+                      **task.run_facts(data))
         self.ctx = ctx = Context(
-            model=model, optimizer=optimizer,
-            criterion=lambda logits, y: classification_loss(logits, y, cfg.label_smoothing),
-            label_smoothing=cfg.label_smoothing,
-            num_classes=data.train.num_classes, per_device_batch=cfg.batch_size, world_size=self.world_size,
-            rank=self.rank, accumulation=cfg.accumulation, epochs=cfg.epochs, device=device,
-            generator=torch.Generator().manual_seed(recipe.seed * 7919 + self.rank), train_data=data.train,
-            backward=self.fabric.backward, all_reduce=lambda t, op="sum": self.fabric.all_reduce(t, reduce_op=op),
-            set_batch_size=self._set_batch_size, normalize=self.normalize, data_mean=data.mean, data_std=data.std,
-            autocast=self.fabric.autocast,
-        )
-        ctx.steps_per_epoch = self._steps_per_epoch()  # known before setup, so methods can plan schedules
-        self.hooks.call("setup", ctx)
+            model, optimizer, run=run, generator=torch.Generator().manual_seed(recipe.seed * 7919 + self.rank),
+            train_data=data.train, normalize=self.normalize, backward=self.fabric.backward,
+            all_reduce=lambda t, op="sum": self.fabric.all_reduce(t, reduce_op=op), autocast=self.fabric.autocast,
+            example_batch=self._example_batch, set_batch_size=self._set_batch_size)
+        ctx.criterion = compose_criterion(self.methods, task.loss(), ctx)
+        ctx.update_run(steps_per_epoch=self._steps_per_epoch())  # known before setup, so methods can plan
+        self.hooks.setup(ctx)
+        ctx.in_setup = False
         if state is not None:  # after setup: surgery has given the model its final structure
             load_model_state(ctx.model, state["model"], source)
         ctx.model, ctx.optimizer = self.fabric.setup(ctx.model, ctx.optimizer)
         self.raw_model = ctx.model.module if hasattr(ctx.model, "module") else ctx.model
-        self.schedule = ProgressSchedule(ctx.optimizer, recipe.schedule, ctx.epochs)
+        self.forward_loss = compose_forward_loss(self.methods, ctx)
+        self.optimizer_step = compose_optimizer_step(self.methods, self._base_optimizer_step, ctx)
+        self.schedule = ProgressSchedule(ctx.optimizer, recipe.schedule, ctx.run.epochs)
         if state is not None:
             self._restore(state)
         else:
             torch.manual_seed(recipe.seed + 1 + self.rank)  # per-rank stream for dropout and other global draws
 
+    def _example_batch(self, n: int) -> tuple[Any, Any]:
+        x, y = self.data.train.gather(torch.arange(min(n, len(self.data.train))), self.fabric.device)
+        return self.normalize(x), y
+
     def _steps_per_epoch(self, selected: list[int] | None = None) -> int:
         batches = len(self.loader) if selected is None else len(selected)
-        steps = batches // self.ctx.accumulation
+        steps = batches // self.cfg.accumulation
         return min(steps, self.cfg.max_steps_per_epoch) if self.cfg.max_steps_per_epoch else steps
 
     def _select_batches(self) -> list[int] | None:
@@ -297,7 +348,7 @@ class _Run:
         if chosen is None:
             return None
         positions = [int(p) for p in chosen]
-        _check_selection(positions, len(self.loader), self.ctx.accumulation, method.name)
+        _check_selection(positions, len(self.loader), self.cfg.accumulation, method.name)
         self._check_ranks_agree(positions, method.name)
         return positions
 
@@ -306,7 +357,7 @@ class _Run:
         if self.world_size == 1:
             return
         mine = torch.tensor([len(positions), sum(positions), sum(p * p for p in positions)], dtype=torch.float64,
-                            device=self.ctx.device)
+                            device=self.ctx.run.device)
         mean = self.ctx.all_reduce(mine.clone(), "sum") / self.world_size
         differs = self.ctx.all_reduce((mine != mean).any().double().reshape(1), "sum")
         if differs.item() > 0:
@@ -314,9 +365,7 @@ class _Run:
                                "return the same positions on every rank (reduce per-batch statistics first)")
 
     def _set_batch_size(self, per_device: int) -> None:
-        if per_device <= 0:
-            raise ValueError(f"batch size must be > 0, got {per_device}")
-        self.loader.batch_size = self.ctx.per_device_batch = per_device
+        self.loader.batch_size = per_device
 
     def _restore(self, state: dict) -> None:
         ctx = self.ctx
@@ -329,105 +378,159 @@ class _Run:
         restore_rng(rng["process"][mine])
         ctx.generator.set_state(rng["generator"][mine])
         self.start_epoch, ctx.step = state["epoch"], state["step"]
-        self._set_batch_size(state["per_device_batch"])
+        ctx.set_batch_size(state["per_device_batch"])
         self.history = list(state["history"])
         self.elapsed, self.samples_seen = state["elapsed"], state["samples_seen"]
-        target = self.cfg.target_accuracy
-        self.time_to_target = next(
-            (h["wall_time"] for h in self.history if target and h.get("test_acc", 0.0) >= target), None)
+        self.position = state.get("position")
+        ctx.log.pending = dict(state.get("pending_log", {}))
+        self.time_to_target = next((h["wall_time"] for h in self.history if self._reached(h)), None)
 
+    # ------------------------------------------------------------------------------------------------------- loop
     def start_output(self, out_path: Path | None, resumed: bool) -> None:
         if out_path is not None and self.rank == 0:
             out_path.mkdir(parents=True, exist_ok=True)
-            if not resumed:
+            if resumed:  # the log holds exactly the checkpoint's epochs: no row twice, none missing
+                _write_atomic(out_path / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+            else:
                 (out_path / "metrics.jsonl").write_text("")
                 (out_path / "recipe.json").write_text(json.dumps(self.recipe.model_dump(), indent=2))
         self.params = sum(p.numel() for p in self.raw_model.parameters())
+        model_name = (f"your {type(self.user_model).__name__}" if self.user_model is not None
+                      else self.recipe.model.name or self.task.default_model)
+        sizes = ", ".join(f"{len(split)} {name}" + (f" ({self.data.sources[name]})" if name in self.data.sources
+                                                       else "")
+                          for name, split in (("train", self.data.train), ("val", self.data.val),
+                                              ("test", self.data.test)) if split is not None)
         self.console.print(
-            f"[bold]{self.recipe.name}[/bold]: {self.data.name} ({len(self.data.train)} train), "
-            f"{self.recipe.model.name} ({self.params:,} params), {self.world_size} process(es) on "
-            f"{self.fabric.device}, global batch {self.ctx.global_batch}")
+            f"[bold]{self.recipe.name}[/bold]: task {self.recipe.task}; data: {sizes}; model {model_name} "
+            f"({self.params:,} params); {self.world_size} process(es) on {self.fabric.device}, global batch "
+            f"{self.ctx.run.global_batch}")
 
-    def _micro_step(self, x: torch.Tensor, y: torch.Tensor, sync: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Forward and backward of one micro-batch; the step owner or loss owner replaces the default."""
-        ctx, hooks, model = self.ctx, self.hooks, self.ctx.model
+    def _micro_step(self, x: Any, y: Any, sync: bool) -> tuple[torch.Tensor, Any]:
+        """Forward and backward of one micro-batch, through the step owner or the forward/loss chain."""
+        ctx, model = self.ctx, self.ctx.model
         with self.fabric.no_backward_sync(model, enabled=not sync):
-            if hooks.step_owner is not None:
-                return hooks.step_owner.training_step(model, x, y, ctx)
-            if hooks.loss_owner is not None:
-                loss, logits = hooks.loss_owner.compute_loss(model, x, y, ctx)
-            else:
-                logits = model(x)
-                loss = ctx.criterion(logits, y)
-            self.fabric.backward(loss / ctx.accumulation)
-        return loss.detach(), logits
+            if self.hooks.step_owner is not None:
+                return self.hooks.step_owner.training_step(model, x, y, ctx)
+            loss, output = self.forward_loss(model, x, y)
+            self.fabric.backward(loss / self.cfg.accumulation)
+        return loss.detach(), output
 
-    def train_epoch(self, epoch: int) -> dict[str, Any]:
-        ctx, hooks, cfg = self.ctx, self.hooks, self.cfg
-        ctx.epoch, ctx.log = epoch, {}
+    def _base_optimizer_step(self, closure: Callable[[], torch.Tensor]) -> None:
+        if self.cfg.grad_clip:
+            self.fabric.clip_gradients(self.ctx.model, self.ctx.optimizer, max_norm=self.cfg.grad_clip)
+        self.ctx.optimizer.step()
+
+    def _closure(self, micro_batches: list[tuple[Any, Any]]) -> Callable[[], torch.Tensor]:
+        """Recomputes this step's gradients (zeroed first) on the same micro-batches; returns the mean loss."""
+
+        def closure() -> torch.Tensor:
+            self.ctx.optimizer.zero_grad(set_to_none=True)
+            losses = [self._micro_step(x, y, sync=i == len(micro_batches) - 1)[0]
+                      for i, (x, y) in enumerate(micro_batches)]
+            return torch.stack(losses).mean()
+
+        return closure
+
+    def train_epoch(self, epoch: int, out_path: Path | None) -> dict[str, Any]:
+        ctx, hooks, cfg, task = self.ctx, self.hooks, self.cfg, self.task
+        ctx.epoch = epoch
         self.loader.set_epoch(epoch)
         started = time.perf_counter()  # epoch time includes the methods' per-epoch work (e.g. subset selection)
-        hooks.call("on_epoch_start", ctx)
-        selected = self._select_batches()
-        ctx.steps_per_epoch = steps = self._steps_per_epoch(selected)
-        global_batch = ctx.global_batch  # the batch this epoch trains at (on_epoch_end may set the next one)
-        bar = self.console.progress(steps, f"epoch {epoch + 1}/{ctx.epochs}")
+        position, self.position = self.position, None
+        if position is None:
+            hooks.call("on_epoch_start", ctx)
+            selected = self._select_batches()
+            first_step, earlier_time = 0, 0.0
+            totals = torch.zeros(2 + len(task.train_metrics), dtype=torch.float64)  # loss sum, count, metric sums
+        else:  # a mid-epoch checkpoint: the epoch's batches, sums and time so far
+            selected, first_step = position["selected"], position["step_in_epoch"]
+            totals, earlier_time = position["totals"].clone(), position["epoch_time"]
+        steps = self._steps_per_epoch(selected)
+        ctx.update_run(steps_per_epoch=steps)
+        global_batch = ctx.run.global_batch  # the batch this epoch trains at (on_epoch_end may set the next one)
+        bar = self.console.progress(steps, first_step, f"epoch {epoch + 1}/{ctx.run.epochs}")
         ctx.model.train()
-        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
-        batches = self.loader.batches(selected)
+        batches = self.loader.batches(selected, start=first_step * cfg.accumulation)
         lr_factor = self.schedule.last_factor
-        for step_in_epoch in range(steps):
-            lr_factor = self.schedule.update((epoch + (step_in_epoch + 1) / steps) / ctx.epochs)
-            for micro in range(ctx.accumulation):
+        for step_in_epoch in range(first_step, steps):
+            lr_factor = self.schedule.update((epoch + (step_in_epoch + 1) / steps) / ctx.run.epochs)
+            micro_batches = []
+            for micro in range(cfg.accumulation):
                 x, y, ctx.batch_indices = next(batches)
                 x, y = hooks.transform_batch(x, y, ctx)
-                loss, logits = self._micro_step(self.normalize(x), y, sync=micro == ctx.accumulation - 1)
+                x = self.normalize(x)
+                hooks.before_forward(x, y, ctx)
+                micro_batches.append((x, y))
+                loss, output = self._micro_step(x, y, sync=micro == cfg.accumulation - 1)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {ctx.step + 1}; "
                                              "lower optim.lr or set train.grad_clip")
-                totals[0] += loss.item() * y.shape[0]
-                if logits is not None:
-                    totals[1] += _accuracy_counts(logits.detach(), y)[0]
-                totals[2] += y.shape[0]
+                count = len(y)
+                totals[0] += loss.item() * count
+                totals[1] += count
+                if output is not None and task.train_metrics:
+                    totals[2:] += torch.tensor(task.train_sums(_detach(output), y), dtype=torch.float64)
             hooks.call("after_backward", ctx)
-            if cfg.grad_clip:
-                self.fabric.clip_gradients(ctx.model, ctx.optimizer, max_norm=cfg.grad_clip)
-            ctx.optimizer.step()
+            self.optimizer_step(self._closure(micro_batches))
             ctx.optimizer.zero_grad(set_to_none=True)
             ctx.step += 1
             hooks.call("after_step", ctx)
-            self.console.advance(bar, f"loss {totals[0] / max(totals[2], 1):.4f}")
+            self.console.advance(bar, f"loss {totals[0] / max(totals[1], 1):.4f}")
+            every = cfg.checkpoint_every_steps
+            if out_path is not None and every and ctx.step % every == 0 and step_in_epoch + 1 < steps:
+                self.elapsed += time.perf_counter() - started
+                earlier_time += time.perf_counter() - started
+                started = time.perf_counter()
+                self._save(out_path / "checkpoint.pt", epoch, position={
+                    "selected": selected, "step_in_epoch": step_in_epoch + 1, "totals": totals.clone(),
+                    "epoch_time": earlier_time})
         if bar is not None:
             bar.stop()
         hooks.call("on_epoch_end", ctx)
-        train_time = time.perf_counter() - started
-        self.elapsed += train_time
-        totals = ctx.all_reduce(totals.to(ctx.device), "sum").cpu()
-        count = max(totals[2].item(), 1.0)
-        self.samples_seen += int(totals[2].item())
-        return {
+        now = time.perf_counter()
+        self.elapsed += now - started
+        train_time = earlier_time + now - started
+        totals = ctx.all_reduce(totals.to(ctx.run.device), "sum").cpu()
+        count = max(totals[1].item(), 1.0)
+        self.samples_seen += int(totals[1].item())  # a resumed epoch's sums include the part before the checkpoint
+        record = {
             "epoch": epoch + 1, "step": ctx.step, "lr": ctx.optimizer.param_groups[0]["lr"], "lr_factor": lr_factor,
             "global_batch": global_batch, "train_loss": totals[0].item() / count,
-            "train_acc": totals[1].item() / count, "epoch_time": train_time,
-            "samples_per_s": totals[2].item() / train_time if train_time > 0 else 0.0,
         }
+        record.update({f"train_{name}": totals[2 + i].item() / count for i, name in enumerate(task.train_metrics)})
+        record.update({"epoch_time": train_time,
+                       "samples_per_s": totals[1].item() / train_time if train_time > 0 else 0.0})
+        return record
+
+    def _evaluate_splits(self, eval_net: nn.Module) -> dict[str, float]:
+        results = {}
+        for name, dataset in (("val", self.data.val), ("test", self.data.test)):
+            if dataset is not None:
+                metrics = self.task.evaluate(eval_net, dataset, self.normalize, self.cfg.eval_batch_size,
+                                             self.ctx.run.device, self.rank, self.world_size, self.ctx.all_reduce)
+                results.update({f"{name}_{metric}": value for metric, value in metrics.items()})
+        return results
+
+    def _primary_key(self) -> str:
+        split = "test" if self.data.test is not None else "val"
+        return f"{split}_{self.task.primary_metric}"
+
+    def _reached(self, record: dict[str, Any]) -> bool:
+        target, key = self.cfg.target, self._primary_key()
+        return target is not None and key in record and self.task.reached(record[key], target)
 
     def finish_epoch(self, record: dict[str, Any], out_path: Path | None, force_checkpoint: bool = False) -> None:
         """Evaluate, log, checkpoint."""
         ctx, cfg = self.ctx, self.cfg
-        eval_net = self.hooks.eval_model(ctx.model, ctx)
-        evaluating = record["epoch"] % cfg.eval_every == 0 or record["epoch"] == ctx.epochs
-        for name, dataset in (("val", self.data.val), ("test", self.data.test)):
-            if dataset is not None and evaluating:
-                result = evaluate(eval_net, dataset, self.normalize, cfg.eval_batch_size, ctx.device, self.rank,
-                                  self.world_size, ctx.all_reduce)
-                record[f"{name}_loss"], record[f"{name}_acc"] = result["loss"], result["acc"]
+        if record["epoch"] % cfg.eval_every == 0 or record["epoch"] == ctx.run.epochs:
+            record.update(self._evaluate_splits(self.hooks.eval_model(ctx.model, ctx)))
         record["wall_time"] = self.elapsed
-        record.update({key: float(value) for key, value in ctx.log.items()})
+        record.update(ctx.log.drain())
         self.history.append(record)
-        if cfg.target_accuracy and self.time_to_target is None and record.get("test_acc", 0.0) >= cfg.target_accuracy:
+        if self.time_to_target is None and self._reached(record):
             self.time_to_target = self.elapsed
-        self.console.print(_epoch_line(record, ctx.epochs))
+        self.console.print(_epoch_line(record, ctx.run.epochs, self.task))
         if out_path is None:
             return
         if self.rank == 0:
@@ -439,21 +542,17 @@ class _Run:
 
     def end_training(self) -> None:
         """``on_train_end`` hooks (export, physical pruning, factorisation), then, when a method has one, a fresh
-        evaluation of the exported model: the summary's final accuracy is that of the model ``fit`` returns. The
+        evaluation of the exported model: the summary's final metrics are those of the model ``fit`` returns. The
         checkpoint keeps the model before export (it is what a resume needs)."""
         ctx = self.ctx
         if not any(m.overrides("on_train_end") for m in self.methods):
             return
         self.hooks.call("on_train_end", ctx)
         self.raw_model = ctx.model.module if hasattr(ctx.model, "module") else ctx.model
-        eval_net = self.hooks.eval_model(ctx.model, ctx)
-        for name, dataset in (("val", self.data.val), ("test", self.data.test)):
-            if dataset is not None:
-                result = evaluate(eval_net, dataset, self.normalize, self.cfg.eval_batch_size, ctx.device,
-                                  self.rank, self.world_size, ctx.all_reduce)
-                self.final_metrics[f"{name}_acc"] = result["acc"]
+        self.final_metrics = self._evaluate_splits(self.hooks.eval_model(ctx.model, ctx))
+        self.end_logs = ctx.log.drain()
 
-    def _save(self, path: Path, epochs_done: int) -> None:
+    def _save(self, path: Path, epochs_done: int, position: dict[str, Any] | None = None) -> None:
         fabric, ctx = self.fabric, self.ctx
         process_rng = capture_rng()
         generator_state = ctx.generator.get_state()
@@ -461,50 +560,72 @@ class _Run:
             torch_states = fabric.all_gather(process_rng["torch"].to(fabric.device)).cpu()
             generator_states = list(fabric.all_gather(generator_state.to(fabric.device)).cpu())
             process_states = [dict(process_rng, torch=torch_states[r]) for r in range(fabric.world_size)]
+            if position is not None:  # the epoch's sums over every rank
+                position = dict(position, totals=self.ctx.all_reduce(position["totals"].to(fabric.device),
+                                                                     "sum").cpu() / fabric.world_size)
         else:
             process_states, generator_states = [process_rng], [generator_state]
         if self.rank != 0:
             return
         save_checkpoint({
-            "format": CHECKPOINT_FORMAT, "recipe": self.recipe.model_dump(), "model_spec": self.model_spec,
-            "model": self.raw_model.state_dict(), "optimizer": ctx.optimizer.state_dict(),
-            "scheduler": self.schedule.state_dict(), "methods": [m.state_dict() for m in self.methods],
+            "format": CHECKPOINT_FORMAT, "task": self.recipe.task, "recipe": self.recipe.model_dump(),
+            "model_spec": self.model_spec, "model": self.raw_model.state_dict(),
+            "optimizer": ctx.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
+            "methods": [m.state_dict() for m in self.methods],
             "rng": {"process": process_states, "generator": generator_states}, "epoch": epochs_done,
             "step": ctx.step, "per_device_batch": self.loader.batch_size, "history": self.history,
-            "elapsed": self.elapsed, "samples_seen": self.samples_seen,
+            "elapsed": self.elapsed, "samples_seen": self.samples_seen, "position": position,
+            "pending_log": dict(ctx.log.pending),
         }, path)
 
     def finish(self, out_path: Path | None) -> FitResult:
         summary = self._summary()
         if self.rank == 0 and out_path is not None:
-            (out_path / "summary.json").write_text(json.dumps(summary, indent=2))
+            _write_atomic(out_path / "summary.json", json.dumps(summary, indent=2))
+        key = self._primary_key()
+        final, best = summary.get(f"final_{key}", math.nan), summary.get(f"best_{key}", math.nan)
         self.console.print(
-            f"[bold]done[/bold]: final test acc {summary['final_test_acc']:.4f} (best "
-            f"{summary['best_test_acc']:.4f}), {summary['train_time']:.1f} s training, "
-            f"{summary['samples_per_s']:.0f} samples/s, peak memory {summary['peak_memory_mb']:.0f} MB")
+            f"[bold]done[/bold]: final {key.replace('_', ' ')} {final:.4f} (best {best:.4f}), "
+            f"{summary['train_time']:.1f} s training, {summary['samples_per_s']:.0f} samples/s, peak memory "
+            f"{summary['peak_memory_mb']:.0f} MB")
         return FitResult(summary=summary, history=self.history, model=self.raw_model, rank=self.rank)
 
     def _summary(self) -> dict[str, Any]:
-        history = self.history
-
-        def best(key: str) -> float:
-            values = [h[key] for h in history if key in h]
-            return max(values) if values else math.nan
-
+        history, task = self.history, self.task
         last = dict(history[-1] if history else {}, **self.final_metrics)
-        return {
-            "recipe": self.recipe.name, "epochs": len(history), "steps": self.ctx.step,
+        summary: dict[str, Any] = {
+            "recipe": self.recipe.name, "task": self.recipe.task, "primary_metric": self._primary_key(),
+            "higher_is_better": task.higher_is_better, "epochs": len(history), "steps": self.ctx.step,
             "params": sum(p.numel() for p in self.raw_model.parameters()),
-            "final_test_acc": last.get("test_acc", math.nan), "best_test_acc": best("test_acc"),
-            "exported_after_training": bool(self.final_metrics),
-            "final_val_acc": last.get("val_acc", math.nan), "best_val_acc": best("val_acc"),
-            "final_train_loss": last.get("train_loss", math.nan), "train_time": self.elapsed,
-            "samples_per_s": self.samples_seen / self.elapsed if self.elapsed else 0.0,
-            "time_to_target": self.time_to_target, "target_accuracy": self.cfg.target_accuracy,
-            "peak_memory_mb": _peak_memory_mb(self.ctx.device), "world_size": self.world_size,
-            "global_batch": self.ctx.global_batch, "device": str(self.ctx.device), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "python": sys.version.split()[0],
         }
+        for split in ("val", "test"):
+            for metric in task.metrics:
+                key = f"{split}_{metric}"
+                values = [h[key] for h in history if key in h]
+                higher = task.higher_is_better if metric == task.primary_metric else False
+                summary[f"final_{key}"] = last.get(key, math.nan)
+                summary[f"best_{key}"] = (max(values) if higher else min(values)) if values else math.nan
+        summary.update({
+            "exported_after_training": bool(self.final_metrics), "final_train_loss": last.get("train_loss", math.nan),
+            "train_time": self.elapsed, "samples_per_s": self.samples_seen / self.elapsed if self.elapsed else 0.0,
+            "time_to_target": self.time_to_target, "target": self.cfg.target,
+            "target_accuracy": self.cfg.target,  # v1 name, kept for one release
+            "peak_memory_mb": _peak_memory_mb(self.ctx.run.device), "world_size": self.world_size,
+            "global_batch": self.ctx.run.global_batch, "device": str(self.ctx.run.device),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "python": sys.version.split()[0],
+            "methods": self.end_logs,
+        })
+        return summary
+
+
+def _detach(output: Any) -> Any:
+    return output.detach() if isinstance(output, torch.Tensor) else output
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text)
+    os.replace(temp, path)
 
 
 def _check_selection(positions: list[int], available: int, accumulation: int, name: str) -> None:
@@ -518,10 +639,12 @@ def _check_selection(positions: list[int], available: int, accumulation: int, na
                          f"train.accumulation={accumulation}; keep whole optimizer steps")
 
 
-def _epoch_line(record: dict[str, Any], epochs: int) -> str:
-    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train_loss']:.4f}",
-             f"train {record['train_acc']:.4f}"]
-    parts += [f"{split} {record[f'{split}_acc']:.4f}" for split in ("val", "test") if f"{split}_acc" in record]
+def _epoch_line(record: dict[str, Any], epochs: int, task: Task) -> str:
+    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train_loss']:.4f}"]
+    parts += [f"train {name} {record[f'train_{name}']:.4f}" for name in task.train_metrics
+              if f"train_{name}" in record]
+    parts += [f"{split} {task.primary_metric} {record[f'{split}_{task.primary_metric}']:.4f}"
+              for split in ("val", "test") if f"{split}_{task.primary_metric}" in record]
     parts += [f"lr {record['lr']:.4g}", f"{record['epoch_time']:.1f} s",
               f"{record['samples_per_s']:.0f} samples/s"]
     return "  ".join(parts)

@@ -1,0 +1,142 @@
+"""The task protocol: what a batch is and how a model is scored. The trainer owns the loop; a task owns the data,
+the default model, the default loss and the metrics (as Composer's ``ComposerModel`` and Lightning's
+``LightningModule`` own loss and metrics).
+
+A task class declares:
+
+* ``name`` (the recipe's ``task``), ``input_kind`` and ``target_kind`` (what methods' ``inputs``/``targets`` are
+  checked against);
+* ``metrics`` (evaluation metrics, e.g. ``("loss", "acc")``), ``primary_metric`` and ``higher_is_better`` (what
+  ``best``, ``train.target`` and time-to-target use), ``train_metrics`` (measured on the training batches);
+* ``data_names`` (the recipe's ``data.name`` values it loads) and ``model_names`` (its ``model.name`` values).
+
+and implements ``load_data``, ``adopt_data`` (a user's own data), ``build_model``, ``loss``, ``eval_sums`` and
+``train_sums``; ``normalizer`` and ``evaluate`` have defaults.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from regimen.data import DataSplits, InMemoryLoader
+from regimen.errors import ConfigurationError
+
+__all__ = ["Task", "UnknownTaskError"]
+
+
+class UnknownTaskError(ConfigurationError):
+    """A recipe or command names a task that is not registered."""
+
+
+class Task:
+    """Base class of tasks. One instance per run, built from the recipe (``Task(recipe)``)."""
+
+    name: ClassVar[str] = ""
+    input_kind: ClassVar[str] = ""
+    target_kind: ClassVar[str] = ""
+    metrics: ClassVar[tuple[str, ...]] = ("loss",)
+    primary_metric: ClassVar[str] = "loss"
+    higher_is_better: ClassVar[bool] = False
+    train_metrics: ClassVar[tuple[str, ...]] = ()
+    data_names: ClassVar[tuple[str, ...]] = ()
+    model_names: ClassVar[tuple[str, ...]] = ()
+    default_model: ClassVar[str] = ""
+
+    def __init__(self, recipe: Any) -> None:
+        self.recipe = recipe
+
+    @classmethod
+    def summary(cls) -> str:
+        """First line of the class docstring: shown by ``regimen info`` and ``regimen methods --task``."""
+        doc = inspect.getdoc(cls) or ""
+        return doc.splitlines()[0] if doc else ""
+
+    # -------------------------------------------------------------------------------------------- recipe checks
+    def check_recipe(self, user_model: bool = False, user_data: bool = False) -> None:
+        """Raise ConfigurationError naming the recipe key that this task cannot use."""
+        recipe = self.recipe
+        if not user_data and self.data_names and recipe.data.name not in self.data_names:
+            raise ConfigurationError(f"data.name: task {self.name!r} reads {', '.join(map(repr, self.data_names))}, "
+                                     f"got {recipe.data.name!r}")
+        model_name = recipe.model.name or self.default_model
+        if not user_model and self.model_names and model_name not in self.model_names:
+            raise ConfigurationError(f"model.name: task {self.name!r} builds "
+                                     f"{', '.join(map(repr, self.model_names))}, got {model_name!r}")
+
+    # ------------------------------------------------------------------------------------------ what subclasses do
+    def load_data(self) -> DataSplits:
+        """The splits the recipe's ``[data]`` table names."""
+        raise NotImplementedError
+
+    def adopt_data(self, data: Any) -> DataSplits:
+        """A user's own data (``fit(data=...)``) as splits."""
+        raise NotImplementedError
+
+    def build_model(self, data: DataSplits) -> nn.Module:
+        """The recipe's ``[model]`` for this data."""
+        raise NotImplementedError
+
+    def model_spec(self, data: DataSplits) -> dict[str, Any]:
+        """What identifies the recipe's model in a checkpoint (a resume into another model is refused)."""
+        model = self.recipe.model
+        return {"name": model.name or self.default_model, "input_shape": list(data.train.input_shape),
+                "options": dict(model.options)}
+
+    def loss(self) -> Callable[..., torch.Tensor]:
+        """The base criterion ``loss(output, target, reduction="mean")`` that criterion methods wrap."""
+        raise NotImplementedError
+
+    def run_facts(self, data: DataSplits) -> dict[str, Any]:
+        """Task facts for ``ctx.run`` (``num_classes``, ``label_smoothing``, ``data_mean``, ``data_std``)."""
+        return {}
+
+    def normalizer(self, data: DataSplits, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The input normalisation applied after ``transform_batch`` (identity by default)."""
+        return _identity
+
+    def train_sums(self, output: Any, target: Any) -> list[float]:
+        """Sums over a training batch of the ``train_metrics`` (divided by the sample count by the trainer)."""
+        return []
+
+    def eval_sums(self, output: Any, target: Any) -> torch.Tensor:
+        """Sums over an evaluation batch of each of ``metrics`` (float64 tensor, one entry per metric)."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, dataset: Any, normalize: Callable, batch_size: int = 1000,
+                 device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
+                 all_reduce: Callable | None = None) -> dict[str, float]:
+        """``metrics`` of ``model`` on ``dataset`` (sharded over ranks, summed, divided by the sample count)."""
+        was_training = model.training
+        model.eval()
+        loader = InMemoryLoader(dataset, batch_size, shuffle=False, drop_last=False, rank=rank,
+                                world_size=world_size, device=device)
+        totals = torch.zeros(len(self.metrics) + 1, dtype=torch.float64, device=device)
+        for x, y, _ in loader:
+            if len(y) == 0:
+                continue
+            totals[:-1] += self.eval_sums(model(normalize(x)), y).to(device)
+            totals[-1] += len(y)
+        if all_reduce is not None:
+            totals = all_reduce(totals, "sum")
+        model.train(was_training)
+        count = max(totals[-1].item(), 1.0)
+        return {name: totals[i].item() / count for i, name in enumerate(self.metrics)}
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether primary-metric value ``a`` is better than ``b``."""
+        return a > b if self.higher_is_better else a < b
+
+    def reached(self, value: float, target: float) -> bool:
+        """Whether ``value`` of the primary metric meets ``train.target``."""
+        return value >= target if self.higher_is_better else value <= target
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x

@@ -1,0 +1,211 @@
+"""``task = "classification"``: class labels from feature vectors (tabular data, embeddings, any tensor rows).
+
+Batches are ``(inputs (N, ...) float, labels (N,) int64)``; the default model is an MLP on the flattened inputs;
+the loss is cross-entropy (index or soft targets, with ``train.label_smoothing``); the metrics are the mean
+cross-entropy and top-1 accuracy (primary, higher is better). Inputs are standardised per feature with the training
+set's mean and standard deviation when ``data.normalize`` is true.
+
+Data (offline): scikit-learn's bundled ``digits`` (64 pixel features; also ``auto``), ``iris``, ``wine`` and
+``breast_cancer``, or an ``.npz`` with ``x_train``/``y_train`` (and ``x_test``/``y_test``) arrays. A user's own data: see
+:meth:`ClassificationTask.adopt_data`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from regimen.data import DataError, DataSplits, TensorDataset, split_dataset
+from regimen.losses import soft_target_cross_entropy
+from regimen.tasks.base import Task
+
+__all__ = ["ClassificationTask", "classification_criterion"]
+
+
+def classification_criterion(label_smoothing: float = 0.0) -> Callable[..., torch.Tensor]:
+    """Cross-entropy on logits ``(N, C)`` against index targets ``(N,)`` or soft targets ``(N, C)``, with label
+    smoothing ``eps`` (``q = (1 - eps) t + eps / C`` for soft targets, as ``F.cross_entropy`` does for indices)."""
+
+    def loss(output: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        if target.dim() == 2 and target.is_floating_point():
+            return soft_target_cross_entropy(output, target, label_smoothing, reduction=reduction)
+        return F.cross_entropy(output, target, label_smoothing=label_smoothing, reduction=reduction)
+
+    return loss
+
+
+def _labels(target: torch.Tensor) -> torch.Tensor:
+    return target.argmax(dim=1) if target.dim() == 2 else target
+
+
+class ClassificationTask(Task):
+    """Classify feature vectors (tabular data, embeddings): cross-entropy, accuracy."""
+
+    name = "classification"
+    input_kind = "vector"
+    target_kind = "labels"
+    metrics = ("loss", "acc")
+    primary_metric = "acc"
+    higher_is_better = True
+    train_metrics = ("acc",)
+    data_names = ("auto", "digits", "iris", "wine", "breast_cancer", "npz")  # auto: digits
+    model_names = ("mlp",)
+    default_model = "mlp"
+
+    # ------------------------------------------------------------------------------------------------------ data
+    def load_data(self) -> DataSplits:
+        cfg, seed = self.recipe.data, self.recipe.seed
+        if cfg.name == "npz":
+            if cfg.root is None:
+                raise DataError("data.name = 'npz' needs data.root (the .npz file)")
+            train, test = _npz_pair(Path(cfg.root))
+            test_source = f"{cfg.root} x_test/y_test" if test is not None else None
+        else:
+            name = "digits" if cfg.name == "auto" else cfg.name
+            train, test = _sklearn_split(name, seed)
+            test_source = f"seeded 20 % of scikit-learn's {name}"
+        if test is None:
+            raise DataError(f"{cfg.root}: no x_test/y_test arrays; add a held-out test set to the file")
+        train, val = split_dataset(train, cfg.val_fraction, seed)
+        if cfg.train_subset is not None and cfg.train_subset < len(train):
+            train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))
+                                 [: cfg.train_subset])
+        if cfg.test_subset is not None and cfg.test_subset < len(test):
+            test = test.subset(torch.arange(cfg.test_subset))
+        sources = {"train": f"{train.name}", "val": f"seeded {cfg.val_fraction:g} of the training set",
+                   "test": test_source}
+        return self._with_stats(DataSplits(train, val, test, sources=sources))
+
+    def adopt_data(self, data: Any) -> DataSplits:
+        """``DataSplits``; a dict ``{"train": ..., "val": ..., "test": ...}`` of datasets or ``(inputs, labels)``
+        pairs (``val``/``test`` optional); or one dataset / ``(inputs, labels)`` pair, from which the recipe's
+        ``data.val_fraction`` is held out (seeded). Without a test split the run evaluates on validation only."""
+        if isinstance(data, DataSplits):
+            return data
+        cfg, seed = self.recipe.data, self.recipe.seed
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - {"train", "val", "test"})
+            if unknown or "train" not in data:
+                raise DataError(f"data: expected a dict with keys 'train' (required), 'val', 'test'; got "
+                                f"{sorted(data)}")
+            splits = {key: self.as_dataset(value, f"data[{key!r}]") for key, value in data.items()
+                      if value is not None}
+            sources = {key: "user data" for key in splits}
+            return self._with_stats(DataSplits(splits["train"], splits.get("val"), splits.get("test"),
+                                               sources=sources))
+        train, val = split_dataset(self.as_dataset(data, "data"), cfg.val_fraction, seed)
+        sources = {"train": "user data", "val": f"seeded {cfg.val_fraction:g} of the user data"}
+        return self._with_stats(DataSplits(train, val, None, sources=sources))
+
+    def as_dataset(self, value: Any, where: str) -> Any:
+        """A dataset (anything with ``gather`` and ``__len__``) as it is, or an ``(inputs, labels)`` pair."""
+        if hasattr(value, "gather") and hasattr(value, "__len__"):
+            return value
+        if not (isinstance(value, tuple | list) and len(value) == 2):
+            raise DataError(f"{where}: expected a dataset or an (inputs, labels) pair of tensors, got "
+                            f"{type(value).__name__}")
+        inputs, labels = (torch.as_tensor(v) if isinstance(v, np.ndarray) else v for v in value)
+        if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
+            raise DataError(f"{where}: inputs must be a floating-point tensor, got "
+                            f"{getattr(inputs, 'dtype', type(inputs).__name__)}")
+        return TensorDataset(inputs, _check_labels(labels, where), "user data", _num_classes(labels))
+
+    def _with_stats(self, data: DataSplits) -> DataSplits:
+        if data.mean is None and self.recipe.data.normalize and isinstance(data.train, TensorDataset):
+            rows = data.train.inputs.reshape(len(data.train), -1).double()
+            data.mean, data.std = rows.mean(0).float(), rows.std(0).clamp_min(1e-6).float()
+        return data
+
+    # ----------------------------------------------------------------------------------------------------- model
+    def num_classes(self, data: DataSplits) -> int:
+        counts = [getattr(split, "num_classes", None) for split in (data.train, data.val, data.test) if split]
+        known = [c for c in counts if c]
+        if not known:
+            raise DataError("data: cannot tell the number of classes; give the dataset a num_classes attribute")
+        return max(known)
+
+    def build_model(self, data: DataSplits) -> nn.Module:
+        from regimen.models import MLP
+
+        features = int(np.prod(data.train.input_shape))
+        return MLP(in_features=features, num_classes=self.num_classes(data), **self.recipe.model.options)
+
+    def model_spec(self, data: DataSplits) -> dict[str, Any]:
+        return dict(super().model_spec(data), num_classes=self.num_classes(data))
+
+    def run_facts(self, data: DataSplits) -> dict[str, Any]:
+        return {"num_classes": self.num_classes(data), "label_smoothing": self.recipe.train.label_smoothing,
+                "data_mean": data.mean, "data_std": data.std}
+
+    # ---------------------------------------------------------------------------------------------- loss, scores
+    def loss(self) -> Callable[..., torch.Tensor]:
+        return classification_criterion(self.recipe.train.label_smoothing)
+
+    def normalizer(self, data: DataSplits, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+        if data.mean is None or not self.recipe.data.normalize:
+            return super().normalizer(data, device)
+        shape = (1, *data.train.input_shape)
+        mean, std = data.mean.to(device).view(shape), data.std.to(device).view(shape)
+        return lambda x: (x - mean) / std
+
+    def train_sums(self, output: Any, target: Any) -> list[float]:
+        if not isinstance(output, torch.Tensor) or output.dim() != 2:
+            return [float("nan")]
+        return [float((output.argmax(dim=1) == _labels(target)).sum())]
+
+    def eval_sums(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        output = output.float()
+        loss = F.cross_entropy(output, target, reduction="sum")
+        correct = (output.argmax(dim=1) == target).sum()
+        return torch.stack([loss.double(), correct.double()])
+
+
+def _check_labels(labels: Any, where: str) -> torch.Tensor:
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.dim() != 1:
+        raise DataError(f"{where}: labels must be an int64 tensor (N,) of class indices, got "
+                        f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}")
+    if len(labels) and labels.min() < 0:
+        raise DataError(f"{where}: labels must be >= 0, got {int(labels.min())}")
+    return labels
+
+
+def _num_classes(labels: torch.Tensor) -> int:
+    return int(labels.max()) + 1 if len(labels) else 0
+
+
+def _sklearn_split(name: str, seed: int) -> tuple[TensorDataset, TensorDataset]:
+    import sklearn.datasets
+
+    loader = {"digits": sklearn.datasets.load_digits, "iris": sklearn.datasets.load_iris,
+              "wine": sklearn.datasets.load_wine, "breast_cancer": sklearn.datasets.load_breast_cancer}[name]
+    bunch = loader()
+    inputs = torch.from_numpy(np.asarray(bunch.data, dtype=np.float32))
+    labels = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    num_test = int(round(0.2 * len(labels)))
+    classes = _num_classes(labels)
+    return (TensorDataset(inputs[order[num_test:]], labels[order[num_test:]], name, classes),
+            TensorDataset(inputs[order[:num_test]], labels[order[:num_test]], name, classes))
+
+
+def _npz_pair(path: Path) -> tuple[TensorDataset, TensorDataset | None]:
+    if not path.is_file():
+        raise DataError(f"npz file not found: {path}")
+    with np.load(path) as arrays:
+        if "x_train" not in arrays or "y_train" not in arrays:
+            raise DataError(f"{path}: expected arrays x_train/y_train (and x_test/y_test), found {sorted(arrays)}")
+        pairs = [(arrays[f"x_{s}"], arrays[f"y_{s}"]) for s in ("train", "test") if f"x_{s}" in arrays]
+    datasets = []
+    for x, y in pairs:
+        labels = _check_labels(torch.from_numpy(y.astype(np.int64)), str(path))
+        datasets.append(TensorDataset(torch.from_numpy(x.astype(np.float32)), labels, path.stem))
+    classes = max(_num_classes(d.targets) for d in datasets)
+    for dataset in datasets:
+        dataset.num_classes = classes
+    return datasets[0], (datasets[1] if len(datasets) > 1 else None)

@@ -1,0 +1,74 @@
+"""``task = "image_classification"`` (the default): class labels from images.
+
+Batches are ``(images (N, C, H, W) float in [0, 1], labels (N,) int64)``; ``transform_batch`` sees the images before
+the per-channel normalisation (the training set's mean and std). The default model is regimen's ResNet (or ``mlp``);
+the loss is cross-entropy with ``train.label_smoothing`` on index or soft (mixed) targets; the metrics are the mean
+cross-entropy and top-1 accuracy (primary, higher is better).
+
+Data (offline): ``auto`` (Fashion-MNIST from Debian's ``dataset-fashion-mnist``, else scikit-learn's 8×8 digits),
+``fashion_mnist``, ``digits``, ``npz``, ``idx``, ``folder``. A user's own data: a dataset, or ``(images, labels)``
+with images uint8 (0-255) or float in [0, 1]; see :meth:`ImageClassificationTask.adopt_data`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from regimen.data import ArrayDataset, DataError, DataSplits, load_data
+from regimen.tasks.classification import ClassificationTask, _check_labels, _num_classes
+
+__all__ = ["ImageClassificationTask"]
+
+
+class ImageClassificationTask(ClassificationTask):
+    """Classify images (Fashion-MNIST, digits, your own): cross-entropy, accuracy."""
+
+    name = "image_classification"
+    input_kind = "image"
+    data_names = ("auto", "fashion_mnist", "digits", "npz", "idx", "folder")
+    model_names = ("resnet", "mlp")
+    default_model = "resnet"
+
+    def load_data(self) -> DataSplits:
+        cfg = self.recipe.data
+        return load_data(cfg.name, cfg.root, cfg.val_fraction, cfg.train_subset, self.recipe.seed, cfg.test_subset)
+
+    def as_dataset(self, value: Any, where: str) -> Any:
+        """A dataset as it is, or an ``(images, labels)`` pair: images ``(N, C, H, W)`` (or ``(N, H, W)``) uint8
+        0-255 or float in [0, 1]; labels int64 class indices."""
+        if hasattr(value, "gather") and hasattr(value, "__len__"):
+            return value
+        if not (isinstance(value, tuple | list) and len(value) == 2):
+            raise DataError(f"{where}: expected a dataset or an (images, labels) pair of tensors, got "
+                            f"{type(value).__name__}")
+        images, labels = (torch.as_tensor(v) if isinstance(v, np.ndarray) else v for v in value)
+        if not isinstance(images, torch.Tensor):
+            raise DataError(f"{where}: images must be a tensor, got {type(images).__name__}")
+        if images.dim() == 3:
+            images = images.unsqueeze(1)
+        labels = _check_labels(labels, where)
+        return ArrayDataset(images, labels, _num_classes(labels), "user data")
+
+    def _with_stats(self, data: DataSplits) -> DataSplits:
+        if data.mean is None and hasattr(data.train, "channel_stats"):
+            data.mean, data.std = data.train.channel_stats()
+        return data
+
+    def build_model(self, data: DataSplits) -> nn.Module:
+        from regimen.models import build_model
+
+        model = self.recipe.model
+        return build_model(model.name or self.default_model, data.train.input_shape, self.num_classes(data),
+                           **model.options)
+
+    def normalizer(self, data: DataSplits, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+        if not self.recipe.data.normalize or data.mean is None:
+            return lambda x: x
+        mean = data.mean.to(device).view(1, -1, 1, 1)
+        std = data.std.to(device).view(1, -1, 1, 1)
+        return lambda x: (x - mean) / std
