@@ -187,6 +187,23 @@ def test_surgery_builds_a_fresh_layer_that_takes_over_the_bn_tensors(affine, tra
     assert calls == [1]  # the old layer keeps its own hook
 
 
+def test_setup_logs_land_in_the_first_row_of_metrics_jsonl(tiny_recipe, tmp_path):
+    """Logged in setup (before any epoch), the layer count is in the 1-epoch run's only metrics row."""
+    import json
+
+    from regimen.train import fit
+
+    recipe = dict(tiny_recipe, model={"name": "resnet", "options": {"widths": [4, 8], "depths": [1, 1]}},
+                  methods=[{"name": "ghost_bn", "ghost_batch_size": 16}])
+    recipe["train"] = dict(recipe["train"], epochs=1, max_steps_per_epoch=2)
+    result = fit(recipe, out_dir=tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    bns = sum(isinstance(m, GhostBatchNorm2d) for m in result.model.modules())
+    assert len(rows) == 1 and bns > 0
+    assert rows[0]["ghost_bn/layers"] == bns
+    assert rows[0]["ghost_bn/ghost_batches"] == 4  # per-device batch 64 / 16
+
+
 def test_old_names_are_deprecated_aliases():
     for module in (regimen.batch, regimen.batch.ghost_bn):
         with pytest.warns(DeprecationWarning, match="GhostBatchNormMethod"):

@@ -34,15 +34,16 @@ def test_adapt_regime_on_a_recipe_dict_leaves_input_and_fractions_alone():
         adapt_regime(5, batch_size=128, base_batch_size=0)
 
 
-def test_method_rewrites_ctx_epochs():
+def test_method_sets_the_epochs_of_the_run_in_setup():
     model = nn.Linear(2, 2)
-    ctx = Context(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), criterion=F.cross_entropy,
-                  num_classes=2, per_device_batch=256, epochs=3)
-    method = RegimeAdaptationMethod(base_batch_size=128)
-    method.setup(ctx)
-    assert ctx.epochs == 6 and ctx.log["regime/factor"] == 2.0
-    method.on_epoch_end(ctx)
-    assert ctx.log["regime/applied"] == 1.0
+    ctx = Context(model, torch.optim.SGD(model.parameters(), lr=0.1), F.cross_entropy, num_classes=2,
+                  per_device_batch=256, epochs=3)
+    RegimeAdaptationMethod(base_batch_size=128).setup(ctx)
+    assert ctx.run.epochs == 6
+    assert ctx.log["regime_adaptation/factor"] == 2.0 and ctx.log["regime_adaptation/epochs"] == 6.0
+    capped = Context(model, per_device_batch=1024, epochs=3)
+    RegimeAdaptationMethod(base_batch_size=128, max_factor=2.5).setup(capped)
+    assert capped.run.epochs == 8  # ceil(3 x 2.5)
 
 
 def test_trainer_runs_the_adapted_number_of_epochs(tiny_recipe):
@@ -54,6 +55,7 @@ def test_trainer_runs_the_adapted_number_of_epochs(tiny_recipe):
     raw["train"] = dict(raw["train"], epochs=1, batch_size=64, max_steps_per_epoch=2)
     result = fit(parse_recipe(raw), quiet=True)
     assert len(result.history) == 2
+    assert result.history[0]["regime_adaptation/factor"] == 2.0  # logged in setup: in the first epoch's row
     assert result.history[0]["lr_scaling/lr"] == pytest.approx(0.1)  # 0.05 x 64 / 32, SGD -> linear
 
 

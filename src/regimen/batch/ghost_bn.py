@@ -454,8 +454,8 @@ class GhostBatchNormMethod(Method):
 
     def setup(self, ctx: Context) -> None:
         ctx.model = apply_ghost_batch_norm(ctx.model, self.ghost_batch_size, ctx.optimizer, self.last_partial)
-        ctx.log["ghost_bn/layers"] = float(_ghost_layer_count(ctx.model))
-        ctx.log["ghost_bn/ghost_batches"] = float(-(-ctx.per_device_batch // self.ghost_batch_size))
+        self.log(ctx, "layers", _ghost_layer_count(ctx.model))
+        self.log(ctx, "ghost_batches", -(-ctx.run.per_device_batch // self.ghost_batch_size))
 
 
 __getattr__ = deprecated_aliases(

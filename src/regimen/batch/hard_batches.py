@@ -162,21 +162,22 @@ class HighLossBatchesMethod(Method):
 
     def select_batches(self, batches: Iterable[Any], ctx: Context) -> list[int] | None:
         if ctx.epoch < self.start_epoch or self.selector.fraction == 1.0:
-            ctx.log["high_loss/kept_fraction"] = 1.0
+            self.log(ctx, "kept_fraction", 1.0)
             return None
+        accumulation = ctx.run.accumulation
         with ctx.autocast():
             sums = batch_loss_sums(ctx.model, ((ctx.normalize(x), y) for x, y, _ in batches), ctx.criterion,
                                    self.selector.eval_mode)
-        sums = ctx.all_reduce(sums.to(ctx.device), "sum").cpu()  # each rank holds its share of every batch
-        steps = sums.shape[0] // ctx.accumulation  # a trailing incomplete step is not trained anyway
-        per_step = sums[: steps * ctx.accumulation].reshape(steps, ctx.accumulation, 2).sum(dim=1)
+        sums = ctx.all_reduce(sums.to(ctx.run.device), "sum").cpu()  # each rank holds its share of every batch
+        steps = sums.shape[0] // accumulation  # a trailing incomplete step is not trained anyway
+        per_step = sums[: steps * accumulation].reshape(steps, accumulation, 2).sum(dim=1)
         losses = per_step[:, 0] / per_step[:, 1].clamp_min(1.0)
         kept = self.selector.select(losses)
         self.selector.last_losses = losses
-        ctx.log["high_loss/kept_fraction"] = kept.numel() / steps
-        ctx.log["high_loss/loss_all"] = losses.mean().item()
-        ctx.log["high_loss/loss_kept"] = losses[kept].mean().item()
-        return _step_positions(kept, ctx.accumulation)
+        self.log(ctx, "kept_fraction", kept.numel() / steps)
+        self.log(ctx, "loss_all", losses.mean())
+        self.log(ctx, "loss_kept", losses[kept].mean())
+        return _step_positions(kept, accumulation)
 
 
 __getattr__ = deprecated_aliases(__name__, {"HighLossBatches": "HighLossBatchesMethod"}, globals())

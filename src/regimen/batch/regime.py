@@ -120,10 +120,9 @@ def adapt_regime(
 class RegimeAdaptationMethod(Method):
     """Regime adaptation (Hoffer et al. 2017): multiply the epochs by B / B_small to match the small batch's updates.
 
-    In ``setup`` it sets the run's epochs to ``ceil(epochs · B / B_small)`` with ``B`` the global batch. The LR
-    schedule's milestones are fractions of training, so they follow the longer run by themselves. Logs
-    ``regime/factor``, ``regime/epochs`` and ``regime/applied`` (1 when the trainer runs the adapted number of
-    epochs, 0 when it ignored it).
+    In ``setup`` it sets the run's epochs to ``ceil(epochs · B / B_small)`` (``ctx.set_epochs``) with ``B`` the
+    global batch. The LR schedule's milestones are fractions of training, so they follow the longer run by
+    themselves. Logs ``regime_adaptation/factor`` and ``regime_adaptation/epochs``.
 
     Args:
         base_batch_size: the small batch ``B_small`` whose number of updates is matched.
@@ -138,27 +137,13 @@ class RegimeAdaptationMethod(Method):
             raise ValueError(f"max_factor must be > 0 or None, got {max_factor}")
         self.base_batch_size = base_batch_size
         self.max_factor = max_factor
-        self.factor = 1.0
-        self.target_epochs: int | None = None
 
     def setup(self, ctx: Context) -> None:
-        self.factor = regime_factor(ctx.global_batch, self.base_batch_size, self.max_factor)
-        self.target_epochs = _scale(ctx.epochs, [], self.factor, "fraction").epochs
-        ctx.epochs = self.target_epochs
-        ctx.log["regime/factor"] = self.factor
-        ctx.log["regime/epochs"] = float(self.target_epochs)
-
-    def on_epoch_end(self, ctx: Context) -> None:
-        ctx.log["regime/factor"] = self.factor
-        ctx.log["regime/epochs"] = float(self.target_epochs or ctx.epochs)
-        ctx.log["regime/applied"] = float(self.target_epochs is None or ctx.epochs == self.target_epochs)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"factor": self.factor, "target_epochs": self.target_epochs}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.factor = float(state.get("factor", self.factor))
-        self.target_epochs = state.get("target_epochs", self.target_epochs)
+        factor = regime_factor(ctx.run.global_batch, self.base_batch_size, self.max_factor)
+        epochs = _scale(ctx.run.epochs, [], factor, "fraction").epochs
+        ctx.set_epochs(epochs)
+        self.log(ctx, "factor", factor)
+        self.log(ctx, "epochs", epochs)
 
 
 __getattr__ = deprecated_aliases(__name__, {"RegimeAdaptation": "RegimeAdaptationMethod"}, globals())

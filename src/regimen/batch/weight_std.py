@@ -329,10 +329,10 @@ class WeightStandardizationMethod(Method):
 
     def setup(self, ctx: Context) -> None:
         converted = apply_weight_standardization(ctx.model, ctx.optimizer, self.eps, self.mode)
-        ctx.log["weight_std/convs"] = float(len(converted))
+        self.log(ctx, "convs", len(converted))
         if self.bcn:
             replaced = apply_batch_channel_norm(ctx.model, ctx.optimizer, self.bcn_groups, self.estimate)
-            ctx.log["weight_std/bcn_layers"] = float(len(replaced))
+            self.log(ctx, "bcn_layers", len(replaced))
 
 
 __getattr__ = deprecated_aliases(__name__, {"WeightStandardization": "WeightStandardizationMethod"}, globals())

@@ -216,29 +216,21 @@ def _index_targets(y: torch.Tensor, method: str) -> torch.Tensor:
     return y
 
 
-def _set_criterion(ctx: Context, method: str, criterion, replaces: bool) -> None:
-    """Install ``criterion`` as ``ctx.criterion`` (the loss every step, multi-sample dropout, nested widths, ... call),
-    marked with the method's name. A criterion that *replaces* the loss must come before any that adds to it."""
-    previous = getattr(ctx.criterion, "regimen_method", None)
-    if replaces and previous is not None:
-        raise ValueError(f"{method} replaces the training criterion, which {previous!r} already changed; list "
-                         f"{method} before {previous} in the recipe")
-    criterion.regimen_method = method
-    ctx.criterion = criterion
-
-
 @register_method
 class ZLossMethod(Method):
     """Train with the spherical-family Z-loss instead of cross-entropy (de Brébisson & Vincent 2016).
 
-    Replaces ``ctx.criterion`` in ``setup``, so it composes with methods that own the forward pass and call the
-    criterion (multi-sample dropout, nested widths). Needs index targets (not after CutMix/MixUp)."""
+    A ``criterion`` link that *replaces* the loss: it never calls ``next``, so it must be the innermost link, listed
+    after the methods that wrap the criterion (``logit_z_loss`` adds its regulariser to this loss). Every caller of
+    ``ctx.criterion`` (the default step, multi-sample dropout, nested widths) gets it. Needs index targets (not after
+    CutMix/MixUp)."""
 
     name = "z_loss"
+    targets = ("labels",)
     conflicts = ("cutmix", "mixup")
-    before = ("logit_z_loss",)
-    constraint_reason = ("the Z-loss replaces the criterion (logit_z_loss adds to it) and needs index targets "
-                         "(mixing methods train on soft targets)")
+    after = ("logit_z_loss",)
+    constraint_reason = ("the Z-loss replaces the criterion, so the criterion wrappers (logit_z_loss) come first, and "
+                         "it needs index targets (mixing methods train on soft targets)")
 
     def __init__(self, a: float = 0.1, b: float = 10.0) -> None:
         if not a > 0:
@@ -246,21 +238,23 @@ class ZLossMethod(Method):
         self.a = float(a)
         self.b = float(b)
 
-    def setup(self, ctx: Context) -> None:
-        def criterion(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            # no data-dependent checks: the criterion must run under torch.func (adaptive_batch's per-sample
-            # gradients); the trainer rejects a NaN loss itself
-            return z_loss(logits, _index_targets(y, self.name), a=self.a, b=self.b, check_values=False)
-
-        _set_criterion(ctx, self.name, criterion, replaces=True)
+    def criterion(self, output: torch.Tensor, target: torch.Tensor, next, ctx: Context,
+                  reduction: str = "mean") -> torch.Tensor:
+        # no data-dependent checks: the criterion must run under torch.func (adaptive_batch's per-sample
+        # gradients); the trainer rejects a NaN loss itself
+        return z_loss(output, _index_targets(target, self.name), a=self.a, b=self.b, reduction=reduction,
+                      check_values=False)
 
 
 @register_method
 class LogitZLossMethod(Method):
-    """Add the logit z-loss z_loss_coef·(log Σ e^o)² to the default criterion (PaLM / ST-MoE stabiliser).
+    """Add the logit z-loss z_loss_coef·(log Σ e^o)² to the criterion (PaLM / ST-MoE stabiliser).
 
-    Wraps ``ctx.criterion`` in ``setup`` (the criterion plus the regulariser on the same logits), so it composes
-    with soft targets and with methods that own the forward pass (multi-sample dropout: every sample's logits).
+    A ``criterion`` link that wraps the next one: ``next(output, target) + logit_z_loss(output)``, on the same
+    logits and with the same reduction (rows whose index target is the ignore index are masked in both). So it
+    composes with soft targets, with the Z-loss (listed after it) and with every caller of ``ctx.criterion``
+    (multi-sample dropout: every sample's logits). Logs ``logit_z_loss/value`` (the last regulariser; mean over
+    rows for ``reduction="none"``).
 
     Args:
         z_loss_coef: coefficient of the regulariser (PaLM: 1e-4).
@@ -268,6 +262,7 @@ class LogitZLossMethod(Method):
     """
 
     name = "logit_z_loss"
+    targets = ("labels",)
 
     def __init__(self, z_loss_coef: float = 1e-4, coef: float | None = None) -> None:
         if coef is not None:
@@ -277,13 +272,11 @@ class LogitZLossMethod(Method):
             raise ValueError(f"logit_z_loss: z_loss_coef must be >= 0, got {z_loss_coef}")
         self.z_loss_coef = float(z_loss_coef)
 
-    def setup(self, ctx: Context) -> None:
-        base = ctx.criterion
-
-        def criterion(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            reg = logit_z_loss(logits, z_loss_coef=self.z_loss_coef, check_values=False)  # torch.func-safe
-            with contextlib.suppress(RuntimeError):  # no value to log inside a torch.func transform
-                ctx.log["logit_z_loss"] = float(reg.detach())
-            return base(logits, y) + reg
-
-        _set_criterion(ctx, self.name, criterion, replaces=False)
+    def criterion(self, output: torch.Tensor, target: torch.Tensor, next, ctx: Context,
+                  reduction: str = "mean") -> torch.Tensor:
+        index = target if not target.is_floating_point() and target.shape == output.shape[:-1] else None
+        reg = logit_z_loss(output, index, z_loss_coef=self.z_loss_coef, reduction=reduction,
+                           check_values=False)  # torch.func-safe, as in z_loss
+        with contextlib.suppress(RuntimeError):  # no value to log inside a torch.func transform
+            self.log(ctx, "value", reg.detach().mean())
+        return next(output, target, reduction=reduction) + reg

@@ -88,7 +88,7 @@ class EMAMethod(Method):
         self._ensure(ctx).update(self._unwrapped(ctx.model))
 
     def eval_model(self, model: nn.Module, ctx: Context) -> nn.Module:
-        return self._ensure(ctx).module.to(ctx.device)
+        return self._ensure(ctx).module.to(ctx.run.device)
 
     def state_dict(self) -> dict[str, Any]:
         if self.ema is None:
