@@ -58,12 +58,12 @@ def main() -> None:
     data, normalize = fashion_mnist_subset(args.subset)
     # the classifier (rank <= 10) stays dense in every run; the ResNet's 1-channel stem too (rank <= 9 anyway)
     head = "stages.2.fc" if args.model == "mlp" else "stages.4.fc"
-    exclude = [head] + (["stages.0.0"] if args.model == "resnet" else [])
+    ignore = [head] + (["stages.0.0"] if args.model == "resnet" else [])
     runs = {
         "dense + SVD after training": [],
-        "maestro, no ordered dropout": [{"name": "maestro", "sampler": "none", "exclude": exclude}],
-        "maestro, single-layer OD (paper)": [{"name": "maestro", "sampler": "single_layer", "exclude": exclude}],
-        "maestro, all-layers OD": [{"name": "maestro", "sampler": "all_layers", "exclude": exclude}],
+        "maestro, no ordered dropout": [{"name": "maestro", "sampler": "none", "ignore": ignore}],
+        "maestro, single-layer OD (paper)": [{"name": "maestro", "sampler": "single_layer", "ignore": ignore}],
+        "maestro, all-layers OD": [{"name": "maestro", "sampler": "all_layers", "ignore": ignore}],
     }
     table: dict[str, dict] = {}
     for label, methods in runs.items():
@@ -71,7 +71,7 @@ def main() -> None:
         model = result.model
         if not methods:
             dense_params = sum(p.numel() for p in model.parameters())
-            model = apply_maestro(copy.deepcopy(model), exclude=exclude)
+            model = apply_maestro(copy.deepcopy(model), ignore=ignore)
         row = {"train_s": result.summary["train_time"], "full_model_acc": result.summary["final_test_acc"],
                "acc": {}, "params": {}}
         for fraction in FRACTIONS:

@@ -1,6 +1,10 @@
 """The ``regimen`` command: ``train``, ``bench``, ``report``, ``methods`` and the subcommands in
-``regimen.commands`` (``prune``, ``tune``, ``info``). Thin: parses arguments, calls library code, turns user errors into
-one-line messages and a non-zero exit code.
+``regimen.commands`` (``recipes``, ``info``, ``prune``, ``tune``). Thin: parses arguments, calls library code, turns
+user errors into one-line messages and a non-zero exit code.
+
+User errors are regimen's own error types (``regimen.errors.RegimenError`` and its subclasses), pydantic's
+``ValidationError`` and file errors about paths the user named. Anything else is a bug: a two-line message with the
+exception type and where it was raised (``REGIMEN_DEBUG=1`` shows the traceback instead).
 """
 
 from __future__ import annotations
@@ -10,29 +14,92 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
-#: Subcommand modules (``add_parser(subparsers)`` + ``run(args) -> int``), loaded when present.
-COMMAND_MODULES = ("regimen.commands.prune", "regimen.commands.tune", "regimen.commands.info")
+#: Subcommand modules (``add_parser(subparsers)`` + ``run(args) -> int``). A missing module is an error, not a
+#: silently absent command; optional extras (Ray for ``tune``) are checked inside the command's ``run``.
+COMMAND_MODULES = ("regimen.commands.recipes", "regimen.commands.info", "regimen.commands.prune",
+                   "regimen.commands.tune")
+
+#: File errors that are user errors when they concern a path the user named (``--out``, ``--recipe``, a folder ...).
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+_EPILOG = """\
+recipes:  --recipe takes a shipped recipe's name (default, augment/cutmix, ...:
+          `regimen recipes` lists them) or a TOML file.
+errors:   exit status 1 and a one-line message; an internal error (a bug) says
+          so, and REGIMEN_DEBUG=1 shows its traceback. Bad usage exits 2."""
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    """regimen's own errors (RecipeError, DataError, CheckpointError, ConfigurationError ... all derive from
+    RegimenError) and pydantic's validation errors."""
     from pydantic import ValidationError
 
-    from regimen.data import DataError
-    from regimen.train import CheckpointError, RecipeError
+    from regimen.errors import RegimenError
 
-    return (RecipeError, DataError, CheckpointError, ValidationError, ValueError, KeyError, FileNotFoundError)
+    return (RegimenError, ValidationError)
+
+
+def _named_paths(args: argparse.Namespace) -> list[Path]:
+    """Every string the user passed (option values, and the values of ``--set key=value``) read as a path."""
+    texts: list[str] = []
+    for key, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        for text in values:
+            if not isinstance(text, str) or key == "command":
+                continue
+            texts.append(text)
+            if key == "overrides" and "=" in text:
+                texts.append(text.split("=", 1)[1].strip().strip("\"'"))
+    return [Path(os.path.abspath(text)) for text in texts if text]
+
+
+def _about_named_path(error: OSError, args: argparse.Namespace) -> bool:
+    """Whether a file error concerns a path the user named, a file inside it or a folder above it (``--out a/b``
+    fails at ``a``). regimen's own deliberate file errors carry a message but no ``filename``: those count too."""
+    filenames = [name for name in (error.filename, error.filename2) if name is not None]
+    if not filenames:
+        return True
+    for filename in filenames:
+        path = Path(os.path.abspath(os.fsdecode(filename)))
+        for named in _named_paths(args):
+            if path == named or named in path.parents or path in named.parents:
+                return True
+    return False
+
+
+def is_user_error(error: BaseException, args: argparse.Namespace) -> bool:
+    """True for errors caused by the input (reported in one line); False for bugs."""
+    if isinstance(error, _user_errors()):
+        return True
+    return isinstance(error, _PATH_ERRORS) and _about_named_path(error, args)
+
+
+def _where(error: BaseException) -> str:
+    """``regimen/<module>.py:<line>`` of the innermost regimen frame that the error passed through."""
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+              if "/regimen/" in frame.filename.replace(os.sep, "/")]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    return f" (at regimen/{frame.filename.replace(os.sep, '/').rsplit('/regimen/', 1)[1]}:{frame.lineno})"
+
+
+def _debug() -> bool:
+    return os.environ.get("REGIMEN_DEBUG", "") not in ("", "0")
 
 
 def _add_train(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train a recipe", description="Train the model a recipe describes.")
-    parser.add_argument("--recipe", help="TOML recipe (default with --resume: the checkpoint's recipe)")
+    parser.add_argument("--recipe", help="a shipped recipe's name (default, augment/cutmix: `regimen recipes` lists "
+                                         "them) or a TOML file; with --resume, default: the checkpoint's recipe")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key, e.g. --set train.epochs=3 (repeatable)")
-    parser.add_argument("--out", help="output folder (default: runs/<recipe name>)")
+    parser.add_argument("--out", help="output folder (default: runs/<recipe name>; with --resume: the checkpoint's)")
     parser.add_argument("--resume", help="continue from this checkpoint.pt")
     parser.add_argument("--overwrite", action="store_true", help="allow --out to already hold a run")
     parser.add_argument("--devices", type=int, help="number of processes/devices (DDP); same as train.devices")
@@ -41,6 +108,8 @@ def _add_train(subparsers) -> None:
 
 
 def _run_train(args) -> int:
+    from regimen.errors import ConfigurationError
+    from regimen.recipes import find_recipe
     from regimen.train import apply_overrides, fit, load_checkpoint, parse_recipe
     from regimen.train.recipe import read_recipe_file
 
@@ -50,11 +119,11 @@ def _run_train(args) -> int:
     if args.accelerator is not None:
         overrides.append(f'train.accelerator="{args.accelerator}"')
     if args.recipe:
-        raw = read_recipe_file(args.recipe)
+        raw = read_recipe_file(find_recipe(args.recipe))
     elif args.resume:
         raw = load_checkpoint(args.resume)["recipe"]
     else:
-        raise ValueError("train needs --recipe PATH (or --resume CHECKPOINT)")
+        raise ConfigurationError("train needs --recipe NAME_OR_FILE (or --resume CHECKPOINT)")
     recipe = parse_recipe(apply_overrides(raw, overrides))
     out = Path(args.out) if args.out else Path("runs") / recipe.name
     if args.resume and not args.out:
@@ -70,26 +139,32 @@ def _add_bench(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="run recipes and compare them",
                                    description="Run each recipe (fresh process, fixed seeds) and write results.json, "
                                                "results.md and accuracy_vs_time.png.")
-    parser.add_argument("--recipes", nargs="+", required=True, help="TOML recipes; the first is the baseline")
+    parser.add_argument("--recipes", nargs="+", required=True,
+                        help="shipped recipe names or TOML files; the first is the baseline")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--repeats", type=int, default=1, help="seeds per recipe (seed, seed+1, ...)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override applied to every recipe")
     parser.add_argument("--target", type=float, help="test accuracy whose time-to-reach is reported")
     parser.add_argument("--title", help="title of the report")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
 def _run_bench(args) -> int:
     from regimen.bench import run_bench
+    from regimen.errors import ConfigurationError
 
+    if args.repeats < 1:
+        raise ConfigurationError(f"--repeats must be >= 1, got {args.repeats}")
     run_bench(args.recipes, args.out, repeats=args.repeats, overrides=args.overrides, target=args.target,
               title=args.title, quiet=args.quiet)
     return 0
 
 
 def _add_report(subparsers) -> None:
-    parser = subparsers.add_parser("report", help="rebuild the table and plot of a bench folder")
+    parser = subparsers.add_parser("report", help="rebuild the table and plot of a bench folder",
+                                   description="Rewrite results.md and accuracy_vs_time.png from a bench folder's "
+                                               "results.json.")
     parser.add_argument("folder", help="a folder written by regimen bench")
 
 
@@ -101,13 +176,22 @@ def _run_report(args) -> int:
 
 
 def _add_methods(subparsers) -> None:
-    subparsers.add_parser("methods", help="list the methods recipes can use")
+    parser = subparsers.add_parser("methods", help="list the methods recipes can use",
+                                   description="List the registered methods, one line each: recipe name and summary.")
+    parser.add_argument("--task", help="only the methods that serve this task (`regimen info` lists the tasks)")
 
 
 def _run_methods(args) -> int:
     from regimen.method import list_methods
 
     methods = list_methods()
+    if args.task is not None:
+        from regimen.tasks import get_task, incompatibility
+
+        task = get_task(args.task)
+        methods = {name: cls for name, cls in methods.items() if incompatibility(cls, task) is None}
+        if not methods:
+            print(f"regimen methods: no method serves task {args.task!r}", file=sys.stderr)
     width = max((len(name) for name in methods), default=0)
     for name, cls in methods.items():
         print(f"{name:<{width}}  {cls.summary()}")
@@ -115,19 +199,16 @@ def _run_methods(args) -> int:
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
-    parser = argparse.ArgumentParser(prog="regimen", description="Composable, verified training methods for PyTorch.")
+    """The argument parser and ``command name -> run(args)``."""
+    parser = argparse.ArgumentParser(prog="regimen", description="Composable, verified training methods for PyTorch.",
+                                     epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    subparsers = parser.add_subparsers(dest="command")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     runners = {"train": _run_train, "bench": _run_bench, "report": _run_report, "methods": _run_methods}
     for add in (_add_train, _add_bench, _add_report, _add_methods):
         add(subparsers)
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            continue
+        module = importlib.import_module(module_name)
         name = module.add_parser(subparsers)
         runners[name or module_name.rsplit(".", 1)[1]] = module.run
     return parser, runners
@@ -148,13 +229,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return runners[args.command](args) or 0
     except KeyboardInterrupt:
-        print("regimen: interrupted; resume with --resume <out>/checkpoint.pt", file=sys.stderr)
+        hint = "; resume with --resume <out>/checkpoint.pt" if args.command == "train" else ""
+        print(f"regimen {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
-    except _user_errors() as error:
-        if os.environ.get("REGIMEN_DEBUG"):
+    except Exception as error:
+        if _debug():
             raise
+        # str(KeyError) quotes its message; a user error derived from KeyError prints it plain
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"regimen {args.command}: error: {message}", file=sys.stderr)
+        if is_user_error(error, args):
+            print(f"regimen {args.command}: error: {message}", file=sys.stderr)
+        else:
+            what = f"{type(error).__name__}: {message}" if str(message) else type(error).__name__
+            print(f"regimen {args.command}: internal error: {what}{_where(error)}\n"
+                  "this is a bug in regimen; run with REGIMEN_DEBUG=1 for the traceback", file=sys.stderr)
         return 1
 
 

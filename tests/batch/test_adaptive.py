@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimen.batch import AdaptiveBatch, norm_test, per_sample_gradients
+import regimen.batch
+from regimen.batch import AdaptiveBatchMethod, norm_test, per_sample_gradients
 from regimen.method import Context
 
 
@@ -55,25 +56,26 @@ def test_norm_test_matches_formula_by_hand():
 def test_method_grows_batch_monotonically_and_capped():
     model = _model()
     sizes = []
-    ctx = Context(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), criterion=F.cross_entropy,
-                  num_classes=4, per_device_batch=8, train_data=list(range(100)))
-    ctx.set_batch_size = lambda n: (sizes.append(n), setattr(ctx, "per_device_batch", n))
-    method = AdaptiveBatch(eta=0.01, interval=1, max_samples=8, max_batch_size=40, max_growth=2.0)
+    ctx = Context(model, torch.optim.SGD(model.parameters(), lr=0.1), F.cross_entropy, num_classes=4,
+                  per_device_batch=8, train_data=list(range(100)), set_batch_size=sizes.append)
+    method = AdaptiveBatchMethod(eta=0.01, interval=1, max_samples=8, max_batch_size=40, max_growth=2.0)
     x, y = torch.rand(8, 1, 6, 6), torch.randint(0, 4, (8,))
     for _ in range(4):
-        out = method.transform_batch(x, y, ctx)
-        assert out[0] is x and out[1] is y
+        assert method.before_forward(x, y, ctx) is None
         assert method.last is not None and not method.last.passed  # eta tiny: the test fails
         method.on_epoch_end(ctx)
     assert sizes == [16, 32, 40]  # doubling, then capped at max_batch_size, never shrinking
+    assert ctx.run.per_device_batch == 40
     assert ctx.log["adaptive_batch/batch_size"] == 40.0
     state = method.state_dict()
-    fresh = AdaptiveBatch()
+    fresh = AdaptiveBatchMethod()
     fresh.load_state_dict(state)
     assert fresh.global_batch == 40
-    assert AdaptiveBatch(eta=1.0).next_global_batch(64, 1000) == 64  # nothing suggested: unchanged
+    assert AdaptiveBatchMethod(eta=1.0).next_global_batch(64, 1000) == 64  # nothing suggested: unchanged
     with pytest.raises(ValueError, match="max_growth"):
-        AdaptiveBatch(max_growth=0.5)
+        AdaptiveBatchMethod(max_growth=0.5)
+    with pytest.warns(DeprecationWarning, match="AdaptiveBatchMethod"):
+        assert regimen.batch.AdaptiveBatch is AdaptiveBatchMethod
 
 
 def test_epoch_record_shows_the_batch_the_epoch_trained_at(tiny_recipe):

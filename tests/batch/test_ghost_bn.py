@@ -7,7 +7,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimen.batch import GhostBatchNorm1d, GhostBatchNorm2d, GhostBN, apply_ghost_batchnorm, ghost_batch_norm
+import regimen.batch
+import regimen.batch.ghost_bn
+from regimen.batch import (
+    GhostBatchNorm1d,
+    GhostBatchNorm2d,
+    GhostBatchNormMethod,
+    apply_ghost_batch_norm,
+    ghost_batch_norm,
+)
 from regimen.method import Context
 from regimen.models import ResNet
 
@@ -117,14 +125,14 @@ def test_bad_inputs_raise_clear_errors():
         ghost_batch_norm(torch.randn(8), 4)
 
 
-def test_apply_ghost_batchnorm_keeps_parameters_and_optimizer_bound():
+def test_apply_ghost_batch_norm_keeps_parameters_and_optimizer_bound():
     torch.manual_seed(0)
     model = ResNet(widths=(4, 8), depths=(1, 1))
     reference = copy.deepcopy(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     ids = [id(p) for p in model.parameters()]
     keys = list(model.state_dict())
-    result = apply_ghost_batchnorm(model, 4, optimizer)
+    result = apply_ghost_batch_norm(model, 4, optimizer)
     assert result is model
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     assert bns and all(isinstance(m, GhostBatchNorm2d) for m in bns)
@@ -144,8 +152,61 @@ def test_ghost_bn_method_swaps_layers_in_setup():
     model = ResNet(widths=(4,), depths=(1,))
     ctx = Context(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), criterion=F.cross_entropy,
                   num_classes=10, per_device_batch=64)
-    GhostBN(ghost_batch_size=16).setup(ctx)
+    bns = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    GhostBatchNormMethod(ghost_batch_size=16).setup(ctx)
     assert any(isinstance(m, GhostBatchNorm2d) and m.ghost_batch_size == 16 for m in ctx.model.modules())
+    assert ctx.log["ghost_bn/layers"] == float(bns) > 0
     assert ctx.log["ghost_bn/ghost_batches"] == 4.0
-    with pytest.raises(ValueError):
-        GhostBN(ghost_batch_size=-1)
+    with pytest.raises(ValueError, match="ghost_batch_size"):
+        GhostBatchNormMethod(ghost_batch_size=-1)
+    with pytest.raises(ValueError, match="last_partial"):
+        GhostBatchNormMethod(last_partial="drop")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("affine, track", [(True, True), (False, False), (True, False)])
+def test_surgery_builds_a_fresh_layer_that_takes_over_the_bn_tensors(affine, track):
+    """Through the constructor: the new layer has its own hook dicts, no meta tensor is left, every Parameter and
+    buffer is the old object, and the hyper-parameters and training flag carry over."""
+    bn = nn.BatchNorm2d(3, eps=1e-3, momentum=0.2, affine=affine, track_running_stats=track).eval()
+    calls = []
+    bn.register_forward_hook(lambda *args: calls.append(1))
+    ghost = apply_ghost_batch_norm(bn, 4, last_partial="merge")
+    assert isinstance(ghost, GhostBatchNorm2d) and ghost is not bn
+    assert ghost._forward_hooks is not bn._forward_hooks and not ghost._forward_hooks
+    assert dict(ghost.named_parameters()).keys() == dict(bn.named_parameters()).keys()
+    assert all(p is dict(bn.named_parameters())[n] for n, p in ghost.named_parameters())
+    assert all(b is dict(bn.named_buffers())[n] for n, b in ghost.named_buffers())
+    assert not any(t.is_meta for t in [*ghost.parameters(), *ghost.buffers()])
+    assert (ghost.eps, ghost.momentum, ghost.affine, ghost.track_running_stats) == (1e-3, 0.2, affine, track)
+    assert (ghost.ghost_batch_size, ghost.last_partial, ghost.training) == (4, "merge", False)
+    assert (ghost.weight is None) == (not affine) and (ghost.running_mean is None) == (not track)
+    x = torch.randn(12, 3, 2, 2)
+    torch.testing.assert_close(ghost.train()(x), _chunk_reference(nn.BatchNorm2d(3, eps=1e-3, affine=False), x, 4))
+    assert not calls
+    bn.train()(x)
+    assert calls == [1]  # the old layer keeps its own hook
+
+
+def test_setup_logs_land_in_the_first_row_of_metrics_jsonl(tiny_recipe, tmp_path):
+    """Logged in setup (before any epoch), the layer count is in the 1-epoch run's only metrics row."""
+    import json
+
+    from regimen.train import fit
+
+    recipe = dict(tiny_recipe, model={"name": "resnet", "options": {"widths": [4, 8], "depths": [1, 1]}},
+                  methods=[{"name": "ghost_bn", "ghost_batch_size": 16}])
+    recipe["train"] = dict(recipe["train"], epochs=1, max_steps_per_epoch=2)
+    result = fit(recipe, out_dir=tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    bns = sum(isinstance(m, GhostBatchNorm2d) for m in result.model.modules())
+    assert len(rows) == 1 and bns > 0
+    assert rows[0]["ghost_bn/layers"] == bns
+    assert rows[0]["ghost_bn/ghost_batches"] == 4  # per-device batch 64 / 16
+
+
+def test_old_names_are_deprecated_aliases():
+    for module in (regimen.batch, regimen.batch.ghost_bn):
+        with pytest.warns(DeprecationWarning, match="GhostBatchNormMethod"):
+            assert module.GhostBN is GhostBatchNormMethod
+        with pytest.warns(DeprecationWarning, match="apply_ghost_batch_norm"):
+            assert module.apply_ghost_batchnorm is apply_ghost_batch_norm

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from regimen.batch import HighLossBatches
+from regimen.batch import HighLossBatchesMethod
 from regimen.data import InMemoryLoader, load_data
 from regimen.losses import classification_loss
 from regimen.method import Method, register_method
@@ -91,7 +91,7 @@ def test_trainer_trains_exactly_on_the_hand_selected_batches(tiny_recipe, fracti
     assert result.summary["steps"] == sum(len(c) for c in chosen)
     for (name, p), q in zip(result.model.named_parameters(), reference.parameters()):
         assert torch.allclose(p, q, atol=1e-6, rtol=0), name
-    kept = [h["high_loss/kept_fraction"] for h in result.history]
+    kept = [h["high_loss_batches/kept_fraction"] for h in result.history]
     assert kept == [1.0 if e < start_epoch else len(chosen[e]) / n for e in range(3)]
 
 
@@ -110,8 +110,8 @@ def test_scoring_has_no_side_effects_when_every_batch_is_kept(tiny_recipe):
     scored = fit(recipe_with(base, [{"name": "high_loss_batches", "fraction": 0.1, "min_batches": 10_000,
                                      "start_epoch": 0}]))
     assert weights_equal(plain.model, scored.model)
-    assert all(h["high_loss/kept_fraction"] == 1.0 for h in scored.history)
-    assert all("high_loss/loss_all" in h for h in scored.history)
+    assert all(h["high_loss_batches/kept_fraction"] == 1.0 for h in scored.history)
+    assert all("high_loss_batches/loss_all" in h for h in scored.history)
 
 
 def test_schedule_spans_the_epochs_whatever_fraction_is_kept(tiny_recipe):
@@ -146,7 +146,7 @@ def test_resumed_run_is_bitwise_identical(tiny_recipe, tmp_path):
 ])
 def test_bad_params_name_the_argument(params, argument):
     with pytest.raises(ValueError, match=argument):
-        HighLossBatches(**params)
+        HighLossBatchesMethod(**params)
 
 
 def test_two_selecting_methods_conflict(tiny_recipe):
@@ -190,8 +190,8 @@ def test_two_processes_select_and_train_like_one_process(tmp_path):
     single = train(tmp_path / "one", "--set", "train.batch_size=32")
     double = train(tmp_path / "two", "--set", "train.batch_size=16", "--devices", "2")
     assert double["step"] == single["step"]
-    assert [h["high_loss/loss_kept"] for h in double["history"]] == pytest.approx(
-        [h["high_loss/loss_kept"] for h in single["history"]], rel=1e-6)
+    assert [h["high_loss_batches/loss_kept"] for h in double["history"]] == pytest.approx(
+        [h["high_loss_batches/loss_kept"] for h in single["history"]], rel=1e-6)
     for key, value in single["model"].items():
         assert torch.allclose(value, double["model"][key], atol=1e-6), key
 

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimen.batch import LAMB, LARS, LRScaling, infer_scaling_rule, scale_lr, scale_optimizer_lr
+import regimen.batch
+from regimen.batch import LAMB, LARS, LRScalingMethod, infer_scaling_rule, scale_lr, scale_optimizer_lr
 from regimen.method import Context
 
 
@@ -62,9 +63,11 @@ def test_method_uses_effective_global_batch():
     opt = torch.optim.Adam([{"params": [model.weight], "lr": 1e-3}, {"params": [model.bias], "lr": 2e-3}])
     ctx = Context(model=model, optimizer=opt, criterion=F.cross_entropy, num_classes=2, per_device_batch=64,
                   world_size=2, accumulation=4)  # global batch 512 = 4 x 128
-    LRScaling(base_batch_size=128).setup(ctx)
+    LRScalingMethod(base_batch_size=128).setup(ctx)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([2e-3, 4e-3])  # sqrt(4) = 2 for Adam
     assert ctx.log["lr_scaling/lr"] == pytest.approx(2e-3)
     assert ctx.log["lr_scaling/factor"] == pytest.approx(2.0)
-    with pytest.raises(ValueError):
-        LRScaling(base_batch_size=0)
+    with pytest.raises(ValueError, match="base_batch_size"):
+        LRScalingMethod(base_batch_size=0)
+    with pytest.warns(DeprecationWarning, match="LRScalingMethod"):
+        assert regimen.batch.LRScaling is LRScalingMethod

@@ -7,9 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import regimen.batch
+import regimen.batch.weight_std
 from regimen.batch import (
     BatchChannelNorm2d,
-    WeightStandardization,
+    WeightStandardizationMethod,
     WSConv2d,
     apply_batch_channel_norm,
     apply_weight_standardization,
@@ -134,7 +136,7 @@ def test_method_and_bcn_surgery_register_new_parameters_with_the_optimizer():
     model = ResNet(widths=(4,), depths=(1,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     ctx = Context(model=model, optimizer=optimizer, criterion=F.cross_entropy, num_classes=10, per_device_batch=2)
-    WeightStandardization(bcn=True, bcn_groups=2).setup(ctx)
+    WeightStandardizationMethod(bcn=True, bcn_groups=2).setup(ctx)
     assert ctx.log["weight_std/convs"] == 3.0 and ctx.log["weight_std/bcn_layers"] == 3.0
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert {id(p) for p in model.parameters()} == in_optimizer
@@ -142,3 +144,27 @@ def test_method_and_bcn_surgery_register_new_parameters_with_the_optimizer():
     loss.backward()
     optimizer.step()
     assert apply_batch_channel_norm(nn.Sequential(nn.Conv2d(1, 2, 1))) == []
+
+
+@pytest.mark.parametrize("bias, padding", [(True, 1), (False, "same")])
+def test_from_conv_builds_through_the_constructor_and_takes_over_the_parameters(bias, padding):
+    conv = nn.Conv2d(4, 6, 3, stride=1, padding=padding, dilation=1, groups=2, bias=bias).eval()
+    conv.register_forward_hook(lambda *args: None)
+    ws = WSConv2d.from_conv(conv, ws_eps=1e-3, ws_mode="bit")
+    assert ws.weight is conv.weight and ws.bias is conv.bias
+    assert not ws._forward_hooks and ws._forward_hooks is not conv._forward_hooks
+    assert not any(p.is_meta for p in ws.parameters()) and not ws.training
+    assert (ws.padding, ws.groups, ws.ws_eps, ws.ws_mode) == (conv.padding, 2, 1e-3, "bit")
+    x = torch.randn(2, 4, 5, 5)
+    expected = F.conv2d(x, _loop_standardize(conv.weight.detach(), 1e-3, "bit"), conv.bias, padding=padding, groups=2)
+    torch.testing.assert_close(ws(x), expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(TypeError, match="nn.Conv2d"):
+        WSConv2d.from_conv(nn.Linear(2, 2))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ws_mode"):
+        WSConv2d.from_conv(conv, ws_mode="other")  # type: ignore[arg-type]
+
+
+def test_old_method_name_is_a_deprecated_alias():
+    for module in (regimen.batch, regimen.batch.weight_std):
+        with pytest.warns(DeprecationWarning, match="WeightStandardizationMethod"):
+            assert module.WeightStandardization is WeightStandardizationMethod

@@ -28,7 +28,7 @@ COMPOSED = {
         {"name": "cutmix", "alpha": 1.0},  # augment: soft targets
         {"name": "lr_scaling", "base_batch_size": 64},  # batch
         {"name": "ghost_bn", "ghost_batch_size": 8},  # batch
-        {"name": "logit_z_loss", "coef": 1e-4},  # losses (cutmix gives soft targets: not z_loss)
+        {"name": "logit_z_loss", "z_loss_coef": 1e-4},  # losses (cutmix gives soft targets: not z_loss)
         {"name": "multi_sample_dropout", "num_samples": 2, "p": 0.2},  # dropout
         {"name": "drop_path", "max_rate": 0.1},  # dropout
         {"name": "nm_sparsity", "n": 2, "m": 4},  # subnet
@@ -45,7 +45,7 @@ def test_a_method_from_every_pillar_trains_reproducibly(tmp_path):
     first = fit(COMPOSED, out_dir=tmp_path / "a")
     second = fit(COMPOSED, out_dir=tmp_path / "b")
     assert len(first.history) == 3
-    assert all(math.isfinite(h["train_loss"]) and h["logit_z_loss"] > 0 for h in first.history)
+    assert all(math.isfinite(h["train_loss"]) and h["logit_z_loss/value"] > 0 for h in first.history)
     model = first.model
     assert any(isinstance(m, GhostBatchNorm2d) for m in model.modules())
     assert any(isinstance(m, MultiSampleDropout) for m in model.modules())

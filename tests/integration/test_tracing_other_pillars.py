@@ -14,7 +14,7 @@ from regimen.batch.ghost_bn import apply_ghost_batchnorm
 from regimen.dropout.dropblock import apply_dropblock
 from regimen.dropout.droppath import apply_drop_path
 from regimen.models import resnet
-from regimen.subnet import HESSO
+from regimen.subnet import HESSOPruner
 
 SURGERY = {
     "ghost_bn": lambda model: apply_ghost_batchnorm(model, 2),
@@ -29,7 +29,7 @@ def test_hesso_prunes_a_model_another_pillar_changed_losslessly(surgery):
     model = resnet(1, 10, widths=[8, 16], depths=[1, 1])
     SURGERY[surgery](model)
     x = torch.randn(4, 1, 8, 8)
-    pruner = HESSO(model, x, ratio=0.4, warmup_steps=1, period_steps=2, periods=2)
+    pruner = HESSOPruner(model, x, ratio=0.4, warmup_steps=1, period_steps=2, periods=2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     generator = torch.Generator().manual_seed(1)
     for _ in range(pruner.total_steps + 1):
@@ -56,4 +56,4 @@ def test_weight_standardized_convs_are_refused_by_the_tracer():
     model = resnet(1, 10, widths=[8, 16], depths=[1, 1])
     apply_weight_standardization(model)
     with pytest.raises(UntraceableError):
-        HESSO(model, torch.randn(2, 1, 8, 8), ratio=0.4)
+        HESSOPruner(model, torch.randn(2, 1, 8, 8), ratio=0.4)

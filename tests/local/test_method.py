@@ -3,23 +3,30 @@ once per module through ctx.backward; after_step updates MAN; recipe parameters 
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
+from torch import nn
 
+from regimen.errors import ConfigurationError
 from regimen.local import LocalLearning, LocalLearningMethod
 from regimen.losses import classification_loss
-from regimen.method import Context, get_method
+from regimen.method import Context, Method, MethodConflictError, check_exclusive_hooks, get_method
 from regimen.models import resnet
 
 
-def _context(model, optimizer, calls, mean=0.5, std=0.25):
+def _context(model, optimizer, calls, mean=0.5, std=0.25, accumulation=1, examples=None):
+    """A v2 context on 12 x 12 one-channel images; ``examples`` records the example_batch calls."""
+    normalize = lambda x: (x - mean) / std  # noqa: E731
+
+    def example_batch(n):
+        if examples is not None:
+            examples.append(n)
+        return normalize(torch.rand(n, 1, 12, 12)), torch.randint(0, 10, (n,))
+
     return Context(
-        model=model, optimizer=optimizer, criterion=classification_loss, num_classes=10, per_device_batch=4,
-        train_data=SimpleNamespace(images=torch.zeros(4, 1, 12, 12, dtype=torch.uint8)),
-        backward=lambda loss: (calls.append(float(loss.detach())), loss.backward()),
-        normalize=lambda x: (x - mean) / std, data_mean=torch.tensor([mean]), data_std=torch.tensor([std]),
+        model, optimizer, classification_loss, num_classes=10, per_device_batch=4, accumulation=accumulation,
+        data_mean=torch.tensor([mean]), data_std=torch.tensor([std]), example_batch=example_batch,
+        backward=lambda loss: (calls.append(float(loss.detach())), loss.backward()), normalize=normalize,
     )
 
 
@@ -33,11 +40,12 @@ def test_setup_wraps_the_model_and_adds_auxiliary_param_groups_with_the_same_hyp
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     optimizer = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
                                 lr=0.05, momentum=0.9, nesterov=True)
-    calls = []
-    ctx = _context(model, optimizer, calls)
+    calls, examples = [], []
+    ctx = _context(model, optimizer, calls, examples=examples)
     method = LocalLearningMethod(num_modules=3, aux="infopro")
     method.setup(ctx)
     wrapper = ctx.model
+    assert examples == [2]  # the feature shapes come from ctx.example_batch
     assert isinstance(wrapper, LocalLearning) and wrapper.num_modules == 3
     held = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert all(id(p) in held for p in wrapper.parameters() if p.requires_grad)
@@ -52,7 +60,7 @@ def test_setup_wraps_the_model_and_adds_auxiliary_param_groups_with_the_same_hyp
     loss, logits = method.training_step(wrapper, x, y, ctx)
     assert len(calls) == 3  # one backward per module
     assert not loss.requires_grad and logits.shape == (4, 10)
-    assert "local/aux0_loss" in ctx.log
+    assert ctx.log["local_learning/aux0_loss"] > 0 and "local_learning/aux1_loss" in ctx.log
     assert all(p.grad is not None for p in wrapper.auxiliary_parameters())
 
 
@@ -60,8 +68,7 @@ def test_training_step_divides_each_local_loss_by_the_accumulation():
     model = resnet(widths=(4, 8), depths=(1, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     calls = []
-    ctx = _context(model, optimizer, calls)
-    ctx.accumulation = 4
+    ctx = _context(model, optimizer, calls, accumulation=4)
     method = LocalLearningMethod(num_modules=2, aux="dgl")
     method.setup(ctx)
     ctx.model.eval()
@@ -93,3 +100,53 @@ def test_method_rejects_bad_parameters():
         LocalLearningMethod(num_modules=0)
     with pytest.raises(ValueError, match="momentum"):
         LocalLearningMethod(aux="man", momentum=2.0)
+
+
+class _NoStages(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(144, 32), nn.ReLU(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_a_model_without_stages_is_refused_with_how_to_provide_them():
+    model = _NoStages()
+    ctx = _context(model, torch.optim.SGD(model.parameters(), lr=0.1), [])
+    with pytest.raises(ConfigurationError, match="`stages`.*split_points"):
+        LocalLearningMethod(num_modules=2).setup(ctx)
+    assert ctx.model is model
+
+
+def test_own_model_without_stages_is_a_user_error_naming_the_method():
+    from regimen.train import fit
+
+    x, y = torch.rand(200, 1, 12, 12), torch.randint(0, 10, (200,))
+    recipe = {"task": "image_classification", "train": {"epochs": 1, "batch_size": 32},
+              "methods": [{"name": "local_learning", "num_modules": 2}]}
+    with pytest.raises(ConfigurationError, match="method 'local_learning'.*stages"):
+        fit(recipe, model=_NoStages(), data={"train": (x, y), "test": (x[:20], y[:20])})
+
+
+def test_the_local_step_is_exclusive():
+    class OtherStep(Method):
+        name = "other_step"
+
+        def training_step(self, model, x, y, ctx):
+            raise NotImplementedError
+
+    assert LocalLearningMethod.exclusive == ("training_step",)
+    with pytest.raises(MethodConflictError, match="local_learning"):
+        check_exclusive_hooks([LocalLearningMethod(), OtherStep()])
+
+
+def test_recipe_trains_through_fit_with_the_aux_losses_in_the_metrics(tiny_recipe):
+    from regimen.train import fit
+
+    recipe = dict(tiny_recipe, model={"name": "resnet", "options": {"widths": [4, 8], "depths": [1, 1]}},
+                  methods=[{"name": "local_learning", "num_modules": 2, "aux": "dgl"}])
+    recipe["train"] = dict(recipe["train"], epochs=1, max_steps_per_epoch=3)
+    result = fit(recipe)
+    assert isinstance(result.model, LocalLearning)
+    assert result.history[0]["local_learning/aux0_loss"] > 0 and result.history[0]["train_loss"] > 0

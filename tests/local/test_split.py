@@ -111,3 +111,19 @@ def test_a_model_without_stages_splits_at_given_points_over_its_children():
     assert wrapper.num_modules == 1
     x = torch.randn(5, 1, 2, 2)
     assert torch.equal(wrapper(x), model(x))
+
+
+def test_example_inputs_drive_shapes_and_the_old_keyword_still_works_with_a_warning():
+    model = resnet(widths=(8, 16, 32), depths=(2, 2, 2))
+    x = torch.zeros(2, 1, 16, 16)
+    expected = block_costs(list(model.stages), "activations", example_inputs=x)
+    with pytest.warns(DeprecationWarning, match="example_inputs"):
+        assert block_costs(list(model.stages), "activations", example_input=x) == expected
+    new = LocalLearning(model, num_modules=3, balance="activations", example_inputs=x)
+    assert new.split_points == LocalLearning(model, num_modules=3, balance="activations", input_shape=(1, 16, 16)
+                                             ).split_points
+    with pytest.warns(DeprecationWarning, match="example_inputs"):
+        old = LocalLearning(model, num_modules=3, balance="activations", example_input=x)
+    assert old.split_points == new.split_points
+    with pytest.raises(TypeError, match="both"):
+        LocalLearning(model, num_modules=3, example_input=x, example_inputs=x)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from regimen.data import ArrayDataset
 from regimen.method import Context, get_method
 from regimen.models import MLP, resnet
-from regimen.subnet import HESSO, group_scores, hesso_factor
+from regimen.subnet import HESSOPruner, group_scores, hesso_factor
 from tests.subnet.archs import DenseNet, randomize_norms
 
 
@@ -52,7 +52,7 @@ def test_selected_units_are_exactly_zero_and_removal_is_lossless():
     torch.manual_seed(0)
     model, x = DenseNet(), torch.randn(2, 1, 8, 8)
     randomize_norms(model)
-    pruner = HESSO(model, x, ratio=0.4, warmup_steps=2, period_steps=3, periods=2)
+    pruner = HESSOPruner(model, x, ratio=0.4, warmup_steps=2, period_steps=3, periods=2)
     _train(model, pruner, pruner.total_steps + 2)
     total = sum(g.size for g in pruner.groups)
     assert sum(len(u) for u in pruner.zeroed.values()) == int(0.4 * total)
@@ -73,7 +73,7 @@ def test_decay_follows_the_schedule_when_nothing_else_moves_the_weights():
     torch.manual_seed(0)
     model, x = MLP(in_features=12, hidden=(8,)), torch.randn(2, 12)  # a single group: fc1 rows, head columns
     period = 4
-    pruner = HESSO(model, x, ratio=0.5, warmup_steps=1, period_steps=period, periods=1, scope="uniform")
+    pruner = HESSOPruner(model, x, ratio=0.5, warmup_steps=1, period_steps=period, periods=1, scope="uniform")
     (group,) = pruner.groups
     original = copy.deepcopy(model)
     pruner.step()  # warm-up: nothing happens
@@ -91,7 +91,7 @@ def test_decay_follows_the_schedule_when_nothing_else_moves_the_weights():
 def test_first_period_selects_the_lowest_importance_units():
     torch.manual_seed(0)
     model, x = resnet(), torch.randn(2, 1, 16, 16)
-    pruner = HESSO(model, x, ratio=0.5, period_steps=2, scope="uniform")
+    pruner = HESSOPruner(model, x, ratio=0.5, period_steps=2, scope="uniform")
     pruner.step()
     for i, group in enumerate(pruner.groups):
         scores = group_scores(model, group, "l2")  # after one step of scaling the order is unchanged
@@ -102,11 +102,11 @@ def test_first_period_selects_the_lowest_importance_units():
 def test_resume_from_state_dict_is_bitwise():
     torch.manual_seed(0)
     twin, x = DenseNet(), torch.randn(2, 1, 8, 8)
-    first = HESSO(twin, x, ratio=0.3, warmup_steps=1, period_steps=3, periods=2)
+    first = HESSOPruner(twin, x, ratio=0.3, warmup_steps=1, period_steps=3, periods=2)
     _train(twin, first, 4)
     state = copy.deepcopy(first.state_dict())
     resumed_model = copy.deepcopy(twin)
-    resumed = HESSO(resumed_model, x, ratio=0.3, warmup_steps=1, period_steps=3, periods=2)
+    resumed = HESSOPruner(resumed_model, x, ratio=0.3, warmup_steps=1, period_steps=3, periods=2)
     resumed.load_state_dict(state)
     _train(resumed_model, resumed, 4, seed=1)
     _train(twin, first, 4, seed=1)
@@ -120,11 +120,12 @@ def test_hesso_method_prunes_at_the_end_of_training():
     model = resnet()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     images = (torch.rand(8, 1, 28, 28) * 255).to(torch.uint8)
-    ctx = Context(model=model, optimizer=optimizer, criterion=F.cross_entropy, num_classes=10, per_device_batch=4,
-                  epochs=2, train_data=SimpleNamespace(images=images))
+    data = ArrayDataset(images, torch.arange(8) % 10, 10)
+    ctx = Context(model, optimizer, F.cross_entropy, num_classes=10, per_device_batch=4, epochs=2, steps_per_epoch=5,
+                  train_data=data)
     method = get_method("hesso")(ratio=0.5, start=0.2, end=0.8, periods=2)
     method.setup(ctx)
-    ctx.steps_per_epoch = 5  # the trainer only knows it once the first epoch starts
+    assert ctx.log["hesso/groups"] == len(method.pruner.groups) > 0
     for step in range(10):
         x = images[:4].float() / 255
         optimizer.zero_grad()
@@ -137,7 +138,8 @@ def test_hesso_method_prunes_at_the_end_of_training():
     params = sum(p.numel() for p in model.parameters())
     method.on_train_end(ctx)
     assert sum(p.numel() for p in model.parameters()) < params
-    assert 0 < ctx.log["hesso_param_ratio"] < 1
+    assert 0 < ctx.log["hesso/param_ratio"] < 1
+    assert ctx.log["hesso/zeroed_fraction"] == pytest.approx(0.5, abs=0.05)
     assert model(images[:2].float() / 255).shape == (2, 10)
 
 
@@ -145,6 +147,6 @@ def test_hesso_method_prunes_at_the_end_of_training():
                                     {"ignore": ["nope"]}, {"scope": "layer"}])
 def test_bad_arguments_are_clear_errors(kwargs):
     with pytest.raises(ValueError):
-        HESSO(resnet(), torch.randn(2, 1, 16, 16), **kwargs)
+        HESSOPruner(resnet(), torch.randn(2, 1, 16, 16), **kwargs)
     with pytest.raises(ValueError):
         get_method("hesso")(start=0.5, end=0.4)

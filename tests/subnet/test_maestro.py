@@ -10,9 +10,9 @@ from torch import nn
 from regimen.method import Context
 from regimen.models import MLP, resnet
 from regimen.subnet.maestro import (
-    LowRankConv2d,
-    LowRankLinear,
-    Maestro,
+    MaestroMethod,
+    OrderedLowRankConv2d,
+    OrderedLowRankLinear,
     apply_maestro,
     hierarchical_group_lasso,
     low_rank_layers,
@@ -47,7 +47,7 @@ def test_full_rank_linear_equals_the_original_layer():
     torch.manual_seed(0)
     for bias in (True, False):
         layer = nn.Linear(13, 7, bias=bias)
-        low = LowRankLinear.from_linear(layer)
+        low = OrderedLowRankLinear.from_linear(layer)
         x = torch.randn(5, 3, 13)
         torch.testing.assert_close(low(x), layer(x), atol=1e-5, rtol=0)
         assert low.max_rank == 7
@@ -61,7 +61,7 @@ def test_full_rank_linear_equals_the_original_layer():
 def test_full_rank_conv_equals_the_original_conv(kwargs):
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 10, (3, 2), **kwargs)
-    low = LowRankConv2d.from_conv(conv)
+    low = OrderedLowRankConv2d.from_conv(conv)
     x = torch.randn(2, 3, 11, 9)
     torch.testing.assert_close(low(x), conv(x), atol=1e-5, rtol=0)
     assert low.max_rank == min(10, 3 * 3 * 2)
@@ -70,7 +70,7 @@ def test_full_rank_conv_equals_the_original_conv(kwargs):
 
 def test_ordered_dropout_uses_exactly_the_first_b_components_in_training_only():
     torch.manual_seed(0)
-    low = LowRankLinear(8, 6, bias=True)
+    low = OrderedLowRankLinear(8, 6, bias=True)
     x = torch.randn(4, 8)
     low.train()
     low.sample_rank = 2
@@ -109,7 +109,7 @@ def test_group_lasso_gradient_is_finite_when_tail_components_are_zero():
 
 def test_truncate_is_physically_smaller_and_computes_the_active_rank_output():
     torch.manual_seed(0)
-    conv = LowRankConv2d(4, 8, 3, padding=1)
+    conv = OrderedLowRankConv2d(4, 8, 3, padding=1)
     x = torch.randn(2, 4, 7, 7)
     conv.eval()
     conv.set_active_rank(3)
@@ -117,7 +117,7 @@ def test_truncate_is_physically_smaller_and_computes_the_active_rank_output():
     assert small.u.shape == (8, 3) and small.v.shape == (3, 4, 3, 3)
     torch.testing.assert_close(small(x), conv(x), atol=1e-6, rtol=0)
     torch.testing.assert_close(conv.to_dense()(x), conv(x), atol=1e-5, rtol=0)
-    lin = LowRankLinear(10, 6).eval()
+    lin = OrderedLowRankLinear(10, 6).eval()
     y = torch.randn(3, 10)
     torch.testing.assert_close(lin.truncate(2)(y), (lin.set_active_rank(2), lin(y))[1], atol=1e-6, rtol=0)
 
@@ -131,10 +131,10 @@ def test_apply_maestro_keeps_outputs_and_rebinds_the_optimizer():
     optimizer.step()  # creates momentum for every param with a grad (only the fc bias)
     reference = model(x)
     old_weight = model.head.fc.weight
-    apply_maestro(model, exclude=["stages.0"], optimizer=optimizer)
+    apply_maestro(model, ignore=["stages.0"], optimizer=optimizer)
     torch.testing.assert_close(model(x), reference, atol=1e-5, rtol=0)
-    assert isinstance(model.stages[0][0], nn.Conv2d)  # excluded stem stays dense
-    assert isinstance(model.head.fc, LowRankLinear)
+    assert isinstance(model.stages[0][0], nn.Conv2d)  # ignored stem stays dense
+    assert isinstance(model.head.fc, OrderedLowRankLinear)
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert in_optimizer == {id(p) for p in model.parameters()}
     assert id(old_weight) not in in_optimizer
@@ -156,12 +156,12 @@ def test_set_rank_fraction_and_truncate_model_agree():
 def test_method_single_layer_sampler_is_seeded_and_touches_one_layer():
     def ranks(seed):
         model = MLP(20, 5, hidden=(16, 12))
-        method = Maestro()
+        method = MaestroMethod()
         method.setup(_ctx(model, torch.optim.SGD(model.parameters(), lr=0.1)))
         ctx = _ctx(model, None, seed)
         out = []
         for _ in range(5):
-            method.transform_batch(torch.zeros(1), torch.zeros(1), ctx)
+            method.before_forward(torch.zeros(1), torch.zeros(1), ctx)
             out.append(tuple(layer.sample_rank for layer in method._layers))
         return out
 
@@ -173,7 +173,7 @@ def test_method_single_layer_sampler_is_seeded_and_touches_one_layer():
 def test_method_group_lasso_adds_lambda_times_penalty_gradient():
     torch.manual_seed(0)
     model = MLP(6, 3, hidden=(5,))
-    method = Maestro(sampler="none", group_lasso=0.1)
+    method = MaestroMethod(sampler="none", group_lasso=0.1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     ctx = _ctx(model, optimizer)
     method.setup(ctx)
@@ -195,7 +195,7 @@ def test_method_group_lasso_adds_lambda_times_penalty_gradient():
 def test_method_shrinking_keeps_a_prefix_above_threshold():
     torch.manual_seed(0)
     model = MLP(6, 3, hidden=(5,))
-    method = Maestro(shrink_threshold=1e-3)
+    method = MaestroMethod(shrink_threshold=1e-3)
     ctx = _ctx(model, torch.optim.SGD(model.parameters(), lr=0.1))
     method.setup(ctx)
     layer = method._layers[0]
@@ -204,29 +204,29 @@ def test_method_shrinking_keeps_a_prefix_above_threshold():
         layer.v[3:] = 0.0
     method.on_epoch_end(ctx)
     assert int(layer.active_rank) == 3
-    assert 0 < ctx.log["maestro_rank_fraction"] < 1
+    assert 0 < ctx.log["maestro/rank_fraction"] < 1
 
 
 def test_bad_input_is_rejected_with_clear_errors():
     with pytest.raises(ValueError, match="rank"):
-        LowRankLinear(4, 6, rank=5)
+        OrderedLowRankLinear(4, 6, rank=5)
     with pytest.raises(ValueError, match="rank"):
-        LowRankLinear.from_linear(nn.Linear(4, 6), rank=0)
+        OrderedLowRankLinear.from_linear(nn.Linear(4, 6), rank=0)
     with pytest.raises(ValueError, match="rank"):
-        LowRankConv2d(2, 30, 3, rank=19)  # min(30, 2*3*3) = 18
+        OrderedLowRankConv2d(2, 30, 3, rank=19)  # min(30, 2*3*3) = 18
     with pytest.raises(ValueError, match="groups"):
-        LowRankConv2d.from_conv(nn.Conv2d(4, 4, 3, groups=2))
+        OrderedLowRankConv2d.from_conv(nn.Conv2d(4, 4, 3, groups=2))
     with pytest.raises(TypeError):
-        LowRankLinear.from_linear(nn.Conv2d(1, 1, 1))
+        OrderedLowRankLinear.from_linear(nn.Conv2d(1, 1, 1))
     with pytest.raises(ValueError, match="2-D"):
         svd_factors(torch.randn(3))
     with pytest.raises(ValueError, match="rank_ratio"):
         apply_maestro(MLP(4, 2), rank_ratio=0.0)
     with pytest.raises(ValueError, match="sampler"):
-        Maestro(sampler="sometimes")  # type: ignore[arg-type]
+        MaestroMethod(sampler="sometimes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_rank"):
         sample_rank(0)
-    low = LowRankLinear(4, 6)
+    low = OrderedLowRankLinear(4, 6)
     with pytest.raises(ValueError, match="rank"):
         low.truncate(5)
 
@@ -234,13 +234,11 @@ def test_bad_input_is_rejected_with_clear_errors():
 def test_recipe_method_maestro_is_registered():
     from regimen.method import get_method
 
-    assert get_method("maestro") is Maestro
+    assert get_method("maestro") is MaestroMethod
 
 
 def test_maestro_recipe_trains_through_fit_and_resumes_bitwise(tmp_path):
-    import copy
 
-    import regimen.tune  # noqa: F401  registers the round-stopping method used to interrupt the run
     from regimen.train import fit
 
     recipe = {"name": "m", "seed": 0, "data": {"name": "digits", "val_fraction": 0.1},
@@ -249,10 +247,44 @@ def test_maestro_recipe_trains_through_fit_and_resumes_bitwise(tmp_path):
               "methods": [{"name": "maestro", "group_lasso": 1e-3, "shrink_threshold": 1e-4}]}
     reference = fit(recipe, out_dir=tmp_path / "ref")
     assert len(low_rank_layers(reference.model)) == 2
-    stopped = copy.deepcopy(recipe)
-    stopped["methods"].append({"name": "tune_stop_after", "epochs": 1})
-    with pytest.raises(Exception, match="1"):
-        fit(stopped, out_dir=tmp_path / "run")
+    fit(recipe, out_dir=tmp_path / "run", stop_epoch=1)  # stopped after epoch 1, as a killed run would be
     resumed = fit(recipe, out_dir=tmp_path / "run", resume=tmp_path / "run" / "checkpoint.pt")
     for key, value in reference.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_fresh_layer_is_the_svd_of_the_dense_layers_initialisation(dtype):
+    torch.manual_seed(3)
+    dense = nn.Linear(7, 5, dtype=dtype)
+    torch.manual_seed(3)
+    low = OrderedLowRankLinear(7, 5, dtype=dtype)
+    assert low.u.dtype == dtype and int(low.active_rank) == low.max_rank == 5 and low.sample_rank is None
+    torch.testing.assert_close(low.u @ low.v, dense.weight.detach())
+    torch.testing.assert_close(low.bias, dense.bias)
+    torch.manual_seed(3)
+    conv = nn.Conv2d(3, 4, (3, 2), padding=1, dtype=dtype)
+    torch.manual_seed(3)
+    low_conv = OrderedLowRankConv2d(3, 4, (3, 2), padding=1, dtype=dtype)
+    torch.testing.assert_close(low_conv.to_dense().weight, conv.weight.detach())
+    torch.testing.assert_close(low_conv.bias, conv.bias)
+
+
+def test_converted_and_truncated_layers_start_with_every_stored_component_active():
+    conv = nn.Conv2d(3, 6, 3, dtype=torch.float64)
+    low = OrderedLowRankConv2d.from_conv(conv, rank=4)
+    assert int(low.active_rank) == low.max_rank == 4 and low.u.dtype == torch.float64
+    low.set_active_rank(2)
+    small = low.truncate()
+    assert int(small.active_rank) == small.max_rank == 2 and small.bias is not low.bias
+
+
+def test_method_truncates_the_layers_at_the_end_by_default():
+    torch.manual_seed(0)
+    model = MLP(6, 3, hidden=(5,))
+    method = MaestroMethod()
+    ctx = _ctx(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    method.setup(ctx)
+    method._layers[0].set_active_rank(2)
+    method.on_train_end(ctx)
+    assert [layer.max_rank for _, layer in low_rank_layers(model)] == [2, 3]

@@ -11,7 +11,7 @@ from torch import nn
 
 from regimen.method import Context, get_method
 from regimen.models import MLP, resnet
-from regimen.subnet import NMSparsity, apply_nm_sparsity, export, nm_mask, nm_sparsify
+from regimen.subnet import NMSparsity, apply_nm_sparsity, export_nm_sparsity, nm_mask, nm_sparsify
 from regimen.subnet.nm import to_semi_structured
 
 
@@ -77,7 +77,7 @@ def test_surgery_keeps_the_optimizer_and_export_leaves_plain_sparse_weights():
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
     out = model(x)
-    export(model)
+    export_nm_sparsity(model)
     assert set(model.state_dict()) == {"stages.0.1.weight", "stages.0.1.bias", "stages.1.fc.weight",
                                        "stages.1.fc.bias"}
     for weight in (model.stages[0][1].weight, model.stages[1].fc.weight):
@@ -98,7 +98,7 @@ def test_nm_sparsity_method_sets_up_and_exports():
                   num_classes=10, per_device_batch=4)
     method = get_method("nm_sparsity")(n=2, m=4)
     method.setup(ctx)
-    assert ctx.log["nm_layers"] == 2.0
+    assert ctx.log["nm_sparsity/layers"] == 2.0
     assert isinstance(model.stages[0][1].parametrizations.weight[0], NMSparsity)
     method.on_train_end(ctx)
     assert "stages.0.1.weight" in model.state_dict()

@@ -291,3 +291,57 @@ def test_uniform_l2_pruning_equals_torch_pruning(ratio):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+class _LiteralWidth(nn.Module):
+    """Attention on a residual stream whose width is hard-coded in the forward: pruning the stream breaks it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        t = self.embed(x)
+        a, _ = self.attn(t, t, t)
+        return self.head((a + t).reshape(x.shape[0], x.shape[1], 8).mean(1))  # the literal 8
+
+
+def test_undone_surgery_restores_the_very_same_parameters_attributes_and_modules():
+    torch.manual_seed(0)
+    model, x = _LiteralWidth(), torch.randn(2, 5, 4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    _train_step(model, optimizer, x, torch.tensor([0, 2]))
+    groups = dependency_groups(model, x)
+    assert {g.kind for g in groups} == {"channel", "head"}
+    tensors = [(name, t) for name, t in [*model.named_parameters(), *model.named_buffers()]]
+    modules = dict(model.named_modules())
+    state, optimizer_params = _state(model), [p for g in optimizer.param_groups for p in g["params"]]
+    with torch.no_grad():
+        before = model(x)
+    with pytest.raises(ValueError, match="pruned model does not run on example_inputs"):
+        prune_groups(model, {g: torch.arange(g.size // 2) for g in groups}, optimizer=optimizer, example_inputs=x)
+    assert dict(model.named_modules()) == modules  # the MultiheadAttention is back (not a pruned copy)
+    assert type(model.attn) is nn.MultiheadAttention and model.attn.embed_dim == 8
+    assert all(t is dict([*model.named_parameters(), *model.named_buffers()])[name] for name, t in tensors)
+    assert model.embed.out_features == 8 and model.head.in_features == 8
+    assert _same(state, _state(model))
+    assert [p for g in optimizer.param_groups for p in g["params"]] == optimizer_params
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+
+
+def test_the_model_is_traced_symbolically_once(monkeypatch):
+    from regimen.subnet.dependency.ops import LeafTracer
+
+    calls = []
+    original = LeafTracer.trace
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LeafTracer, "trace", counting)
+    dependency_groups(resnet(), torch.randn(2, 1, 16, 16))
+    assert len(calls) == 1

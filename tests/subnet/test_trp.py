@@ -11,7 +11,7 @@ from torch import nn
 
 from regimen.method import Context, get_method
 from regimen.models import resnet
-from regimen.subnet import LowRankConv2d, LowRankLinear, factorize, load_pruned, save_pruned, truncate_weight
+from regimen.subnet import FactorizedConv2d, FactorizedLinear, factorize, load_pruned, save_pruned, truncate_weight
 from regimen.subnet.lowrank import conv_to_matrix, energy_rank, matrix_to_conv, nuclear_subgradient
 
 
@@ -47,11 +47,11 @@ def test_factorised_conv_computes_the_truncated_conv():
     approx, rank = truncate_weight(conv.weight, 0.9)
     with torch.no_grad():
         conv.weight.copy_(approx)
-    layer = LowRankConv2d.from_conv(conv, rank)
+    layer = FactorizedConv2d.from_conv(conv, rank)
     x = torch.randn(2, 6, 11, 13)
     torch.testing.assert_close(layer(x), conv(x), rtol=1e-4, atol=1e-5)
     linear = nn.Linear(12, 7)
-    low = LowRankLinear.from_linear(linear, 7)
+    low = FactorizedLinear.from_linear(linear, 7)
     x2 = torch.randn(3, 12)
     torch.testing.assert_close(low(x2), linear(x2), rtol=1e-4, atol=1e-5)
 
@@ -67,7 +67,7 @@ def test_factorize_replaces_only_layers_below_the_break_even_rank():
     params = sum(p.numel() for p in model.parameters())
     replaced = factorize(model, energy=0.99)
     assert replaced == {"0": 1}
-    assert isinstance(model[0], LowRankConv2d) and isinstance(model[2], nn.Conv2d)
+    assert isinstance(model[0], FactorizedConv2d) and isinstance(model[2], nn.Conv2d)
     assert sum(p.numel() for p in model.parameters()) < params
     torch.testing.assert_close(model(x), out, rtol=1e-4, atol=1e-5)
 
@@ -92,14 +92,14 @@ def test_trp_method_truncates_periodically_and_factorises_at_the_end(tmp_path):
         method.after_backward(ctx)
         optimizer.step()
         method.after_step(ctx)
-    assert method.ranks and "trp_rank_ratio" in ctx.log
+    assert method.ranks and "trp/rank_ratio" in ctx.log
     weight = model.stages[1].conv1.weight
     rank = torch.linalg.matrix_rank(conv_to_matrix(weight.detach()).double(), rtol=1e-6)
     assert rank == method.ranks["stages.1.conv1"]
     model.eval()
     out = model(x)
     method.on_train_end(ctx)
-    assert ctx.log["trp_layers_factorized"] >= 1 and ctx.log["trp_param_ratio"] < 1
+    assert ctx.log["trp/layers_factorized"] >= 1 and ctx.log["trp/param_ratio"] < 1
     torch.testing.assert_close(model(x), out, rtol=1e-3, atol=1e-4)
     save_pruned(model, tmp_path / "trp.pt")
     loaded = load_pruned(tmp_path / "trp.pt").eval()
@@ -132,3 +132,23 @@ def test_mac_rule_skips_strided_convs_whose_factorisation_costs_more_macs():
     assert factorize(by_macs, energy=1 - 1e-10, rule="macs") == {}
     with pytest.raises(ValueError, match="rule"):
         factorize(by_macs, rule="flops")
+
+
+def test_factorize_rebinds_the_optimizer_and_keeps_the_bias_and_its_state():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1))
+    with torch.no_grad():  # rank 1: below the break-even rank, so it is factorised
+        model[0].weight.copy_(matrix_to_conv(torch.randn(24, 1) @ torch.randn(1, 24), model[0].weight.shape))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x = torch.randn(2, 8, 6, 6)
+    model(x).square().mean().backward()
+    optimizer.step()
+    old_weight, bias = model[0].weight, model[0].bias
+    momentum = optimizer.state[bias]["momentum_buffer"].clone()
+    assert factorize(model, energy=0.99, optimizer=optimizer) == {"0": 1}
+    layer = model[0]
+    assert isinstance(layer, FactorizedConv2d) and layer.second.bias is bias
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    assert {id(p) for p in params} == {id(p) for p in model.parameters()} and old_weight not in optimizer.state
+    assert torch.equal(optimizer.state[bias]["momentum_buffer"], momentum)
+    assert layer.first.weight not in optimizer.state and layer.second.weight not in optimizer.state

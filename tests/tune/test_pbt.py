@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from regimen.train import fit, load_checkpoint, parse_recipe, save_checkpoint
-from regimen.tune import Mutation, parse_mutation, retarget_checkpoint, run_population
+from regimen.tune import Mutation, objective, parse_mutation, retarget_checkpoint, run_population
 from regimen.tune.pbt import _train_round
 
 TINY = {
@@ -89,6 +89,25 @@ def test_mutations_parse_and_bad_input_is_rejected():
         run_population(TINY, population=2, interval=0)
     with pytest.raises(TypeError, match="Recipe"):
         retarget_checkpoint({}, TINY)  # type: ignore[arg-type]
+    no_validation = copy.deepcopy(TINY)
+    no_validation["data"]["val_fraction"] = 0.0
+    with pytest.raises(ValueError, match="val_fraction"):
+        run_population(no_validation, population=2)
+
+
+def test_the_population_is_selected_on_the_tasks_primary_metric_on_validation():
+    assert objective(parse_recipe(TINY)) == ("val_acc", "max")
+    tabular = parse_recipe(dict(TINY, task="classification", data={"name": "wine", "val_fraction": 0.2}))
+    assert objective(tabular) == ("val_acc", "max")
+
+
+def test_trial_data_is_what_the_task_loads(data):
+    from regimen.tune.pbt import _load_data
+
+    loaded = _load_data(parse_recipe(TINY))
+    assert torch.equal(loaded.train.labels, data.train.labels) and loaded is _load_data(parse_recipe(TINY))
+    wine = _load_data(parse_recipe(dict(TINY, task="classification", data={"name": "wine", "val_fraction": 0.2})))
+    assert wine.train.inputs.dim() == 2 and len(wine.val) > 0
 
 
 @pytest.mark.slow

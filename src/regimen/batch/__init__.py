@@ -5,23 +5,35 @@ Importing this package registers the recipe methods ``lr_scaling``, ``ghost_bn``
 ``weight_std``, ``adaptive_batch`` and ``high_loss_batches``.
 """
 
-from regimen.batch.adaptive import AdaptiveBatch, NormTestResult, norm_test, norm_test_from_sums, per_sample_gradients
+from regimen._compat import deprecated_aliases
+from regimen.batch.adaptive import (
+    AdaptiveBatchMethod,
+    NormTestResult,
+    norm_test,
+    norm_test_from_sums,
+    per_sample_gradients,
+)
 from regimen.batch.ghost_bn import (
     GhostBatchNorm1d,
     GhostBatchNorm2d,
-    GhostBN,
-    apply_ghost_batchnorm,
+    GhostBatchNormMethod,
+    apply_ghost_batch_norm,
     ghost_batch_norm,
 )
-from regimen.batch.hard_batches import HighLossBatches, HighLossBatchSelector, batch_loss_sums, select_high_loss
+from regimen.batch.hard_batches import (
+    HighLossBatchesMethod,
+    HighLossBatchSelector,
+    batch_loss_sums,
+    select_high_loss,
+)
 from regimen.batch.lamb import LAMB
-from regimen.batch.lars import LARS
-from regimen.batch.regime import Regime, RegimeAdaptation, adapt_regime, regime_factor
+from regimen.batch.lars import LARS, excluded_from_trust_ratio
+from regimen.batch.regime import Regime, RegimeAdaptationMethod, adapt_regime, regime_factor
 from regimen.batch.samplers import LengthBucketBatchSampler, TokenBudgetBatchSampler, padding_fraction
-from regimen.batch.scaling import LRScaling, infer_scaling_rule, scale_lr, scale_optimizer_lr
+from regimen.batch.scaling import LRScalingMethod, infer_scaling_rule, scale_lr, scale_optimizer_lr
 from regimen.batch.weight_std import (
     BatchChannelNorm2d,
-    WeightStandardization,
+    WeightStandardizationMethod,
     WSConv2d,
     apply_batch_channel_norm,
     apply_weight_standardization,
@@ -30,29 +42,30 @@ from regimen.batch.weight_std import (
 )
 
 __all__ = [
-    "AdaptiveBatch",
+    "AdaptiveBatchMethod",
     "BatchChannelNorm2d",
-    "GhostBN",
     "GhostBatchNorm1d",
     "GhostBatchNorm2d",
+    "GhostBatchNormMethod",
     "HighLossBatchSelector",
-    "HighLossBatches",
+    "HighLossBatchesMethod",
     "LAMB",
     "LARS",
-    "LRScaling",
+    "LRScalingMethod",
     "LengthBucketBatchSampler",
     "NormTestResult",
     "Regime",
-    "RegimeAdaptation",
+    "RegimeAdaptationMethod",
     "TokenBudgetBatchSampler",
     "WSConv2d",
-    "WeightStandardization",
+    "WeightStandardizationMethod",
     "adapt_regime",
     "apply_batch_channel_norm",
-    "apply_ghost_batchnorm",
+    "apply_ghost_batch_norm",
     "apply_weight_standardization",
     "batch_loss_sums",
     "convs_followed_by_norm",
+    "excluded_from_trust_ratio",
     "ghost_batch_norm",
     "infer_scaling_rule",
     "norm_test",
@@ -65,3 +78,17 @@ __all__ = [
     "select_high_loss",
     "weight_standardize",
 ]
+
+__getattr__ = deprecated_aliases(
+    __name__,
+    {
+        "AdaptiveBatch": "AdaptiveBatchMethod",
+        "GhostBN": "GhostBatchNormMethod",
+        "HighLossBatches": "HighLossBatchesMethod",
+        "LRScaling": "LRScalingMethod",
+        "RegimeAdaptation": "RegimeAdaptationMethod",
+        "WeightStandardization": "WeightStandardizationMethod",
+        "apply_ghost_batchnorm": "apply_ghost_batch_norm",
+    },
+    globals(),
+)

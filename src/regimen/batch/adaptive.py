@@ -16,6 +16,7 @@ Pitfalls handled:
     count are all-reduced so every rank takes the same decision on the global sample.
   * Growth is monotone (never shrinks), capped per update by ``max_growth`` and in total by ``max_batch_size``
     and the dataset size; the batch changes at epoch boundaries (``ctx.set_batch_size``), per device.
+  * The test runs in ``before_forward``, on the micro-batch the model is about to train on (augmented, normalised).
   * Sums are accumulated in float64: ``Σ‖∇f_i − ḡ‖² = Σ‖∇f_i‖² − b‖ḡ‖²`` (the form that all-reduces).
 """
 
@@ -28,9 +29,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from regimen._compat import deprecated_aliases
 from regimen.method import Context, Method, register_method
 
-__all__ = ["AdaptiveBatch", "NormTestResult", "norm_test", "norm_test_from_sums", "per_sample_gradients"]
+__all__ = ["AdaptiveBatchMethod", "NormTestResult", "norm_test", "norm_test_from_sums", "per_sample_gradients"]
 
 
 class NormTestResult(NamedTuple):
@@ -131,7 +133,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 @register_method
-class AdaptiveBatch(Method):
+class AdaptiveBatchMethod(Method):
     """Adaptive batch size by the AdAdaGrad norm test (Lau et al. 2024): grow the batch when gradients are noisy.
 
     Every ``interval`` optimizer steps, per-sample gradients of the current micro-batch (at most ``max_samples``
@@ -170,15 +172,13 @@ class AdaptiveBatch(Method):
         self.last: NormTestResult | None = None
         self.global_batch: int | None = None
 
-    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
-        if ctx.step % self.interval != 0 or y.dim() != 1:
-            return x, y
+    def before_forward(self, x: torch.Tensor, y: torch.Tensor, ctx: Context) -> None:
+        if ctx.step % self.interval != 0 or y.dim() != 1:  # soft (mixed) targets: no per-sample index loss
+            return
         n = min(self.max_samples, x.shape[0])
-        if n < 2 and ctx.world_size == 1:
-            return x, y
-        model = _unwrap(ctx.model)
-        inputs = ctx.normalize(x[:n])
-        grads = per_sample_gradients(model, ctx.criterion, inputs, y[:n]).double()
+        if n < 2 and ctx.run.world_size == 1:
+            return
+        grads = per_sample_gradients(_unwrap(ctx.model), ctx.criterion, x[:n], y[:n]).double()
         sums = ctx.all_reduce(grads.sum(0), op="sum")
         squares = ctx.all_reduce(grads.pow(2).sum().reshape(1), op="sum")
         count = int(ctx.all_reduce(torch.tensor([float(n)], dtype=torch.float64, device=grads.device), op="sum"))
@@ -188,7 +188,6 @@ class AdaptiveBatch(Method):
         self.failed += int(not result.passed)
         if not result.passed:
             self.suggested = max(self.suggested, result.suggested_batch)
-        return x, y
 
     def next_global_batch(self, current: int, dataset_size: int | None) -> int:
         """The global batch for the next epoch: monotone, capped growth towards the largest suggestion."""
@@ -200,21 +199,21 @@ class AdaptiveBatch(Method):
         return max(current, target)
 
     def on_epoch_end(self, ctx: Context) -> None:
-        current = ctx.global_batch
+        run = ctx.run
         data = ctx.train_data
         size = len(data) if data is not None and hasattr(data, "__len__") else None
-        new_global = self.next_global_batch(current, size)
-        per_device_factor = ctx.world_size * ctx.accumulation
-        per_device = max(ctx.per_device_batch, math.ceil(new_global / per_device_factor))
-        if per_device != ctx.per_device_batch and ctx.set_batch_size is not None:
+        new_global = self.next_global_batch(run.global_batch, size)
+        per_device_factor = run.world_size * run.accumulation
+        per_device = max(run.per_device_batch, math.ceil(new_global / per_device_factor))
+        if per_device != run.per_device_batch:
             ctx.set_batch_size(per_device)
         self.global_batch = per_device * per_device_factor
-        ctx.log["adaptive_batch/batch_size"] = float(self.global_batch)
-        ctx.log["adaptive_batch/tests_failed"] = float(self.failed)
+        self.log(ctx, "batch_size", self.global_batch)
+        self.log(ctx, "tests_failed", self.failed)
         if self.last is not None:
-            ctx.log["adaptive_batch/suggested"] = float(self.last.suggested_batch)
-            ctx.log["adaptive_batch/variance_ratio"] = self.last.variance / max(
-                self.last.batch * self.eta**2 * self.last.grad_norm_sq, 1e-300)
+            self.log(ctx, "suggested", self.last.suggested_batch)
+            self.log(ctx, "variance_ratio", self.last.variance / max(
+                self.last.batch * self.eta**2 * self.last.grad_norm_sq, 1e-300))
         self.suggested = 0
         self.failed = 0
 
@@ -227,3 +226,6 @@ class AdaptiveBatch(Method):
         self.tests = int(state.get("tests", 0))
         self.failed = int(state.get("failed", 0))
         self.global_batch = state.get("global_batch")
+
+
+__getattr__ = deprecated_aliases(__name__, {"AdaptiveBatch": "AdaptiveBatchMethod"}, globals())

@@ -30,42 +30,43 @@ Pitfalls handled:
   * The ghost batches are *consecutive* samples of the per-device batch; shuffle the data, not the batch.
   * Parameters and buffers are those of ``nn.BatchNorm`` (``GhostBatchNorm2d`` *is* a ``BatchNorm2d``), so
     checkpoints load either way, weight-decay filters that look for ``_BatchNorm`` still find it, and
-    ``apply_ghost_batchnorm`` keeps the very same ``Parameter`` objects (the optimizer stays bound).
+    ``apply_ghost_batch_norm`` keeps the very same ``Parameter`` objects (the optimizer stays bound).
   * The backward is hand-written and once-differentiable: double backward (gradient penalties) is not supported.
   * Half / bfloat16 inputs are normalised in float32 and cast back.
 
-Speed on CPU (``benchmarks/batch_ghost_bn.py``, 16 ghost batches, one thread): forward + backward costs about the
-same as ``nn.BatchNorm`` on the whole batch (0.8–1.1× for conv activations of 256–2048 samples) and about the same
-as a Python chunk loop, which on CPU pays little per chunk; the vectorised form wins where per-call overhead
-dominates (1-d features: 1.2–1.7× faster than the loop) and on accelerators, where each chunk is a kernel launch.
+Speed against ``nn.BatchNorm`` and a Python chunk loop: ``benchmarks/batch_ghost_bn.py``, results in
+``reports/batch/README.md`` (section 3).
 """
 
 
-import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regimen._compat import deprecated_aliases
 from regimen.method import Context, Method, register_method
 
 __all__ = [
     "GhostBatchNorm1d",
     "GhostBatchNorm2d",
-    "GhostBN",
-    "apply_ghost_batchnorm",
+    "GhostBatchNormMethod",
+    "apply_ghost_batch_norm",
     "ghost_batch_norm",
 ]
 
 LastPartial = Literal["separate", "merge"]
 
 
-def _check_ghost_size(ghost_batch_size: int) -> None:
+def _check_options(ghost_batch_size: int, last_partial: str) -> None:
+    """The one check of the two Ghost BN options, shared by the function, the layers, the surgery and the Method."""
     if isinstance(ghost_batch_size, bool) or not isinstance(ghost_batch_size, int):
         raise TypeError(f"ghost_batch_size must be an int, got {type(ghost_batch_size).__name__}")
     if ghost_batch_size < 1:
         raise ValueError(f"ghost_batch_size must be >= 1, got {ghost_batch_size}")
+    if last_partial not in ("separate", "merge"):
+        raise ValueError(f"last_partial must be 'separate' or 'merge', got {last_partial!r}")
 
 
 def _ghost_sizes(batch: int, ghost_batch_size: int, last_partial: str) -> tuple[int, int, int]:
@@ -250,9 +251,7 @@ def ghost_batch_norm(
         raise ValueError(f"x must have shape (N, C) or (N, C, *), got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be floating point, got {x.dtype}")
-    _check_ghost_size(ghost_batch_size)
-    if last_partial not in ("separate", "merge"):
-        raise ValueError(f"last_partial must be 'separate' or 'merge', got {last_partial!r}")
+    _check_options(ghost_batch_size, last_partial)
     if momentum is not None and not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be in [0, 1] or None, got {momentum}")
     if (running_mean is None) != (running_var is None):
@@ -307,53 +306,43 @@ def ghost_batch_norm(
     return result.view_as(x)
 
 
-class _GhostMixin:
-    """Shared constructor and forward of the Ghost BN modules (they subclass the matching ``nn.BatchNorm``)."""
-
-    ghost_batch_size: int
-    last_partial: str
+class _GhostBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Shared constructor and forward of the Ghost BN layers; each subclasses this and the matching ``nn.BatchNorm``
+    (which supplies ``_check_input_dim``)."""
 
     def __init__(self, num_features: int, ghost_batch_size: int = 128, eps: float = 1e-5,
                  momentum: float | None = 0.1, affine: bool = True, track_running_stats: bool = True,
                  last_partial: LastPartial = "separate", device=None, dtype=None) -> None:
-        _check_ghost_size(ghost_batch_size)
-        if last_partial not in ("separate", "merge"):
-            raise ValueError(f"last_partial must be 'separate' or 'merge', got {last_partial!r}")
+        _check_options(ghost_batch_size, last_partial)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
         self.ghost_batch_size = ghost_batch_size
-        self.last_partial = last_partial
+        self.last_partial: LastPartial = last_partial
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._ghost_forward(x)
-
-    def _ghost_forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input_dim(x)  # type: ignore[attr-defined]
-        use_batch_stats = self.training or self.running_mean is None  # type: ignore[attr-defined]
+        self._check_input_dim(x)
+        use_batch_stats = self.training or self.running_mean is None
         if not use_batch_stats or x.shape[0] <= self.ghost_batch_size:
-            return super().forward(x)  # type: ignore[misc]
-        momentum = self.momentum  # type: ignore[attr-defined]
-        tracked = self.num_batches_tracked if self.training and self.track_running_stats else None  # type: ignore
-        track = self.training and self.track_running_stats  # type: ignore[attr-defined]
+            return super().forward(x)
+        track = self.training and self.track_running_stats
         return ghost_batch_norm(
             x,
             self.ghost_batch_size,
-            self.running_mean if track else None,  # type: ignore[attr-defined]
-            self.running_var if track else None,  # type: ignore[attr-defined]
-            self.weight,  # type: ignore[attr-defined]
-            self.bias,  # type: ignore[attr-defined]
+            self.running_mean if track else None,
+            self.running_var if track else None,
+            self.weight,
+            self.bias,
             training=True,
-            momentum=momentum,
-            eps=self.eps,  # type: ignore[attr-defined]
-            num_batches_tracked=tracked,
-            last_partial=self.last_partial,  # type: ignore[arg-type]
+            momentum=self.momentum,
+            eps=self.eps,
+            num_batches_tracked=self.num_batches_tracked if track else None,
+            last_partial=self.last_partial,
         )
 
     def extra_repr(self) -> str:
-        base = super().extra_repr()  # type: ignore[misc]
-        return f"{base}, ghost_batch_size={self.ghost_batch_size}, last_partial={self.last_partial!r}"
+        return f"{super().extra_repr()}, ghost_batch_size={self.ghost_batch_size}, last_partial={self.last_partial!r}"
 
 
-class GhostBatchNorm1d(_GhostMixin, nn.BatchNorm1d):
+class GhostBatchNorm1d(_GhostBatchNorm, nn.BatchNorm1d):
     """``nn.BatchNorm1d`` with statistics per ghost batch in training; inputs ``(N, C)`` or ``(N, C, L)``.
 
     Args:
@@ -364,7 +353,7 @@ class GhostBatchNorm1d(_GhostMixin, nn.BatchNorm1d):
     """
 
 
-class GhostBatchNorm2d(_GhostMixin, nn.BatchNorm2d):
+class GhostBatchNorm2d(_GhostBatchNorm, nn.BatchNorm2d):
     """``nn.BatchNorm2d`` with statistics per ghost batch in training; inputs ``(N, C, H, W)``.
 
     Args:
@@ -375,21 +364,22 @@ class GhostBatchNorm2d(_GhostMixin, nn.BatchNorm2d):
     """
 
 
-def _to_ghost(bn: nn.Module, ghost_batch_size: int, last_partial: LastPartial) -> nn.Module:
+def _to_ghost(bn: nn.BatchNorm1d | nn.BatchNorm2d, ghost_batch_size: int, last_partial: LastPartial
+              ) -> _GhostBatchNorm:
+    """A Ghost BN layer built through its constructor (on the meta device: nothing allocated) that then takes over
+    ``bn``'s very Parameter and buffer objects: the optimizer stays bound and checkpoints keep their keys. Hooks
+    registered on ``bn`` are not carried over (the new layer is a new module)."""
     cls = GhostBatchNorm2d if isinstance(bn, nn.BatchNorm2d) else GhostBatchNorm1d
-    ghost = cls.__new__(cls)
-    # every attribute of the BN (hyper-parameters, training flag), and the very same Parameter / buffer objects
-    # (no copy: the optimizer stays bound, checkpoints keep their keys)
-    ghost.__dict__.update({k: v for k, v in bn.__dict__.items() if k not in ("_parameters", "_buffers", "_modules")})
-    ghost._parameters = dict(bn._parameters)
-    ghost._buffers = dict(bn._buffers)
-    ghost._modules = dict(bn._modules)
-    ghost.ghost_batch_size = ghost_batch_size
-    ghost.last_partial = last_partial
-    return ghost
+    ghost = cls(bn.num_features, ghost_batch_size, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
+                last_partial, device="meta")
+    for name, param in bn.named_parameters(recurse=False):
+        ghost.register_parameter(name, param)
+    for name, buffer in bn.named_buffers(recurse=False):
+        ghost.register_buffer(name, buffer)
+    return ghost.train(bn.training)
 
 
-def apply_ghost_batchnorm(
+def apply_ghost_batch_norm(
     model: nn.Module,
     ghost_batch_size: int,
     optimizer: torch.optim.Optimizer | None = None,
@@ -397,9 +387,10 @@ def apply_ghost_batchnorm(
 ) -> nn.Module:
     """Replace every ``nn.BatchNorm1d``/``nn.BatchNorm2d`` of ``model`` by its Ghost BN counterpart.
 
-    The new modules reuse the old ones' ``Parameter`` and buffer objects, so ``optimizer`` (momentum buffers, Adam
-    moments) stays bound without any copy; it is accepted for the surgery convention and checked. Already-ghost
-    layers get the new ``ghost_batch_size``. ``SyncBatchNorm`` and 3-d BN are left alone.
+    The new modules take over the old ones' ``Parameter`` and buffer objects, so ``optimizer`` (momentum buffers,
+    Adam moments) stays bound without any copy; it is accepted for the surgery convention and checked. Already-ghost
+    layers get the new ``ghost_batch_size`` and ``last_partial``. ``SyncBatchNorm``, 3-d BN and subclasses of the
+    BatchNorm layers are left alone.
 
     Args:
         model: the model; modified in place (its children are replaced) and returned. If ``model`` is itself a
@@ -411,19 +402,17 @@ def apply_ghost_batchnorm(
     Returns:
         The model with Ghost BN layers.
     """
-    _check_ghost_size(ghost_batch_size)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if last_partial not in ("separate", "merge"):
-        raise ValueError(f"last_partial must be 'separate' or 'merge', got {last_partial!r}")
+    _check_options(ghost_batch_size, last_partial)
     before = {id(p) for p in model.parameters()}
 
     def convert(module: nn.Module) -> nn.Module:
-        if isinstance(module, GhostBatchNorm1d | GhostBatchNorm2d):
+        if isinstance(module, _GhostBatchNorm):
             module.ghost_batch_size = ghost_batch_size
             module.last_partial = last_partial
             return module
-        if type(module) in (nn.BatchNorm1d, nn.BatchNorm2d):
+        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d) and type(module) in (nn.BatchNorm1d, nn.BatchNorm2d):
             return _to_ghost(module, ghost_batch_size, last_partial)
         for name, child in module.named_children():
             new = convert(child)
@@ -435,13 +424,21 @@ def apply_ghost_batchnorm(
     if optimizer is not None:
         after = {id(p) for p in result.parameters()}
         if after != before:  # pragma: no cover - guarded by construction
-            raise RuntimeError("apply_ghost_batchnorm changed parameter identities; optimizer would be stale")
+            raise RuntimeError("apply_ghost_batch_norm changed parameter identities; optimizer would be stale")
     return result
 
 
+def _ghost_layer_count(model: nn.Module) -> int:
+    """Number of Ghost BN layers in ``model``."""
+    return sum(isinstance(m, _GhostBatchNorm) for m in model.modules())
+
+
 @register_method
-class GhostBN(Method):
+class GhostBatchNormMethod(Method):
     """Ghost Batch Normalization: BN statistics per ghost batch of consecutive samples (Hoffer et al. 2017).
+
+    Logs ``ghost_bn/layers`` (BatchNorm layers converted) and ``ghost_bn/ghost_batches`` (ghost batches per
+    per-device batch) at setup.
 
     Args:
         ghost_batch_size: samples per ghost batch, on each device (the per-device batch is what BN sees).
@@ -451,12 +448,16 @@ class GhostBN(Method):
     name = "ghost_bn"
 
     def __init__(self, ghost_batch_size: int = 128, last_partial: LastPartial = "separate") -> None:
-        _check_ghost_size(ghost_batch_size)
-        if last_partial not in ("separate", "merge"):
-            raise ValueError(f"last_partial must be 'separate' or 'merge', got {last_partial!r}")
+        _check_options(ghost_batch_size, last_partial)
         self.ghost_batch_size = ghost_batch_size
         self.last_partial = last_partial
 
     def setup(self, ctx: Context) -> None:
-        ctx.model = apply_ghost_batchnorm(ctx.model, self.ghost_batch_size, ctx.optimizer, self.last_partial)
-        ctx.log["ghost_bn/ghost_batches"] = float(math.ceil(ctx.per_device_batch / self.ghost_batch_size))
+        ctx.model = apply_ghost_batch_norm(ctx.model, self.ghost_batch_size, ctx.optimizer, self.last_partial)
+        self.log(ctx, "layers", _ghost_layer_count(ctx.model))
+        self.log(ctx, "ghost_batches", -(-ctx.run.per_device_batch // self.ghost_batch_size))
+
+
+__getattr__ = deprecated_aliases(
+    __name__, {"GhostBN": "GhostBatchNormMethod", "apply_ghost_batchnorm": "apply_ghost_batch_norm"}, globals()
+)

@@ -12,13 +12,13 @@ Usage in any loop::
     for x, y in selector(model, batches, loss_fn):  # scored without gradients, hardest first
         ...train step...
 
-In the trainer, the recipe method ``high_loss_batches`` (:class:`HighLossBatches`) does this through the
+In the trainer, the recipe method ``high_loss_batches`` (:class:`HighLossBatchesMethod`) does this through the
 ``select_batches`` hook: at the start of every epoch (from ``start_epoch`` on) it scores that epoch's mini-batches
 with one no-grad forward pass each, keeps the top δ and the loop trains on them in loader order. With gradient
 accumulation a "mini-batch" is one optimizer step's global batch. Under DDP each rank scores its share and the loss
 sums and counts are all-reduced, so every rank keeps the same steps.
 
-How this differs from the authors' code (github.com/imjohnzakkam/DyBAT, ``run.py``, read for this docstring): there the
+How this differs from the authors' code (github.com/imjohnzakkam/DyBAT, ``run.py``): there the
 batch partition is fixed (no shuffling), the first epoch trains on every batch, and afterwards batches are ranked by
 the loss recorded at their *last training step* (stale for batches not retrained, no extra forward pass); it stops
 after ``epochs × n_batches`` steps, i.e. at the same number of updates as the baseline, and keeps
@@ -46,9 +46,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from regimen._compat import deprecated_aliases
 from regimen.method import Context, Method, register_method
 
-__all__ = ["HighLossBatchSelector", "HighLossBatches", "batch_loss_sums", "select_high_loss"]
+__all__ = ["HighLossBatchSelector", "HighLossBatchesMethod", "batch_loss_sums", "select_high_loss"]
 
 
 def select_high_loss(batch_losses: torch.Tensor | Sequence[float], fraction: float, min_batches: int = 1
@@ -141,7 +142,7 @@ def _step_positions(steps: torch.Tensor, accumulation: int) -> list[int]:
 
 
 @register_method
-class HighLossBatches(Method):
+class HighLossBatchesMethod(Method):
     """Train each epoch only on the top-δ fraction of its mini-batches ranked by loss (Sahayam et al. 2023).
 
     Args:
@@ -161,18 +162,22 @@ class HighLossBatches(Method):
 
     def select_batches(self, batches: Iterable[Any], ctx: Context) -> list[int] | None:
         if ctx.epoch < self.start_epoch or self.selector.fraction == 1.0:
-            ctx.log["high_loss/kept_fraction"] = 1.0
+            self.log(ctx, "kept_fraction", 1.0)
             return None
+        accumulation = ctx.run.accumulation
         with ctx.autocast():
             sums = batch_loss_sums(ctx.model, ((ctx.normalize(x), y) for x, y, _ in batches), ctx.criterion,
                                    self.selector.eval_mode)
-        sums = ctx.all_reduce(sums.to(ctx.device), "sum").cpu()  # each rank holds its share of every batch
-        steps = sums.shape[0] // ctx.accumulation  # a trailing incomplete step is not trained anyway
-        per_step = sums[: steps * ctx.accumulation].reshape(steps, ctx.accumulation, 2).sum(dim=1)
+        sums = ctx.all_reduce(sums.to(ctx.run.device), "sum").cpu()  # each rank holds its share of every batch
+        steps = sums.shape[0] // accumulation  # a trailing incomplete step is not trained anyway
+        per_step = sums[: steps * accumulation].reshape(steps, accumulation, 2).sum(dim=1)
         losses = per_step[:, 0] / per_step[:, 1].clamp_min(1.0)
         kept = self.selector.select(losses)
         self.selector.last_losses = losses
-        ctx.log["high_loss/kept_fraction"] = kept.numel() / steps
-        ctx.log["high_loss/loss_all"] = losses.mean().item()
-        ctx.log["high_loss/loss_kept"] = losses[kept].mean().item()
-        return _step_positions(kept, ctx.accumulation)
+        self.log(ctx, "kept_fraction", kept.numel() / steps)
+        self.log(ctx, "loss_all", losses.mean())
+        self.log(ctx, "loss_kept", losses[kept].mean())
+        return _step_positions(kept, accumulation)
+
+
+__getattr__ = deprecated_aliases(__name__, {"HighLossBatches": "HighLossBatchesMethod"}, globals())

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from regimen.batch.lars import closure_loss, excluded_from_trust_ratio, params_with_grads
+from regimen.batch.lars import _closure_loss, _params_with_grads, excluded_from_trust_ratio
 
 __all__ = ["LAMB"]
 
@@ -62,10 +62,10 @@ class LAMB(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = closure_loss(closure)
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            for param, grad in params_with_grads(group, "LAMB"):
+            for param, grad in _params_with_grads(group, "LAMB"):
                 state = self.state[param]
                 if not state:
                     state["step"] = torch.zeros((), dtype=torch.float64)

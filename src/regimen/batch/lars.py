@@ -27,7 +27,6 @@ import torch
 __all__ = ["LARS", "excluded_from_trust_ratio"]
 
 
-
 def excluded_from_trust_ratio(group: dict[str, Any], param: torch.Tensor) -> bool:
     """A group's ``exclude_from_trust_ratio`` flag when set (the trainer marks norm/bias groups), else whether
     ``exclude_1d`` is on and the parameter is 1-d (biases, norm weights). Excluded: no trust ratio, no decay."""
@@ -37,7 +36,7 @@ def excluded_from_trust_ratio(group: dict[str, Any], param: torch.Tensor) -> boo
     return bool(group["exclude_1d"]) and param.ndim <= 1
 
 
-def closure_loss(closure: Callable[[], float] | None) -> float | None:
+def _closure_loss(closure: Callable[[], float] | None) -> float | None:
     """Re-evaluate the loss with gradients enabled, as ``torch.optim`` optimizers do (``None`` without a closure)."""
     if closure is None:
         return None
@@ -45,7 +44,7 @@ def closure_loss(closure: Callable[[], float] | None) -> float | None:
         return closure()
 
 
-def params_with_grads(group: dict[str, Any], optimizer: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _params_with_grads(group: dict[str, Any], optimizer: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(parameter, gradient)`` of a group's parameters that have a gradient; sparse gradients are an error."""
     for param in group["params"]:
         if param.grad is None:
@@ -53,6 +52,7 @@ def params_with_grads(group: dict[str, Any], optimizer: str) -> Iterator[tuple[t
         if param.grad.is_sparse:
             raise RuntimeError(f"{optimizer} does not support sparse gradients")
         yield param, param.grad
+
 
 class LARS(torch.optim.Optimizer):
     """Momentum SGD with a per-tensor trust ratio (You et al. 2017).
@@ -90,10 +90,10 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = closure_loss(closure)
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for param, grad in params_with_grads(group, "LARS"):
+            for param, grad in _params_with_grads(group, "LARS"):
                 if excluded_from_trust_ratio(group, param):
                     direction = grad.clone()
                 else:

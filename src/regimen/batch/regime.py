@@ -10,11 +10,12 @@ so the number of optimizer steps and the step index of every LR drop match the s
 
 Pitfalls handled:
   * ``B`` is the effective global batch (per-device × world size × accumulation).
-  * Milestones given as fractions of training (all in (0, 1]) are scale-free: they are left alone
-    (``milestone_unit="fraction"``); milestones in epochs are scaled.
-  * A recipe's epochs are fixed before methods run, so the recipe dict is adapted *before* training with
-    :func:`adapt_regime`; the ``regime_adaptation`` Method rewrites ``ctx.epochs`` in ``setup`` (honoured only by
-    a trainer that reads ``ctx.epochs`` back after method setup) and logs the factor either way.
+  * The trainer's schedules read milestones as **fractions of training** (``schedule.milestones``), which are
+    scale-free: multiplying the epochs moves every LR drop to the same fraction of the longer run, i.e. to ``k``
+    times the epoch, so milestones need no rescaling. Only milestones counted in epochs (``adapt_regime`` on a number
+    of epochs with ``milestone_unit="epochs"``, for a user's own loop) are multiplied by ``k``.
+  * The ``regime_adaptation`` Method multiplies the run's epochs in ``setup``; :func:`adapt_regime` does the same to
+    a recipe dict before training.
   * ``max_factor`` caps the cost: regime adaptation multiplies training time by ``k``.
 """
 
@@ -24,9 +25,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
+from regimen._compat import deprecated_aliases
 from regimen.method import Context, Method, register_method
 
-__all__ = ["Regime", "RegimeAdaptation", "adapt_regime", "regime_factor"]
+__all__ = ["Regime", "RegimeAdaptationMethod", "adapt_regime", "regime_factor"]
 
 MilestoneUnit = Literal["auto", "epochs", "fraction"]
 
@@ -81,34 +83,32 @@ def adapt_regime(
     """Scale epochs and LR-drop milestones by ``B / B_small``.
 
     Args:
-        regime: a recipe dict (as read from TOML: ``train.epochs``, ``schedule.milestones``, ``train.batch_size``,
-            ``train.devices``, ``train.accumulation``) or the number of epochs.
+        regime: a recipe dict (as read from TOML: ``train.epochs``, ``train.batch_size``, ``train.devices``,
+            ``train.accumulation``) or the number of epochs.
         batch_size: effective global batch ``B``; for a recipe dict it defaults to batch_size × devices ×
             accumulation read from the recipe.
         base_batch_size: the small batch ``B_small`` whose regime is matched.
         milestones: LR-drop milestones when ``regime`` is a number of epochs.
-        milestone_unit: ``"epochs"`` (scaled), ``"fraction"`` (left alone) or ``"auto"`` (fractions if all in
-            (0, 1]).
+        milestone_unit: for a number of epochs: ``"epochs"`` (scaled), ``"fraction"`` (left alone) or ``"auto"``
+            (fractions if all in (0, 1]). A recipe's ``schedule.milestones`` are always fractions of training.
         max_factor: optional cap on the factor.
 
     Returns:
-        For a recipe dict, a new dict (the input is not modified) with ``train.epochs`` and
-        ``schedule.milestones`` adapted; for a number of epochs, a :class:`Regime`.
+        For a recipe dict, a new dict (the input is not modified) with ``train.epochs`` adapted (its schedule's
+        milestones are fractions and stay as they are); for a number of epochs, a :class:`Regime`.
     """
     if isinstance(regime, Mapping):
+        if milestones or milestone_unit == "epochs":
+            raise ValueError("adapt_regime on a recipe dict: the recipe's schedule.milestones are fractions of "
+                             "training and need no rescaling; pass neither milestones nor milestone_unit='epochs'")
         recipe = copy.deepcopy(dict(regime))
         train = dict(recipe.get("train", {}))
-        schedule = dict(recipe.get("schedule", {}))
         if batch_size is None:
             batch_size = int(train.get("batch_size", 128)) * int(train.get("devices", 1)) * int(
                 train.get("accumulation", 1))
         factor = regime_factor(batch_size, base_batch_size, max_factor)
-        adapted = _scale(int(train.get("epochs", 5)), schedule.get("milestones", []), factor, milestone_unit)
-        train["epochs"] = adapted.epochs
+        train["epochs"] = _scale(int(train.get("epochs", 5)), [], factor, "fraction").epochs
         recipe["train"] = train
-        if "milestones" in schedule:
-            schedule["milestones"] = adapted.milestones
-            recipe["schedule"] = schedule
         return recipe
     if batch_size is None:
         raise ValueError("batch_size is required when regime is a number of epochs")
@@ -117,14 +117,12 @@ def adapt_regime(
 
 
 @register_method
-class RegimeAdaptation(Method):
-    """Regime adaptation (Hoffer et al. 2017): multiply epochs (and LR-drop epochs) by B / B_small.
+class RegimeAdaptationMethod(Method):
+    """Regime adaptation (Hoffer et al. 2017): multiply the epochs by B / B_small to match the small batch's updates.
 
-    In ``setup`` it sets ``ctx.epochs = ceil(ctx.epochs · B / B_small)`` with ``B = ctx.global_batch``, and when the
-    context carries ``milestones`` (in epochs) scales them too. A trainer must read ``ctx.epochs`` back after method
-    setup for this to take effect; otherwise adapt the recipe beforehand with :func:`adapt_regime`. Logs
-    ``regime/factor``, ``regime/epochs`` and ``regime/applied`` (1 when the trainer runs the adapted number of
-    epochs, 0 when it ignored it).
+    In ``setup`` it sets the run's epochs to ``ceil(epochs · B / B_small)`` (``ctx.set_epochs``) with ``B`` the
+    global batch. The LR schedule's milestones are fractions of training, so they follow the longer run by
+    themselves. Logs ``regime_adaptation/factor`` and ``regime_adaptation/epochs``.
 
     Args:
         base_batch_size: the small batch ``B_small`` whose number of updates is matched.
@@ -139,28 +137,13 @@ class RegimeAdaptation(Method):
             raise ValueError(f"max_factor must be > 0 or None, got {max_factor}")
         self.base_batch_size = base_batch_size
         self.max_factor = max_factor
-        self.factor = 1.0
-        self.target_epochs: int | None = None
 
     def setup(self, ctx: Context) -> None:
-        self.factor = regime_factor(ctx.global_batch, self.base_batch_size, self.max_factor)
-        milestones = getattr(ctx, "milestones", None)
-        adapted = _scale(ctx.epochs, milestones or [], self.factor, "auto")
-        self.target_epochs = adapted.epochs
-        ctx.epochs = adapted.epochs
-        if milestones is not None:
-            ctx.milestones = adapted.milestones  # type: ignore[attr-defined]
-        ctx.log["regime/factor"] = self.factor
-        ctx.log["regime/epochs"] = float(adapted.epochs)
+        factor = regime_factor(ctx.run.global_batch, self.base_batch_size, self.max_factor)
+        epochs = _scale(ctx.run.epochs, [], factor, "fraction").epochs
+        ctx.set_epochs(epochs)
+        self.log(ctx, "factor", factor)
+        self.log(ctx, "epochs", epochs)
 
-    def on_epoch_end(self, ctx: Context) -> None:
-        ctx.log["regime/factor"] = self.factor
-        ctx.log["regime/epochs"] = float(self.target_epochs or ctx.epochs)
-        ctx.log["regime/applied"] = float(self.target_epochs is None or ctx.epochs == self.target_epochs)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"factor": self.factor, "target_epochs": self.target_epochs}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.factor = float(state.get("factor", self.factor))
-        self.target_epochs = state.get("target_epochs", self.target_epochs)
+__getattr__ = deprecated_aliases(__name__, {"RegimeAdaptation": "RegimeAdaptationMethod"}, globals())

@@ -11,7 +11,7 @@ Neural Network Training", JMLR 23 (2022), arXiv 2006.09092. The largest stable l
 
 Pitfalls handled:
   * ``B`` is the **effective global batch** of one optimizer step: per-device batch × world size × gradient
-    accumulation (``ctx.global_batch``), not the per-device batch.
+    accumulation (``ctx.run.global_batch``), not the per-device batch.
   * Every param group is scaled (groups may have different base LRs, e.g. no-decay groups or layer-wise LRs), and
     ``initial_lr`` too when a scheduler already recorded it (LambdaLR-style schedules multiply ``initial_lr``).
   * ``rule="auto"`` refuses to guess for an optimizer it does not know; pass ``rule`` explicitly then.
@@ -24,9 +24,10 @@ from typing import Literal
 
 import torch
 
+from regimen._compat import deprecated_aliases
 from regimen.method import Context, Method, register_method
 
-__all__ = ["LRScaling", "infer_scaling_rule", "scale_lr", "scale_optimizer_lr"]
+__all__ = ["LRScalingMethod", "infer_scaling_rule", "scale_lr", "scale_optimizer_lr"]
 
 Rule = Literal["auto", "linear", "sqrt"]
 
@@ -137,11 +138,11 @@ def scale_optimizer_lr(
 
 
 @register_method
-class LRScaling(Method):
+class LRScalingMethod(Method):
     """Scale every param group's LR from a reference batch to the effective global batch (Granziol et al. 2022).
 
     The recipe's ``optim.lr`` is the LR tuned at ``base_batch_size``; in ``setup`` every group's LR becomes
-    ``scale_lr(lr, ctx.global_batch, base_batch_size, rule, optimizer)``. Warm-up comes from the schedule
+    ``scale_lr(lr, ctx.run.global_batch, base_batch_size, rule, optimizer)``. Warm-up comes from the schedule
     (``schedule.warmup_epochs``), which multiplies the scaled LR. Logs ``lr_scaling/lr`` (group 0's scaled LR) and
     ``lr_scaling/factor``.
 
@@ -164,11 +165,10 @@ class LRScaling(Method):
     def setup(self, ctx: Context) -> None:
         rule = infer_scaling_rule(ctx.optimizer) if self.rule == "auto" else self.rule
         before = float(ctx.optimizer.param_groups[0]["lr"])
-        self.lrs = scale_optimizer_lr(ctx.optimizer, ctx.global_batch, self.base_batch_size, rule)  # type: ignore
+        self.lrs = scale_optimizer_lr(ctx.optimizer, ctx.run.global_batch, self.base_batch_size, rule)  # type: ignore
         self.factor = self.lrs[0] / before
-        ctx.log["lr_scaling/lr"] = self.lrs[0]
-        ctx.log["lr_scaling/factor"] = self.factor
+        self.log(ctx, "lr", self.lrs[0])
+        self.log(ctx, "factor", self.factor)
 
-    def on_epoch_end(self, ctx: Context) -> None:
-        ctx.log["lr_scaling/lr"] = self.lrs[0] if self.lrs else float("nan")
-        ctx.log["lr_scaling/factor"] = self.factor
+
+__getattr__ = deprecated_aliases(__name__, {"LRScaling": "LRScalingMethod"}, globals())

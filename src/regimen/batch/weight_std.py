@@ -34,12 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regimen._compat import deprecated_aliases
 from regimen.method import Context, Method, register_method
 
 __all__ = [
     "BatchChannelNorm2d",
     "WSConv2d",
-    "WeightStandardization",
+    "WeightStandardizationMethod",
     "apply_batch_channel_norm",
     "apply_weight_standardization",
     "convs_followed_by_norm",
@@ -122,20 +123,19 @@ class WSConv2d(nn.Conv2d):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, ws_eps: float = 1e-5, ws_mode: WSMode = "paper") -> "WSConv2d":
-        """A WSConv2d sharing ``conv``'s weight and bias ``Parameter`` objects (no copy)."""
-        new = cls.__new__(cls)
-        new.__dict__.update({k: v for k, v in conv.__dict__.items()
-                             if k not in ("_parameters", "_buffers", "_modules")})
-        new._parameters = dict(conv._parameters)
-        new._buffers = dict(conv._buffers)
-        new._modules = dict(conv._modules)
-        if ws_mode not in ("paper", "bit"):
-            raise ValueError(f"ws_mode must be 'paper' or 'bit', got {ws_mode!r}")
-        if not ws_eps > 0:
-            raise ValueError(f"ws_eps must be > 0, got {ws_eps}")
-        new.ws_eps = ws_eps
-        new.ws_mode = ws_mode
-        return new
+        """A WSConv2d built through its constructor (on the meta device: nothing allocated) that takes over ``conv``'s
+        weight and bias ``Parameter`` objects (no copy: the optimizer stays bound). Hooks on ``conv`` are not
+        carried over."""
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                  conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device="meta", ws_eps=ws_eps,
+                  ws_mode=ws_mode)
+        for name, param in conv.named_parameters(recurse=False):
+            new.register_parameter(name, param)
+        for name, buffer in conv.named_buffers(recurse=False):
+            new.register_buffer(name, buffer)
+        return new.train(conv.training)
 
 
 class BatchChannelNorm2d(nn.Module):
@@ -303,7 +303,7 @@ def apply_batch_channel_norm(
 
 
 @register_method
-class WeightStandardization(Method):
+class WeightStandardizationMethod(Method):
     """Weight Standardization on convs followed by a norm layer, optionally with Batch-Channel Norm (Qiao et al.).
 
     Args:
@@ -329,7 +329,10 @@ class WeightStandardization(Method):
 
     def setup(self, ctx: Context) -> None:
         converted = apply_weight_standardization(ctx.model, ctx.optimizer, self.eps, self.mode)
-        ctx.log["weight_std/convs"] = float(len(converted))
+        self.log(ctx, "convs", len(converted))
         if self.bcn:
             replaced = apply_batch_channel_norm(ctx.model, ctx.optimizer, self.bcn_groups, self.estimate)
-            ctx.log["weight_std/bcn_layers"] = float(len(replaced))
+            self.log(ctx, "bcn_layers", len(replaced))
+
+
+__getattr__ = deprecated_aliases(__name__, {"WeightStandardization": "WeightStandardizationMethod"}, globals())

@@ -15,9 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from regimen.bench.report import write_report
+from regimen.errors import ConfigurationError, RegimenError
+from regimen.recipes import find_recipe
 from regimen.train.recipe import apply_overrides, parse_recipe, read_recipe_file
 
-__all__ = ["run_bench"]
+__all__ = ["BenchError", "run_bench"]
+
+
+class BenchError(RegimenError, RuntimeError):
+    """Some of a bench's runs failed; ``results.json`` holds each failed run's last error line."""
 
 
 def _unique_names(names: list[str]) -> list[str]:
@@ -44,13 +50,13 @@ def run_bench(
     The first recipe is the baseline the report compares against. Returns the results dict.
     """
     if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+        raise ConfigurationError(f"repeats must be >= 1, got {repeats}")
     if not recipes:
-        raise ValueError("recipes must name at least one recipe file")
+        raise ConfigurationError("recipes must name at least one recipe file")
     overrides = list(overrides or [])
     if target is not None:
         overrides.append(f"train.target_accuracy={target}")
-    paths = [Path(p) for p in recipes]
+    paths = [find_recipe(p) for p in recipes]  # names of shipped recipes become files the subprocess can read
     parsed = [parse_recipe(apply_overrides(read_recipe_file(p), overrides)) for p in paths]  # fail before running
     names = _unique_names([r.name for r in parsed])
     out = Path(out)
@@ -90,7 +96,7 @@ def run_bench(
     write_report(out)
     if any("error" in run for run in runs):
         failed = sorted({run["recipe"] for run in runs if "error" in run})
-        raise RuntimeError(f"bench runs failed for {', '.join(failed)}; see {out / 'results.json'}")
+        raise BenchError(f"bench runs failed for {', '.join(failed)}; see {out / 'results.json'}")
     return results
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from regimen.errors import ConfigurationError
+
 __all__ = ["add_parser", "run"]
 
 
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     state = load_checkpoint(args.checkpoint)
     spec = state.get("model_spec") or {}
     if "name" not in spec or "input_shape" not in spec:
-        raise ValueError(f"{args.checkpoint} has no model_spec (name, input_shape): cannot rebuild the model")
+        raise ConfigurationError(f"{args.checkpoint} has no model_spec (name, input_shape): cannot rebuild the model")
     input_shape = tuple(int(v) for v in spec["input_shape"])
     model = build_model(spec["name"], input_shape, int(spec.get("num_classes", 10)), **spec.get("options", {}))
     restore_pruned(model, state["model"])  # plain load, or re-shaped when the run already pruned (HESSO)
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     print(report)
     arch = architecture_spec(model)
     if arch is None:
-        raise ValueError(f"cannot describe model {type(model).__name__} for saving")
+        raise ConfigurationError(f"cannot describe model {type(model).__name__} for saving")
     save_pruned(model, Path(args.out), spec=arch,
                 extra={"model_spec": spec, "source": str(args.checkpoint), "ratio": args.ratio,
                        "params_before": report.params_before, "params_after": report.params_after,

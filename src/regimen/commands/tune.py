@@ -56,9 +56,15 @@ def run(args) -> int:
     except ImportError as error:
         print(f"regimen tune: error: {error}", file=sys.stderr)
         return 1
-    print(f"best trial: val acc {result.best_val_acc:.4f}, test acc {result.best_test_acc:.4f}, "
+    metric = result.metric
+    test_metric = "test_" + metric.removeprefix("val_")
+    print(f"best trial: {metric} {result.best_val:.4f}, {test_metric} {result.best_test:.4f}, "
           f"config {result.best_config}")
-    for trial in sorted(result.trials, key=lambda t: -(t["val_acc"] or 0.0)):
-        print(f"  val {trial['val_acc']:.4f}  test {trial['test_acc']:.4f}  {trial['config']}")
+    for trial in result.trials:  # best first
+        print(f"  {metric} {_number(trial[metric])}  {test_metric} {_number(trial[test_metric])}  {trial['config']}")
     print(f"summary: {result.experiment_dir}/tune_summary.json; best checkpoint: {result.best_checkpoint}")
     return 0
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -15,10 +15,17 @@ from regimen.local.auxiliary import (
 from regimen.local.learning import AUX_TYPES, LocalLearning, LocalStepOutput, apply_local_learning, local_step
 from regimen.local.man import MomentumAuxiliary, ema_update_
 from regimen.local.method import LocalLearningMethod
-from regimen.local.split import balanced_split_points, block_costs, resolve_stages, split_points_to_ranges
+from regimen.local.split import (
+    BALANCE_MODES,
+    balanced_split_points,
+    block_costs,
+    resolve_stages,
+    split_points_to_ranges,
+)
 
 __all__ = [
     "AUX_TYPES",
+    "BALANCE_MODES",
     "AuxiliaryNetwork",
     "ClassifierAuxiliary",
     "InfoProAuxiliary",

@@ -145,8 +145,8 @@ class LocalLearning(nn.Module):
             InfoPro/recon unused.
         split_points: start stage of modules 2..K; otherwise blocks are balanced by ``balance``.
         balance: ``"params"`` (default), ``"activations"`` (needs an input shape) or ``"blocks"``.
-        input_shape: per-sample input shape (C, H, W) used to infer feature shapes; or ``example_input``.
-        example_input: a batch shaped like the training input (alternative to ``input_shape``).
+        input_shape: per-sample input shape (C, H, W) used to infer feature shapes; or ``example_inputs``.
+        example_inputs: a batch shaped like the training input (alternative to ``input_shape``).
         num_classes: classes of auxiliary classifiers (default: read from the head's last Linear).
         criterion: loss of logits and targets (default: cross-entropy with soft-target support).
         infopro_first, infopro_last: (reconstruction weight, CE weight) of the first and last auxiliary.
@@ -154,6 +154,7 @@ class LocalLearning(nn.Module):
         momentum: MAN EMA momentum. man_learnable: ``"bias"`` or ``"copy"``.
         recon_weight: weight of the feature reconstruction loss (``recon``).
         data_mean, data_std: per-channel normalisation constants; InfoPro reconstructs ``x · std + mean``.
+        example_input: deprecated name of ``example_inputs``.
     """
 
     def __init__(
@@ -166,7 +167,7 @@ class LocalLearning(nn.Module):
         split_points: Sequence[int] | None = None,
         balance: Literal["params", "activations", "blocks"] = "params",
         input_shape: Sequence[int] | None = None,
-        example_input: torch.Tensor | None = None,
+        example_inputs: torch.Tensor | None = None,
         num_classes: int | None = None,
         criterion: Criterion | None = None,
         infopro_first: tuple[float, float] = (5.0, 1.0),
@@ -177,8 +178,15 @@ class LocalLearning(nn.Module):
         recon_weight: float = 1.0,
         data_mean: torch.Tensor | Sequence[float] | None = None,
         data_std: torch.Tensor | Sequence[float] | None = None,
+        example_input: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
+        if example_input is not None:
+            if example_inputs is not None:
+                raise TypeError("LocalLearning() got both 'example_input' (deprecated) and 'example_inputs'")
+            warnings.warn("LocalLearning(): 'example_input' is deprecated; use 'example_inputs'", DeprecationWarning,
+                          stacklevel=2)
+            example_inputs = example_input
         if aux not in AUX_TYPES:
             raise ValueError(f"aux must be one of {AUX_TYPES}, got {aux!r}")
         if balance not in BALANCE_MODES:
@@ -195,13 +203,13 @@ class LocalLearning(nn.Module):
         num_blocks = len(stage_list) - 1
         min_last = self.aux_depth + 1 if aux == "auglocal" else 1
 
-        if example_input is None and input_shape is not None:
+        if example_inputs is None and input_shape is not None:
             shape = tuple(int(s) for s in input_shape)
             if not shape or any(s < 1 for s in shape):
                 raise ValueError(f"input_shape must be positive sizes, got {input_shape}")
-            example_input = torch.zeros(2, *shape)
-        if example_input is not None and not isinstance(example_input, torch.Tensor):
-            raise TypeError(f"example_input must be a tensor, got {type(example_input).__name__}")
+            example_inputs = torch.zeros(2, *shape)
+        if example_inputs is not None and not isinstance(example_inputs, torch.Tensor):
+            raise TypeError(f"example_inputs must be a tensor, got {type(example_inputs).__name__}")
 
         if split_points is not None:
             points = list(split_points)
@@ -219,7 +227,7 @@ class LocalLearning(nn.Module):
                 raise ValueError(
                     f"num_modules={num_modules} is larger than the number of blocks before the head ({num_blocks})"
                 )
-            costs = block_costs(stage_list, balance, example_input)
+            costs = block_costs(stage_list, balance, example_inputs)
             points = balanced_split_points(costs, num_modules, min_last_blocks=min_last)
             ranges = split_points_to_ranges(points, len(stage_list), min_last_blocks=min_last)
         self.ranges: list[tuple[int, int]] = ranges
@@ -235,9 +243,9 @@ class LocalLearning(nn.Module):
 
         auxiliaries: list[nn.Module] = []
         if self.num_modules > 1:
-            if example_input is None:
-                raise ValueError("input_shape (or example_input) is needed to build auxiliary networks for K > 1")
-            shapes = self._feature_shapes(example_input)
+            if example_inputs is None:
+                raise ValueError("input_shape (or example_inputs) is needed to build auxiliary networks for K > 1")
+            shapes = self._feature_shapes(example_inputs)
             num_aux = self.num_modules - 1
             depths = pyramid_depths(num_aux, self.aux_depth, pyramid_coeff) if aux == "auglocal" else None
             if aux == "infopro" and not self.infopro_bce:
@@ -270,13 +278,13 @@ class LocalLearning(nn.Module):
                                                                recon_weight=recon_weight))
         self.auxiliaries = nn.ModuleList(auxiliaries)
 
-    def _feature_shapes(self, example_input: torch.Tensor) -> list[tuple[int, ...]]:
+    def _feature_shapes(self, example_inputs: torch.Tensor) -> list[tuple[int, ...]]:
         """Per-sample shapes: the input, then the output of every stage (eval mode, no grad, modes restored)."""
         modes = [m.training for m in self.stages.modules()]
-        shapes = [tuple(example_input.shape[1:])]
+        shapes = [tuple(example_inputs.shape[1:])]
         try:
             self.stages.eval()
-            h = example_input[:2]
+            h = example_inputs[:2]
             with torch.no_grad():
                 for stage in self.stages:
                     h = stage(h)

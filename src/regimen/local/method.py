@@ -4,17 +4,23 @@ feature reconstruction).
 Papers: DGL (Belilovsky et al., ICML 2020, arXiv 1901.08164), InfoPro (Wang et al., ICLR 2021, arXiv 2101.10832),
 AugLocal (Ma et al., ICLR 2024, arXiv 2402.17318), MAN (Su et al., ECCV 2024, arXiv 2407.05623).
 
-``setup`` replaces ``ctx.model`` by a ``LocalLearning`` wrapper (sharing the model's parameters; its ``forward``
-still returns logits, so evaluation is unchanged) and adds the auxiliary parameters to ``ctx.optimizer`` as new
-param groups copying the existing groups' hyperparameters. ``training_step`` runs the local step with
-``ctx.backward`` for each module's loss; ``after_step`` updates MAN's EMA copies.
+``setup`` checks that the model names its blocks (``stages``; else a ConfigurationError says how to provide them),
+infers the feature shapes from ``ctx.example_batch()`` and replaces ``ctx.model`` by a ``LocalLearning`` wrapper
+(sharing the model's parameters; its ``forward`` still returns logits, so evaluation is unchanged); the auxiliary
+parameters join ``ctx.optimizer`` as new param groups copying the existing groups' hyperparameters.
+``training_step`` runs the local step with ``ctx.backward`` for each module's loss; ``after_step`` updates MAN's EMA
+copies.
 
-Pitfalls handled: the step bypasses the device wrapper's forward (a DDP forward cannot serve K separate
-backward passes), so with several processes the gradients are averaged explicitly with ``ctx.all_reduce``, and
-the run's precision is applied with ``ctx.autocast()``; the InfoPro target is de-normalised by inverting
-``ctx.normalize`` (an affine map; ``ctx.data_mean``/``data_std`` as fallback; the normalised input is reconstructed
-with MSE, with a warning, when neither is available); each local loss is divided by ``ctx.accumulation`` like the
-trainer's own backward; auxiliary networks never run at evaluation.
+The step is one of a kind: K backward passes, one per module, inside one training step. So the method owns
+``training_step`` alone (``exclusive = ("training_step",)``: a recipe with another step-owning method is refused)
+and it bypasses the device wrapper's forward (a DDP forward cannot serve K separate backward passes): with several
+processes it averages the gradients itself with ``ctx.all_reduce`` and applies the run's precision with
+``ctx.autocast()``.
+
+Pitfalls handled: the InfoPro target is de-normalised by inverting ``ctx.normalize`` (an affine map;
+``ctx.run.data_mean``/``data_std`` as fallback; the normalised input is reconstructed with MSE, with a warning, when
+neither is available); each local loss is divided by ``ctx.run.accumulation`` like the trainer's own backward;
+auxiliary networks never run at evaluation.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from regimen.errors import ConfigurationError
 from regimen.local.learning import LocalLearning, apply_local_learning
 from regimen.method import Context, Method, register_method
 
@@ -40,21 +47,32 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def _normalization_constants(ctx: Context, channels: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Mean and std such that ``ctx.normalize(x) = (x - mean) / std``, read off the affine map itself (so a
-    recipe with ``data.normalize = false`` gives mean 0, std 1); ``ctx.data_mean``/``data_std`` otherwise."""
-    normalize = getattr(ctx, "normalize", None)
-    if callable(normalize):
-        try:
-            with torch.no_grad():
-                zero = normalize(torch.zeros(1, channels, 1, 1, device=ctx.device)).flatten().float().cpu()
-                one = normalize(torch.ones(1, channels, 1, 1, device=ctx.device)).flatten().float().cpu()
-            scale = one - zero
-            if zero.numel() == channels and bool((scale > 0).all()):
-                return -zero / scale, 1.0 / scale
-        except (RuntimeError, ValueError, TypeError):
-            pass
-    if ctx.data_mean is not None and ctx.data_std is not None:
-        return ctx.data_mean, ctx.data_std
+    recipe with ``data.normalize = false`` gives mean 0, std 1); ``ctx.run.data_mean``/``data_std`` otherwise."""
+    try:
+        with torch.no_grad():
+            zero = ctx.normalize(torch.zeros(1, channels, 1, 1, device=ctx.run.device)).flatten().float().cpu()
+            one = ctx.normalize(torch.ones(1, channels, 1, 1, device=ctx.run.device)).flatten().float().cpu()
+        scale = one - zero
+        if zero.numel() == channels and bool((scale > 0).all()):
+            return -zero / scale, 1.0 / scale
+    except (RuntimeError, ValueError, TypeError):  # not an image normalisation
+        pass
+    if ctx.run.data_mean is not None and ctx.run.data_std is not None:
+        return ctx.run.data_mean, ctx.run.data_std
     return None, None
+
+
+def _check_structure(model: nn.Module, split_points: list[int] | None) -> None:
+    """The model must say what its blocks are: ``stages`` (an ordered ModuleList ending in the head), or be a
+    Sequential/ModuleList, or come with explicit ``split_points`` over its children."""
+    if isinstance(model, LocalLearning):
+        raise ConfigurationError("local_learning: the model is already a LocalLearning wrapper")
+    if getattr(model, "stages", None) is None and not isinstance(model, nn.Sequential | nn.ModuleList) \
+            and split_points is None:
+        raise ConfigurationError(
+            f"local_learning needs the model's blocks in order: {type(model).__name__} has no `stages`; give it a "
+            "`stages` attribute (an nn.ModuleList of blocks ending in the classifier head, as regimen's resnet and "
+            "mlp have) or pass split_points=[...] (its children, in registration order, are then the blocks)")
 
 
 @register_method
@@ -73,6 +91,8 @@ class LocalLearningMethod(Method):
     """
 
     name = "local_learning"
+    targets = ("labels",)
+    exclusive = ("training_step",)
 
     def __init__(
         self,
@@ -111,19 +131,16 @@ class LocalLearningMethod(Method):
 
     def setup(self, ctx: Context) -> None:
         model = _unwrap(ctx.model)
-        if isinstance(model, LocalLearning):
-            raise ValueError("local_learning: the model is already a LocalLearning wrapper")
-        images = getattr(ctx.train_data, "images", None)
-        if images is None:
-            raise ValueError("local_learning needs ctx.train_data.images to infer the input shape")
+        _check_structure(model, self.options["split_points"])
         options = dict(self.options)
         num_modules = options.pop("num_modules")
         aux = options.pop("aux")
-        input_shape = tuple(int(s) for s in images.shape[1:])
-        mean, std = _normalization_constants(ctx, input_shape[0])
+        example_inputs, _ = ctx.example_batch(2)
+        device = next((p.device for p in model.parameters()), example_inputs.device)
+        mean, std = _normalization_constants(ctx, int(example_inputs.shape[1]))
         self.wrapper = apply_local_learning(
-            model, num_modules, aux, optimizer=ctx.optimizer, input_shape=input_shape,
-            num_classes=ctx.num_classes, criterion=ctx.criterion, data_mean=mean, data_std=std, **options,
+            model, num_modules, aux, optimizer=ctx.optimizer, example_inputs=example_inputs.to(device),
+            num_classes=ctx.run.num_classes, criterion=ctx.criterion, data_mean=mean, data_std=std, **options,
         )
         ctx.model = self.wrapper
 
@@ -131,19 +148,19 @@ class LocalLearningMethod(Method):
         wrapper = self.wrapper if self.wrapper is not None else _unwrap(model)
         if not isinstance(wrapper, LocalLearning):
             raise RuntimeError("local_learning: setup() did not run (no LocalLearning wrapper)")
-        accumulation = max(int(ctx.accumulation), 1)
+        accumulation = ctx.run.accumulation
 
         def backward(loss: torch.Tensor) -> None:
             ctx.backward(loss / accumulation if accumulation > 1 else loss)
 
         with ctx.autocast():  # the step bypasses the wrapped module's forward, so apply the precision here
             out = wrapper.local_step(x, y, backward=backward, criterion=ctx.criterion)
-        if ctx.world_size > 1:
+        if ctx.run.world_size > 1:  # the step bypassed DDP's gradient hooks: average across processes here
             for p in wrapper.parameters():
                 if p.grad is not None:
                     p.grad.copy_(ctx.all_reduce(p.grad, op="mean"))
         for k, loss in enumerate(out.losses[:-1]):
-            ctx.log[f"local/aux{k}_loss"] = float(loss)
+            self.log(ctx, f"aux{k}_loss", loss)
         return out.loss, out.logits
 
     def after_step(self, ctx: Context) -> None:

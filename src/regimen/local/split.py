@@ -19,6 +19,7 @@ Pitfalls handled: K larger than the number of blocks, stages that are not ``nn.M
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -69,14 +70,21 @@ def resolve_stages(model_or_stages: nn.Module | Sequence[nn.Module], split_point
 
 
 def block_costs(
-    stages: Sequence[nn.Module], balance: Balance = "params", example_input: torch.Tensor | None = None
+    stages: Sequence[nn.Module], balance: Balance = "params", example_inputs: torch.Tensor | None = None, *,
+    example_input: torch.Tensor | None = None,
 ) -> list[float]:
     """Cost of each backbone block (all stages but the head) under ``balance``; the head's cost is added to the last.
 
-    ``"activations"`` runs ``example_input`` through the stages once (eval mode, no grad, training flags restored)
+    ``"activations"`` runs ``example_inputs`` through the stages once (eval mode, no grad, training flags restored)
     and counts the elements of every tensor each block's submodules output per sample — a proxy for the
-    activations autograd keeps for the backward pass.
+    activations autograd keeps for the backward pass. ``example_input`` is the deprecated name of ``example_inputs``.
     """
+    if example_input is not None:
+        if example_inputs is not None:
+            raise TypeError("block_costs() got both 'example_input' (deprecated) and 'example_inputs'")
+        warnings.warn("block_costs(): 'example_input' is deprecated; use 'example_inputs'", DeprecationWarning,
+                      stacklevel=2)
+        example_inputs = example_input
     if balance not in BALANCE_MODES:
         raise ValueError(f"balance must be one of {BALANCE_MODES}, got {balance!r}")
     blocks = list(stages[:-1])
@@ -86,14 +94,14 @@ def block_costs(
         costs = [float(sum(p.numel() for p in block.parameters())) for block in blocks]
         costs[-1] += float(sum(p.numel() for p in stages[-1].parameters()))
         return costs
-    if example_input is None:
-        raise ValueError("balance='activations' needs example_input (a batch shaped like the training input)")
+    if example_inputs is None:
+        raise ValueError("balance='activations' needs example_inputs (a batch shaped like the training input)")
     costs = []
     modes = [m.training for s in stages for m in s.modules()]
     try:
         for s in stages:
             s.eval()
-        x = example_input
+        x = example_inputs
         with torch.no_grad():
             for block in blocks:
                 counted = [0]

@@ -11,7 +11,7 @@ from regimen.losses.linear_ce import LinearCrossEntropy, linear_cross_entropy
 from regimen.losses.load_balance import LoadBalanceAccumulator, expert_counts, load_balancing_loss
 from regimen.losses.multisample import multi_sample_cross_entropy
 from regimen.losses.multisimilarity import MultiSimilarityLoss, PKSampler, multi_similarity_loss
-from regimen.losses.s3im import S3IM, s3im_loss, ssim
+from regimen.losses.s3im import S3IM, gaussian_window, s3im_indices, s3im_loss, ssim
 from regimen.losses.soft_ce import classification_loss, soft_target_cross_entropy
 from regimen.losses.zloss import LogitZLoss, LogitZLossMethod, ZLoss, ZLossMethod, logit_z_loss, z_loss
 
@@ -27,11 +27,13 @@ __all__ = [
     "ZLossMethod",
     "classification_loss",
     "expert_counts",
+    "gaussian_window",
     "linear_cross_entropy",
     "load_balancing_loss",
     "logit_z_loss",
     "multi_sample_cross_entropy",
     "multi_similarity_loss",
+    "s3im_indices",
     "s3im_loss",
     "soft_target_cross_entropy",
     "ssim",

@@ -13,14 +13,11 @@
    that z_y ≤ sqrt(C − 1) for any logits, so with few classes a ``b`` above that bound never saturates and the loss
    behaves like a smooth linear "raise the target's z-score" objective. It replaces cross-entropy.
 
-   Defaults ``a = 0.1, b = 10`` are **not verified against the paper**. The paper treats a and b as hyper-parameters
-   tuned per task; the values it reports could not be read here (searched: the arXiv abstract, secondary summaries
-   that restate the formula above with the population σ, and the authors' Theano code
-   ``adbrebs/factored_output_layer``, whose example trains an MSE spherical loss and sets no a, b). Treat the
-   defaults as a starting point and tune a, b like a learning rate.
+   The paper treats ``a`` and ``b`` as hyper-parameters tuned per task; the defaults ``a = 0.1, b = 10`` are a
+   starting point to tune like a learning rate (where they come from: ``reports/losses/README.md``).
 
 2. **Logit z-loss** (PaLM, Chowdhery et al. 2022, arXiv 2204.02311; ST-MoE, Zoph et al. 2022, arXiv 2202.08906):
-   the regulariser ``coef · (log Σ_j e^{o_j})²`` that pulls the softmax normaliser towards 1 for stability. It is
+   the regulariser ``z_loss_coef · (log Σ_j e^{o_j})²`` that pulls the softmax normaliser towards 1 for stability. It is
    *added* to cross-entropy, computed in fp32 and masked exactly like the cross-entropy (``ignore_index``).
 
 Pitfalls handled: σ = 0 (all logits equal, e.g. a zero-initialised classifier) would divide by zero, so the
@@ -33,11 +30,13 @@ index target only. The class dimension is the **last** dimension (``(N, C)`` or 
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regimen.losses._renamed import renamed_arguments
 from regimen.method import Context, Method, register_method
 
 __all__ = ["LogitZLoss", "LogitZLossMethod", "ZLoss", "ZLossMethod", "logit_z_loss", "z_loss"]
@@ -100,8 +99,7 @@ def z_loss(
         a: sharpness (> 0); large ``a`` approaches the hinge ``max(0, b − z_y)``.
         b: target z-score. The paper tunes (a, b) per task; with C classes z_y <= sqrt(C − 1), so choose b near or
             below that bound for a loss that saturates once the target clearly stands out. The defaults (0.1, 10)
-            give a smooth, non-saturating objective for small C; they are not verified against the paper (see the
-            module docstring).
+            give a smooth, non-saturating objective for small C.
         reduction: ``"mean"`` over non-ignored rows, ``"sum"`` or ``"none"``.
         ignore_index: target value to skip.
         eps: added to the variance so equal logits (σ = 0) give a finite loss.
@@ -131,32 +129,35 @@ def z_loss(
     return _reduce(per_row, valid, reduction)
 
 
+@renamed_arguments(coef="z_loss_coef")
 def logit_z_loss(
     logits: torch.Tensor,
-    coef: float = 1e-4,
-    ignore_index: int = -100,
     target: torch.Tensor | None = None,
+    z_loss_coef: float = 1e-4,
+    ignore_index: int = -100,
     reduction: str = "mean",
     check_values: bool = True,
 ) -> torch.Tensor:
-    """The logit z-loss regulariser ``coef · (log Σ_j exp(o_j))²`` (PaLM / ST-MoE), in fp32.
+    """The logit z-loss regulariser ``z_loss_coef · (log Σ_j exp(o_j))²`` (PaLM / ST-MoE), in fp32.
 
     Args:
         logits: ``(..., C)`` logits.
-        coef: coefficient (PaLM uses 1e-4).
-        ignore_index: rows whose ``target`` equals it are masked out, exactly like the cross-entropy they
-            accompany.
-        target: optional integer targets of shape ``logits.shape[:-1]``, only used for the mask; ``None`` keeps
-            every row.
+        target: optional integer targets of shape ``logits.shape[:-1]``, only used for the mask (rows equal to
+            ``ignore_index`` are dropped, exactly like the cross-entropy they accompany); ``None`` keeps every row.
+        z_loss_coef: coefficient (PaLM uses 1e-4); the same name as in :func:`linear_cross_entropy`.
+        ignore_index: target value of the rows to mask.
         reduction: ``"mean"`` (over kept rows), ``"sum"`` or ``"none"``.
         check_values: reject NaN/inf logits and out-of-range targets (see :func:`z_loss`).
 
     Returns:
         The regulariser, to be *added* to the classification loss.
     """
+    if target is not None and not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be an integer tensor or None, got {type(target).__name__} (the coefficient is "
+                        "the keyword z_loss_coef)")
     _check_logits(logits, check_values=check_values)
-    if not coef >= 0:
-        raise ValueError(f"coef must be >= 0, got {coef}")
+    if not z_loss_coef >= 0:
+        raise ValueError(f"z_loss_coef must be >= 0, got {z_loss_coef}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if target is None:
@@ -164,7 +165,7 @@ def logit_z_loss(
     else:
         valid = _valid_mask(target, logits, ignore_index, check_values)
     lse = torch.logsumexp(logits.float(), dim=-1)
-    return _reduce(coef * lse.square(), valid, reduction)
+    return _reduce(z_loss_coef * lse.square(), valid, reduction)
 
 
 class ZLoss(nn.Module):
@@ -188,21 +189,22 @@ class ZLoss(nn.Module):
 
 
 class LogitZLoss(nn.Module):
-    """Module form of :func:`logit_z_loss`: ``LogitZLoss(coef)(logits, target=None)``."""
+    """Module form of :func:`logit_z_loss`: ``LogitZLoss(z_loss_coef)(logits, target=None)``."""
 
-    def __init__(self, coef: float = 1e-4, ignore_index: int = -100, reduction: str = "mean") -> None:
+    @renamed_arguments(coef="z_loss_coef")
+    def __init__(self, z_loss_coef: float = 1e-4, ignore_index: int = -100, reduction: str = "mean") -> None:
         super().__init__()
-        if not coef >= 0:
-            raise ValueError(f"coef must be >= 0, got {coef}")
+        if not z_loss_coef >= 0:
+            raise ValueError(f"z_loss_coef must be >= 0, got {z_loss_coef}")
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-        self.coef, self.ignore_index, self.reduction = coef, ignore_index, reduction
+        self.z_loss_coef, self.ignore_index, self.reduction = z_loss_coef, ignore_index, reduction
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        return logit_z_loss(logits, self.coef, self.ignore_index, target, self.reduction)
+        return logit_z_loss(logits, target, self.z_loss_coef, self.ignore_index, self.reduction)
 
     def extra_repr(self) -> str:
-        return f"coef={self.coef}"
+        return f"z_loss_coef={self.z_loss_coef}"
 
 
 def _index_targets(y: torch.Tensor, method: str) -> torch.Tensor:
@@ -214,29 +216,21 @@ def _index_targets(y: torch.Tensor, method: str) -> torch.Tensor:
     return y
 
 
-def _set_criterion(ctx: Context, method: str, criterion, replaces: bool) -> None:
-    """Install ``criterion`` as ``ctx.criterion`` (the loss every step, multi-sample dropout, nested widths, ... call),
-    marked with the method's name. A criterion that *replaces* the loss must come before any that adds to it."""
-    previous = getattr(ctx.criterion, "regimen_method", None)
-    if replaces and previous is not None:
-        raise ValueError(f"{method} replaces the training criterion, which {previous!r} already changed; list "
-                         f"{method} before {previous} in the recipe")
-    criterion.regimen_method = method
-    ctx.criterion = criterion
-
-
 @register_method
 class ZLossMethod(Method):
     """Train with the spherical-family Z-loss instead of cross-entropy (de Brébisson & Vincent 2016).
 
-    Replaces ``ctx.criterion`` in ``setup``, so it composes with methods that own the forward pass and call the
-    criterion (multi-sample dropout, nested widths). Needs index targets (not after CutMix/MixUp)."""
+    A ``criterion`` link that *replaces* the loss: it never calls ``next``, so it must be the innermost link, listed
+    after the methods that wrap the criterion (``logit_z_loss`` adds its regulariser to this loss). Every caller of
+    ``ctx.criterion`` (the default step, multi-sample dropout, nested widths) gets it. Needs index targets (not after
+    CutMix/MixUp)."""
 
     name = "z_loss"
+    targets = ("labels",)
     conflicts = ("cutmix", "mixup")
-    before = ("logit_z_loss",)
-    constraint_reason = ("the Z-loss replaces the criterion (logit_z_loss adds to it) and needs index targets "
-                         "(mixing methods train on soft targets)")
+    after = ("logit_z_loss",)
+    constraint_reason = ("the Z-loss replaces the criterion, so the criterion wrappers (logit_z_loss) come first, and "
+                         "it needs index targets (mixing methods train on soft targets)")
 
     def __init__(self, a: float = 0.1, b: float = 10.0) -> None:
         if not a > 0:
@@ -244,36 +238,45 @@ class ZLossMethod(Method):
         self.a = float(a)
         self.b = float(b)
 
-    def setup(self, ctx: Context) -> None:
-        def criterion(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            # no data-dependent checks: the criterion must run under torch.func (adaptive_batch's per-sample
-            # gradients); the trainer rejects a NaN loss itself
-            return z_loss(logits, _index_targets(y, self.name), a=self.a, b=self.b, check_values=False)
-
-        _set_criterion(ctx, self.name, criterion, replaces=True)
+    def criterion(self, output: torch.Tensor, target: torch.Tensor, next, ctx: Context,
+                  reduction: str = "mean") -> torch.Tensor:
+        # no data-dependent checks: the criterion must run under torch.func (adaptive_batch's per-sample
+        # gradients); the trainer rejects a NaN loss itself
+        return z_loss(output, _index_targets(target, self.name), a=self.a, b=self.b, reduction=reduction,
+                      check_values=False)
 
 
 @register_method
 class LogitZLossMethod(Method):
-    """Add the logit z-loss coef·(log Σ e^o)² to the default criterion (PaLM / ST-MoE stabiliser).
+    """Add the logit z-loss z_loss_coef·(log Σ e^o)² to the criterion (PaLM / ST-MoE stabiliser).
 
-    Wraps ``ctx.criterion`` in ``setup`` (the criterion plus the regulariser on the same logits), so it composes
-    with soft targets and with methods that own the forward pass (multi-sample dropout: every sample's logits)."""
+    A ``criterion`` link that wraps the next one: ``next(output, target) + logit_z_loss(output)``, on the same
+    logits and with the same reduction (rows whose index target is the ignore index are masked in both). So it
+    composes with soft targets, with the Z-loss (listed after it) and with every caller of ``ctx.criterion``
+    (multi-sample dropout: every sample's logits). Logs ``logit_z_loss/value`` (the last regulariser; mean over
+    rows for ``reduction="none"``).
+
+    Args:
+        z_loss_coef: coefficient of the regulariser (PaLM: 1e-4).
+        coef: deprecated name of ``z_loss_coef``.
+    """
 
     name = "logit_z_loss"
+    targets = ("labels",)
 
-    def __init__(self, coef: float = 1e-4) -> None:
-        if not coef >= 0:
-            raise ValueError(f"logit_z_loss: coef must be >= 0, got {coef}")
-        self.coef = float(coef)
+    def __init__(self, z_loss_coef: float = 1e-4, coef: float | None = None) -> None:
+        if coef is not None:
+            warnings.warn("logit_z_loss: 'coef' is deprecated; use 'z_loss_coef'", DeprecationWarning, stacklevel=2)
+            z_loss_coef = coef
+        if not z_loss_coef >= 0:
+            raise ValueError(f"logit_z_loss: z_loss_coef must be >= 0, got {z_loss_coef}")
+        self.z_loss_coef = float(z_loss_coef)
 
-    def setup(self, ctx: Context) -> None:
-        base = ctx.criterion
-
-        def criterion(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            reg = logit_z_loss(logits, coef=self.coef, check_values=False)  # torch.func-safe, as in z_loss
-            with contextlib.suppress(RuntimeError):  # no value to log inside a torch.func transform
-                ctx.log["logit_z_loss"] = float(reg.detach())
-            return base(logits, y) + reg
-
-        _set_criterion(ctx, self.name, criterion, replaces=False)
+    def criterion(self, output: torch.Tensor, target: torch.Tensor, next, ctx: Context,
+                  reduction: str = "mean") -> torch.Tensor:
+        index = target if not target.is_floating_point() and target.shape == output.shape[:-1] else None
+        reg = logit_z_loss(output, index, z_loss_coef=self.z_loss_coef, reduction=reduction,
+                           check_values=False)  # torch.func-safe, as in z_loss
+        with contextlib.suppress(RuntimeError):  # no value to log inside a torch.func transform
+            self.log(ctx, "value", reg.detach().mean())
+        return next(output, target, reduction=reduction) + reg

@@ -1,17 +1,152 @@
 """Subnet pillar: extract smaller networks (structured pruning, HESSO, N:M sparsity, low rank, nested widths).
 
-Importing this package registers its recipe methods. Keep this file a plain list of imports.
+Importing this package registers its recipe methods (``hesso``, ``maestro``, ``nested_width``, ``nm_sparsity``,
+``trp``). Old names of v1 (``HESSO``, ``Maestro``, ``TrainedRankPruning``, ``LowRankConv2d``, ``LowRankLinear``,
+``export``) still resolve, with a DeprecationWarning.
 """
-# ruff: noqa: F401, I001
 
-from regimen.subnet.graph import DependencyGraph, Group, Slice, UntraceableError
-from regimen.subnet.graph import dependency_groups, scale_units, trace_dependencies, zero_units
-from regimen.subnet.importance import group_scores
-from regimen.subnet.prune import PrunedMultiheadAttention, PruneReport, count_macs, count_params
+from regimen._compat import deprecated_aliases
+from regimen.subnet.dependency import (
+    DependencyGraph,
+    Group,
+    Slice,
+    UntraceableError,
+    dependency_groups,
+    normalize_inputs,
+    scale_units,
+    trace_dependencies,
+    zero_units,
+)
+from regimen.subnet.hesso import HESSOMethod, HESSOPruner, hesso_factor
+from regimen.subnet.importance import IMPORTANCES, group_scores, normalized_scores
+from regimen.subnet.lowrank import (
+    FactorizedConv2d,
+    FactorizedLinear,
+    TrainedRankPruningMethod,
+    conv_to_matrix,
+    energy_rank,
+    factorize,
+    matrix_to_conv,
+    nuclear_subgradient,
+    restore_lowrank,
+    truncate_weight,
+)
+from regimen.subnet.maestro import (
+    MaestroMethod,
+    OrderedLowRankConv2d,
+    OrderedLowRankLinear,
+    apply_maestro,
+    hierarchical_group_lasso,
+    low_rank_conv2d,
+    low_rank_layers,
+    low_rank_linear,
+    rank_importance,
+    sample_rank,
+    set_rank_fraction,
+    svd_factors,
+    truncate_model,
+)
+from regimen.subnet.measure import PruneReport, count_macs, count_params, layer_widths
+from regimen.subnet.modules import PrunedMultiheadAttention
+from regimen.subnet.nested import (
+    NestedWidth,
+    NestedWidthMethod,
+    check_widths,
+    inplace_distillation_loss,
+    sandwich_widths,
+    units_at_width,
+)
+from regimen.subnet.nm import (
+    NMSparsity,
+    NMSparsityMethod,
+    apply_nm_sparsity,
+    export_nm_sparsity,
+    nm_mask,
+    nm_sparsify,
+    to_semi_structured,
+)
 from regimen.subnet.prune import plan_pruning, prune, prune_groups
-from regimen.subnet import maestro
-from regimen.subnet import nested
-from regimen.subnet.serialize import load_pruned, restore_pruned, save_pruned
-from regimen.subnet.hesso import HESSO, HESSOMethod, hesso_factor
-from regimen.subnet.nm import NMSparsity, NMSparsityMethod, apply_nm_sparsity, export, nm_mask, nm_sparsify
-from regimen.subnet.lowrank import LowRankConv2d, LowRankLinear, TrainedRankPruning, factorize, truncate_weight
+from regimen.subnet.serialize import architecture_spec, build_from_spec, load_pruned, restore_pruned, save_pruned
+
+__all__ = [
+    # dependency graph
+    "DependencyGraph",
+    "Group",
+    "Slice",
+    "UntraceableError",
+    "dependency_groups",
+    "normalize_inputs",
+    "scale_units",
+    "trace_dependencies",
+    "zero_units",
+    # structured pruning
+    "IMPORTANCES",
+    "PruneReport",
+    "PrunedMultiheadAttention",
+    "count_macs",
+    "count_params",
+    "group_scores",
+    "layer_widths",
+    "normalized_scores",
+    "plan_pruning",
+    "prune",
+    "prune_groups",
+    "architecture_spec",
+    "build_from_spec",
+    "load_pruned",
+    "restore_pruned",
+    "save_pruned",
+    # HESSO
+    "HESSOMethod",
+    "HESSOPruner",
+    "hesso_factor",
+    # N:M sparsity
+    "NMSparsity",
+    "NMSparsityMethod",
+    "apply_nm_sparsity",
+    "export_nm_sparsity",
+    "nm_mask",
+    "nm_sparsify",
+    "to_semi_structured",
+    # Trained Rank Pruning
+    "FactorizedConv2d",
+    "FactorizedLinear",
+    "TrainedRankPruningMethod",
+    "conv_to_matrix",
+    "energy_rank",
+    "factorize",
+    "matrix_to_conv",
+    "nuclear_subgradient",
+    "restore_lowrank",
+    "truncate_weight",
+    # Maestro
+    "MaestroMethod",
+    "OrderedLowRankConv2d",
+    "OrderedLowRankLinear",
+    "apply_maestro",
+    "hierarchical_group_lasso",
+    "low_rank_conv2d",
+    "low_rank_layers",
+    "low_rank_linear",
+    "rank_importance",
+    "sample_rank",
+    "set_rank_fraction",
+    "svd_factors",
+    "truncate_model",
+    # nested widths
+    "NestedWidth",
+    "NestedWidthMethod",
+    "check_widths",
+    "inplace_distillation_loss",
+    "sandwich_widths",
+    "units_at_width",
+]
+
+__getattr__ = deprecated_aliases(__name__, {
+    "HESSO": "HESSOPruner",
+    "LowRankConv2d": "FactorizedConv2d",
+    "LowRankLinear": "FactorizedLinear",
+    "Maestro": "MaestroMethod",
+    "TrainedRankPruning": "TrainedRankPruningMethod",
+    "export": "export_nm_sparsity",
+}, globals())

@@ -27,20 +27,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from regimen._compat import deprecated_aliases
+from regimen.errors import ConfigurationError
 from regimen.method import Context, Method, register_method
-from regimen.subnet.graph import Group, scale_units, trace_dependencies
-from regimen.subnet.importance import IMPORTANCES, Importance, normalized_scores
-from regimen.subnet.prune import (
-    PruneReport,
-    _check_ignore,
-    _check_ratio,
-    _is_ignored,
-    count_params,
-    layer_widths,
-    prune_groups,
-)
+from regimen.subnet._common import check_ignore, check_ratio, check_scope, is_ignored
+from regimen.subnet.dependency import Group, UntraceableError, scale_units, trace_dependencies
+from regimen.subnet.importance import IMPORTANCES, Importance, check_importance, normalized_scores
+from regimen.subnet.measure import PruneReport, count_params, layer_widths
+from regimen.subnet.prune import prune_groups
 
-__all__ = ["HESSO", "HESSOMethod", "hesso_factor"]
+__all__ = ["HESSOMethod", "HESSOPruner", "hesso_factor"]
 
 _ALL_ROLES = ("out", "in")
 
@@ -54,7 +50,7 @@ def hesso_factor(t: int, period: int) -> float:
     return (period - t - 1) / (period - t)
 
 
-class HESSO:
+class HESSOPruner:
     """Progressive zeroing pruner usable in any training loop: call ``step()`` after each ``optimizer.step()``.
 
     Args:
@@ -72,20 +68,18 @@ class HESSO:
     def __init__(self, model: nn.Module, example_inputs: Any, ratio: float = 0.5, importance: Importance = "l2",
                  warmup_steps: int = 0, period_steps: int = 100, periods: int = 1, scope: str = "global",
                  ignore: Iterable[str] = ()) -> None:
-        self.ratio = _check_ratio(ratio)
-        if not callable(importance) and importance not in IMPORTANCES:
-            raise ValueError(f"importance must be one of {IMPORTANCES} or a callable, got {importance!r}")
-        if scope not in ("global", "uniform"):
-            raise ValueError(f"scope must be 'global' or 'uniform', got {scope!r}")
+        self.ratio = check_ratio(ratio)
+        check_importance(importance)
+        check_scope(scope)
         for label, value, low in (("warmup_steps", warmup_steps, 0), ("period_steps", period_steps, 1),
                                   ("periods", periods, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{label} must be an int >= {low}, got {value!r}")
-        ignore = _check_ignore(model, ignore)
+        ignore = check_ignore(model, ignore)
         self.model, self.importance, self.scope = model, importance, scope
         self.warmup_steps, self.period_steps, self.periods = warmup_steps, period_steps, periods
         graph = trace_dependencies(model, example_inputs)
-        self.groups: list[Group] = [g for g in graph.groups if g.lossless and not _is_ignored(g, ignore)]
+        self.groups: list[Group] = [g for g in graph.groups if g.lossless and not is_ignored(g.modules, ignore)]
         self.steps = 0
         self.pending: dict[int, list[int]] = {}  # group index -> units being decayed in the current period
         self.zeroed: dict[int, list[int]] = {}  # group index -> units already exactly zero
@@ -184,19 +178,13 @@ class HESSO:
         self.zeroed = {int(k): list(v) for k, v in state["zeroed"].items()}
 
 
-def _example_from_context(ctx: Context) -> torch.Tensor:
-    data = ctx.train_data
-    images = getattr(data, "images", None)
-    if images is None:
-        raise ValueError("hesso needs ctx.train_data with .images to trace the model")
-    x = torch.as_tensor(images[:2])
-    x = x.float() / 255.0 if not x.is_floating_point() else x.float()
-    return ctx.normalize(x)
-
-
 @register_method
 class HESSOMethod(Method):
     """HESSO: progressively zero the least important channels during training, then remove them losslessly.
+
+    ``setup`` traces ``ctx.example_batch()``; the schedule is fixed at the first step from ``ctx.run`` (epochs ×
+    steps per epoch). Logs ``hesso/groups``, ``hesso/period_steps``, ``hesso/zeroed_fraction`` (of the units in the
+    prunable groups) and, after the removal, ``hesso/params`` and ``hesso/param_ratio``.
 
     Args:
         ratio: fraction of channels/heads to remove.
@@ -223,52 +211,63 @@ class HESSOMethod(Method):
     def __init__(self, ratio: float = 0.5, importance: str = "l2", start: float = 0.1, end: float = 0.6,
                  periods: int = 2, scope: str = "global", ignore: list[str] | None = None,
                  prune_at_end: bool = True) -> None:
-        _check_ratio(ratio)
+        check_ratio(ratio)
         if importance not in IMPORTANCES:
             raise ValueError(f"importance must be one of {IMPORTANCES}, got {importance!r}")
         if not 0.0 <= start < end <= 1.0:
             raise ValueError(f"need 0 <= start < end <= 1, got start={start}, end={end}")
         if periods < 1:
             raise ValueError(f"periods must be >= 1, got {periods}")
-        if scope not in ("global", "uniform"):
-            raise ValueError(f"scope must be 'global' or 'uniform', got {scope!r}")
+        check_scope(scope)
         self.ratio, self.importance, self.start, self.end = ratio, importance, start, end
         self.periods, self.scope, self.ignore, self.prune_at_end = periods, scope, list(ignore or []), prune_at_end
-        self.pruner: HESSO | None = None
+        self.pruner: HESSOPruner | None = None
         self._scheduled = False
         self._pending_state: dict[str, Any] | None = None
         self._model: nn.Module | None = None
 
     def setup(self, ctx: Context) -> None:
         self._model = ctx.model
-        # the schedule is set at the first step, when ctx.steps_per_epoch is known (placeholder values until then)
-        self.pruner = HESSO(ctx.model, _example_from_context(ctx), self.ratio, self.importance, 0, 1,
-                            self.periods, self.scope, self.ignore)
+        example, _ = ctx.example_batch()
+        # the schedule is set at the first step, from the run's epochs and steps then (placeholder values until then)
+        try:
+            self.pruner = HESSOPruner(ctx.model, example, self.ratio, self.importance, 0, 1, self.periods, self.scope,
+                                      self.ignore)
+        except UntraceableError as error:
+            raise ConfigurationError(
+                f"hesso traces the model's channel dependencies to prune them and cannot trace this model: {error}. "
+                "Use nn modules (Conv, Linear, BatchNorm, MultiheadAttention) for layers with weights, or list "
+                "hesso before methods that rewrite layers") from error
+        if not self.pruner.groups:
+            raise ConfigurationError("hesso found no channel group it can remove without changing the function (a "
+                                     "model with convolution or linear layers outside ignore is needed)")
+        self.log(ctx, "groups", len(self.pruner.groups))
         self._scheduled = False
         if self._pending_state is not None:
             self.pruner.load_state_dict(self._pending_state)
             self._pending_state = None
 
     def _schedule(self, ctx: Context) -> None:
-        total = max(1, ctx.epochs * ctx.steps_per_epoch)
+        total = max(1, ctx.run.epochs * ctx.run.steps_per_epoch)
         self.pruner.warmup_steps = int(self.start * total)
         self.pruner.period_steps = max(1, int((self.end - self.start) * total / self.periods))
         self._scheduled = True
-        ctx.log["hesso_period_steps"] = float(self.pruner.period_steps)
+        self.log(ctx, "period_steps", self.pruner.period_steps)
 
     def after_step(self, ctx: Context) -> None:
         if self.pruner is not None:
             if not self._scheduled:
                 self._schedule(ctx)
             self.pruner.step()
-            ctx.log["hesso_zeroed"] = float(sum(len(u) for u in self.pruner.zeroed.values()))
+            zeroed = sum(len(u) for u in self.pruner.zeroed.values())
+            self.log(ctx, "zeroed_fraction", zeroed / max(1, sum(g.size for g in self.pruner.groups)))
 
     def on_train_end(self, ctx: Context) -> None:
         if self.pruner is None or not self.prune_at_end:
             return
         report = self.pruner.prune()
-        ctx.log["hesso_params"] = float(report.params_after)
-        ctx.log["hesso_param_ratio"] = report.params_after / max(report.params_before, 1)
+        self.log(ctx, "params", report.params_after)
+        self.log(ctx, "param_ratio", report.params_after / max(report.params_before, 1))
 
     def state_dict(self) -> dict[str, Any]:
         return self.pruner.state_dict() if self.pruner is not None else {}
@@ -280,3 +279,6 @@ class HESSOMethod(Method):
             self._pending_state = state
         else:
             self.pruner.load_state_dict(state)
+
+
+__getattr__ = deprecated_aliases(__name__, {"HESSO": "HESSOPruner"}, globals())

@@ -20,13 +20,20 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from regimen.subnet.graph import Group, Slice
+from regimen.subnet.dependency.group import Group, Slice
 
-__all__ = ["IMPORTANCES", "group_scores", "normalized_scores"]
+__all__ = ["IMPORTANCES", "Importance", "check_importance", "group_scores", "normalized_scores"]
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
 
 Importance = str | Callable[[nn.Module, Group], torch.Tensor]
+
+
+def check_importance(importance: Importance) -> Importance:
+    """``importance`` if it is one of ``IMPORTANCES`` or a callable ``f(model, group) -> scores``; else ValueError."""
+    if not callable(importance) and importance not in IMPORTANCES:
+        raise ValueError(f"importance must be one of {IMPORTANCES} or a callable, got {importance!r}")
+    return importance
 
 
 def _per_unit(tensor: torch.Tensor, slice_: Slice) -> torch.Tensor:
@@ -46,8 +53,7 @@ def group_scores(model: nn.Module, group: Group, importance: Importance = "l2") 
         if scores.numel() != group.size:
             raise ValueError(f"importance callable returned {scores.numel()} scores for a group of {group.size}")
         return scores
-    if importance not in IMPORTANCES:
-        raise ValueError(f"importance must be one of {IMPORTANCES} or a callable, got {importance!r}")
+    check_importance(importance)
     params = [s for s in group.slices if not s.is_buffer]
     if importance == "bn_scale":
         bn = [s for s in params if s.param == "weight"

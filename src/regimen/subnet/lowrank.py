@@ -27,13 +27,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from regimen._compat import deprecated_aliases
 from regimen.method import Context, Method, register_method
-from regimen.subnet._modules import unignored_modules
+from regimen.subnet._common import unignored_modules
+from regimen.subnet._surgery import replace_parameters
 
 __all__ = [
-    "LowRankConv2d",
-    "LowRankLinear",
-    "TrainedRankPruning",
+    "FactorizedConv2d",
+    "FactorizedLinear",
+    "TrainedRankPruningMethod",
     "conv_to_matrix",
     "energy_rank",
     "factorize",
@@ -99,59 +101,80 @@ def _pair(value: Any) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)  # type: ignore[return-value]
 
 
-class LowRankConv2d(nn.Module):
-    """``(kh x 1) conv C->r`` then ``(1 x kw) conv r->N``: a conv whose reshaped weight has rank ``r``."""
+class FactorizedConv2d(nn.Module):
+    """``(kh x 1) conv C->r`` then ``(1 x kw) conv r->N``: a conv whose reshaped weight has rank ``r``.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation: as ``nn.Conv2d`` (ints or pairs).
+        rank: channels between the two thin convs.
+        bias: the second conv learns a bias (the original conv's).
+        device, dtype: where and how the parameters are allocated.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, rank: int, kernel_size: Any, stride: Any = 1,
-                 padding: Any = 0, dilation: Any = 1, bias: bool = True) -> None:
+                 padding: Any = 0, dilation: Any = 1, bias: bool = True, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (_pair(kernel_size), _pair(stride), _pair(padding),
                                                   _pair(dilation))
+        factory = {"device": device, "dtype": dtype}
         self.rank = rank
-        self.first = nn.Conv2d(in_channels, rank, (kh, 1), (sh, 1), (ph, 0), (dh, 1), bias=False)
-        self.second = nn.Conv2d(rank, out_channels, (1, kw), (1, sw), (0, pw), (1, dw), bias=bias)
+        self.first = nn.Conv2d(in_channels, rank, (kh, 1), (sh, 1), (ph, 0), (dh, 1), bias=False, **factory)
+        self.second = nn.Conv2d(rank, out_channels, (1, kw), (1, sw), (0, pw), (1, dw), bias=bias, **factory)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, rank: int) -> LowRankConv2d:
-        """Factorise ``conv`` at ``rank`` (exact when its reshaped weight has rank <= ``rank``)."""
-        layer = cls(conv.in_channels, conv.out_channels, rank, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, bias=conv.bias is not None)
-        n, c, kh, kw = conv.weight.shape
-        u, s, vh = torch.linalg.svd(conv_to_matrix(conv.weight.detach()).double(), full_matrices=False)
+    def from_conv(cls, conv: nn.Conv2d, rank: int) -> FactorizedConv2d:
+        """Factorise ``conv`` at ``rank`` (exact when its reshaped weight has rank <= ``rank``); the new layer takes
+        over ``conv.bias`` (the same Parameter)."""
+        weight = conv.weight
+        layer = nn.utils.skip_init(cls, conv.in_channels, conv.out_channels, rank, conv.kernel_size, conv.stride,
+                                   conv.padding, conv.dilation, bias=False, device=weight.device, dtype=weight.dtype)
+        n, c, kh, kw = weight.shape
+        u, s, vh = torch.linalg.svd(conv_to_matrix(weight.detach()).double(), full_matrices=False)
         root = s[:rank].sqrt()
         a = (u[:, :rank] * root).reshape(c, kh, rank).permute(2, 0, 1).unsqueeze(-1)  # (r, C, kh, 1)
         b = (root[:, None] * vh[:rank]).reshape(rank, n, kw).permute(1, 0, 2).unsqueeze(2)  # (N, r, 1, kw)
         with torch.no_grad():
-            layer.first.weight.copy_(a.to(conv.weight.dtype))
-            layer.second.weight.copy_(b.to(conv.weight.dtype))
-            if conv.bias is not None:
-                layer.second.bias.copy_(conv.bias)
-        return layer.to(conv.weight.device)
+            layer.first.weight.copy_(a.to(weight.dtype))
+            layer.second.weight.copy_(b.to(weight.dtype))
+        layer.second.bias = conv.bias  # moved in: the same Parameter keeps its optimizer state
+        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.second(self.first(x))
 
 
-class LowRankLinear(nn.Module):
-    """``Linear(in, r)`` then ``Linear(r, out)``."""
+class FactorizedLinear(nn.Module):
+    """``Linear(in, r)`` then ``Linear(r, out)``.
 
-    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
+    Args:
+        in_features, out_features: as ``nn.Linear``.
+        rank: width between the two layers.
+        bias: the second layer learns a bias (the original layer's).
+        device, dtype: where and how the parameters are allocated.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        factory = {"device": device, "dtype": dtype}
         self.rank = rank
-        self.first = nn.Linear(in_features, rank, bias=False)
-        self.second = nn.Linear(rank, out_features, bias=bias)
+        self.first = nn.Linear(in_features, rank, bias=False, **factory)
+        self.second = nn.Linear(rank, out_features, bias=bias, **factory)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, rank: int) -> LowRankLinear:
-        layer = cls(linear.in_features, linear.out_features, rank, bias=linear.bias is not None)
-        u, s, vh = torch.linalg.svd(linear.weight.detach().double(), full_matrices=False)
+    def from_linear(cls, linear: nn.Linear, rank: int) -> FactorizedLinear:
+        """Factorise ``linear`` at ``rank`` (its best rank-``rank`` approximation); takes over ``linear.bias``."""
+        weight = linear.weight
+        layer = nn.utils.skip_init(cls, linear.in_features, linear.out_features, rank, bias=False,
+                                   device=weight.device, dtype=weight.dtype)
+        u, s, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
         root = s[:rank].sqrt()
         with torch.no_grad():
-            layer.first.weight.copy_((root[:, None] * vh[:rank]).to(linear.weight.dtype))
-            layer.second.weight.copy_((u[:, :rank] * root).to(linear.weight.dtype))
-            if linear.bias is not None:
-                layer.second.bias.copy_(linear.bias)
-        return layer.to(linear.weight.device)
+            layer.first.weight.copy_((root[:, None] * vh[:rank]).to(weight.dtype))
+            layer.second.weight.copy_((u[:, :rank] * root).to(weight.dtype))
+        layer.second.bias = linear.bias  # moved in: the same Parameter keeps its optimizer state
+        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.second(self.first(x))
@@ -189,37 +212,33 @@ def factorize(model: nn.Module, energy: float = 0.99, include_linear: bool = Fal
 
     ``rule="macs"`` additionally requires a MAC saving (stricter for strided convs, see ``_break_even``).
 
-    Returns ``{layer name: rank}`` of the replaced layers. With ``optimizer=``, the replaced layers' parameters are
-    removed from its param groups and the new ones added to the group that held the old weight (fresh state: the
-    factors are new variables).
+    Returns ``{layer name: rank}`` of the replaced layers. With ``optimizer=``, each replaced weight leaves its param
+    group (with its state) and the two factors join that group with fresh state (they are new variables); the bias
+    is the same Parameter, so it keeps its state.
     """
     if rule not in ("params", "macs"):
         raise ValueError(f"rule must be 'params' or 'macs', got {rule!r}")
     replaced: dict[str, int] = {}
+    factors: dict[nn.Parameter, list[nn.Parameter]] = {}
     for name, module in _targets(model, include_linear, ignore):
         _, s, _ = torch.linalg.svd(conv_to_matrix(module.weight.detach()).double(), full_matrices=False)
         rank = energy_rank(s, energy)
         if rank >= _break_even(module, rule):
             continue
         if isinstance(module, nn.Conv2d):
-            new: nn.Module = LowRankConv2d.from_conv(module, rank)
+            new: FactorizedConv2d | FactorizedLinear = FactorizedConv2d.from_conv(module, rank)
         else:
-            new = LowRankLinear.from_linear(module, rank)
-        model.set_submodule(name, new)
+            new = FactorizedLinear.from_linear(module, rank)
+        model.set_submodule(name, new.train(module.training))
         replaced[name] = rank
-        if optimizer is not None:
-            old = {id(p) for p in module.parameters()}
-            for group in optimizer.param_groups:
-                if any(id(p) in old for p in group["params"]):
-                    group["params"] = [p for p in group["params"] if id(p) not in old] + list(new.parameters())
-                    break
-            for p in module.parameters():
-                optimizer.state.pop(p, None)
+        factors[module.weight] = [new.first.weight, new.second.weight]
+    if optimizer is not None:
+        replace_parameters(optimizer, factors)
     return replaced
 
 
 def restore_lowrank(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
-    """Replace the layers that a ``state_dict`` shows as factorised (``<name>.first.weight``) by low-rank modules."""
+    """Replace the layers that a ``state_dict`` shows as factorised (``<name>.first.weight``) by factorised layers."""
     for key, value in state_dict.items():
         if not key.endswith(".first.weight"):
             continue
@@ -230,10 +249,10 @@ def restore_lowrank(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn
             continue
         rank = value.shape[0]
         if isinstance(module, nn.Conv2d):
-            new: nn.Module = LowRankConv2d(module.in_channels, module.out_channels, rank, module.kernel_size,
-                                           module.stride, module.padding, module.dilation, module.bias is not None)
+            new: nn.Module = FactorizedConv2d(module.in_channels, module.out_channels, rank, module.kernel_size,
+                                              module.stride, module.padding, module.dilation, module.bias is not None)
         elif isinstance(module, nn.Linear):
-            new = LowRankLinear(module.in_features, module.out_features, rank, module.bias is not None)
+            new = FactorizedLinear(module.in_features, module.out_features, rank, module.bias is not None)
         else:
             continue
         model.set_submodule(name, new)
@@ -241,8 +260,11 @@ def restore_lowrank(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn
 
 
 @register_method
-class TrainedRankPruning(Method):
+class TrainedRankPruningMethod(Method):
     """Trained Rank Pruning: periodic energy-truncated SVD of conv weights, optional nuclear norm, factorise at end.
+
+    Logs ``trp/rank_ratio`` (mean kept rank over full rank, at each truncation), ``trp/layers_factorized`` and
+    ``trp/param_ratio`` (after factorising).
 
     Args:
         energy: fraction of squared singular-value energy kept at every truncation (0.99).
@@ -297,7 +319,7 @@ class TrainedRankPruning(Method):
                 self.ranks[name] = rank
                 ratios.append(rank / min(conv_to_matrix(module.weight).shape))
         if ratios:
-            ctx.log["trp_rank_ratio"] = float(sum(ratios) / len(ratios))
+            self.log(ctx, "rank_ratio", sum(ratios) / len(ratios))
 
     def on_train_end(self, ctx: Context) -> None:
         if not self.factorize_at_end or self._model is None:
@@ -308,8 +330,8 @@ class TrainedRankPruning(Method):
         energy = _NUMERICAL_ENERGY if self.steps % self.period == 0 else self.energy
         replaced = factorize(self._model, energy, self.include_linear, self.ignore, rule=self.rule)
         after = sum(p.numel() for p in self._model.parameters())
-        ctx.log["trp_layers_factorized"] = float(len(replaced))
-        ctx.log["trp_param_ratio"] = after / max(before, 1)
+        self.log(ctx, "layers_factorized", len(replaced))
+        self.log(ctx, "param_ratio", after / max(before, 1))
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "ranks": dict(self.ranks)}
@@ -317,3 +339,8 @@ class TrainedRankPruning(Method):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.steps = int(state.get("steps", 0))
         self.ranks = dict(state.get("ranks", {}))
+
+
+__getattr__ = deprecated_aliases(__name__, {"TrainedRankPruning": "TrainedRankPruningMethod",
+                                            "LowRankConv2d": "FactorizedConv2d", "LowRankLinear": "FactorizedLinear"},
+                                 globals())

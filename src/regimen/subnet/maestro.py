@@ -26,29 +26,35 @@ Pitfalls handled:
       so components that reached exactly zero give zero (not NaN) gradients.
     * Conv layers: the rank of ``(out, in·kh·kw)`` is ``min(out, in·kh·kw)``; stride, padding and dilation go on the
       ``V`` convolution and the ``U`` convolution is ``1×1``; grouped convs and non-zero padding modes are refused.
-    * Surgery keeps the original ``bias`` Parameter (so its optimizer state survives) and rebinds the optimizer:
-      the dense weight leaves its param group and ``U``, ``V`` join the same group.
+    * Surgery builds the layers through their constructors (``skip_init``: no throw-away SVD) and moves the original
+      ``bias`` Parameter in (so its optimizer state survives); it rebinds the optimizer: the dense weight leaves its
+      param group and ``U``, ``V`` join the same group.
     * Ordered dropout applies only in training mode; evaluation uses the layer's current (shrunk) rank.
     * A low-rank layer is cheaper than the dense one only when ``r < out·in / (out + in)`` (per output pixel for
-      convs); at full rank Maestro costs *more* than the original, which ``LowRankLinear.saves_compute`` reports.
+      convs); at full rank Maestro costs *more* than the original, which ``OrderedLowRankLinear.saves_compute`` reports.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regimen._compat import deprecated_aliases
+from regimen.errors import ConfigurationError
 from regimen.method import Context, Method, register_method
+from regimen.subnet._common import unignored_modules
+from regimen.subnet._surgery import replace_parameters
 
 __all__ = [
-    "LowRankConv2d",
-    "LowRankLinear",
-    "Maestro",
+    "MaestroMethod",
+    "OrderedLowRankConv2d",
+    "OrderedLowRankLinear",
     "apply_maestro",
     "hierarchical_group_lasso",
     "low_rank_conv2d",
@@ -173,18 +179,42 @@ def sample_rank(max_rank: int, generator: torch.Generator | None = None, min_ran
 
 
 # -------------------------------------------------------------------------------------------------------------- modules
-class _LowRankBase(nn.Module):
-    """Shared state of the low-rank layers: factors ``u`` / ``v``, the active rank and the sampled rank."""
+class _OrderedLowRank(nn.Module):
+    """Shared state of the ordered low-rank layers: factors ``u`` / ``v``, the active rank and the sampled rank."""
 
     u: nn.Parameter
     v: nn.Parameter
     bias: nn.Parameter | None
     active_rank: torch.Tensor
 
-    def _init_state(self, max_rank: int) -> None:
-        self.register_buffer("active_rank", torch.tensor(max_rank, dtype=torch.long))
+    def _init_rank_state(self, max_rank: int, device: torch.device | str | None) -> None:
+        self.register_buffer("active_rank", torch.tensor(max_rank, dtype=torch.long, device=device))
         #: rank used by the next training-mode forward (ordered dropout); ``None`` means the active rank.
         self.sample_rank: int | None = None
+
+    def _reset_rank_state(self) -> None:
+        """All stored components active, no sampled rank (also re-initialises the buffer after ``skip_init``)."""
+        self.active_rank.fill_(self.max_rank)
+        self.sample_rank = None
+
+    def _load_factors(self, weight: torch.Tensor) -> None:
+        """``u``, ``v`` := the SVD factors of a dense ``(out, fan_in)`` weight at the stored rank."""
+        u, v = svd_factors(weight.detach(), self.max_rank)
+        with torch.no_grad():
+            self.u.copy_(u)
+            self.v.copy_(v.reshape(self.v.shape))
+
+    def _init_like_dense(self, dense_shape: tuple[int, ...]) -> None:
+        """Initialise as the SVD of the dense layer's default init (``nn.Linear`` / ``nn.Conv2d``: Kaiming uniform
+        with ``a = √5``, bias uniform in ``±1/√fan_in``), drawing from the global RNG in the same order."""
+        dense = torch.empty(dense_shape, device=self.u.device, dtype=self.u.dtype)
+        nn.init.kaiming_uniform_(dense, a=math.sqrt(5))
+        self._load_factors(dense.reshape(dense_shape[0], -1))
+        if self.bias is not None:
+            fan_in = math.prod(dense_shape[1:])
+            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            nn.init.uniform_(self.bias, -bound, bound)
+        self._reset_rank_state()
 
     @property
     def max_rank(self) -> int:
@@ -216,65 +246,76 @@ class _LowRankBase(nn.Module):
         rank = _check_rank(rank, self.max_rank) if rank is not None else int(self.active_rank)
         return self.u.detach()[:, :rank].clone(), self.v.detach()[:rank].clone(), rank
 
+    def _take(self, u: torch.Tensor, v: torch.Tensor, bias: nn.Parameter | None) -> None:
+        """Move ``u``, ``v`` (as new Parameters) and ``bias`` into this layer (a ``skip_init`` shell)."""
+        self.u, self.v = nn.Parameter(u), nn.Parameter(v)
+        self.bias = bias
+        self._reset_rank_state()
 
-class LowRankLinear(_LowRankBase):
+
+class OrderedLowRankLinear(_OrderedLowRank):
     """``y = U[:, :b] (V[:b] x) + bias`` with ``U (out, r)``, ``V (r, in)``; ``b`` = ordered-dropout rank in training.
+
+    A fresh layer is the SVD of a freshly initialised ``nn.Linear``; ``from_linear`` starts from a trained one.
 
     Args:
         in_features: input size.
         out_features: output size.
         rank: stored components, in ``[1, min(in, out)]``; ``None`` is full rank.
         bias: learn an additive bias.
+        device, dtype: where and how the parameters are allocated.
     """
 
-    def __init__(self, in_features: int, out_features: int, rank: int | None = None, bias: bool = True) -> None:
+    def __init__(self, in_features: int, out_features: int, rank: int | None = None, bias: bool = True,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if in_features < 1 or out_features < 1:
             raise ValueError(f"in_features and out_features must be >= 1, got {in_features} and {out_features}")
         rank = _check_rank(rank, min(in_features, out_features))
+        factory = {"device": device, "dtype": dtype}
         self.in_features, self.out_features = in_features, out_features
-        dense = nn.Linear(in_features, out_features, bias=bias)
-        u, v = svd_factors(dense.weight.detach(), rank)
-        self.u = nn.Parameter(u)
-        self.v = nn.Parameter(v)
-        self.bias = dense.bias
-        self._init_state(rank)
+        self.u = nn.Parameter(torch.empty(out_features, rank, **factory))
+        self.v = nn.Parameter(torch.empty(rank, in_features, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self._init_rank_state(rank, device)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self._init_like_dense((self.out_features, self.in_features))
 
     @classmethod
-    def from_linear(cls, layer: nn.Linear, rank: int | None = None) -> LowRankLinear:
-        """A low-rank layer initialised from ``layer``'s SVD; it shares ``layer.bias`` (the same Parameter)."""
+    def from_linear(cls, layer: nn.Linear, rank: int | None = None) -> OrderedLowRankLinear:
+        """A low-rank layer initialised from ``layer``'s SVD; it takes over ``layer.bias`` (the same Parameter)."""
         if not isinstance(layer, nn.Linear):
             raise TypeError(f"layer must be an nn.Linear, got {type(layer).__name__}")
         rank = _check_rank(rank, min(layer.in_features, layer.out_features))
-        module = cls.__new__(cls)
-        nn.Module.__init__(module)
-        module.in_features, module.out_features = layer.in_features, layer.out_features
-        u, v = svd_factors(layer.weight.detach(), rank)
-        module.u = nn.Parameter(u)
-        module.v = nn.Parameter(v)
-        module.bias = layer.bias
-        module._init_state(rank)
-        return module.to(layer.weight.device)
+        weight = layer.weight
+        module = nn.utils.skip_init(cls, layer.in_features, layer.out_features, rank, bias=False,
+                                    device=weight.device, dtype=weight.dtype)
+        module._load_factors(weight)
+        module.bias = layer.bias  # moved in: the same Parameter keeps its optimizer state
+        module._reset_rank_state()  # skip_init left the buffer uninitialised
+        return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return low_rank_linear(x, self.u, self.v, self.bias, self.rank)
 
-    def truncate(self, rank: int | None = None) -> LowRankLinear:
+    def truncate(self, rank: int | None = None) -> OrderedLowRankLinear:
         """A new, physically smaller layer with the first ``rank`` components (``None``: the active rank)."""
         u, v, rank = self._sliced(rank)
-        out = LowRankLinear.__new__(LowRankLinear)
-        nn.Module.__init__(out)
-        out.in_features, out.out_features = self.in_features, self.out_features
-        out.u, out.v = nn.Parameter(u), nn.Parameter(v)
-        out.bias = None if self.bias is None else nn.Parameter(self.bias.detach().clone())
-        out._init_state(rank)
+        out = nn.utils.skip_init(OrderedLowRankLinear, self.in_features, self.out_features, rank, bias=False,
+                                 device=u.device, dtype=u.dtype)
+        out._take(u, v, None if self.bias is None else nn.Parameter(self.bias.detach().clone()))
         return out.train(self.training)
 
     def to_dense(self) -> nn.Linear:
         """The dense ``nn.Linear`` with weight ``U[:, :b] V[:b]`` at the active rank."""
         rank = int(self.active_rank)
-        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-        dense = dense.to(device=self.u.device, dtype=self.u.dtype)
+        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.u.device,
+                          dtype=self.u.dtype)
         with torch.no_grad():
             dense.weight.copy_(self.u[:, :rank] @ self.v[:rank])
             if self.bias is not None:
@@ -294,13 +335,17 @@ def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
-class LowRankConv2d(_LowRankBase):
+class OrderedLowRankConv2d(_OrderedLowRank):
     """A ``k×k`` conv ``in → b`` (factor ``V``, shape ``(r, in, kh, kw)``) then a ``1×1`` conv ``b → out`` (``U``).
 
+    A fresh layer is the SVD of a freshly initialised ``nn.Conv2d``; ``from_conv`` starts from a trained one.
+
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation: as ``nn.Conv2d`` (``groups=1`` only).
+        in_channels, out_channels, kernel_size, stride, padding, dilation: as ``nn.Conv2d`` (``groups=1``,
+            ``padding_mode="zeros"`` only).
         rank: stored components, in ``[1, min(out, in·kh·kw)]``; ``None`` is full rank.
         bias: learn an additive bias.
+        device, dtype: where and how the parameters are allocated.
     """
 
     def __init__(
@@ -313,61 +358,73 @@ class LowRankConv2d(_LowRankBase):
         dilation: int | tuple[int, int] = 1,
         rank: int | None = None,
         bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        dense = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=bias)
-        self._init_from(dense, rank)
-
-    def _init_from(self, layer: nn.Conv2d, rank: int | None) -> None:
-        if layer.groups != 1:
-            raise ValueError(f"LowRankConv2d supports groups=1 only, got groups={layer.groups}")
-        if layer.padding_mode != "zeros":
-            raise ValueError(f"LowRankConv2d supports padding_mode='zeros' only, got {layer.padding_mode!r}")
-        self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
-        self.kernel_size = _pair(layer.kernel_size)
-        self.stride = _pair(layer.stride)
-        self.padding = layer.padding if isinstance(layer.padding, str) else _pair(layer.padding)
-        self.dilation = _pair(layer.dilation)
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels} and {out_channels}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
+        if isinstance(padding, str):
+            if padding not in ("valid", "same"):
+                raise ValueError(f"padding must be 'valid', 'same' or ints, got {padding!r}")
+            if padding == "same" and self.stride != (1, 1):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+            self.padding: tuple[int, int] | str = padding
+        else:
+            self.padding = _pair(padding)
         kh, kw = self.kernel_size
-        rank = _check_rank(rank, min(layer.out_channels, layer.in_channels * kh * kw))
-        u, v = svd_factors(layer.weight.detach().reshape(layer.out_channels, -1), rank)
-        self.u = nn.Parameter(u)
-        self.v = nn.Parameter(v.reshape(rank, layer.in_channels, kh, kw))
-        self.bias = layer.bias
-        self._init_state(rank)
+        rank = _check_rank(rank, min(out_channels, in_channels * kh * kw))
+        factory = {"device": device, "dtype": dtype}
+        self.u = nn.Parameter(torch.empty(out_channels, rank, **factory))
+        self.v = nn.Parameter(torch.empty(rank, in_channels, kh, kw, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self._init_rank_state(rank, device)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self._init_like_dense((self.out_channels, self.in_channels, *self.kernel_size))
 
     @classmethod
-    def from_conv(cls, layer: nn.Conv2d, rank: int | None = None) -> LowRankConv2d:
-        """A low-rank conv initialised from ``layer``'s SVD (kernel flattened to ``(out, in·kh·kw)``)."""
+    def from_conv(cls, layer: nn.Conv2d, rank: int | None = None) -> OrderedLowRankConv2d:
+        """A low-rank conv initialised from ``layer``'s SVD (kernel flattened to ``(out, in·kh·kw)``); it takes over
+        ``layer.bias`` (the same Parameter)."""
         if not isinstance(layer, nn.Conv2d):
             raise TypeError(f"layer must be an nn.Conv2d, got {type(layer).__name__}")
-        module = cls.__new__(cls)
-        nn.Module.__init__(module)
-        module._init_from(layer, rank)
-        return module.to(layer.weight.device)
+        if layer.groups != 1:
+            raise ValueError(f"OrderedLowRankConv2d supports groups=1 only, got groups={layer.groups}")
+        if layer.padding_mode != "zeros":
+            raise ValueError(f"OrderedLowRankConv2d supports padding_mode='zeros' only, got {layer.padding_mode!r}")
+        weight = layer.weight
+        module = nn.utils.skip_init(cls, layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                                    layer.padding, layer.dilation, rank=rank, bias=False, device=weight.device,
+                                    dtype=weight.dtype)
+        module._load_factors(weight.reshape(layer.out_channels, -1))
+        module.bias = layer.bias  # moved in: the same Parameter keeps its optimizer state
+        module._reset_rank_state()  # skip_init left the buffer uninitialised
+        return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return low_rank_conv2d(x, self.u, self.v, self.bias, self.rank, self.stride, self.padding, self.dilation)
 
-    def _conv_like(self) -> nn.Conv2d:
-        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                         self.dilation, bias=self.bias is not None).to(device=self.u.device, dtype=self.u.dtype)
-
-    def truncate(self, rank: int | None = None) -> LowRankConv2d:
+    def truncate(self, rank: int | None = None) -> OrderedLowRankConv2d:
         """A new, physically smaller conv with the first ``rank`` components (``None``: the active rank)."""
         u, v, rank = self._sliced(rank)
-        out = LowRankConv2d.__new__(LowRankConv2d)
-        nn.Module.__init__(out)
-        out._init_from(self._conv_like(), 1)
-        out.u, out.v = nn.Parameter(u), nn.Parameter(v)
-        out.bias = None if self.bias is None else nn.Parameter(self.bias.detach().clone())
-        out.active_rank.fill_(rank)
+        out = nn.utils.skip_init(OrderedLowRankConv2d, self.in_channels, self.out_channels, self.kernel_size,
+                                 self.stride, self.padding, self.dilation, rank=rank, bias=False, device=u.device,
+                                 dtype=u.dtype)
+        out._take(u, v, None if self.bias is None else nn.Parameter(self.bias.detach().clone()))
         return out.train(self.training)
 
     def to_dense(self) -> nn.Conv2d:
         """The dense ``nn.Conv2d`` whose kernel is ``U[:, :b] V[:b]`` at the active rank."""
         rank = int(self.active_rank)
-        dense = self._conv_like()
+        dense = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                          self.dilation, bias=self.bias is not None, device=self.u.device, dtype=self.u.dtype)
         with torch.no_grad():
             kernel = self.u[:, :rank] @ self.v[:rank].reshape(rank, -1)
             dense.weight.copy_(kernel.reshape(dense.weight.shape))
@@ -386,30 +443,19 @@ class LowRankConv2d(_LowRankBase):
 
 
 # -------------------------------------------------------------------------------------------------------------- surgery
-def low_rank_layers(model: nn.Module) -> list[tuple[str, _LowRankBase]]:
+def low_rank_layers(model: nn.Module) -> list[tuple[str, _OrderedLowRank]]:
     """``(name, module)`` of every Maestro low-rank layer in ``model``, in module order."""
-    return [(name, module) for name, module in model.named_modules() if isinstance(module, _LowRankBase)]
-
-
-def _rebind(optimizer: torch.optim.Optimizer, replaced: dict[nn.Parameter, list[nn.Parameter]]) -> None:
-    """Swap parameters in ``optimizer``: each old parameter leaves its group and its replacements join that group."""
-    for group in optimizer.param_groups:
-        params: list[nn.Parameter] = []
-        for param in group["params"]:
-            if param in replaced:
-                params.extend(replaced[param])
-                optimizer.state.pop(param, None)
-            else:
-                params.append(param)
-        group["params"] = params
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, _OrderedLowRank)]
 
 
 def apply_maestro(
     model: nn.Module,
     rank_ratio: float = 1.0,
     layers: Literal["all", "linear", "conv"] = "all",
-    exclude: Sequence[str] = (),
+    ignore: Iterable[str] = (),
     optimizer: torch.optim.Optimizer | None = None,
+    *,
+    exclude: Iterable[str] | None = None,
 ) -> nn.Module:
     """Replace ``nn.Linear`` / ``nn.Conv2d`` (groups=1) layers of ``model`` by SVD-initialised low-rank layers.
 
@@ -421,8 +467,9 @@ def apply_maestro(
         model: the model to modify.
         rank_ratio: stored rank as a fraction of each layer's full rank, in ``(0, 1]`` (rounded up, at least 1).
         layers: which layer types to decompose.
-        exclude: module names (or name prefixes, e.g. ``"stages.0"``) to leave dense.
+        ignore: names of modules to leave dense (with everything inside them, e.g. ``"stages.0"``).
         optimizer: optimizer to rebind.
+        exclude: deprecated name of ``ignore``.
 
     Returns:
         ``model``.
@@ -433,32 +480,37 @@ def apply_maestro(
         raise ValueError(f"rank_ratio must be in (0, 1], got {rank_ratio}")
     if layers not in ("all", "linear", "conv"):
         raise ValueError(f"layers must be 'all', 'linear' or 'conv', got {layers!r}")
-    if isinstance(exclude, str):
-        raise TypeError("exclude must be a sequence of module names, not a single string")
+    ignore = _renamed_ignore(ignore, exclude, "apply_maestro")
     types: tuple[type, ...] = {"all": (nn.Linear, nn.Conv2d), "linear": (nn.Linear,), "conv": (nn.Conv2d,)}[layers]
-
-    def excluded(name: str) -> bool:
-        return any(name == prefix or name.startswith(prefix + ".") for prefix in exclude)
-
     targets = [
-        (name, module) for name, module in model.named_modules()
-        if type(module) in types and not excluded(name) and not (isinstance(module, nn.Conv2d) and module.groups != 1)
+        (name, module) for name, module in unignored_modules(model, ignore)
+        if type(module) in types and not (isinstance(module, nn.Conv2d) and module.groups != 1)
     ]
     replaced: dict[nn.Parameter, list[nn.Parameter]] = {}
     for name, module in targets:
         if isinstance(module, nn.Linear):
             full = min(module.in_features, module.out_features)
-            new: _LowRankBase = LowRankLinear.from_linear(module, max(1, math.ceil(rank_ratio * full)))
+            new: _OrderedLowRank = OrderedLowRankLinear.from_linear(module, max(1, math.ceil(rank_ratio * full)))
         else:
             kh, kw = _pair(module.kernel_size)
             full = min(module.out_channels, module.in_channels * kh * kw)
-            new = LowRankConv2d.from_conv(module, max(1, math.ceil(rank_ratio * full)))
+            new = OrderedLowRankConv2d.from_conv(module, max(1, math.ceil(rank_ratio * full)))
         new.train(module.training)
         replaced[module.weight] = [new.u, new.v]
         model.set_submodule(name, new)
     if optimizer is not None:
-        _rebind(optimizer, replaced)
+        replace_parameters(optimizer, replaced)
     return model
+
+
+def _renamed_ignore(ignore: Iterable[str], exclude: Iterable[str] | None, where: str) -> Iterable[str]:
+    """``ignore``, or the deprecated ``exclude`` (with a DeprecationWarning); giving both is an error."""
+    if exclude is None:
+        return ignore
+    if tuple(ignore):
+        raise TypeError(f"{where}: give ignore= only (exclude= is its deprecated name), not both")
+    warnings.warn(f"{where}: exclude= is deprecated; use ignore=", DeprecationWarning, stacklevel=3)
+    return exclude
 
 
 def set_rank_fraction(model: nn.Module, fraction: float) -> None:
@@ -484,19 +536,25 @@ def truncate_model(model: nn.Module, dense_when_cheaper: bool = False) -> nn.Mod
 
 # --------------------------------------------------------------------------------------------------------------- method
 @register_method
-class Maestro(Method):
+class MaestroMethod(Method):
     """Maestro: SVD-initialised low-rank layers trained with ordered dropout over the rank (arXiv 2308.14929).
+
+    ``setup`` decomposes the layers; ``before_forward`` draws each micro-batch's ranks from ``ctx.generator``;
+    ``after_backward`` adds the group-lasso gradient; ``on_epoch_end`` shrinks; ``on_train_end`` truncates.
+    Logs ``maestro/layers`` and ``maestro/rank_fraction`` (active over stored components).
 
     Args:
         rank_ratio: stored rank per layer as a fraction of its full rank.
         layers: ``"all"``, ``"linear"`` or ``"conv"`` layers to decompose.
-        exclude: module names (prefixes) to keep dense, e.g. ``["stages.0"]`` for the stem.
+        ignore: names of modules to keep dense (with everything inside them), e.g. ``["stages.0"]`` for the stem.
         sampler: ``"single_layer"`` (the paper: one layer per step gets a random rank, the others stay full),
             ``"all_layers"`` (one random fraction for every layer), ``"independent"`` (a random rank per layer)
             or ``"none"`` (no ordered dropout).
         group_lasso: coefficient λ of the hierarchical group lasso, added to the gradients after backward.
         shrink_threshold: after every epoch, drop the trailing components whose importance is below this (0: off).
-        export: at the end of training, physically truncate each layer to its active rank.
+        truncate_at_end: at the end of training, physically truncate each layer to its active rank.
+        exclude: deprecated name of ``ignore``.
+        export: deprecated name of ``truncate_at_end``.
     """
 
     name = "maestro"
@@ -505,32 +563,42 @@ class Maestro(Method):
         self,
         rank_ratio: float = 1.0,
         layers: Literal["all", "linear", "conv"] = "all",
-        exclude: list[str] | None = None,
+        ignore: list[str] | None = None,
         sampler: Literal["single_layer", "all_layers", "independent", "none"] = "single_layer",
         group_lasso: float = 0.0,
         shrink_threshold: float = 0.0,
-        export: bool = False,
+        truncate_at_end: bool = True,
+        exclude: list[str] | None = None,
+        export: bool | None = None,
     ) -> None:
         if not 0.0 < rank_ratio <= 1.0:
             raise ValueError(f"rank_ratio must be in (0, 1], got {rank_ratio}")
+        if layers not in ("all", "linear", "conv"):
+            raise ValueError(f"layers must be 'all', 'linear' or 'conv', got {layers!r}")
         if sampler not in ("single_layer", "all_layers", "independent", "none"):
             raise ValueError(f"sampler must be single_layer/all_layers/independent/none, got {sampler!r}")
         if group_lasso < 0 or shrink_threshold < 0:
             raise ValueError(f"group_lasso and shrink_threshold must be >= 0, got {group_lasso}, {shrink_threshold}")
-        self.rank_ratio, self.layers, self.exclude = rank_ratio, layers, list(exclude or [])
+        ignore = list(_renamed_ignore(ignore or (), exclude, "maestro"))
+        if export is not None:
+            warnings.warn("maestro: export is deprecated; use truncate_at_end", DeprecationWarning, stacklevel=2)
+            truncate_at_end = export
+        self.rank_ratio, self.layers, self.ignore = rank_ratio, layers, ignore
         self.sampler, self.group_lasso = sampler, group_lasso
-        self.shrink_threshold, self.export = shrink_threshold, export
-        self._layers: list[_LowRankBase] = []
+        self.shrink_threshold, self.truncate_at_end = shrink_threshold, truncate_at_end
+        self._layers: list[_OrderedLowRank] = []
 
     def setup(self, ctx: Context) -> None:
-        apply_maestro(ctx.model, self.rank_ratio, self.layers, self.exclude, optimizer=ctx.optimizer)
+        apply_maestro(ctx.model, self.rank_ratio, self.layers, self.ignore, optimizer=ctx.optimizer)
         self._layers = [layer for _, layer in low_rank_layers(ctx.model)]
         if not self._layers:
-            raise ValueError("maestro found no Linear/Conv2d layer to decompose (check 'layers' and 'exclude')")
+            raise ConfigurationError(
+                f"maestro needs nn.Linear or nn.Conv2d (groups=1) layers to decompose and found none of kind "
+                f"{self.layers!r} outside ignore={self.ignore}")
+        self.log(ctx, "layers", len(self._layers))
 
-    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+    def before_forward(self, x: Any, y: Any, ctx: Context) -> None:
         self.sample(ctx.generator)
-        return x, y
 
     def sample(self, generator: torch.Generator | None = None) -> None:
         """Draw the ordered-dropout ranks of the next training forward."""
@@ -571,13 +639,17 @@ class Maestro(Method):
                 layer.set_active_rank(max(1, keep))
         kept = sum(int(layer.active_rank) for layer in self._layers)
         stored = sum(layer.max_rank for layer in self._layers)
-        ctx.log["maestro_rank_fraction"] = kept / stored
+        self.log(ctx, "rank_fraction", kept / stored)
 
     def on_train_end(self, ctx: Context) -> None:
         for layer in self._layers:
             layer.sample_rank = None
-        if self.export:
+        if self.truncate_at_end:
             truncate_model(ctx.model)
 
     def state_dict(self) -> dict[str, Any]:
         return {}  # active ranks are buffers of the layers (saved with the model); sampling uses ctx.generator
+
+
+__getattr__ = deprecated_aliases(__name__, {"Maestro": "MaestroMethod", "LowRankLinear": "OrderedLowRankLinear",
+                                            "LowRankConv2d": "OrderedLowRankConv2d"}, globals())

@@ -1,6 +1,6 @@
 """Nested widths: one network whose channel prefixes are smaller networks (SortedNet / slimmable networks).
 
-Every dependency group of coupled channels (``graph.dependency_groups``) is ordered so that width ``w`` keeps the
+Every dependency group of coupled channels (``dependency_groups``) is ordered so that width ``w`` keeps the
 first ``⌈w · n⌉`` units of each group. One training run then yields a model per width: each step trains the *sandwich*
 of widths (the largest, the smallest and ``n_random`` random ones from the list), the largest with the task loss and
 the others by *in-place distillation* from the largest width's detached output. BatchNorm keeps separate running
@@ -18,8 +18,12 @@ Papers:
 Formulas (``W`` = widths, ``f_w`` = the network restricted to the first ``⌈w·n_g⌉`` units of every group ``g``)::
 
     S_t          = {max W, min W} ∪ sample(W \\ {max W, min W}, n_random)          the sandwich of step t
-    L_t          = CE(f_max(x), y) + Σ_{w ∈ S_t, w ≠ max} T² · CE_soft(f_w(x) / T, softmax(sg[f_max(x)] / T))
+    L_t          = ℓ(f_max(x), y) + Σ_{w ∈ S_t, w ≠ max} T² · ℓ(f_w(x) / T, softmax(sg[f_max(x)] / T))
     BN at width w: μ_w, σ²_w running statistics of its own (the largest width uses the model's own buffers)
+
+``ℓ`` is the training criterion (cross-entropy, which accepts the soft targets of the distillation term; see
+``NestedWidthMethod`` for how it composes with other methods); ``inplace_distillation_loss`` is the term with plain
+soft-target cross-entropy, for users' own loops.
 
 Pitfalls handled:
     * Coupled channels come from the traced dependency groups: residual additions, concatenation offsets and the
@@ -39,8 +43,10 @@ Pitfalls handled:
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -49,21 +55,26 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from regimen.errors import ConfigurationError
 from regimen.losses import soft_target_cross_entropy
 from regimen.method import Context, Method, register_method
 from regimen.models import copy_module
-from regimen.subnet.graph import Group, dependency_groups
-from regimen.subnet.importance import group_scores
+from regimen.subnet.dependency import Group, UntraceableError, dependency_groups
+from regimen.subnet.importance import IMPORTANCES, group_scores
 from regimen.subnet.prune import prune_groups
 
 __all__ = [
     "NestedWidth",
     "NestedWidthMethod",
+    "SORT_BY",
     "check_widths",
     "inplace_distillation_loss",
     "sandwich_widths",
     "units_at_width",
 ]
+
+#: How ``NestedWidth`` orders each group's units before training: an importance, or ``"none"`` (keep the order).
+SORT_BY = (*IMPORTANCES, "none")
 
 _SLICEABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, _BatchNorm)
 
@@ -140,8 +151,14 @@ class NestedWidth(nn.Module):
         example_inputs: inputs that run ``model`` once (traced for the dependency groups).
         widths: the trained widths, sorted, unique, in (0, 1].
         sort_by: importance used to order each group's units before training (``"l2"``, ``"l1"``, ``"bn_scale"``,
-            ``"taylor"``) or ``None`` to keep the current order.
+            ``"taylor"``) or ``"none"`` to keep the current order (``None`` is accepted for ``"none"`` but
+            deprecated).
         groups: dependency groups of ``model`` (default: traced from ``example_inputs``).
+
+    Surgery on ``model`` after construction may *wrap* modules (multi-sample dropout wrapping the head): the traced
+    modules are found again by identity, so ``groups`` keep the names they had when traced. A module replaced under
+    its own name is used by that name; a traced module that disappeared is an error. ``stages`` is the wrapped
+    model's ``stages``, so methods that look for a staged model's head find it through the wrapper.
     """
 
     def __init__(
@@ -156,17 +173,23 @@ class NestedWidth(nn.Module):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         self.widths = check_widths(widths)
-        if sort_by is not None and sort_by not in ("l1", "l2", "bn_scale", "taylor"):
-            raise ValueError(f"sort_by must be 'l1', 'l2', 'bn_scale', 'taylor' or None, got {sort_by!r}")
+        if sort_by is None:
+            warnings.warn("NestedWidth: sort_by=None is deprecated; use sort_by='none'", DeprecationWarning,
+                          stacklevel=2)
+            sort_by = "none"
+        if sort_by not in SORT_BY:
+            raise ValueError(f"sort_by must be one of {SORT_BY}, got {sort_by!r}")
         self.model = model
         all_groups = list(groups) if groups is not None else dependency_groups(model, example_inputs)
+        # the traced modules themselves (not registered: they are already inside ``model``), to find them by identity
+        self._traced_modules = {s.module: model.get_submodule(s.module) for g in all_groups for s in g.slices}
         self.groups: list[Group] = []
         self.fixed: list[Group] = []
         for group in all_groups:
             (self.groups if self._sliceable(group) else self.fixed).append(group)
         if not self.groups:
             raise ValueError("the model has no channel group that nested widths can slice")
-        if sort_by is not None:
+        if sort_by != "none":
             self.sort_channels(sort_by)
         self.active_width = self.widths[-1]
         self._bn_names = sorted({s.module for g in self.groups for s in g.slices
@@ -175,10 +198,50 @@ class NestedWidth(nn.Module):
         self._plans: dict[float, dict[str, list[tuple[int, torch.Tensor]]]] = {}
         self.bn_stats = nn.ModuleDict()
         for index, width in enumerate(self.widths):
+            self._plan(width)  # every plan now, while the traced names still hold
             if width < 1.0:
                 self.bn_stats[str(index)] = self._make_bn_stats(width)
 
+    @property
+    def stages(self) -> nn.Module:
+        """The wrapped model's ``stages`` (regimen's staged models)."""
+        stages = getattr(self.model, "stages", None)
+        if not isinstance(stages, nn.Module):
+            raise AttributeError("the model inside NestedWidth has no 'stages'")
+        return stages
+
     # ---------------------------------------------------------------------------------------------------- structure
+    def _current_names(self) -> dict[str, str]:
+        """Each traced module's name in the model now: where the module object is (later surgery may wrap it, e.g.
+        multi-sample dropout's head), else its traced name when that still names a module (surgery that replaced it
+        in place, e.g. weight standardization)."""
+        modules = dict(self.model.named_modules(remove_duplicate=False))
+        now = {id(m): name for name, m in modules.items()}
+        names = {}
+        for traced, module in self._traced_modules.items():
+            if id(module) in now:
+                names[traced] = now[id(module)]
+            elif traced in modules:
+                names[traced] = traced
+            else:
+                raise RuntimeError(f"NestedWidth: module {traced!r} traced at construction is no longer in the model; "
+                                   "surgery after NestedWidth may wrap or replace traced modules, not move them away")
+        return names
+
+    @staticmethod
+    def _rename(full_name: str, names: dict[str, str]) -> str:
+        """A traced ``module.tensor`` name as it is now."""
+        module, _, attr = full_name.rpartition(".")
+        return _full_name(names[module], attr)
+
+    def _groups_now(self, names: dict[str, str]) -> list[Group]:
+        """``self.groups`` with their slices' module names as they are now."""
+        if all(traced == now for traced, now in names.items()):
+            return self.groups
+        return [dataclasses.replace(g, slices=[dataclasses.replace(s, module=names[s.module]) for s in g.slices],
+                                    modules=tuple(names[m] for m in g.modules), name=names.get(g.name, g.name))
+                for g in self.groups]
+
     def _sliceable(self, group: Group) -> bool:
         if group.kind != "channel" or not group.lossless:
             return False
@@ -231,7 +294,8 @@ class NestedWidth(nn.Module):
             holder.register_buffer(f"bn{index}_num_batches_tracked", torch.zeros((), dtype=torch.long))
         return holder
 
-    def _bn_override(self, width: float) -> dict[str, torch.Tensor]:
+    def _bn_override(self, width: float, names: dict[str, str]) -> dict[str, torch.Tensor]:
+        """``{current buffer name: this width's statistic}`` (empty for the largest width: the model's own)."""
         index = self.widths.index(width)
         key = str(index)
         if key not in self.bn_stats:
@@ -240,13 +304,13 @@ class NestedWidth(nn.Module):
         out = {}
         for j, name in enumerate(self._bn_names):
             for stat in ("running_mean", "running_var", "num_batches_tracked"):
-                out[_full_name(name, stat)] = getattr(holder, f"bn{j}_{stat}")
+                out[_full_name(names[name], stat)] = getattr(holder, f"bn{j}_{stat}")
         return out
 
     @torch.no_grad()
     def sort_channels(self, importance: str = "l2") -> None:
         """Permute every sliceable group's units by decreasing importance (in place; the function is unchanged)."""
-        for group in self.groups:
+        for group in self._groups_now(self._current_names()):
             scores = group_scores(self.model, group, importance)
             order = torch.sort(scores, descending=True, stable=True).indices
             if torch.equal(order, torch.arange(group.size)):
@@ -258,6 +322,12 @@ class NestedWidth(nn.Module):
                 tensor.index_copy_(s.dim, destination, tensor.index_select(s.dim, source))
 
     # ------------------------------------------------------------------------------------------------------ forward
+    def _param_or_buffer(self, name: str) -> torch.Tensor:
+        try:
+            return self.model.get_parameter(name)
+        except AttributeError:  # not a parameter: a buffer (e.g. running statistics of a norm without its own)
+            return self.model.get_buffer(name)
+
     def _check_width(self, width: float | None) -> float:
         width = self.active_width if width is None else float(width)
         if width not in self.widths:
@@ -273,18 +343,20 @@ class NestedWidth(nn.Module):
         plan = self._plan(width)
         if not plan:
             return self.model(*args, **kwargs)
+        names = self._current_names()
         overrides: dict[str, torch.Tensor] = {}
         for name, cuts in plan.items():
             if name.rpartition(".")[0] in self._bn_names and name.endswith(("running_mean", "running_var")):
                 continue  # per-width statistics below
-            tensor = self.model.get_parameter(name) if _is_param(self.model, name) else self.model.get_buffer(name)
+            name = self._rename(name, names)
+            tensor = self._param_or_buffer(name)
             for dim, kept in cuts:
                 if int(kept[-1]) + 1 == kept.numel():  # a prefix: a view, no copy
                     tensor = tensor.narrow(dim, 0, kept.numel())
                 else:
                     tensor = tensor.index_select(dim, kept.to(tensor.device))
             overrides[name] = tensor
-        overrides.update(self._bn_override(width))
+        overrides.update(self._bn_override(width, names))
         return functional_call(self.model, overrides, args, kwargs, strict=False)
 
     # ------------------------------------------------------------------------------------------------------- export
@@ -292,11 +364,13 @@ class NestedWidth(nn.Module):
     def extract(self, width: float) -> nn.Module:
         """A standalone copy of the model physically sliced to ``width`` (with that width's BN statistics)."""
         width = self._check_width(width)
-        model = copy_module(self.model)
-        plan = {g: torch.arange(self.units(g, width)) for g in self.groups if self.units(g, width) < g.size}
+        names = self._current_names()
+        model = copy_module(self.model)  # the same structure: the current names hold in the copy
+        groups = self._groups_now(names)
+        plan = {g: torch.arange(self.units(g, width)) for g in groups if self.units(g, width) < g.size}
         if plan:
             prune_groups(model, plan)
-        for name, tensor in self._bn_override(width).items():
+        for name, tensor in self._bn_override(width, names).items():
             module_name, _, stat = name.rpartition(".")
             target = getattr(model.get_submodule(module_name), stat)
             target.copy_(tensor)
@@ -305,7 +379,8 @@ class NestedWidth(nn.Module):
     def width_params(self, width: float) -> int:
         """Parameters of the width-``width`` network."""
         width = self._check_width(width)
-        plan = self._plan(width)
+        names = self._current_names()
+        plan = {self._rename(name, names): cuts for name, cuts in self._plan(width).items()}
         total = 0
         for name, param in self.model.named_parameters():
             shape = list(param.shape)
@@ -324,48 +399,67 @@ class NestedWidth(nn.Module):
         if not batches:
             raise ValueError("recalibrate_bn needs at least one batch")
         was_training = self.training
+        names = self._current_names()
+        norms = [self.model.get_submodule(names[name]) for name in self._bn_names]
         for width in widths or self.widths:
             width = self._check_width(width)
-            saved_momentum = {}
-            for name in self._bn_names:
-                bn = self.model.get_submodule(name)
-                saved_momentum[name] = bn.momentum
+            saved_momentum = [bn.momentum for bn in norms]
+            for bn in norms:
                 bn.momentum = None  # cumulative moving average over the calibration batches
-            for name, tensor in self._bn_override(width).items():
+            for name, tensor in self._bn_override(width, names).items():
                 if name.endswith("running_mean") or name.endswith("num_batches_tracked"):
                     tensor.zero_()
                 else:
                     tensor.fill_(1.0)
             if width == 1.0 or str(self.widths.index(width)) not in self.bn_stats:
-                for name in self._bn_names:
-                    self.model.get_submodule(name).reset_running_stats()
+                for bn in norms:
+                    bn.reset_running_stats()
             self.train()
             for batch in batches:
                 inputs = batch if isinstance(batch, tuple | list) else (batch,)
                 self(*inputs, width=width)
-            for name, momentum in saved_momentum.items():
-                self.model.get_submodule(name).momentum = momentum
+            for bn, momentum in zip(norms, saved_momentum, strict=True):
+                bn.momentum = momentum
         self.train(was_training)
 
 
-def _is_param(model: nn.Module, name: str) -> bool:
-    module_name, _, attr = name.rpartition(".")
-    module = model.get_submodule(module_name) if module_name else model
-    return attr in module._parameters
-
-
 # --------------------------------------------------------------------------------------------------------------- method
+class _AtWidth:
+    """``model`` restricted to one width, as the callable the ``forward_loss`` chain passes on."""
+
+    def __init__(self, model: Callable[..., Any], width: float, temperature: float = 1.0) -> None:
+        self.model, self.width, self.temperature = model, width, temperature
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        output = self.model(*args, width=self.width, **kwargs)
+        return output if self.temperature == 1.0 else output / self.temperature
+
+
 @register_method
 class NestedWidthMethod(Method):
     """Nested widths (SortedNet / slimmable): sandwich rule with in-place distillation; extract any width after.
+
+    A ``forward_loss`` middleware. Per micro-batch, ``before_forward`` draws the sandwich ``S`` (largest width
+    first); ``forward_loss`` then calls the rest of the chain once per width, ``next(model at width w, x, target)``,
+    and returns ``(Σ_w loss_w, output of the largest width)``. What the methods after it (multi-sample dropout, ...)
+    and the criterion chain (z-loss, logit z-loss, label smoothing ...) see:
+
+    * the largest width: the batch's own targets, so ``loss_max`` is the task loss of the full network;
+    * with ``distill=False``: every width gets the batch's own targets (``L = Σ_{w ∈ S} loss(f_w(x), y)``);
+    * with ``distill=True`` (in-place distillation): each smaller width gets the *soft targets*
+      ``softmax(sg[o_max] / T)`` with ``o_max`` the output the chain returned for the largest width (with
+      multi-sample dropout inside: the mean logits over its K samples), its logits divided by ``T``, and the loss
+      scaled by ``T²``: ``L = loss(f_max(x), y) + Σ_{w ≠ max} T² · loss(f_w(x) / T, softmax(sg[o_max] / T))``. The
+      criterion chain must accept soft targets (cross-entropy does and applies the task's label smoothing to them;
+      the z-loss does not), and the task must have class logits.
 
     Args:
         widths: trained widths, sorted, unique, in (0, 1].
         sort_by: importance to sort each group's channels by at setup (``"l1"``, ``"l2"``, ``"bn_scale"``) or
             ``"none"``.
         n_random: random in-between widths per step (besides the largest and the smallest).
-        distill: train the smaller widths on the largest width's detached soft predictions (else on the labels).
-        temperature: distillation temperature.
+        distill: train the smaller widths on the largest width's detached soft predictions (else on the targets).
+        temperature: distillation temperature ``T``.
         eval_width: width the trainer evaluates (default: the largest).
         recalibrate_batches: at the end of training, re-estimate each width's BN statistics on this many training
             batches (0: keep the running statistics).
@@ -392,8 +486,8 @@ class NestedWidthMethod(Method):
         self.widths = check_widths(widths if widths is not None else (0.25, 0.5, 0.75, 1.0))
         if sort_by not in ("l1", "l2", "bn_scale", "none"):
             raise ValueError(f"sort_by must be 'l1', 'l2', 'bn_scale' or 'none', got {sort_by!r}")
-        if n_random < 0:
-            raise ValueError(f"n_random must be >= 0, got {n_random}")
+        if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 0:
+            raise ValueError(f"n_random must be an int >= 0, got {n_random!r}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if eval_width is not None and eval_width not in self.widths:
@@ -402,52 +496,60 @@ class NestedWidthMethod(Method):
             raise ValueError(f"recalibrate_batches must be >= 0, got {recalibrate_batches}")
         self.sort_by, self.n_random, self.distill, self.temperature = sort_by, n_random, distill, temperature
         self.eval_width, self.recalibrate_batches = eval_width, recalibrate_batches
+        if distill:  # a declaration that depends on the parameters: the recipe check reads the instance's
+            self.conflicts = (*type(self).conflicts, "z_loss")
+            self.constraint_reason = (f"{type(self).constraint_reason}; with distill = true the smaller widths train "
+                                      "on soft targets, which z_loss cannot take (set distill = false to combine them)")
         self.nested: NestedWidth | None = None
+        #: the sandwich of the current micro-batch (drawn in ``before_forward``), largest width first
         self.last_widths: list[float] = []
 
-    def _example(self, ctx: Context) -> torch.Tensor:
-        images = ctx.train_data.images[:2]
-        x = torch.as_tensor(images).float()
-        x = x / 255.0 if not torch.as_tensor(images).is_floating_point() else x
-        return ctx.normalize(x.to(ctx.device))
-
     def setup(self, ctx: Context) -> None:
-        if ctx.train_data is None:
-            raise ValueError("nested_width needs ctx.train_data to trace the model's channel groups")
-        sort_by = None if self.sort_by == "none" else self.sort_by
-        self.nested = NestedWidth(ctx.model, self._example(ctx), self.widths, sort_by=sort_by)
+        if self.distill and ctx.run.target_kind != "labels":
+            raise ConfigurationError(
+                f"nested_width's in-place distillation trains the smaller widths on the largest width's class "
+                f"probabilities, so it needs a classification task; task {ctx.run.task!r} has "
+                f"{ctx.run.target_kind!r} targets: set distill = false")
+        example, _ = ctx.example_batch()
+        try:
+            self.nested = NestedWidth(ctx.model, example, self.widths, sort_by=self.sort_by)
+        except (UntraceableError, ValueError) as error:
+            raise ConfigurationError(
+                f"nested_width needs a model whose channels it can trace and slice (convolutions, linear layers and "
+                f"BatchNorm coupled through residual additions, concatenations, flattening): {error}") from error
         self.nested.set_width(self.eval_width or self.widths[-1])
         ctx.model = self.nested
+        self.log(ctx, "groups", len(self.nested.groups))
 
-    def compute_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: Context):
-        widths = sandwich_widths(self.widths, self.n_random, ctx.generator)
-        self.last_widths = widths
-        teacher = model(x, width=widths[0])
-        loss = ctx.criterion(teacher, y)
-        ctx.log[f"nested_loss_w{widths[0]:g}"] = float(loss.detach())
+    def before_forward(self, x: Any, y: Any, ctx: Context) -> None:
+        self.last_widths = sandwich_widths(self.widths, self.n_random, ctx.generator)
+
+    def forward_loss(self, model: Callable, x: Any, y: Any, next: Callable, ctx: Context):
+        widths = self.last_widths or sandwich_widths(self.widths, self.n_random, ctx.generator)
+        loss, output = next(_AtWidth(model, widths[0]), x, y)
+        self.log(ctx, f"loss_w{widths[0]:g}", loss)
+        if self.distill and len(widths) > 1:
+            soft = F.softmax(output.detach().float() / self.temperature, dim=-1)
         for width in widths[1:]:
-            logits = model(x, width=width)
             if self.distill:
-                part = inplace_distillation_loss(logits, teacher, self.temperature)
+                part, _ = next(_AtWidth(model, width, self.temperature), x, soft)
+                part = part * self.temperature**2
             else:
-                part = ctx.criterion(logits, y)
-            ctx.log[f"nested_loss_w{width:g}"] = float(part.detach())
+                part, _ = next(_AtWidth(model, width), x, y)
+            self.log(ctx, f"loss_w{width:g}", part)
             loss = loss + part
-        return loss, teacher
+        return loss, output
 
     def on_train_end(self, ctx: Context) -> None:
         if self.recalibrate_batches <= 0 or self.nested is None or ctx.train_data is None:
             return
-        images = torch.as_tensor(ctx.train_data.images)
-        batch = ctx.per_device_batch
-        order = torch.randperm(images.shape[0], generator=ctx.generator)[: self.recalibrate_batches * batch]
+        data, batch = ctx.train_data, ctx.run.per_device_batch
+        order = torch.randperm(len(data), generator=ctx.generator)[: self.recalibrate_batches * batch]
         batches = []
         for start in range(0, order.numel(), batch):
-            x = images[order[start:start + batch]].float()
-            x = x / 255.0 if not images.is_floating_point() else x
-            batches.append(ctx.normalize(x.to(ctx.device)))
+            x, _ = data.gather(order[start:start + batch], ctx.run.device)
+            batches.append(ctx.normalize(x))
         self.nested.recalibrate_bn(batches)
 
     def state_dict(self) -> dict[str, Any]:
         return {}  # per-width BN statistics are buffers of the NestedWidth module (saved with the model)
-

@@ -14,9 +14,9 @@ multiple of ``M`` (the 1-channel stem) stay dense. Ties are broken by position (
 is deterministic.
 
 Hardware. 2:4 sparse kernels exist only on NVIDIA Ampere+ GPUs: on CPU the masked weights are still stored and
-multiplied densely, so **memory and speed are unchanged** — this method only trains the sparse pattern. ``export``
-returns dense masked weights; on CUDA ``to_semi_structured`` converts exported Linear weights with
-``torch.sparse.to_sparse_semi_structured`` (fp16/bf16, shapes multiple of 64/128 as the kernels require).
+multiplied densely, so **memory and speed are unchanged** — this method only trains the sparse pattern.
+``export_nm_sparsity`` returns dense masked weights; on CUDA ``to_semi_structured`` converts exported Linear weights
+with ``torch.sparse.to_sparse_semi_structured`` (fp16/bf16, shapes multiple of 64/128 as the kernels require).
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from regimen._compat import deprecated_aliases
 from regimen.method import Context, Method, register_method
-from regimen.subnet._modules import unignored_modules
+from regimen.subnet._common import unignored_modules
 
-__all__ = ["NMSparsity", "NMSparsityMethod", "apply_nm_sparsity", "export", "nm_mask", "nm_sparsify",
+__all__ = ["NMSparsity", "NMSparsityMethod", "apply_nm_sparsity", "export_nm_sparsity", "nm_mask", "nm_sparsify",
            "to_semi_structured"]
 
 
@@ -147,7 +148,7 @@ def apply_nm_sparsity(model: nn.Module, n: int = 2, m: int = 4, decay: float = 2
     return names
 
 
-def export(model: nn.Module) -> nn.Module:
+def export_nm_sparsity(model: nn.Module) -> nn.Module:
     """Remove the N:M parametrizations, leaving dense weights with the mask applied (in place)."""
     for module in model.modules():
         if parametrize.is_parametrized(module, "weight") and any(
@@ -171,6 +172,8 @@ def to_semi_structured(model: nn.Module) -> nn.Module:
 @register_method
 class NMSparsityMethod(Method):
     """N:M structured sparsity (2:4 by default) trained with SR-STE; masks recomputed every forward.
+
+    Logs ``nm_sparsity/layers`` (the layers made sparse) at setup.
 
     Args:
         n: weights kept in every group.
@@ -196,8 +199,11 @@ class NMSparsityMethod(Method):
     def setup(self, ctx: Context) -> None:
         self._model = ctx.model
         self.layers = apply_nm_sparsity(ctx.model, self.n, self.m, self.decay, self.ignore, ctx.optimizer)
-        ctx.log["nm_layers"] = float(len(self.layers))
+        self.log(ctx, "layers", len(self.layers))
 
     def on_train_end(self, ctx: Context) -> None:
         if self.export_at_end and self._model is not None:
-            export(self._model)
+            export_nm_sparsity(self._model)
+
+
+__getattr__ = deprecated_aliases(__name__, {"export": "export_nm_sparsity"}, globals())

@@ -1,9 +1,9 @@
 """Save and load pruned (or factorised) models with their architecture, loadable with ``weights_only=True``.
 
 A pruned model differs from its constructor's model only in tensor shapes (and packed attention replaced by
-``PrunedMultiheadAttention``, low-rank layers replaced by ``LowRankConv2d``/``LowRankLinear``), so the file holds the
-base model's constructor spec plus the state dict: ``restore_pruned`` re-shapes a freshly built base model to the
-state dict's shapes, fixes module attributes and loads the weights. No pickled code, so loading is safe.
+``PrunedMultiheadAttention``, TRP's factorised layers by ``FactorizedConv2d``/``FactorizedLinear``), so the file
+holds the base model's constructor spec plus the state dict: ``restore_pruned`` re-shapes a freshly built base model
+to the state dict's shapes, fixes module attributes and loads the weights. No pickled code, so loading is safe.
 """
 
 from __future__ import annotations
@@ -16,12 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from regimen.subnet.prune import (
-    PrunedMultiheadAttention,
-    _fix_module,
-    _module_info,
-    _to_pruned_attention,
-)
+from regimen.subnet._surgery import module_info, size_attributes, to_pruned_attention
+from regimen.subnet.modules import PrunedMultiheadAttention
 
 __all__ = ["FORMAT", "architecture_spec", "build_from_spec", "load_pruned", "restore_pruned", "save_pruned"]
 
@@ -67,24 +63,24 @@ def restore_pruned(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.
         if not isinstance(current, torch.Tensor) or current.shape == value.shape:
             continue
         if module_name not in infos:
-            infos[module_name] = _module_info(module)
-        if attr in module._parameters:
-            module._parameters[attr] = nn.Parameter(torch.empty_like(value, dtype=current.dtype),
-                                                    requires_grad=current.requires_grad)
-        else:
-            module._buffers[attr] = torch.empty_like(value, dtype=current.dtype)
+            infos[module_name] = module_info(module)
+        empty = torch.empty_like(value, dtype=current.dtype)  # the right shape; load_state_dict fills it
+        if isinstance(current, nn.Parameter):
+            empty = nn.Parameter(empty, requires_grad=current.requires_grad)
+        setattr(module, attr, empty)
         touched[module_name] = module
         if module_name.endswith("out_proj"):
             parent = module_name.rpartition(".")[0]
             owner = model.get_submodule(parent) if parent else model
             if isinstance(owner, nn.MultiheadAttention | PrunedMultiheadAttention):
-                infos.setdefault(parent, _module_info(owner))
+                infos.setdefault(parent, module_info(owner))
                 touched[parent] = owner
     for name, module in touched.items():
-        _fix_module(module, infos[name])
+        for attr, value in size_attributes(module, infos[name]).items():
+            setattr(module, attr, value)
     for name, module in touched.items():
         if isinstance(module, nn.MultiheadAttention):
-            model.set_submodule(name, _to_pruned_attention(module, infos[name]["head_dim"]))
+            model.set_submodule(name, to_pruned_attention(module, infos[name]["head_dim"]))
     model.load_state_dict(state_dict, strict=True)
     return model
 

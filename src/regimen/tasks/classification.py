@@ -6,8 +6,8 @@ cross-entropy and top-1 accuracy (primary, higher is better). Inputs are standar
 set's mean and standard deviation when ``data.normalize`` is true.
 
 Data (offline): scikit-learn's bundled ``digits`` (64 pixel features; also ``auto``), ``iris``, ``wine`` and
-``breast_cancer``, or an ``.npz`` with ``x_train``/``y_train`` (and ``x_test``/``y_test``) arrays. A user's own data: see
-:meth:`ClassificationTask.adopt_data`.
+``breast_cancer``, or an ``.npz`` with ``x_train``/``y_train`` (and ``x_test``/``y_test``) arrays. A user's own
+data: see :meth:`ClassificationTask.adopt_data`.
 """
 
 from __future__ import annotations

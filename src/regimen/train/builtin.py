@@ -12,10 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from regimen._compat import deprecated_aliases
 from regimen.method import Context, Method, register_method
 from regimen.models import copy_module
 
-__all__ = ["EMA", "ModelEMA", "ema_update"]
+__all__ = ["EMAMethod", "ModelEMA", "ema_update"]
 
 
 @torch.no_grad()
@@ -55,7 +56,7 @@ class ModelEMA(nn.Module):
 
 
 @register_method
-class EMA(Method):
+class EMAMethod(Method):
     """Exponential moving average of the weights; evaluation uses the averaged model."""
 
     name = "ema"
@@ -87,7 +88,7 @@ class EMA(Method):
         self._ensure(ctx).update(self._unwrapped(ctx.model))
 
     def eval_model(self, model: nn.Module, ctx: Context) -> nn.Module:
-        return self._ensure(ctx).module.to(ctx.device)
+        return self._ensure(ctx).module.to(ctx.run.device)
 
     def state_dict(self) -> dict[str, Any]:
         if self.ema is None:
@@ -103,3 +104,6 @@ class EMA(Method):
         self.ema.module.load_state_dict(state["module"])
         self.ema.updates = state["updates"]
         self._pending = None
+
+
+__getattr__ = deprecated_aliases(__name__, {"EMA": "EMAMethod"}, globals())

@@ -249,9 +249,10 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
 
 
 def read_recipe_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe file not found: {path}")
+    """The TOML of a recipe file, or of a shipped recipe named like ``default`` or ``augment/cutmix``."""
+    from regimen.recipes import find_recipe
+
+    path = find_recipe(path)
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
@@ -261,6 +262,6 @@ def read_recipe_file(path: str | Path) -> dict[str, Any]:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a TOML recipe, apply ``key=value`` overrides, validate."""
+    """Read a TOML recipe (a file or a shipped recipe's name), apply ``key=value`` overrides, validate."""
     raw = read_recipe_file(path)
     return parse_recipe(apply_overrides(raw, overrides or []))

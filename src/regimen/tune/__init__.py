@@ -7,9 +7,18 @@ from regimen.tune.pbt import (
     Mutation,
     TuneResult,
     default_mutations,
+    objective,
     parse_mutation,
     retarget_checkpoint,
     run_population,
 )
 
-__all__ = ["Mutation", "TuneResult", "default_mutations", "parse_mutation", "retarget_checkpoint", "run_population"]
+__all__ = [
+    "Mutation",
+    "TuneResult",
+    "default_mutations",
+    "objective",
+    "parse_mutation",
+    "retarget_checkpoint",
+    "run_population",
+]

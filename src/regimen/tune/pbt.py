@@ -19,20 +19,21 @@ Pitfalls handled:
       epochs (checkpoint written) and the next round resumes, so cosine/step schedules are not restarted per round.
     * Only hyperparameters that leave the architecture and data unchanged may be mutated (``optim.*``,
       ``methods.<i>.<param>``, ``train.label_smoothing``, ``train.grad_clip``); anything else is refused.
-    * Selection uses the validation split (``val_acc``), never the test split; the test accuracy is only reported.
+    * Selection uses the validation split and the task's primary metric (``val_acc`` for classification, maximised;
+      a lower-is-better metric is minimised), never the test split, which is only reported.
     * Every trial uses the recipe's seed (same initial weights and data order), so trials differ by hyperparameters.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import math
 import os
 import random
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from typing import Any
 
 import torch
 
-from regimen.method import Context, Method, register_method
+from regimen.tasks import get_task
 from regimen.train import apply_overrides, fit, load_checkpoint, parse_recipe, save_checkpoint
 from regimen.train.recipe import Recipe
 
@@ -48,6 +49,7 @@ __all__ = [
     "Mutation",
     "TuneResult",
     "default_mutations",
+    "objective",
     "parse_mutation",
     "retarget_checkpoint",
     "run_population",
@@ -56,7 +58,6 @@ __all__ = [
 #: Recipe keys (prefixes) a population may mutate: none of them changes the model or the data.
 MUTABLE_PREFIXES = ("optim.lr", "optim.weight_decay", "optim.momentum", "optim.eps", "methods.",
                     "train.label_smoothing", "train.grad_clip", "schedule.min_lr_ratio")
-_STOP_METHOD = "tune_stop_after"
 _DATA_CACHE: dict[tuple, Any] = {}
 
 
@@ -198,49 +199,25 @@ def retarget_checkpoint(state: dict[str, Any], recipe: Recipe) -> dict[str, Any]
     return out
 
 
-# ------------------------------------------------------------------------------------------------------ round stopping
-class _StopRound(Exception):
-    """Raised at the start of the first epoch past the round (its predecessor's checkpoint is already written)."""
+def objective(recipe: Recipe) -> tuple[str, str]:
+    """The metric a population is selected on and its direction: the task's primary metric on the validation split,
+    e.g. ``("val_acc", "max")`` for classification."""
+    task = get_task(recipe.task)
+    return f"val_{task.primary_metric}", "max" if task.higher_is_better else "min"
 
 
-@register_method
-class TuneStopAfter(Method):
-    """Internal to ``regimen tune``: ends a training round after ``epochs`` epochs (checkpoint written)."""
-
-    name = _STOP_METHOD
-
-    def __init__(self, epochs: int = 1) -> None:
-        if epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {epochs}")
-        self.epochs = epochs
-
-    def on_epoch_start(self, ctx: Context) -> None:
-        if ctx.epoch >= self.epochs:
-            raise _StopRound(ctx.epoch)
-
-
-def _strip_stopper(state: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint as a plain ``regimen train`` checkpoint (without the internal round-stopping method)."""
-    methods = state["recipe"].get("methods", [])
-    if methods and methods[-1].get("name") == _STOP_METHOD:
-        state = dict(state)
-        state["recipe"] = dict(state["recipe"], methods=methods[:-1])
-        state["methods"] = list(state["methods"])[: len(methods) - 1]
-    return state
+def _load_data(recipe: Recipe):
+    """The recipe's data as its task loads it (one load per trial process, reused across rounds)."""
+    key = (recipe.task, recipe.data.model_dump_json(), recipe.seed)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = get_task(recipe.task)(recipe).load_data()
+    return _DATA_CACHE[key]
 
 
 def _train_round(raw: dict[str, Any], work: Path, resume: Path | None, stop: int, data) -> None:
     """Train ``raw`` (resuming from ``resume``) until ``stop`` epochs are done; the schedule spans train.epochs."""
-    fit_parameters = inspect.signature(fit).parameters
-    if "stop_epoch" in fit_parameters:  # the trainer's own hook, when it has one
-        fit(parse_recipe(raw), out_dir=work, resume=resume, overwrite=True, data=data, stop_epoch=stop)
-        return
-    raw = copy.deepcopy(raw)
-    raw.setdefault("methods", []).append({"name": _STOP_METHOD, "epochs": stop})
-    try:
-        fit(parse_recipe(raw), out_dir=work, resume=resume, overwrite=True, data=data)
-    except _StopRound:
-        pass
+    fit(parse_recipe(raw), out_dir=work, resume=resume, overwrite=True, data=data, stop_epoch=stop)
 
 
 def _last_record(work: Path) -> dict[str, Any]:
@@ -261,8 +238,6 @@ def _trial(config: dict[str, Any], base: dict[str, Any], interval: int, threads:
     """The Ray Tune function trainable: rounds of ``interval`` epochs, a report + checkpoint after each."""
     from ray import tune
 
-    from regimen.data import load_data
-
     torch.set_num_threads(threads)
     context = tune.get_context()
     trial_dir = Path(context.get_trial_dir())
@@ -270,11 +245,8 @@ def _trial(config: dict[str, Any], base: dict[str, Any], interval: int, threads:
     work.mkdir(parents=True, exist_ok=True)
     raw = _with_config(base, config)
     recipe = parse_recipe(raw)
-    data_key = (recipe.data.name, recipe.data.root, recipe.data.val_fraction, recipe.data.train_subset, recipe.seed)
-    if data_key not in _DATA_CACHE:  # a reused actor keeps its loaded data between rounds
-        _DATA_CACHE.clear()
-        _DATA_CACHE[data_key] = load_data(*data_key)
-    data = _DATA_CACHE[data_key]
+    data = _load_data(recipe)
+    metric, _ = objective(recipe)
     total = recipe.train.epochs
     resume: Path | None = None
     epoch = 0
@@ -302,14 +274,17 @@ def _trial(config: dict[str, Any], base: dict[str, Any], interval: int, threads:
         resume = work / "checkpoint.pt"
         record = _last_record(work)
         epoch = int(record["epoch"])
-        state = _strip_stopper(load_checkpoint(resume))
+        state = load_checkpoint(resume)
         folder = Path(tempfile.mkdtemp(prefix="ckpt-", dir=trial_dir))
         save_checkpoint(state, folder / "checkpoint.pt")
         digest = _digest(state["model"])
         (folder / "pbt.json").write_text(json.dumps({"trial": context.get_trial_id(), "epoch": epoch,
                                                      "config": config, "digest": digest}))
         metrics = {key: float(value) for key, value in record.items() if isinstance(value, int | float)}
-        metrics["val_acc"] = metrics.get("val_acc", metrics.get("test_acc", math.nan))
+        if metric not in metrics:
+            raise RuntimeError(f"epoch {epoch} has no {metric!r} to select on (evaluated: "
+                               f"{sorted(k for k in metrics if k.startswith(('val_', 'test_')))}); PBT needs "
+                               "train.eval_every dividing the interval")
         metrics["digest"] = digest
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
         shutil.rmtree(folder, ignore_errors=True)
@@ -318,14 +293,28 @@ def _trial(config: dict[str, Any], base: dict[str, Any], interval: int, threads:
 # --------------------------------------------------------------------------------------------------------- entry point
 @dataclass
 class TuneResult:
-    """What ``run_population`` returns (also written to ``<out>/tune_summary.json``)."""
+    """What ``run_population`` returns (also written to ``<out>/tune_summary.json``): the best trial by ``metric``
+    (``val_<primary metric>``), its value there and on the test split (``test_<primary metric>``)."""
 
     best_config: dict[str, Any]
-    best_val_acc: float
-    best_test_acc: float
+    metric: str
+    best_val: float
+    best_test: float
     best_checkpoint: str | None
     trials: list[dict[str, Any]] = field(default_factory=list)
     experiment_dir: str = ""
+
+    @property
+    def best_val_acc(self) -> float:
+        """Deprecated: ``best_val`` (the classification tasks' ``val_acc``)."""
+        warnings.warn("TuneResult.best_val_acc is deprecated; use best_val", DeprecationWarning, stacklevel=2)
+        return self.best_val
+
+    @property
+    def best_test_acc(self) -> float:
+        """Deprecated: ``best_test``."""
+        warnings.warn("TuneResult.best_test_acc is deprecated; use best_test", DeprecationWarning, stacklevel=2)
+        return self.best_test
 
 
 def run_population(
@@ -362,7 +351,8 @@ def run_population(
         quiet: silence Ray's progress output.
 
     Returns:
-        TuneResult: the best trial (by final ``val_acc``), its checkpoint copy and every trial's final metrics.
+        TuneResult: the best trial (by the final value of the task's primary metric on the validation split), its
+        checkpoint copy and every trial's final metrics.
     """
     if isinstance(population, bool) or not isinstance(population, int) or population < 2:
         raise ValueError(f"population must be an int >= 2 (PBT needs trials to copy from), got {population!r}")
@@ -375,6 +365,10 @@ def run_population(
     if not 0.0 <= resample_probability <= 1.0:
         raise ValueError(f"resample_probability must be in [0, 1], got {resample_probability}")
     validated = parse_recipe(recipe)
+    if validated.data.val_fraction <= 0:
+        raise ValueError("PBT selects trials on the validation split; set data.val_fraction > 0 (the test split "
+                         "must not choose hyperparameters)")
+    metric, mode = objective(validated)
     mutations = list(mutations) if mutations else default_mutations(validated)
     keys = [m.key for m in mutations]
     if len(set(keys)) != len(keys):
@@ -419,7 +413,7 @@ def run_population(
             trainable,
             param_space={m.key: m.domain() for m in mutations},
             tune_config=tune.TuneConfig(
-                metric="val_acc", mode="max", scheduler=trial_scheduler, num_samples=population,
+                metric=metric, mode=mode, scheduler=trial_scheduler, num_samples=population,
                 search_alg=BasicVariantGenerator(random_state=seed), reuse_actors=False,
             ),
             run_config=tune.RunConfig(
@@ -432,15 +426,17 @@ def run_population(
         if started_here:
             ray.shutdown()
 
+    test_metric = "test_" + metric.removeprefix("val_")
     trials = []
     for result in grid:
         if result.error is not None:
             raise RuntimeError(f"a tune trial failed: {result.error}")
         metrics = result.metrics or {}
-        trials.append({"config": dict(result.config), "val_acc": metrics.get("val_acc"),
-                       "test_acc": metrics.get("test_acc"), "epoch": metrics.get("epoch"),
-                       "path": result.path})
-    best = grid.get_best_result(metric="val_acc", mode="max", scope="last")
+        trials.append({"config": dict(result.config), metric: metrics.get(metric),
+                       test_metric: metrics.get(test_metric), "epoch": metrics.get("epoch"), "path": result.path})
+    worst = -math.inf if mode == "max" else math.inf
+    trials.sort(key=lambda t: worst if t[metric] is None else t[metric], reverse=mode == "max")  # best first
+    best = grid.get_best_result(metric=metric, mode=mode, scope="last")
     best_checkpoint = None
     if best.checkpoint is not None:
         with best.checkpoint.as_directory() as folder:
@@ -449,8 +445,8 @@ def run_population(
             shutil.copy2(Path(folder) / "checkpoint.pt", target / "checkpoint.pt")
             best_checkpoint = str(target / "checkpoint.pt")
     summary = TuneResult(
-        best_config=dict(best.config), best_val_acc=float(best.metrics["val_acc"]),
-        best_test_acc=float(best.metrics.get("test_acc", math.nan)), best_checkpoint=best_checkpoint,
+        best_config=dict(best.config), metric=metric, best_val=float(best.metrics[metric]),
+        best_test=float(best.metrics.get(test_metric, math.nan)), best_checkpoint=best_checkpoint,
         trials=trials, experiment_dir=str(out / name),
     )
     (out / name / "tune_summary.json").write_text(json.dumps(summary.__dict__, indent=2, default=str))

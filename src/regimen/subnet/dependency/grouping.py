@@ -1,0 +1,119 @@
+"""From a finished label propagation to ``Group``s: units are merged elements; units touching the same set of
+parameter slices form one group (their positions become the group's ``Slice.indices``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from regimen.subnet.dependency.group import DependencyGraph, Group, Slice
+from regimen.subnet.dependency.ops import tree_leaves
+from regimen.subnet.dependency.propagate import Propagator
+
+__all__ = ["build_graph"]
+
+SliceKey = tuple[str, str, int]  # (module, param, dim)
+
+
+def build_graph(prop: Propagator, output_labels: Any) -> DependencyGraph:
+    """The ``DependencyGraph`` of a propagation whose model returned tensors labeled ``output_labels``."""
+    for lab in tree_leaves(output_labels):
+        if isinstance(lab, torch.Tensor):
+            prop.block(lab, "model output")  # the model's outputs are never pruned
+    _place_parameter_labels(prop)
+    _merge_shared_positions(prop)
+    units, roles, order = _collect_units(prop)
+    blocked = {prop.uf.find(int(v)) for t in prop.blocked for v in t.tolist()}
+    inexact = {prop.uf.find(int(v)) for t in prop.inexact for v in t.tolist()}
+    signatures: dict[tuple[SliceKey, ...], list[int]] = {}
+    for root, slices in units.items():
+        if root not in blocked:
+            signatures.setdefault(tuple(sorted(slices, key=lambda k: order[k])), []).append(root)
+    groups: list[Group] = []
+    skipped = list(dict.fromkeys(prop.skipped))
+    for signature, roots in sorted(signatures.items(), key=lambda item: order[item[0][0]]):
+        group = _make_group(prop, len(groups), signature, roots, units, roles, inexact, skipped)
+        if group is not None:
+            groups.append(group)
+    return DependencyGraph(groups=groups, skipped=skipped)
+
+
+def _place_parameter_labels(prop: Propagator) -> None:
+    """Parameters used directly (class tokens, position embeddings): find the dim whose entries follow channels."""
+    if not prop.attr_labels:
+        return
+    sizes: dict[int, int] = {}
+    for element in range(len(prop.uf)):
+        root = prop.uf.find(element)
+        sizes[root] = sizes.get(root, 0) + 1
+    for mname, pname, labels in prop.attr_labels.values():
+        roots = prop.uf.roots(labels)
+        if all(sizes[r] == 1 for r in roots.reshape(-1).tolist()):
+            continue  # never combined with channel data
+        found = None
+        for dim in range(labels.ndim):
+            if labels.shape[dim] < 2:
+                continue
+            moved = roots.movedim(dim, 0).reshape(labels.shape[dim], -1)
+            if bool((moved == moved[:, :1]).all()):
+                found = dim
+                break
+        if found is None:
+            prop.block(roots, f"parameter {mname}.{pname}: entries do not follow one channel dim")
+            continue
+        per = roots.movedim(found, 0).reshape(labels.shape[found], -1)[:, 0]
+        prop.touch(mname, pname, found, per, "out")
+
+
+def _merge_shared_positions(prop: Propagator) -> None:
+    """A tensor position belongs to one unit: merge every element recorded at the same position (shared modules)."""
+    seen: dict[tuple[str, str, int, int], int] = {}
+    for mname, pname, dim, positions, elements, _, _ in prop.touches:
+        for pos, el in zip(positions.tolist(), elements.tolist(), strict=True):
+            key = (mname, pname, dim, pos)
+            if key in seen:
+                prop.uf.union(seen[key], el)
+            else:
+                seen[key] = el
+
+
+def _collect_units(prop: Propagator) -> tuple[dict[int, dict[SliceKey, set[int]]], dict[SliceKey, tuple[str, bool]],
+                                              dict[SliceKey, int]]:
+    """``{unit root: {slice key: positions}}``, each slice's ``(role, is_buffer)`` and its first-seen order."""
+    units: dict[int, dict[SliceKey, set[int]]] = {}
+    roles: dict[SliceKey, tuple[str, bool]] = {}
+    order: dict[SliceKey, int] = {}
+    find = prop.uf.find
+    for mname, pname, dim, positions, elements, role, is_buffer in prop.touches:
+        key = (mname, pname, dim)
+        roles.setdefault(key, (role, is_buffer))
+        order.setdefault(key, len(order))
+        for pos, el in zip(positions.tolist(), elements.tolist(), strict=True):
+            units.setdefault(find(el), {}).setdefault(key, set()).add(pos)
+    return units, roles, order
+
+
+def _make_group(prop: Propagator, group_id: int, signature: tuple[SliceKey, ...], roots: list[int],
+                units: dict[int, dict[SliceKey, set[int]]], roles: dict[SliceKey, tuple[str, bool]],
+                inexact: set[int], skipped: list[str]) -> Group | None:
+    """The group of the units ``roots`` (which share ``signature``); None when it cannot be one (noted in skipped)."""
+    first = signature[0]
+    per_unit = {root: {key: sorted(units[root][key]) for key in signature} for root in roots}
+    roots = sorted(roots, key=lambda r: per_unit[r][first][0])
+    slices = []
+    for key in signature:
+        role, is_buffer = roles[key]
+        name = key[0]
+        if len({len(per_unit[r][key]) for r in roots}) != 1:
+            owner = next((s.module for s in slices if s.role == "out"), slices[0].module if slices else name)
+            skipped.append(f"group at {owner!r}: units occupy different numbers of positions")
+            return None
+        indices = torch.tensor([per_unit[r][key] for r in roots], dtype=torch.long)
+        slices.append(Slice(key[0], key[1], key[2], indices, role, is_buffer))
+    if not any(s.role == "out" for s in slices):
+        return None  # nothing produces these units: consumers only (e.g. model inputs)
+    name = next(s.module for s in slices if s.role == "out")
+    return Group(id=group_id, size=len(roots), slices=slices, kind=prop.uf.kind[roots[0]],
+                 lossless=not any(r in inexact for r in roots), name=name,
+                 modules=tuple(dict.fromkeys(s.module for s in slices)))

@@ -1,0 +1,470 @@
+"""Label propagation: for each op the tracer records, compute the output *label tensor* from the input ones.
+
+Next to every tensor of the traced forward runs an integer tensor of the same shape whose entry at a position is the
+channel element that position belongs to (-1: none). Layers create fresh elements for their outputs and record which
+parameter slices produce (``"out"``) or consume (``"in"``) them; shape ops are replayed on the label tensors (so
+concatenation offsets and flatten expansion need no special case); element-wise ops merge the elements they combine.
+Elements that cannot be removed (model outputs, mixed channels) are *blocked*; elements whose removal would change
+the function even when zeroed are *inexact*. ``grouping.build_graph`` turns the record into groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from regimen.subnet.dependency.group import UntraceableError
+from regimen.subnet.dependency.ops import (
+    BINARY,
+    CHANNEL_KEEP,
+    CONV_T,
+    CONVS,
+    IGNORED,
+    NONZERO_MODULES,
+    NONZERO_POINTWISE,
+    NORMS,
+    POOL_MODULES,
+    REDUCE,
+    SAME_SHAPE_MIXING,
+    SHAPE,
+    ZERO_MODULES,
+    ZERO_PRESERVING,
+    is_leaf,
+    op_name,
+    tree_leaves,
+)
+from regimen.subnet.dependency.union_find import UnionFind
+from regimen.subnet.modules import PrunedMultiheadAttention
+
+__all__ = ["MODULE_RULES", "ModuleCall", "Propagator", "Touch"]
+
+#: One recorded parameter slice: (module, param, dim, positions, elements, role, is_buffer).
+Touch = tuple[str, str, int, torch.Tensor, torch.Tensor, str, bool]
+
+
+class Propagator:
+    """Computes output label tensors from input label tensors, op by op, and records parameter touches."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.uf = UnionFind()
+        self.touches: list[Touch] = []
+        self.blocked: list[torch.Tensor] = []
+        self.inexact: list[torch.Tensor] = []
+        self.skipped: list[str] = []
+        self.module_names = {id(m): name for name, m in model.named_modules()}
+        self.param_owner: dict[int, tuple[str, str]] = {}
+        for mname, module in model.named_modules():
+            for pname, p in module.named_parameters(recurse=False):
+                self.param_owner.setdefault(id(p), (mname, pname))
+        self.attr_labels: dict[int, tuple[str, str, torch.Tensor]] = {}
+
+    # ---- helpers ----
+    def param_labels(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        """Fresh per-entry labels for a model parameter used directly in the forward (tokens, embeddings)."""
+        owner = self.param_owner.get(id(tensor))
+        if owner is None:
+            return None
+        if id(tensor) not in self.attr_labels:
+            mname, pname = owner
+            module = self.model.get_submodule(mname)
+            if is_leaf(module):  # a leaf's own weight used outside the leaf: too unusual to map
+                return None
+            labels = self.uf.new(tensor.numel()).reshape(tensor.shape)
+            self.attr_labels[id(tensor)] = (mname, pname, labels)
+        return self.attr_labels[id(tensor)][2]
+
+    def block(self, labels: torch.Tensor | None, reason: str) -> None:
+        if labels is not None and isinstance(labels, torch.Tensor) and bool((labels >= 0).any()):
+            self.blocked.append(labels[labels >= 0].unique())
+            self.skipped.append(reason)
+
+    def mark_inexact(self, labels: torch.Tensor | None) -> None:
+        if labels is not None and bool((labels >= 0).any()):
+            self.inexact.append(labels[labels >= 0].unique())
+
+    def channel_labels(self, labels: torch.Tensor | None, dim: int, where: str) -> torch.Tensor | None:
+        """Per-index labels along ``dim`` (length ``shape[dim]``), -1 where unlabeled; mixed indices are blocked."""
+        if labels is None:
+            return None
+        moved = labels.movedim(dim, 0).reshape(labels.shape[dim], -1)
+        big = torch.iinfo(torch.long).max
+        high = moved.amax(dim=1)
+        low = torch.where(moved >= 0, moved, torch.full_like(moved, big)).amin(dim=1)
+        mixed = (high >= 0) & (low != high)
+        if bool(mixed.any()):
+            # one consumer column reads several elements (e.g. a class token concatenated to patch tokens):
+            # they can only be removed together
+            rows = moved[mixed]
+            self.uf.union_pairs(rows.reshape(-1), high[mixed].unsqueeze(1).expand_as(rows).reshape(-1))
+        return high
+
+    def touch(self, module: str, param: str, dim: int, elements: torch.Tensor | None, role: str,
+              is_buffer: bool = False, positions: torch.Tensor | None = None) -> None:
+        if elements is None:
+            return
+        if positions is None:
+            positions = torch.arange(elements.numel())
+        keep = elements >= 0
+        if bool(keep.any()):
+            self.touches.append((module, param, dim, positions[keep], elements[keep], role, is_buffer))
+
+    def broadcast_union(self, labels: list[torch.Tensor | None], shape: torch.Size) -> torch.Tensor | None:
+        present = [lab for lab in labels if lab is not None]
+        if not present:
+            return None
+        expanded = [lab.expand(shape) if lab.shape != shape else lab for lab in present]
+        out = expanded[0]
+        for other in expanded[1:]:
+            self.uf.union_pairs(out.reshape(-1), other.reshape(-1))
+            out = torch.where(out >= 0, out, other)
+        return out.clone()
+
+    # ---- functions ----
+    def function(self, target: Any, args: tuple, kwargs: dict, out: Any, arg_labels: tuple, kwarg_labels: dict,
+                 where: str) -> Any:
+        labeled = [lab for lab in tree_leaves((arg_labels, kwarg_labels)) if isinstance(lab, torch.Tensor)]
+        if not labeled or not any(bool((lab >= 0).any()) for lab in labeled):
+            return None
+        name = op_name(target)
+        if name in IGNORED:
+            return None
+        if name in SHAPE:
+            return self.shape_op(target, name, args, kwargs, arg_labels, kwarg_labels, out, where)
+        if not isinstance(out, torch.Tensor):
+            if name in ("max", "min") and isinstance(out, tuple):
+                values = self.reduce(args, kwargs, arg_labels[0], out[0], where)
+                return (values, values)
+            raise UntraceableError(f"cannot map op {name!r} ({where}) that returns {type(out).__name__}")
+        if name in ZERO_PRESERVING or name in NONZERO_POINTWISE or name in BINARY:
+            labs = [lab for lab in tree_leaves((arg_labels, kwarg_labels)) if isinstance(lab, torch.Tensor)]
+            result = self.broadcast_union(labs, out.shape)
+            if name in NONZERO_POINTWISE:
+                self.mark_inexact(result)
+            elif name in ("add", "sub", "where", "maximum", "minimum", "truediv", "div", "floordiv", "pow", "addcmul"):
+                self.check_binary_exact(name, args, arg_labels, out, result)
+            return result
+        if name in CHANNEL_KEEP:
+            lab = arg_labels[0]
+            if lab is None or out.ndim < 2 or out.shape[:2] != args[0].shape[:2]:
+                raise UntraceableError(f"cannot map op {name!r} ({where}): unexpected shapes")
+            per = self.channel_labels(lab, 1, where)
+            return _along_dim1(per, out)
+        if name in REDUCE:
+            return self.reduce(args, kwargs, arg_labels[0], out, where)
+        if name in SAME_SHAPE_MIXING:
+            lab = arg_labels[0]
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+            if lab is not None and dim is not None and out.shape == lab.shape:
+                moved = lab.movedim(dim, -1)
+                if bool(((moved >= 0) & (moved != moved[..., :1])).any()):
+                    self.mark_inexact(lab)
+                return lab.clone()
+        if name in ("layer_norm", "batch_norm", "instance_norm", "group_norm", "linear", "conv1d", "conv2d",
+                    "conv3d"):
+            raise UntraceableError(
+                f"functional {name!r} ({where}) on channel data is not supported; use the nn module instead so the "
+                "pruner can find its parameters"
+            )
+        raise UntraceableError(f"op {name!r} ({where}) touches channel data and the pruning tracer cannot map it")
+
+    def check_binary_exact(self, name: str, args: tuple, arg_labels: tuple, out: torch.Tensor,
+                           result: torch.Tensor | None) -> None:
+        """Mark elements inexact when zeroing them would not zero the output (x + c, x / y with labeled y, ...)."""
+        if result is None:
+            return
+        tensors = [(a, lab) for a, lab in zip(args, arg_labels, strict=False)]
+        if name in ("truediv", "div", "floordiv", "pow") and len(tensors) > 1 and tensors[1][1] is not None:
+            self.mark_inexact(result)
+            return
+        if name in ("add", "sub", "maximum", "minimum", "where"):
+            for value, lab in tensors:
+                if lab is None:
+                    if isinstance(value, torch.Tensor) and bool((value != 0).any()):
+                        self.mark_inexact(result)
+                    elif isinstance(value, int | float) and value != 0:
+                        self.mark_inexact(result)
+                elif bool((lab < 0).any()):
+                    self.mark_inexact(result)
+
+    def reduce(self, args: tuple, kwargs: dict, lab: torch.Tensor | None, out: torch.Tensor, where: str
+               ) -> torch.Tensor | None:
+        if lab is None:
+            return None
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        keepdim = bool(kwargs.get("keepdim", args[2] if len(args) > 2 and isinstance(args[2], bool) else False))
+        if dim is None or (isinstance(dim, tuple | list) and len(dim) == 0):
+            if bool((lab >= 0).any()) and lab[lab >= 0].unique().numel() > 1:
+                self.mark_inexact(lab)
+            return None
+        dims = [dim] if isinstance(dim, int) else list(dim)
+        big = torch.iinfo(torch.long).max
+        high = lab.amax(dim=dims, keepdim=keepdim)
+        low = torch.where(lab >= 0, lab, torch.full_like(lab, big)).amin(dim=dims, keepdim=keepdim)
+        mixed = (high >= 0) & (low != high)
+        if bool(mixed.any()):
+            self.mark_inexact(lab)
+        result = torch.where(mixed, torch.full_like(high, -1), high)
+        if result.shape != out.shape:
+            raise UntraceableError(f"cannot map reduction ({where}): unexpected output shape")
+        return result
+
+    def shape_op(self, target: Any, name: str, args: tuple, kwargs: dict, arg_labels: tuple, kwarg_labels: dict,
+                 out: Any, where: str) -> Any:
+        def as_label(value: Any, lab: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                return lab if isinstance(lab, torch.Tensor) else torch.full(value.shape, -1, dtype=torch.long)
+            return value
+
+        if name in ("cat", "stack", "hstack", "vstack"):
+            seq = args[0] if args else kwargs["tensors"]
+            seq_lab = arg_labels[0] if args else kwarg_labels["tensors"]
+            new_seq = [as_label(v, lab) for v, lab in zip(seq, seq_lab, strict=True)]
+            new_args = (new_seq, *args[1:]) if args else args
+            new_kwargs = dict(kwargs)
+            if not args:
+                new_kwargs["tensors"] = new_seq
+        else:
+            new_args = (as_label(args[0], arg_labels[0]), *args[1:])
+            new_kwargs = dict(kwargs)
+        if name == "pad":
+            new_kwargs["value"] = -1
+            if len(new_args) > 3:
+                new_args = (*new_args[:3], -1.0)
+            mode = new_kwargs.get("mode", new_args[2] if len(new_args) > 2 else "constant")
+            if mode != "constant":
+                new_kwargs.pop("value")
+        func = target
+        if isinstance(target, str):
+            func = getattr(torch.Tensor, target)
+        try:
+            result = func(*new_args, **new_kwargs)
+        except Exception as error:  # noqa: BLE001
+            raise UntraceableError(f"cannot replay shape op {name!r} ({where}) on labels: {error}") from error
+        return result
+
+    # ---- modules ----
+    def module(self, name: str, module: nn.Module, args: tuple, kwargs: dict, out: Any, arg_labels: tuple,
+               kwarg_labels: dict) -> Any:
+        """Label of a leaf module's output; records the module's parameter slices (see ``MODULE_RULES``)."""
+        call = ModuleCall(name, module, args, kwargs, out, arg_labels, kwarg_labels)
+        for types, rule, needs_label in MODULE_RULES:
+            if isinstance(module, types):
+                if needs_label and call.label is None:
+                    return None
+                return getattr(self, rule)(call)
+        if call.label is None:
+            return None
+        raise UntraceableError(f"{call.where} touches channel data and the pruning tracer cannot map it")
+
+    def conv_transpose(self, call: ModuleCall) -> torch.Tensor | None:
+        module, name = call.module, call.name
+        in_lab = self.channel_labels(call.label, 1, call.where) if call.label is not None else None
+        if module.groups != 1:
+            self.block(in_lab, f"{call.where}: grouped transposed conv is not pruned")
+            return None
+        self.touch(name, "weight", 0, in_lab, "in")
+        out_el = self.uf.new(module.out_channels)
+        self.touch(name, "weight", 1, out_el, "out")
+        if module.bias is not None:
+            self.touch(name, "bias", 0, out_el, "out")
+        return _along_dim1(out_el, call.out)
+
+    def linear(self, call: ModuleCall) -> torch.Tensor:
+        module, name = call.module, call.name
+        if call.label is not None:
+            self.touch(name, "weight", 1, self.channel_labels(call.label, -1, call.where), "in")
+        out_el = self.uf.new(module.out_features)
+        self.touch(name, "weight", 0, out_el, "out")
+        if module.bias is not None:
+            self.touch(name, "bias", 0, out_el, "out")
+        return out_el.expand(call.out.shape).clone()
+
+    def embedding(self, call: ModuleCall) -> torch.Tensor:
+        out_el = self.uf.new(call.module.embedding_dim)
+        self.touch(call.name, "weight", 1, out_el, "out")
+        return out_el.expand(call.out.shape).clone()
+
+    def norm(self, call: ModuleCall) -> torch.Tensor:
+        """BatchNorm / InstanceNorm: per-channel affine parameters and running statistics along dim 1."""
+        module, name = call.module, call.name
+        per = self.channel_labels(call.label, 1, call.where)
+        for pname in ("weight", "bias"):
+            if getattr(module, pname, None) is not None:
+                self.touch(name, pname, 0, per, "out")
+        for bname in ("running_mean", "running_var"):
+            if getattr(module, bname, None) is not None:
+                self.touch(name, bname, 0, per, "out", is_buffer=True)
+        return call.label.clone()
+
+    def layer_norm(self, call: ModuleCall) -> torch.Tensor:
+        """LayerNorm over the last dim: prunable with its affine parameters, but never lossless (it normalises)."""
+        module, name, lab = call.module, call.name, call.label
+        if len(module.normalized_shape) != 1 or module.weight is None:
+            self.block(lab, f"{call.where}: LayerNorm without affine weights or over several dims is not pruned")
+            return lab.clone()
+        per = self.channel_labels(lab, -1, call.where)
+        self.touch(name, "weight", 0, per, "out")
+        if module.bias is not None:
+            self.touch(name, "bias", 0, per, "out")
+        self.mark_inexact(per)
+        return lab.clone()
+
+    def group_norm(self, call: ModuleCall) -> torch.Tensor:
+        self.block(call.label, f"{call.where}: GroupNorm channels are not pruned")
+        return call.label.clone()
+
+    def prelu(self, call: ModuleCall) -> torch.Tensor:
+        if call.module.num_parameters > 1:
+            self.touch(call.name, "weight", 0, self.channel_labels(call.label, 1, call.where), "out")
+        return call.label.clone()
+
+    def zero_preserving(self, call: ModuleCall) -> torch.Tensor:
+        return call.label.clone()
+
+    def nonzero_pointwise(self, call: ModuleCall) -> torch.Tensor:
+        self.mark_inexact(call.label)
+        return call.label.clone()
+
+    def softmax(self, call: ModuleCall) -> torch.Tensor:
+        lab = call.label
+        moved = lab.movedim(call.module.dim if call.module.dim is not None else -1, -1)
+        if bool(((moved >= 0) & (moved != moved[..., :1])).any()):
+            self.mark_inexact(lab)
+        return lab.clone()
+
+    def flatten(self, call: ModuleCall) -> torch.Tensor:
+        return call.module(call.label)
+
+    def pool(self, call: ModuleCall) -> torch.Tensor:
+        out, x = call.out, call.input
+        if out.ndim < 2 or out.shape[:2] != x.shape[:2]:
+            raise UntraceableError(f"cannot map {call.where}: unexpected shapes")
+        return _along_dim1(self.channel_labels(call.label, 1, call.where), out)
+
+    def conv_module(self, call: ModuleCall) -> torch.Tensor:
+        return self.conv(call.name, call.module, call.label, call.out, call.where)
+
+    def attention_module(self, call: ModuleCall) -> Any:
+        return self.attention(call.name, call.module, call.args, call.kwargs, call.out, call.arg_labels,
+                              call.kwarg_labels)
+
+    def conv(self, name: str, module: nn.Module, lab: torch.Tensor | None, out: torch.Tensor, where: str
+             ) -> torch.Tensor:
+        groups = module.groups
+        cin, cout = module.in_channels, module.out_channels
+        ipg, opg = cin // groups, cout // groups
+        in_lab = self.channel_labels(lab, 1, where) if lab is not None else None
+        out_el = self.uf.new(cout)
+        if groups == 1:
+            self.touch(name, "weight", 1, in_lab, "in")
+        elif ipg == 1:
+            # depthwise(-multiplier): group g = input channel g = outputs g*opg ... (g+1)*opg-1, pruned together
+            for g in range(groups):
+                for j in range(1, opg):
+                    self.uf.union(int(out_el[g * opg]), int(out_el[g * opg + j]))
+            if in_lab is not None:
+                self.uf.union_pairs(in_lab, out_el[::opg].clone())
+        else:
+            # grouped: the same in-group position of every group goes together (input and output separately)
+            if in_lab is not None:
+                per_group = in_lab.view(groups, ipg)
+                for g in range(1, groups):
+                    self.uf.union_pairs(per_group[0], per_group[g].clone())
+                self.touch(name, "weight", 1, per_group[0].clone(), "in")
+            per_out = out_el.view(groups, opg)
+            for g in range(1, groups):
+                self.uf.union_pairs(per_out[0], per_out[g].clone())
+        self.touch(name, "weight", 0, out_el, "out")
+        if module.bias is not None:
+            self.touch(name, "bias", 0, out_el, "out")
+        return _along_dim1(out_el, out)
+
+    def attention(self, name: str, module: nn.Module, args: tuple, kwargs: dict, out: Any, arg_labels: tuple,
+                  kwarg_labels: dict) -> Any:
+        where = f"module {name!r} ({type(module).__name__})"
+        names = ("query", "key", "value")
+        values = [args[i] if i < len(args) else kwargs.get(n) for i, n in enumerate(names)]
+        labels = [arg_labels[i] if i < len(arg_labels) else kwarg_labels.get(n) for i, n in enumerate(names)]
+        out_el = self.uf.new(module.embed_dim)
+        attn_out = out[0] if isinstance(out, tuple) else out
+        result = out_el.expand(attn_out.shape).clone()
+        packed = isinstance(module, PrunedMultiheadAttention) or (
+            module._qkv_same_embed_dim and module.bias_k is None and not module.add_zero_attn
+        )
+        same = values[0] is values[1] and values[1] is values[2]
+        if not (packed and same):
+            for lab in labels:
+                self.block(lab, f"{where}: only packed self-attention is pruned")
+            return (result, None) if isinstance(out, tuple) else result
+        in_lab = self.channel_labels(labels[0], -1, where) if labels[0] is not None else None
+        self.touch(name, "in_proj_weight", 1, in_lab, "in")
+        self.touch(name + ".out_proj" if name else "out_proj", "weight", 0, out_el, "out")
+        if module.out_proj.bias is not None:
+            self.touch(name + ".out_proj" if name else "out_proj", "bias", 0, out_el, "out")
+        heads = module.num_heads
+        head_dim = module.head_dim
+        inner = heads * head_dim
+        head_el = self.uf.new(heads, kind="head")
+        rows = torch.arange(3 * inner)
+        row_heads = head_el[(rows % inner) // head_dim]
+        self.touch(name, "in_proj_weight", 0, row_heads, "out", positions=rows)
+        if module.in_proj_bias is not None:
+            self.touch(name, "in_proj_bias", 0, row_heads, "out", positions=rows)
+        cols = torch.arange(inner)
+        self.touch(name + ".out_proj" if name else "out_proj", "weight", 1, head_el[cols // head_dim], "in",
+                   positions=cols)
+        return (result, None) if isinstance(out, tuple) else result
+
+
+@dataclass
+class ModuleCall:
+    """One call of a leaf module as the recorders saw it, with the label of its first input."""
+
+    name: str
+    module: nn.Module
+    args: tuple
+    kwargs: dict
+    out: Any
+    arg_labels: tuple
+    kwarg_labels: dict
+
+    @property
+    def input(self) -> Any:
+        return self.args[0] if self.args else next(iter(self.kwargs.values()), None)
+
+    @property
+    def label(self) -> Any:
+        return self.arg_labels[0] if self.arg_labels else next(iter(self.kwarg_labels.values()), None)
+
+    @property
+    def where(self) -> str:
+        return f"module {self.name!r} ({type(self.module).__name__})"
+
+
+#: ``(module types, Propagator method, needs a labeled input)``, first match wins. Layers that create channels run
+#: without a labeled input (their outputs get fresh elements); the rest pass labels through or reject them.
+MODULE_RULES: tuple[tuple[type | tuple[type, ...], str, bool], ...] = (
+    ((nn.MultiheadAttention, PrunedMultiheadAttention), "attention_module", False),
+    (CONVS, "conv_module", False),
+    (CONV_T, "conv_transpose", False),
+    (nn.Linear, "linear", False),
+    (nn.Embedding, "embedding", False),
+    (NORMS, "norm", True),
+    (nn.LayerNorm, "layer_norm", True),
+    (nn.GroupNorm, "group_norm", True),
+    (nn.PReLU, "prelu", True),
+    (ZERO_MODULES, "zero_preserving", True),
+    (NONZERO_MODULES, "nonzero_pointwise", True),
+    ((nn.Softmax, nn.LogSoftmax, nn.Softmin), "softmax", True),
+    ((nn.Flatten, nn.Unflatten), "flatten", True),
+    (POOL_MODULES, "pool", True),
+)
+
+
+def _along_dim1(per_channel: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-channel labels broadcast to ``like``'s shape with channels along dim 1."""
+    return per_channel.view(1, -1, *([1] * (like.ndim - 2))).expand(like.shape).clone()
