@@ -7,11 +7,14 @@ Usage at the bottom of a module or package ``__init__``::
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["deprecated_aliases"]
+__all__ = ["deprecated_aliases", "renamed_arguments"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def deprecated_aliases(module: str, aliases: dict[str, str], namespace: dict[str, Any]) -> Callable[[str], Any]:
@@ -26,3 +29,24 @@ def deprecated_aliases(module: str, aliases: dict[str, str], namespace: dict[str
         raise AttributeError(f"module {module!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+def renamed_arguments(**old_to_new: str) -> Callable[[F], F]:
+    """Decorator: each old keyword (``@renamed_arguments(module_name="module")``) still works for one release, with a
+    DeprecationWarning, and means the new one; passing both is a TypeError."""
+
+    def decorate(function: F) -> F:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for old, new in old_to_new.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"{function.__name__}() got both {old}= (deprecated) and {new}=")
+                    warnings.warn(f"{function.__name__}({old}=...) is deprecated; use {new}=...", DeprecationWarning,
+                                  stacklevel=2)
+                    kwargs[new] = kwargs.pop(old)
+            return function(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

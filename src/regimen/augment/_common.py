@@ -9,10 +9,9 @@ Names here are public within the package; users import from :mod:`regimen.augmen
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -40,7 +39,6 @@ __all__ = [
     "lut",
     "per_sample_view",
     "posterize_table",
-    "renamed_arguments",
     "sharpness_uint8",
     "shift_image_rows",
     "shift_rows",
@@ -298,27 +296,6 @@ def augment_float_batch(
 
 # ----------------------------------------------------------------------------------------------------------------
 # deprecations and the label-smoothing rule of the mixing Methods
-
-
-def renamed_arguments(**renames: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: keyword ``old=`` still works for one release with a DeprecationWarning and means ``new=``.
-    Passing both is a TypeError."""
-
-    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(function)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            for old, new in renames.items():
-                if old in kwargs:
-                    if new in kwargs:
-                        raise TypeError(f"{function.__name__}() got both {old}= (deprecated) and {new}=")
-                    warnings.warn(f"{function.__name__}({old}=...) is deprecated; use {new}=...", DeprecationWarning,
-                                  stacklevel=2)
-                    kwargs[new] = kwargs.pop(old)
-            return function(*args, **kwargs)
-
-        return wrapper
-
-    return decorate
 
 
 def check_single_smoothing(method: str, own: float, ctx: Any) -> None:

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from regimen.augment._common import check_single_smoothing, renamed_arguments, warn_method_smoothing
+from regimen._compat import renamed_arguments
+from regimen.augment._common import check_single_smoothing, warn_method_smoothing
 from regimen.errors import ConfigurationError
 from regimen.losses import soft_target_cross_entropy
 from regimen.method import Context, Method, register_method

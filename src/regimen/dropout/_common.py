@@ -13,10 +13,8 @@ Conventions (documented for users in the surgery functions):
 
 from __future__ import annotations
 
-import functools
 import math
 import re
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,7 +34,6 @@ __all__ = [
     "drop_path_slots",
     "locate_submodule",
     "rand",
-    "renamed_arguments",
     "replace_submodule",
     "residual_blocks",
     "unwrap",
@@ -126,27 +123,6 @@ class StochasticLayer(nn.Module):
     def __init__(self, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.generator = check_generator(generator)
-
-
-def renamed_arguments(**renames: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: keyword ``old=`` still works for one release with a DeprecationWarning and means ``new=``
-    (``@renamed_arguments(module_name="module")``). Passing both is a TypeError."""
-
-    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(function)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            for old, new in renames.items():
-                if old in kwargs:
-                    if new in kwargs:
-                        raise TypeError(f"{function.__name__}() got both {old}= (deprecated) and {new}=")
-                    warnings.warn(f"{function.__name__}({old}=...) is deprecated; use {new}=...", DeprecationWarning,
-                                  stacklevel=2)
-                    kwargs[new] = kwargs.pop(old)
-            return function(*args, **kwargs)
-
-        return wrapper
-
-    return decorate
 
 
 def check_module_names(names: object, argument: str) -> list[str]:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regimen._compat import renamed_arguments
 from regimen.dropout._common import (
     StochasticLayer,
     TransparentWrapper,
@@ -42,7 +43,6 @@ from regimen.dropout._common import (
     check_tensor,
     locate_submodule,
     rand,
-    renamed_arguments,
     replace_submodule,
     residual_blocks,
 )

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regimen._compat import renamed_arguments
 from regimen.dropout._common import (
     TransparentWrapper,
     check_generator,
@@ -45,7 +46,6 @@ from regimen.dropout._common import (
     check_tensor,
     locate_submodule,
     rand,
-    renamed_arguments,
     replace_submodule,
 )
 from regimen.errors import ConfigurationError

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from regimen.losses._renamed import renamed_arguments
+from regimen._compat import renamed_arguments
 
 __all__ = ["classification_loss", "soft_target_cross_entropy"]
 

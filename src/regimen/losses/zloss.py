@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimen.losses._renamed import renamed_arguments
+from regimen._compat import renamed_arguments
 from regimen.method import Context, Method, register_method
 
 __all__ = ["LogitZLoss", "LogitZLossMethod", "ZLoss", "ZLossMethod", "logit_z_loss", "z_loss"]
