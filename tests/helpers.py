@@ -20,6 +20,23 @@ class InterruptOnce(Method):
             raise KeyboardInterrupt
 
 
+@register_method
+class InterruptAtStep(Method):
+    """Raises KeyboardInterrupt once, after the given optimizer step, when ``armed`` (set it before the run that
+    should stop; it disarms itself)."""
+
+    name = "_test_interrupt_at_step"
+    armed = False
+
+    def __init__(self, step: int = 1) -> None:
+        self.step = step
+
+    def after_step(self, ctx: Context) -> None:
+        if InterruptAtStep.armed and ctx.step == self.step:
+            InterruptAtStep.armed = False
+            raise KeyboardInterrupt
+
+
 def reference_and_resumed_runs(recipe: dict, tmp_path, interrupted_epoch: int):
     """Run ``recipe`` (which lists ``_test_interrupt_once``) once uninterrupted, and once interrupted at the start of
     ``interrupted_epoch`` then resumed from its checkpoint; returns both results."""

@@ -37,10 +37,10 @@ def test_classification_loss_matches_cross_entropy_and_the_soft_formula(reductio
 
 def test_old_keyword_targets_warns_and_bad_reduction_is_refused():
     logits, target = torch.randn(3, 4), torch.tensor([0, 1, 2])
-    with pytest.warns(DeprecationWarning, match="'target'"):
+    with pytest.warns(DeprecationWarning, match=r"targets=\.\.\.\) is deprecated; use target="):
         torch.testing.assert_close(classification_loss(logits, targets=target), F.cross_entropy(logits, target))
     soft = torch.full((3, 4), 0.25)
-    with pytest.warns(DeprecationWarning, match="'target'"):
+    with pytest.warns(DeprecationWarning, match=r"targets=\.\.\.\) is deprecated; use target="):
         old = soft_target_cross_entropy(logits, targets=soft)
     torch.testing.assert_close(old, soft_target_cross_entropy(logits, soft))
     with pytest.raises(ValueError, match="reduction"):

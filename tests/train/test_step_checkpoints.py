@@ -14,24 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from regimen.method import Method, register_method
 from regimen.train import fit, load_checkpoint
-
-
-@register_method
-class InterruptAtStep(Method):
-    """Test helper: raises KeyboardInterrupt once, after the given optimizer step."""
-
-    name = "_test_interrupt_at_step"
-    armed = False
-
-    def __init__(self, step: int = 1) -> None:
-        self.step = step
-
-    def after_step(self, ctx):
-        if InterruptAtStep.armed and ctx.step == self.step:
-            InterruptAtStep.armed = False
-            raise KeyboardInterrupt
+from tests.helpers import InterruptAtStep
 
 
 def _recipe(tiny_recipe, methods=()):

@@ -18,7 +18,7 @@ from regimen.subnet.dependency import (
     zero_units,
 )
 from regimen.subnet.hesso import HESSOMethod, HESSOPruner, hesso_factor
-from regimen.subnet.importance import IMPORTANCES, group_scores, normalized_scores
+from regimen.subnet.importance import IMPORTANCES, Importance, group_scores, normalized_scores
 from regimen.subnet.lowrank import (
     FactorizedConv2d,
     FactorizedLinear,
@@ -81,6 +81,7 @@ __all__ = [
     "zero_units",
     # structured pruning
     "IMPORTANCES",
+    "Importance",
     "PruneReport",
     "PrunedMultiheadAttention",
     "count_macs",

@@ -22,7 +22,7 @@ from torch import nn
 
 from regimen.subnet.dependency.group import Group, Slice
 
-__all__ = ["IMPORTANCES", "Importance", "check_importance", "group_scores", "normalized_scores"]
+__all__ = ["IMPORTANCES", "Importance", "group_scores", "normalized_scores"]
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
 

@@ -66,7 +66,6 @@ from regimen.subnet.prune import prune_groups
 __all__ = [
     "NestedWidth",
     "NestedWidthMethod",
-    "SORT_BY",
     "check_widths",
     "inplace_distillation_loss",
     "sandwich_widths",

@@ -19,7 +19,7 @@ from torch import nn
 from regimen.subnet._surgery import module_info, size_attributes, to_pruned_attention
 from regimen.subnet.modules import PrunedMultiheadAttention
 
-__all__ = ["FORMAT", "architecture_spec", "build_from_spec", "load_pruned", "restore_pruned", "save_pruned"]
+__all__ = ["architecture_spec", "build_from_spec", "load_pruned", "restore_pruned", "save_pruned"]
 
 FORMAT = "regimen-pruned-v1"
 
