@@ -128,11 +128,23 @@ def _run_train(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / recipe.name
     if args.resume and not args.out:
         out = Path(args.resume).parent
-    result = fit(recipe, out_dir=out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
-                 progress=not args.quiet and sys.stderr.isatty())
-    if not args.quiet and result.rank == 0:
-        print(f"metrics, summary and checkpoint in {out}", file=sys.stderr)
+    try:
+        result = fit(recipe, out_dir=out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+                     progress=not args.quiet and sys.stderr.isatty())
+        if not args.quiet and result.rank == 0:
+            print(f"metrics, summary and checkpoint in {out}", file=sys.stderr)
+    finally:
+        _end_process_group()
     return 0
+
+
+def _end_process_group() -> None:
+    """Tear down the DDP process group before the process exits: left to interpreter shutdown, gloo's threads are
+    sometimes destroyed while joinable and the process aborts ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _add_bench(subparsers) -> None:
