@@ -46,3 +46,37 @@ def test_torchrun_launch_matches_one_process(tmp_path):
     launched = train(tmp_path / "tr", "--set", "train.batch_size=16", "--devices", "2",
                      launcher=[torchrun, "--nproc_per_node", "2", "--master_port", "29531", "-m", "regimen"])
     assert_same_weights(single, launched)
+
+
+@pytest.mark.slow
+def test_two_processes_killed_inside_an_epoch_resume_to_the_same_weights_and_log(tmp_path):
+    """SIGKILL of both processes after a mid-epoch checkpoint, then a resume with two processes: the same weights
+    and per-epoch losses as an uninterrupted two-process run (every rank's RNG and the epoch's sums are restored)."""
+    import json
+    import signal
+    import time
+
+    steps = ["--set", "train.epochs=2", "--set", "train.max_steps_per_epoch=12", "--set",
+             "train.checkpoint_every_steps=4", "--set", "train.batch_size=16", "--devices", "2"]
+    reference = train(tmp_path / "ref", *steps)
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "regimen", "train", *RECIPE, "--out", str(out), *steps]
+    process = subprocess.Popen(command, env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while process.poll() is None and time.monotonic() < deadline:  # the first mid-epoch checkpoint of epoch 2
+        if (out / "checkpoint.pt").exists():
+            state = load_checkpoint(out / "checkpoint.pt")
+            if state["position"] is not None and state["epoch"] == 1:
+                os.killpg(process.pid, signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before a mid-epoch checkpoint of epoch 2"
+    resumed = train(out, *steps, "--resume", str(out / "checkpoint.pt"))
+    for key, value in reference["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    ref_rows = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in ref_rows]

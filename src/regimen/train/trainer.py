@@ -376,7 +376,7 @@ class _Run:
         rng = state["rng"]
         mine = min(self.rank, len(rng["process"]) - 1)
         restore_rng(rng["process"][mine])
-        ctx.generator.set_state(rng["generator"][mine])
+        ctx.generator.set_state(rng["generator"][mine].clone())
         self.start_epoch, ctx.step = state["epoch"], state["step"]
         ctx.set_batch_size(state["per_device_batch"])
         self.history = list(state["history"])
@@ -557,9 +557,12 @@ class _Run:
         process_rng = capture_rng()
         generator_state = ctx.generator.get_state()
         if fabric.world_size > 1:  # every rank's RNG, so a resumed DDP run draws what the original would have
+            # rows cloned: a row of the gathered tensor is a view at a storage offset, which torch.set_rng_state
+            # (and torch.save) would take from the start of the storage: every rank would restore rank 0's state
             torch_states = fabric.all_gather(process_rng["torch"].to(fabric.device)).cpu()
-            generator_states = list(fabric.all_gather(generator_state.to(fabric.device)).cpu())
-            process_states = [dict(process_rng, torch=torch_states[r]) for r in range(fabric.world_size)]
+            generators = fabric.all_gather(generator_state.to(fabric.device)).cpu()
+            process_states = [dict(process_rng, torch=torch_states[r].clone()) for r in range(fabric.world_size)]
+            generator_states = [generators[r].clone() for r in range(fabric.world_size)]
             if position is not None:  # the epoch's sums over every rank
                 position = dict(position, totals=self.ctx.all_reduce(position["totals"].to(fabric.device),
                                                                      "sum").cpu() / fabric.world_size)
