@@ -247,3 +247,18 @@ def test_v1_context_fields_still_read_with_a_deprecation_warning():
     with pytest.warns(DeprecationWarning):
         ctx.log["old"] = 1.0
     assert ctx.log.drain() == {"old": 1.0}
+
+
+def test_bad_user_data_is_a_data_error_naming_the_argument():
+    from regimen.data import DataError
+
+    x, y = _blobs(64)
+    recipe = {"task": "classification", "train": {"epochs": 1, "batch_size": 16}}
+    with pytest.raises(DataError, match=r"^data: inputs must be a floating-point tensor, got torch.int64"):
+        fit(recipe, model=OwnNet(), data=(x.long(), y))
+    with pytest.raises(DataError, match=r"^data\['test'\]: labels must be an int64 tensor"):
+        fit(recipe, model=OwnNet(), data={"train": (x, y), "test": (x, y.float())})
+    with pytest.raises(DataError, match=r"expected a dict with keys 'train' \(required\), 'val', 'test'; got \['tarin'\]"):
+        fit(recipe, model=OwnNet(), data={"tarin": (x, y)})
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got dict"):
+        fit(recipe, model={"weights": 1}, data=(x, y))

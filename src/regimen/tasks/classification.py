@@ -104,17 +104,23 @@ class ClassificationTask(Task):
         return self._with_stats(DataSplits(train, val, None, sources=sources))
 
     def as_dataset(self, value: Any, where: str) -> Any:
-        """A dataset (anything with ``gather`` and ``__len__``) as it is, or an ``(inputs, labels)`` pair."""
+        """A dataset (anything with ``gather`` and ``__len__``) as it is, or an ``(inputs, labels)`` pair made into
+        one by :meth:`pair_dataset`."""
         if hasattr(value, "gather") and hasattr(value, "__len__"):
             return value
         if not (isinstance(value, tuple | list) and len(value) == 2):
             raise DataError(f"{where}: expected a dataset or an (inputs, labels) pair of tensors, got "
                             f"{type(value).__name__}")
         inputs, labels = (torch.as_tensor(v) if isinstance(v, np.ndarray) else v for v in value)
-        if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
-            raise DataError(f"{where}: inputs must be a floating-point tensor, got "
-                            f"{getattr(inputs, 'dtype', type(inputs).__name__)}")
-        return TensorDataset(inputs, _check_labels(labels, where), "user data", _num_classes(labels))
+        if not isinstance(inputs, torch.Tensor):
+            raise DataError(f"{where}: inputs must be a tensor, got {type(inputs).__name__}")
+        return self.pair_dataset(inputs, _check_labels(labels, where), where)
+
+    def pair_dataset(self, inputs: torch.Tensor, labels: torch.Tensor, where: str) -> Any:
+        """Feature rows ``(N, ...)``, floating point, and their labels."""
+        if not inputs.is_floating_point():
+            raise DataError(f"{where}: inputs must be a floating-point tensor, got {inputs.dtype}")
+        return TensorDataset(inputs, labels, "user data", _num_classes(labels))
 
     def _with_stats(self, data: DataSplits) -> DataSplits:
         if data.mean is None and self.recipe.data.normalize and isinstance(data.train, TensorDataset):

@@ -15,12 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from regimen.data import ArrayDataset, DataError, DataSplits, load_data
-from regimen.tasks.classification import ClassificationTask, _check_labels, _num_classes
+from regimen.data import ArrayDataset, DataSplits, load_data
+from regimen.tasks.classification import ClassificationTask, _num_classes
 
 __all__ = ["ImageClassificationTask"]
 
@@ -38,20 +37,9 @@ class ImageClassificationTask(ClassificationTask):
         cfg = self.recipe.data
         return load_data(cfg.name, cfg.root, cfg.val_fraction, cfg.train_subset, self.recipe.seed, cfg.test_subset)
 
-    def as_dataset(self, value: Any, where: str) -> Any:
-        """A dataset as it is, or an ``(images, labels)`` pair: images ``(N, C, H, W)`` (or ``(N, H, W)``) uint8
-        0-255 or float in [0, 1]; labels int64 class indices."""
-        if hasattr(value, "gather") and hasattr(value, "__len__"):
-            return value
-        if not (isinstance(value, tuple | list) and len(value) == 2):
-            raise DataError(f"{where}: expected a dataset or an (images, labels) pair of tensors, got "
-                            f"{type(value).__name__}")
-        images, labels = (torch.as_tensor(v) if isinstance(v, np.ndarray) else v for v in value)
-        if not isinstance(images, torch.Tensor):
-            raise DataError(f"{where}: images must be a tensor, got {type(images).__name__}")
-        if images.dim() == 3:
-            images = images.unsqueeze(1)
-        labels = _check_labels(labels, where)
+    def pair_dataset(self, inputs: torch.Tensor, labels: torch.Tensor, where: str) -> Any:
+        """Images ``(N, C, H, W)`` (or ``(N, H, W)``), uint8 0-255 or float in [0, 1], and their labels."""
+        images = inputs.unsqueeze(1) if inputs.dim() == 3 else inputs
         return ArrayDataset(images, labels, _num_classes(labels), "user data")
 
     def _with_stats(self, data: DataSplits) -> DataSplits:
