@@ -258,7 +258,7 @@ def test_bad_user_data_is_a_data_error_naming_the_argument():
         fit(recipe, model=OwnNet(), data=(x.long(), y))
     with pytest.raises(DataError, match=r"^data\['test'\]: labels must be an int64 tensor"):
         fit(recipe, model=OwnNet(), data={"train": (x, y), "test": (x, y.float())})
-    with pytest.raises(DataError, match=r"expected a dict with keys 'train' \(required\), 'val', 'test'; got \['tarin'\]"):
+    with pytest.raises(DataError, match=r"keys 'train' \(required\), 'val', 'test'; got \['tarin'\]"):
         fit(recipe, model=OwnNet(), data={"tarin": (x, y)})
     with pytest.raises(TypeError, match="model must be a torch.nn.Module, got dict"):
         fit(recipe, model={"weights": 1}, data=(x, y))
