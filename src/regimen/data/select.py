@@ -42,7 +42,12 @@ class DataSplits:
         return self.train.name
 
 
-def _load_pair(name: str, root: str | None) -> tuple[ArrayDataset, ArrayDataset]:
+#: Seed of the test split carved from a source without one: a constant, so every run seed sees the same test set.
+TEST_SPLIT_SEED = 20_240_531
+
+
+def _load_pair(name: str, root: str | None) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """The source's training and test sets; ``None`` for the test set of a source that has none."""
     if name == "fashion_mnist":
         return load_fashion_mnist(root, "train"), load_fashion_mnist(root, "test")
     if name == "digits":
@@ -50,7 +55,7 @@ def _load_pair(name: str, root: str | None) -> tuple[ArrayDataset, ArrayDataset]
     if root is None:
         raise DataError(f"data.name = {name!r} needs data.root")
     if name == "npz":
-        return load_npz(root, "train"), load_npz(root, "test")
+        return load_npz(root, "train"), (load_npz(root, "test") if npz_has_test(root) else None)
     if name == "idx":
         folder = Path(root)
         return (load_idx_pair(folder / "train-images-idx3-ubyte.gz", folder / "train-labels-idx1-ubyte.gz"),
@@ -60,23 +65,48 @@ def _load_pair(name: str, root: str | None) -> tuple[ArrayDataset, ArrayDataset]
     raise DataError(f"unknown data.name {name!r}")
 
 
+def npz_has_test(path: str | Path) -> bool:
+    """Whether an ``.npz`` holds its own ``x_test``/``y_test`` arrays."""
+    import numpy as np
+
+    if not Path(path).is_file():
+        raise DataError(f"npz file not found: {path}")
+    with np.load(path) as arrays:
+        return "x_test" in arrays and "y_test" in arrays
+
+
+def _sources(name: str, root: str | None, train, val_fraction: float, carved: float | None) -> dict[str, str]:
+    source = f"{root}" if name in ("npz", "idx", "folder") else train.name
+    test = (f"seeded {carved:g} of {source}, held out before training (the source has no test split)"
+            if carved is not None else f"{source} test set")
+    return {"train": f"{source} training set", "val": f"seeded {val_fraction:g} of the training set", "test": test}
+
+
 def load_data(
     name: str = "auto", root: str | None = None, val_fraction: float = 0.1, train_subset: int | None = None,
-    seed: int = 0, test_subset: int | None = None,
+    seed: int = 0, test_subset: int | None = None, test_fraction: float = 0.2,
 ) -> DataSplits:
     """Load ``name`` ("auto" = Fashion-MNIST, else scikit-learn digits), split off validation, compute stats.
 
-    ``train_subset`` keeps a seeded random subset of that many training images, ``test_subset`` the first that many
-    test images (for quick runs; the test order is the data set's own, so every seed sees the same test images).
+    A source without its own test split (an ``.npz`` with only ``images``/``labels`` or ``x_train``/``y_train``) gets
+    a disjoint test split of ``test_fraction``, drawn with a constant seed so every run seed tests on the same
+    samples; the training and validation sets come from the rest. ``train_subset`` keeps a seeded random subset of
+    that many training images, ``test_subset`` the first that many test images (for quick runs; the test order is
+    the data set's own, so every seed sees the same test images).
     """
     if name == "auto":
         try:
             train, test = _load_pair("fashion_mnist", root)
         except DataError as error:
             log.warning("Fashion-MNIST unavailable (%s); falling back to scikit-learn digits", error)
+            name = "digits"
             train, test = _load_pair("digits", None)
     else:
         train, test = _load_pair(name, root)
+    carved = None
+    if test is None:
+        train, test = split_dataset(train, test_fraction, TEST_SPLIT_SEED)
+        carved = test_fraction
     if train.input_shape != test.input_shape:
         raise DataError(f"train images {train.input_shape} and test images {test.input_shape} differ in shape")
     train, val = split_dataset(train, val_fraction, seed)
@@ -86,7 +116,4 @@ def load_data(
     if test_subset is not None and test_subset < len(test):
         test = test.subset(torch.arange(test_subset))
     mean, std = train.channel_stats()
-    source = train.name
-    sources = {"train": f"{source} training set", "val": f"{val_fraction:g} of {source}'s training set (seeded)",
-               "test": f"{source} test set"}
-    return DataSplits(train, val, test, mean, std, sources)
+    return DataSplits(train, val, test, mean, std, _sources(name, root, train, val_fraction, carved))

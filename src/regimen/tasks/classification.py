@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regimen.data import DataError, DataSplits, TensorDataset, split_dataset
+from regimen.data.select import TEST_SPLIT_SEED
 from regimen.losses import soft_target_cross_entropy
 from regimen.tasks.base import Task
 
@@ -65,13 +66,14 @@ class ClassificationTask(Task):
             if cfg.root is None:
                 raise DataError("data.name = 'npz' needs data.root (the .npz file)")
             train, test = _npz_pair(Path(cfg.root))
-            test_source = f"{cfg.root} x_test/y_test" if test is not None else None
+            test_source = f"{cfg.root} x_test/y_test"
+            if test is None:  # held out with a constant seed: every run seed tests on the same rows
+                train, test = split_dataset(train, cfg.test_fraction, TEST_SPLIT_SEED)
+                test_source = f"seeded {cfg.test_fraction:g} of {cfg.root}, held out (it has no x_test/y_test)"
         else:
             name = "digits" if cfg.name == "auto" else cfg.name
             train, test = _sklearn_split(name, seed)
             test_source = f"seeded 20 % of scikit-learn's {name}"
-        if test is None:
-            raise DataError(f"{cfg.root}: no x_test/y_test arrays; add a held-out test set to the file")
         train, val = split_dataset(train, cfg.val_fraction, seed)
         if cfg.train_subset is not None and cfg.train_subset < len(train):
             train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))

@@ -41,6 +41,7 @@ class DataConfig(_Strict):
 
     root: str | None = None
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # held out when the source has no test split of its own
     train_subset: int | None = Field(None, gt=0)
     test_subset: int | None = Field(None, gt=0)
     normalize: bool = True
