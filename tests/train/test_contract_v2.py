@@ -262,3 +262,12 @@ def test_bad_user_data_is_a_data_error_naming_the_argument():
         fit(recipe, model=OwnNet(), data={"tarin": (x, y)})
     with pytest.raises(TypeError, match="model must be a torch.nn.Module, got dict"):
         fit(recipe, model={"weights": 1}, data=(x, y))
+
+
+def test_model_options_are_checked_against_the_constructor_while_parsing():
+    with pytest.raises(RecipeError, match=r"^model\.options\.widths: unknown option of model 'mlp'; its options are "
+                                          r"hidden, head_dropout$"):
+        parse_recipe({"model": {"name": "mlp", "options": {"widths": [8]}}})
+    with pytest.raises(RecipeError, match=r"model\.options\.num_classes: set by the task from the data"):
+        parse_recipe({"model": {"name": "resnet", "options": {"num_classes": 3}}})
+    parse_recipe({"model": {"name": "resnet", "options": {"widths": [8, 16], "depths": [1, 1]}}})

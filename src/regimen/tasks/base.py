@@ -67,6 +67,30 @@ class Task:
         if not user_model and self.model_names and model_name not in self.model_names:
             raise ConfigurationError(f"model.name: task {self.name!r} builds "
                                      f"{', '.join(map(repr, self.model_names))}, got {model_name!r}")
+        if not user_model:
+            self._check_model_options(model_name, recipe.model.options)
+
+    def model_class(self, name: str) -> type | None:
+        """The class ``model.name`` builds (its constructor checks ``model.options``), if the task says."""
+        return None
+
+    #: Constructor arguments the task fills itself (from the data), not ``model.options``.
+    data_arguments: ClassVar[tuple[str, ...]] = ("in_channels", "in_features", "num_classes")
+
+    def _check_model_options(self, name: str, options: dict[str, Any]) -> None:
+        cls = self.model_class(name)
+        if cls is None:
+            return
+        parameters = inspect.signature(cls.__init__).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            return
+        known = [p for p in parameters if p != "self" and p not in self.data_arguments]
+        for key in options:
+            if key in self.data_arguments:
+                raise ConfigurationError(f"model.options.{key}: set by the task from the data; remove it")
+            if key not in known:
+                raise ConfigurationError(f"model.options.{key}: unknown option of model {name!r}; its options are "
+                                         f"{', '.join(known)}")
 
     # ------------------------------------------------------------------------------------------ what subclasses do
     def load_data(self) -> DataSplits:

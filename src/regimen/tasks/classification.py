@@ -138,6 +138,11 @@ class ClassificationTask(Task):
             raise DataError("data: cannot tell the number of classes; give the dataset a num_classes attribute")
         return max(known)
 
+    def model_class(self, name: str) -> type | None:
+        from regimen.models import MLP
+
+        return MLP
+
     def build_model(self, data: DataSplits) -> nn.Module:
         from regimen.models import MLP
 

@@ -48,6 +48,11 @@ class ImageClassificationTask(ClassificationTask):
             data.mean, data.std = data.train.channel_stats()
         return data
 
+    def model_class(self, name: str) -> type | None:
+        from regimen.models import MLP, ResNet
+
+        return {"resnet": ResNet, "mlp": MLP}.get(name)
+
     def build_model(self, data: DataSplits) -> nn.Module:
         from regimen.models import build_model
 
