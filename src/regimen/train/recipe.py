@@ -70,6 +70,7 @@ class ScheduleConfig(_Strict):
     milestones: list[float] = Field(default_factory=list)
     gamma: float = Field(0.1, gt=0.0)
     pct_start: float = Field(0.3, gt=0.0, lt=1.0)
+    extend: Literal["stretch", "continue", "restart"] = "stretch"  # a resume with more train.epochs
 
 
 class TrainConfig(_Strict):

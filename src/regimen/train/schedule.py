@@ -7,6 +7,12 @@ factor(p), p = progress in [0, 1]:
 - onecycle (Smith & Topin 2017): cosine from 1/25 up to 1 over ``pct_start``, then cosine down to 1/(25 * 1e4);
 - step: gamma ** (number of milestones passed), milestones given as fractions of training;
 - constant: 1.
+
+A run resumed with more ``train.epochs`` than its schedule was laid out for extends it as ``schedule.extend`` says:
+``"stretch"`` lays the schedule out again over all epochs (the LR jumps to its value at the new progress: back up,
+for a cosine that had decayed); ``"continue"`` keeps the final LR of the original schedule for the added epochs;
+``"restart"`` runs the schedule again (warm-up included) over the added epochs, a warm restart (SGDR, Loshchilov &
+Hutter 2017). The trainer warns with the LR before and after whenever it extends a schedule.
 """
 
 from __future__ import annotations
@@ -40,25 +46,54 @@ def schedule_factor(config, progress: float, epochs: float) -> float:
 
 
 class ProgressSchedule:
-    """Sets every param group's ``lr = initial_lr * factor(progress)``; call ``update(progress)`` before a step."""
+    """Sets every param group's ``lr = initial_lr * factor(progress)``; call ``update(progress)`` before a step.
+
+    ``progress`` is the fraction of the run's ``total`` epochs done; the schedule's own shape spans ``epochs`` (the
+    same unless :meth:`extend` added epochs with ``"continue"`` or ``"restart"``)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, config, epochs: float) -> None:
         self.optimizer = optimizer
         self.config = config
         self.epochs = epochs
+        self.total = epochs
+        self.mode = "stretch"
         self.initial_lrs = [group["lr"] for group in optimizer.param_groups]
         self.last_factor = 1.0
 
+    def factor(self, progress: float) -> float:
+        """The LR multiplier at ``progress`` of the run."""
+        done = progress * self.total
+        if self.mode == "stretch" or done <= self.epochs:
+            return schedule_factor(self.config, done / self.epochs, self.epochs)
+        if self.mode == "continue":
+            return schedule_factor(self.config, 1.0, self.epochs)
+        added = self.total - self.epochs
+        return schedule_factor(self.config, (done - self.epochs) / added, added)
+
+    def extend(self, total: float, mode: str) -> None:
+        """Make the run ``total`` epochs long: ``"stretch"`` lays the schedule out again over ``total``;
+        ``"continue"`` / ``"restart"`` keep its shape over its epochs and hold its final LR / run it again over the
+        added ones. Fewer epochs always stretch (there is nothing to continue)."""
+        if mode not in ("stretch", "continue", "restart"):
+            raise ValueError(f"schedule.extend must be 'stretch', 'continue' or 'restart', got {mode!r}")
+        if mode == "stretch" or total < self.epochs:
+            self.epochs, self.total, self.mode = total, total, "stretch"
+        else:
+            self.total, self.mode = total, mode
+
     def update(self, progress: float) -> float:
-        self.last_factor = schedule_factor(self.config, progress, self.epochs)
+        self.last_factor = self.factor(progress)
         for group, initial in zip(self.optimizer.param_groups, self.initial_lrs):
             group["lr"] = initial * self.last_factor
         return self.last_factor
 
     def state_dict(self) -> dict:
-        return {"initial_lrs": list(self.initial_lrs), "last_factor": self.last_factor, "epochs": self.epochs}
+        return {"initial_lrs": list(self.initial_lrs), "last_factor": self.last_factor, "epochs": self.epochs,
+                "total": self.total, "mode": self.mode}
 
     def load_state_dict(self, state: dict) -> None:
         self.initial_lrs = list(state["initial_lrs"])
         self.last_factor = state["last_factor"]
         self.epochs = state["epochs"]
+        self.total = state.get("total", self.epochs)
+        self.mode = state.get("mode", "stretch")

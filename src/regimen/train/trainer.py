@@ -371,6 +371,8 @@ class _Run:
         ctx = self.ctx
         ctx.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
+        if self.schedule.total != ctx.run.epochs:
+            self._extend_schedule(state["epoch"], state.get("position"))
         for method, method_state in zip(self.methods, state["methods"]):
             method.load_state_dict(method_state)
         rng = state["rng"]
@@ -384,6 +386,26 @@ class _Run:
         self.position = state.get("position")
         ctx.log.pending = dict(state.get("pending_log", {}))
         self.time_to_target = next((h["wall_time"] for h in self.history if self._reached(h)), None)
+
+    def _extend_schedule(self, epochs_done: int, position: dict | None) -> None:
+        """A resume with another ``train.epochs``: extend the schedule as ``schedule.extend`` says, and say what the
+        LR does (a silent jump back up from a decayed cosine was a trap)."""
+        schedule, total, mode = self.schedule, self.ctx.run.epochs, self.recipe.schedule.extend
+        done = epochs_done + (position["step_in_epoch"] / self._steps_per_epoch(position["selected"])
+                              if position else 0.0)
+        before = schedule.factor(done / schedule.total)
+        old_total = schedule.total
+        schedule.extend(total, mode)
+        after = schedule.factor(done / total)
+        alternatives = {"stretch": "schedule.extend = 'continue' keeps the final LR, 'restart' runs the schedule "
+                                   "again over the added epochs",
+                        "continue": "the LR stays at the schedule's final value for the added epochs",
+                        "restart": "the schedule runs again, warm-up included, over the added epochs"}
+        message = (f"train.epochs changed from {old_total:g} to {total:g} on resume: the LR schedule is extended by "
+                   f"'{schedule.mode}' (LR factor at epoch {done:g}: {before:.4g} -> {after:.4g}); "
+                   f"{alternatives[schedule.mode]}")
+        warnings.warn(message, UserWarning, stacklevel=2)
+        self.console.print(f"[yellow]{message}[/yellow]")
 
     # ------------------------------------------------------------------------------------------------------- loop
     def start_output(self, out_path: Path | None, resumed: bool) -> None:
