@@ -126,15 +126,19 @@ def load_digits(split: str = "train", test_fraction: float = 0.2, seed: int = 0)
     return ArrayDataset(images[chosen], labels[chosen], 10, "digits")
 
 
-def _as_uint8_nchw(images: np.ndarray, source: str) -> torch.Tensor:
+def _as_nchw(images: np.ndarray, source: str) -> torch.Tensor:
+    """Images as an (N, C, H, W) tensor: uint8 0-255, or floating point in [0, 1] (``ArrayDataset`` checks the
+    range; float64 becomes float32)."""
     if images.ndim == 3:
         images = images[:, None]
     elif images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
         images = images.transpose(0, 3, 1, 2)  # NHWC -> NCHW
     if images.ndim != 4:
         raise DataError(f"{source}: images must be (N, H, W), (N, C, H, W) or (N, H, W, C), got {images.shape}")
-    if images.dtype != np.uint8:
-        raise DataError(f"{source}: images must be uint8, got {images.dtype}")
+    if images.dtype == np.float64:
+        images = images.astype(np.float32)
+    if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
+        raise DataError(f"{source}: images must be uint8 (0-255) or floating point in [0, 1], got {images.dtype}")
     return torch.from_numpy(np.ascontiguousarray(images))
 
 
@@ -151,14 +155,14 @@ def load_npz(path: str | os.PathLike, split: str = "train") -> ArrayDataset:
         keys = (f"x_{split}", f"y_{split}") if f"x_{split}" in arrays else ("images", "labels")
         if keys[0] not in arrays or keys[1] not in arrays:
             raise DataError(f"{path}: expected arrays x_{split}/y_{split} or images/labels, found {sorted(arrays)}")
-        images = _as_uint8_nchw(arrays[keys[0]], str(path))
+        images = _as_nchw(arrays[keys[0]], str(path))
         labels = torch.from_numpy(arrays[keys[1]].astype(np.int64))
     return ArrayDataset(images, labels, _num_classes(labels), path.stem)
 
 
 def load_idx_pair(images_path: str | os.PathLike, labels_path: str | os.PathLike) -> ArrayDataset:
     """Any pair of IDX image/label files."""
-    images = _as_uint8_nchw(read_idx(images_path), str(images_path))
+    images = _as_nchw(read_idx(images_path), str(images_path))
     labels = torch.from_numpy(read_idx(labels_path).astype(np.int64))
     return ArrayDataset(images, labels, _num_classes(labels), Path(images_path).stem)
 
@@ -186,7 +190,7 @@ def load_image_folder(root: str | os.PathLike, grayscale: bool = False) -> Array
         raise DataError(f"{root}: no images found")
     if len({a.shape for a in arrays}) != 1:
         raise DataError(f"{root}: images have different sizes; resize them to one size first")
-    return ArrayDataset(_as_uint8_nchw(np.stack(arrays), str(root)), torch.tensor(labels), len(classes), root.name)
+    return ArrayDataset(_as_nchw(np.stack(arrays), str(root)), torch.tensor(labels), len(classes), root.name)
 
 
 def split_dataset(dataset, fraction: float, seed: int):

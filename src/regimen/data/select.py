@@ -61,7 +61,12 @@ def _load_pair(name: str, root: str | None) -> tuple[ArrayDataset, ArrayDataset 
         return (load_idx_pair(folder / "train-images-idx3-ubyte.gz", folder / "train-labels-idx1-ubyte.gz"),
                 load_idx_pair(folder / "t10k-images-idx3-ubyte.gz", folder / "t10k-labels-idx1-ubyte.gz"))
     if name == "folder":
-        return load_image_folder(Path(root) / "train"), load_image_folder(Path(root) / "test")
+        train, test = load_image_folder(Path(root) / "train"), load_image_folder(Path(root) / "test")
+        classes = [sorted(p.name for p in (Path(root) / part).iterdir() if p.is_dir()) for part in ("train", "test")]
+        if classes[0] != classes[1]:  # a label is a class folder's position: both must list the same folders
+            raise DataError(f"{root}: train/ and test/ must hold the same class folders; train has {classes[0]}, "
+                            f"test has {classes[1]}")
+        return train, test
     raise DataError(f"unknown data.name {name!r}")
 
 

@@ -72,7 +72,7 @@ class ClassificationTask(Task):
                 test_source = f"seeded {cfg.test_fraction:g} of {cfg.root}, held out (it has no x_test/y_test)"
         else:
             name = "digits" if cfg.name == "auto" else cfg.name
-            train, test = _sklearn_split(name, seed)
+            train, test = _sklearn_split(name, TEST_SPLIT_SEED)  # every run seed tests on the same rows
             test_source = f"seeded 20 % of scikit-learn's {name}"
         train, val = split_dataset(train, cfg.val_fraction, seed)
         if cfg.train_subset is not None and cfg.train_subset < len(train):
@@ -213,7 +213,8 @@ def _npz_pair(path: Path) -> tuple[TensorDataset, TensorDataset | None]:
     with np.load(path) as arrays:
         if "x_train" not in arrays or "y_train" not in arrays:
             raise DataError(f"{path}: expected arrays x_train/y_train (and x_test/y_test), found {sorted(arrays)}")
-        pairs = [(arrays[f"x_{s}"], arrays[f"y_{s}"]) for s in ("train", "test") if f"x_{s}" in arrays]
+        pairs = [(arrays[f"x_{s}"], arrays[f"y_{s}"]) for s in ("train", "test")
+                 if f"x_{s}" in arrays and f"y_{s}" in arrays]
     datasets = []
     for x, y in pairs:
         labels = _check_labels(torch.from_numpy(y.astype(np.int64)), str(path))
