@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regimen.errors import ConfigurationError
-from regimen.subnet import count_params, load_pruned, prune, save_pruned
+from regimen.subnet import FactorizedConv2d, count_params, factorize, load_pruned, prune, save_pruned
 
 
 class YourNet(nn.Module):
@@ -127,3 +127,28 @@ def test_other_submodules_are_named(tmp_path):
     wrong = Renamed()
     with pytest.raises(ConfigurationError, match=r"missing in model= 'head'; not in the file 'classifier'"):
         load_pruned(path, model=wrong)
+
+
+def test_own_model_pruned_then_factorised_round_trip(tmp_path):
+    model, x, _ = _pruned(tmp_path)
+    with torch.no_grad():  # a rank-2 stem weight, so that factorising it saves parameters
+        u, v = torch.randn(model.stem.out_channels, 2), torch.randn(2, 27)
+        model.stem.weight.copy_((u @ v).reshape_as(model.stem.weight))
+    assert "stem" in factorize(model, energy=0.999)
+    path = tmp_path / "factorised.pt"
+    save_pruned(model, path)
+    loaded = load_pruned(path, model=YourNet()).eval()
+    assert isinstance(loaded.stem, FactorizedConv2d)
+    assert count_params(loaded) == count_params(model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_file_without_module_record_still_loads_into_its_model(tmp_path):
+    model, x, _ = _pruned(tmp_path)
+    path = tmp_path / "old.pt"  # as written before the class and submodules were recorded
+    torch.save({"format": "regimen-pruned-v1", "architecture": {"class": "YourNet"}, "model": model.state_dict(),
+                "extra": {}}, path)
+    loaded = load_pruned(path, model=YourNet()).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
