@@ -193,7 +193,7 @@ def test_pruned_attention_model_restores_into_its_base(tmp_path):
     prune(model, x, ratio=0.5, scope="uniform")
     model.eval()
     path = tmp_path / "vit.pt"
-    save_pruned(model, path, spec={"class": "TinyViT"})
+    save_pruned(model, path)  # own class: no spec needed
     loaded = load_pruned(path, model=TinyViT()).eval()
     assert isinstance(loaded.blocks[0].attn, PrunedMultiheadAttention)
     with torch.no_grad():

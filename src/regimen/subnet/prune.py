@@ -227,13 +227,30 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importance:
           ) -> PruneReport:
     """Remove about ``ratio`` of the channels (and heads) of ``model`` in place; return a ``PruneReport``.
 
+    ``ratio`` counts channels, not parameters. A conv (or Linear) whose input and output channels are both pruned
+    keeps ``(1 - ratio)**2`` of its weights (``C_out * C_in * k * k``), so ``ratio=0.5`` removes about 75 % of the
+    parameters of such layers, and of a plain CNN as a whole; the report's ``params_after`` gives the exact count.
+    Pass ``round_to=8`` (or 16, 32) for widths that tensor cores and vectorised kernels run at full speed; odd
+    widths such as 13 often save fewer milliseconds than parameters.
+
+    Pruning costs accuracy; fine-tune afterwards at a small learning rate, with ``optimizer=`` so that its state
+    (momentum, Adam moments) follows the kept channels::
+
+        report = prune(model, example, ratio=0.5, round_to=8, optimizer=optimizer)
+        for inputs, labels in loader:   # a few epochs, learning rate ~1/10 of the original
+            optimizer.zero_grad(); F.cross_entropy(model(inputs), labels).backward(); optimizer.step()
+
+    ``save_pruned(model, path)`` then writes the smaller model; ``load_pruned(path, model=YourNet())`` reads it.
+
     Args:
         model: any traceable model; it is modified in place (attention modules may be replaced).
         example_inputs: a Tensor, tuple or dict the model accepts (a small batch is enough).
-        ratio: fraction of units to remove, in [0, 1).
+        ratio: fraction of channels (units) to remove, in [0, 1); the fraction of parameters removed is larger (see
+            above).
         importance: ``"l1"``, ``"l2"``, ``"bn_scale"``, ``"taylor"`` (needs ``.grad``) or ``f(model, group)``.
         scope: ``"global"`` (rank normalised scores across groups) or ``"uniform"`` (the same fraction per group).
-        round_to: keep a multiple of this many channels per group (heads are not rounded).
+        round_to: keep a multiple of this many channels per group (heads are not rounded); 8 is a good default
+            for GPUs.
         ignore: module names whose groups are left alone (e.g. the classifier, the stem).
         optimizer: rebound to the new parameters with sliced state.
         tracer: ``"auto"``, ``"fx"`` or ``"eager"`` (see ``trace_dependencies``).

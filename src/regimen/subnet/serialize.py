@@ -2,12 +2,26 @@
 
 A pruned model differs from its constructor's model only in tensor shapes (and packed attention replaced by
 ``PrunedMultiheadAttention``, TRP's factorised layers by ``FactorizedConv2d``/``FactorizedLinear``), so the file
-holds the base model's constructor spec plus the state dict: ``restore_pruned`` re-shapes a freshly built base model
-to the state dict's shapes, fixes module attributes and loads the weights. No pickled code, so loading is safe.
+holds the state dict plus a description of the architecture: the class (``module.QualName``), every submodule's
+type, and for regimen's reference models the constructor config. ``restore_pruned`` re-shapes a freshly built,
+unpruned model to the state dict's shapes, fixes the size attributes (``out_channels``, ``in_features``, ``groups``,
+``num_features``...) and loads the weights. No pickled code, so loading is safe.
+
+Any model saves without a ``spec``::
+
+    prune(model, example, ratio=0.5)
+    save_pruned(model, "pruned.pt")
+    model = load_pruned("pruned.pt", model=YourNet())   # your class, built as before pruning
+
+Reference models (``regimen.models``) load without ``model=``. Before anything is changed, ``load_pruned`` checks
+that ``model`` is the saved class with the same submodules and parameter names, and that no saved tensor is larger
+than the model's (pruning only shrinks); otherwise it raises ``ConfigurationError`` naming what differs and leaves
+``model`` as it was.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from pathlib import Path
@@ -16,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from regimen.errors import ConfigurationError
 from regimen.subnet._surgery import module_info, size_attributes, to_pruned_attention
 from regimen.subnet.modules import PrunedMultiheadAttention
 
@@ -85,13 +100,50 @@ def restore_pruned(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.
     return model
 
 
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# Constructor arguments that pruning never changes: a model built with other values is not the one that was pruned
+# (its tensors could still be large enough to hold the saved ones, e.g. a 3x3 kernel inside a 5x5 one).
+FIXED_ATTRIBUTES = ("kernel_size", "stride", "padding", "dilation", "padding_mode", "output_padding", "transposed",
+                    "num_embeddings", "padding_idx", "eps", "affine", "track_running_stats", "batch_first")
+
+
+def _module_record(module: nn.Module) -> dict[str, Any]:
+    record: dict[str, Any] = {"type": type(module).__name__}
+    for attr in FIXED_ATTRIBUTES:
+        value = getattr(module, attr, None)
+        if isinstance(value, bool | int | float | str | tuple):
+            record[attr] = value
+    return record
+
+
+def _describe(model: nn.Module, spec: dict[str, Any] | None) -> dict[str, Any]:
+    """The saved architecture: ``spec`` (if any), the class's qualified name, every submodule's type and fixed
+    constructor arguments (kernel size, stride...); sizes are the state dict's shapes."""
+    arch = dict(spec or {})
+    arch.setdefault("class", type(model).__name__)
+    arch["qualname"] = _qualname(type(model))
+    arch["modules"] = {name: _module_record(module) for name, module in model.named_modules() if name}
+    return arch
+
+
 def save_pruned(model: nn.Module, path: str | os.PathLike, spec: dict[str, Any] | None = None,
                 extra: dict[str, Any] | None = None) -> None:
-    """Write ``{"format", "architecture", "model", "extra"}`` atomically; ``spec`` defaults to ``architecture_spec``."""
+    """Write ``{"format", "architecture", "model", "extra"}`` atomically; works for any model.
+
+    Args:
+        model: the pruned (or factorised) model.
+        path: the file to write (parent directories are created).
+        spec: optional ``{"class", "config"}`` so that ``load_pruned(path)`` can build the model without
+            ``model=``; defaults to ``architecture_spec(model)`` (regimen's reference models). For your own
+            model leave it out and load with ``load_pruned(path, model=YourNet())``.
+        extra: anything else to store (plain Python values and tensors only).
+    """
     spec = spec if spec is not None else architecture_spec(model)
-    if spec is None:
-        raise ValueError("save_pruned needs spec= for models that are not regimen reference models")
-    payload = {"format": FORMAT, "architecture": spec, "model": model.state_dict(), "extra": extra or {}}
+    payload = {"format": FORMAT, "architecture": _describe(model, spec), "model": model.state_dict(),
+               "extra": extra or {}}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -104,11 +156,93 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, spec: dict[str, Any] 
             os.remove(tmp)
 
 
+def _listed(names: Any, limit: int = 5) -> str:
+    names = sorted(names)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(repr(n) for n in names[:limit]) + more
+
+
+def _check_class(arch: dict[str, Any], model: nn.Module, path: Any) -> None:
+    saved = arch.get("qualname")
+    if saved is not None and saved != _qualname(type(model)):
+        raise ConfigurationError(f"load_pruned: {path} holds a {saved}, but model= is a {_qualname(type(model))}")
+
+
+def _check_modules(arch: dict[str, Any], trial: nn.Module, path: Any) -> None:
+    """Same submodule names and types (pruned attention may stand where the model has nn.MultiheadAttention)."""
+    saved = arch.get("modules")
+    if not isinstance(saved, dict):
+        return
+    have = {name: _module_record(module) for name, module in trial.named_modules() if name}
+    if saved.keys() != have.keys():
+        raise ConfigurationError(
+            f"load_pruned: the submodules of model= differ from those saved in {path}: "
+            f"missing in model= {_listed(saved.keys() - have.keys()) or 'none'}; "
+            f"not in the file {_listed(have.keys() - saved.keys()) or 'none'}"
+        )
+    for name, record in saved.items():
+        kind, other = record["type"], have[name]["type"]
+        if kind != other and not (kind == "PrunedMultiheadAttention" and other == "MultiheadAttention"):
+            raise ConfigurationError(f"load_pruned: module {name!r} is a {kind} in {path} but a {other} in model=")
+        for attr, value in record.items():
+            if attr != "type" and have[name].get(attr) != value:
+                raise ConfigurationError(f"load_pruned: module {name!r} has {attr}={value!r} in {path} but "
+                                         f"{attr}={have[name].get(attr)!r} in model=")
+
+
+def _check_tensors(state_dict: dict[str, torch.Tensor], trial: nn.Module, path: Any) -> None:
+    """Same tensor names and ranks; pruning only removes units, so no saved size may exceed the model's."""
+    have = trial.state_dict()
+    if state_dict.keys() != have.keys():
+        raise ConfigurationError(
+            f"load_pruned: the parameters and buffers of model= differ from those saved in {path}: "
+            f"missing in model= {_listed(state_dict.keys() - have.keys()) or 'none'}; "
+            f"not in the file {_listed(have.keys() - state_dict.keys()) or 'none'}"
+        )
+    for key, value in state_dict.items():
+        shape = tuple(have[key].shape)
+        if value.dim() != len(shape) or any(s > m for s, m in zip(value.shape, shape, strict=True)):
+            raise ConfigurationError(
+                f"load_pruned: {key!r} has shape {tuple(value.shape)} in {path} but {shape} in model=; a pruned "
+                "model is only ever smaller than the model it was pruned from: pass the model as built before "
+                "pruning (same constructor arguments)"
+            )
+
+
 def load_pruned(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
-    """Load a file written by ``save_pruned``; ``model`` is the unpruned base (built from the spec when None)."""
+    """Load a file written by ``save_pruned`` (``weights_only=True``: no pickled code runs).
+
+    Args:
+        path: the file.
+        model: a fresh instance of the saved class as built *before* pruning, e.g. ``YourNet()``; it is re-shaped in
+            place and returned. Optional only for regimen's reference models (built from the saved config).
+
+    Raises:
+        ConfigurationError: ``model`` is missing for your own class, or its class, submodules, parameter names or
+            sizes do not fit the file (the message names what differs; ``model`` is then left unchanged).
+    """
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} file")
+    arch = payload.get("architecture") or {}
+    state_dict = payload["model"]
     if model is None:
-        model = build_from_spec(payload["architecture"])
-    return restore_pruned(model, payload["model"])
+        if "config" not in arch:
+            name = str(arch.get("class", "YourNet"))
+            raise ConfigurationError(f"{path} holds a {arch.get('qualname', name)}, not a regimen reference model: "
+                                     f"load with load_pruned(path, model={name}())")
+        return restore_pruned(build_from_spec(arch), state_dict)
+    if not isinstance(model, nn.Module):
+        raise ConfigurationError(f"load_pruned: model= must be an nn.Module, got {type(model).__name__}")
+    _check_class(arch, model, path)
+    trial = copy.deepcopy(model)  # checked and re-shaped first, so that a failure leaves ``model`` as it was
+    from regimen.subnet.lowrank import restore_lowrank
+
+    restore_lowrank(trial, state_dict)
+    _check_modules(arch, trial, path)
+    _check_tensors(state_dict, trial, path)
+    try:
+        restore_pruned(trial, state_dict)
+    except (RuntimeError, ValueError) as error:
+        raise ConfigurationError(f"load_pruned: cannot load {path} into model=: {error}") from error
+    return restore_pruned(model, state_dict)
