@@ -132,3 +132,31 @@ def test_own_image_data_is_split_without_overlap():
     task = ImageClassificationTask(parse_recipe({}))
     splits = task.adopt_data((torch.from_numpy(images), torch.from_numpy(labels)))
     _assert_disjoint(splits, _rows(torch.from_numpy(images), torch.from_numpy(labels)), has_test=False)
+
+
+def test_float_npz_images_in_unit_range_load_and_out_of_range_ones_are_refused(tmp_path):
+    from regimen.data import DataError
+
+    images, labels = _unique_images(50)
+    np.savez(tmp_path / "float.npz", images=images.astype(np.float64) / 255.0, labels=labels)
+    splits = load_data("npz", str(tmp_path / "float.npz"), val_fraction=0.1)
+    assert splits.train.images.dtype == torch.float32 and len(splits.test) == 10
+    x, _ = splits.train.gather(torch.arange(2))
+    assert torch.equal(x, splits.train.images[:2])  # already in [0, 1]: not divided again
+    np.savez(tmp_path / "bad.npz", images=images.astype(np.float32), labels=labels)
+    with pytest.raises(DataError, match=r"floating-point images must lie in \[0, 1\], got \[0, 255\]"):
+        load_data("npz", str(tmp_path / "bad.npz"))
+
+
+def test_image_folders_with_other_classes_in_test_are_refused(tmp_path):
+    from PIL import Image
+
+    from regimen.data import DataError
+
+    for part, names in (("train", ["cat", "dog"]), ("test", ["cat", "emu"])):
+        for name in names:
+            (tmp_path / part / name).mkdir(parents=True)
+            Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / part / name / "a.png")
+    with pytest.raises(DataError, match=r"must hold the same class folders; train has \['cat', 'dog'\], test has "
+                                        r"\['cat', 'emu'\]"):
+        load_data("folder", str(tmp_path))
