@@ -12,7 +12,7 @@ deprecated alias.
 from regimen.augment import functional, native
 from regimen.augment.functional import OPS
 from regimen.augment.invertible import AugUndo, InvertibleAugment, invertible_augment
-from regimen.augment.mix import CutMixMethod, MixMethod, MixUpMethod, cutmix, cutmix_boxes, mixup, _moved_to_losses
+from regimen.augment.mix import CutMixMethod, MixMethod, MixUpMethod, _moved_to_losses, cutmix, cutmix_boxes, mixup
 from regimen.augment.randaugment import (
     AugmentParams,
     RandAugment,
