@@ -174,3 +174,16 @@ def test_the_shipped_mix_recipe_parses():
     recipe = load_recipe(find_recipe("augment/mix"))
     (method,) = build_methods(recipe)
     assert isinstance(method, MixMethod) and (method.mixup_alpha, method.cutmix_alpha) == (0.8, 1.0)
+
+
+def test_fit_trains_with_mix_and_refuses_it_beside_cutmix(tiny_recipe):
+    import math
+
+    from regimen.train import fit
+
+    recipe = dict(tiny_recipe, train=dict(tiny_recipe["train"], epochs=1, label_smoothing=0.1),
+                  methods=[{"name": "mix", "switch_prob": 0.5}])
+    result = fit(recipe)
+    assert all(math.isfinite(v) for v in result.summary.values() if isinstance(v, float))
+    with pytest.raises(ConfigurationError, match="'mix' and 'cutmix' cannot share a recipe"):
+        fit(dict(recipe, methods=[{"name": "cutmix"}, {"name": "mix"}]))
