@@ -187,3 +187,30 @@ def test_fit_trains_with_mix_and_refuses_it_beside_cutmix(tiny_recipe):
     assert all(math.isfinite(v) for v in result.summary.values() if isinstance(v, float))
     with pytest.raises(ConfigurationError, match="'mix' and 'cutmix' cannot share a recipe"):
         fit(dict(recipe, methods=[{"name": "cutmix"}, {"name": "mix"}]))
+
+
+def test_randaugment_accepts_what_its_docstring_states():
+    from regimen.augment import RandAugment, TrivialAugment
+
+    g = torch.Generator().manual_seed(0)
+    for aug in (RandAugment(num_ops=3), TrivialAugment()):
+        for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            x = torch.rand(3, 3, 9, 7, generator=g).to(dtype)
+            out = aug(x, generator=g)
+            assert out.dtype == dtype and out.shape == x.shape and 0 <= out.min() and out.max() <= 1
+        levels = torch.randint(0, 256, (3, 1, 9, 7), generator=g, dtype=torch.uint8)
+        assert aug(levels, generator=g).dtype == torch.uint8
+        with pytest.raises(TypeError, match="uint8 or floating point"):
+            aug(levels.to(torch.int32))
+        with pytest.raises(ValueError, match="1 or 3 channels"):
+            aug(torch.rand(3, 4, 9, 7))
+        with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+            aug(torch.rand(3, 9, 7))
+        with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+            aug(torch.rand(3, 3, 9, 7) * 2 - 0.5)
+    # the Methods: quantize clamps an out-of-range batch to [0, 1]; the float path refuses it
+    shifted = torch.rand(4, 3, 9, 7, generator=g) * 2 - 0.5
+    out, _ = RandAugmentMethod(num_ops=0).transform_batch(shifted, None, _ctx())
+    torch.testing.assert_close(out, (shifted * 255).round().clamp(0, 255) / 255)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        RandAugmentMethod(quantize=False).transform_batch(shifted, None, _ctx())
