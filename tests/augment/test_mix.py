@@ -166,7 +166,8 @@ def test_mixed_cross_entropy_moved_to_losses_and_the_augment_name_is_a_deprecate
 
 
 # --------------------------------------------------------------------------------------- stacking cutmix, mixup
-def test_stacking_cutmix_then_mixup_composes_the_targets_by_the_formula():
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_stacking_cutmix_then_mixup_composes_the_targets_by_the_formula(per_sample):
     """cutmix then mixup on one batch (both Methods in a recipe): image i blends originals i, p(i), s(i), p(s(i))
     and t_i = l2 l1 e(y_i) + l2 (1 - l1) e(y_p(i)) + (1 - l2) l1 e(y_s(i)) + (1 - l2) (1 - l1) e(y_p(s(i)))."""
     from regimen.augment import CutMixMethod, MixUpMethod
@@ -177,14 +178,14 @@ def test_stacking_cutmix_then_mixup_composes_the_targets_by_the_formula():
     y = torch.tensor([0, 1, 2, 3, 4, 0, 1])
     ctx = Context(model=torch.nn.Linear(1, 1), num_classes=c, generator=torch.Generator().manual_seed(4))
     state = ctx.generator.get_state()
-    x1, t1 = CutMixMethod().transform_batch(x, y, ctx)
-    x2, t2 = MixUpMethod().transform_batch(x1, t1, ctx)
+    x1, t1 = CutMixMethod(per_sample=per_sample).transform_batch(x, y, ctx)
+    x2, t2 = MixUpMethod(per_sample=per_sample).transform_batch(x1, t1, ctx)
 
     # the same draws, with targets = arange(n) so the pair form hands back the permutations p and s
     g = torch.Generator()
     g.set_state(state)
-    ref1, _, p, l1 = cutmix(x, torch.arange(n), alpha=1.0, generator=g, return_pair=True)
-    ref2, _, s, l2 = mixup(ref1, torch.arange(n), alpha=0.2, generator=g, return_pair=True)
+    ref1, _, p, l1 = cutmix(x, torch.arange(n), alpha=1.0, generator=g, return_pair=True, per_sample=per_sample)
+    ref2, _, s, l2 = mixup(ref1, torch.arange(n), alpha=0.2, generator=g, return_pair=True, per_sample=per_sample)
     assert torch.equal(x1, ref1) and torch.equal(x2, ref2)
     e = F.one_hot(y, c).float()
     a, b = l1[:, None], l2[:, None]

@@ -288,6 +288,9 @@ class CutMixMethod(_MixMethod):
     Args:
         alpha: ``lam ~ Beta(alpha, alpha)``. prob: probability of mixing a batch. per_sample: one box per image.
         label_smoothing: deprecated; set ``train.label_smoothing`` (refused in ``setup`` when both are set).
+
+    With ``mixup`` also in the recipe both apply to every batch (targets compose, see the module docstring); ``mix``
+    chooses one of them per batch instead.
     """
 
     name = "cutmix"
@@ -304,6 +307,9 @@ class MixUpMethod(_MixMethod):
     Args:
         alpha: ``lam ~ Beta(alpha, alpha)``. prob: probability of mixing a batch. per_sample: one ``lam`` per image.
         label_smoothing: deprecated; set ``train.label_smoothing`` (refused in ``setup`` when both are set).
+
+    With ``cutmix`` also in the recipe both apply to every batch (targets compose, see the module docstring); ``mix``
+    chooses one of them per batch instead.
     """
 
     name = "mixup"
