@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from regimen.augment import cutmix, cutmix_boxes, mixed_cross_entropy, mixup
-from regimen.losses import soft_target_cross_entropy
+from regimen.augment import cutmix, cutmix_boxes, mixup
+from regimen.losses import mixed_cross_entropy, soft_target_cross_entropy
 
 
 def _constant_images(n, h=16, w=20):
@@ -151,3 +151,45 @@ def test_mixed_cross_entropy_old_keywords_warn():
     with pytest.warns(DeprecationWarning, match="targets_a=...\\) is deprecated; use target_a="):
         old = mixed_cross_entropy(logits, targets_a=a, target_b=b, lam=lam)
     torch.testing.assert_close(old, mixed_cross_entropy(logits, target_a=a, target_b=b, lam=lam))
+
+
+def test_mixed_cross_entropy_moved_to_losses_and_the_augment_name_is_a_deprecated_alias():
+    import regimen.augment
+    import regimen.augment.mix
+
+    for module in (regimen.augment, regimen.augment.mix):
+        with pytest.warns(DeprecationWarning, match=rf"{module.__name__}.mixed_cross_entropy is deprecated; use "
+                                                    r"regimen.losses.mixed_cross_entropy"):
+            assert module.mixed_cross_entropy is mixed_cross_entropy
+    with pytest.raises(AttributeError, match="no attribute 'mixed_cross_entropi'"):
+        regimen.augment.mixed_cross_entropi  # noqa: B018
+
+
+# --------------------------------------------------------------------------------------- stacking cutmix, mixup
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_stacking_cutmix_then_mixup_composes_the_targets_by_the_formula(per_sample):
+    """cutmix then mixup on one batch (both Methods in a recipe): image i blends originals i, p(i), s(i), p(s(i))
+    and t_i = l2 l1 e(y_i) + l2 (1 - l1) e(y_p(i)) + (1 - l2) l1 e(y_s(i)) + (1 - l2) (1 - l1) e(y_p(s(i)))."""
+    from regimen.augment import CutMixMethod, MixUpMethod
+    from regimen.method import Context
+
+    n, c = 7, 5
+    x = torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 3, 4, 0, 1])
+    ctx = Context(model=torch.nn.Linear(1, 1), num_classes=c, generator=torch.Generator().manual_seed(4))
+    state = ctx.generator.get_state()
+    x1, t1 = CutMixMethod(per_sample=per_sample).transform_batch(x, y, ctx)
+    x2, t2 = MixUpMethod(per_sample=per_sample).transform_batch(x1, t1, ctx)
+
+    # the same draws, with targets = arange(n) so the pair form hands back the permutations p and s
+    g = torch.Generator()
+    g.set_state(state)
+    ref1, _, p, l1 = cutmix(x, torch.arange(n), alpha=1.0, generator=g, return_pair=True, per_sample=per_sample)
+    ref2, _, s, l2 = mixup(ref1, torch.arange(n), alpha=0.2, generator=g, return_pair=True, per_sample=per_sample)
+    assert torch.equal(x1, ref1) and torch.equal(x2, ref2)
+    e = F.one_hot(y, c).float()
+    a, b = l1[:, None], l2[:, None]
+    by_hand = b * a * e + b * (1 - a) * e[p] + (1 - b) * a[s] * e[s] + (1 - b) * (1 - a[s]) * e[p[s]]
+    torch.testing.assert_close(t2, by_hand)
+    torch.testing.assert_close(x2, b.view(n, 1, 1, 1) * x1 + (1 - b.view(n, 1, 1, 1)) * x1[s])
+    assert torch.allclose(t2.sum(1), torch.ones(n))

@@ -238,3 +238,12 @@ def test_check_values_false_skips_only_the_data_dependent_checks():
     assert torch.isnan(z_loss(logits, torch.tensor([0]), check_values=False))
     with pytest.raises(TypeError, match="integer"):
         z_loss(torch.randn(2, 3), torch.tensor([0.0, 1.0]), check_values=False)  # static checks stay
+
+
+@pytest.mark.parametrize("mixing", ["cutmix", "mixup", "mix"])
+def test_z_loss_refuses_every_mixing_method(mixing):
+    """The Z-loss needs index targets; every mixing Method hands the criterion soft targets."""
+    from regimen.method import MethodConflictError, check_method_order, get_method
+
+    with pytest.raises(MethodConflictError, match=f"'z_loss' and '{mixing}' cannot share a recipe"):
+        check_method_order([get_method(mixing)(), ZLossMethod()])

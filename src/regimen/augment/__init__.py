@@ -2,14 +2,17 @@
 geometric augmentation (AugUndo) and data-efficient augmentation subsets.
 
 Importing the package registers the Methods ``randaugment`` (:class:`RandAugmentMethod`), ``trivialaugment``
-(:class:`TrivialAugmentMethod`), ``cutmix`` (:class:`CutMixMethod`), ``mixup`` (:class:`MixUpMethod`) and
-``aug_subset`` (:class:`AugSubsetMethod`). The Pillow-exact ops on batches are in :mod:`regimen.augment.functional`.
+(:class:`TrivialAugmentMethod`), ``cutmix`` (:class:`CutMixMethod`), ``mixup`` (:class:`MixUpMethod`), ``mix``
+(:class:`MixMethod`: CutMix or MixUp per batch, timm's switch) and ``aug_subset`` (:class:`AugSubsetMethod`). The
+Pillow-exact ops on batches are in :mod:`regimen.augment.functional`. The soft-target losses (``mixed_cross_entropy``
+for the pair form of CutMix/MixUp) live in :mod:`regimen.losses`; ``regimen.augment.mixed_cross_entropy`` is a
+deprecated alias.
 """
 
 from regimen.augment import functional, native
 from regimen.augment.functional import OPS
 from regimen.augment.invertible import AugUndo, InvertibleAugment, invertible_augment
-from regimen.augment.mix import CutMixMethod, MixUpMethod, cutmix, cutmix_boxes, mixed_cross_entropy, mixup
+from regimen.augment.mix import CutMixMethod, MixMethod, MixUpMethod, _moved_to_losses, cutmix, cutmix_boxes, mixup
 from regimen.augment.randaugment import (
     AugmentParams,
     RandAugment,
@@ -33,6 +36,7 @@ __all__ = [
     "AugmentParams",
     "CutMixMethod",
     "InvertibleAugment",
+    "MixMethod",
     "MixUpMethod",
     "RandAugment",
     "RandAugmentMethod",
@@ -45,9 +49,10 @@ __all__ = [
     "functional",
     "gradient_proxies",
     "invertible_augment",
-    "mixed_cross_entropy",
     "mixup",
     "model_gradient_proxies",
     "native",
     "select_coreset",
 ]
+
+__getattr__ = _moved_to_losses(__name__)

@@ -15,7 +15,8 @@ Pitfalls handled:
 * Pairing by a random permutation (Composer/Kornia), not by flipping the batch (timm), which needs an even batch;
   odd batch sizes (and ``N = 1``) work.
 * Index labels with "interpolate the loss" instead of dense soft targets: ``return_pair=True`` returns
-  ``(images, targets_a, targets_b, lam)``, to be used with :func:`mixed_cross_entropy` (Composer #382).
+  ``(images, targets_a, targets_b, lam)``, to be used with :func:`regimen.losses.mixed_cross_entropy` (Composer
+  #382; ``regimen.augment.mixed_cross_entropy`` is its deprecated alias).
 * Label smoothing is applied once. In training it is the trainer's (``train.label_smoothing``): its criterion smooths
   the mixed targets, ``(1 - eps) t + eps / C``, which equals mixing the smoothed sides because smoothing is affine in
   the target and the weights ``lam``, ``1 - lam`` sum to one. The Methods' own ``label_smoothing`` is deprecated and
@@ -24,19 +25,36 @@ Pitfalls handled:
 * Segmentation masks mixed alongside (``masks=``: CutMix pastes the same box; MixUp mixes floating masks linearly).
 * One ``lam`` per batch (the papers) or one per image (``per_sample=True``); ``lam`` is always returned per image.
 * ``Beta`` is sampled through NumPy seeded from ``generator``, so the same generator gives the same result.
+
+CutMix *or* MixUp per batch (timm's ``Mixup(mixup_alpha, cutmix_alpha, switch_prob, prob)``): the ``mix`` Method
+(:class:`MixMethod`) mixes a batch with probability ``prob``, and then uses CutMix with probability ``switch_prob``,
+else MixUp. This is the documented way to use both.
+
+Stacking ``cutmix`` then ``mixup`` in one recipe instead applies *both* to every batch: CutMix pairs image ``i``
+with ``p(i)`` (weight ``l1``), then MixUp pairs the CutMix result ``i`` with ``s(i)`` (weight ``l2``), so an image
+blends up to four originals and its target is
+
+    ``t_i = l2 l1 e(y_i) + l2 (1 - l1) e(y_p(i)) + (1 - l2) l1' e(y_s(i)) + (1 - l2) (1 - l1') e(y_p(s(i)))``
+
+with ``e`` the one-hot vector and ``l1'`` CutMix's weight of image ``s(i)`` (``= l1`` with one ``lam`` per batch).
+MixUp mixes the soft targets CutMix produced, so the composition is exact; ``train.label_smoothing`` is applied once
+by the criterion, to ``t``.
 """
+
+import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from regimen._compat import renamed_arguments
 from regimen.augment._common import check_single_smoothing, warn_method_smoothing
 from regimen.errors import ConfigurationError
-from regimen.losses import soft_target_cross_entropy
+from regimen.losses import mixed_cross_entropy as _mixed_cross_entropy
 from regimen.method import Context, Method, register_method
 
-__all__ = ["cutmix", "mixup", "cutmix_boxes", "mixed_cross_entropy", "CutMixMethod", "MixUpMethod"]
+__all__ = ["cutmix", "mixup", "cutmix_boxes", "CutMixMethod", "MixUpMethod", "MixMethod"]
 
 
 def _check_common(images, targets, alpha, num_classes, label_smoothing, return_pair, masks):
@@ -219,26 +237,6 @@ def mixup(
     return _finish(images, mixed, targets, perm, lam, num_classes, label_smoothing, return_pair, masks, mixed_masks)
 
 
-@renamed_arguments(targets_a="target_a", targets_b="target_b")
-def mixed_cross_entropy(
-    logits: torch.Tensor,
-    target_a: torch.Tensor,
-    target_b: torch.Tensor,
-    lam: torch.Tensor,
-    label_smoothing: float = 0.0,
-) -> torch.Tensor:
-    """``mean_i [lam_i CE(logits_i, a_i) + (1 - lam_i) CE(logits_i, b_i)]`` for index (or soft) targets
-    ``target_a``, ``target_b`` (``targets_a=``/``targets_b=`` are the deprecated spellings)."""
-    lam = torch.as_tensor(lam, dtype=torch.float32, device=logits.device).expand(logits.shape[0])
-
-    def ce(t: torch.Tensor) -> torch.Tensor:
-        if t.dim() == 2:
-            return soft_target_cross_entropy(logits, t, label_smoothing=label_smoothing, reduction="none")
-        return F.cross_entropy(logits.float(), t, label_smoothing=label_smoothing, reduction="none")
-
-    return (lam * ce(target_a) + (1.0 - lam) * ce(target_b)).mean()
-
-
 class _MixMethod(Method):
     """Shared Method of CutMix and MixUp: mix with probability ``prob``, soft targets on every step.
 
@@ -290,6 +288,9 @@ class CutMixMethod(_MixMethod):
     Args:
         alpha: ``lam ~ Beta(alpha, alpha)``. prob: probability of mixing a batch. per_sample: one box per image.
         label_smoothing: deprecated; set ``train.label_smoothing`` (refused in ``setup`` when both are set).
+
+    With ``mixup`` also in the recipe both apply to every batch (targets compose, see the module docstring); ``mix``
+    chooses one of them per batch instead.
     """
 
     name = "cutmix"
@@ -306,6 +307,9 @@ class MixUpMethod(_MixMethod):
     Args:
         alpha: ``lam ~ Beta(alpha, alpha)``. prob: probability of mixing a batch. per_sample: one ``lam`` per image.
         label_smoothing: deprecated; set ``train.label_smoothing`` (refused in ``setup`` when both are set).
+
+    With ``cutmix`` also in the recipe both apply to every batch (targets compose, see the module docstring); ``mix``
+    chooses one of them per batch instead.
     """
 
     name = "mixup"
@@ -313,3 +317,86 @@ class MixUpMethod(_MixMethod):
 
     def __init__(self, alpha: float = 0.2, prob: float = 1.0, label_smoothing: float = 0.0, per_sample: bool = False):
         super().__init__(alpha, prob, label_smoothing, per_sample)
+
+
+@register_method
+class MixMethod(Method):
+    """CutMix or MixUp, chosen per batch (timm's ``Mixup``): mix with probability ``prob``, then CutMix with
+    probability ``switch_prob``, else MixUp (Yun et al. 2019; Zhang et al. 2017).
+
+    Args:
+        mixup_alpha: MixUp's ``lam ~ Beta(a, a)``; 0 turns MixUp off (every mixed batch uses CutMix).
+        cutmix_alpha: CutMix's ``lam ~ Beta(a, a)``; 0 turns CutMix off (every mixed batch uses MixUp).
+        switch_prob: probability of CutMix for a mixed batch when both are on.
+        prob: probability of mixing a batch at all; unmixed batches still get (one-hot) soft targets.
+        per_sample: one ``lam`` (and CutMix box) per image; the CutMix/MixUp choice stays one per batch.
+
+    Draws per batch from ``ctx.generator``: two uniforms ``u, v`` (mix when ``u < prob``; CutMix when
+    ``v < switch_prob``), then the chosen function's own draws, so a mixed batch equals :func:`cutmix` /
+    :func:`mixup` called with the generator in that state. Label smoothing: ``train.label_smoothing``.
+    Listing ``cutmix`` or ``mixup`` beside it is refused: they would mix every batch a second time.
+    """
+
+    name = "mix"
+    inputs = ("image",)
+    targets = ("labels",)
+    conflicts = ("cutmix", "mixup")
+    constraint_reason = "mix already chooses CutMix or MixUp per batch; a second mixing Method would mix again"
+
+    def __init__(self, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, switch_prob: float = 0.5,
+                 prob: float = 1.0, per_sample: bool = False) -> None:
+        for name, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+            if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not alpha >= 0:
+                raise ConfigurationError(f"mix.{name} must be a number >= 0 (0 turns it off), got {alpha!r}")
+        if mixup_alpha == 0 and cutmix_alpha == 0:
+            raise ConfigurationError("mix.mixup_alpha and mix.cutmix_alpha are both 0: turn one of them on "
+                                     "(timm's defaults are mixup_alpha = 0.8, cutmix_alpha = 1.0)")
+        for name, value in (("switch_prob", switch_prob), ("prob", prob)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise ConfigurationError(f"mix.{name} must be a probability in [0, 1], got {value!r}")
+        self.mixup_alpha = float(mixup_alpha)
+        self.cutmix_alpha = float(cutmix_alpha)
+        self.switch_prob = float(switch_prob)
+        self.prob = float(prob)
+        self.per_sample = per_sample
+
+    def setup(self, ctx: Context) -> None:
+        if not ctx.run.num_classes:
+            raise ConfigurationError(f"{self.name} needs the number of classes (ctx.run.num_classes) to build soft "
+                                     "targets; the task gave none")
+
+    def choose(self, generator: torch.Generator | None) -> str | None:
+        """This batch's choice, ``"cutmix"``, ``"mixup"`` or ``None`` (no mixing), from two uniform draws."""
+        u, v = torch.rand(2, generator=generator, dtype=torch.float64).tolist()
+        if u >= self.prob:
+            return None
+        if self.cutmix_alpha == 0:
+            return "mixup"
+        if self.mixup_alpha == 0:
+            return "cutmix"
+        return "cutmix" if v < self.switch_prob else "mixup"
+
+    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+        num_classes = ctx.run.num_classes
+        choice = self.choose(ctx.generator)
+        if choice is None:
+            return x, _soft(y, num_classes, 0.0)  # soft targets on every step
+        function, alpha = (cutmix, self.cutmix_alpha) if choice == "cutmix" else (mixup, self.mixup_alpha)
+        return function(x, y, alpha=alpha, num_classes=num_classes, generator=ctx.generator,
+                        per_sample=self.per_sample)
+
+
+def _moved_to_losses(module: str) -> Callable[[str], Any]:
+    """Module ``__getattr__`` for ``mixed_cross_entropy``, which moved to :mod:`regimen.losses` (deprecated here)."""
+
+    def __getattr__(name: str) -> Any:
+        if name == "mixed_cross_entropy":
+            warnings.warn(f"{module}.mixed_cross_entropy is deprecated; use regimen.losses.mixed_cross_entropy",
+                          DeprecationWarning, stacklevel=2)
+            return _mixed_cross_entropy
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
+__getattr__ = _moved_to_losses(__name__)

@@ -29,6 +29,24 @@ over samples), so the batch result equals applying each image's ops one at a tim
 (see :mod:`regimen.augment.functional`); sampled parameters can be inspected and replayed (``sample`` /
 ``apply``), e.g. through Pillow with :mod:`regimen.augment.pillow_reference`.
 
+Accepted images (``RandAugment``/``TrivialAugment`` modules, :func:`apply_ops`; checked, with a ``TypeError`` or
+``ValueError`` naming the problem):
+
+* shape ``(N, C, H, W)`` with ``C`` = 1 (greyscale) or 3 (RGB); a single image ``(C, H, W)`` needs
+  ``images.unsqueeze(0)``; other channel counts (RGBA, 2, 4+) are refused;
+* ``uint8`` levels 0-255: the Pillow-exact ops;
+* floating point (float16, bfloat16, float32, float64) in [0, 1]: the continuous ops; values outside [0, 1] or NaN
+  are refused (normalise *after* augmenting); other dtypes (int32, bool ...) are refused.
+
+The output has the input's dtype, shape and device; the input is not modified. ``fill`` is in 8-bit levels for
+either dtype (divided by 255 for float images).
+
+The training Methods (``randaugment``, ``trivialaugment``) receive the trainer's float batches in [0, 1], before
+normalisation. With ``quantize = true`` (the default) they round ``x * 255`` to uint8, run the Pillow-exact ops and
+divide by 255 again: exact for 8-bit data (what the image tasks load), but a float image with finer levels is rounded
+to steps of 1/255, and values outside [0, 1] (an already-normalised batch) are *clamped* to it, not refused. With
+``quantize = false`` they run the float ops, which refuse values outside [0, 1].
+
 Speed: uint8 batches on the CPU with nearest interpolation (the training Methods' path) run in a small compiled C
 kernel (:mod:`regimen.augment.native`), one call per batch that touches each byte once per op; everything else runs
 in torch, grouped by op (:mod:`regimen.augment.op_groups` for uint8). ``benchmarks/augment_randaugment.py`` times
@@ -255,6 +273,9 @@ class _BatchedAugment(nn.Module):
 class RandAugment(_BatchedAugment):
     """RandAugment with per-sample ops and magnitudes: ``aug(images, generator=None)``.
 
+    ``images``: ``(N, C, H, W)``, ``C`` in {1, 3}, uint8 (0-255) or floating point in [0, 1]; the output has the same
+    dtype and shape (see the module docstring).
+
     Args:
         num_ops: ops applied to each image (>= 0).
         magnitude: magnitude bin ``M`` in ``[0, num_magnitude_bins - 1]``.
@@ -303,6 +324,8 @@ class RandAugment(_BatchedAugment):
 class TrivialAugment(_BatchedAugment):
     """TrivialAugment (wide) with a per-sample op and magnitude bin: ``aug(images, generator=None)``.
 
+    ``images``: as :class:`RandAugment` (``(N, C, H, W)``, ``C`` in {1, 3}, uint8 0-255 or float in [0, 1]).
+
     Args:
         num_magnitude_bins: number of magnitude bins (31); each image draws one uniformly.
         fill: value outside the image for geometric ops, in 8-bit levels.
@@ -321,7 +344,12 @@ class TrivialAugment(_BatchedAugment):
 
 @register_method
 class RandAugmentMethod(Method):
-    """RandAugment with per-image ops and magnitudes on each training batch (Cubuk et al. 2019)."""
+    """RandAugment with per-image ops and magnitudes on each training batch (Cubuk et al. 2019).
+
+    Batches: float ``(N, C, H, W)`` in [0, 1] before normalisation, ``C`` in {1, 3}. ``quantize`` (default) runs the
+    Pillow-exact uint8 ops on ``round(255 x)`` (exact for 8-bit data; values outside [0, 1] are clamped); without
+    it the float ops run and values outside [0, 1] are refused. Other parameters: :class:`RandAugment`.
+    """
 
     name = "randaugment"
     inputs = ("image",)
@@ -345,7 +373,10 @@ class RandAugmentMethod(Method):
 
 @register_method
 class TrivialAugmentMethod(Method):
-    """TrivialAugment (wide) with a per-image op and magnitude on each training batch (Müller & Hutter 2021)."""
+    """TrivialAugment (wide) with a per-image op and magnitude on each training batch (Müller & Hutter 2021).
+
+    Batches and ``quantize``: as :class:`RandAugmentMethod`.
+    """
 
     name = "trivialaugment"
     inputs = ("image",)

@@ -5,6 +5,10 @@ Trainer methods registered here: ``z_loss`` (spherical Z-loss replaces cross-ent
 ``multi_similarity_loss`` + ``PKSampler`` (embedding models), ``load_balancing_loss`` (MoE routers),
 ``s3im_loss`` (point-wise regression / neural fields). ``linear_cross_entropy`` is a drop-in for large-vocabulary
 heads (language models) and is used from a model's own forward / loss code.
+
+Soft-target losses live here: ``soft_target_cross_entropy``, ``classification_loss`` (the trainer's default
+criterion), ``mixed_cross_entropy`` (CutMix/MixUp's pair form) and ``multi_sample_cross_entropy`` (multi-sample
+dropout's ``(K, N, C)`` logits, which the others refuse with a message naming it).
 """
 
 from regimen.losses.linear_ce import LinearCrossEntropy, linear_cross_entropy
@@ -12,7 +16,12 @@ from regimen.losses.load_balance import LoadBalanceAccumulator, expert_counts, l
 from regimen.losses.multisample import multi_sample_cross_entropy
 from regimen.losses.multisimilarity import MultiSimilarityLoss, PKSampler, multi_similarity_loss
 from regimen.losses.s3im import S3IM, gaussian_window, s3im_indices, s3im_loss, ssim
-from regimen.losses.soft_ce import classification_loss, soft_target_cross_entropy
+from regimen.losses.soft_ce import (
+    check_single_sample_logits,
+    classification_loss,
+    mixed_cross_entropy,
+    soft_target_cross_entropy,
+)
 from regimen.losses.zloss import LogitZLoss, LogitZLossMethod, ZLoss, ZLossMethod, logit_z_loss, z_loss
 
 __all__ = [
@@ -25,12 +34,14 @@ __all__ = [
     "S3IM",
     "ZLoss",
     "ZLossMethod",
+    "check_single_sample_logits",
     "classification_loss",
     "expert_counts",
     "gaussian_window",
     "linear_cross_entropy",
     "load_balancing_loss",
     "logit_z_loss",
+    "mixed_cross_entropy",
     "multi_sample_cross_entropy",
     "multi_similarity_loss",
     "s3im_indices",

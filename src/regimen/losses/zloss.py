@@ -211,7 +211,7 @@ def _index_targets(y: torch.Tensor, method: str) -> torch.Tensor:
     if y.is_floating_point():
         raise ValueError(
             f"{method} needs index targets, got soft targets of shape {tuple(y.shape)}; it cannot follow a "
-            "mixing method (cutmix/mixup) in the recipe"
+            "mixing method (cutmix/mixup/mix) in the recipe"
         )
     return y
 
@@ -227,7 +227,7 @@ class ZLossMethod(Method):
 
     name = "z_loss"
     targets = ("labels",)
-    conflicts = ("cutmix", "mixup")
+    conflicts = ("cutmix", "mixup", "mix")
     after = ("logit_z_loss",)
     constraint_reason = ("the Z-loss replaces the criterion, so the criterion wrappers (logit_z_loss) come first, and "
                          "it needs index targets (mixing methods train on soft targets)")

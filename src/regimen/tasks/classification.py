@@ -23,7 +23,7 @@ from torch import nn
 
 from regimen.data import DataError, DataSplits, TensorDataset, split_dataset
 from regimen.data.select import TEST_SPLIT_SEED
-from regimen.losses import soft_target_cross_entropy
+from regimen.losses import classification_loss
 from regimen.tasks.base import Task
 
 __all__ = ["ClassificationTask", "classification_criterion"]
@@ -31,12 +31,12 @@ __all__ = ["ClassificationTask", "classification_criterion"]
 
 def classification_criterion(label_smoothing: float = 0.0) -> Callable[..., torch.Tensor]:
     """Cross-entropy on logits ``(N, C)`` against index targets ``(N,)`` or soft targets ``(N, C)``, with label
-    smoothing ``eps`` (``q = (1 - eps) t + eps / C`` for soft targets, as ``F.cross_entropy`` does for indices)."""
+    smoothing ``eps`` (``q = (1 - eps) t + eps / C`` for soft targets, as ``F.cross_entropy`` does for indices):
+    :func:`regimen.losses.classification_loss`. Multi-sample dropout's ``(K, N, C)`` training logits are refused
+    with a ValueError naming :func:`regimen.losses.multi_sample_cross_entropy`."""
 
     def loss(output: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        if target.dim() == 2 and target.is_floating_point():
-            return soft_target_cross_entropy(output, target, label_smoothing, reduction=reduction)
-        return F.cross_entropy(output, target, label_smoothing=label_smoothing, reduction=reduction)
+        return classification_loss(output, target, label_smoothing, reduction=reduction)
 
     return loss
 
