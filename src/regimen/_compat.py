@@ -8,6 +8,7 @@ Usage at the bottom of a module or package ``__init__``::
 from __future__ import annotations
 
 import functools
+import importlib
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -18,15 +19,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def deprecated_aliases(module: str, aliases: dict[str, str], namespace: dict[str, Any]) -> Callable[[str], Any]:
-    """A module-level ``__getattr__``: ``old`` names in ``aliases`` warn (DeprecationWarning) and return
-    ``namespace[new]``; other names raise AttributeError as usual."""
+    """A module-level ``__getattr__``: ``old`` names in ``aliases`` warn (DeprecationWarning) and return the new
+    object: ``namespace[new]``, or, for a ``new`` that is a dotted path (``"regimen.losses.mixed_cross_entropy"``),
+    that object in its module. Other names raise AttributeError as usual."""
 
     def __getattr__(name: str) -> Any:
-        if name in aliases:
-            new = aliases[name]
-            warnings.warn(f"{module}.{name} is deprecated; use {module}.{new}", DeprecationWarning, stacklevel=2)
+        if name not in aliases:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        new = aliases[name]
+        where = new if "." in new else f"{module}.{new}"
+        warnings.warn(f"{module}.{name} is deprecated; use {where}", DeprecationWarning, stacklevel=2)
+        if "." not in new:
             return namespace[new]
-        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        home, _, attribute = new.rpartition(".")
+        return getattr(importlib.import_module(home), attribute)
 
     return __getattr__
 

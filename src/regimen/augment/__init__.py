@@ -9,10 +9,11 @@ for the pair form of CutMix/MixUp) live in :mod:`regimen.losses`; ``regimen.augm
 deprecated alias.
 """
 
+from regimen._compat import deprecated_aliases
 from regimen.augment import functional, native
 from regimen.augment.functional import OPS
 from regimen.augment.invertible import AugUndo, InvertibleAugment, invertible_augment
-from regimen.augment.mix import CutMixMethod, MixMethod, MixUpMethod, _moved_to_losses, cutmix, cutmix_boxes, mixup
+from regimen.augment.mix import CutMixMethod, MixMethod, MixUpMethod, cutmix, cutmix_boxes, mixup
 from regimen.augment.randaugment import (
     AugmentParams,
     RandAugment,
@@ -55,4 +56,5 @@ __all__ = [
     "select_coreset",
 ]
 
-__getattr__ = _moved_to_losses(__name__)
+__getattr__ = deprecated_aliases(__name__, {"mixed_cross_entropy": "regimen.losses.mixed_cross_entropy"},
+                                 globals())

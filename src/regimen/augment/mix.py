@@ -41,17 +41,14 @@ MixUp mixes the soft targets CutMix produced, so the composition is exact; ``tra
 by the criterion, to ``t``.
 """
 
-import warnings
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from regimen._compat import deprecated_aliases
 from regimen.augment._common import check_single_smoothing, warn_method_smoothing
 from regimen.errors import ConfigurationError
-from regimen.losses import mixed_cross_entropy as _mixed_cross_entropy
 from regimen.method import Context, Method, register_method
 
 __all__ = ["cutmix", "mixup", "cutmix_boxes", "CutMixMethod", "MixUpMethod", "MixMethod"]
@@ -386,17 +383,5 @@ class MixMethod(Method):
                         per_sample=self.per_sample)
 
 
-def _moved_to_losses(module: str) -> Callable[[str], Any]:
-    """Module ``__getattr__`` for ``mixed_cross_entropy``, which moved to :mod:`regimen.losses` (deprecated here)."""
-
-    def __getattr__(name: str) -> Any:
-        if name == "mixed_cross_entropy":
-            warnings.warn(f"{module}.mixed_cross_entropy is deprecated; use regimen.losses.mixed_cross_entropy",
-                          DeprecationWarning, stacklevel=2)
-            return _mixed_cross_entropy
-        raise AttributeError(f"module {module!r} has no attribute {name!r}")
-
-    return __getattr__
-
-
-__getattr__ = _moved_to_losses(__name__)
+__getattr__ = deprecated_aliases(__name__, {"mixed_cross_entropy": "regimen.losses.mixed_cross_entropy"},
+                                 globals())
