@@ -52,7 +52,7 @@ def test_describe_shows_parameters_docstring_paper_kinds_and_order(capsys):
     assert code == 0
     lines = out.splitlines()
     assert "  num_ops             int, default 2" in lines
-    assert "  interpolation       str, default 'nearest'" in lines
+    assert "  interpolation       str, default \"nearest\"" in lines
     assert any(line.startswith("paper: Cubuk, Zoph, Shlens, Le") for line in lines)
     assert "inputs: image   targets: any" in lines
     assert "RandAugment with per-image ops and magnitudes on each training batch (Cubuk et al. 2019)." in lines
@@ -67,6 +67,7 @@ def test_describe_shows_parameters_docstring_paper_kinds_and_order(capsys):
     assert all(len(line) <= 116 for line in out.splitlines() if line.startswith(("order: ", "       ")))
     code, out, _ = run_cli(capsys, "methods", "ema")
     assert "order: any (no after/before/conflicts declarations)" in out.splitlines()
+    assert "paper: see the description above" in out.splitlines()  # no Paper: line in its module
 
     code, out, _ = run_cli(capsys, "methods", "drop_path")
     assert "  blocks    list[str] | None, default None" in out.splitlines()
@@ -102,7 +103,7 @@ def test_list_has_a_parameter_hint_column_truncated_at_a_parameter(capsys):
     assert code == 0
     lines = {line.split()[0]: line for line in out.splitlines()}
     assert lines["randaugment"].split("  ", 1)[1].strip().startswith("num_ops=2, magnitude=9.0, ...")
-    assert "decay=0.999, warmup=True " in lines["ema"]  # short: complete, no "..."
+    assert "decay=0.999, warmup=true " in lines["ema"]  # short: complete, no "..."
     hint_start = lines["ema"].index("decay=")
     summary_start = lines["ema"].index("Exponential moving average")
     assert summary_start - hint_start <= 40 + 2  # the hint column is at most 40 wide

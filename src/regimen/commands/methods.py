@@ -106,14 +106,14 @@ def toml_block(cls) -> str:
 
 
 def paper(cls) -> str:
-    """The paper a method implements: the ``Paper:``/``Papers:`` paragraph of its module docstring, else the first
-    line of the class docstring."""
+    """The paper a method implements: the ``Paper:``/``Papers:`` paragraph of its module docstring; else a pointer
+    to the class docstring (printed just above it), where the method's summary names its source."""
     module_doc = inspect.getdoc(sys.modules.get(cls.__module__)) or ""
     for paragraph in module_doc.split("\n\n"):
         stripped = paragraph.strip()
         if stripped.startswith(("Paper:", "Papers:")):
             return " ".join(stripped.split(":", 1)[1].split())
-    return _own_doc(cls).split("\n", 1)[0] or "(not named)"
+    return "see the description above" if _own_doc(cls) else "(not named)"
 
 
 def _own_doc(cls) -> str:
@@ -121,11 +121,19 @@ def _own_doc(cls) -> str:
     return inspect.cleandoc(cls.__doc__) if cls.__doc__ else ""
 
 
+def _shown(default: Any) -> str:
+    """A default as the user writes it in a recipe (TOML), or its repr when TOML has no form for it (None)."""
+    try:
+        return repr(default) if default is None else toml_value(default)
+    except TypeError:
+        return repr(default)
+
+
 def _hint(cls, width: int = _HINT_WIDTH) -> str:
     """``num_ops=2, magnitude=9.0, ...``: as many parameters as fit in ``width`` characters."""
     items = []
     for name, _, default in method_parameters(cls):
-        items.append(name if default is inspect.Parameter.empty else f"{name}={default!r}")
+        items.append(name if default is inspect.Parameter.empty else f"{name}={_shown(default)}")
     if not items:
         return "-"
     text = ""
@@ -153,7 +161,7 @@ def describe_method(cls) -> str:
              *textwrap.wrap(order_text, 116, subsequent_indent="       "),
              "", "parameters:" if params else "parameters: none"]
     for name, annotation, default in params:
-        shown = "required" if default is inspect.Parameter.empty else f"default {default!r}"
+        shown = "required" if default is inspect.Parameter.empty else f"default {_shown(default)}"
         lines.append(f"  {name:<{width}}  {type_name(annotation)}, {shown}")
     lines += ["", "recipe block (paste into a recipe's TOML):", "", toml_block(cls)]
     return "\n".join(lines)
