@@ -93,9 +93,9 @@ def test_unknown_name_is_one_line_with_close_matches(capsys):
     code, out, err = run_cli(capsys, "methods", "randaugmnt")
     assert code == 1 and out == ""
     assert err == ("regimen methods: error: unknown method 'randaugmnt'; did you mean randaugment or trivialaugment? "
-                   "(`regimen methods` lists them all)\n")
+                   "`regimen methods` lists them all\n")
     code, _, err = run_cli(capsys, "methods", "qqqqqq")
-    assert code == 1 and err == "regimen methods: error: unknown method 'qqqqqq'; (`regimen methods` lists them all)\n"
+    assert code == 1 and err == "regimen methods: error: unknown method 'qqqqqq'; `regimen methods` lists them all\n"
 
 
 def test_list_has_a_parameter_hint_column_truncated_at_a_parameter(capsys):

@@ -172,7 +172,7 @@ def _unknown(name: str, methods: dict) -> Exception:
 
     close = difflib.get_close_matches(name, list(methods), n=3, cutoff=0.5)
     guess = f"did you mean {' or '.join(close)}? " if close else ""
-    return ConfigurationError(f"unknown method {name!r}; {guess}(`regimen methods` lists them all)")
+    return ConfigurationError(f"unknown method {name!r}; {guess}`regimen methods` lists them all")
 
 
 def _print_list(methods: dict) -> None:
