@@ -1,5 +1,5 @@
-"""The ``regimen`` command: ``train``, ``bench``, ``report``, ``methods`` and the subcommands in
-``regimen.commands`` (``recipes``, ``info``, ``prune``, ``tune``). Thin: parses arguments, calls library code, turns
+"""The ``regimen`` command: ``train``, ``bench``, ``report`` and the subcommands in ``regimen.commands``
+(``methods``, ``recipes``, ``info``, ``prune``, ``tune``). Thin: parses arguments, calls library code, turns
 user errors into one-line messages and a non-zero exit code.
 
 User errors are regimen's own error types (``regimen.errors.RegimenError`` and its subclasses), pydantic's
@@ -13,6 +13,7 @@ import argparse
 import importlib
 import logging
 import os
+import select
 import sys
 import traceback
 from pathlib import Path
@@ -21,8 +22,8 @@ __all__ = ["build_parser", "main"]
 
 #: Subcommand modules (``add_parser(subparsers)`` + ``run(args) -> int``). A missing module is an error, not a
 #: silently absent command; optional extras (Ray for ``tune``) are checked inside the command's ``run``.
-COMMAND_MODULES = ("regimen.commands.recipes", "regimen.commands.info", "regimen.commands.prune",
-                   "regimen.commands.tune")
+COMMAND_MODULES = ("regimen.commands.methods", "regimen.commands.recipes", "regimen.commands.info",
+                   "regimen.commands.prune", "regimen.commands.tune")
 
 #: File errors that are user errors when they concern a path the user named (``--out``, ``--recipe``, a folder ...).
 _PATH_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -87,6 +88,17 @@ def _where(error: BaseException) -> str:
         return ""
     frame = frames[-1]
     return f" (at regimen/{frame.filename.replace(os.sep, '/').rsplit('/regimen/', 1)[1]}:{frame.lineno})"
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone away (the write end of such a pipe polls as POLLERR);
+    where poll is unavailable, assume so."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return True
 
 
 def _debug() -> bool:
@@ -187,37 +199,14 @@ def _run_report(args) -> int:
     return 0
 
 
-def _add_methods(subparsers) -> None:
-    parser = subparsers.add_parser("methods", help="list the methods recipes can use",
-                                   description="List the registered methods, one line each: recipe name and summary.")
-    parser.add_argument("--task", help="only the methods that serve this task (`regimen info` lists the tasks)")
-
-
-def _run_methods(args) -> int:
-    from regimen.method import list_methods
-
-    methods = list_methods()
-    if args.task is not None:
-        from regimen.tasks import get_task, incompatibility
-
-        task = get_task(args.task)
-        methods = {name: cls for name, cls in methods.items() if incompatibility(cls, task) is None}
-        if not methods:
-            print(f"regimen methods: no method serves task {args.task!r}", file=sys.stderr)
-    width = max((len(name) for name in methods), default=0)
-    for name, cls in methods.items():
-        print(f"{name:<{width}}  {cls.summary()}")
-    return 0
-
-
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     """The argument parser and ``command name -> run(args)``."""
     parser = argparse.ArgumentParser(prog="regimen", description="Composable, verified training methods for PyTorch.",
                                      epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    runners = {"train": _run_train, "bench": _run_bench, "report": _run_report, "methods": _run_methods}
-    for add in (_add_train, _add_bench, _add_report, _add_methods):
+    runners = {"train": _run_train, "bench": _run_bench, "report": _run_report}
+    for add in (_add_train, _add_bench, _add_report):
         add(subparsers)
     for module_name in COMMAND_MODULES:
         module = importlib.import_module(module_name)
@@ -240,6 +229,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return runners[args.command](args) or 0
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        # the reader went away (`regimen methods | head`): no message, exit 1 (as Python's docs advise); stdout
+        # points at devnull so the interpreter's final flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         hint = "; resume with --resume <out>/checkpoint.pt" if args.command == "train" else ""
         print(f"regimen {args.command}: interrupted{hint}", file=sys.stderr)

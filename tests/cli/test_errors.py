@@ -150,3 +150,11 @@ def test_importing_a_command_does_not_import_its_optional_extra():
     code = "import sys, regimen.cli; regimen.cli.build_parser(); print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_misspelt_set_key_is_one_line_with_the_nearest_key(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "train", "--recipe", "smoke", "--set", "data.path=\"x\"", "--set",
+                             "methods=[{name=\"ema\", decai=0.9}]", "--out", str(tmp_path / "r"))
+    assert code == 1 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith("regimen train: error: data.path: unknown key; did you mean root? valid keys: name, root, ")
+    assert not (tmp_path / "r").exists()  # refused while parsing, before any data is loaded

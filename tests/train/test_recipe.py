@@ -39,6 +39,35 @@ def test_unknown_key_names_its_path():
         parse_recipe({"train": {"batchsize": 3}})
 
 
+def test_unknown_key_suggests_the_nearest_key_and_lists_the_table():
+    from regimen.train.recipe import DataConfig, TrainConfig
+
+    data_keys = ", ".join(DataConfig.model_fields)
+    with pytest.raises(RecipeError) as caught:
+        parse_recipe({"data": {"path": "x"}})  # a synonym difflib cannot see
+    assert str(caught.value) == f"data.path: unknown key; did you mean root? valid keys: {data_keys}"
+    with pytest.raises(RecipeError) as caught:
+        parse_recipe({"train": {"epoch": 3}})
+    assert str(caught.value).startswith("train.epoch: unknown key; did you mean epochs? valid keys: epochs, batch_size")
+    assert str(caught.value).endswith(", ".join(TrainConfig.model_fields))
+    with pytest.raises(RecipeError, match=r"^optimizer: unknown key; did you mean optim\? valid keys: name, "):
+        parse_recipe({"optimizer": {"lr": 0.1}})
+    with pytest.raises(RecipeError) as caught:  # nothing close: no guess, still the valid keys
+        parse_recipe({"data": {"zzzz": 1}})
+    assert str(caught.value) == f"data.zzzz: unknown key; valid keys: {data_keys}"
+
+
+def test_unknown_method_parameter_suggests_the_nearest_parameter():
+    with pytest.raises(RecipeError) as caught:
+        parse_recipe({"methods": [{"name": "ema"}, {"name": "randaugment", "magnitud": 5}]})
+    assert str(caught.value) == (
+        "methods.1.magnitud: unknown key; did you mean magnitude? valid keys: num_ops, magnitude, "
+        "num_magnitude_bins, magnitude_std, fill, interpolation, quantize")
+    with pytest.raises(RecipeError, match=r"methods\.0\.dcay: unknown key; did you mean decay\? valid keys: decay, "
+                                          r"warmup$"):
+        parse_recipe({"methods": [{"name": "ema", "dcay": 0.9}]})
+
+
 def test_wrong_type_and_negative_batch_name_their_path():
     with pytest.raises(RecipeError, match=r"optim\.lr:"):
         parse_recipe({"optim": {"lr": "fast"}})

@@ -8,6 +8,7 @@ Method's ``__init__`` signature.
 from __future__ import annotations
 
 import copy
+import difflib
 import inspect
 import sys
 import typing
@@ -125,13 +126,61 @@ class Recipe(_Strict):
         return entry
 
 
-def _format_validation_error(error: ValidationError, prefix: str = "") -> str:
+#: Names users reach for that difflib cannot relate to the recipe's own (``path`` is nothing like ``root``).
+_KEY_SYNONYMS = {
+    "path": "root", "dir": "root", "directory": "root", "folder": "root", "data_dir": "root", "file": "root",
+    "dataset": "name", "learning_rate": "lr", "optimizer": "optim", "optimiser": "optim", "scheduler": "schedule",
+    "lr_schedule": "schedule", "method": "methods", "bs": "batch_size", "wd": "weight_decay", "epoch": "epochs",
+    "max_epochs": "epochs", "device": "accelerator",
+}
+
+
+def _table_model(model: type[BaseModel] | None, loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model of the table that holds ``loc``'s last key (``("data", "path")`` -> ``DataConfig``): the
+    field annotations are followed through ``X | None`` and ``list[X]`` (list indices are skipped)."""
+    for part in loc[:-1]:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        model = _model_in(field.annotation) if field is not None else None
+    return model
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _unknown_key_hint(key: str, valid: list[str]) -> str:
+    """``; did you mean root? valid keys: name, root, ...`` for an unknown ``key`` among ``valid`` ('' if none)."""
+    if not valid:
+        return ""
+    guess = _KEY_SYNONYMS.get(key.lower())
+    if guess not in valid:
+        close = difflib.get_close_matches(key.lower(), valid, n=1, cutoff=0.6)
+        guess = close[0] if close else None
+    mean = f"; did you mean {guess}?" if guess else ""
+    return f"{mean} valid keys: {', '.join(valid)}" if mean else f"; valid keys: {', '.join(valid)}"
+
+
+def _format_validation_error(error: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """One line naming each problem's key path; an unknown key gets the nearest valid key and the table's keys
+    (``model`` is the validated model, whose fields are the valid keys)."""
     problems = []
     for item in error.errors():
         path = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
         message = item["msg"]
         if item["type"] == "extra_forbidden":
-            message = "unknown key"
+            table = _table_model(model, item["loc"])
+            valid = list(table.model_fields) if table is not None else []
+            message = "unknown key" + _unknown_key_hint(str(item["loc"][-1]), valid)
         problems.append(f"{path or '(recipe)'}: {message}")
     return "; ".join(problems)
 
@@ -193,7 +242,7 @@ def _validate_method_params(cls: type[Method], params: dict[str, Any], where: st
     try:
         validated = model(**params)
     except ValidationError as error:
-        raise RecipeError(_format_validation_error(error, where)) from None
+        raise RecipeError(_format_validation_error(error, where, model)) from None
     return {name: getattr(validated, name) for name in fields}
 
 
@@ -241,7 +290,7 @@ def parse_recipe(raw: dict[str, Any]) -> Recipe:
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as error:
-        raise RecipeError(_format_validation_error(error)) from None
+        raise RecipeError(_format_validation_error(error, model=Recipe)) from None
     build_methods(recipe)  # validates the task, method names, parameters and conflicts up front
     try:
         recipe_task(recipe)(recipe).check_recipe()
