@@ -55,8 +55,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import importlib
 import inspect
+import typing
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -376,9 +378,28 @@ class Method:
 
     @classmethod
     def summary(cls) -> str:
-        """First line of the class docstring: shown by ``regimen methods``."""
-        doc = inspect.getdoc(cls) or ""
+        """First line of the class's own docstring (not the base class's): shown by ``regimen methods``."""
+        doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "")
         return doc.splitlines()[0] if doc else ""
+
+    @classmethod
+    def parameters(cls) -> list[tuple[str, Any, Any]]:
+        """The recipe parameters: ``(name, annotation, default)`` for each ``__init__`` parameter, with string
+        annotations (``from __future__ import annotations``) resolved; ``Any`` when unannotated;
+        ``inspect.Parameter.empty`` as the default of a required one."""
+        try:
+            hints = typing.get_type_hints(cls.__init__)
+        except (NameError, TypeError):
+            hints = {}
+        found = []
+        for name, parameter in inspect.signature(cls.__init__).parameters.items():
+            if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                continue
+            annotation = hints.get(name, parameter.annotation)
+            if annotation is inspect.Parameter.empty or isinstance(annotation, str):
+                annotation = Any
+            found.append((name, annotation, parameter.default))
+        return found
 
 
 # ------------------------------------------------------------------------------------------------------ chains
@@ -485,8 +506,10 @@ def get_method(name: str) -> type[Method]:
     """The Method class registered under ``name``; a clear error listing the known names otherwise."""
     methods = list_methods()
     if name not in methods:
-        known = ", ".join(methods) or "(none)"
-        raise KeyError(f"unknown method {name!r}; known methods: {known}")
+        close = difflib.get_close_matches(name, list(methods), n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        known = ", ".join(m for m in methods if not m.startswith("_")) or "(none)"
+        raise KeyError(f"unknown method {name!r}; {hint}known methods: {known}")
     return methods[name]
 
 

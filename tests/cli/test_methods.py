@@ -60,7 +60,7 @@ def test_describe_shows_parameters_docstring_paper_kinds_and_order(capsys):
 
     code, out, _ = run_cli(capsys, "methods", "z_loss")
     order = next(line for line in out.splitlines() if line.startswith("order: "))
-    assert order.startswith("order: after logit_z_loss; conflicts with cutmix, mixup (")
+    assert order.startswith("order: after logit_z_loss; conflicts with cutmix, mixup, mix (")
     assert "inputs: any   targets: labels" in out.splitlines()
     code, out, _ = run_cli(capsys, "methods", "hesso")  # a long declaration wraps under its label
     assert "order: after trp, multi_sample_dropout; before weight_std, nm_sparsity; conflicts with maestro (" in out

@@ -38,22 +38,8 @@ def add_parser(subparsers) -> str:
 
 # ------------------------------------------------------------------------------------------------ introspection
 def method_parameters(cls) -> list[tuple[str, Any, Any]]:
-    """``(name, annotation, default)`` of each recipe parameter of a Method class: its ``__init__`` parameters with
-    their resolved type hints, as recipe validation reads them (``Any`` when unannotated, ``inspect.Parameter.empty``
-    as default when required)."""
-    try:  # string annotations (``from __future__ import annotations``) resolve here, as in recipe validation
-        hints = typing.get_type_hints(cls.__init__)
-    except (NameError, TypeError):
-        hints = {}
-    params = []
-    for name, parameter in inspect.signature(cls.__init__).parameters.items():
-        if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            continue
-        annotation = hints.get(name, parameter.annotation)
-        if annotation is inspect.Parameter.empty or isinstance(annotation, str):
-            annotation = Any
-        params.append((name, annotation, parameter.default))
-    return params
+    """``(name, annotation, default)`` of each recipe parameter of a Method class (``Method.parameters``)."""
+    return cls.parameters()
 
 
 def type_name(annotation: Any) -> str:

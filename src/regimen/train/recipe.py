@@ -223,19 +223,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def _validate_method_params(cls: type[Method], params: dict[str, Any], where: str) -> dict[str, Any]:
-    fields: dict[str, Any] = {}
-    try:  # resolves string annotations (``from __future__ import annotations``) and module-level aliases
-        hints = typing.get_type_hints(cls.__init__)
-    except (NameError, TypeError):
-        hints = {}
-    for name, parameter in inspect.signature(cls.__init__).parameters.items():
-        if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            continue
-        annotation = hints.get(name, parameter.annotation)
-        if annotation is inspect.Parameter.empty or isinstance(annotation, str):
-            annotation = Any
-        default = parameter.default if parameter.default is not inspect.Parameter.empty else ...
-        fields[name] = (annotation, default)
+    fields = {name: (annotation, ... if default is inspect.Parameter.empty else default)
+              for name, annotation, default in cls.parameters()}
     model = create_model(  # type: ignore[call-overload]
         f"{cls.__name__}Params", __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields
     )
