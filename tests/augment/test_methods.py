@@ -208,9 +208,18 @@ def test_randaugment_accepts_what_its_docstring_states():
             aug(torch.rand(3, 9, 7))
         with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
             aug(torch.rand(3, 3, 9, 7) * 2 - 0.5)
-    # the Methods: quantize clamps an out-of-range batch to [0, 1]; the float path refuses it
+    # the Methods refuse an out-of-range (already normalised) batch on both paths
     shifted = torch.rand(4, 3, 9, 7, generator=g) * 2 - 0.5
-    out, _ = RandAugmentMethod(num_ops=0).transform_batch(shifted, None, _ctx())
-    torch.testing.assert_close(out, (shifted * 255).round().clamp(0, 255) / 255)
+    with pytest.raises(ValueError, match=r"expects images in \[0, 1\]"):
+        RandAugmentMethod(num_ops=0).transform_batch(shifted, None, _ctx())
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
         RandAugmentMethod(quantize=False).transform_batch(shifted, None, _ctx())
+
+
+def test_quantizing_methods_refuse_an_already_normalised_batch():
+    from regimen.augment._common import augment_float_batch
+    from regimen.augment.randaugment import RandAugment
+
+    x = torch.rand(4, 1, 8, 8) * 2 - 0.5
+    with pytest.raises(ValueError, match=r"expects images in \[0, 1\] \(before normalisation\), got values in"):
+        augment_float_batch(RandAugment(2, 9.0), x, torch.Generator().manual_seed(0), quantize=True)

@@ -290,7 +290,11 @@ def augment_float_batch(
     255, so this is lossless) it runs the Pillow-exact uint8 ops and divides by 255 again; otherwise the float ops."""
     if not quantize:
         return augment(x, generator=generator)
-    levels = (x * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+    low, high = torch.aminmax(x.detach())
+    if low < 0 or high > 1:  # already normalised: quantising would clamp it silently
+        raise ValueError(f"augmentation expects images in [0, 1] (before normalisation), got values in "
+                         f"[{float(low):.4g}, {float(high):.4g}]")
+    levels = (x * 255.0).round_().to(torch.uint8)
     return augment(levels, generator=generator).to(x.dtype).div_(255.0)
 
 

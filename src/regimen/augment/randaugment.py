@@ -44,8 +44,7 @@ either dtype (divided by 255 for float images).
 The training Methods (``randaugment``, ``trivialaugment``) receive the trainer's float batches in [0, 1], before
 normalisation. With ``quantize = true`` (the default) they round ``x * 255`` to uint8, run the Pillow-exact ops and
 divide by 255 again: exact for 8-bit data (what the image tasks load), but a float image with finer levels is rounded
-to steps of 1/255, and values outside [0, 1] (an already-normalised batch) are *clamped* to it, not refused. With
-``quantize = false`` they run the float ops, which refuse values outside [0, 1].
+to steps of 1/255. Either way values outside [0, 1] (an already-normalised batch) are refused with a ValueError.
 
 Speed: uint8 batches on the CPU with nearest interpolation (the training Methods' path) run in a small compiled C
 kernel (:mod:`regimen.augment.native`), one call per batch that touches each byte once per op; everything else runs
