@@ -139,7 +139,10 @@ def _as_nchw(images: np.ndarray, source: str) -> torch.Tensor:
         images = images.astype(np.float32)
     if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
         raise DataError(f"{source}: images must be uint8 (0-255) or floating point in [0, 1], got {images.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(images))
+    images = np.ascontiguousarray(images)
+    if not images.flags.writeable:  # read from a buffer (IDX): torch must not share memory it may not write
+        images = images.copy()
+    return torch.from_numpy(images)
 
 
 def _num_classes(labels: torch.Tensor) -> int:
