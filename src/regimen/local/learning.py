@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from regimen._compat import renamed_arguments
 from regimen.local.auglocal import auglocal_auxiliary, pyramid_depths
 from regimen.local.auxiliary import (
     ClassifierAuxiliary,
@@ -157,6 +158,7 @@ class LocalLearning(nn.Module):
         example_input: deprecated name of ``example_inputs``.
     """
 
+    @renamed_arguments(example_input="example_inputs")
     def __init__(
         self,
         stages: nn.Module | Sequence[nn.Module],
@@ -178,15 +180,8 @@ class LocalLearning(nn.Module):
         recon_weight: float = 1.0,
         data_mean: torch.Tensor | Sequence[float] | None = None,
         data_std: torch.Tensor | Sequence[float] | None = None,
-        example_input: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        if example_input is not None:
-            if example_inputs is not None:
-                raise TypeError("LocalLearning() got both 'example_input' (deprecated) and 'example_inputs'")
-            warnings.warn("LocalLearning(): 'example_input' is deprecated; use 'example_inputs'", DeprecationWarning,
-                          stacklevel=2)
-            example_inputs = example_input
         if aux not in AUX_TYPES:
             raise ValueError(f"aux must be one of {AUX_TYPES}, got {aux!r}")
         if balance not in BALANCE_MODES:

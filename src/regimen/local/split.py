@@ -19,12 +19,13 @@ Pitfalls handled: K larger than the number of blocks, stages that are not ``nn.M
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import nn
+
+from regimen._compat import renamed_arguments
 
 __all__ = ["BALANCE_MODES", "balanced_split_points", "block_costs", "resolve_stages", "split_points_to_ranges"]
 
@@ -69,9 +70,9 @@ def resolve_stages(model_or_stages: nn.Module | Sequence[nn.Module], split_point
     return stages
 
 
+@renamed_arguments(example_input="example_inputs")
 def block_costs(
-    stages: Sequence[nn.Module], balance: Balance = "params", example_inputs: torch.Tensor | None = None, *,
-    example_input: torch.Tensor | None = None,
+    stages: Sequence[nn.Module], balance: Balance = "params", example_inputs: torch.Tensor | None = None,
 ) -> list[float]:
     """Cost of each backbone block (all stages but the head) under ``balance``; the head's cost is added to the last.
 
@@ -79,12 +80,6 @@ def block_costs(
     and counts the elements of every tensor each block's submodules output per sample — a proxy for the
     activations autograd keeps for the backward pass. ``example_input`` is the deprecated name of ``example_inputs``.
     """
-    if example_input is not None:
-        if example_inputs is not None:
-            raise TypeError("block_costs() got both 'example_input' (deprecated) and 'example_inputs'")
-        warnings.warn("block_costs(): 'example_input' is deprecated; use 'example_inputs'", DeprecationWarning,
-                      stacklevel=2)
-        example_inputs = example_input
     if balance not in BALANCE_MODES:
         raise ValueError(f"balance must be one of {BALANCE_MODES}, got {balance!r}")
     blocks = list(stages[:-1])
