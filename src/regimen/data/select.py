@@ -20,7 +20,7 @@ from regimen.data.datasets import (
 )
 from regimen.data.idx import DataError
 
-__all__ = ["DataSplits", "load_data"]
+__all__ = ["DataSplits", "load_data", "make_splits"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,25 @@ def _sources(name: str, root: str | None, train, val_fraction: float, carved: fl
     return {"train": f"{source} training set", "val": f"seeded {val_fraction:g} of the training set", "test": test}
 
 
+def make_splits(train, test, val_fraction: float, seed: int, train_subset: int | None = None,
+                test_subset: int | None = None, test_fraction: float = 0.2):
+    """``(train, val, test)`` from a source's training set and its test set (``None``: the source has none).
+
+    Without a test set, ``test_fraction`` of the samples is held out first, with a constant seed, so every run seed
+    tests on the same samples. Then ``val_fraction`` of the rest is held out with the run's ``seed``;
+    ``train_subset`` keeps a seeded random subset of the training set, ``test_subset`` the first test samples (the
+    test order is the data set's own, so every seed sees the same test samples)."""
+    if test is None:
+        train, test = split_dataset(train, test_fraction, TEST_SPLIT_SEED)
+    train, val = split_dataset(train, val_fraction, seed)
+    if train_subset is not None and train_subset < len(train):
+        train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))
+                             [:train_subset])
+    if test_subset is not None and test_subset < len(test):
+        test = test.subset(torch.arange(test_subset))
+    return train, val, test
+
+
 def load_data(
     name: str = "auto", root: str | None = None, val_fraction: float = 0.1, train_subset: int | None = None,
     seed: int = 0, test_subset: int | None = None, test_fraction: float = 0.2,
@@ -108,17 +127,9 @@ def load_data(
             train, test = _load_pair("digits", None)
     else:
         train, test = _load_pair(name, root)
-    carved = None
-    if test is None:
-        train, test = split_dataset(train, test_fraction, TEST_SPLIT_SEED)
-        carved = test_fraction
-    if train.input_shape != test.input_shape:
+    carved = test_fraction if test is None else None
+    if test is not None and train.input_shape != test.input_shape:
         raise DataError(f"train images {train.input_shape} and test images {test.input_shape} differ in shape")
-    train, val = split_dataset(train, val_fraction, seed)
-    if train_subset is not None and train_subset < len(train):
-        keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))[:train_subset]
-        train = train.subset(keep)
-    if test_subset is not None and test_subset < len(test):
-        test = test.subset(torch.arange(test_subset))
+    train, val, test = make_splits(train, test, val_fraction, seed, train_subset, test_subset, test_fraction)
     mean, std = train.channel_stats()
     return DataSplits(train, val, test, mean, std, _sources(name, root, train, val_fraction, carved))

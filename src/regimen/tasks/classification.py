@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regimen.data import DataError, DataSplits, TensorDataset, split_dataset
-from regimen.data.select import TEST_SPLIT_SEED
+from regimen.data.select import make_splits
 from regimen.losses import classification_loss
 from regimen.tasks.base import Task
 
@@ -66,20 +66,14 @@ class ClassificationTask(Task):
             if cfg.root is None:
                 raise DataError("data.name = 'npz' needs data.root (the .npz file)")
             train, test = _npz_pair(Path(cfg.root))
-            test_source = f"{cfg.root} x_test/y_test"
-            if test is None:  # held out with a constant seed: every run seed tests on the same rows
-                train, test = split_dataset(train, cfg.test_fraction, TEST_SPLIT_SEED)
-                test_source = f"seeded {cfg.test_fraction:g} of {cfg.root}, held out (it has no x_test/y_test)"
+            source = str(cfg.root)
         else:
-            name = "digits" if cfg.name == "auto" else cfg.name
-            train, test = _sklearn_split(name, TEST_SPLIT_SEED)  # every run seed tests on the same rows
-            test_source = f"seeded 20 % of scikit-learn's {name}"
-        train, val = split_dataset(train, cfg.val_fraction, seed)
-        if cfg.train_subset is not None and cfg.train_subset < len(train):
-            train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))
-                                 [: cfg.train_subset])
-        if cfg.test_subset is not None and cfg.test_subset < len(test):
-            test = test.subset(torch.arange(cfg.test_subset))
+            source = "digits" if cfg.name == "auto" else cfg.name
+            train, test = _sklearn_set(source), None
+        test_source = (f"{source} x_test/y_test" if test is not None else
+                       f"seeded {cfg.test_fraction:g} of {source}, held out (the source has no test split)")
+        train, val, test = make_splits(train, test, cfg.val_fraction, seed, cfg.train_subset, cfg.test_subset,
+                                       cfg.test_fraction)
         sources = {"train": f"{train.name}", "val": f"seeded {cfg.val_fraction:g} of the training set",
                    "test": test_source}
         return self._with_stats(DataSplits(train, val, test, sources=sources))
@@ -192,19 +186,16 @@ def _num_classes(labels: torch.Tensor) -> int:
     return int(labels.max()) + 1 if len(labels) else 0
 
 
-def _sklearn_split(name: str, seed: int) -> tuple[TensorDataset, TensorDataset]:
+def _sklearn_set(name: str) -> TensorDataset:
+    """One of scikit-learn's bundled tabular sets, whole (it has no test split of its own)."""
     import sklearn.datasets
 
     loader = {"digits": sklearn.datasets.load_digits, "iris": sklearn.datasets.load_iris,
               "wine": sklearn.datasets.load_wine, "breast_cancer": sklearn.datasets.load_breast_cancer}[name]
     bunch = loader()
-    inputs = torch.from_numpy(np.asarray(bunch.data, dtype=np.float32))
     labels = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    num_test = int(round(0.2 * len(labels)))
-    classes = _num_classes(labels)
-    return (TensorDataset(inputs[order[num_test:]], labels[order[num_test:]], name, classes),
-            TensorDataset(inputs[order[:num_test]], labels[order[:num_test]], name, classes))
+    return TensorDataset(torch.from_numpy(np.asarray(bunch.data, dtype=np.float32)), labels, name,
+                         _num_classes(labels))
 
 
 def _npz_pair(path: Path) -> tuple[TensorDataset, TensorDataset | None]:
