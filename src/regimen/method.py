@@ -251,8 +251,8 @@ class Context:
         if data is None:
             raise ConfigurationError("example_batch needs training data: pass train_data= (or example_batch=) to "
                                      "the Context")
-        x, y = data.gather(torch.arange(min(n, len(data))))
-        return self.normalize(x.to(self.run.device)), y.to(self.run.device)
+        x, y = data.gather(torch.arange(min(n, len(data))), self.run.device)
+        return self.normalize(x), y
 
     def set_batch_size(self, per_device: int) -> None:
         """Change the per-device batch from the next epoch on (``ctx.run`` follows)."""

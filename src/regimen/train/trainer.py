@@ -313,7 +313,7 @@ class _Run:
             model, optimizer, run=run, generator=torch.Generator().manual_seed(recipe.seed * 7919 + self.rank),
             train_data=data.train, normalize=self.normalize, backward=self.fabric.backward,
             all_reduce=lambda t, op="sum": self.fabric.all_reduce(t, reduce_op=op), autocast=self.fabric.autocast,
-            example_batch=self._example_batch, set_batch_size=self._set_batch_size)
+            set_batch_size=self._set_batch_size)
         ctx.criterion = compose_criterion(self.methods, task.loss(), ctx)
         ctx.update_run(steps_per_epoch=self._steps_per_epoch())  # known before setup, so methods can plan
         self.hooks.setup(ctx)
@@ -329,10 +329,6 @@ class _Run:
             self._restore(state)
         else:
             torch.manual_seed(recipe.seed + 1 + self.rank)  # per-rank stream for dropout and other global draws
-
-    def _example_batch(self, n: int) -> tuple[Any, Any]:
-        x, y = self.data.train.gather(torch.arange(min(n, len(self.data.train))), self.fabric.device)
-        return self.normalize(x), y
 
     def _steps_per_epoch(self, selected: list[int] | None = None) -> int:
         batches = len(self.loader) if selected is None else len(selected)
