@@ -315,6 +315,14 @@ class Method:
     targets: tuple[str, ...] = ()
     #: Hooks this method must own alone in a recipe (besides the always-exclusive ones).
     exclusive: tuple[str, ...] = ()
+    #: The paper's identifier (``"arXiv:1905.04899"``, or a citation when it has none) and its claim in one line,
+    #: as the paper states it. ``regimen study`` prints both beside what it measured.
+    paper_id: str = ""
+    claim: str = ""
+    #: What the claim predicts for the task's primary metric against the same recipe without the method:
+    #: ``"better"`` (a gain), ``"no_worse"`` (parity while buying something else: memory, speed, size), or ``""``.
+    #: ``regimen study`` turns it into a verdict.
+    claimed_effect: str = ""
 
     def setup(self, ctx: Context) -> None:
         pass
