@@ -23,7 +23,7 @@ __all__ = ["build_parser", "main"]
 #: Subcommand modules (``add_parser(subparsers)`` + ``run(args) -> int``). A missing module is an error, not a
 #: silently absent command; optional extras (Ray for ``tune``) are checked inside the command's ``run``.
 COMMAND_MODULES = ("regimen.commands.methods", "regimen.commands.recipes", "regimen.commands.info",
-                   "regimen.commands.prune", "regimen.commands.tune")
+                   "regimen.commands.prune", "regimen.commands.tune", "regimen.commands.study")
 
 #: File errors that are user errors when they concern a path the user named (``--out``, ``--recipe``, a folder ...).
 _PATH_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -186,16 +186,20 @@ def _run_bench(args) -> int:
 
 
 def _add_report(subparsers) -> None:
-    parser = subparsers.add_parser("report", help="rebuild the table and plot of a bench folder",
+    parser = subparsers.add_parser("report", help="rebuild the table and plot of a bench or study folder",
                                    description="Rewrite results.md and accuracy_vs_time.png from a bench folder's "
                                                "results.json.")
-    parser.add_argument("folder", help="a folder written by regimen bench")
+    parser.add_argument("folder", help="a folder written by regimen bench or regimen study")
 
 
 def _run_report(args) -> int:
     from regimen.bench import write_report
+    from regimen.bench.study import STUDY_FILE, write_study_report
 
-    write_report(args.folder)
+    if (Path(args.folder) / STUDY_FILE).exists():  # a folder written by regimen study
+        write_study_report(args.folder)
+    else:
+        write_report(args.folder)
     return 0
 
 

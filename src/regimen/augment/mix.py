@@ -291,6 +291,12 @@ class CutMixMethod(_MixMethod):
     """
 
     name = "cutmix"
+    paper_id = "arXiv:1905.04899"
+    claim = (
+        "pasting patches between images with area-proportional labels improves accuracy (+2.3 pp top-1, "
+        "ResNet-50 ImageNet)"
+    )
+    claimed_effect = "better"
     function = staticmethod(cutmix)
 
     def __init__(self, alpha: float = 1.0, prob: float = 1.0, label_smoothing: float = 0.0, per_sample: bool = False):
@@ -310,6 +316,12 @@ class MixUpMethod(_MixMethod):
     """
 
     name = "mixup"
+    paper_id = "arXiv:1710.09412"
+    claim = (
+        "training on convex combinations of image pairs and their labels improves generalisation (ImageNet "
+        "ResNet-50 -1.2 pp top-1 error)"
+    )
+    claimed_effect = "better"
     function = staticmethod(mixup)
 
     def __init__(self, alpha: float = 0.2, prob: float = 1.0, label_smoothing: float = 0.0, per_sample: bool = False):
@@ -335,6 +347,9 @@ class MixMethod(Method):
     """
 
     name = "mix"
+    paper_id = "arXiv:1905.04899"
+    claim = "mixing each batch with CutMix or MixUp (timm's Mixup) improves accuracy over either alone"
+    claimed_effect = "better"
     inputs = ("image",)
     targets = ("labels",)
     conflicts = ("cutmix", "mixup")

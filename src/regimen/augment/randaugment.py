@@ -351,6 +351,12 @@ class RandAugmentMethod(Method):
     """
 
     name = "randaugment"
+    paper_id = "arXiv:1909.13719"
+    claim = (
+        "N random ops at one global magnitude match learned augmentation policies and improve accuracy (+0.9 "
+        "pp over AutoAugment, ResNet-50 ImageNet)"
+    )
+    claimed_effect = "better"
     inputs = ("image",)
 
     def __init__(
@@ -378,6 +384,9 @@ class TrivialAugmentMethod(Method):
     """
 
     name = "trivialaugment"
+    paper_id = "arXiv:2103.10158"
+    claim = "one random op at a random magnitude per image matches or beats tuned augmentation policies"
+    claimed_effect = "better"
     inputs = ("image",)
 
     def __init__(

@@ -151,6 +151,11 @@ class AdaptiveBatchMethod(Method):
     """
 
     name = "adaptive_batch"
+    paper_id = "arXiv:2402.11215"
+    claim = (
+        "growing the batch when the norm test fails matches small-batch accuracy with fewer, larger steps"
+    )
+    claimed_effect = "no_worse"
 
     def __init__(self, eta: float = 1.0, interval: int = 50, max_samples: int = 64, max_batch_size: int | None = 4096,
                  max_growth: float = 2.0) -> None:

@@ -153,6 +153,9 @@ class HighLossBatchesMethod(Method):
     """
 
     name = "high_loss_batches"
+    paper_id = "arXiv:2304.03486"
+    claim = "training only on the highest-loss mini-batches keeps accuracy with fewer updates"
+    claimed_effect = "no_worse"
 
     def __init__(self, fraction: float = 0.5, min_batches: int = 1, eval_mode: bool = True,
                  start_epoch: int = 1) -> None:

@@ -152,6 +152,12 @@ class LRScalingMethod(Method):
     """
 
     name = "lr_scaling"
+    paper_id = "arXiv:2006.09092"
+    claim = (
+        "scaling the LR with the batch (linear for SGD, square root for adaptive optimisers) keeps "
+        "large-batch accuracy"
+    )
+    claimed_effect = "better"
 
     def __init__(self, base_batch_size: int = 128, rule: Rule = "auto") -> None:
         _check_batch(base_batch_size, "base_batch_size")

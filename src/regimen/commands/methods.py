@@ -12,12 +12,13 @@ import argparse
 import difflib
 import inspect
 import json
-import math
 import shutil
 import sys
 import textwrap
 import typing
 from typing import Any
+
+from regimen.train.recipe import toml_value
 
 __all__ = ["add_parser", "describe_method", "method_parameters", "run", "toml_block"]
 
@@ -49,27 +50,6 @@ def type_name(annotation: Any) -> str:
     if isinstance(annotation, type) and not typing.get_args(annotation):
         return annotation.__name__
     return str(annotation).replace("typing.", "").replace("NoneType", "None")
-
-
-def toml_value(value: Any) -> str:
-    """``value`` as a TOML literal (booleans, numbers, strings, arrays, inline tables)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"no TOML form for {value!r}")
 
 
 def toml_block(cls) -> str:

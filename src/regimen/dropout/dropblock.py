@@ -264,6 +264,12 @@ class DropBlockMethod(Method):
     """
 
     name = "dropblock"
+    paper_id = "arXiv:1810.12890"
+    claim = (
+        "dropping contiguous feature blocks regularises convnets better than dropout (+1.6 pp top-1, "
+        "ResNet-50 ImageNet)"
+    )
+    claimed_effect = "better"
     inputs = ("image",)
 
     def __init__(

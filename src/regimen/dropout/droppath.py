@@ -231,6 +231,12 @@ class DropPathMethod(Method):
     """
 
     name = "drop_path"
+    paper_id = "arXiv:1603.09382"
+    claim = (
+        "dropping residual blocks at random (linear decay of survival) lowers test error (110-layer ResNet "
+        "CIFAR-10: 6.41 % to 5.25 %)"
+    )
+    claimed_effect = "better"
 
     def __init__(
         self, max_rate: float = 0.1, blocks: list[str] | None = None, branches: list[str] | None = None

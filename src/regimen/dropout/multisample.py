@@ -323,6 +323,12 @@ class MultiSampleDropoutMethod(Method):
     """
 
     name = "multi_sample_dropout"
+    paper_id = "arXiv:1905.09788"
+    claim = (
+        "several dropout samples per batch through one shared head accelerate training and improve "
+        "generalisation"
+    )
+    claimed_effect = "better"
     targets = ("labels",)
 
     def __init__(

@@ -198,6 +198,9 @@ class HESSOMethod(Method):
     """
 
     name = "hesso"
+    paper_id = "arXiv:2409.09085"
+    claim = "one training run removes structured channel groups with accuracy close to the dense model"
+    claimed_effect = "no_worse"
     # found by training every pair of methods (tests/integration/test_method_pairs.py): the tracer cannot map
     # weight-standardized convs or N:M-parametrized weights, and MAESTRO's factorised layers can neither be traced
     # nor pruned by name

@@ -277,6 +277,9 @@ class TrainedRankPruningMethod(Method):
     """
 
     name = "trp"
+    paper_id = "arXiv:1812.02402"
+    claim = "periodic energy-truncated SVD during training yields low-rank convs with little accuracy loss"
+    claimed_effect = "no_worse"
 
     def __init__(self, energy: float = 0.99, period: int = 20, nuclear: float = 0.0, factorize_at_end: bool = True,
                  include_linear: bool = False, ignore: list[str] | None = None, rule: str = "params") -> None:

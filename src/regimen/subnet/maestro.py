@@ -558,6 +558,12 @@ class MaestroMethod(Method):
     """
 
     name = "maestro"
+    paper_id = "arXiv:2308.14929"
+    claim = (
+        "ordered dropout over SVD-initialised ranks finds low-rank layers with accuracy close to the "
+        "full-rank model"
+    )
+    claimed_effect = "no_worse"
 
     def __init__(
         self,

@@ -465,6 +465,12 @@ class NestedWidthMethod(Method):
     """
 
     name = "nested_width"
+    paper_id = "arXiv:1903.05134"
+    claim = (
+        "one network trained at nested widths (sandwich rule, in-place distillation) serves every width with "
+        "accuracy close to individually trained ones"
+    )
+    claimed_effect = "no_worse"
     # found by training every pair of methods (tests/integration)
     before = ("weight_std",)
     conflicts = ("nm_sparsity", "maestro")

@@ -184,6 +184,9 @@ class NMSparsityMethod(Method):
     """
 
     name = "nm_sparsity"
+    paper_id = "arXiv:2102.04010"
+    claim = "2:4 weight sparsity trained with SR-STE matches dense accuracy"
+    claimed_effect = "no_worse"
 
     def __init__(self, n: int = 2, m: int = 4, decay: float = 2e-4, ignore: list[str] | None = None,
                  export_at_end: bool = True) -> None:

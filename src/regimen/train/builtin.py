@@ -60,6 +60,9 @@ class EMAMethod(Method):
     """Exponential moving average of the weights; evaluation uses the averaged model."""
 
     name = "ema"
+    paper_id = "Polyak & Juditsky 1992"
+    claim = "an exponential moving average of the weights generalises better than the last iterate"
+    claimed_effect = "better"
 
     def __init__(self, decay: float = 0.999, warmup: bool = True) -> None:
         if not 0.0 < decay < 1.0:

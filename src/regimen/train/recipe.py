@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import json
+import math
 import sys
 import typing
 import warnings
@@ -26,7 +28,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Recipe", "RecipeError", "apply_overrides", "build_methods", "load_recipe", "parse_recipe", "recipe_task"]
+__all__ = ["Recipe", "RecipeError", "apply_overrides", "build_methods", "dump_recipe", "load_recipe", "parse_recipe",
+           "parse_value", "recipe_task", "toml_value"]
 
 
 class RecipeError(ConfigurationError):
@@ -185,12 +188,46 @@ def _format_validation_error(error: ValidationError, prefix: str = "", model: ty
     return "; ".join(problems)
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
     """A ``--set`` value as TOML (numbers, booleans, arrays, quoted strings); bare words stay strings."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as a TOML literal (booleans, numbers, strings, arrays, inline tables)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def dump_recipe(raw: dict[str, Any]) -> str:
+    """A recipe dict (as ``read_recipe_file`` returns it) as TOML text that reads back to the same dict: scalars
+    first, then one ``[table]`` per section, then one ``[[methods]]`` block per method."""
+    lines = [f"{key} = {toml_value(value)}" for key, value in raw.items()
+             if not isinstance(value, dict) and key != "methods"]
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            lines += ["", f"[{key}]", *(f"{k} = {toml_value(v)}" for k, v in value.items())]
+    for entry in raw.get("methods", []):
+        lines += ["", "[[methods]]", *(f"{k} = {toml_value(v)}" for k, v in entry.items())]
+    return "\n".join(lines) + "\n"
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -216,9 +253,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if isinstance(node, list):
             if not last.isdigit() or int(last) >= len(node):
                 raise RecipeError(f"--set {key}: {last} is not an index of a list of {len(node)}")
-            node[int(last)] = _parse_value(value)
+            node[int(last)] = parse_value(value)
         else:
-            node[last] = _parse_value(value)
+            node[last] = parse_value(value)
     return result
 
 
