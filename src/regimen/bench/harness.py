@@ -55,7 +55,7 @@ def run_bench(
         raise ConfigurationError("recipes must name at least one recipe file")
     overrides = list(overrides or [])
     if target is not None:
-        overrides.append(f"train.target_accuracy={target}")
+        overrides.append(f"train.target={target}")
     paths = [find_recipe(p) for p in recipes]  # names of shipped recipes become files the subprocess can read
     parsed = [parse_recipe(apply_overrides(read_recipe_file(p), overrides)) for p in paths]  # fail before running
     names = _unique_names([r.name for r in parsed])
@@ -87,7 +87,8 @@ def run_bench(
                                   if line.strip()]
                 if not quiet:
                     s = run["summary"]
-                    print(f"bench: {name} seed {seed}: test acc {s['final_test_acc']:.4f}, "
+                    key = s["primary_metric"]
+                    print(f"bench: {name} seed {seed}: {key.replace('_', ' ')} {s[f'final_{key}']:.4f}, "
                           f"{s['train_time']:.1f} s", file=sys.stderr)
             runs.append(run)
     results = {"title": title or "regimen bench", "recipes": names, "repeats": repeats, "overrides": overrides,
