@@ -158,3 +158,12 @@ def test_study_trains_for_real_and_reports(tmp_path):
     assert again.returncode == 0
     summary = json.loads((tmp_path / "again" / "summary.json").read_text())
     assert summary["final_test_acc"] == runs[("base", 1)]["final_test_acc"]
+
+
+def test_study_on_ray_returns_the_runs_files(tmp_path):
+    """The Ray executor: runs as Ray tasks in temporary folders, their files written back here."""
+    pytest.importorskip("ray")
+    spec = StudySpec(base="smoke", arms=[parse_method_spec("ema:decay=0.9")], seeds=2, overrides=SMOKE_OVERRIDES)
+    results = run_study(spec, tmp_path / "ray", executor="ray", threads=1, quiet=True)
+    assert results["pending"] == 0 and results["rows"][0]["pairs"] == 2
+    assert (tmp_path / "ray" / "runs" / "base-seed1" / "metrics.jsonl").read_text().strip()
