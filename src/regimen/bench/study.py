@@ -246,9 +246,10 @@ def _slug(label: str) -> str:
 
 
 def _plan(out: Path, spec: StudySpec, labels: Iterable[str], first_seed: int) -> list[_Run]:
-    """Every (arm, seed) run, seed-major so that a partial study has complete pairs."""
+    """Every (arm, seed) run: the base's seeds first, then arm by arm, so that a partial study already has whole
+    rows (every seed of an arm) rather than one seed of every arm."""
     return [_Run(label, seed, out / "recipes" / f"{_slug(label)}.toml", out / "runs" / f"{_slug(label)}-seed{seed}")
-            for seed in range(first_seed, first_seed + spec.seeds) for label in labels]
+            for label in labels for seed in range(first_seed, first_seed + spec.seeds)]
 
 
 # ---------------------------------------------------------------------------------------------------- running
