@@ -204,6 +204,7 @@ def launch_fabric(fabric, timeout_s: float) -> None:
         fabric.launch()
     except (dist.DistError, RuntimeError) as error:
         first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        first = first.rstrip(".")
         if not isinstance(error, dist.DistError) and not _RENDEZVOUS_WORDS.search(str(error)):
             raise
         address = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
