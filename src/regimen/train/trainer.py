@@ -240,19 +240,25 @@ def fit(
     lock = (hold_run_folder(out_path, run.rank, run.world_size, run.fabric.broadcast) if out_path is not None
             else None)  # one writer per run folder: rank 0 holds the lock, every rank learns a refusal
     try:
-        run.setup(state, str(resume))
-        run.start_output(out_path, resumed=state is not None)
-        epochs = run.ctx.run.epochs
-        end = epochs if stop_epoch is None else min(stop_epoch, epochs)
-        for epoch in range(run.start_epoch, end):
-            record = run.train_epoch(epoch, out_path)
-            run.finish_epoch(record, out_path, force_checkpoint=epoch + 1 == end)
-        if end == epochs:
-            run.end_training()
-        return run.finish(out_path)
+        return _train(run, state, resume, out_path, stop_epoch)
     finally:
         if lock is not None:
             lock.release()
+
+
+def _train(run: _Run, state: dict | None, resume: str | os.PathLike | None, out_path: Path | None,
+           stop_epoch: int | None) -> FitResult:
+    """``fit``'s loop, once the processes are launched and the run folder is locked."""
+    run.setup(state, str(resume))
+    run.start_output(out_path, resumed=state is not None)
+    epochs = run.ctx.run.epochs
+    end = epochs if stop_epoch is None else min(stop_epoch, epochs)
+    for epoch in range(run.start_epoch, end):
+        record = run.train_epoch(epoch, out_path)
+        run.finish_epoch(record, out_path, force_checkpoint=epoch + 1 == end)
+    if end == epochs:
+        run.end_training()
+    return run.finish(out_path)
 
 
 class _Run:
