@@ -115,6 +115,8 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--resume", help="continue from this checkpoint.pt")
     parser.add_argument("--overwrite", action="store_true", help="allow --out to already hold a run")
     parser.add_argument("--devices", type=int, help="number of processes/devices (DDP); same as train.devices")
+    parser.add_argument("--num-nodes", type=int, help="number of machines (multi-node DDP, launched on each by "
+                                                      "torchrun or SLURM: docs/multinode.md); same as train.num_nodes")
     parser.add_argument("--accelerator", help="cpu, cuda, mps or auto; same as train.accelerator")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
@@ -128,6 +130,8 @@ def _run_train(args) -> int:
     overrides = list(args.overrides)
     if args.devices is not None:
         overrides.append(f"train.devices={args.devices}")
+    if args.num_nodes is not None:
+        overrides.append(f"train.num_nodes={args.num_nodes}")
     if args.accelerator is not None:
         overrides.append(f'train.accelerator="{args.accelerator}"')
     if args.recipe:

@@ -86,7 +86,9 @@ class TrainConfig(_Strict):
     grad_clip: float | None = Field(None, gt=0.0)
     max_steps_per_epoch: int | None = Field(None, gt=0)
     accelerator: Literal["cpu", "cuda", "gpu", "mps", "auto"] = "cpu"
-    devices: int = Field(1, gt=0)
+    devices: int = Field(1, gt=0)  # processes per node
+    num_nodes: int = Field(1, gt=0, strict=True)  # machines; every process of every node counts in the global batch
+    dist_timeout_s: float = Field(300.0, gt=0.0)  # process-group set-up (rendezvous) and each collective
     strategy: str = "auto"
     precision: str = "32-true"
     threads: int | None = Field(None, gt=0)

@@ -45,6 +45,8 @@ from regimen.train.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from regimen.train.launch import launch_fabric, launcher_rank, make_fabric
+from regimen.train.lock import check_run_folder_free, hold_run_folder
 from regimen.train.optim import build_optimizer
 from regimen.train.recipe import Recipe, build_methods, parse_recipe, recipe_task
 from regimen.train.schedule import ProgressSchedule
@@ -231,8 +233,22 @@ def fit(
     state = load_checkpoint(resume) if resume is not None else None
     out_path = Path(out_dir) if out_dir is not None else None
     if out_path is not None:
+        if launcher_rank(recipe.train.devices) == 0:  # before launching: another run writing there is refused now
+            check_run_folder_free(out_path)
         _check_out_dir(out_path, resuming=state is not None, overwrite=overwrite)
     run = _Run(recipe, data, model, quiet, progress)
+    lock = (hold_run_folder(out_path, run.rank, run.world_size, run.fabric.broadcast) if out_path is not None
+            else None)  # one writer per run folder: rank 0 holds the lock, every rank learns a refusal
+    try:
+        return _train(run, state, resume, out_path, stop_epoch)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(run: _Run, state: dict | None, resume: str | os.PathLike | None, out_path: Path | None,
+           stop_epoch: int | None) -> FitResult:
+    """``fit``'s loop, once the processes are launched and the run folder is locked."""
     run.setup(state, str(resume))
     run.start_output(out_path, resumed=state is not None)
     epochs = run.ctx.run.epochs
@@ -249,18 +265,15 @@ class _Run:
     """The state of one training run and the steps of its loop."""
 
     def __init__(self, recipe: Recipe, data: Any, model: nn.Module | None, quiet: bool, progress: bool) -> None:
-        from lightning_fabric import Fabric
-
         self.recipe, self.cfg = recipe, recipe.train
         self.task: Task = recipe_task(recipe)(recipe)
         self.task.check_recipe(user_model=model is not None, user_data=data is not None)
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
-        self.fabric = Fabric(accelerator=self.cfg.accelerator, devices=self.cfg.devices, strategy=self.cfg.strategy,
-                             precision=self.cfg.precision)
+        self.fabric = make_fabric(self.cfg)  # refuses a launcher that disagrees with devices x num_nodes
         if self.fabric.world_size > 1:
             warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
-            self.fabric.launch()  # spawns the other processes, or joins them under torchrun
+            launch_fabric(self.fabric, self.cfg.dist_timeout_s)  # spawns the node's processes or joins torchrun's
         self.rank, self.world_size = self.fabric.global_rank, self.fabric.world_size
         self.console = _Console(enabled=not quiet and self.rank == 0, progress=progress)
         self.data: DataSplits = self.task.adopt_data(data) if data is not None else self.task.load_data()
@@ -419,9 +432,10 @@ class _Run:
                                                        else "")
                           for name, split in (("train", self.data.train), ("val", self.data.val),
                                               ("test", self.data.test)) if split is not None)
+        nodes = f" on {self.cfg.num_nodes} nodes" if self.cfg.num_nodes > 1 else ""
         self.console.print(
             f"[bold]{self.recipe.name}[/bold]: task {self.recipe.task}; data: {sizes}; model {model_name} "
-            f"({self.params:,} params); {self.world_size} process(es) on {self.fabric.device}, global batch "
+            f"({self.params:,} params); {self.world_size} process(es){nodes} on {self.fabric.device}, global batch "
             f"{self.ctx.run.global_batch}")
 
     def _micro_step(self, x: Any, y: Any, sync: bool) -> tuple[torch.Tensor, Any]:
@@ -632,6 +646,7 @@ class _Run:
             "time_to_target": self.time_to_target, "target": self.cfg.target,
             "target_accuracy": self.cfg.target,  # v1 name, kept for one release
             "peak_memory_mb": _peak_memory_mb(self.ctx.run.device), "world_size": self.world_size,
+            "num_nodes": self.cfg.num_nodes,
             "global_batch": self.ctx.run.global_batch, "device": str(self.ctx.run.device),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "python": sys.version.split()[0],
             "methods": self.end_logs,
