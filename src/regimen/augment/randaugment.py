@@ -59,9 +59,10 @@ import torch
 from torch import nn
 
 from regimen.augment import functional as AF
+from regimen.augment import native
 from regimen.augment._common import augment_float_batch, fill_levels
 from regimen.augment.functional import OPS
-from regimen.augment.op_groups import apply_ops_uint8
+from regimen.augment.op_groups import _fixed_point_maps, apply_ops_uint8
 from regimen.method import Context, Method, register_method
 
 __all__ = [
@@ -152,6 +153,8 @@ def apply_ops(
     if images.dtype == torch.uint8 and interpolation == "nearest":
         fill_uint8 = fill_levels(fill, images.shape[1]).to(device=images.device, dtype=torch.uint8)
         return apply_ops_uint8(images, ops, values, fill_uint8)
+    if _float_kernel_applies(images, interpolation):
+        return native.apply_ops_float32_native(images, *_float_kernel_arguments(ops, values, *images.shape[1:], fill))
     values_t = torch.from_numpy(values)
     # One output buffer, updated in place block by block: each block of whole images (~1M values, so float32/int32
     # temporaries stay cache-sized and below glibc's mmap threshold) is gathered, transformed and written back to
@@ -174,6 +177,27 @@ def apply_ops(
 
 
 _POSTERIZE = OPS.index("Posterize")
+_FLOAT_KIND = np.array([native.FLOAT_KINDS[name] for name in OPS], dtype=np.int32)
+_SOLARIZE = OPS.index("Solarize")
+
+
+def _float_kernel_applies(images: torch.Tensor, interpolation: str) -> bool:
+    """float32 CPU batches with NEAREST geometry go to the compiled float32 kernel when it is available."""
+    h, w = images.shape[-2:]
+    return (images.dtype == torch.float32 and interpolation == "nearest" and images.device.type == "cpu"
+            and h * w < 2**31 - 4 and native.available())
+
+
+def _float_kernel_arguments(ops: np.ndarray, values: np.ndarray, channels: int, height: int, width: int,
+                            fill: AF.Fill) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The float32 kernel's kinds ``(N, K)``, float32 factors ``(N, K)`` (Solarize thresholds in [0, 1] units, as
+    ``_apply_one`` passes them), fixed-point maps ``(N, K, 6)`` (the uint8 path's, so both read the same source
+    pixels) and fill ``(C,)`` in [0, 1] (``fill / 255`` in double, then float32, as the torch ops)."""
+    n, k = ops.shape
+    factors = np.where(ops == _SOLARIZE, values / 255.0, values).astype(np.float32)
+    maps = _fixed_point_maps(ops.reshape(-1), values.reshape(-1), height, width).reshape(n, k, 6)
+    fill_values = (fill_levels(fill, channels).numpy() / 255.0).astype(np.float32)
+    return _FLOAT_KIND[ops], factors, maps, fill_values
 _IS_ENHANCE = np.array([name in _ENHANCE for name in OPS])
 
 
