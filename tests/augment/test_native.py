@@ -1,4 +1,5 @@
-"""The compiled uint8 kernel: the same results as the torch implementation, SIMD on and off, threads, fallback."""
+"""The compiled uint8 kernel: the same results as the torch implementation, SIMD on and off, threads, fallback
+(the float32 kernel of the same file: tests/augment/test_float_path.py; its portable builds here)."""
 
 import os
 import shutil
@@ -196,6 +197,16 @@ def test_portable_builds_give_the_same_results(flags, tmp_path, monkeypatch):
         arguments = kernel_arguments(params.ops.numpy(), params.values.numpy(), *shape[1:])
         fill = torch.full((shape[1],), 11, dtype=torch.uint8).numpy()
         assert torch.equal(native.run_kernel(variant, x, *arguments, fill), apply_ops(x, params, fill=11)), shape
+    # the float32 kernel of the same build against the default build's
+    from regimen.augment.randaugment import _float_kernel_arguments
+
+    float_variant = native.load_variant(*flags, dtype="float32")
+    for shape in [(20, 3, 37, 53), (30, 1, 28, 28), (6, 3, 2, 9)]:
+        g = torch.Generator().manual_seed(shape[2])
+        x = torch.rand(shape, generator=g)
+        params = _params(shape[0], 3, g)
+        arguments = _float_kernel_arguments(params.ops.numpy(), params.values.numpy(), *shape[1:], 11)
+        assert torch.equal(native.run_float_kernel(float_variant, x, *arguments), apply_ops(x, params, fill=11)), shape
 
 
 @needs_kernel

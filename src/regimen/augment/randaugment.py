@@ -159,7 +159,7 @@ def apply_ops(
     # One output buffer, updated in place block by block: each block of whole images (~1M values, so float32/int32
     # temporaries stay cache-sized and below glibc's mmap threshold) is gathered, transformed and written back to
     # the same rows. A fresh batch-sized buffer per position would page-fault on every call (~25 ms per 38 MB).
-    per_image = max(1, images[0].numel())
+    per_image = max(1, images[0].numel() if n else 1)  # an empty batch has no images[0]
     block = max(1, _BLOCK_ELEMENTS // per_image)
     out = images.clone()
     with AF.trusted_images():
