@@ -499,16 +499,15 @@ static inline float grey_level(float r, float g, float b) {
     return v > 255.0f ? 255.0f : v;
 }
 
-static inline uint8_t quantise(float x) {
-    /* functional._quantize: round(x * 255) half to even, clipped to [0, 255] */
+static inline float quantise_level(float x) {
+    /* functional._quantize: round(x * 255) half to even, clipped to [0, 255] (as a float) */
     float v = __builtin_rintf(x * 255.0f);
     v = v < 0.0f ? 0.0f : v;
-    v = v > 255.0f ? 255.0f : v;
-    return (uint8_t)(int32_t)v;
+    return v > 255.0f ? 255.0f : v;
 }
 
 CLONES static void quantise_plane(const float *restrict src, uint8_t *restrict dst, int64_t count) {
-    for (int64_t i = 0; i < count; i++) dst[i] = quantise(src[i]);
+    for (int64_t i = 0; i < count; i++) dst[i] = (uint8_t)(int32_t)quantise_level(src[i]);
 }
 
 CLONES static void lookup_float(const uint8_t *restrict levels, float *restrict dst, int64_t count,
@@ -522,17 +521,42 @@ static void level_table(const uint8_t *table, float *out) {
 }
 
 CLONES static void autocontrast_float(const float *restrict src, float *restrict dst, int64_t count) {
-    float lo = src[0], hi = src[0];
-    for (int64_t i = 1; i < count; i++) {
-        lo = src[i] < lo ? src[i] : lo;
-        hi = src[i] > hi ? src[i] : hi;
+    /* the extremes, found in 16 lanes on the bit patterns as int32: for floats >= 0 (the images are in [0, 1]) the
+     * integer order is the float order, and integer minima vectorise (float ones would need -ffast-math); -0.0 is
+     * the smallest pattern and equals 0 in the arithmetic below */
+    int32_t lo16[16], hi16[16];
+    int32_t first;
+    memcpy(&first, src, sizeof(first));
+    for (int j = 0; j < 16; j++) lo16[j] = hi16[j] = first;
+    int64_t i = 0;
+    for (; i + 16 <= count; i += 16) {
+        int32_t v[16];
+        memcpy(v, src + i, sizeof(v));
+        for (int j = 0; j < 16; j++) {
+            lo16[j] = v[j] < lo16[j] ? v[j] : lo16[j];
+            hi16[j] = v[j] > hi16[j] ? v[j] : hi16[j];
+        }
     }
+    for (; i < count; i++) {
+        int32_t v;
+        memcpy(&v, src + i, sizeof(v));
+        lo16[0] = v < lo16[0] ? v : lo16[0];
+        hi16[0] = v > hi16[0] ? v : hi16[0];
+    }
+    int32_t lo_bits = lo16[0], hi_bits = hi16[0];
+    for (int j = 1; j < 16; j++) {
+        lo_bits = lo16[j] < lo_bits ? lo16[j] : lo_bits;
+        hi_bits = hi16[j] > hi_bits ? hi16[j] : hi_bits;
+    }
+    float lo, hi;
+    memcpy(&lo, &lo_bits, sizeof(lo));
+    memcpy(&hi, &hi_bits, sizeof(hi));
     const float span = hi - lo;
     if (span <= 0.0f) {  /* a constant channel is unchanged */
         memcpy(dst, src, (size_t)count * sizeof(float));
         return;
     }
-    for (int64_t i = 0; i < count; i++) {
+    for (i = 0; i < count; i++) {
         float v = (src[i] - lo) / span;
         v = v < 0.0f ? 0.0f : v;
         dst[i] = v > 1.0f ? 1.0f : v;
@@ -545,22 +569,31 @@ CLONES static void scale_blend_float(const float *restrict src, float *restrict 
     for (int64_t i = 0; i < count; i++) dst[i] = blend_level(degenerate, factor, src[i] * 255.0f);
 }
 
-CLONES static double grey_sum(const float *restrict r, const float *restrict g, const float *restrict b,
-                              int64_t count) {
-    double total = 0.0;
-    for (int64_t i = 0; i < count; i++) total += (double)grey_level(r[i], g[i], b[i]);
-    return total;
+CLONES static double level_sum(const float *restrict r, const float *restrict g, const float *restrict b,
+                               int64_t count) {
+    /* the sum of the grey levels (of r alone when g is NULL) in double, in 8 partial sums over blocks of 64 float32
+     * grey levels (vectorised; torch sums in yet another order, so the mean may differ from its in the last bits) */
+    double part[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    float levels[64];
+    for (int64_t start = 0; start < count; start += 64) {
+        const int64_t m = count - start < 64 ? count - start : 64;
+        if (g == NULL) {
+            for (int64_t j = 0; j < m; j++) levels[j] = r[start + j] * 255.0f;
+        } else {
+            for (int64_t j = 0; j < m; j++) levels[j] = grey_level(r[start + j], g[start + j], b[start + j]);
+        }
+        for (int64_t j = m; j < 64; j++) levels[j] = 0.0f;
+        for (int j = 0; j < 64; j += 8) {
+            for (int l = 0; l < 8; l++) part[l] += (double)levels[j + l];
+        }
+    }
+    return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
 }
 
 static void contrast_float(const float *src, float *dst, const FShape *s, float factor) {
-    /* blend with the mean grey level (the mean of float32 levels, summed in double) */
-    double total = 0.0;
-    if (s->c == 1) {
-        for (int64_t i = 0; i < s->plane; i++) total += (double)(src[i] * 255.0f);
-    } else {
-        total = grey_sum(src, src + s->plane, src + 2 * s->plane, s->plane);
-    }
-    const float mean = (float)(total / (double)s->plane);
+    /* blend with the mean grey level (float32 levels summed in double) */
+    const float *g = s->c == 1 ? NULL : src + s->plane, *b = s->c == 1 ? NULL : src + 2 * s->plane;
+    const float mean = (float)(level_sum(src, g, b, s->plane) / (double)s->plane);
     scale_blend_float(src, dst, s->c * s->plane, mean, factor);
 }
 
@@ -579,8 +612,13 @@ CLONES static void solarize_float(const float *restrict src, float *restrict dst
     for (int64_t i = 0; i < count; i++) dst[i] = src[i] < threshold ? src[i] : 1.0f - src[i];
 }
 
-CLONES static void posterize_float(const float *restrict src, float *restrict dst, int64_t count, uint8_t mask) {
-    for (int64_t i = 0; i < count; i++) dst[i] = (float)(uint8_t)(quantise(src[i]) & mask) / 255.0f;
+CLONES static void posterize_float(const float *restrict src, float *restrict dst, int64_t count, int32_t mask) {
+    for (int64_t i = 0; i < count; i++) {
+        int32_t level = (int32_t)__builtin_rintf(src[i] * 255.0f);  /* _quantize: round half to even, clip */
+        level = level < 0 ? 0 : level;
+        level = level > 255 ? 255 : level;
+        dst[i] = (float)(level & mask) / 255.0f;
+    }
 }
 
 CLONES static void sharpen_float_rows(const float *restrict in, float *restrict out, int64_t h, int64_t w,
@@ -730,7 +768,7 @@ static void apply_op_float(int32_t kind, const float *src, float *dst, const FSh
         solarize_float(src, dst, all, factor);
         break;
     case FKIND_POSTERIZE:
-        posterize_float(src, dst, all, (uint8_t)(256 - (1 << (8 - (int)factor))));
+        posterize_float(src, dst, all, 256 - (1 << (8 - (int32_t)factor)));
         break;
     case FKIND_BRIGHTNESS:
         scale_blend_float(src, dst, all, 0.0f, factor);
