@@ -46,10 +46,15 @@ normalisation. With ``quantize = true`` (the default) they round ``x * 255`` to 
 divide by 255 again: exact for 8-bit data (what the image tasks load), but a float image with finer levels is rounded
 to steps of 1/255. Either way values outside [0, 1] (an already-normalised batch) are refused with a ValueError.
 
-Speed: uint8 batches on the CPU with nearest interpolation (the training Methods' path) run in a small compiled C
-kernel (:mod:`regimen.augment.native`), one call per batch that touches each byte once per op; everything else runs
-in torch, grouped by op (:mod:`regimen.augment.op_groups` for uint8). ``benchmarks/augment_randaugment.py`` times
-both against a per-image Pillow loop and Kornia.
+Speed: on the CPU with nearest interpolation, uint8 and float32 batches run in a small compiled C kernel
+(:mod:`regimen.augment.native`, one file ``uint8_kernel.c`` with a uint8 and a float32 entry point), one call per
+batch that touches each value once per op. The float32 kernel computes the continuous ops of
+:mod:`regimen.augment.functional` with the same float32 operations in the same order as the torch implementation, so
+its results equal the torch path's bit for bit, except Contrast, whose double-precision mean is summed in another
+order (within 1e-6); they are within one level of Pillow per op (geometry exactly). Everything else (bilinear
+geometry, float16/bfloat16/float64, other devices, ``REGIMEN_NATIVE=0`` or no C compiler) runs in torch, grouped by
+op (:mod:`regimen.augment.op_groups` for uint8). ``benchmarks/augment_randaugment.py`` times the uint8 path against
+a per-image Pillow loop and Kornia, ``benchmarks/augment_float.py`` the float32 path against Kornia.
 """
 
 from dataclasses import dataclass
