@@ -131,7 +131,7 @@ def test_float_kernel_simd_routes_equal_the_scalar_loops(shape):
 @needs_kernel
 def test_float_kernel_threads_and_non_contiguous_input():
     g = torch.Generator().manual_seed(8)
-    base = torch.rand(16, 96, 80, 3, generator=g)
+    base = torch.rand(16, 128, 112, 3, generator=g)  # 688k values: two threads with two torch threads
     x = base.permute(0, 3, 1, 2)  # channels-last memory: not contiguous as NCHW
     before = x.clone()
     params = _params(16, 2, g)

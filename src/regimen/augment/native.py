@@ -51,7 +51,7 @@ _FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off")
 _lock = threading.Lock()
 _state: dict = {"library": None, "function": None, "float_function": None, "tried": False, "error": None}
 _disabled = ThreadFlag()
-_MIN_BYTES_PER_THREAD = 1 << 18  # below this a worker thread costs more than it saves
+_MIN_VALUES_PER_THREAD = 1 << 18  # below this a worker thread costs more than it saves (uint8 or float32 values)
 
 
 def _compiler() -> str | None:
@@ -227,7 +227,7 @@ def _run_split(function, images: torch.Tensor, per_image: list[np.ndarray], fill
     k = per_image[0].shape[1]
     size = c * h * w
     item = images.element_size()
-    threads = max(1, min(torch.get_num_threads(), n, n * size * item // _MIN_BYTES_PER_THREAD))
+    threads = max(1, min(torch.get_num_threads(), n, n * size // _MIN_VALUES_PER_THREAD))
     bounds = np.linspace(0, n, threads + 1).astype(np.int64)
 
     def run(a: int, b: int) -> int:
