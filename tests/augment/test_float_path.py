@@ -225,3 +225,18 @@ def test_run_float_kernel_rejects_arrays_that_do_not_fit_the_images():
     with pytest.raises(ValueError, match="dtype"):
         native.load_variant(dtype="float16")
     assert np.all(kinds >= 0)
+
+
+@pytest.mark.parametrize("size", [(20, 24), (70, 66)], ids=["one-warp", "per-op"])
+def test_torch_path_geometry_of_other_float_dtypes(size, float_backend):
+    """float64/float16 batches take the torch path (one gather for every geometric op of small images, per-op routes
+    for large ones): geometric ops only move values, so they equal the float32 result (fill rounded alike)."""
+    h, w = size
+    g = torch.Generator().manual_seed(11)
+    x = torch.rand(12, 3, h, w, generator=g).half().float()  # exactly representable in float16
+    params = _params(12, 3, g)
+    geometric = torch.tensor([OPS.index(name) for name in ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")])
+    params = AugmentParams(geometric[params.ops % 5], params.values.clamp(-40, 40))
+    reference = apply_ops(x, params, fill=(0, 255, 0))  # 0 and 1: exact in every dtype
+    for dtype in (torch.float64, torch.float16):
+        assert torch.equal(apply_ops(x.to(dtype), params, fill=(0, 255, 0)).float(), reference), dtype

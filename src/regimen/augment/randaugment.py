@@ -67,7 +67,7 @@ from regimen.augment import functional as AF
 from regimen.augment import native
 from regimen.augment._common import augment_float_batch, fill_levels
 from regimen.augment.functional import OPS
-from regimen.augment.op_groups import _fixed_point_maps, apply_ops_uint8
+from regimen.augment.op_groups import _fixed_point_maps, _warp, apply_ops_uint8
 from regimen.method import Context, Method, register_method
 
 __all__ = [
@@ -167,11 +167,24 @@ def apply_ops(
     per_image = max(1, images[0].numel() if n else 1)  # an empty batch has no images[0]
     block = max(1, _BLOCK_ELEMENTS // per_image)
     out = images.clone()
+    h, w = images.shape[-2:]
+    # small images with NEAREST geometry: every geometric op of a position in one gather through the uint8 path's
+    # fixed-point maps (the same source pixels as the per-op functions), as op groups cost more in calls than pixels
+    one_warp = interpolation == "nearest" and h * w <= _SMALL_IMAGE
+    if one_warp:
+        maps = _fixed_point_maps(ops.reshape(-1), values.reshape(-1), h, w).reshape(*ops.shape, 6)
+        fill_t = (fill_levels(fill, images.shape[1]) / 255.0).to(device=images.device, dtype=images.dtype)
     with AF.trusted_images():
         for k in range(ops.shape[1]):
+            if one_warp and _IS_GEOMETRIC[ops[:, k]].any():
+                for rows in np.split(np.flatnonzero(_IS_GEOMETRIC[ops[:, k]]), range(block, n, block)):
+                    index = torch.from_numpy(rows).to(images.device)
+                    chunk = out.index_select(0, index)
+                    _warp(chunk, maps[rows, k], fill_t, chunk)
+                    out.index_copy_(0, index, chunk)
             for op in np.unique(ops[:, k]).tolist():
-                if op == 0:
-                    continue  # Identity
+                if op == 0 or (one_warp and _IS_GEOMETRIC[op]):
+                    continue  # Identity, or done above
                 for rows in np.split(np.flatnonzero(ops[:, k] == op), range(block, n, block)):
                     if rows.size == 0:
                         continue
@@ -182,6 +195,8 @@ def apply_ops(
 
 
 _POSTERIZE = OPS.index("Posterize")
+_IS_GEOMETRIC = np.array([name in ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY") for name in OPS])
+_SMALL_IMAGE = 64 * 64  # pixels; up to this size the torch path does every geometric op of a position in one gather
 _FLOAT_KIND = np.array([native.FLOAT_KINDS[name] for name in OPS], dtype=np.int32)
 _SOLARIZE = OPS.index("Solarize")
 
