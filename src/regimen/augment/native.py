@@ -202,7 +202,8 @@ def run_kernel(function, images: torch.Tensor, kinds: np.ndarray, factors: np.nd
 
 def apply_ops_float32_native(images: torch.Tensor, kinds: np.ndarray, factors: np.ndarray, maps: np.ndarray,
                              fill: np.ndarray) -> torch.Tensor:
-    """Run the float32 kernel on a CPU float32 batch ``(N, C, H, W)`` in [0, 1]: ``kinds`` ``(N, K)`` int32 (see
+    """Run the float32 kernel on a CPU float32 batch ``(N, C, H, W)`` in [0, 1] (not checked here: the caller,
+    :func:`regimen.augment.apply_ops`, checked it; AutoContrast relies on it): ``kinds`` ``(N, K)`` int32 (see
     :data:`FLOAT_KINDS`), ``factors`` ``(N, K)`` float32 (enhancement factor, Solarize threshold in [0, 1], Posterize
     bits), ``maps`` ``(N, K, 6)`` int64 fixed-point maps, ``fill`` ``(C,)`` float32 in [0, 1]."""
     _load()

@@ -768,7 +768,10 @@ static void apply_op_float(int32_t kind, const float *src, float *dst, const FSh
         solarize_float(src, dst, all, factor);
         break;
     case FKIND_POSTERIZE:
-        posterize_float(src, dst, all, 256 - (1 << (8 - (int32_t)factor)));
+        {
+            const int32_t bits = factor < 1.0f ? 1 : (factor > 8.0f ? 8 : (int32_t)factor);  /* callers pass 1-8 */
+            posterize_float(src, dst, all, 256 - (1 << (8 - bits)));
+        }
         break;
     case FKIND_BRIGHTNESS:
         scale_blend_float(src, dst, all, 0.0f, factor);
@@ -779,7 +782,8 @@ static void apply_op_float(int32_t kind, const float *src, float *dst, const FSh
     }
 }
 
-/* The float32 counterpart of regimen_apply_ops_uint8: images (n, c, h, w) in [0, 1], kinds (n, k) FKIND_*,
+/* The float32 counterpart of regimen_apply_ops_uint8: images (n, c, h, w) in [0, 1] (the caller checked: AutoContrast
+ * relies on it), kinds (n, k) FKIND_*,
  * factors (n, k) float32 (see the enum), maps (n, k, 6) int64 fixed point, fill (c) float32 in [0, 1].
  * Returns 0, or -1 if scratch memory could not be allocated. */
 int regimen_apply_ops_float32(const float *images, float *out, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k,
