@@ -77,6 +77,7 @@ def test_float32_batches_take_the_kernel():
     assert _float_kernel_applies(x, "nearest")
     assert not _float_kernel_applies(x, "bilinear")  # bilinear geometry stays in torch
     assert not _float_kernel_applies(x.double(), "nearest")  # other float dtypes too
+    assert not _float_kernel_applies(x.requires_grad_(), "nearest")  # autograd can follow the torch ops only
     with native.disabled():
         assert not _float_kernel_applies(x, "nearest")
 
@@ -240,3 +241,12 @@ def test_torch_path_geometry_of_other_float_dtypes(size, float_backend):
     reference = apply_ops(x, params, fill=(0, 255, 0))  # 0 and 1: exact in every dtype
     for dtype in (torch.float64, torch.float16):
         assert torch.equal(apply_ops(x.to(dtype), params, fill=(0, 255, 0)).float(), reference), dtype
+
+
+def test_a_batch_that_requires_grad_stays_in_torch():
+    """The kernel's output would be cut off from autograd: such a batch takes the torch ops (same values)."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.rand(10, 3, 16, 18, generator=g)
+    params = _without_contrast(_params(10, 2, g))
+    out = apply_ops(x.clone().requires_grad_(), params)
+    assert out.requires_grad and torch.equal(out.detach(), apply_ops(x, params))

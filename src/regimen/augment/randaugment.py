@@ -170,7 +170,7 @@ def apply_ops(
     h, w = images.shape[-2:]
     # small images with NEAREST geometry: every geometric op of a position in one gather through the uint8 path's
     # fixed-point maps (the same source pixels as the per-op functions), as op groups cost more in calls than pixels
-    one_warp = interpolation == "nearest" and h * w <= _SMALL_IMAGE
+    one_warp = interpolation == "nearest" and h * w <= _SMALL_IMAGE and not images.requires_grad  # out= gathers
     if one_warp:
         maps = _fixed_point_maps(ops.reshape(-1), values.reshape(-1), h, w).reshape(*ops.shape, 6)
         fill_t = (fill_levels(fill, images.shape[1]) / 255.0).to(device=images.device, dtype=images.dtype)
@@ -202,10 +202,11 @@ _SOLARIZE = OPS.index("Solarize")
 
 
 def _float_kernel_applies(images: torch.Tensor, interpolation: str) -> bool:
-    """float32 CPU batches with NEAREST geometry go to the compiled float32 kernel when it is available."""
+    """float32 CPU batches with NEAREST geometry go to the compiled float32 kernel when it is available (a batch that
+    requires grad stays in torch, which autograd can follow)."""
     h, w = images.shape[-2:]
     return (images.dtype == torch.float32 and interpolation == "nearest" and images.device.type == "cpu"
-            and h * w < 2**31 - 4 and native.available())
+            and not images.requires_grad and h * w < 2**31 - 4 and native.available())
 
 
 def _float_kernel_arguments(ops: np.ndarray, values: np.ndarray, channels: int, height: int, width: int,
