@@ -67,7 +67,7 @@ def test_simd_routes_equal_the_scalar_loops(shape):
     g = torch.Generator().manual_seed(7)
     x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
     params = _params(shape[0], 2, g)
-    in_use = native.set_simd(True)
+    in_use = native.set_simd(True, gathers=True)  # every hand-written route, the AVX-512 gathers included
     try:
         with_simd = apply_ops(x, params, fill=3)
         assert not native.set_simd(False)
@@ -87,7 +87,11 @@ def test_simd_warp_reads_only_inside_the_input(op, value):
     g = torch.Generator().manual_seed(10)
     x = torch.randint(0, 256, (5, 3, 37, 21), dtype=torch.uint8, generator=g)
     params = AugmentParams(torch.full((5, 1), OPS.index(op)), torch.full((5, 1), value, dtype=torch.float64))
-    compiled, reference = _both(x, params, (4, 5, 6))
+    native.set_simd(True, gathers=True)  # the gathers, even on CPUs where they are not used by default
+    try:
+        compiled, reference = _both(x, params, (4, 5, 6))
+    finally:
+        native.set_simd(True)
     native.set_simd(False)
     try:
         scalar = apply_ops(x, params, fill=(4, 5, 6))

@@ -155,13 +155,16 @@ def build_error() -> str | None:
     return _state["error"]
 
 
-def set_simd(enabled: bool) -> bool:
-    """Switch the kernel's hand-written SIMD routes (AVX-512 VBMI table lookups and AVX-512 gathers) on or off for
-    the whole process; returns whether they are now in use (``False`` on CPUs without them). The compiler's own
-    vectorisation is unaffected. For tests and benchmarks: both routes give the same results."""
+def set_simd(enabled: bool, gathers: bool | None = None) -> bool:
+    """Switch the kernels' hand-written SIMD routes (AVX-512 VBMI table lookups and AVX-512 gathers) on or off for
+    the whole process; returns whether they are now in use (``False`` on CPUs without them). ``gathers``: ``None``
+    uses the gathers where they pay off (not on AMD CPUs, whose AVX-512 gathers are slower than scalar loads),
+    ``True`` everywhere the CPU has them (tests). The compiler's own vectorisation is unaffected. For tests and
+    benchmarks: every route gives the same results."""
     if _load() is None:
         return False
-    return bool(_state["library"].regimen_set_simd(int(bool(enabled))))
+    mode = 0 if not enabled else (2 if gathers else 1)
+    return bool(_state["library"].regimen_set_simd(mode))
 
 
 def disabled():

@@ -32,16 +32,21 @@
 #endif
 
 static int use_avx512 = -1;  /* the hand-written AVX-512 routes; -1: not decided yet */
+static int use_gather = 0;   /* of those, the AVX-512 gathers (Rotate/ShearY): slower than scalar loads on AMD Zen */
 
-/* Enable (1) or disable (0) the hand-written SIMD routes; returns whether they are in use. */
-int regimen_set_simd(int enabled) {
+/* Hand-written SIMD routes: 0 off, 1 where they pay off (table lookups on CPUs with AVX-512 VBMI; gathers too,
+ * except on AMD CPUs, whose AVX-512 gathers are microcoded and measured 3-7x slower than scalar loads at 224x224),
+ * 2 all of them wherever the CPU has the instructions (for tests). Returns whether the AVX-512 routes are in use. */
+int regimen_set_simd(int mode) {
 #if HAVE_AVX512
     __builtin_cpu_init();
-    use_avx512 = enabled && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw")
+    use_avx512 = mode && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw")
                && __builtin_cpu_supports("avx512vl");
+    use_gather = use_avx512 && (mode == 2 || !__builtin_cpu_is("amd"));
 #else
-    (void)enabled;
+    (void)mode;
     use_avx512 = 0;
+    use_gather = 0;
 #endif
     return use_avx512;
 }
@@ -283,7 +288,7 @@ static void warp_avx512(const uint8_t *plane, uint8_t *out, int32_t h, int32_t w
 static void gather(const uint8_t *plane, const int32_t *index, uint8_t *out, int64_t count) {
     int64_t i = 0;
 #if HAVE_AVX512
-    if (use_avx512) i = gather_avx512(plane, index, out, count);
+    if (use_gather) i = gather_avx512(plane, index, out, count);
 #endif
     for (; i < count; i++) out[i] = plane[index[i]];
 }
@@ -344,7 +349,7 @@ static void geometric(const uint8_t *src, uint8_t *dst, const Shape *s, const in
     }
     const int small = fits_int32(x0, a, b, w, h) && fits_int32(y0, c, d, w, h);
 #if HAVE_AVX512
-    if (use_avx512 && small) {  /* indices computed in registers, masked 32-bit gathers straight from the plane */
+    if (use_gather && small) {  /* indices computed in registers, masked 32-bit gathers straight from the plane */
         for (int64_t ch = 0; ch < s->c; ch++) {
             const uint8_t *plane = src + ch * p;
             uintptr_t at = (uintptr_t)plane, scratch = (uintptr_t)s->scratch_start;
@@ -510,14 +515,9 @@ CLONES static void quantise_plane(const float *restrict src, uint8_t *restrict d
     for (int64_t i = 0; i < count; i++) dst[i] = (uint8_t)(int32_t)quantise_level(src[i]);
 }
 
-CLONES static void lookup_float(const uint8_t *restrict levels, float *restrict dst, int64_t count,
-                                const float *restrict table) {
-    for (int64_t i = 0; i < count; i++) dst[i] = table[levels[i]];
-}
-
-static void level_table(const uint8_t *table, float *out) {
+CLONES static void levels_to_float(const uint8_t *restrict levels, float *restrict dst, int64_t count) {
     /* functional._from_uint8: a level as float32 / 255 */
-    for (int i = 0; i < 256; i++) out[i] = (float)table[i] / 255.0f;
+    for (int64_t i = 0; i < count; i++) dst[i] = (float)levels[i] / 255.0f;
 }
 
 CLONES static void autocontrast_float(const float *restrict src, float *restrict dst, int64_t count) {
@@ -665,23 +665,28 @@ static void sharpness_float(const float *src, float *dst, const FShape *s, float
 __attribute__((target("avx512f,avx512vl")))
 static void warp_float_avx512(const float *plane, float *out, int32_t h, int32_t w, int32_t x0, int32_t a,
                               int32_t b, int32_t y0, int32_t c, int32_t d, float fill) {
-    /* as warp_avx512, gathering 32-bit floats (no bytes read past the plane) */
+    /* as warp_avx512, gathering 32-bit floats (no bytes read past the plane); the fixed-point source coordinates
+     * advance by 16 steps per block instead of being multiplied out (the caller checked they fit 32 bits) */
     const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512i step_x = _mm512_set1_epi32(a), step_y = _mm512_set1_epi32(c);
+    const __m512i ramp_x = _mm512_mullo_epi32(_mm512_set1_epi32(a), lanes);
+    const __m512i ramp_y = _mm512_mullo_epi32(_mm512_set1_epi32(c), lanes);
+    const __m512i block_x = _mm512_set1_epi32(16 * a), block_y = _mm512_set1_epi32(16 * c);
     const __m512i width = _mm512_set1_epi32(w), height = _mm512_set1_epi32(h);
     const __m512 level = _mm512_set1_ps(fill);
     for (int32_t y = 0; y < h; y++) {
-        const __m512i start_x = _mm512_set1_epi32(x0 + b * y), start_y = _mm512_set1_epi32(y0 + d * y);
+        __m512i fx = _mm512_add_epi32(_mm512_set1_epi32(x0 + b * y), ramp_x);
+        __m512i fy = _mm512_add_epi32(_mm512_set1_epi32(y0 + d * y), ramp_y);
         float *row_out = out + (int64_t)y * w;
         for (int32_t x = 0; x < w; x += 16) {
             const __mmask16 live = w - x >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (w - x)) - 1u);
-            const __m512i xs = _mm512_add_epi32(_mm512_set1_epi32(x), lanes);
-            const __m512i col = _mm512_srai_epi32(_mm512_add_epi32(start_x, _mm512_mullo_epi32(step_x, xs)), 16);
-            const __m512i row = _mm512_srai_epi32(_mm512_add_epi32(start_y, _mm512_mullo_epi32(step_y, xs)), 16);
+            const __m512i col = _mm512_srai_epi32(fx, 16);
+            const __m512i row = _mm512_srai_epi32(fy, 16);
             const __mmask16 inside = live & _mm512_cmplt_epu32_mask(col, width) & _mm512_cmplt_epu32_mask(row, height);
             const __m512i at = _mm512_add_epi32(_mm512_mullo_epi32(row, width), col);
             const __m512 values = _mm512_mask_i32gather_ps(level, inside, at, plane, 4);
             _mm512_mask_storeu_ps(row_out + x, live, values);
+            fx = _mm512_add_epi32(fx, block_x);
+            fy = _mm512_add_epi32(fy, block_y);
         }
     }
 }
@@ -711,7 +716,7 @@ static void geometric_float(const float *src, float *dst, const FShape *s, const
     }
     const int small = fits_int32(x0, a, b, w, h) && fits_int32(y0, c, d, w, h);
 #if HAVE_AVX512
-    if (use_avx512 && small) {
+    if (use_gather && small) {
         for (int64_t ch = 0; ch < s->c; ch++) {
             warp_float_avx512(src + ch * p, dst + ch * p, (int32_t)h, (int32_t)w, (int32_t)x0, (int32_t)a,
                               (int32_t)b, (int32_t)y0, (int32_t)c, (int32_t)d, s->fill[ch]);
@@ -738,17 +743,18 @@ static void apply_op_float(int32_t kind, const float *src, float *dst, const FSh
                            const int64_t *map) {
     const int64_t p = s->plane, all = s->c * s->plane;
     uint8_t table[256];
-    float own[256];
     switch (kind) {
     case FKIND_AUTOCONTRAST:
         for (int64_t ch = 0; ch < s->c; ch++) autocontrast_float(src + ch * p, dst + ch * p, p);
         break;
     case FKIND_EQUALIZE:
         for (int64_t ch = 0; ch < s->c; ch++) {
+            /* 8-bit levels, Pillow's table looked up in bytes (VBMI permutes where available), then level / 255:
+             * no float table lookup, which compilers turn into gathers (slow on some CPUs) */
             quantise_plane(src + ch * p, s->levels, p);
             equalize_table(s->levels, p, table);
-            level_table(table, own);
-            lookup_float(s->levels, dst + ch * p, p, own);
+            lookup(s->levels, s->levels, p, table);
+            levels_to_float(s->levels, dst + ch * p, p);
         }
         break;
     case FKIND_CONTRAST:
