@@ -13,9 +13,14 @@
  * Speed: with GCC on x86-64 Linux, the pixel loops are compiled for AVX-512, AVX2 and baseline SSE2 and the
  * dynamic loader picks the best the CPU has (target_clones); the same C code gives the same results in every clone.
  * Hand-written AVX-512 routes, used on CPUs with AVX-512 F/BW/VL/VBMI: table lookups by two 128-entry byte
- * permutes per 64 bytes, and Rotate/ShearY by masked 32-bit gathers with the indices computed in registers.
- * regimen_set_simd(0) switches them off; the tests compare both routes, and a -DREGIMEN_PORTABLE build (plain C
- * loops only, what other CPUs, architectures and compilers run) with the default build.
+ * permutes per 64 bytes, and Rotate/ShearY by masked 32-bit gathers with the indices computed in registers (not on
+ * AMD CPUs, where those gathers are slower than scalar loads). regimen_set_simd(0) switches them off, (2) forces the
+ * gathers on; the tests compare the routes, and a -DREGIMEN_PORTABLE build (plain C loops only, what other CPUs,
+ * architectures and compilers run) with the default build.
+ *
+ * The second half of the file is the float32 counterpart (regimen_apply_ops_float32): the continuous ops of
+ * functional.py on float32 images in [0, 1], with the same geometry maps. One C file holds both (the design allows
+ * exactly one compiled source); its name predates the float32 half.
  */
 #include <stdint.h>
 #include <stdlib.h>
