@@ -1,4 +1,5 @@
-"""The compiled uint8 kernel: the same results as the torch implementation, SIMD on and off, threads, fallback."""
+"""The compiled uint8 kernel: the same results as the torch implementation, SIMD on and off, threads, fallback
+(the float32 kernel of the same file: tests/augment/test_float_path.py; its portable builds here)."""
 
 import os
 import shutil
@@ -66,7 +67,7 @@ def test_simd_routes_equal_the_scalar_loops(shape):
     g = torch.Generator().manual_seed(7)
     x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
     params = _params(shape[0], 2, g)
-    in_use = native.set_simd(True)
+    in_use = native.set_simd(True, gathers=True)  # every hand-written route, the AVX-512 gathers included
     try:
         with_simd = apply_ops(x, params, fill=3)
         assert not native.set_simd(False)
@@ -86,7 +87,11 @@ def test_simd_warp_reads_only_inside_the_input(op, value):
     g = torch.Generator().manual_seed(10)
     x = torch.randint(0, 256, (5, 3, 37, 21), dtype=torch.uint8, generator=g)
     params = AugmentParams(torch.full((5, 1), OPS.index(op)), torch.full((5, 1), value, dtype=torch.float64))
-    compiled, reference = _both(x, params, (4, 5, 6))
+    native.set_simd(True, gathers=True)  # the gathers, even on CPUs where they are not used by default
+    try:
+        compiled, reference = _both(x, params, (4, 5, 6))
+    finally:
+        native.set_simd(True)
     native.set_simd(False)
     try:
         scalar = apply_ops(x, params, fill=(4, 5, 6))
@@ -196,6 +201,16 @@ def test_portable_builds_give_the_same_results(flags, tmp_path, monkeypatch):
         arguments = kernel_arguments(params.ops.numpy(), params.values.numpy(), *shape[1:])
         fill = torch.full((shape[1],), 11, dtype=torch.uint8).numpy()
         assert torch.equal(native.run_kernel(variant, x, *arguments, fill), apply_ops(x, params, fill=11)), shape
+    # the float32 kernel of the same build against the default build's
+    from regimen.augment.randaugment import _float_kernel_arguments
+
+    float_variant = native.load_variant(*flags, dtype="float32")
+    for shape in [(20, 3, 37, 53), (30, 1, 28, 28), (6, 3, 2, 9)]:
+        g = torch.Generator().manual_seed(shape[2])
+        x = torch.rand(shape, generator=g)
+        params = _params(shape[0], 3, g)
+        arguments = _float_kernel_arguments(params.ops.numpy(), params.values.numpy(), *shape[1:], 11)
+        assert torch.equal(native.run_float_kernel(float_variant, x, *arguments), apply_ops(x, params, fill=11)), shape
 
 
 @needs_kernel

@@ -14,7 +14,11 @@ with a reduced search space", 2019, arXiv 1909.13719), so Pillow is the referenc
   AutoContrast and Equalize build Pillow's lookup tables (double-precision scale, truncation; ``step // 2``
   rounding, histogram without its last bin).
 * **float images** use the same definitions without the integer rounding (the continuous version of each op), so
-  they agree with Pillow to within one level; Equalize and Posterize quantise to 8-bit levels by their nature.
+  they agree with Pillow to within one level; Equalize and Posterize quantise to 8-bit levels by their nature
+  (``round(255 x)``, half to even). Every op computes in float32 "levels" ``L = 255 x``: blends are
+  ``clip(d + f (L - d), 0, 255) / 255``; greyscale is ``0.299 R + 0.587 G + 0.114 B`` (clipped); Contrast blends with
+  the mean grey level (summed in double); Sharpness with the unrounded SMOOTH filter. The compiled float32 kernel
+  behind :func:`regimen.augment.apply_ops` repeats these operations in the same order (tests compare the two).
 * **geometric ops** use Pillow's inverse-affine convention: output pixel ``(x, y)`` samples the input at
   ``(a x' + b y' + c, d x' + e y' + f)`` with ``(x', y') = (x + 0.5, y + 0.5)``, the pixel centre. Nearest
   interpolation takes ``floor`` of that point in Pillow's 16.16 fixed point (Pillow's ``affine_fixed``; pure

@@ -46,10 +46,15 @@ normalisation. With ``quantize = true`` (the default) they round ``x * 255`` to 
 divide by 255 again: exact for 8-bit data (what the image tasks load), but a float image with finer levels is rounded
 to steps of 1/255. Either way values outside [0, 1] (an already-normalised batch) are refused with a ValueError.
 
-Speed: uint8 batches on the CPU with nearest interpolation (the training Methods' path) run in a small compiled C
-kernel (:mod:`regimen.augment.native`), one call per batch that touches each byte once per op; everything else runs
-in torch, grouped by op (:mod:`regimen.augment.op_groups` for uint8). ``benchmarks/augment_randaugment.py`` times
-both against a per-image Pillow loop and Kornia.
+Speed: on the CPU with nearest interpolation, uint8 and float32 batches run in a small compiled C kernel
+(:mod:`regimen.augment.native`, one file ``uint8_kernel.c`` with a uint8 and a float32 entry point), one call per
+batch that touches each value once per op. The float32 kernel computes the continuous ops of
+:mod:`regimen.augment.functional` with the same float32 operations in the same order as the torch implementation, so
+its results equal the torch path's bit for bit, except Contrast, whose double-precision mean is summed in another
+order (within 1e-6); they are within one level of Pillow per op (geometry exactly). Everything else (bilinear
+geometry, float16/bfloat16/float64, other devices, ``REGIMEN_NATIVE=0`` or no C compiler) runs in torch, grouped by
+op (:mod:`regimen.augment.op_groups` for uint8). ``benchmarks/augment_randaugment.py`` times the uint8 path against
+a per-image Pillow loop and Kornia, ``benchmarks/augment_float.py`` the float32 path against Kornia.
 """
 
 from dataclasses import dataclass
@@ -59,9 +64,10 @@ import torch
 from torch import nn
 
 from regimen.augment import functional as AF
+from regimen.augment import native
 from regimen.augment._common import augment_float_batch, fill_levels
 from regimen.augment.functional import OPS
-from regimen.augment.op_groups import apply_ops_uint8
+from regimen.augment.op_groups import _fixed_point_maps, _warp, apply_ops_uint8
 from regimen.method import Context, Method, register_method
 
 __all__ = [
@@ -152,18 +158,33 @@ def apply_ops(
     if images.dtype == torch.uint8 and interpolation == "nearest":
         fill_uint8 = fill_levels(fill, images.shape[1]).to(device=images.device, dtype=torch.uint8)
         return apply_ops_uint8(images, ops, values, fill_uint8)
+    if _float_kernel_applies(images, interpolation):
+        return native.apply_ops_float32_native(images, *_float_kernel_arguments(ops, values, *images.shape[1:], fill))
     values_t = torch.from_numpy(values)
     # One output buffer, updated in place block by block: each block of whole images (~1M values, so float32/int32
     # temporaries stay cache-sized and below glibc's mmap threshold) is gathered, transformed and written back to
     # the same rows. A fresh batch-sized buffer per position would page-fault on every call (~25 ms per 38 MB).
-    per_image = max(1, images[0].numel())
+    per_image = max(1, images[0].numel() if n else 1)  # an empty batch has no images[0]
     block = max(1, _BLOCK_ELEMENTS // per_image)
     out = images.clone()
+    h, w = images.shape[-2:]
+    # small images with NEAREST geometry: every geometric op of a position in one gather through the uint8 path's
+    # fixed-point maps (the same source pixels as the per-op functions), as op groups cost more in calls than pixels
+    one_warp = interpolation == "nearest" and h * w <= _SMALL_IMAGE and not images.requires_grad  # out= gathers
+    if one_warp:
+        maps = _fixed_point_maps(ops.reshape(-1), values.reshape(-1), h, w).reshape(*ops.shape, 6)
+        fill_t = (fill_levels(fill, images.shape[1]) / 255.0).to(device=images.device, dtype=images.dtype)
     with AF.trusted_images():
         for k in range(ops.shape[1]):
+            if one_warp and _IS_GEOMETRIC[ops[:, k]].any():
+                for rows in np.split(np.flatnonzero(_IS_GEOMETRIC[ops[:, k]]), range(block, n, block)):
+                    index = torch.from_numpy(rows).to(images.device)
+                    chunk = out.index_select(0, index)
+                    _warp(chunk, maps[rows, k], fill_t, chunk)
+                    out.index_copy_(0, index, chunk)
             for op in np.unique(ops[:, k]).tolist():
-                if op == 0:
-                    continue  # Identity
+                if op == 0 or (one_warp and _IS_GEOMETRIC[op]):
+                    continue  # Identity, or done above
                 for rows in np.split(np.flatnonzero(ops[:, k] == op), range(block, n, block)):
                     if rows.size == 0:
                         continue
@@ -174,6 +195,30 @@ def apply_ops(
 
 
 _POSTERIZE = OPS.index("Posterize")
+_IS_GEOMETRIC = np.array([name in ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY") for name in OPS])
+_SMALL_IMAGE = 64 * 64  # pixels; up to this size the torch path does every geometric op of a position in one gather
+_FLOAT_KIND = np.array([native.FLOAT_KINDS[name] for name in OPS], dtype=np.int32)
+_SOLARIZE = OPS.index("Solarize")
+
+
+def _float_kernel_applies(images: torch.Tensor, interpolation: str) -> bool:
+    """float32 CPU batches with NEAREST geometry go to the compiled float32 kernel when it is available (a batch that
+    requires grad stays in torch, which autograd can follow)."""
+    h, w = images.shape[-2:]
+    return (images.dtype == torch.float32 and interpolation == "nearest" and images.device.type == "cpu"
+            and not images.requires_grad and h * w < 2**31 - 4 and native.available())
+
+
+def _float_kernel_arguments(ops: np.ndarray, values: np.ndarray, channels: int, height: int, width: int,
+                            fill: AF.Fill) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The float32 kernel's kinds ``(N, K)``, float32 factors ``(N, K)`` (Solarize thresholds in [0, 1] units, as
+    ``_apply_one`` passes them), fixed-point maps ``(N, K, 6)`` (the uint8 path's, so both read the same source
+    pixels) and fill ``(C,)`` in [0, 1] (``fill / 255`` in double, then float32, as the torch ops)."""
+    n, k = ops.shape
+    factors = np.where(ops == _SOLARIZE, values / 255.0, values).astype(np.float32)
+    maps = _fixed_point_maps(ops.reshape(-1), values.reshape(-1), height, width).reshape(n, k, 6)
+    fill_values = (fill_levels(fill, channels).numpy() / 255.0).astype(np.float32)
+    return _FLOAT_KIND[ops], factors, maps, fill_values
 _IS_ENHANCE = np.array([name in _ENHANCE for name in OPS])
 
 
@@ -264,7 +309,7 @@ class _BatchedAugment(nn.Module):
         return apply_ops(images, params, self.interpolation, self.fill)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        AF.check_images(images)
+        AF.check_images(images, check_range=False)  # the shape, to sample; apply_ops checks the values (one pass)
         n, _, h, w = images.shape
         return self.apply(images, self.sample(n, h, w, generator))
 
