@@ -51,7 +51,7 @@ __all__ = ["Arm", "StudyError", "StudySpec", "analyse", "load_study", "parse_met
 
 STUDY_FILE = "study.json"
 RESULTS_FILE = "results.json"
-VERDICTS = ("confirmed", "not detected at this budget", "contradicted", "no claim")
+VERDICTS = ("confirmed", "not detected at this budget", "contradicted", "no claim", "not run yet")
 
 
 class StudyError(RegimenError, RuntimeError):
@@ -520,7 +520,7 @@ def analyse(out: str | os.PathLike) -> dict[str, Any]:
             "pairs": len(pairs), "differences": diffs, "mean_difference": mean, "ci_low": low, "ci_high": high,
             "base_mean": _mean([b.get(key, math.nan) for b, _ in pairs]),
             "arm_mean": _mean([m.get(key, math.nan) for _, m in pairs]),
-            "verdict": verdict(improvement_low, improvement_high, effect, spec["margin"]),
+            "verdict": verdict(improvement_low, improvement_high, effect, spec["margin"]) if pairs else "not run yet",
             "time_ratio": _geomean([m["train_time"] / b["train_time"] for b, m in pairs if b.get("train_time")]),
             "time_to_target_ratio": _median([m / b for b, m in reached if b and m]),
             "arm_reached_target": sum(m is not None for _, m in reached),
