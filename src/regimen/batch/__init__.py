@@ -2,7 +2,7 @@
 adaptive batch size (norm test), LARS / LAMB, hard-batch selection and length-bucketed samplers.
 
 Importing this package registers the recipe methods ``lr_scaling``, ``ghost_bn``, ``regime_adaptation``,
-``weight_std``, ``adaptive_batch`` and ``high_loss_batches``.
+``weight_std``, ``adaptive_batch``, ``high_loss_batches``, ``sam`` and ``swa``.
 """
 
 from regimen._compat import deprecated_aliases
@@ -29,8 +29,10 @@ from regimen.batch.hard_batches import (
 from regimen.batch.lamb import LAMB
 from regimen.batch.lars import LARS, excluded_from_trust_ratio
 from regimen.batch.regime import Regime, RegimeAdaptationMethod, adapt_regime, regime_factor
+from regimen.batch.sam import SAMMethod, frozen_bn_statistics, sam_epsilon, sam_step
 from regimen.batch.samplers import LengthBucketBatchSampler, TokenBudgetBatchSampler, padding_fraction
 from regimen.batch.scaling import LRScalingMethod, infer_scaling_rule, scale_lr, scale_optimizer_lr
+from regimen.batch.swa import SWAMethod, recompute_bn_statistics, swa_lr_factor, swa_update
 from regimen.batch.weight_std import (
     BatchChannelNorm2d,
     WeightStandardizationMethod,
@@ -55,6 +57,8 @@ __all__ = [
     "LengthBucketBatchSampler",
     "NormTestResult",
     "Regime",
+    "SAMMethod",
+    "SWAMethod",
     "RegimeAdaptationMethod",
     "TokenBudgetBatchSampler",
     "WSConv2d",
@@ -66,16 +70,22 @@ __all__ = [
     "batch_loss_sums",
     "convs_followed_by_norm",
     "excluded_from_trust_ratio",
+    "frozen_bn_statistics",
     "ghost_batch_norm",
     "infer_scaling_rule",
     "norm_test",
     "norm_test_from_sums",
     "padding_fraction",
     "per_sample_gradients",
+    "recompute_bn_statistics",
     "regime_factor",
+    "sam_epsilon",
+    "sam_step",
     "scale_lr",
     "scale_optimizer_lr",
     "select_high_loss",
+    "swa_lr_factor",
+    "swa_update",
     "weight_standardize",
 ]
 
