@@ -2,7 +2,7 @@
 adaptive batch size (norm test), LARS / LAMB, hard-batch selection and length-bucketed samplers.
 
 Importing this package registers the recipe methods ``lr_scaling``, ``ghost_bn``, ``regime_adaptation``,
-``weight_std``, ``adaptive_batch``, ``high_loss_batches``, ``sam`` and ``swa``.
+``weight_std``, ``adaptive_batch``, ``high_loss_batches``, ``sam``, ``swa`` and ``selective_backprop``.
 """
 
 from regimen._compat import deprecated_aliases
@@ -32,6 +32,11 @@ from regimen.batch.regime import Regime, RegimeAdaptationMethod, adapt_regime, r
 from regimen.batch.sam import SAMMethod, frozen_bn_statistics, sam_epsilon, sam_step
 from regimen.batch.samplers import LengthBucketBatchSampler, TokenBudgetBatchSampler, padding_fraction
 from regimen.batch.scaling import LRScalingMethod, infer_scaling_rule, scale_lr, scale_optimizer_lr
+from regimen.batch.selective_backprop import (
+    SelectiveBackpropMethod,
+    select_by_loss_percentile,
+    selection_weights,
+)
 from regimen.batch.swa import SWAMethod, recompute_bn_statistics, swa_lr_factor, swa_update
 from regimen.batch.weight_std import (
     BatchChannelNorm2d,
@@ -59,6 +64,7 @@ __all__ = [
     "Regime",
     "SAMMethod",
     "SWAMethod",
+    "SelectiveBackpropMethod",
     "RegimeAdaptationMethod",
     "TokenBudgetBatchSampler",
     "WSConv2d",
@@ -83,7 +89,9 @@ __all__ = [
     "sam_step",
     "scale_lr",
     "scale_optimizer_lr",
+    "select_by_loss_percentile",
     "select_high_loss",
+    "selection_weights",
     "swa_lr_factor",
     "swa_update",
     "weight_standardize",
