@@ -1,4 +1,4 @@
-"""The Composer-parity recipe of issue 19: SAM + SWA + CutOut + selective backprop (+ multi-sample dropout and the
+"""The Composer-parity recipe of issue 19: SAM + SWA + CutOut + BlurPool + selective backprop (+ multi-sample dropout and the
 Z-loss beside SAM) train together, are reproducible, and a run stopped inside an epoch resumes bit-identically."""
 
 import copy
@@ -12,11 +12,12 @@ from tests.helpers import InterruptAtStep
 BASE = {
     "name": "composer", "seed": 3,
     "data": {"name": "digits", "val_fraction": 0.1},
-    "model": {"name": "resnet", "options": {"widths": [8, 16], "depths": [1, 1]}},
+    "model": {"name": "resnet", "options": {"widths": [16, 32], "depths": [1, 1]}},
     "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
     "schedule": {"name": "cosine", "warmup_epochs": 0.5},
     "train": {"epochs": 3, "batch_size": 32, "max_steps_per_epoch": 6, "threads": 1, "checkpoint_every_steps": 4},
     "methods": [
+        {"name": "blurpool"},
         {"name": "cutout", "length": 0.5},
         {"name": "selective_backprop", "keep": 0.5, "start": 0.0, "end": 1.0, "interrupt": 3},
         {"name": "sam", "rho": 0.05},
@@ -32,7 +33,7 @@ def _same(a, b):
         assert torch.equal(want[key], got[key]), key
 
 
-def test_sam_swa_cutout_selective_backprop_train_reproducibly_and_resume_bit_identically(tmp_path):
+def test_sam_swa_cutout_blurpool_selective_backprop_train_reproducibly_and_resume_bit_identically(tmp_path):
     recipe = copy.deepcopy(BASE)
     recipe["methods"].append({"name": "_test_interrupt_at_step", "step": 9})
     InterruptAtStep.armed = False

@@ -1,8 +1,10 @@
 """Batch pillar: LR-vs-batch-size rules, Ghost BN + regime adaptation, Weight Standardization + Batch-Channel Norm,
-adaptive batch size (norm test), LARS / LAMB, hard-batch selection and length-bucketed samplers.
+adaptive batch size (norm test), LARS / LAMB, hard-batch selection and length-bucketed samplers; and the optimisation
+methods of Composer parity: SAM/ASAM, SWA, per-example selective backprop, BlurPool.
 
 Importing this package registers the recipe methods ``lr_scaling``, ``ghost_bn``, ``regime_adaptation``,
-``weight_std``, ``adaptive_batch``, ``high_loss_batches``, ``sam``, ``swa`` and ``selective_backprop``.
+``weight_std``, ``adaptive_batch``, ``high_loss_batches``, ``sam``, ``swa``, ``selective_backprop`` and
+``blurpool``.
 """
 
 from regimen._compat import deprecated_aliases
@@ -12,6 +14,14 @@ from regimen.batch.adaptive import (
     norm_test,
     norm_test_from_sums,
     per_sample_gradients,
+)
+from regimen.batch.blurpool import (
+    BlurConv2d,
+    BlurPoolMethod,
+    MaxBlurPool2d,
+    apply_blurpool,
+    blur_2d,
+    blur_filter,
 )
 from regimen.batch.ghost_bn import (
     GhostBatchNorm1d,
@@ -51,6 +61,8 @@ from regimen.batch.weight_std import (
 __all__ = [
     "AdaptiveBatchMethod",
     "BatchChannelNorm2d",
+    "BlurConv2d",
+    "BlurPoolMethod",
     "GhostBatchNorm1d",
     "GhostBatchNorm2d",
     "GhostBatchNormMethod",
@@ -60,6 +72,7 @@ __all__ = [
     "LARS",
     "LRScalingMethod",
     "LengthBucketBatchSampler",
+    "MaxBlurPool2d",
     "NormTestResult",
     "Regime",
     "SAMMethod",
@@ -71,9 +84,12 @@ __all__ = [
     "WeightStandardizationMethod",
     "adapt_regime",
     "apply_batch_channel_norm",
+    "apply_blurpool",
     "apply_ghost_batch_norm",
     "apply_weight_standardization",
     "batch_loss_sums",
+    "blur_2d",
+    "blur_filter",
     "convs_followed_by_norm",
     "excluded_from_trust_ratio",
     "frozen_bn_statistics",
