@@ -12,12 +12,12 @@ from tests.helpers import InterruptAtStep
 BASE = {
     "name": "composer", "seed": 3,
     "data": {"name": "digits", "val_fraction": 0.1},
-    "model": {"name": "resnet", "options": {"widths": [16, 32], "depths": [1, 1]}},
+    "model": {"name": "resnet", "options": {"widths": [8, 16], "depths": [1, 1]}},
     "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
     "schedule": {"name": "cosine", "warmup_epochs": 0.5},
     "train": {"epochs": 3, "batch_size": 32, "max_steps_per_epoch": 6, "threads": 1, "checkpoint_every_steps": 4},
     "methods": [
-        {"name": "blurpool"},
+        {"name": "blurpool", "min_channels": 8},
         {"name": "cutout", "length": 0.5},
         {"name": "selective_backprop", "keep": 0.5, "start": 0.0, "end": 1.0, "interrupt": 3},
         {"name": "sam", "rho": 0.05},

@@ -1,10 +1,11 @@
 """Batch pillar: LR-vs-batch-size rules, Ghost BN + regime adaptation, Weight Standardization + Batch-Channel Norm,
 adaptive batch size (norm test), LARS / LAMB, hard-batch selection and length-bucketed samplers; and the optimisation
-methods of Composer parity: SAM/ASAM, SWA, per-example selective backprop, BlurPool.
+methods of Composer parity: SAM/ASAM, SWA, per-example selective backprop, BlurPool,
+layer freezing.
 
 Importing this package registers the recipe methods ``lr_scaling``, ``ghost_bn``, ``regime_adaptation``,
-``weight_std``, ``adaptive_batch``, ``high_loss_batches``, ``sam``, ``swa``, ``selective_backprop`` and
-``blurpool``.
+``weight_std``, ``adaptive_batch``, ``high_loss_batches``, ``sam``, ``swa``, ``selective_backprop``,
+``blurpool`` and ``layer_freezing``.
 """
 
 from regimen._compat import deprecated_aliases
@@ -38,6 +39,7 @@ from regimen.batch.hard_batches import (
 )
 from regimen.batch.lamb import LAMB
 from regimen.batch.lars import LARS, excluded_from_trust_ratio
+from regimen.batch.layer_freezing import LayerFreezingMethod, freezable_layers, frozen_layer_count
 from regimen.batch.regime import Regime, RegimeAdaptationMethod, adapt_regime, regime_factor
 from regimen.batch.sam import SAMMethod, frozen_bn_statistics, sam_epsilon, sam_step
 from regimen.batch.samplers import LengthBucketBatchSampler, TokenBudgetBatchSampler, padding_fraction
@@ -71,6 +73,7 @@ __all__ = [
     "LAMB",
     "LARS",
     "LRScalingMethod",
+    "LayerFreezingMethod",
     "LengthBucketBatchSampler",
     "MaxBlurPool2d",
     "NormTestResult",
@@ -92,7 +95,9 @@ __all__ = [
     "blur_filter",
     "convs_followed_by_norm",
     "excluded_from_trust_ratio",
+    "freezable_layers",
     "frozen_bn_statistics",
+    "frozen_layer_count",
     "ghost_batch_norm",
     "infer_scaling_rule",
     "norm_test",
