@@ -1,11 +1,11 @@
 """Batch pillar: LR-vs-batch-size rules, Ghost BN + regime adaptation, Weight Standardization + Batch-Channel Norm,
 adaptive batch size (norm test), LARS / LAMB, hard-batch selection and length-bucketed samplers; and the optimisation
 methods of Composer parity: SAM/ASAM, SWA, per-example selective backprop, BlurPool,
-layer freezing.
+Squeeze-Excite, layer freezing.
 
 Importing this package registers the recipe methods ``lr_scaling``, ``ghost_bn``, ``regime_adaptation``,
 ``weight_std``, ``adaptive_batch``, ``high_loss_batches``, ``sam``, ``swa``, ``selective_backprop``,
-``blurpool`` and ``layer_freezing``.
+``blurpool``, ``squeeze_excite`` and ``layer_freezing``.
 """
 
 from regimen._compat import deprecated_aliases
@@ -49,6 +49,12 @@ from regimen.batch.selective_backprop import (
     select_by_loss_percentile,
     selection_weights,
 )
+from regimen.batch.squeeze_excite import (
+    SqueezeExcite2d,
+    SqueezeExciteConv2d,
+    SqueezeExciteMethod,
+    apply_squeeze_excite,
+)
 from regimen.batch.swa import SWAMethod, recompute_bn_statistics, swa_lr_factor, swa_update
 from regimen.batch.weight_std import (
     BatchChannelNorm2d,
@@ -81,6 +87,9 @@ __all__ = [
     "SAMMethod",
     "SWAMethod",
     "SelectiveBackpropMethod",
+    "SqueezeExcite2d",
+    "SqueezeExciteConv2d",
+    "SqueezeExciteMethod",
     "RegimeAdaptationMethod",
     "TokenBudgetBatchSampler",
     "WSConv2d",
@@ -88,6 +97,7 @@ __all__ = [
     "adapt_regime",
     "apply_batch_channel_norm",
     "apply_blurpool",
+    "apply_squeeze_excite",
     "apply_ghost_batch_norm",
     "apply_weight_standardization",
     "batch_loss_sums",
