@@ -1,11 +1,13 @@
 """Batch pillar: LR-vs-batch-size rules, Ghost BN + regime adaptation, Weight Standardization + Batch-Channel Norm,
 adaptive batch size (norm test), LARS / LAMB, hard-batch selection and length-bucketed samplers; and the optimisation
 methods of Composer parity: SAM/ASAM, SWA, per-example selective backprop, BlurPool,
-Squeeze-Excite, layer freezing.
+Squeeze-Excite, layer freezing, value and adaptive (AGC) gradient
+clipping.
 
 Importing this package registers the recipe methods ``lr_scaling``, ``ghost_bn``, ``regime_adaptation``,
 ``weight_std``, ``adaptive_batch``, ``high_loss_batches``, ``sam``, ``swa``, ``selective_backprop``,
-``blurpool``, ``squeeze_excite`` and ``layer_freezing``.
+``blurpool``, ``squeeze_excite``, ``layer_freezing``
+and ``gradient_clipping``.
 """
 
 from regimen._compat import deprecated_aliases
@@ -31,6 +33,7 @@ from regimen.batch.ghost_bn import (
     apply_ghost_batch_norm,
     ghost_batch_norm,
 )
+from regimen.batch.gradient_clipping import GradientClippingMethod, adaptive_clip_grad_, unitwise_norm
 from regimen.batch.hard_batches import (
     HighLossBatchesMethod,
     HighLossBatchSelector,
@@ -74,6 +77,7 @@ __all__ = [
     "GhostBatchNorm1d",
     "GhostBatchNorm2d",
     "GhostBatchNormMethod",
+    "GradientClippingMethod",
     "HighLossBatchSelector",
     "HighLossBatchesMethod",
     "LAMB",
@@ -95,6 +99,7 @@ __all__ = [
     "WSConv2d",
     "WeightStandardizationMethod",
     "adapt_regime",
+    "adaptive_clip_grad_",
     "apply_batch_channel_norm",
     "apply_blurpool",
     "apply_squeeze_excite",
@@ -125,6 +130,7 @@ __all__ = [
     "selection_weights",
     "swa_lr_factor",
     "swa_update",
+    "unitwise_norm",
     "weight_standardize",
 ]
 
