@@ -3,14 +3,15 @@ geometric augmentation (AugUndo) and data-efficient augmentation subsets.
 
 Importing the package registers the Methods ``randaugment`` (:class:`RandAugmentMethod`), ``trivialaugment``
 (:class:`TrivialAugmentMethod`), ``cutmix`` (:class:`CutMixMethod`), ``mixup`` (:class:`MixUpMethod`), ``mix``
-(:class:`MixMethod`: CutMix or MixUp per batch, timm's switch), ``cutout`` (:class:`CutOutMethod`) and
-``aug_subset`` (:class:`AugSubsetMethod`). The Pillow-exact ops on batches are in :mod:`regimen.augment.functional`.
-The soft-target losses (``mixed_cross_entropy`` for the pair form of CutMix/MixUp) live in :mod:`regimen.losses`;
-``regimen.augment.mixed_cross_entropy`` is a deprecated alias.
+(:class:`MixMethod`: CutMix or MixUp per batch, timm's switch), ``cutout`` (:class:`CutOutMethod`), ``colout``
+(:class:`ColOutMethod`) and ``aug_subset`` (:class:`AugSubsetMethod`). The Pillow-exact ops on batches are in
+:mod:`regimen.augment.functional`. The soft-target losses (``mixed_cross_entropy`` for the pair form of CutMix/MixUp)
+live in :mod:`regimen.losses`; ``regimen.augment.mixed_cross_entropy`` is a deprecated alias.
 """
 
 from regimen._compat import deprecated_aliases
 from regimen.augment import functional, native
+from regimen.augment.colout import ColOutMethod, colout, colout_indices
 from regimen.augment.cutout import CutOutMethod, cutout, cutout_boxes, cutout_mask
 from regimen.augment.functional import OPS
 from regimen.augment.invertible import AugUndo, InvertibleAugment, invertible_augment
@@ -36,6 +37,7 @@ __all__ = [
     "AugSubsetMethod",
     "AugUndo",
     "AugmentParams",
+    "ColOutMethod",
     "CutMixMethod",
     "CutOutMethod",
     "InvertibleAugment",
@@ -46,6 +48,8 @@ __all__ = [
     "TrivialAugment",
     "TrivialAugmentMethod",
     "apply_ops",
+    "colout",
+    "colout_indices",
     "cutmix",
     "cutmix_boxes",
     "cutout",
