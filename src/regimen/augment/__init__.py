@@ -1,12 +1,13 @@
-"""Augmentation: per-sample batched RandAugment/TrivialAugment (Pillow-exact ops), CutMix/MixUp, invertible
-geometric augmentation (AugUndo) and data-efficient augmentation subsets.
+"""Augmentation: per-sample batched RandAugment/TrivialAugment (Pillow-exact ops), CutMix/MixUp, CutOut, ColOut,
+progressive resizing, invertible geometric augmentation (AugUndo) and data-efficient augmentation subsets.
 
 Importing the package registers the Methods ``randaugment`` (:class:`RandAugmentMethod`), ``trivialaugment``
 (:class:`TrivialAugmentMethod`), ``cutmix`` (:class:`CutMixMethod`), ``mixup`` (:class:`MixUpMethod`), ``mix``
 (:class:`MixMethod`: CutMix or MixUp per batch, timm's switch), ``cutout`` (:class:`CutOutMethod`), ``colout``
-(:class:`ColOutMethod`) and ``aug_subset`` (:class:`AugSubsetMethod`). The Pillow-exact ops on batches are in
-:mod:`regimen.augment.functional`. The soft-target losses (``mixed_cross_entropy`` for the pair form of CutMix/MixUp)
-live in :mod:`regimen.losses`; ``regimen.augment.mixed_cross_entropy`` is a deprecated alias.
+(:class:`ColOutMethod`), ``progressive_resizing`` (:class:`ProgressiveResizingMethod`) and ``aug_subset``
+(:class:`AugSubsetMethod`). The Pillow-exact ops on batches are in :mod:`regimen.augment.functional`. The
+soft-target losses (``mixed_cross_entropy`` for the pair form of CutMix/MixUp) live in :mod:`regimen.losses`;
+``regimen.augment.mixed_cross_entropy`` is a deprecated alias.
 """
 
 from regimen._compat import deprecated_aliases
@@ -16,6 +17,7 @@ from regimen.augment.cutout import CutOutMethod, cutout, cutout_boxes, cutout_ma
 from regimen.augment.functional import OPS
 from regimen.augment.invertible import AugUndo, InvertibleAugment, invertible_augment
 from regimen.augment.mix import CutMixMethod, MixMethod, MixUpMethod, cutmix, cutmix_boxes, mixup
+from regimen.augment.progressive_resizing import ProgressiveResizingMethod, progressive_scale, resize_batch
 from regimen.augment.randaugment import (
     AugmentParams,
     RandAugment,
@@ -43,6 +45,7 @@ __all__ = [
     "InvertibleAugment",
     "MixMethod",
     "MixUpMethod",
+    "ProgressiveResizingMethod",
     "RandAugment",
     "RandAugmentMethod",
     "TrivialAugment",
@@ -62,6 +65,8 @@ __all__ = [
     "mixup",
     "model_gradient_proxies",
     "native",
+    "progressive_scale",
+    "resize_batch",
     "select_coreset",
 ]
 
