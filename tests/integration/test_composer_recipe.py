@@ -1,5 +1,6 @@
-"""The Composer-parity recipe of issue 19: SAM + SWA + CutOut + BlurPool + selective backprop (+ multi-sample dropout and the
-Z-loss beside SAM) train together, are reproducible, and a run stopped inside an epoch resumes bit-identically."""
+"""The Composer-parity recipe of issue 19: SAM + SWA + CutOut + BlurPool + selective backprop train together, are
+reproducible, and a run stopped inside an epoch resumes bit-identically; SAM composes with multi-sample dropout and the
+Z-loss."""
 
 import copy
 
