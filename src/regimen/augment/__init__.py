@@ -1,17 +1,18 @@
-"""Augmentation: per-sample batched RandAugment/TrivialAugment (Pillow-exact ops), CutMix/MixUp, CutOut, ColOut,
-progressive resizing, invertible geometric augmentation (AugUndo) and data-efficient augmentation subsets.
+"""Augmentation: per-sample batched RandAugment/TrivialAugment (Pillow-exact ops), CutMix/MixUp, AugMix, CutOut,
+ColOut, progressive resizing, invertible geometric augmentation (AugUndo) and data-efficient augmentation subsets.
 
 Importing the package registers the Methods ``randaugment`` (:class:`RandAugmentMethod`), ``trivialaugment``
 (:class:`TrivialAugmentMethod`), ``cutmix`` (:class:`CutMixMethod`), ``mixup`` (:class:`MixUpMethod`), ``mix``
-(:class:`MixMethod`: CutMix or MixUp per batch, timm's switch), ``cutout`` (:class:`CutOutMethod`), ``colout``
-(:class:`ColOutMethod`), ``progressive_resizing`` (:class:`ProgressiveResizingMethod`) and ``aug_subset``
-(:class:`AugSubsetMethod`). The Pillow-exact ops on batches are in :mod:`regimen.augment.functional`. The
-soft-target losses (``mixed_cross_entropy`` for the pair form of CutMix/MixUp) live in :mod:`regimen.losses`;
-``regimen.augment.mixed_cross_entropy`` is a deprecated alias.
+(:class:`MixMethod`: CutMix or MixUp per batch, timm's switch), ``augmix`` (:class:`AugMixMethod`), ``cutout``
+(:class:`CutOutMethod`), ``colout`` (:class:`ColOutMethod`), ``progressive_resizing``
+(:class:`ProgressiveResizingMethod`) and ``aug_subset`` (:class:`AugSubsetMethod`). The Pillow-exact ops on batches
+are in :mod:`regimen.augment.functional`. The soft-target losses (``mixed_cross_entropy`` for the pair form of
+CutMix/MixUp) live in :mod:`regimen.losses`; ``regimen.augment.mixed_cross_entropy`` is a deprecated alias.
 """
 
 from regimen._compat import deprecated_aliases
 from regimen.augment import functional, native
+from regimen.augment.augmix import AugMixMethod, augmix, augmix_params
 from regimen.augment.colout import ColOutMethod, colout, colout_indices
 from regimen.augment.cutout import CutOutMethod, cutout, cutout_boxes, cutout_mask
 from regimen.augment.functional import OPS
@@ -36,6 +37,7 @@ from regimen.augment.subset import (
 
 __all__ = [
     "OPS",
+    "AugMixMethod",
     "AugSubsetMethod",
     "AugUndo",
     "AugmentParams",
@@ -51,6 +53,8 @@ __all__ = [
     "TrivialAugment",
     "TrivialAugmentMethod",
     "apply_ops",
+    "augmix",
+    "augmix_params",
     "colout",
     "colout_indices",
     "cutmix",
