@@ -14,7 +14,7 @@ def test_each_example_uses_its_groups_mask_and_the_pool_is_fixed():
     layer = GyroDropout(p=0.4, sigma=6, tau=3, interval=2, generator=torch.Generator().manual_seed(0))
     x = torch.randn(7, 5, 2)
     seen = []
-    for step in range(5):
+    for _ in range(5):
         y = layer(x)
         active = layer.active.clone()
         seen.append(active)

@@ -189,6 +189,8 @@ class BlurPoolMethod(Method):
     """
 
     name = "blurpool"
+    before = ("hesso", "nested_width")
+    constraint_reason = "pruning and nested widths rewrite the convs, so they must see the wrapped layers"
     inputs = ("image",)
     paper_id = "arXiv:1904.11486"
     claim = ("low-pass filtering before subsampling makes CNNs more shift-invariant and improves ImageNet accuracy "

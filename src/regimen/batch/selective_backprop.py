@@ -100,6 +100,8 @@ class SelectiveBackpropMethod(Method):
     """
 
     name = "selective_backprop"
+    conflicts = ("aug_subset",)
+    constraint_reason = "both choose the examples of each batch (aug_subset weights them for the whole batch)"
     paper_id = "arXiv:1910.00762"
     claim = ("backpropagating only high-loss examples reaches the target error of standard SGD up to 3.5x faster "
              "(CIFAR-10, CIFAR-100, SVHN) at equal final accuracy")

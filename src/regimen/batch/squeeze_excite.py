@@ -132,6 +132,8 @@ class SqueezeExciteMethod(Method):
     """
 
     name = "squeeze_excite"
+    before = ("hesso", "nested_width")
+    constraint_reason = "pruning and nested widths rewrite the convs, so they must see the wrapped layers"
     inputs = ("image",)
     paper_id = "arXiv:1709.01507"
     claim = "channel-wise gates from globally pooled features improve ImageNet accuracy of ResNets at ~1 % more compute"

@@ -120,6 +120,9 @@ class SWAMethod(Method):
     """
 
     name = "swa"
+    after = ("hesso", "maestro", "nested_width", "nm_sparsity", "trp")
+    constraint_reason = ("the averaged weights are loaded into the model at the end of training, before the methods "
+                         "that export a pruned, factorised or masked model do (on_train_end runs in reverse order)")
     paper_id = "arXiv:1803.05407"
     claim = ("averaging the weights along the SGD trajectory with a cyclical or constant LR gives wider optima and "
              "better test accuracy than conventional training on CIFAR-10/100 and ImageNet")
