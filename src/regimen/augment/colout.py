@@ -25,16 +25,19 @@ __all__ = ["ColOutMethod", "colout", "colout_indices"]
 
 @torch.no_grad()
 def check_accepts_smaller_images(model: torch.nn.Module, x: torch.Tensor, name: str) -> None:
-    """ValueError naming ``name`` when ``model`` cannot run on the smaller images ``x`` (e.g. it flattens a fixed size);
-    run in eval mode, so no statistics change."""
+    """ValueError naming ``name`` when ``model`` cannot run on the smaller images ``x`` (it flattens a fixed size, a
+    DropBlock block is larger than a feature map ...): one forward pass in training mode, after which the model's
+    parameters and buffers (BatchNorm statistics) are restored."""
     was_training = model.training
-    model.eval()
+    saved = {key: value.clone() for key, value in model.state_dict().items()}
+    model.train()
     try:
         model(x)
-    except RuntimeError as error:
+    except (RuntimeError, ValueError) as error:
         raise ValueError(f"{name} feeds the model smaller images ({tuple(x.shape[-2:])}) and it cannot take them "
                          f"({str(error).splitlines()[0][:120]}); use a model with global pooling") from error
     finally:
+        model.load_state_dict(saved)
         model.train(was_training)
 
 
@@ -80,6 +83,8 @@ class ColOutMethod(Method):
     """
 
     name = "colout"
+    after = ("dropblock",)
+    constraint_reason = "the smaller images are checked against the model with its DropBlock layers in place"
     inputs = ("image",)
     targets = ("labels",)
     paper_id = "Composer ColOut (MosaicML method card, 2022)"

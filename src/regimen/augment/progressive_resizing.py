@@ -87,6 +87,8 @@ class ProgressiveResizingMethod(Method):
     """
 
     name = "progressive_resizing"
+    after = ("dropblock",)
+    constraint_reason = "the smallest images are checked against the model with its DropBlock layers in place"
     inputs = ("image",)
     targets = ("labels",)
     paper_id = "arXiv:1906.06423"
