@@ -25,6 +25,9 @@ PARAMS = {
     "ghost_bn": {"ghost_batch_size": 8}, "drop_path": {"max_rate": 0.1}, "dropblock": {"p": 0.1, "block_size": 3},
     "multi_sample_dropout": {"num_samples": 2, "p": 0.2}, "ema": {"decay": 0.9},
     "high_loss_batches": {"fraction": 0.5, "start_epoch": 0}, "adaptive_batch": {"interval": 1, "max_samples": 8},
+    "blurpool": {"min_channels": 8}, "squeeze_excite": {"min_channels": 8, "latent_channels": 4},
+    "selective_backprop": {"start": 0.0, "end": 1.0}, "swa": {"start": 0.5, "bn_batches": 2},
+    "layer_freezing": {"freeze_start": 0.0}, "sam": {"rho": 0.05},
 }
 
 

@@ -1,19 +1,24 @@
-"""Augmentation: per-sample batched RandAugment/TrivialAugment (Pillow-exact ops), CutMix/MixUp, invertible
-geometric augmentation (AugUndo) and data-efficient augmentation subsets.
+"""Augmentation: per-sample batched RandAugment/TrivialAugment (Pillow-exact ops), CutMix/MixUp, AugMix, CutOut,
+ColOut, progressive resizing, invertible geometric augmentation (AugUndo) and data-efficient augmentation subsets.
 
 Importing the package registers the Methods ``randaugment`` (:class:`RandAugmentMethod`), ``trivialaugment``
 (:class:`TrivialAugmentMethod`), ``cutmix`` (:class:`CutMixMethod`), ``mixup`` (:class:`MixUpMethod`), ``mix``
-(:class:`MixMethod`: CutMix or MixUp per batch, timm's switch) and ``aug_subset`` (:class:`AugSubsetMethod`). The
-Pillow-exact ops on batches are in :mod:`regimen.augment.functional`. The soft-target losses (``mixed_cross_entropy``
-for the pair form of CutMix/MixUp) live in :mod:`regimen.losses`; ``regimen.augment.mixed_cross_entropy`` is a
-deprecated alias.
+(:class:`MixMethod`: CutMix or MixUp per batch, timm's switch), ``augmix`` (:class:`AugMixMethod`), ``cutout``
+(:class:`CutOutMethod`), ``colout`` (:class:`ColOutMethod`), ``progressive_resizing``
+(:class:`ProgressiveResizingMethod`) and ``aug_subset`` (:class:`AugSubsetMethod`). The Pillow-exact ops on batches
+are in :mod:`regimen.augment.functional`. The soft-target losses (``mixed_cross_entropy`` for the pair form of
+CutMix/MixUp) live in :mod:`regimen.losses`; ``regimen.augment.mixed_cross_entropy`` is a deprecated alias.
 """
 
 from regimen._compat import deprecated_aliases
 from regimen.augment import functional, native
+from regimen.augment.augmix import AugMixMethod, augmix, augmix_params
+from regimen.augment.colout import ColOutMethod, colout, colout_indices
+from regimen.augment.cutout import CutOutMethod, cutout, cutout_boxes, cutout_mask
 from regimen.augment.functional import OPS
 from regimen.augment.invertible import AugUndo, InvertibleAugment, invertible_augment
 from regimen.augment.mix import CutMixMethod, MixMethod, MixUpMethod, cutmix, cutmix_boxes, mixup
+from regimen.augment.progressive_resizing import ProgressiveResizingMethod, progressive_scale, resize_batch
 from regimen.augment.randaugment import (
     AugmentParams,
     RandAugment,
@@ -32,20 +37,31 @@ from regimen.augment.subset import (
 
 __all__ = [
     "OPS",
+    "AugMixMethod",
     "AugSubsetMethod",
     "AugUndo",
     "AugmentParams",
+    "ColOutMethod",
     "CutMixMethod",
+    "CutOutMethod",
     "InvertibleAugment",
     "MixMethod",
     "MixUpMethod",
+    "ProgressiveResizingMethod",
     "RandAugment",
     "RandAugmentMethod",
     "TrivialAugment",
     "TrivialAugmentMethod",
     "apply_ops",
+    "augmix",
+    "augmix_params",
+    "colout",
+    "colout_indices",
     "cutmix",
     "cutmix_boxes",
+    "cutout",
+    "cutout_boxes",
+    "cutout_mask",
     "facility_location",
     "functional",
     "gradient_proxies",
@@ -53,6 +69,8 @@ __all__ = [
     "mixup",
     "model_gradient_proxies",
     "native",
+    "progressive_scale",
+    "resize_batch",
     "select_coreset",
 ]
 

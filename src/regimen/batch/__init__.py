@@ -1,8 +1,13 @@
 """Batch pillar: LR-vs-batch-size rules, Ghost BN + regime adaptation, Weight Standardization + Batch-Channel Norm,
-adaptive batch size (norm test), LARS / LAMB, hard-batch selection and length-bucketed samplers.
+adaptive batch size (norm test), LARS / LAMB, hard-batch selection and length-bucketed samplers; and the optimisation
+methods of Composer parity: SAM/ASAM, SWA, per-example selective backprop, BlurPool,
+Squeeze-Excite, layer freezing, value and adaptive (AGC) gradient
+clipping.
 
 Importing this package registers the recipe methods ``lr_scaling``, ``ghost_bn``, ``regime_adaptation``,
-``weight_std``, ``adaptive_batch`` and ``high_loss_batches``.
+``weight_std``, ``adaptive_batch``, ``high_loss_batches``, ``sam``, ``swa``, ``selective_backprop``,
+``blurpool``, ``squeeze_excite``, ``layer_freezing``
+and ``gradient_clipping``.
 """
 
 from regimen._compat import deprecated_aliases
@@ -13,6 +18,14 @@ from regimen.batch.adaptive import (
     norm_test_from_sums,
     per_sample_gradients,
 )
+from regimen.batch.blurpool import (
+    BlurConv2d,
+    BlurPoolMethod,
+    MaxBlurPool2d,
+    apply_blurpool,
+    blur_2d,
+    blur_filter,
+)
 from regimen.batch.ghost_bn import (
     GhostBatchNorm1d,
     GhostBatchNorm2d,
@@ -20,6 +33,7 @@ from regimen.batch.ghost_bn import (
     apply_ghost_batch_norm,
     ghost_batch_norm,
 )
+from regimen.batch.gradient_clipping import GradientClippingMethod, adaptive_clip_grad_, unitwise_norm
 from regimen.batch.hard_batches import (
     HighLossBatchesMethod,
     HighLossBatchSelector,
@@ -28,9 +42,23 @@ from regimen.batch.hard_batches import (
 )
 from regimen.batch.lamb import LAMB
 from regimen.batch.lars import LARS, excluded_from_trust_ratio
+from regimen.batch.layer_freezing import LayerFreezingMethod, freezable_layers, frozen_layer_count
 from regimen.batch.regime import Regime, RegimeAdaptationMethod, adapt_regime, regime_factor
+from regimen.batch.sam import SAMMethod, frozen_bn_statistics, sam_epsilon, sam_step
 from regimen.batch.samplers import LengthBucketBatchSampler, TokenBudgetBatchSampler, padding_fraction
 from regimen.batch.scaling import LRScalingMethod, infer_scaling_rule, scale_lr, scale_optimizer_lr
+from regimen.batch.selective_backprop import (
+    SelectiveBackpropMethod,
+    select_by_loss_percentile,
+    selection_weights,
+)
+from regimen.batch.squeeze_excite import (
+    SqueezeExcite2d,
+    SqueezeExciteConv2d,
+    SqueezeExciteMethod,
+    apply_squeeze_excite,
+)
+from regimen.batch.swa import SWAMethod, recompute_bn_statistics, swa_lr_factor, swa_update
 from regimen.batch.weight_std import (
     BatchChannelNorm2d,
     WeightStandardizationMethod,
@@ -44,38 +72,65 @@ from regimen.batch.weight_std import (
 __all__ = [
     "AdaptiveBatchMethod",
     "BatchChannelNorm2d",
+    "BlurConv2d",
+    "BlurPoolMethod",
     "GhostBatchNorm1d",
     "GhostBatchNorm2d",
     "GhostBatchNormMethod",
+    "GradientClippingMethod",
     "HighLossBatchSelector",
     "HighLossBatchesMethod",
     "LAMB",
     "LARS",
     "LRScalingMethod",
+    "LayerFreezingMethod",
     "LengthBucketBatchSampler",
+    "MaxBlurPool2d",
     "NormTestResult",
     "Regime",
+    "SAMMethod",
+    "SWAMethod",
+    "SelectiveBackpropMethod",
+    "SqueezeExcite2d",
+    "SqueezeExciteConv2d",
+    "SqueezeExciteMethod",
     "RegimeAdaptationMethod",
     "TokenBudgetBatchSampler",
     "WSConv2d",
     "WeightStandardizationMethod",
     "adapt_regime",
+    "adaptive_clip_grad_",
     "apply_batch_channel_norm",
+    "apply_blurpool",
+    "apply_squeeze_excite",
     "apply_ghost_batch_norm",
     "apply_weight_standardization",
     "batch_loss_sums",
+    "blur_2d",
+    "blur_filter",
     "convs_followed_by_norm",
     "excluded_from_trust_ratio",
+    "freezable_layers",
+    "frozen_bn_statistics",
+    "frozen_layer_count",
     "ghost_batch_norm",
     "infer_scaling_rule",
     "norm_test",
     "norm_test_from_sums",
     "padding_fraction",
     "per_sample_gradients",
+    "recompute_bn_statistics",
     "regime_factor",
+    "sam_epsilon",
+    "sam_step",
     "scale_lr",
     "scale_optimizer_lr",
+    "select_by_loss_percentile",
     "select_high_loss",
+    "selection_weights",
+    "swa_lr_factor",
+    "swa_update",
+    "unitwise_norm",
     "weight_standardize",
 ]
 

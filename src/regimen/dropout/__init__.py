@@ -1,7 +1,8 @@
-"""Dropout pillar: multi-sample, nested, temporal and concrete dropout, MC inference, DropBlock and DropPath.
+"""Dropout pillar: multi-sample, nested, temporal, concrete and gyro dropout, MC inference, DropBlock and DropPath.
 
 Importing this package registers the recipe methods ``multi_sample_dropout`` (:class:`MultiSampleDropoutMethod`),
-``drop_path`` (:class:`DropPathMethod`) and ``dropblock`` (:class:`DropBlockMethod`).
+``drop_path`` (:class:`DropPathMethod`), ``dropblock`` (:class:`DropBlockMethod`) and ``gyro_dropout``
+(:class:`GyroDropoutMethod`).
 
 Surgery works on any model: by names the user gives (``blocks=``/``branches=``, ``modules=``, ``module=``) or by
 convention (a residual block has a ``drop_path`` child, timm's convention; the head is ``stages[-1]`` or a child
@@ -27,6 +28,7 @@ from regimen.dropout.droppath import (
     drop_path,
     drop_path_rates,
 )
+from regimen.dropout.gyro import GyroDropout, GyroDropoutMethod, apply_gyro_dropout, gyro_group_index
 from regimen.dropout.mc import is_mc_dropout_layer, mc_dropout_mode, mc_predict
 from regimen.dropout.multisample import (
     HEAD_NAMES,
@@ -52,12 +54,15 @@ __all__ = [
     "DropPath",
     "DropPathBranch",
     "DropPathMethod",
+    "GyroDropout",
+    "GyroDropoutMethod",
     "MultiSampleDropout",
     "MultiSampleDropoutMethod",
     "NestedDropout",
     "TemporalDropout",
     "apply_drop_path",
     "apply_dropblock",
+    "apply_gyro_dropout",
     "apply_multi_sample_dropout",
     "concrete_dropout_mask",
     "default_dropblock_targets",
@@ -66,6 +71,7 @@ __all__ = [
     "drop_path",
     "drop_path_rates",
     "dropblock_mask",
+    "gyro_group_index",
     "is_mc_dropout_layer",
     "mc_dropout_mode",
     "mc_predict",

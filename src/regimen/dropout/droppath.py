@@ -6,7 +6,9 @@ Paper: Gao Huang, Yu Sun, Zhuang Liu, Daniel Sedra, Kilian Weinberger, "Deep Net
 Formula: for a residual block y = f(F(x) + s(x)), training uses y = f(F(x) · m / (1 - p) + s(x)) with one
 m ~ Bernoulli(1 - p) per sample (``scale_by_keep``; the paper instead multiplies F by 1 - p at test time, which is
 the same in expectation). Rates grow linearly with depth: block l of L gets p_l = (l / L) · max_rate (the paper's
-linear decay rule, so the last block has ``max_rate``).
+linear decay rule, so the last block has ``max_rate``). ``mode = "block"`` draws one m per batch instead (the paper's
+and Composer's ``'block'`` mode: the whole block is skipped for the step); the method can also warm the rates up
+linearly from 0 over the first ``warmup`` fraction of training (Composer's ``drop_warmup``).
 
 Where it goes (:func:`apply_drop_path`), on any model:
 
@@ -68,19 +70,25 @@ def drop_path(
     training: bool = True,
     scale_by_keep: bool = True,
     generator: torch.Generator | None = None,
+    mode: str = "sample",
 ) -> torch.Tensor:
-    """Zero whole samples of ``x (N, ...)`` with probability ``p`` each; scale the kept ones by 1/(1-p).
+    """Zero whole samples of ``x (N, ...)`` with probability ``p`` each (``mode="block"``: the whole batch at once);
+    scale the kept ones by 1/(1-p).
 
     Args:
         x: the residual branch's output. p: drop probability in [0, 1). training: identity when False.
         scale_by_keep: divide kept samples by 1 - p. generator: random source.
+        mode: ``"sample"`` (one draw per sample) or ``"block"`` (one draw per batch).
     """
     check_tensor(x, "x", min_dim=1)
     p = check_probability(p)
+    if mode not in ("sample", "block"):
+        raise ValueError(f"mode must be 'sample' or 'block', got {mode!r}")
     if not training or p == 0.0:
         return x
     keep = 1.0 - p
-    mask = (rand((x.shape[0],) + (1,) * (x.dim() - 1), x, generator) < keep).to(x.dtype)
+    rows = x.shape[0] if mode == "sample" else 1
+    mask = (rand((rows,) + (1,) * (x.dim() - 1), x, generator) < keep).to(x.dtype)
     if scale_by_keep:
         mask = mask / keep
     return x * mask
@@ -89,13 +97,18 @@ def drop_path(
 class DropPath(StochasticLayer):
     """Module form of :func:`drop_path` (identity in eval). ``p`` may be changed between steps."""
 
-    def __init__(self, p: float = 0.1, scale_by_keep: bool = True, generator: torch.Generator | None = None) -> None:
+    def __init__(self, p: float = 0.1, scale_by_keep: bool = True, generator: torch.Generator | None = None,
+                 mode: str = "sample") -> None:
         super().__init__(generator)
         self.p = check_probability(p)
+        if mode not in ("sample", "block"):
+            raise ValueError(f"mode must be 'sample' or 'block', got {mode!r}")
         self.scale_by_keep = scale_by_keep
+        self.mode = mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return drop_path(x, self.p, training=self.training, scale_by_keep=self.scale_by_keep, generator=self.generator)
+        return drop_path(x, self.p, training=self.training, scale_by_keep=self.scale_by_keep, generator=self.generator,
+                         mode=self.mode)
 
     def extra_repr(self) -> str:
         return f"p={self.p:.4f}"
@@ -185,6 +198,7 @@ def apply_drop_path(
     optimizer: torch.optim.Optimizer | None = None,
     generator: torch.Generator | None = None,
     scale_by_keep: bool = True,
+    mode: str = "sample",
 ) -> list[DropPath]:
     """Add stochastic depth to the residual blocks of ``model`` (in place) with linearly increasing rates.
 
@@ -197,7 +211,7 @@ def apply_drop_path(
         branches: dotted names of residual branch modules, in depth order, for models without the slot: each is
             wrapped so its output goes through a DropPath before the block adds the shortcut.
         optimizer: accepted for the surgery contract; no parameters are added, so it is unchanged.
-        generator: random source (the layers keep this object). scale_by_keep: see :func:`drop_path`.
+        generator: random source (the layers keep this object). scale_by_keep, mode: see :func:`drop_path`.
 
     Returns:
         The DropPath layers in depth order (one per slot, or one per branch); their ``p`` are the rates.
@@ -210,7 +224,7 @@ def apply_drop_path(
     max_rate = check_probability(max_rate, "max_rate")
 
     def make(rate: float) -> DropPath:
-        return DropPath(rate, scale_by_keep=scale_by_keep, generator=generator)
+        return DropPath(rate, scale_by_keep=scale_by_keep, generator=generator, mode=mode)
 
     if branches is not None:
         if blocks is not None:
@@ -228,6 +242,8 @@ class DropPathMethod(Method):
         max_rate: drop rate of the last residual block (block l of L gets l/L · max_rate).
         blocks: dotted names of the blocks (default: every block with a ``drop_path`` child).
         branches: dotted names of residual branch modules, for models whose blocks have no ``drop_path`` child.
+        mode: ``"sample"`` (per sample, timm) or ``"block"`` (one draw per batch: the paper's and Composer's).
+        warmup: fraction of training over which the rates grow linearly from 0 (Composer's ``drop_warmup``).
     """
 
     name = "drop_path"
@@ -239,9 +255,16 @@ class DropPathMethod(Method):
     claimed_effect = "better"
 
     def __init__(
-        self, max_rate: float = 0.1, blocks: list[str] | None = None, branches: list[str] | None = None
+        self, max_rate: float = 0.1, blocks: list[str] | None = None, branches: list[str] | None = None,
+        mode: str = "sample", warmup: float = 0.0,
     ) -> None:
         self.max_rate = check_probability(max_rate, "max_rate")
+        if mode not in ("sample", "block"):
+            raise ValueError(f"mode must be 'sample' or 'block', got {mode!r}")
+        if isinstance(warmup, bool) or not isinstance(warmup, int | float) or not 0.0 <= warmup < 1.0:
+            raise ValueError(f"warmup must be a fraction of training in [0, 1), got {warmup!r}")
+        self.mode, self.warmup = mode, float(warmup)
+        self._rates: list[float] = []
         if blocks is not None and branches is not None:
             raise ValueError("pass blocks= or branches=, not both")
         self.blocks = None if blocks is None else check_module_names(blocks, "blocks")
@@ -251,9 +274,17 @@ class DropPathMethod(Method):
     def setup(self, ctx: Context) -> None:
         self._layers = apply_drop_path(
             ctx.model, self.max_rate, blocks=self.blocks, branches=self.branches, optimizer=ctx.optimizer,
-            generator=ctx.generator,
+            generator=ctx.generator, mode=self.mode,
         )
+        self._rates = [layer.p for layer in self._layers]
         self.log(ctx, "layers", len(self._layers))
+
+    def before_forward(self, x, y, ctx: Context) -> None:
+        if self.warmup > 0.0:  # rates from 0 to their value over the first ``warmup`` of training
+            progress = ctx.step / max(ctx.run.epochs * ctx.run.steps_per_epoch, 1)
+            factor = min(1.0, progress / self.warmup)
+            for layer, rate in zip(self._layers, self._rates, strict=True):
+                layer.p = rate * factor
 
 
 # ``DropPathBasicBlock`` was the patched class of the old surgery; BasicBlock now carries the drop_path slot itself.

@@ -448,6 +448,13 @@ class _Run:
             self.fabric.backward(loss / self.cfg.accumulation)
         return loss.detach(), output
 
+    def _sync_first_gradient(self) -> bool:
+        """False when a method asks (``local_first_gradient(ctx)``, e.g. SAM's ascent) that this step's first
+        gradient stay on each process: its ``optimizer_step`` then recomputes a synchronised one with the closure."""
+        if self.world_size == 1:
+            return True
+        return not any(getattr(m, "local_first_gradient", _never)(self.ctx) for m in self.methods)
+
     def _base_optimizer_step(self, closure: Callable[[], torch.Tensor]) -> None:
         if self.cfg.grad_clip:
             self.fabric.clip_gradients(self.ctx.model, self.ctx.optimizer, max_norm=self.cfg.grad_clip)
@@ -488,13 +495,14 @@ class _Run:
         for step_in_epoch in range(first_step, steps):
             lr_factor = self.schedule.update((epoch + (step_in_epoch + 1) / steps) / ctx.run.epochs)
             micro_batches = []
+            sync_first = self._sync_first_gradient()
             for micro in range(cfg.accumulation):
                 x, y, ctx.batch_indices = next(batches)
                 x, y = hooks.transform_batch(x, y, ctx)
                 x = self.normalize(x)
                 hooks.before_forward(x, y, ctx)
                 micro_batches.append((x, y))
-                loss, output = self._micro_step(x, y, sync=micro == cfg.accumulation - 1)
+                loss, output = self._micro_step(x, y, sync=sync_first and micro == cfg.accumulation - 1)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {ctx.step + 1}; "
                                              "lower optim.lr or set train.grad_clip")
@@ -652,6 +660,10 @@ class _Run:
             "methods": self.end_logs,
         })
         return summary
+
+
+def _never(ctx: Context) -> bool:
+    return False
 
 
 def _detach(output: Any) -> Any:
