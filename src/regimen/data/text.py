@@ -26,6 +26,7 @@ targets shifted by one, so every token of the split but the first is a target ex
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -259,18 +260,31 @@ def _fractions(val_fraction: float, test_fraction: float) -> None:
 
 
 def split_documents(documents: list[str], val_fraction: float, test_fraction: float) -> list[list[str]]:
-    """Contiguous ``[train, val, test]`` blocks of whole documents, cut at the byte fractions."""
+    """Contiguous ``[train, val, test]`` blocks cut at the byte fractions; a document that straddles a cut is split
+    at its first line break after the cut (a document without one stays whole in the earlier block)."""
     _fractions(val_fraction, test_fraction)
-    sizes = np.cumsum([len(d.encode("utf-8")) for d in documents])
-    total = sizes[-1]
-    cut_val = int(np.searchsorted(sizes, total * (1.0 - val_fraction - test_fraction), side="left")) + 1
-    cut_test = int(np.searchsorted(sizes, total * (1.0 - test_fraction), side="left")) + 1
-    if test_fraction == 0:
-        cut_test = len(documents)
-    if val_fraction == 0:
-        cut_val = cut_test
-    blocks = [documents[:cut_val], documents[cut_val:cut_test], documents[cut_test:]]
-    if len(documents) >= 3 and not blocks[0]:
+    total = sum(len(d.encode("utf-8")) for d in documents)
+    cuts = (total * (1.0 - val_fraction - test_fraction), total * (1.0 - test_fraction))
+    blocks: list[list[str]] = [[], [], []]
+    block, position = 0, 0  # position: bytes before ``document``
+    for document in documents:
+        while block < 2 and cuts[block] < position + len(document.encode("utf-8")):
+            offset = int(math.ceil(cuts[block] - position))
+            if offset <= 0:
+                block += 1
+                continue
+            at = len(document.encode("utf-8")[:offset].decode("utf-8", errors="ignore"))
+            newline = document.find("\n", max(at - 1, 0))
+            if newline == -1 or newline == len(document) - 1:
+                break  # the whole document stays in this block; the next one starts the next block
+            head, document = document[: newline + 1], document[newline + 1 :]
+            blocks[block].append(head)
+            position += len(head.encode("utf-8"))
+            block += 1
+        if document:
+            blocks[block].append(document)
+            position += len(document.encode("utf-8"))
+    if not blocks[0]:
         raise DataError("data: the training block is empty; lower data.val_fraction / data.test_fraction")
     return blocks
 

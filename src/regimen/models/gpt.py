@@ -20,7 +20,7 @@ from torch import nn
 from regimen.models.staged import StagedModel
 from regimen.models.transformer import MoEFeedForward, TransformerBlock, make_norm
 
-__all__ = ["GPT", "LMHead", "TokenEmbedding"]
+__all__ = ["GPT", "LMHead", "TokenEmbedding", "generate"]
 
 
 class TokenEmbedding(nn.Module):
@@ -137,3 +137,36 @@ class GPT(StagedModel):
         self.check_ids(ids)
         x = self.forward_features(ids)
         return self.head.features(x) if return_hidden else self.head(x)
+
+
+@torch.no_grad()
+def generate(model: nn.Module, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample ``max_new_tokens`` tokens after ``ids`` ``(B, T)`` from a causal LM that maps ids to logits
+    ``(B, T, V)``: each step feeds the last ``block_size`` tokens, divides the last logits by ``temperature``, keeps
+    the ``top_k`` largest (``None``: all) and draws from the softmax with ``generator``. ``temperature = 0`` is
+    greedy. Returns ``(B, T + max_new_tokens)``."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if not temperature >= 0.0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be an int >= 1 or None, got {top_k!r}")
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] < 1:
+        raise ValueError("ids must be a (B, T >= 1) tensor of token ids (the prompt must not be empty)")
+    block = getattr(model, "block_size", ids.shape[1] + max_new_tokens)
+    was_training = model.training
+    model.eval()
+    for _ in range(max_new_tokens):
+        logits = model(ids[:, -block:])[:, -1, :].float()
+        if temperature == 0.0:
+            next_id = logits.argmax(dim=-1, keepdim=True)
+        else:
+            logits = logits / temperature
+            if top_k is not None and top_k < logits.shape[-1]:
+                kth = logits.topk(top_k, dim=-1).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            next_id = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+        ids = torch.cat([ids, next_id.to(ids.dtype)], dim=1)
+    model.train(was_training)
+    return ids

@@ -56,7 +56,8 @@ def rotary_tables(length: int, head_dim: int, base: float = 10000.0) -> tuple[to
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs ``(x_{2i}, x_{2i+1})`` of ``x`` ``(..., T, D)`` by the angles of ``cos/sin`` ``(T, D/2)``."""
+    """Rotate channel pairs ``(x_{2i}, x_{2i+1})`` of ``x`` ``(..., T, D)`` by the angles of ``cos/sin``
+    ``(T, D/2)``."""
     even, odd = x[..., 0::2], x[..., 1::2]
     rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
     return rotated.flatten(-2).to(x.dtype)

@@ -113,8 +113,14 @@ class LanguageModelTask(Task):
 
     # ------------------------------------------------------------------------------------------------------ data
     def load_data(self) -> DataSplits:
-        from regimen.data.text import TokenWindows, encode_block, load_corpus, load_token_array, split_documents, \
-            split_tokens
+        from regimen.data.text import (
+            TokenWindows,
+            encode_block,
+            load_corpus,
+            load_token_array,
+            split_documents,
+            split_tokens,
+        )
         from regimen.data.tokenizers import ByteTokenizer, train_bpe
 
         cfg, options = self.recipe.data, self.data_options()
