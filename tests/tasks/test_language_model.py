@@ -188,3 +188,13 @@ def test_lm_methods_train_in_the_trainer(corpus):
     result = fit(recipe)
     record = result.history[-1]
     assert 0.25 <= record["load_balance/max_share"] <= 1.0 and math.isfinite(record["val_bits_per_byte"])
+
+
+@pytest.mark.parametrize("methods", [
+    [{"name": "seq_length_warmup", "duration": 0.5, "min_len": 8}],
+    [{"name": "ssa", "ratio": 4.0, "dense_fraction": 0.5}],
+    [{"name": "logit_z_loss"}, {"name": "seq_length_warmup"}, {"name": "ssa"}],
+])
+def test_sequence_methods_train_on_the_task(corpus, methods):
+    result = fit(lm_recipe(corpus, train={"epochs": 2, "max_steps_per_epoch": 2}, methods=methods))
+    assert math.isfinite(result.summary["final_val_bits_per_byte"])

@@ -2,7 +2,7 @@
 adaptive batch size (norm test), LARS / LAMB, hard-batch selection and length-bucketed samplers.
 
 Importing this package registers the recipe methods ``lr_scaling``, ``ghost_bn``, ``regime_adaptation``,
-``weight_std``, ``adaptive_batch`` and ``high_loss_batches``.
+``weight_std``, ``adaptive_batch``, ``high_loss_batches`` and ``seq_length_warmup`` (language models).
 """
 
 from regimen._compat import deprecated_aliases
@@ -31,6 +31,7 @@ from regimen.batch.lars import LARS, excluded_from_trust_ratio
 from regimen.batch.regime import Regime, RegimeAdaptationMethod, adapt_regime, regime_factor
 from regimen.batch.samplers import LengthBucketBatchSampler, TokenBudgetBatchSampler, padding_fraction
 from regimen.batch.scaling import LRScalingMethod, infer_scaling_rule, scale_lr, scale_optimizer_lr
+from regimen.batch.seq_length_warmup import SeqLengthWarmupMethod, seq_length_at, truncate_sequences
 from regimen.batch.weight_std import (
     BatchChannelNorm2d,
     WeightStandardizationMethod,
@@ -42,6 +43,9 @@ from regimen.batch.weight_std import (
 )
 
 __all__ = [
+    "SeqLengthWarmupMethod",
+    "seq_length_at",
+    "truncate_sequences",
     "AdaptiveBatchMethod",
     "BatchChannelNorm2d",
     "GhostBatchNorm1d",

@@ -22,6 +22,7 @@ self-attention and a feed-forward network (dense GELU / SwiGLU, or a top-k mixtu
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +91,8 @@ class CausalSelfAttention(nn.Module):
         self.scale = 1.0 / math.sqrt(self.head_dim)
         self.track_max_logit = False
         self.max_logit: torch.Tensor | None = None
+        #: ``fn(q, k, v, module) -> out`` used instead of full attention while training (subsampled attention).
+        self.train_attention: Callable | None = None
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``q, k, v`` of shape ``(B, heads, T, head_dim)``, normalised and rotated."""
@@ -103,7 +106,10 @@ class CausalSelfAttention(nn.Module):
         return q, k, v
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Causal attention of ``(B, H, T, D)`` tensors (methods such as subsampled attention replace this)."""
+        """Causal attention of ``(B, H, T, D)`` tensors; while training, ``train_attention`` when a method set one
+        (subsampled attention)."""
+        if self.training and self.train_attention is not None:
+            return self.train_attention(q, k, v, self)
         if self.track_max_logit:
             with torch.no_grad():
                 logits = (q @ k.transpose(-2, -1)).float() * self.scale
