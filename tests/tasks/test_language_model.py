@@ -198,3 +198,42 @@ def test_lm_methods_train_in_the_trainer(corpus):
 def test_sequence_methods_train_on_the_task(corpus, methods):
     result = fit(lm_recipe(corpus, train={"epochs": 2, "max_steps_per_epoch": 2}, methods=methods))
     assert math.isfinite(result.summary["final_val_bits_per_byte"])
+
+
+def test_lr_sensitivity_by_hand_with_diverged_runs_at_the_init_loss():
+    from regimen.commands.sweep import lr_sensitivity
+
+    losses = {1e-3: 2.0, 1e-2: 1.5, 1e-1: float("nan"), 1.0: 9.0}
+    # capped at l0 = 5: [2.0, 1.5, 5.0, 5.0]; mean 3.375 - min 1.5
+    assert lr_sensitivity(losses, 5.0) == pytest.approx(1.875)
+    assert lr_sensitivity({1e-3: 1.0}, 5.0) == 0.0
+
+
+def test_sweep_command_reports_every_lr(corpus, tmp_path, capsys):
+    recipe = tmp_path / "lm.toml"
+    recipe.write_text(f"""
+task = "language_model"
+[data]
+name = "text"
+root = "{corpus}"
+test_fraction = 0.1
+options = {{ seq_len = 32 }}
+[model]
+options = {{ dim = 16, depth = 1, heads = 2 }}
+[optim]
+name = "adamw"
+[train]
+epochs = 1
+batch_size = 16
+max_steps_per_epoch = 3
+threads = 1
+""")
+    code, out, err = run_cli(capsys, "sweep", "--recipe", str(recipe), "--lr", "1e-3,1e-2",
+                             "--out", str(tmp_path / "sweep.json"))
+    assert code == 0, err
+    assert "| 0.001 |" in out and "| 0.01 |" in out and "LR sensitivity:" in out
+    import json
+
+    report = json.loads((tmp_path / "sweep.json").read_text())
+    assert report["init_loss"] == pytest.approx(math.log(256), abs=0.05)  # logits near 0 at init
+    assert all(math.isfinite(r["max_attention_logit"]) for r in report["runs"])
