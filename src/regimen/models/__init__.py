@@ -7,7 +7,8 @@ from regimen.models.mlp import MLP
 from regimen.models.resnet import BasicBlock, ResNet, resnet
 from regimen.models.staged import ClassifierHead, StagedModel
 from regimen.models.transformer import CausalSelfAttention, FeedForward, MoEFeedForward, TransformerBlock
+from regimen.models.vit import PatchEmbedding, ViT, ViTHead
 
 __all__ = ["BasicBlock", "CausalSelfAttention", "ClassifierHead", "FeedForward", "GPT", "LMHead", "MLP",
-           "MoEFeedForward", "ResNet", "StagedModel", "TokenEmbedding", "TransformerBlock", "build_model",
-           "copy_module", "resnet"]
+           "MoEFeedForward", "PatchEmbedding", "ResNet", "StagedModel", "TokenEmbedding", "TransformerBlock", "ViT",
+           "ViTHead", "build_model", "copy_module", "resnet"]

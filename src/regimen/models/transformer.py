@@ -1,5 +1,6 @@
-"""Transformer blocks shared by regimen's transformer models (``gpt``): pre-norm residual blocks of causal
-self-attention and a feed-forward network (dense GELU / SwiGLU, or a top-k mixture of experts).
+"""Transformer blocks shared by regimen's transformer models (``gpt``, ``vit``): pre-norm residual blocks of
+(causal, or with ``causal=False`` bidirectional) self-attention and a feed-forward network (dense GELU / SwiGLU,
+or a top-k mixture of experts).
 
 * Attention: ``F.scaled_dot_product_attention`` (fused, causal), optional qk-layernorm (Dehghani et al. 2023;
   Wortsman et al. 2023, arXiv 2309.14322: a LayerNorm over the head dimension of q and k, with gains, before the dot
@@ -68,8 +69,9 @@ class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with optional qk-layernorm and rotary positions."""
 
     def __init__(self, dim: int, heads: int, qk_norm: bool = False, rotary: bool = False, max_len: int = 1024,
-                 dropout: float = 0.0, bias: bool = False) -> None:
+                 dropout: float = 0.0, bias: bool = False, causal: bool = True) -> None:
         super().__init__()
+        self.causal = causal
         _positive_int("dim", dim)
         _positive_int("heads", heads)
         if dim % heads:
@@ -113,10 +115,12 @@ class CausalSelfAttention(nn.Module):
         if self.track_max_logit:
             with torch.no_grad():
                 logits = (q @ k.transpose(-2, -1)).float() * self.scale
-                t = q.shape[-2]
-                mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
-                self.max_logit = logits.masked_fill(~mask, float("-inf")).amax()
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
+                if self.causal:
+                    t = q.shape[-2]
+                    mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+                    logits = logits.masked_fill(~mask, float("-inf"))
+                self.max_logit = logits.amax()
+        return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, scale=self.scale,
                                               dropout_p=self.dropout if self.training else 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -207,13 +211,13 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, norm: str = "layernorm",
                  activation: str = "gelu", qk_norm: bool = False, rotary: bool = False, max_len: int = 1024,
-                 dropout: float = 0.0, moe_experts: int = 0, moe_top_k: int = 2) -> None:
+                 dropout: float = 0.0, moe_experts: int = 0, moe_top_k: int = 2, causal: bool = True) -> None:
         super().__init__()
         hidden = int(round(dim * mlp_ratio))
         if hidden < 1:
             raise ValueError(f"mlp_ratio must give a hidden width >= 1, got {mlp_ratio}")
         self.norm1 = make_norm(norm, dim)
-        self.attn = CausalSelfAttention(dim, heads, qk_norm, rotary, max_len, dropout)
+        self.attn = CausalSelfAttention(dim, heads, qk_norm, rotary, max_len, dropout, causal=causal)
         self.norm2 = make_norm(norm, dim)
         self.mlp: nn.Module = (MoEFeedForward(dim, hidden, moe_experts, moe_top_k, activation) if moe_experts
                                else FeedForward(dim, hidden, activation))
