@@ -194,6 +194,7 @@ def test_lm_methods_train_in_the_trainer(corpus):
     [{"name": "seq_length_warmup", "duration": 0.5, "min_len": 8}],
     [{"name": "ssa", "ratio": 4.0, "dense_fraction": 0.5}],
     [{"name": "logit_z_loss"}, {"name": "seq_length_warmup"}, {"name": "ssa"}],
+    [{"name": "mup", "base_width": 16}, {"name": "drop_path", "max_rate": 0.1}, {"name": "ema", "decay": 0.9}],
 ])
 def test_sequence_methods_train_on_the_task(corpus, methods):
     result = fit(lm_recipe(corpus, train={"epochs": 2, "max_steps_per_epoch": 2}, methods=methods))

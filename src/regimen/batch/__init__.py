@@ -2,7 +2,7 @@
 adaptive batch size (norm test), LARS / LAMB, hard-batch selection and length-bucketed samplers.
 
 Importing this package registers the recipe methods ``lr_scaling``, ``ghost_bn``, ``regime_adaptation``,
-``weight_std``, ``adaptive_batch``, ``high_loss_batches`` and ``seq_length_warmup`` (language models).
+``weight_std``, ``adaptive_batch``, ``high_loss_batches``, ``seq_length_warmup`` and ``mup`` (language models).
 """
 
 from regimen._compat import deprecated_aliases
@@ -28,6 +28,7 @@ from regimen.batch.hard_batches import (
 )
 from regimen.batch.lamb import LAMB
 from regimen.batch.lars import LARS, excluded_from_trust_ratio
+from regimen.batch.mup import MuPMethod, apply_mup, mup_hidden_parameters
 from regimen.batch.regime import Regime, RegimeAdaptationMethod, adapt_regime, regime_factor
 from regimen.batch.samplers import LengthBucketBatchSampler, TokenBudgetBatchSampler, padding_fraction
 from regimen.batch.scaling import LRScalingMethod, infer_scaling_rule, scale_lr, scale_optimizer_lr
@@ -43,6 +44,9 @@ from regimen.batch.weight_std import (
 )
 
 __all__ = [
+    "MuPMethod",
+    "apply_mup",
+    "mup_hidden_parameters",
     "SeqLengthWarmupMethod",
     "seq_length_at",
     "truncate_sequences",

@@ -41,15 +41,19 @@ class TokenEmbedding(nn.Module):
 
 
 class LMHead(nn.Module):
-    """Final norm and the read-out ``fc`` to the vocabulary; ``features(x)`` is the normed hidden state."""
+    """Final norm and the read-out ``fc`` to the vocabulary; ``features(x)`` is the normed hidden state (times
+    ``logit_scale``)."""
 
     def __init__(self, dim: int, vocab_size: int, norm: str) -> None:
         super().__init__()
         self.norm = make_norm(norm, dim)
         self.fc = nn.Linear(dim, vocab_size, bias=False)
+        #: multiplies the read-out's input (muP's output multiplier / width multiplier); 1 by default.
+        self.logit_scale = 1.0
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x)
+        x = self.norm(x)
+        return x * self.logit_scale if self.logit_scale != 1.0 else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x))
