@@ -2,8 +2,8 @@
 cross-entropy (method ``linear_ce``) against the materialised head (logits ``(B·T, V)`` then cross-entropy), in one run.
 
 Each variant runs in a fresh process (interleaved, repeated): the peak-memory figure is the growth of the process's
-resident high-water mark (``ru_maxrss``) over the training steps, above what the model, optimizer state and batch
-already held after a warm-up step; time is the median step time.
+resident high-water mark (``ru_maxrss``) during the first training step, above what the model, its gradients, the
+optimizer state and the batch already held; time is the median time of the following steps.
 
     python benchmarks/lm_linear_ce.py --vocab 8192 --batch 16 --seq-len 256 --repeats 3
 """
@@ -42,14 +42,23 @@ def step():
     optimizer.zero_grad(set_to_none=False)
     return loss.item()
 
-step()  # warm-up: optimizer state and gradients exist from here on
+# gradients and optimizer state first (a zero-LR step on zero gradients), so the first real step's growth of the
+# resident high-water mark is the step's own peak: activations, logits, their gradients
+for p in model.parameters():
+    p.grad = torch.zeros_like(p)
+for group in optimizer.param_groups:
+    group["lr"] = 0.0
+optimizer.step()
+for group in optimizer.param_groups:
+    group["lr"] = 1e-3
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+step()
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 times = []
 for _ in range({steps}):
     started = time.perf_counter()
     loss = step()
     times.append(time.perf_counter() - started)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({{"step_s": sorted(times)[len(times) // 2], "peak_mb": (after - before) / 1024, "loss": loss}}))
 """
 

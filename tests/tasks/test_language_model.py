@@ -238,3 +238,14 @@ threads = 1
     report = json.loads((tmp_path / "sweep.json").read_text())
     assert report["init_loss"] == pytest.approx(math.log(256), abs=0.05)  # logits near 0 at init
     assert all(math.isfinite(r["max_attention_logit"]) for r in report["runs"])
+
+
+def test_generate_rebuilds_a_mup_model_with_its_multipliers(corpus, tmp_path):
+    from regimen.commands.generate import load_language_model
+
+    result = fit(lm_recipe(corpus, train={"epochs": 1, "max_steps_per_epoch": 2},
+                           methods=[{"name": "mup", "base_width": 16}]), out_dir=tmp_path / "run")
+    model, _ = load_language_model(str(tmp_path / "run" / "checkpoint.pt"))
+    ids = torch.randint(0, 256, (2, 16))
+    result.model.eval()
+    torch.testing.assert_close(model(ids), result.model(ids))

@@ -42,6 +42,11 @@ def load_language_model(path: str):
     options = dict(spec.get("options", {}))
     options.setdefault("block_size", int(spec["input_shape"][0]))
     model = GPT(vocab_size=int(spec["vocab_size"]), **options)
+    for entry in (state.get("recipe") or {}).get("methods", []):
+        if entry.get("name") == "mup":  # its multipliers are part of the forward, not of the weights
+            from regimen.batch import apply_mup
+
+            apply_mup(model, int(entry.get("base_width", 64)), float(entry.get("output_mult", 1.0)))
     load_model_state(model, state["model"], str(path))
     return model.eval(), tokenizer_from_spec(spec["tokenizer"])
 
