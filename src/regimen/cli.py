@@ -23,7 +23,8 @@ __all__ = ["build_parser", "main"]
 #: Subcommand modules (``add_parser(subparsers)`` + ``run(args) -> int``). A missing module is an error, not a
 #: silently absent command; optional extras (Ray for ``tune``) are checked inside the command's ``run``.
 COMMAND_MODULES = ("regimen.commands.methods", "regimen.commands.recipes", "regimen.commands.info",
-                   "regimen.commands.prune", "regimen.commands.tune", "regimen.commands.study", "regimen.commands.cards")
+                   "regimen.commands.prune", "regimen.commands.tune", "regimen.commands.study",
+                   "regimen.commands.cards", "regimen.commands.generate", "regimen.commands.sweep")
 
 #: File errors that are user errors when they concern a path the user named (``--out``, ``--recipe``, a folder ...).
 _PATH_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)

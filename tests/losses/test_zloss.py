@@ -136,7 +136,8 @@ def _lse_squared(logits: torch.Tensor) -> torch.Tensor:
 def test_methods_are_registered_under_their_recipe_names_and_serve_class_labels():
     assert get_method("z_loss") is ZLossMethod
     assert get_method("logit_z_loss") is LogitZLossMethod
-    assert ZLossMethod.targets == LogitZLossMethod.targets == ("labels",)
+    assert ZLossMethod.targets == ("labels",)
+    assert LogitZLossMethod.targets == ("labels", "tokens")  # class labels and next-token targets
 
 
 def test_z_loss_method_replaces_cross_entropy_and_rejects_soft_targets():

@@ -6,8 +6,8 @@ clipping.
 
 Importing this package registers the recipe methods ``lr_scaling``, ``ghost_bn``, ``regime_adaptation``,
 ``weight_std``, ``adaptive_batch``, ``high_loss_batches``, ``sam``, ``swa``, ``selective_backprop``,
-``blurpool``, ``squeeze_excite``, ``layer_freezing``
-and ``gradient_clipping``.
+``blurpool``, ``squeeze_excite``, ``layer_freezing``, ``gradient_clipping``, and for language models
+``seq_length_warmup`` and ``mup``.
 """
 
 from regimen._compat import deprecated_aliases
@@ -43,6 +43,7 @@ from regimen.batch.hard_batches import (
 from regimen.batch.lamb import LAMB
 from regimen.batch.lars import LARS, excluded_from_trust_ratio
 from regimen.batch.layer_freezing import LayerFreezingMethod, freezable_layers, frozen_layer_count
+from regimen.batch.mup import MuPMethod, apply_mup, mup_hidden_parameters
 from regimen.batch.regime import Regime, RegimeAdaptationMethod, adapt_regime, regime_factor
 from regimen.batch.sam import SAMMethod, frozen_bn_statistics, sam_epsilon, sam_step
 from regimen.batch.samplers import LengthBucketBatchSampler, TokenBudgetBatchSampler, padding_fraction
@@ -59,6 +60,7 @@ from regimen.batch.squeeze_excite import (
     apply_squeeze_excite,
 )
 from regimen.batch.swa import SWAMethod, recompute_bn_statistics, swa_lr_factor, swa_update
+from regimen.batch.seq_length_warmup import SeqLengthWarmupMethod, seq_length_at, truncate_sequences
 from regimen.batch.weight_std import (
     BatchChannelNorm2d,
     WeightStandardizationMethod,
@@ -70,6 +72,12 @@ from regimen.batch.weight_std import (
 )
 
 __all__ = [
+    "MuPMethod",
+    "apply_mup",
+    "mup_hidden_parameters",
+    "SeqLengthWarmupMethod",
+    "seq_length_at",
+    "truncate_sequences",
     "AdaptiveBatchMethod",
     "BatchChannelNorm2d",
     "BlurConv2d",

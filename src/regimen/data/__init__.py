@@ -1,4 +1,5 @@
-"""Datasets that work offline: Fashion-MNIST (IDX), scikit-learn digits, user arrays and folders; splits; loader."""
+"""Datasets that work offline: Fashion-MNIST (IDX), scikit-learn digits, user arrays and folders, text corpora
+(KJV, the standard library, text files, token arrays) and tokenizers; splits; loader."""
 
 from regimen.data.datasets import (
     ArrayDataset,
@@ -13,19 +14,28 @@ from regimen.data.datasets import (
 from regimen.data.idx import DataError, read_idx
 from regimen.data.loader import InMemoryLoader
 from regimen.data.select import DataSplits, load_data
+from regimen.data.text import TextCorpus, TokenWindows, load_corpus, load_token_array
+from regimen.data.tokenizers import BPETokenizer, ByteTokenizer, train_bpe
 
 __all__ = [
     "ArrayDataset",
+    "BPETokenizer",
+    "ByteTokenizer",
     "TensorDataset",
+    "TextCorpus",
+    "TokenWindows",
     "DataError",
     "DataSplits",
     "InMemoryLoader",
+    "load_corpus",
     "load_data",
     "load_digits",
     "load_fashion_mnist",
     "load_idx_pair",
     "load_image_folder",
     "load_npz",
+    "load_token_array",
     "read_idx",
     "split_dataset",
+    "train_bpe",
 ]

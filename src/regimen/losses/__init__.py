@@ -1,18 +1,18 @@
 """Loss functions: the one vocabulary every pillar may import.
 
-Trainer methods registered here: ``z_loss`` (spherical Z-loss replaces cross-entropy) and ``logit_z_loss``
-(adds the (log Σ e^o)² regulariser to the criterion). Functional only (they need other model types):
-``multi_similarity_loss`` + ``PKSampler`` (embedding models), ``load_balancing_loss`` (MoE routers),
-``s3im_loss`` (point-wise regression / neural fields). ``linear_cross_entropy`` is a drop-in for large-vocabulary
-heads (language models) and is used from a model's own forward / loss code.
+Trainer methods registered here: ``z_loss`` (spherical Z-loss replaces cross-entropy), ``logit_z_loss``
+(adds the (log Σ e^o)² regulariser to the criterion), ``linear_ce`` (a language model's loss from its hidden states
+and read-out, without the logits) and ``load_balance`` (the MoE load-balancing loss over the global batch).
+Functional only (they need other model types): ``multi_similarity_loss`` + ``PKSampler`` (embedding models),
+``s3im_loss`` (point-wise regression / neural fields).
 
 Soft-target losses live here: ``soft_target_cross_entropy``, ``classification_loss`` (the trainer's default
 criterion), ``mixed_cross_entropy`` (CutMix/MixUp's pair form) and ``multi_sample_cross_entropy`` (multi-sample
 dropout's ``(K, N, C)`` logits, which the others refuse with a message naming it).
 """
 
-from regimen.losses.linear_ce import LinearCrossEntropy, linear_cross_entropy
-from regimen.losses.load_balance import LoadBalanceAccumulator, expert_counts, load_balancing_loss
+from regimen.losses.linear_ce import LinearCrossEntropy, LinearCrossEntropyMethod, linear_cross_entropy
+from regimen.losses.load_balance import LoadBalanceAccumulator, LoadBalanceMethod, expert_counts, load_balancing_loss
 from regimen.losses.multisample import multi_sample_cross_entropy
 from regimen.losses.multisimilarity import MultiSimilarityLoss, PKSampler, multi_similarity_loss
 from regimen.losses.s3im import S3IM, gaussian_window, s3im_indices, s3im_loss, ssim
@@ -26,7 +26,9 @@ from regimen.losses.zloss import LogitZLoss, LogitZLossMethod, ZLoss, ZLossMetho
 
 __all__ = [
     "LinearCrossEntropy",
+    "LinearCrossEntropyMethod",
     "LoadBalanceAccumulator",
+    "LoadBalanceMethod",
     "LogitZLoss",
     "LogitZLossMethod",
     "MultiSimilarityLoss",

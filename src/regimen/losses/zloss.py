@@ -273,7 +273,7 @@ class LogitZLossMethod(Method):
         "a (log Z)^2 penalty keeps output logits from drifting, stabilising training without costing quality"
     )
     claimed_effect = "no_worse"
-    targets = ("labels",)
+    targets = ("labels", "tokens")
 
     def __init__(self, z_loss_coef: float = 1e-4, coef: float | None = None) -> None:
         if coef is not None:
@@ -290,4 +290,7 @@ class LogitZLossMethod(Method):
                            check_values=False)  # torch.func-safe, as in z_loss
         with contextlib.suppress(RuntimeError):  # no value to log inside a torch.func transform
             self.log(ctx, "value", reg.detach().mean())
-        return next(output, target, reduction=reduction) + reg
+        base = next(output, target, reduction=reduction)
+        if reduction == "none" and reg.dim() > base.dim():  # per-sequence losses of a language model: (N, T) -> (N,)
+            reg = reg.flatten(base.dim()).mean(dim=-1)
+        return base + reg

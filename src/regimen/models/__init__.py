@@ -2,8 +2,13 @@
 
 from regimen.models.copying import copy_module
 from regimen.models.factory import build_model
+from regimen.models.gpt import GPT, LMHead, TokenEmbedding
 from regimen.models.mlp import MLP
 from regimen.models.resnet import BasicBlock, ResNet, resnet
 from regimen.models.staged import ClassifierHead, StagedModel
+from regimen.models.transformer import CausalSelfAttention, FeedForward, MoEFeedForward, TransformerBlock
+from regimen.models.vit import PatchEmbedding, ViT, ViTHead
 
-__all__ = ["BasicBlock", "ClassifierHead", "MLP", "ResNet", "StagedModel", "build_model", "copy_module", "resnet"]
+__all__ = ["BasicBlock", "CausalSelfAttention", "ClassifierHead", "FeedForward", "GPT", "LMHead", "MLP",
+           "MoEFeedForward", "PatchEmbedding", "ResNet", "StagedModel", "TokenEmbedding", "TransformerBlock", "ViT",
+           "ViTHead", "build_model", "copy_module", "resnet"]

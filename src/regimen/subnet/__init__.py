@@ -1,7 +1,8 @@
 """Subnet pillar: extract smaller networks (structured pruning, HESSO, N:M sparsity, low rank, nested widths).
 
 Importing this package registers its recipe methods (``hesso``, ``maestro``, ``nested_width``, ``nm_sparsity``,
-``trp``). Old names of v1 (``HESSO``, ``Maestro``, ``TrainedRankPruning``, ``LowRankConv2d``, ``LowRankLinear``,
+``trp``, ``ssa``).
+Old names of v1 (``HESSO``, ``Maestro``, ``TrainedRankPruning``, ``LowRankConv2d``, ``LowRankLinear``,
 ``export``) still resolve, with a DeprecationWarning.
 """
 
@@ -67,8 +68,12 @@ from regimen.subnet.nm import (
 )
 from regimen.subnet.prune import plan_pruning, prune, prune_groups
 from regimen.subnet.serialize import architecture_spec, build_from_spec, load_pruned, restore_pruned, save_pruned
+from regimen.subnet.ssa import SubsampledAttentionMethod, sample_kept_positions, subsampled_causal_attention
 
 __all__ = [
+    "SubsampledAttentionMethod",
+    "sample_kept_positions",
+    "subsampled_causal_attention",
     # dependency graph
     "DependencyGraph",
     "Group",

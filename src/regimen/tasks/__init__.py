@@ -8,16 +8,19 @@ from __future__ import annotations
 from regimen.tasks.base import Task, UnknownTaskError
 from regimen.tasks.classification import ClassificationTask, classification_criterion
 from regimen.tasks.image_classification import ImageClassificationTask
+from regimen.tasks.language_model import LanguageModelTask, lm_cross_entropy
 
 __all__ = [
     "ClassificationTask",
     "ImageClassificationTask",
+    "LanguageModelTask",
     "Task",
     "UnknownTaskError",
     "classification_criterion",
     "get_task",
     "incompatibility",
     "list_tasks",
+    "lm_cross_entropy",
     "register_task",
 ]
 
@@ -62,3 +65,4 @@ def incompatibility(method_cls, task_cls: type[Task]) -> str | None:
 
 register_task(ClassificationTask)
 register_task(ImageClassificationTask)
+register_task(LanguageModelTask)

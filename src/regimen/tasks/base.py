@@ -46,6 +46,8 @@ class Task:
     data_names: ClassVar[tuple[str, ...]] = ()
     model_names: ClassVar[tuple[str, ...]] = ()
     default_model: ClassVar[str] = ""
+    #: Keys of ``data.options`` the task reads (empty: it takes none).
+    data_option_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, recipe: Any) -> None:
         self.recipe = recipe
@@ -63,6 +65,9 @@ class Task:
         if not user_data and self.data_names and recipe.data.name not in self.data_names:
             raise ConfigurationError(f"data.name: task {self.name!r} reads {', '.join(map(repr, self.data_names))}, "
                                      f"got {recipe.data.name!r}")
+        if getattr(recipe.data, "options", None) and not self.data_option_names:
+            raise ConfigurationError(f"data.options: task {self.name!r} takes no data options, got "
+                                     f"{', '.join(recipe.data.options)}")
         model_name = recipe.model.name or self.default_model
         if not user_model and self.model_names and model_name not in self.model_names:
             raise ConfigurationError(f"model.name: task {self.name!r} builds "

@@ -30,8 +30,9 @@ class ImageClassificationTask(ClassificationTask):
     name = "image_classification"
     input_kind = "image"
     data_names = ("auto", "fashion_mnist", "digits", "npz", "idx", "folder")
-    model_names = ("resnet", "mlp")
+    model_names = ("resnet", "mlp", "vit")
     default_model = "resnet"
+    data_arguments = ("in_channels", "in_features", "num_classes", "image_size")
 
     def load_data(self) -> DataSplits:
         cfg = self.recipe.data
@@ -49,9 +50,9 @@ class ImageClassificationTask(ClassificationTask):
         return data
 
     def model_class(self, name: str) -> type | None:
-        from regimen.models import MLP, ResNet
+        from regimen.models import MLP, ResNet, ViT
 
-        return {"resnet": ResNet, "mlp": MLP}.get(name)
+        return {"resnet": ResNet, "mlp": MLP, "vit": ViT}.get(name)
 
     def build_model(self, data: DataSplits) -> nn.Module:
         from regimen.models import build_model

@@ -49,6 +49,7 @@ class DataConfig(_Strict):
     train_subset: int | None = Field(None, gt=0)
     test_subset: int | None = Field(None, gt=0)
     normalize: bool = True
+    options: dict[str, Any] = Field(default_factory=dict)  # task-specific (language_model: seq_len, tokenizer)
 
 
 class ModelConfig(_Strict):

@@ -1,0 +1,124 @@
+"""Stochastically subsampled self-attention (SSA): each training step, every attention layer attends to a random
+subset of the key/value positions; evaluation uses full attention.
+
+Paper: Hussain, Zaki, Subramanian, "The Information Pathways Hypothesis: Transformers are Dynamic Self-Ensembles",
+KDD 2023, arXiv 2306.01705 (no reference code was released). Per layer and sample, ``K = ⌈T / ratio⌉`` key/value
+positions ``S`` are drawn uniformly without replacement (shared by every query and head of that sample), gathered
+(not masked, so attention costs ``T × K`` instead of ``T × T``), and causal query ``i`` attends to
+``{j ∈ S : j < i} ∪ {i}``::
+
+    out_i = Σ_{j ∈ S, j < i} softmax_j(q_i·k_j · s) v_j  +  softmax_i(q_i·k_i · s) v_i     (one softmax over both)
+
+Pitfalls handled: positions stay the original ones (rotary q/k are rotated before the gather); a query always sees
+itself, so no row is empty and ``j = i`` is never counted twice; the last ``dense_fraction`` of training uses full
+attention (the paper's short dense fine-tune before dense inference); randomness from ``ctx.generator``. The
+paper's locality-biased sampling is not implemented (uniform only).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from regimen.method import Context, Method, register_method
+
+__all__ = ["SubsampledAttentionMethod", "sample_kept_positions", "subsampled_causal_attention"]
+
+
+def sample_kept_positions(batch: int, length: int, keep: int, generator: torch.Generator | None = None,
+                          device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(batch, keep)`` sorted positions per sample, uniform without replacement from ``[0, length)``."""
+    if not 1 <= keep <= length:
+        raise ValueError(f"keep must lie in [1, length = {length}], got {keep}")
+    scores = torch.rand(batch, length, generator=generator)
+    return scores.argsort(dim=1)[:, :keep].sort(dim=1).values.to(device)
+
+
+def subsampled_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kept: torch.Tensor,
+                                scale: float | None = None) -> torch.Tensor:
+    """Causal attention of ``(B, H, T, D)`` queries to the kept keys/values ``kept`` ``(B, K)`` plus themselves."""
+    if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"q, k, v must be (B, H, T, D) alike, got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    b, h, t, d = q.shape
+    if kept.dim() != 2 or kept.shape[0] != b or kept.is_floating_point():
+        raise ValueError(f"kept must be integer positions (B={b}, K), got {tuple(kept.shape)} {kept.dtype}")
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    index = kept[:, None, :, None]
+    k_kept = k.gather(2, index.expand(b, h, kept.shape[1], d))
+    v_kept = v.gather(2, index.expand(b, h, kept.shape[1], v.shape[-1]))
+    logits = (q @ k_kept.transpose(-1, -2)) * scale  # (B, H, T, K)
+    earlier = kept[:, None, None, :] < torch.arange(t, device=q.device)[None, None, :, None]
+    logits = logits.masked_fill(~earlier, float("-inf"))
+    own = (q * k).sum(dim=-1, keepdim=True) * scale  # (B, H, T, 1)
+    weights = torch.cat([logits, own], dim=-1).float().softmax(dim=-1).to(q.dtype)
+    return weights[..., :-1] @ v_kept + weights[..., -1:] * v
+
+
+class _SubsampledAttention:
+    """The ``train_attention`` of every attention layer: draws its kept positions at each call."""
+
+    def __init__(self, ratio: float, generator: torch.Generator) -> None:
+        self.ratio, self.generator, self.active = ratio, generator, True
+
+    def __call__(self, q, k, v, module):
+        if not self.active:
+            return module.train_attention_dense(q, k, v)
+        t = q.shape[2]
+        kept = sample_kept_positions(q.shape[0], t, max(1, math.ceil(t / self.ratio)), self.generator, q.device)
+        return subsampled_causal_attention(q, k, v, kept, module.scale)
+
+
+def _attention_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if hasattr(m, "train_attention") and hasattr(m, "attend")]
+
+
+@register_method
+class SubsampledAttentionMethod(Method):
+    """Train every attention layer on a random 1/ratio of the key positions (SSA); full attention to evaluate.
+
+    Args:
+        ratio: the subsampling factor ρ (keep ⌈T/ρ⌉ positions; the paper: 2-8).
+        dense_fraction: the last fraction of training runs full attention (the dense fine-tune).
+    """
+
+    name = "ssa"
+    inputs = ("tokens",)
+    paper_id = "arXiv:2306.01705"
+    claim = ("stochastically subsampled self-attention cuts the memory and compute of self-attention by 4-8x during "
+             "training and improves generalisation, the dense model being an ensemble of the sampled sub-networks")
+    claimed_effect = "better"
+
+    def __init__(self, ratio: float = 4.0, dense_fraction: float = 0.1) -> None:
+        if not ratio >= 1.0:
+            raise ValueError(f"ssa: ratio must be >= 1, got {ratio}")
+        if not 0.0 <= dense_fraction < 1.0:
+            raise ValueError(f"ssa: dense_fraction must be in [0, 1), got {dense_fraction}")
+        self.ratio, self.dense_fraction = float(ratio), float(dense_fraction)
+        self.attention: _SubsampledAttention | None = None
+
+    def setup(self, ctx: Context) -> None:
+        layers = _attention_layers(ctx.model)
+        if not layers:
+            raise ValueError(f"ssa needs attention layers with a train_attention slot (regimen's GPT); "
+                             f"{type(ctx.model).__name__} has none")
+        self.attention = _SubsampledAttention(self.ratio, ctx.generator)
+        for layer in layers:
+            layer.train_attention_dense = _dense(layer)
+            layer.train_attention = self.attention
+
+    def before_forward(self, x, y, ctx: Context) -> None:
+        total = max(ctx.run.steps_per_epoch * ctx.run.epochs, 1)
+        self.attention.active = ctx.step / total < 1.0 - self.dense_fraction
+
+    def on_epoch_end(self, ctx: Context) -> None:
+        self.log(ctx, "active", float(self.attention.active))
+
+
+def _dense(layer: nn.Module):
+    def dense(q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=layer.scale)
+
+    return dense
