@@ -53,6 +53,7 @@ from regimen.batch.selective_backprop import (
     select_by_loss_percentile,
     selection_weights,
 )
+from regimen.batch.seq_length_warmup import SeqLengthWarmupMethod, seq_length_at, truncate_sequences
 from regimen.batch.squeeze_excite import (
     SqueezeExcite2d,
     SqueezeExciteConv2d,
@@ -60,7 +61,6 @@ from regimen.batch.squeeze_excite import (
     apply_squeeze_excite,
 )
 from regimen.batch.swa import SWAMethod, recompute_bn_statistics, swa_lr_factor, swa_update
-from regimen.batch.seq_length_warmup import SeqLengthWarmupMethod, seq_length_at, truncate_sequences
 from regimen.batch.weight_std import (
     BatchChannelNorm2d,
     WeightStandardizationMethod,
