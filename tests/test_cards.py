@@ -1,4 +1,4 @@
-"""Every registered method has a generated card in docs/methods, and no card is stale or hand-edited."""
+"""Every method regimen registers (not the ones tests register) has a generated card in docs/methods, and no card is stale or hand-edited."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ CARDS = ROOT / "docs" / "methods"
 
 
 def test_every_method_has_a_card():
-    missing = [name for name in list_methods() if not (CARDS / f"{name}.md").exists()]
+    missing = [name for name, cls in list_methods().items()
+               if cls.__module__.startswith("regimen.") and not (CARDS / f"{name}.md").exists()]
     assert not missing, f"no card for {missing}: run `regimen cards --out docs/methods`"
 
 

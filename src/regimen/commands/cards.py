@@ -188,7 +188,7 @@ def write_cards(out: str | Path, evidence_folder: str | Path, check: bool = Fals
     from regimen.method import list_methods
 
     out = Path(out)
-    methods = list_methods()
+    methods = {name: cls for name, cls in list_methods().items() if cls.__module__.startswith("regimen.")}
     evidence = load_evidence(evidence_folder)
     names = sorted(methods)
     changed = []
