@@ -6,7 +6,6 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from kornia.filters import blur_pool2d, max_blur_pool2d
 from torch import nn
 
 from regimen.batch import BlurConv2d, MaxBlurPool2d, apply_blurpool, blur_2d
@@ -14,7 +13,14 @@ from regimen.errors import ConfigurationError
 from regimen.train import fit
 
 
+def _kornia():
+    """Kornia's blur pools (the reference; extra ``dev`` installs Kornia)."""
+    filters = pytest.importorskip("kornia.filters")
+    return filters.blur_pool2d, filters.max_blur_pool2d
+
+
 def test_blur_2d_equals_kornia_blur_pool2d_and_an_explicit_reflect_blur():
+    blur_pool2d, max_blur_pool2d = _kornia()
     x = torch.randn(2, 3, 9, 8)
     torch.testing.assert_close(blur_2d(x, 2), blur_pool2d(x, 3, stride=2))
     # reflect padding by hand: pad, then sum of the 3x3 binomial taps [1,2,1]x[1,2,1]/16 at every pixel
@@ -25,6 +31,7 @@ def test_blur_2d_equals_kornia_blur_pool2d_and_an_explicit_reflect_blur():
 
 
 def test_surgery_on_any_model_keeps_parameters_and_matches_the_formulas():
+    blur_pool2d, max_blur_pool2d = _kornia()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.MaxPool2d(2, 2), nn.Conv2d(16, 8, 3, stride=2, padding=1),
                           nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1))
@@ -42,6 +49,7 @@ def test_surgery_on_any_model_keeps_parameters_and_matches_the_formulas():
 
 
 def test_blur_after_conv_is_the_papers_conv_then_blurpool():
+    blur_pool2d, max_blur_pool2d = _kornia()
     conv = nn.Conv2d(4, 6, 3, stride=2, padding=1)
     x = torch.randn(1, 4, 10, 10)
     want = blur_pool2d(F.conv2d(x, conv.weight, conv.bias, padding=1), 3, stride=2)
