@@ -29,6 +29,7 @@ from regimen.augment.subset import (
     model_gradient_proxies,
     select_coreset,
 )
+from regimen.augment.tta_flip import FlipTTA, TTAFlipMethod, flip_tta
 
 __all__ = [
     "OPS",
@@ -36,17 +37,20 @@ __all__ = [
     "AugUndo",
     "AugmentParams",
     "CutMixMethod",
+    "FlipTTA",
     "InvertibleAugment",
     "MixMethod",
     "MixUpMethod",
     "RandAugment",
     "RandAugmentMethod",
+    "TTAFlipMethod",
     "TrivialAugment",
     "TrivialAugmentMethod",
     "apply_ops",
     "cutmix",
     "cutmix_boxes",
     "facility_location",
+    "flip_tta",
     "functional",
     "gradient_proxies",
     "invertible_augment",

@@ -4,6 +4,8 @@ from regimen.models.copying import copy_module
 from regimen.models.factory import build_model
 from regimen.models.mlp import MLP
 from regimen.models.resnet import BasicBlock, ResNet, resnet
+from regimen.models.speednet import PatchWhitening2d, SpeedNet, image_patches, patch_whitening
 from regimen.models.staged import ClassifierHead, StagedModel
 
-__all__ = ["BasicBlock", "ClassifierHead", "MLP", "ResNet", "StagedModel", "build_model", "copy_module", "resnet"]
+__all__ = ["BasicBlock", "ClassifierHead", "MLP", "PatchWhitening2d", "ResNet", "SpeedNet", "StagedModel",
+           "build_model", "copy_module", "image_patches", "patch_whitening", "resnet"]

@@ -86,6 +86,7 @@ class TrainConfig(_Strict):
     devices: int = Field(1, gt=0)
     strategy: str = "auto"
     precision: str = "32-true"
+    compile: bool = False  # torch.compile the model (the first steps pay the compilation)
     threads: int | None = Field(None, gt=0)
     checkpoint_every: int = Field(1, ge=0)
     checkpoint_every_steps: int | None = Field(None, gt=0)
