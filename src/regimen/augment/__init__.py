@@ -3,14 +3,16 @@ geometric augmentation (AugUndo) and data-efficient augmentation subsets.
 
 Importing the package registers the Methods ``randaugment`` (:class:`RandAugmentMethod`), ``trivialaugment``
 (:class:`TrivialAugmentMethod`), ``cutmix`` (:class:`CutMixMethod`), ``mixup`` (:class:`MixUpMethod`), ``mix``
-(:class:`MixMethod`: CutMix or MixUp per batch, timm's switch) and ``aug_subset`` (:class:`AugSubsetMethod`). The
-Pillow-exact ops on batches are in :mod:`regimen.augment.functional`. The soft-target losses (``mixed_cross_entropy``
-for the pair form of CutMix/MixUp) live in :mod:`regimen.losses`; ``regimen.augment.mixed_cross_entropy`` is a
-deprecated alias.
+(:class:`MixMethod`: CutMix or MixUp per batch, timm's switch), ``aug_subset`` (:class:`AugSubsetMethod`),
+``hflip`` (:class:`FlipMethod`: random or alternating horizontal flips) and ``tta_flip`` (:class:`TTAFlipMethod`:
+flip test-time augmentation). The Pillow-exact ops on batches are in :mod:`regimen.augment.functional`. The
+soft-target losses (``mixed_cross_entropy`` for the pair form of CutMix/MixUp) live in :mod:`regimen.losses`;
+``regimen.augment.mixed_cross_entropy`` is a deprecated alias.
 """
 
 from regimen._compat import deprecated_aliases
 from regimen.augment import functional, native
+from regimen.augment.flip import FlipMethod, alternating_flip_mask, flip_images, random_flip_mask
 from regimen.augment.functional import OPS
 from regimen.augment.invertible import AugUndo, InvertibleAugment, invertible_augment
 from regimen.augment.mix import CutMixMethod, MixMethod, MixUpMethod, cutmix, cutmix_boxes, mixup
@@ -37,6 +39,7 @@ __all__ = [
     "AugUndo",
     "AugmentParams",
     "CutMixMethod",
+    "FlipMethod",
     "FlipTTA",
     "InvertibleAugment",
     "MixMethod",
@@ -46,10 +49,12 @@ __all__ = [
     "TTAFlipMethod",
     "TrivialAugment",
     "TrivialAugmentMethod",
+    "alternating_flip_mask",
     "apply_ops",
     "cutmix",
     "cutmix_boxes",
     "facility_location",
+    "flip_images",
     "flip_tta",
     "functional",
     "gradient_proxies",
@@ -57,6 +62,7 @@ __all__ = [
     "mixup",
     "model_gradient_proxies",
     "native",
+    "random_flip_mask",
     "select_coreset",
 ]
 
