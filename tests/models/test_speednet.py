@@ -79,3 +79,19 @@ def test_speednet_options_and_bad_input():
         image_patches(torch.rand(2, 1, 8, 8), 9)
     with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
         PatchWhitening2d(1, 2).fit(torch.rand(2, 3, 8, 8))
+
+
+def test_speednet_recipe_with_flips_ema_and_tta_trains_and_resumes_exactly(tmp_path):
+    """The speedrun's parts in one short fit on 8x8 digits; stop after epoch 1 and resume: same result as one run."""
+    from regimen.train import fit, load_recipe
+
+    recipe = load_recipe("speedrun", ["data.name=digits", "data.val_fraction=0.1", "model.options.widths=[8, 16]",
+                                      "train.epochs=2", "train.batch_size=64", "train.max_steps_per_epoch=4",
+                                      "train.target=0.5"])
+    reference = fit(recipe)
+    fit(recipe, out_dir=tmp_path, stop_epoch=1)
+    resumed = fit(recipe, out_dir=tmp_path, resume=tmp_path / "checkpoint.pt")
+    assert resumed.summary["final_test_acc"] == reference.summary["final_test_acc"]
+    for key, value in reference.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value)
+    assert [m.name for m in recipe.methods] == ["hflip", "ema", "tta_flip"]
