@@ -83,11 +83,14 @@ def test_speednet_options_and_bad_input():
 
 def test_speednet_recipe_with_flips_ema_and_tta_trains_and_resumes_exactly(tmp_path):
     """The speedrun's parts in one short fit on 8x8 digits; stop after epoch 1 and resume: same result as one run."""
-    from regimen.train import fit, load_recipe
+    from regimen.train import apply_overrides, fit, parse_recipe
+    from regimen.train.recipe import read_recipe_file
 
-    recipe = load_recipe("speedrun", ["data.name=digits", "data.val_fraction=0.1", "model.options.widths=[8, 16]",
-                                      "train.epochs=2", "train.batch_size=64", "train.max_steps_per_epoch=4",
-                                      "train.target=0.5"])
+    raw = apply_overrides(read_recipe_file("speedrun"), [
+        "data.name=digits", "data.val_fraction=0.1", "model.options.widths=[8, 16]", "train.epochs=2",
+        "train.batch_size=64", "train.max_steps_per_epoch=4", "train.target=0.5"])
+    raw["methods"] = [{"name": "hflip"}, *raw["methods"], {"name": "tta_flip"}]
+    recipe = parse_recipe(raw)
     reference = fit(recipe)
     fit(recipe, out_dir=tmp_path, stop_epoch=1)
     resumed = fit(recipe, out_dir=tmp_path, resume=tmp_path / "checkpoint.pt")
