@@ -1,4 +1,5 @@
-"""Every method regimen registers (not the ones tests register) has a generated card in docs/methods, and no card is stale or hand-edited."""
+"""Every method regimen registers (not the ones tests register) has a generated card in docs/methods, and no
+card is stale or hand-edited."""
 
 from __future__ import annotations
 

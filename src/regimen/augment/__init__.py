@@ -5,9 +5,11 @@ Importing the package registers the Methods ``randaugment`` (:class:`RandAugment
 (:class:`TrivialAugmentMethod`), ``cutmix`` (:class:`CutMixMethod`), ``mixup`` (:class:`MixUpMethod`), ``mix``
 (:class:`MixMethod`: CutMix or MixUp per batch, timm's switch), ``augmix`` (:class:`AugMixMethod`), ``cutout``
 (:class:`CutOutMethod`), ``colout`` (:class:`ColOutMethod`), ``progressive_resizing``
-(:class:`ProgressiveResizingMethod`) and ``aug_subset`` (:class:`AugSubsetMethod`). The Pillow-exact ops on batches
-are in :mod:`regimen.augment.functional`. The soft-target losses (``mixed_cross_entropy`` for the pair form of
-CutMix/MixUp) live in :mod:`regimen.losses`; ``regimen.augment.mixed_cross_entropy`` is a deprecated alias.
+(:class:`ProgressiveResizingMethod`), ``aug_subset`` (:class:`AugSubsetMethod`), ``hflip`` (:class:`FlipMethod`:
+random or alternating horizontal flips) and ``tta_flip`` (:class:`TTAFlipMethod`: flip test-time augmentation). The
+Pillow-exact ops on batches are in :mod:`regimen.augment.functional`. The soft-target losses (``mixed_cross_entropy``
+for the pair form of CutMix/MixUp) live in :mod:`regimen.losses`; ``regimen.augment.mixed_cross_entropy`` is a
+deprecated alias.
 """
 
 from regimen._compat import deprecated_aliases
@@ -15,6 +17,7 @@ from regimen.augment import functional, native
 from regimen.augment.augmix import AugMixMethod, augmix, augmix_params
 from regimen.augment.colout import ColOutMethod, colout, colout_indices
 from regimen.augment.cutout import CutOutMethod, cutout, cutout_boxes, cutout_mask
+from regimen.augment.flip import FlipMethod, alternating_flip_mask, flip_images, random_flip_mask
 from regimen.augment.functional import OPS
 from regimen.augment.invertible import AugUndo, InvertibleAugment, invertible_augment
 from regimen.augment.mix import CutMixMethod, MixMethod, MixUpMethod, cutmix, cutmix_boxes, mixup
@@ -34,6 +37,7 @@ from regimen.augment.subset import (
     model_gradient_proxies,
     select_coreset,
 )
+from regimen.augment.tta_flip import FlipTTA, TTAFlipMethod, flip_tta
 
 __all__ = [
     "OPS",
@@ -44,14 +48,18 @@ __all__ = [
     "ColOutMethod",
     "CutMixMethod",
     "CutOutMethod",
+    "FlipMethod",
+    "FlipTTA",
     "InvertibleAugment",
     "MixMethod",
     "MixUpMethod",
     "ProgressiveResizingMethod",
     "RandAugment",
     "RandAugmentMethod",
+    "TTAFlipMethod",
     "TrivialAugment",
     "TrivialAugmentMethod",
+    "alternating_flip_mask",
     "apply_ops",
     "augmix",
     "augmix_params",
@@ -63,6 +71,8 @@ __all__ = [
     "cutout_boxes",
     "cutout_mask",
     "facility_location",
+    "flip_images",
+    "flip_tta",
     "functional",
     "gradient_proxies",
     "invertible_augment",
@@ -71,6 +81,7 @@ __all__ = [
     "native",
     "progressive_scale",
     "resize_batch",
+    "random_flip_mask",
     "select_coreset",
 ]
 

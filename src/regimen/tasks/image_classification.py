@@ -30,7 +30,7 @@ class ImageClassificationTask(ClassificationTask):
     name = "image_classification"
     input_kind = "image"
     data_names = ("auto", "fashion_mnist", "digits", "npz", "idx", "folder")
-    model_names = ("resnet", "mlp", "vit")
+    model_names = ("resnet", "mlp", "vit", "speednet")
     default_model = "resnet"
     data_arguments = ("in_channels", "in_features", "num_classes", "image_size")
 
@@ -50,16 +50,25 @@ class ImageClassificationTask(ClassificationTask):
         return data
 
     def model_class(self, name: str) -> type | None:
-        from regimen.models import MLP, ResNet, ViT
+        from regimen.models import MLP, ResNet, SpeedNet, ViT
 
-        return {"resnet": ResNet, "mlp": MLP, "vit": ViT}.get(name)
+        return {"resnet": ResNet, "mlp": MLP, "vit": ViT, "speednet": SpeedNet}.get(name)
 
     def build_model(self, data: DataSplits) -> nn.Module:
         from regimen.models import build_model
+        from regimen.models.factory import EXAMPLE_INPUT_MODELS
 
         model = self.recipe.model
-        return build_model(model.name or self.default_model, data.train.input_shape, self.num_classes(data),
+        name = model.name or self.default_model
+        example = self._example_inputs(data) if name in EXAMPLE_INPUT_MODELS else None
+        return build_model(name, data.train.input_shape, self.num_classes(data), example_inputs=example,
                            **model.options)
+
+    def _example_inputs(self, data: DataSplits, n: int = 5000) -> torch.Tensor:
+        """The first ``n`` training images, normalised as the model sees them (a data-dependent initialisation
+        such as SpeedNet's patch whitening reads them; the same on every rank)."""
+        x, _ = data.train.gather(torch.arange(min(n, len(data.train))), torch.device("cpu"))
+        return self.normalizer(data, torch.device("cpu"))(x.float())
 
     def normalizer(self, data: DataSplits, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
         if not self.recipe.data.normalize or data.mean is None:

@@ -92,6 +92,7 @@ class TrainConfig(_Strict):
     dist_timeout_s: float = Field(300.0, gt=0.0)  # process-group set-up (rendezvous) and each collective
     strategy: str = "auto"
     precision: str = "32-true"
+    compile: bool = False  # torch.compile the model (the first steps pay the compilation)
     threads: int | None = Field(None, gt=0)
     checkpoint_every: int = Field(1, ge=0)
     checkpoint_every_steps: int | None = Field(None, gt=0)

@@ -105,11 +105,19 @@ class _Hooks:
                 method.before_forward(x, y, ctx)
 
     def eval_model(self, model: nn.Module, ctx: Context) -> nn.Module:
+        """Chained in recipe order: each method gets the module the earlier ones chose (EMA's copy, then flip TTA
+        wraps it); ``None`` keeps it."""
         for method in self.methods:
             replacement = method.eval_model(model, ctx) if method.overrides("eval_model") else None
             if replacement is not None:
-                return replacement
+                model = replacement
         return model
+
+
+def _compiled(model: nn.Module, enabled: bool) -> nn.Module:
+    """``train.compile``: ``torch.compile(model)`` (Fabric unwraps it, wraps the plain module and compiles the wrapper,
+    so ``raw_model`` and the checkpoint's state_dict keep the plain module's keys, without ``_orig_mod.``)."""
+    return torch.compile(model) if enabled else model
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -333,7 +341,7 @@ class _Run:
         ctx.in_setup = False
         if state is not None:  # after setup: surgery has given the model its final structure
             load_model_state(ctx.model, state["model"], source)
-        ctx.model, ctx.optimizer = self.fabric.setup(ctx.model, ctx.optimizer)
+        ctx.model, ctx.optimizer = self.fabric.setup(_compiled(ctx.model, cfg.compile), ctx.optimizer)
         self.raw_model = ctx.model.module if hasattr(ctx.model, "module") else ctx.model
         self.forward_loss = compose_forward_loss(self.methods, ctx)
         self.optimizer_step = compose_optimizer_step(self.methods, self._base_optimizer_step, ctx)
