@@ -26,7 +26,8 @@ Hooks (all optional; the defaults do nothing):
                                                        exclusive (local learning).
 ``after_backward(ctx)`` / ``after_step(ctx)``          gradient edits / after the optimizer step (EMA, masks).
 ``on_epoch_end(ctx)``                                  end of every epoch, before evaluation.
-``eval_model(model, ctx)``                             the module to evaluate (EMA weights) or ``None``.
+``eval_model(model, ctx)``                             the module to evaluate (EMA weights) or ``None``; chained in
+                                                       recipe order, each sees the one chosen before (TTA wraps EMA).
 ``on_train_end(ctx)``                                  once after the last epoch (export, physical pruning).
 ``state_dict()`` / ``load_state_dict(state)``          method state saved in checkpoints, for bitwise resume.
 =====================================================  ==========================================================
