@@ -73,7 +73,8 @@ def _fake_execute(calls: list):
         gain = 0.02 if "ema" in recipe else 0.0
         acc = 0.8 + 0.01 * seed + gain + (0.001 * (seed % 2) if gain else 0.0)
         summary = {"primary_metric": "test_acc", "higher_is_better": True, "final_test_acc": acc,
-                   "train_time": 10.0 * (1.5 if gain else 1.0), "peak_memory_mb": 100.0, "time_to_target": None,
+                   "train_time": 10.0 * (1.5 if gain else 1.0), "process_cpu_time": 20.0 * (2.0 if gain else 1.0),
+                   "peak_memory_mb": 100.0, "time_to_target": None,
                    "epochs": 1}
         return {"process_time": 1.0, "summary": json.dumps(summary), "metrics": "{}\n"}
 
@@ -89,6 +90,7 @@ def test_study_pairs_seeds_and_resumes_without_redoing_runs(tmp_path, monkeypatc
     row = results["rows"][0]
     assert row["pairs"] == 3 and row["differences"] == pytest.approx([0.02, 0.021, 0.02])
     assert row["verdict"] == "confirmed" and row["time_ratio"] == pytest.approx(1.5)
+    assert row["cpu_time_ratio"] == pytest.approx(2.0)
     assert row["paper_id"] == list_methods()["ema"].paper_id
     assert (tmp_path / "s" / "results.md").read_text().count("| `ema` |") == 1
     assert (tmp_path / "s" / "differences.png").stat().st_size > 0

@@ -522,6 +522,8 @@ def analyse(out: str | os.PathLike) -> dict[str, Any]:
             "arm_mean": _mean([m.get(key, math.nan) for _, m in pairs]),
             "verdict": verdict(improvement_low, improvement_high, effect, spec["margin"]) if pairs else "not run yet",
             "time_ratio": _geomean([m["train_time"] / b["train_time"] for b, m in pairs if b.get("train_time")]),
+            "cpu_time_ratio": _geomean([m["process_cpu_time"] / b["process_cpu_time"] for b, m in pairs
+                                        if b.get("process_cpu_time") and m.get("process_cpu_time")]),
             "time_to_target_ratio": _median([m / b for b, m in reached if b and m]),
             "arm_reached_target": sum(m is not None for _, m in reached),
             "base_reached_target": sum(b is not None for b, _ in reached),
@@ -588,15 +590,15 @@ def markdown_table(results: dict[str, Any]) -> str:
     pp = _percent_points(results)
     scale, unit = (100.0, " pp") if pp else (1.0, "")
     metric = results["primary_metric"] or "primary metric"
-    header = ["method", "paper", "claim", f"Δ {metric} (95 % CI)", "verdict", "pairs", "time ×", "time-to-target ×",
-              "memory ×"]
+    header = ["method", "paper", "claim", f"Δ {metric} (95 % CI)", "verdict", "pairs", "time ×", "CPU time ×",
+              "time-to-target ×", "memory ×"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in results["rows"]:
         delta = (f"{_fmt(scale * row['mean_difference'], '{:+.2f}')}{unit} "
                  f"[{_fmt(scale * row['ci_low'], '{:+.2f}')}, {_fmt(scale * row['ci_high'], '{:+.2f}')}]")
         reached = f" ({row['arm_reached_target']}/{row['pairs']} reached)" if results["spec"].get("target") else ""
         cells = [f"`{row['label']}`", row["paper_id"] or "–", row["claim"] or "–", delta, row["verdict"],
-                 str(row["pairs"]), _fmt(row["time_ratio"], "{:.2f}"),
+                 str(row["pairs"]), _fmt(row["time_ratio"], "{:.2f}"), _fmt(row.get("cpu_time_ratio"), "{:.2f}"),
                  _fmt(row["time_to_target_ratio"], "{:.2f}") + reached, _fmt(row["memory_ratio"], "{:.2f}")]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
@@ -621,7 +623,9 @@ def write_study_report(out: str | os.PathLike) -> dict[str, Any]:
         f"{_fmt(base['train_time'], '{:.1f}')} s (median).", "",
         "Δ is the mean over seeds of (base + method) − base at the same seed, with its 95 % Student-t interval. "
         "Ratios are method / base at the same seed (geometric mean; time-to-target: median over the seeds where both "
-        f"reached the target). Verdicts: `better` claims are confirmed when the interval lies above 0; `no_worse` "
+        "reached the target). *time ×* is training wall time, which other jobs on a shared machine move; *CPU time ×* "
+        "is the process's CPU seconds (start-up and evaluation included), which they barely move (– for runs that "
+        f"predate it). Verdicts: `better` claims are confirmed when the interval lies above 0; `no_worse` "
         f"claims when it lies above −{_fmt(scale * spec['margin'], '{:g}')}{' pp' if scale == 100 else ''}.", "",
         markdown_table(results), "",
     ]

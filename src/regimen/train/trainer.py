@@ -661,7 +661,10 @@ class _Run:
             "train_time": self.elapsed, "samples_per_s": self.samples_seen / self.elapsed if self.elapsed else 0.0,
             "time_to_target": self.time_to_target, "target": self.cfg.target,
             "target_accuracy": self.cfg.target,  # v1 name, kept for one release
-            "peak_memory_mb": _peak_memory_mb(self.ctx.run.device), "world_size": self.world_size,
+            "peak_memory_mb": _peak_memory_mb(self.ctx.run.device),
+            # CPU seconds of this process (all threads, start-up and evaluation included): unlike wall time, barely
+            # moved by other jobs on a shared machine, so studies compare costs with it
+            "process_cpu_time": time.process_time(), "world_size": self.world_size,
             "num_nodes": self.cfg.num_nodes,
             "global_batch": self.ctx.run.global_batch, "device": str(self.ctx.run.device),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "python": sys.version.split()[0],
