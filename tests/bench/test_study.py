@@ -121,9 +121,19 @@ def test_study_refuses_bad_input_before_training(tmp_path, monkeypatch):
 
     run_study(StudySpec(base="smoke", arms=[parse_method_spec("ema")], seeds=2, overrides=SMOKE_OVERRIDES),
               tmp_path / "d", quiet=True)
-    with pytest.raises(ConfigurationError, match="holds another study"):
-        run_study(StudySpec(base="smoke", arms=[parse_method_spec("cutmix")], seeds=2, overrides=SMOKE_OVERRIDES),
-                  tmp_path / "d", quiet=True)
+    with pytest.raises(ConfigurationError, match="holds another study .its base recipe differs"):
+        run_study(StudySpec(base="smoke", arms=[parse_method_spec("ema")], seeds=2,
+                            overrides=SMOKE_OVERRIDES + ["optim.lr=0.3"]), tmp_path / "d", quiet=True)
+    with pytest.raises(ConfigurationError, match="holds another study .its 'ema' recipe differs"):
+        run_study(StudySpec(base="smoke", arms=[Arm("ema", "ema", {"decay": 0.5})], seeds=2,
+                            overrides=SMOKE_OVERRIDES), tmp_path / "d", quiet=True)
+    with pytest.raises(ConfigurationError, match="holds another study .its first seed is 0, not 3"):
+        run_study(StudySpec(base="smoke", arms=[parse_method_spec("ema")], seeds=2, first_seed=3,
+                            overrides=SMOKE_OVERRIDES), tmp_path / "d", quiet=True)
+    calls.clear()  # a new arm extends the study: only its runs train
+    run_study(StudySpec(base="smoke", arms=[parse_method_spec("ema"), parse_method_spec("cutmix")], seeds=2,
+                        overrides=SMOKE_OVERRIDES), tmp_path / "d", quiet=True)
+    assert sorted(calls) == [("cutmix", 0), ("cutmix", 1)]
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "mine.txt").write_text("keep me")
     with pytest.raises(ConfigurationError, match="not empty and holds no study"):

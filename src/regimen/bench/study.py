@@ -14,14 +14,14 @@ peak-memory ratios against the base run of the same seed, and a verdict on the m
 * otherwise *not detected at this budget*.
 
 Every run is a fresh ``regimen train`` process (honest peak memory), written to ``OUT/runs/<arm>-seed<s>``; a run
-whose ``summary.json`` exists is never redone, so a killed study continues where it stopped. Runs go to a pool of
+whose ``summary.json`` exists is never redone, so a killed study continues where it stopped, and more seeds or new
+methods extend a study (a changed base recipe, first seed or arm recipe is another study, and is refused). Runs go to a pool of
 local processes, or to Ray tasks (``executor="ray"``), which return the run's files to this machine, so a Ray
 cluster's nodes need no shared file system.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -201,25 +201,35 @@ def _arm_recipes(spec: StudySpec) -> tuple[dict[str, dict[str, Any]], int]:
     return recipes, recipe.seed if spec.first_seed is None else spec.first_seed
 
 
-def _fingerprint(recipes: dict[str, dict[str, Any]], spec: StudySpec) -> str:
-    """What must not change for a folder's finished runs to stay valid (the seed count may grow)."""
-    payload = {"recipes": recipes, "margin": spec.margin}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+def _check_same_study(out: Path, recipes: dict[str, dict[str, Any]], first_seed: int,
+                      previous: dict[str, Any]) -> None:
+    """A folder's finished runs stay valid when its base recipe, first seed and the recipe of every arm it already
+    has are unchanged; new arms and more seeds extend it (the recipes the runs trained are in ``out/recipes``)."""
+    why = ""
+    if previous.get("first_seed") != first_seed:
+        why = f"its first seed is {previous.get('first_seed')}, not {first_seed}"
+    for label, raw in recipes.items():
+        path = out / "recipes" / f"{_slug(label)}.toml"
+        if why or not path.exists():
+            continue
+        if tomllib.loads(path.read_text(encoding="utf-8")) != tomllib.loads(dump_recipe(raw)):
+            why = f"its {'base recipe' if label == 'base' else repr(label) + ' recipe'} differs"
+    if not why and not (out / "recipes" / "base.toml").exists():
+        why = "it has no base recipe"
+    if why:
+        raise ConfigurationError(f"{out} holds another study ({why}); choose another --out, or pass --overwrite to "
+                                 "discard its runs")
 
 
 def _prepare_folder(out: Path, spec: StudySpec, recipes: dict[str, dict[str, Any]], first_seed: int,
                     overwrite: bool) -> None:
-    fingerprint = _fingerprint(recipes, spec)
     record = out / STUDY_FILE
     if record.exists() and not overwrite:
         try:
             previous = json.loads(record.read_text())
         except (OSError, json.JSONDecodeError):
             raise ConfigurationError(f"{record} is unreadable; pass --overwrite to start a new study there") from None
-        if previous.get("fingerprint") != fingerprint or previous.get("first_seed") != first_seed:
-            raise ConfigurationError(
-                f"{out} holds another study (its base recipe, methods, overrides or seeds differ); choose another "
-                "--out, or pass --overwrite to discard its runs")
+        _check_same_study(out, recipes, first_seed, previous)
     elif not record.exists() and out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigurationError(f"{out} is not empty and holds no study; choose another --out or pass --overwrite")
     if overwrite and out.exists():
@@ -227,8 +237,7 @@ def _prepare_folder(out: Path, spec: StudySpec, recipes: dict[str, dict[str, Any
     (out / "recipes").mkdir(parents=True, exist_ok=True)
     for label, raw in recipes.items():
         (out / "recipes" / f"{_slug(label)}.toml").write_text(dump_recipe(raw), encoding="utf-8")
-    spec_record = {"fingerprint": fingerprint, "first_seed": first_seed, "spec": _spec_dict(spec),
-                   "command": _command_line()}
+    spec_record = {"first_seed": first_seed, "spec": _spec_dict(spec), "command": _command_line()}
     record.write_text(json.dumps(spec_record, indent=2))
 
 
