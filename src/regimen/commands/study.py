@@ -21,7 +21,7 @@ def add_parser(subparsers) -> str:
         "study", help="measure what methods buy over paired seeds",
         description="Train the base recipe and base + each method over the same seeds (same initial weights, same "
                     "data order) and report per method the mean paired difference of the task's primary metric "
-                    "with a 95%% confidence interval, wall-time, time-to-target and peak-memory ratios, and a "
+                    "with a 95 % confidence interval, wall-time, time-to-target and peak-memory ratios, and a "
                     "verdict on the paper's claim. Finished runs are kept: rerunning a killed study continues it.",
     )
     parser.add_argument("file", nargs="?", help="a study TOML file (base, seeds, overrides, [[methods]] ...)")
