@@ -123,6 +123,16 @@ def _stride(value) -> int:
     return max(value) if isinstance(value, tuple) else int(value)
 
 
+def _check_options(replace_convs: bool, replace_maxpools: bool, min_channels: int, padding_mode: str) -> None:
+    """The arguments ``apply_blurpool`` and ``BlurPoolMethod`` share, checked in one place."""
+    if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
+        raise ValueError(f"min_channels must be an int >= 1, got {min_channels!r}")
+    if padding_mode not in ("zeros", "reflect"):
+        raise ValueError(f"padding_mode must be 'zeros' or 'reflect', got {padding_mode!r}")
+    if not (replace_convs or replace_maxpools):
+        raise ValueError("replace_convs and replace_maxpools are both False: nothing to do")
+
+
 def apply_blurpool(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, replace_convs: bool = True,
                    replace_maxpools: bool = True, blur_first: bool = True, min_channels: int = 16,
                    padding_mode: PaddingMode = "zeros", ignore: Sequence[str] = ()) -> list[str]:
@@ -146,12 +156,7 @@ def apply_blurpool(model: nn.Module, optimizer: torch.optim.Optimizer | None = N
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
-        raise ValueError(f"min_channels must be an int >= 1, got {min_channels!r}")
-    if padding_mode not in ("zeros", "reflect"):
-        raise ValueError(f"padding_mode must be 'zeros' or 'reflect', got {padding_mode!r}")
-    if not (replace_convs or replace_maxpools):
-        raise ValueError("replace_convs and replace_maxpools are both False: nothing to do")
+    _check_options(replace_convs, replace_maxpools, min_channels, padding_mode)
     skip = set(ignore)
     found = []
     for name, module in model.named_modules():
@@ -199,12 +204,7 @@ class BlurPoolMethod(Method):
 
     def __init__(self, replace_convs: bool = True, replace_maxpools: bool = True, blur_first: bool = True,
                  min_channels: int = 16, padding_mode: PaddingMode = "zeros") -> None:
-        if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
-            raise ValueError(f"min_channels must be an int >= 1, got {min_channels!r}")
-        if padding_mode not in ("zeros", "reflect"):
-            raise ValueError(f"padding_mode must be 'zeros' or 'reflect', got {padding_mode!r}")
-        if not (replace_convs or replace_maxpools):
-            raise ValueError("replace_convs and replace_maxpools are both False: nothing to do")
+        _check_options(replace_convs, replace_maxpools, min_channels, padding_mode)
         self.kwargs = dict(replace_convs=replace_convs, replace_maxpools=replace_maxpools, blur_first=blur_first,
                            min_channels=min_channels, padding_mode=padding_mode)
 
