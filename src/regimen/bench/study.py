@@ -15,9 +15,9 @@ peak-memory ratios against the base run of the same seed, and a verdict on the m
 
 Every run is a fresh ``regimen train`` process (honest peak memory), written to ``OUT/runs/<arm>-seed<s>``; a run
 whose ``summary.json`` exists is never redone, so a killed study continues where it stopped, and more seeds or new
-methods extend a study (a changed base recipe, first seed or arm recipe is another study, and is refused). Runs go to a pool of
-local processes, or to Ray tasks (``executor="ray"``), which return the run's files to this machine, so a Ray
-cluster's nodes need no shared file system.
+methods extend a study (a changed base recipe, first seed or arm recipe is another study, and is refused). Runs go
+to a pool of local processes, or to Ray tasks (``executor="ray"``), which return the run's files to this machine,
+so a Ray cluster's nodes need no shared file system.
 """
 
 from __future__ import annotations

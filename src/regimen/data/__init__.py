@@ -12,20 +12,23 @@ from regimen.data.datasets import (
     split_dataset,
 )
 from regimen.data.idx import DataError, read_idx
-from regimen.data.loader import InMemoryLoader
+from regimen.data.loader import BatchSamplerLoader, InMemoryLoader
 from regimen.data.select import DataSplits, load_data
-from regimen.data.text import TextCorpus, TokenWindows, load_corpus, load_token_array
+from regimen.data.text import IGNORE_INDEX, DocumentPieces, TextCorpus, TokenWindows, load_corpus, load_token_array
 from regimen.data.tokenizers import BPETokenizer, ByteTokenizer, train_bpe
 
 __all__ = [
+    "IGNORE_INDEX",
     "ArrayDataset",
     "BPETokenizer",
+    "BatchSamplerLoader",
     "ByteTokenizer",
     "TensorDataset",
     "TextCorpus",
     "TokenWindows",
     "DataError",
     "DataSplits",
+    "DocumentPieces",
     "InMemoryLoader",
     "load_corpus",
     "load_data",

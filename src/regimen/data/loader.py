@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-__all__ = ["Batch", "InMemoryLoader"]
+__all__ = ["Batch", "BatchSamplerLoader", "InMemoryLoader"]
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs (images: float in [0, 1]), targets, dataset indices
 
@@ -74,5 +74,71 @@ class InMemoryLoader:
             chunk = order[batch * self.global_batch : (batch + 1) * self.global_batch]
             share = -(-len(chunk) // self.world_size)  # ceil: the last partial batch splits as evenly as it can
             indices = chunk[self.rank * share : (self.rank + 1) * share]
+            inputs, targets = self.dataset.gather(indices, self.device)
+            yield inputs, targets, indices
+
+
+class BatchSamplerLoader:
+    """Yields ``(inputs, targets, indices)`` batches of a batch sampler (lists of dataset indices per batch, e.g.
+    :class:`regimen.batch.LengthBucketBatchSampler`), with :class:`InMemoryLoader`'s interface for the trainer.
+
+    The sampler shards batches over ranks itself (``num_replicas``/``rank``) and draws its order from
+    ``set_epoch``; the epoch's batches are computed once per epoch. ``batch_size`` is the sampler's sequences per
+    batch where it has one; a token-budget sampler has none (its batches vary), so it is the mean of the first
+    epoch's batches (what LR scaling and the run facts see), and a method that changes it is refused.
+    """
+
+    def __init__(self, dataset, sampler, world_size: int = 1, device: torch.device | str = "cpu") -> None:
+        self.dataset, self.sampler, self.world_size = dataset, sampler, world_size
+        self.device = torch.device(device)
+        self.epoch = -1
+        self._epoch_batches: list[list[int]] | None = None
+        size = getattr(sampler, "batch_size", None)
+        if size is None:
+            sampler.set_epoch(0)
+            batches = list(sampler)
+            size = max(1, round(sum(len(b) for b in batches) / max(len(batches), 1)))
+        self._batch_size = int(size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+        self._epoch_batches = None
+
+    def _batches(self) -> list[list[int]]:
+        if self._epoch_batches is None:
+            self._epoch_batches = list(self.sampler)
+        return self._epoch_batches
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        if value == self._batch_size:
+            return
+        if not hasattr(self.sampler, "batch_size"):
+            raise ValueError(f"this loader's {type(self.sampler).__name__} sets each batch's size from its token "
+                             "budget; a method cannot set the batch size")
+        self.sampler.batch_size = self._batch_size = int(value)
+        self._epoch_batches = None
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.batches()
+
+    def batches(self, positions: Sequence[int] | None = None, start: int = 0) -> Iterator[Batch]:
+        """This epoch's batches, or only those at ``positions`` (in the given order), from the ``start``-th on."""
+        batches = self._batches()
+        chosen = range(len(batches)) if positions is None else positions
+        for batch in list(chosen)[start:]:
+            indices = torch.as_tensor(batches[batch], dtype=torch.int64)
             inputs, targets = self.dataset.gather(indices, self.device)
             yield inputs, targets, indices

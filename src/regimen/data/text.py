@@ -254,6 +254,85 @@ class TokenWindows:
         return list(torch.split(self.tokens[start:], lengths))
 
 
+IGNORE_INDEX = -100  # a padded target: no loss, no gradient (torch's cross-entropy default)
+
+
+@dataclass
+class DocumentPieces:
+    """The documents of a token block as variable-length training sequences, for length-bucketed and token-budget
+    batches (:class:`regimen.batch.LengthBucketBatchSampler`, :class:`regimen.batch.TokenBudgetBatchSampler`).
+
+    A document of ``L`` tokens gives ``L - 1`` next-token targets. One longer than ``seq_len + 1`` tokens is cut
+    into consecutive pieces of at most ``seq_len + 1`` tokens that overlap by one, so every target of the block is
+    predicted exactly once; a one-token document has no target and is left out. ``gather`` pads a batch to its
+    longest piece: inputs with token 0, targets with ``IGNORE_INDEX`` (the loss and the metrics skip them), so a
+    batch of similar lengths wastes few slots.
+    """
+
+    tokens: torch.Tensor
+    starts: torch.Tensor
+    sizes: torch.Tensor  # tokens per piece (targets + 1)
+    seq_len: int
+    vocab_size: int
+    token_bytes: torch.Tensor | None = None
+    name: str = "text"
+    num_classes: int | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.num_classes = self.vocab_size
+        if self.starts.numel() == 0:
+            raise DataError(f"the {self.name} block has no document of two or more tokens to train on")
+
+    @classmethod
+    def from_windows(cls, windows: TokenWindows) -> DocumentPieces:
+        """The pieces of the documents of ``windows``' block (its ``doc_starts``; the whole block as one document
+        when they are unknown); a subset of the windows (``data.train_subset``) keeps the pieces inside their span."""
+        lengths = windows.document_lengths()
+        first = 0 if windows.doc_starts is None or windows.doc_starts.numel() == 0 else int(windows.doc_starts[0])
+        doc_starts = first + torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)[:-1]])
+        targets = (lengths - 1).clamp(min=0)
+        pieces = -(-targets // windows.seq_len)  # ceil: pieces per document
+        document = torch.repeat_interleave(torch.arange(lengths.numel()), pieces)
+        first_piece = torch.cumsum(pieces, 0) - pieces
+        within = torch.arange(document.numel()) - first_piece[document]
+        starts = doc_starts[document] + within * windows.seq_len
+        sizes = torch.minimum(targets[document] - within * windows.seq_len, torch.tensor(windows.seq_len)) + 1
+        if len(windows) < (windows.tokens.numel() - 1) // windows.seq_len:  # a subset: keep to the windows' span
+            end = windows.starts.max() + windows.seq_len + 1
+            covered = (starts >= windows.starts.min()) & (starts + sizes <= end)
+            starts, sizes = starts[covered], sizes[covered]
+        return cls(windows.tokens, starts, sizes, windows.seq_len, windows.vocab_size, windows.token_bytes,
+                   windows.name)
+
+    def __len__(self) -> int:
+        return int(self.starts.numel())
+
+    @property
+    def input_shape(self) -> tuple[int]:
+        return (self.seq_len,)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """Targets (= input tokens) of every piece: what a batch of it costs."""
+        return self.sizes - 1
+
+    def gather(self, indices: torch.Tensor, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        indices = torch.as_tensor(indices, dtype=torch.int64)
+        sizes = self.sizes[indices]
+        longest = int(sizes.max()) if indices.numel() else 1
+        offsets = torch.arange(longest, dtype=torch.int64)
+        inside = offsets < sizes.unsqueeze(1)
+        positions = (self.starts[indices].unsqueeze(1) + offsets).clamp(max=self.tokens.numel() - 1)
+        pieces = torch.where(inside, self.tokens[positions].long(), 0)
+        targets = torch.where(inside[:, 1:], pieces[:, 1:], IGNORE_INDEX)
+        return pieces[:, :-1].to(device, non_blocking=True), targets.to(device, non_blocking=True)
+
+    def subset(self, indices: torch.Tensor) -> DocumentPieces:
+        indices = torch.as_tensor(indices, dtype=torch.int64)
+        return DocumentPieces(self.tokens, self.starts[indices], self.sizes[indices], self.seq_len, self.vocab_size,
+                              self.token_bytes, self.name)
+
+
 def _fractions(val_fraction: float, test_fraction: float) -> None:
     if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
         raise DataError(f"data.val_fraction ({val_fraction}) + data.test_fraction ({test_fraction}) must be < 1")

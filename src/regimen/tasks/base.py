@@ -116,6 +116,13 @@ class Task:
         return {"name": model.name or self.default_model, "input_shape": list(data.train.input_shape),
                 "options": dict(model.options)}
 
+    def train_loader(self, dataset: Any, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                     device: torch.device | str = "cpu") -> Any:
+        """The training loader: shuffled fixed-size batches (:class:`regimen.data.InMemoryLoader`) unless the
+        task batches otherwise (e.g. the language model's length buckets and token budgets)."""
+        return InMemoryLoader(dataset, batch_size, shuffle=True, drop_last=True, seed=seed, rank=rank,
+                              world_size=world_size, device=device)
+
     def loss(self) -> Callable[..., torch.Tensor]:
         """The base criterion ``loss(output, target, reduction="mean")`` that criterion methods wrap."""
         raise NotImplementedError

@@ -15,8 +15,21 @@ Data (``data.name``): ``auto`` (the KJV Bible if Debian's ``bible-kjv`` is insta
 library sources), ``kjv``, ``stdlib``, ``text`` (``data.root``: a ``.txt`` file or folder), ``tokens``
 (``data.root``: ``.npy`` or nanoGPT ``.bin``). See :mod:`regimen.data.text` for the contiguous splits
 (``data.val_fraction``, ``data.test_fraction``). ``data.options``: ``seq_len`` (default 128), ``tokenizer``
-(``"bytes"``, the default, or ``"bpe"``), ``vocab_size`` (BPE: default 4096; token arrays: default max id + 1).
-``data.train_subset`` / ``data.test_subset`` keep the first that many windows.
+(``"bytes"``, the default, or ``"bpe"``), ``vocab_size`` (BPE: default 4096; token arrays: default max id + 1),
+``batching`` and ``max_tokens`` (below). ``data.train_subset`` / ``data.test_subset`` keep the first that many
+windows.
+
+Training batches (``data.options.batching``):
+
+* ``"windows"`` (default): ``train.batch_size`` windows of ``seq_len`` tokens cut from the running text (they cross
+  document boundaries);
+* ``"length_buckets"``: whole documents (verses, files; longer ones cut into pieces of ``seq_len``), ``batch_size``
+  of similar length per batch (:class:`regimen.batch.LengthBucketBatchSampler`), padded to the longest;
+* ``"token_budget"``: whole documents, as many per batch as fit in ``max_tokens`` padded tokens (default
+  ``batch_size × seq_len``; :class:`regimen.batch.TokenBudgetBatchSampler`), so every step costs about the same.
+
+Padded targets are ``IGNORE_INDEX`` and count in no loss or metric; validation and test always score the same
+windows, so the batching modes compare on one scale.
 """
 
 from __future__ import annotations
@@ -29,31 +42,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimen.data import DataError, DataSplits, InMemoryLoader
+from regimen.data import (
+    IGNORE_INDEX,
+    BatchSamplerLoader,
+    DataError,
+    DataSplits,
+    DocumentPieces,
+    InMemoryLoader,
+    TokenWindows,
+)
 from regimen.errors import ConfigurationError
 from regimen.tasks.base import Task
 
 __all__ = ["LanguageModelTask", "lm_cross_entropy"]
 
-_DATA_OPTIONS = {"seq_len": int, "tokenizer": str, "vocab_size": int}
+_DATA_OPTIONS = {"seq_len": int, "tokenizer": str, "vocab_size": int, "batching": str, "max_tokens": int}
+BATCHING = ("windows", "length_buckets", "token_budget")
 DEFAULT_SEQ_LEN = 128
 DEFAULT_BPE_VOCAB = 4096
 
 
 def lm_cross_entropy(output: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Next-token cross-entropy of logits ``(N, T, V)`` against ids ``(N, T)``: mean over tokens, sum, or each
-    sequence's mean ``(N,)`` for ``reduction="none"``."""
+    sequence's mean ``(N,)`` for ``reduction="none"``. Targets equal to ``IGNORE_INDEX`` (padding) count in none
+    of them: the means divide by the real targets only."""
     if not isinstance(output, torch.Tensor) or output.dim() != 3:
         raise ValueError(f"language-model logits must be (N, T, V), got {tuple(getattr(output, 'shape', ()))}")
     if tuple(target.shape) != tuple(output.shape[:2]):
         raise ValueError(f"targets {tuple(target.shape)} must be the logits' (N, T) = {tuple(output.shape[:2])}")
-    losses = F.cross_entropy(output.flatten(0, 1).float(), target.reshape(-1), reduction="none")
+    losses = F.cross_entropy(output.flatten(0, 1).float(), target.reshape(-1), reduction="none",
+                             ignore_index=IGNORE_INDEX)
     if reduction == "mean":
-        return losses.mean()
+        return losses.sum() / (target != IGNORE_INDEX).sum().clamp(min=1)
     if reduction == "sum":
         return losses.sum()
     if reduction == "none":
-        return losses.view(target.shape).mean(dim=1)
+        real = (target != IGNORE_INDEX).sum(dim=1).clamp(min=1)
+        return losses.view(target.shape).sum(dim=1) / real
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
@@ -93,6 +118,16 @@ class LanguageModelTask(Task):
             raise ConfigurationError(f"data.options.seq_len must be >= 1, got {options['seq_len']}")
         if options["tokenizer"] not in ("bytes", "bpe"):
             raise ConfigurationError(f"data.options.tokenizer must be 'bytes' or 'bpe', got {options['tokenizer']!r}")
+        options.setdefault("batching", "windows")
+        if options["batching"] not in BATCHING:
+            raise ConfigurationError(f"data.options.batching must be one of {', '.join(map(repr, BATCHING))}, got "
+                                     f"{options['batching']!r}")
+        if "max_tokens" in options:
+            if options["batching"] != "token_budget":
+                raise ConfigurationError("data.options.max_tokens is the token budget of batching = 'token_budget'; "
+                                         f"remove it or set that batching (it is {options['batching']!r})")
+            if options["max_tokens"] < 2:
+                raise ConfigurationError(f"data.options.max_tokens must be >= 2, got {options['max_tokens']}")
         if options["tokenizer"] == "bytes" and "vocab_size" in options and self.recipe.data.name != "tokens":
             raise ConfigurationError("data.options.vocab_size: the byte tokenizer has 256 tokens; set tokenizer = "
                                      "'bpe' for a larger vocabulary")
@@ -166,6 +201,30 @@ class LanguageModelTask(Task):
                    for label, fraction in zip(("train", "val", "test"), fractions)}
         return DataSplits(train, val, test, sources=sources)
 
+    def train_loader(self, dataset: Any, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                     device: torch.device | str = "cpu") -> Any:
+        """Windows in fixed-size batches, or whole documents in length buckets or token budgets
+        (``data.options.batching``)."""
+        from regimen.batch import LengthBucketBatchSampler, TokenBudgetBatchSampler
+
+        options = self.data_options()
+        if options["batching"] == "windows":
+            return super().train_loader(dataset, batch_size, seed, rank, world_size, device)
+        if not isinstance(dataset, TokenWindows):
+            raise DataError(f"data.options.batching = {options['batching']!r} needs the training split as "
+                            f"TokenWindows (documents), got {type(dataset).__name__}")
+        pieces = DocumentPieces.from_windows(dataset)
+        if options["batching"] == "length_buckets":
+            sampler = LengthBucketBatchSampler(pieces.lengths, batch_size, drop_last=True, seed=seed,
+                                               num_replicas=world_size, rank=rank)
+        else:
+            budget = options.get("max_tokens", batch_size * options["seq_len"])
+            if budget < options["seq_len"]:
+                raise ConfigurationError(f"data.options.max_tokens = {budget} is below seq_len = "
+                                         f"{options['seq_len']}: the longest pieces would not fit a batch")
+            sampler = TokenBudgetBatchSampler(pieces.lengths, budget, seed=seed, num_replicas=world_size, rank=rank)
+        return BatchSamplerLoader(pieces, sampler, world_size=world_size, device=device)
+
     def adopt_data(self, data: Any) -> DataSplits:
         """``DataSplits`` of :class:`TokenWindows`, or a dict ``{"train": ..., "val": ..., "test": ...}`` of them."""
         if isinstance(data, DataSplits):
@@ -203,8 +262,10 @@ class LanguageModelTask(Task):
         return lm_cross_entropy
 
     def eval_sums(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        nats = F.cross_entropy(output.flatten(0, 1).float(), target.reshape(-1), reduction="sum")
-        return torch.stack([nats.double(), torch.tensor(float(target.numel()), dtype=torch.float64)])
+        nats = F.cross_entropy(output.flatten(0, 1).float(), target.reshape(-1), reduction="sum",
+                               ignore_index=IGNORE_INDEX)
+        tokens = (target != IGNORE_INDEX).sum()
+        return torch.stack([nats.double(), tokens.double().cpu()])
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Any, normalize: Callable, batch_size: int = 1000,
@@ -224,7 +285,8 @@ class LanguageModelTask(Task):
                 continue
             totals[:2] += self.eval_sums(model(normalize(x)), y).to(device)
             if lookup is not None:
-                totals[2] += lookup[y].sum().double()
+                real = y != IGNORE_INDEX
+                totals[2] += lookup[y.clamp(min=0)][real].sum().double()
         if all_reduce is not None:
             totals = all_reduce(totals, "sum")
         model.train(was_training)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from regimen.data import DataSplits, InMemoryLoader
+from regimen.data import DataSplits
 from regimen.errors import ConfigurationError
 from regimen.method import (
     REVERSED_HOOKS,
@@ -320,8 +320,8 @@ class _Run:
         self.hooks = _Hooks(self.methods)
         device = self.fabric.device
         self.normalize = task.normalizer(data, device)
-        self.loader = InMemoryLoader(data.train, cfg.batch_size, shuffle=True, drop_last=True, seed=recipe.seed,
-                                     rank=self.rank, world_size=self.world_size, device=device)
+        self.loader = task.train_loader(data.train, cfg.batch_size, seed=recipe.seed, rank=self.rank,
+                                        world_size=self.world_size, device=device)
         if len(self.loader) < cfg.accumulation:
             raise ConfigurationError(
                 f"train.batch_size={cfg.batch_size} x devices={self.world_size} x accumulation={cfg.accumulation} "
