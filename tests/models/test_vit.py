@@ -36,3 +36,16 @@ def test_vit_trains_on_digits(tiny_recipe):
     tiny_recipe["train"] = {"epochs": 1, "batch_size": 64, "max_steps_per_epoch": 5, "threads": 1}
     result = fit(tiny_recipe)
     assert math.isfinite(result.summary["final_test_acc"])
+
+
+@pytest.mark.parametrize("name", ["vit", "local/local_vit_recon_k2"])
+def test_the_shipped_vit_recipes_train_on_digits(name):
+    from regimen.train.recipe import load_recipe
+
+    recipe = load_recipe(name).model_dump(mode="python")
+    recipe["data"] = {"name": "digits", "val_fraction": 0.1}
+    recipe["model"]["options"].update(dim=16, depth=2, heads=2, patch=2)
+    recipe["train"].update(epochs=1, max_steps_per_epoch=3, batch_size=32, threads=1)
+    result = fit(recipe)
+    assert math.isfinite(result.summary["final_test_acc"])
+    assert [m["name"] for m in recipe.get("methods", [])] == (["local_learning"] if "local" in name else [])
