@@ -68,11 +68,17 @@ from regimen.subnet.nm import (
 )
 from regimen.subnet.prune import plan_pruning, prune, prune_groups
 from regimen.subnet.serialize import architecture_spec, build_from_spec, load_pruned, restore_pruned, save_pruned
-from regimen.subnet.ssa import SubsampledAttentionMethod, sample_kept_positions, subsampled_causal_attention
+from regimen.subnet.ssa import (
+    SubsampledAttentionMethod,
+    sample_kept_positions,
+    subsampled_attention,
+    subsampled_causal_attention,
+)
 
 __all__ = [
     "SubsampledAttentionMethod",
     "sample_kept_positions",
+    "subsampled_attention",
     "subsampled_causal_attention",
     # dependency graph
     "DependencyGraph",
