@@ -210,3 +210,12 @@ def test_old_names_are_deprecated_aliases():
             assert module.GhostBN is GhostBatchNormMethod
         with pytest.warns(DeprecationWarning, match="apply_ghost_batch_norm"):
             assert module.apply_ghost_batchnorm is apply_ghost_batch_norm
+
+
+def test_a_model_without_batchnorm_is_refused_not_trained_as_a_silent_no_op(tiny_recipe):
+    from regimen.errors import ConfigurationError
+    from regimen.train import fit
+
+    tiny_recipe["methods"] = [{"name": "ghost_bn", "ghost_batch_size": 16}]
+    with pytest.raises(ConfigurationError, match="ghost_bn: MLP has no BatchNorm layer"):
+        fit(tiny_recipe)

@@ -168,3 +168,12 @@ def test_old_method_name_is_a_deprecated_alias():
     for module in (regimen.batch, regimen.batch.weight_std):
         with pytest.warns(DeprecationWarning, match="WeightStandardizationMethod"):
             assert module.WeightStandardization is WeightStandardizationMethod
+
+
+def test_a_model_without_normalised_convs_is_refused_not_trained_as_a_silent_no_op(tiny_recipe):
+    from regimen.errors import ConfigurationError
+    from regimen.train import fit
+
+    tiny_recipe["methods"] = [{"name": "weight_std"}]
+    with pytest.raises(ConfigurationError, match="weight_std: MLP has no Conv2d followed by a norm layer"):
+        fit(tiny_recipe)

@@ -137,3 +137,10 @@ def test_a_token_budget_has_a_fixed_mean_batch_size_that_methods_cannot_change(f
     buckets.batch_size = 4
     buckets.set_epoch(1)
     assert {len(b) for b in buckets._batches()} == {4}
+
+
+def test_adaptive_batch_is_refused_on_token_targets_instead_of_doing_nothing(folder):
+    bad = recipe(folder, "windows")
+    bad["methods"] = [{"name": "adaptive_batch"}]
+    with pytest.raises(RecipeError, match="adaptive_batch"):
+        fit(bad)

@@ -151,6 +151,7 @@ class AdaptiveBatchMethod(Method):
     """
 
     name = "adaptive_batch"
+    targets = ("labels",)  # the norm test takes per-sample gradients of a label loss (token targets: not yet)
     paper_id = "arXiv:2402.11215"
     claim = (
         "growing the batch when the norm test fails matches small-batch accuracy with fewer, larger steps"

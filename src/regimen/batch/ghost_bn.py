@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regimen._compat import deprecated_aliases
+from regimen.errors import ConfigurationError
 from regimen.method import Context, Method, register_method
 
 __all__ = [
@@ -456,6 +457,11 @@ class GhostBatchNormMethod(Method):
         self.last_partial = last_partial
 
     def setup(self, ctx: Context) -> None:
+        model = ctx.model.module if hasattr(ctx.model, "module") else ctx.model
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            raise ConfigurationError(f"ghost_bn: {type(model).__name__} has no BatchNorm layer, so ghost batch "
+                                     "normalisation would change nothing; remove the method (LayerNorm/RMSNorm "
+                                     "models such as the GPT and the ViT normalise per sample already)")
         ctx.model = apply_ghost_batch_norm(ctx.model, self.ghost_batch_size, ctx.optimizer, self.last_partial)
         self.log(ctx, "layers", _ghost_layer_count(ctx.model))
         self.log(ctx, "ghost_batches", -(-ctx.run.per_device_batch // self.ghost_batch_size))

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regimen._compat import deprecated_aliases
+from regimen.errors import ConfigurationError
 from regimen.method import Context, Method, register_method
 
 __all__ = [
@@ -335,6 +336,10 @@ class WeightStandardizationMethod(Method):
 
     def setup(self, ctx: Context) -> None:
         converted = apply_weight_standardization(ctx.model, ctx.optimizer, self.eps, self.mode)
+        if not converted:  # nothing was changed: refuse instead of training a silent no-op
+            raise ConfigurationError(f"weight_std: {type(ctx.model).__name__} has no Conv2d followed by a norm layer "
+                                     "to standardise, so the method would change nothing; remove it (it serves "
+                                     "convolutional networks with BatchNorm/GroupNorm)")
         self.log(ctx, "convs", len(converted))
         if self.bcn:
             replaced = apply_batch_channel_norm(ctx.model, ctx.optimizer, self.bcn_groups, self.estimate)
