@@ -522,7 +522,9 @@ def analyse(out: str | os.PathLike) -> dict[str, Any]:
         diffs = [m.get(key, math.nan) - b.get(key, math.nan) for b, m in pairs]
         mean, low, high = paired_interval(diffs)
         improvement_low, improvement_high = sorted((sign * low, sign * high)) if not math.isnan(low) else (low, high)
+        timed = [(b, m) for b, m in pairs if _timed_together(b, m)]
         reached = [(b.get("time_to_target"), m.get("time_to_target")) for b, m in pairs]
+        timed_reached = [(b.get("time_to_target"), m.get("time_to_target")) for b, m in timed]
         rows.append({
             "label": arm["label"], "method": arm["method"], "params": arm["params"],
             "paper_id": getattr(cls, "paper_id", ""), "claim": getattr(cls, "claim", ""), "claimed_effect": effect,
@@ -530,10 +532,10 @@ def analyse(out: str | os.PathLike) -> dict[str, Any]:
             "base_mean": _mean([b.get(key, math.nan) for b, _ in pairs]),
             "arm_mean": _mean([m.get(key, math.nan) for _, m in pairs]),
             "verdict": verdict(improvement_low, improvement_high, effect, spec["margin"]) if pairs else "not run yet",
-            "time_ratio": _geomean([m["train_time"] / b["train_time"] for b, m in pairs if b.get("train_time")]),
+            "time_ratio": _geomean([m["train_time"] / b["train_time"] for b, m in timed if b.get("train_time")]),
             "cpu_time_ratio": _geomean([m["process_cpu_time"] / b["process_cpu_time"] for b, m in pairs
                                         if b.get("process_cpu_time") and m.get("process_cpu_time")]),
-            "time_to_target_ratio": _median([m / b for b, m in reached if b and m]),
+            "time_to_target_ratio": _median([m / b for b, m in timed_reached if b and m]),
             "arm_reached_target": sum(m is not None for _, m in reached),
             "base_reached_target": sum(b is not None for b, _ in reached),
             "memory_ratio": _geomean([m["peak_memory_mb"] / b["peak_memory_mb"] for b, m in pairs
@@ -550,6 +552,13 @@ def analyse(out: str | os.PathLike) -> dict[str, Any]:
         "rows": rows, "runs": [{k: v for k, v in r.items() if k != "summary"} | _brief(r) for r in runs],
         "pending": sum("pending" in r for r in runs), "machine": _machine(),
     }
+
+
+def _timed_together(base: dict[str, Any], arm: dict[str, Any]) -> bool:
+    """Whether two runs' wall times compare: both carry the CPU-time record or neither does. A run without it
+    predates that record, so it was timed in another session, under another load, than a run with it (a re-timed
+    base against older arms): their wall-time ratio would measure the machine, not the method."""
+    return ("process_cpu_time" in base) == ("process_cpu_time" in arm)
 
 
 def _brief(run: dict[str, Any]) -> dict[str, Any]:
@@ -634,7 +643,8 @@ def write_study_report(out: str | os.PathLike) -> dict[str, Any]:
         "Ratios are method / base at the same seed (geometric mean; time-to-target: median over the seeds where both "
         "reached the target). *time ×* is training wall time, which other jobs on a shared machine move; *CPU time ×* "
         "is the process's CPU seconds (start-up and evaluation included), which they barely move (– for runs that "
-        f"predate it). Verdicts: `better` claims are confirmed when the interval lies above 0; `no_worse` "
+        "predate it). Wall-time ratios pair only runs timed in the same generation (both with or both without the "
+        f"CPU-time record). Verdicts: `better` claims are confirmed when the interval lies above 0; `no_worse` "
         f"claims when it lies above −{_fmt(scale * spec['margin'], '{:g}')}{' pp' if scale == 100 else ''}.", "",
         markdown_table(results), "",
     ]
