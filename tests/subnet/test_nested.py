@@ -224,13 +224,14 @@ def test_nested_width_multi_sample_dropout_and_z_loss_compose_to_the_formula():
     nested = ctx.model
     nested.train()
     x, y = torch.randn(6, 1, 12, 12), torch.randint(0, 5, (6,))
-    state = ctx.generator.get_state()
+    state, sandwich_state = ctx.generator.get_state(), methods[0].generator.get_state()
     loss, output = _step(methods, ctx, x, y)
     widths = methods[0].last_widths
     assert widths[:2] == [1.0, 0.5] and len(widths) == 3
 
-    ctx.generator.set_state(state)  # the same draws again: the sandwich, then each width's K dropout masks
-    assert sandwich_widths((0.5, 0.75, 1.0), 1, ctx.generator) == widths
+    # the same draws again: the sandwich (the method's own generator), then each width's K dropout masks
+    ctx.generator.set_state(state)
+    assert sandwich_widths((0.5, 0.75, 1.0), 1, methods[0].generator.set_state(sandwich_state)) == widths
     expected, first = 0.0, None
     for width in widths:
         logits_k = nested(x, width=width)  # (K, N, C): the K dropout samples of this width
