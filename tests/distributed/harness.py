@@ -286,5 +286,5 @@ def worst(result: dict[str, Any], case: Case) -> float:
 if __name__ == "__main__":  # python -m tests.distributed.harness worker SPEC OUT
     if len(sys.argv) != 4 or sys.argv[1] != "worker":
         raise SystemExit("usage: python -m tests.distributed.harness worker SPEC OUT")
-    sys.path.insert(0, str(ROOT / "src"))
+    sys.path.insert(0, os.environ.get("REGIMEN_TEST_SRC", str(ROOT / "src")))
     _worker(sys.argv[2], sys.argv[3])

@@ -60,11 +60,12 @@ def free_port() -> int:
 
 
 def clean_env(port: int | None = None, **extra: str) -> dict[str, str]:
-    """This process's environment without launcher variables, one OpenMP thread, this checkout's ``src`` first on
-    ``PYTHONPATH``; with ``port``, ``MASTER_ADDR=127.0.0.1`` and ``MASTER_PORT=port`` (Fabric and torchrun use
-    them instead of picking a port themselves)."""
+    """This process's environment without launcher variables, one OpenMP thread, this checkout's ``src`` (or
+    ``$REGIMEN_TEST_SRC``) first on ``PYTHONPATH``; with ``port``, ``MASTER_ADDR=127.0.0.1`` and
+    ``MASTER_PORT=port`` (Fabric and torchrun use them instead of picking a port themselves)."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
-    paths = [str(ROOT / "src"), str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    source = os.environ.get("REGIMEN_TEST_SRC", str(ROOT / "src"))  # scripts/mutants.py: a mutated copy of src
+    paths = [source, str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(dict.fromkeys(paths)))
     if port is not None:
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
