@@ -52,13 +52,6 @@ def reserved_port() -> Iterator[int]:
         holder.close()
 
 
-def free_port() -> int:
-    """A port free now but not held (for a master that must *not* answer, e.g. rendezvous-timeout tests)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def clean_env(port: int | None = None, **extra: str) -> dict[str, str]:
     """This process's environment without launcher variables, one OpenMP thread, this checkout's ``src`` (or
     ``$REGIMEN_TEST_SRC``) first on ``PYTHONPATH``; with ``port``, ``MASTER_ADDR=127.0.0.1`` and

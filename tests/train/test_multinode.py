@@ -16,7 +16,7 @@ from regimen.cli import main
 from regimen.errors import ConfigurationError
 from regimen.train import RecipeError, fit, load_checkpoint, load_recipe, parse_recipe
 from regimen.train.launch import LaunchError, check_launch, detect_launcher, launcher_rank
-from tests.distributed.launch import clean_env, finish, free_port, reserved_port, start
+from tests.distributed.launch import clean_env, finish, reserved_port, start
 from tests.train.test_distributed import RECIPE, assert_same_weights
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,11 +136,13 @@ def test_fit_under_a_disagreeing_launcher_writes_nothing(tiny_recipe, tmp_path, 
 
 # ---------------------------------------------------------------------------------------------- rendezvous timeout
 def test_unreachable_master_times_out_with_a_message(tiny_recipe, tmp_path, monkeypatch):
-    """Node 1 of 2 whose master never answers: a LaunchError after train.dist_timeout_s, not a hang."""
-    clean_launch_env(monkeypatch, NODE_RANK="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    tiny_recipe["train"].update(num_nodes=2, dist_timeout_s=1.0)
-    with pytest.raises(LaunchError) as raised:
-        fit(tiny_recipe, out_dir=tmp_path / "run")
+    """Node 1 of 2 whose master never answers: a LaunchError after train.dist_timeout_s, not a hang. The port is
+    held (bound, never listening), so no other process can answer on it during the test."""
+    with reserved_port() as port:
+        clean_launch_env(monkeypatch, NODE_RANK="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        tiny_recipe["train"].update(num_nodes=2, dist_timeout_s=1.0)
+        with pytest.raises(LaunchError) as raised:
+            fit(tiny_recipe, out_dir=tmp_path / "run")
     message = str(raised.value)
     assert "rank 1 of 2 could not join the master at 127.0.0.1:" in message
     assert "train.dist_timeout_s=1" in message and "\n" not in message
@@ -148,10 +150,12 @@ def test_unreachable_master_times_out_with_a_message(tiny_recipe, tmp_path, monk
 
 
 def test_master_whose_nodes_never_come_times_out_with_a_message(tiny_recipe, tmp_path, monkeypatch):
-    clean_launch_env(monkeypatch, NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    tiny_recipe["train"].update(num_nodes=2, dist_timeout_s=1.0)
-    with pytest.raises(LaunchError, match=r"rank 0 \(the master, 127\.0\.0\.1:\d+\) waited .* 1 process\(es\) of 2"):
-        fit(tiny_recipe, out_dir=tmp_path / "run")
+    with reserved_port() as port:  # held until the master binds it: nobody else can take it in between
+        clean_launch_env(monkeypatch, NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        tiny_recipe["train"].update(num_nodes=2, dist_timeout_s=1.0)
+        with pytest.raises(LaunchError,
+                           match=r"rank 0 \(the master, 127\.0\.0\.1:\d+\) waited .* 1 process\(es\) of 2"):
+            fit(tiny_recipe, out_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
