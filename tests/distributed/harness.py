@@ -166,6 +166,8 @@ def _fit_cases(cases: list[Case], devices: int, folder: Path, tag: str) -> dict[
         started = time.perf_counter()
         try:
             fit(recipe_for(case, devices, folder), out_dir=out, overwrite=True)
+            rank = os.environ.get("RANK", "0")  # the seed of this rank's global stream (dropout), for the tests
+            (out / f"torch_seed_rank{rank}.txt").write_text(str(torch.initial_seed()))
         except Exception:  # noqa: BLE001 - recorded for the test to report, the next case still runs
             out.mkdir(parents=True, exist_ok=True)
             (out / "error.txt").write_text(traceback.format_exc())

@@ -25,7 +25,7 @@ def _selected() -> list[harness.Case]:
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory):
+def trained(tmp_path_factory):
     cases = _selected()
     folder = tmp_path_factory.mktemp("equivalence")
     workers, holder = harness.start_two_processes(cases, folder)
@@ -33,7 +33,23 @@ def compared(tmp_path_factory):
         harness.run_one_process(cases, folder)
     finally:
         harness.finish_two_processes(workers, holder)
+    return cases, folder
+
+
+@pytest.fixture(scope="module")
+def compared(trained):
+    cases, folder = trained
     return {case.name: harness.compare(case, folder) for case in cases}
+
+
+@pytest.mark.slow
+def test_each_rank_draws_its_own_random_stream(trained):
+    """Dropout and other global draws are per process: rank r's torch stream is seeded with seed + 1 + r, so the
+    two ranks never draw the same masks (a shared seed would correlate every rank's dropout)."""
+    cases, folder = trained
+    run = folder / harness.slug(cases[0].name) / "two"
+    seeds = [int((run / f"torch_seed_rank{r}.txt").read_text()) for r in (0, 1)]
+    assert seeds == [1, 2]  # recipe seed 0
 
 
 @pytest.mark.slow

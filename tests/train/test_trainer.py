@@ -122,6 +122,9 @@ def test_weight_decay_excludes_norm_and_bias():
 def test_schedule_factors_follow_their_formulas():
     recipe = parse_recipe({"schedule": {"name": "cosine", "warmup_epochs": 1.0, "min_lr_ratio": 0.1}})
     assert schedule_factor(recipe.schedule, 0.05, 10) == pytest.approx(0.5)  # half of the warmup epoch
+    # linear from the very start: 1 % of the warm-up is 1 % of the LR; only progress 0 is floored (at 1e-3)
+    assert schedule_factor(recipe.schedule, 0.001, 10) == pytest.approx(0.01)
+    assert schedule_factor(recipe.schedule, 0.0, 10) == pytest.approx(1e-3)
     q = (0.55 - 0.1) / 0.9
     assert schedule_factor(recipe.schedule, 0.55, 10) == pytest.approx(0.1 + 0.9 * (1 + math.cos(math.pi * q)) / 2)
     step = parse_recipe({"schedule": {"name": "step", "milestones": [0.5, 0.75], "gamma": 0.1}}).schedule
