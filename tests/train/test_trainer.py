@@ -134,6 +134,29 @@ def test_schedule_factors_follow_their_formulas():
     assert schedule_factor(onecycle, 0.3, 10) == pytest.approx(1.0)
 
 
+def test_train_loss_is_the_sample_weighted_mean_of_the_epochs_micro_batch_losses(tiny_recipe):
+    """One optimizer step of two micro-batches: both losses are taken at the initial weights, so the logged
+    train_loss is their mean, computed here by hand from the seed, the loader and the normalisation."""
+    from regimen.data import InMemoryLoader, load_data
+    from regimen.losses import classification_loss
+    from regimen.models import build_model
+
+    recipe = dict(tiny_recipe, train={"epochs": 1, "batch_size": 16, "accumulation": 2, "max_steps_per_epoch": 1})
+    data = load_data("digits", val_fraction=0.1, seed=0)
+    logged = fit(recipe, data=data).history[0]["train_loss"]
+    cfg = parse_recipe(recipe)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model.name, data.train.input_shape, data.train.num_classes, **cfg.model.options)
+    loader = InMemoryLoader(data.train, 16, shuffle=True, drop_last=True, seed=cfg.seed)
+    loader.set_epoch(0)
+    mean, std = data.mean.view(1, -1, 1, 1), data.std.view(1, -1, 1, 1)
+    batches = iter(loader)
+    with torch.no_grad():
+        losses = [classification_loss(model((x - mean) / std), y).item() for x, y, _ in (next(batches),
+                                                                                     next(batches))]
+    assert logged == pytest.approx(sum(losses) / 2, rel=1e-5)
+
+
 def test_ema_update_matches_its_formula():
     ema, model = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     expected = [0.9 * e.detach().clone() + 0.1 * p.detach() for e, p in zip(ema.parameters(), model.parameters())]
