@@ -113,3 +113,22 @@ def regimen_train(out: Path, *arguments: str, timeout: float = TIMEOUT_S) -> str
     """``python -m regimen train --quiet --overwrite --out OUT ARGUMENTS`` (a reserved port, a timeout)."""
     return run([sys.executable, "-m", "regimen", "train", "--quiet", "--overwrite", "--out", str(out), *arguments],
                timeout=timeout, what=f"regimen train --out {out.name} {' '.join(arguments[-4:])}")
+
+
+def spawn(function, args: tuple, nprocs: int = 2, timeout: float = TIMEOUT_S, what: str = "") -> None:
+    """``torch.multiprocessing.spawn`` with a deadline: a hang kills every worker and fails with a message (a
+    worker's exception still propagates as in ``spawn``)."""
+    import time
+
+    import pytest
+    import torch.multiprocessing as mp
+
+    context = mp.spawn(function, args=args, nprocs=nprocs, join=False)
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    process.kill()
+            pytest.fail(f"{what or getattr(function, '__name__', 'spawned workers')}: {nprocs} processes did not "
+                        f"finish within {timeout:g} s; all were killed", pytrace=False)
