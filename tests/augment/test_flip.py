@@ -22,6 +22,15 @@ def test_alternating_flip_alternates_each_image_and_flips_about_half():
     assert not torch.equal(alternating_flip_mask(indices, 0, seed=4), first)  # the seed changes the bits
 
 
+def test_alternating_flip_bit_is_the_documented_hash():
+    """Bit 16 of ``(i + 7919·seed) · 2654435761 mod 2³²``, computed with Python integers: a run's flips (and a resumed
+    run's) must not change when the implementation does."""
+    for seed in (0, 3):
+        for epoch in (0, 1):
+            expected = [bool(((((i + 7919 * seed) * 2654435761) % 2**32) >> 16) & 1 ^ (epoch % 2)) for i in range(300)]
+            assert alternating_flip_mask(torch.arange(300), epoch, seed=seed).tolist() == expected
+
+
 def test_random_flip_mask_is_seeded_and_has_rate_p():
     a = random_flip_mask(20000, 0.3, torch.Generator().manual_seed(0))
     b = random_flip_mask(20000, 0.3, torch.Generator().manual_seed(0))

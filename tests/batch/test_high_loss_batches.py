@@ -1,10 +1,7 @@
 """The `high_loss_batches` recipe method (Sahayam et al. 2023) and the trainer's `select_batches` hook."""
 
 import math
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +15,7 @@ from regimen.models import build_model
 from regimen.train import fit, load_checkpoint, parse_recipe
 from regimen.train.optim import build_optimizer
 from regimen.train.schedule import ProgressSchedule
+from tests.distributed.launch import ROOT, clean_env, finish, regimen_train, reserved_port, start
 from tests.helpers import reference_and_resumed_runs
 
 
@@ -176,15 +174,11 @@ def test_two_processes_select_and_train_like_one_process(tmp_path):
     """Each rank scores its half of every global batch; the all-reduced losses give both ranks the selection one
     process makes at the same global batch, and the same weights."""
     recipe = tmp_path / "recipe.toml"
-    recipe.write_text(Path("recipes/smoke.toml").read_text() + '\n[[methods]]\nname = "high_loss_batches"\n'
+    recipe.write_text((ROOT / "recipes/smoke.toml").read_text() + '\n[[methods]]\nname = "high_loss_batches"\n'
                       'fraction = 0.5\nstart_epoch = 0\n')
 
-    def train(out, *extra):
-        command = [sys.executable, "-m", "regimen", "train", "--recipe", str(recipe), "--set", "train.epochs=2",
-                   "--quiet", "--overwrite", "--out", str(out), *extra]
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                                   env=dict(os.environ, OMP_NUM_THREADS="1"))
-        assert completed.returncode == 0, completed.stderr[-2000:]
+    def train(out, *extra):  # a reserved rendezvous port, a timeout that kills both ranks with a message
+        regimen_train(out, "--recipe", str(recipe), "--set", "train.epochs=2", *extra)
         return load_checkpoint(out / "checkpoint.pt")
 
     single = train(tmp_path / "one", "--set", "train.batch_size=32")
@@ -214,7 +208,7 @@ class RankDependent(Method):
         return [ctx.rank]  # a different batch on every rank: a bug the trainer must report, not deadlock on
 
 
-recipe = tomllib.loads(open("recipes/smoke.toml").read())
+recipe = tomllib.loads(open(sys.argv[1]).read())
 recipe["methods"] = [{"name": "_test_rank_dependent"}]
 recipe["train"].update(epochs=1, batch_size=16, devices=2)
 try:
@@ -229,7 +223,8 @@ except RuntimeError as error:
 def test_ranks_that_select_different_batches_get_a_clear_error(tmp_path):
     script = tmp_path / "disagree.py"
     script.write_text(_DISAGREEING_SCRIPT)
-    completed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                               env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert completed.returncode != 0
-    assert "selected different batches on different ranks" in completed.stdout + completed.stderr
+    with reserved_port() as port:
+        process = start([sys.executable, str(script), str(ROOT / "recipes/smoke.toml")], clean_env(port))
+        with pytest.raises(pytest.fail.Exception, match="exit code") as failed:
+            finish(process, what="two ranks selecting different batches")
+    assert "selected different batches on different ranks" in str(failed.value)

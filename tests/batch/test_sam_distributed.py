@@ -2,14 +2,11 @@
 same global batch; with the default local ascent (each process perturbs by its own gradient, the second gradient is
 synchronised) the processes still end with one set of weights, different from the synchronised ascent."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from regimen.train import load_checkpoint
+from tests.distributed.launch import regimen_train
 
 RECIPE = """
 name = "sam-ddp"
@@ -37,11 +34,7 @@ def train(tmp_path, name, batch, local, devices=1):
     path = tmp_path / f"{name}.toml"
     path.write_text(RECIPE.format(batch=batch, local=str(local).lower()))
     out = tmp_path / name
-    command = [sys.executable, "-m", "regimen", "train", "--recipe", str(path), "--out", str(out), "--quiet",
-               "--devices", str(devices)]
-    completed = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                               timeout=300)
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    regimen_train(out, "--recipe", str(path), "--devices", str(devices))  # reserved port, timeout with a message
     return load_checkpoint(out / "checkpoint.pt")["model"]
 
 

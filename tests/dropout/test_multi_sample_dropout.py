@@ -142,6 +142,20 @@ def test_criterion_per_sample_losses_are_the_mean_over_k_and_sum_is_their_sum():
     torch.testing.assert_close(ctx.criterion(logits_k[0], y), F.cross_entropy(logits_k[0], y, label_smoothing=0.1))
 
 
+def test_criterion_with_average_logits_scores_the_mean_logits():
+    """``average = "logits"``: a (K, N, C) output given to the criterion (another method scoring the training-mode
+    model) is the loss of the mean logits over the K samples, not of one sample."""
+    torch.manual_seed(1)
+    method = MultiSampleDropoutMethod(num_samples=4, p=0.5, average="logits")
+    ctx = make_context(small_resnet())
+    ctx.criterion = compose_criterion([method], classification_criterion(0.1), ctx)
+    logits_k, y = torch.randn(4, 5, 10), torch.randint(0, 10, (5,))
+    mean_logits = logits_k.mean(0)
+    torch.testing.assert_close(ctx.criterion(logits_k, y, reduction="none"),
+                               F.cross_entropy(mean_logits, y, label_smoothing=0.1, reduction="none"))
+    torch.testing.assert_close(ctx.criterion(logits_k, y), F.cross_entropy(mean_logits, y, label_smoothing=0.1))
+
+
 def test_loss_links_listed_after_it_apply_per_dropout_sample():
     torch.manual_seed(2)
     model = small_resnet()

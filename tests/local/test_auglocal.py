@@ -51,6 +51,9 @@ def test_pyramid_depths_shrink_linearly_by_the_coefficient():
     assert pyramid_depths(3, 4, 1.0) == [4, 2, 1]  # 4, 2.5 -> 2, 1
     assert pyramid_depths(1, 3, 0.5) == [3]
     assert pyramid_depths(4, 2, 0.0) == [2, 2, 2, 2]
+    # the last depth is d(1 - c) + c, not d(1 - c): 6·0.5 + 0.5 = 3.5 -> 4 (half to even); 7·0.6 + 0.4 = 4.6 -> 5
+    assert pyramid_depths(3, 6, 1.0) == [6, 4, 1]
+    assert pyramid_depths(4, 7, 0.6) == [7, 6, 5, 3]  # 7, 5.8, 4.6, 3.4
 
 
 def test_auglocal_auxiliaries_are_new_layers_shaped_like_the_sampled_ones():

@@ -8,9 +8,9 @@ import tempfile
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from regimen.losses import LoadBalanceAccumulator, expert_counts, load_balancing_loss
+from tests.distributed.launch import spawn
 
 E, D, T, K = 6, 5, 16, 2  # experts, router input dim, tokens per rank, top-k
 
@@ -55,7 +55,7 @@ def test_two_process_ddp_equals_one_process_on_concatenated_batch():
     x, w = _data()
     ref_loss, ref_grad = _loss_and_grad(x, w)  # not initialised: one process, whole batch
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        spawn(_worker, (2, os.path.join(tmp, "init"), tmp), what="load-balance DDP workers")  # with a deadline
         results = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in range(2)]
     for res in results:
         torch.testing.assert_close(res["loss"], ref_loss, rtol=1e-6, atol=1e-6)

@@ -224,13 +224,14 @@ def test_nested_width_multi_sample_dropout_and_z_loss_compose_to_the_formula():
     nested = ctx.model
     nested.train()
     x, y = torch.randn(6, 1, 12, 12), torch.randint(0, 5, (6,))
-    state = ctx.generator.get_state()
+    state, sandwich_state = ctx.generator.get_state(), methods[0].generator.get_state()
     loss, output = _step(methods, ctx, x, y)
     widths = methods[0].last_widths
     assert widths[:2] == [1.0, 0.5] and len(widths) == 3
 
-    ctx.generator.set_state(state)  # the same draws again: the sandwich, then each width's K dropout masks
-    assert sandwich_widths((0.5, 0.75, 1.0), 1, ctx.generator) == widths
+    # the same draws again: the sandwich (the method's own generator), then each width's K dropout masks
+    ctx.generator.set_state(state)
+    assert sandwich_widths((0.5, 0.75, 1.0), 1, methods[0].generator.set_state(sandwich_state)) == widths
     expected, first = 0.0, None
     for width in widths:
         logits_k = nested(x, width=width)  # (K, N, C): the K dropout samples of this width
@@ -360,3 +361,16 @@ def test_distillation_and_z_loss_are_refused_by_the_recipe_without_it_they_compo
         with pytest.raises(RecipeError, match="distill = false"):
             build_methods(parse_recipe({**base, "methods": methods}))
     build_methods(parse_recipe({**base, "methods": [{"name": "nested_width", "distill": False}, {"name": "z_loss"}]}))
+
+
+def test_resumed_run_draws_the_same_sandwiches(tiny_recipe, tmp_path):
+    """The sandwich's generator (shared by every rank, not ctx.generator) is in the method's state: a run stopped
+    after epoch 1 and resumed trains the same widths, bit for bit."""
+    from tests.helpers import reference_and_resumed_runs
+
+    recipe = dict(tiny_recipe, methods=[{"name": "nested_width", "widths": [0.25, 0.5, 0.75, 1.0], "n_random": 1,
+                                         "sort_by": "none"}, {"name": "_test_interrupt_once", "epoch": 1}])
+    recipe["train"] = {"epochs": 2, "batch_size": 64, "max_steps_per_epoch": 4}
+    reference, resumed = reference_and_resumed_runs(recipe, tmp_path, interrupted_epoch=1)
+    for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name

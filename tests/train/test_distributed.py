@@ -1,5 +1,6 @@
 """Two CPU processes (gloo) at per-device batch B/2 must train the same weights as one process at batch B."""
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -9,18 +10,21 @@ import pytest
 import torch
 
 from regimen.train import load_checkpoint
+from tests.distributed.launch import ROOT, TIMEOUT_S, clean_env, finish, reserved_port, start
 
-RECIPE = ["--recipe", "recipes/smoke.toml", "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=8",
+RECIPE = ["--recipe", str(ROOT / "recipes/smoke.toml"), "--set", "train.epochs=1", "--set",
+          "train.max_steps_per_epoch=8",
           "--quiet", "--overwrite"]
 
 
 def train(out, *extra, launcher=None):
+    """A run with a reserved rendezvous port (``MASTER_PORT``; torchrun gets it as ``--master_port``) and a timeout
+    that kills every process of the run with a message."""
     command = [sys.executable, "-m", "regimen", "train", *RECIPE, "--out", str(out), *extra]
-    if launcher is not None:
-        command = launcher + command[3:]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    with reserved_port() as port:
+        if launcher is not None:
+            command = [*launcher, "--master_port", str(port), "-m", "regimen", *command[3:]]
+        finish(start(command, clean_env(port)), what=f"regimen train --out {out.name}")
     return load_checkpoint(out / "checkpoint.pt")
 
 
@@ -44,7 +48,7 @@ def test_torchrun_launch_matches_one_process(tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     single = train(tmp_path / "one", "--set", "train.batch_size=32")
     launched = train(tmp_path / "tr", "--set", "train.batch_size=16", "--devices", "2",
-                     launcher=[torchrun, "--nproc_per_node", "2", "--master_port", "29531", "-m", "regimen"])
+                     launcher=[torchrun, "--nproc_per_node", "2"])
     assert_same_weights(single, launched)
 
 
@@ -61,18 +65,24 @@ def test_two_processes_killed_inside_an_epoch_resume_to_the_same_weights_and_log
     reference = train(tmp_path / "ref", *steps)
     out = tmp_path / "run"
     command = [sys.executable, "-m", "regimen", "train", *RECIPE, "--out", str(out), *steps]
-    process = subprocess.Popen(command, env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while process.poll() is None and time.monotonic() < deadline:  # the first mid-epoch checkpoint of epoch 2
-        if (out / "checkpoint.pt").exists():
-            state = load_checkpoint(out / "checkpoint.pt")
-            if state["position"] is not None and state["epoch"] == 1:
+    with reserved_port() as port:
+        process = subprocess.Popen(command, cwd=ROOT, env=clean_env(port), start_new_session=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        reached, deadline = False, time.monotonic() + TIMEOUT_S
+        try:
+            while process.poll() is None and time.monotonic() < deadline:  # the first mid-epoch checkpoint, epoch 2
+                if (out / "checkpoint.pt").exists():
+                    state = load_checkpoint(out / "checkpoint.pt")
+                    if state["position"] is not None and state["epoch"] == 1:
+                        reached = True
+                        break
+                time.sleep(0.02)
+        finally:  # killed at the checkpoint, or at the deadline: no rank outlives the test
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-                break
-        time.sleep(0.02)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before a mid-epoch checkpoint of epoch 2"
+            process.wait()
+    assert reached, (f"no mid-epoch checkpoint of epoch 2 within {TIMEOUT_S:g} s (exit code {process.returncode}: "
+                     "the run ended before one, or hung and was killed)")
     resumed = train(out, *steps, "--resume", str(out / "checkpoint.pt"))
     for key, value in reference["model"].items():
         assert torch.equal(value, resumed["model"][key]), key

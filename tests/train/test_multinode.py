@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from regimen.cli import main
 from regimen.errors import ConfigurationError
 from regimen.train import RecipeError, fit, load_checkpoint, load_recipe, parse_recipe
 from regimen.train.launch import LaunchError, check_launch, detect_launcher, launcher_rank
+from tests.distributed.launch import clean_env, finish, reserved_port, start
 from tests.train.test_distributed import RECIPE, assert_same_weights
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,12 +32,6 @@ SLURM_2x2 = {"SLURM_NTASKS": "4", "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": 
 #: Every variable a launcher or Fabric reads: the tests that run ``fit`` in this process set them all (so that
 #: monkeypatch removes what Fabric writes into ``os.environ``).
 LAUNCH_VARIABLES = sorted({*TORCHRUN_2x1, *SLURM_2x2, "NODE_RANK", "SLURM_JOB_NUM_NODES"})
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def clean_launch_env(monkeypatch, **values: str) -> None:
@@ -142,11 +136,13 @@ def test_fit_under_a_disagreeing_launcher_writes_nothing(tiny_recipe, tmp_path, 
 
 # ---------------------------------------------------------------------------------------------- rendezvous timeout
 def test_unreachable_master_times_out_with_a_message(tiny_recipe, tmp_path, monkeypatch):
-    """Node 1 of 2 whose master never answers: a LaunchError after train.dist_timeout_s, not a hang."""
-    clean_launch_env(monkeypatch, NODE_RANK="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    tiny_recipe["train"].update(num_nodes=2, dist_timeout_s=1.0)
-    with pytest.raises(LaunchError) as raised:
-        fit(tiny_recipe, out_dir=tmp_path / "run")
+    """Node 1 of 2 whose master never answers: a LaunchError after train.dist_timeout_s, not a hang. The port is
+    held (bound, never listening), so no other process can answer on it during the test."""
+    with reserved_port() as port:
+        clean_launch_env(monkeypatch, NODE_RANK="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        tiny_recipe["train"].update(num_nodes=2, dist_timeout_s=1.0)
+        with pytest.raises(LaunchError) as raised:
+            fit(tiny_recipe, out_dir=tmp_path / "run")
     message = str(raised.value)
     assert "rank 1 of 2 could not join the master at 127.0.0.1:" in message
     assert "train.dist_timeout_s=1" in message and "\n" not in message
@@ -154,27 +150,27 @@ def test_unreachable_master_times_out_with_a_message(tiny_recipe, tmp_path, monk
 
 
 def test_master_whose_nodes_never_come_times_out_with_a_message(tiny_recipe, tmp_path, monkeypatch):
-    clean_launch_env(monkeypatch, NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    tiny_recipe["train"].update(num_nodes=2, dist_timeout_s=1.0)
-    with pytest.raises(LaunchError, match=r"rank 0 \(the master, 127\.0\.0\.1:\d+\) waited .* 1 process\(es\) of 2"):
-        fit(tiny_recipe, out_dir=tmp_path / "run")
+    with reserved_port() as port:  # held until the master binds it: nobody else can take it in between
+        clean_launch_env(monkeypatch, NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        tiny_recipe["train"].update(num_nodes=2, dist_timeout_s=1.0)
+        with pytest.raises(LaunchError,
+                           match=r"rank 0 \(the master, 127\.0\.0\.1:\d+\) waited .* 1 process\(es\) of 2"):
+            fit(tiny_recipe, out_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
 # ------------------------------------------------------------------------------------- 2 nodes = 2 processes = 1
-def _start(out: Path, *extra: str, launcher: list[str] | None = None) -> subprocess.Popen:
+def _start(out: Path, *extra: str, launcher: list[str] | None = None, port: int | None = None
+           ) -> subprocess.Popen:
+    """A run in its own session, without the test process's launcher variables (``port``: its MASTER_PORT)."""
     command = [sys.executable, "-m", "regimen", "train", *RECIPE, "--out", str(out), *extra]
     if launcher is not None:
         command = launcher + command[3:]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
-    for name in LAUNCH_VARIABLES:
-        env.pop(name, None)
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start(command, clean_env(port))
 
 
 def _finish(process: subprocess.Popen) -> None:
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output[-3000:]
+    finish(process, what=" ".join(process.args[:8]))  # a timeout kills the run's processes, with a message
 
 
 @pytest.mark.slow
@@ -184,17 +180,17 @@ def test_two_nodes_of_one_process_match_one_node_of_two_and_one_process(tmp_path
     per-device batch 16 = Fabric's 2 processes on one node at 16 = one process at 32 (the launches run at once; the
     one-process run trains in this process meanwhile)."""
     clean_launch_env(monkeypatch)
-    port = free_port()
-    nodes = [_start(tmp_path / "nodes", "--set", "train.batch_size=16", "--devices", "1", "--num-nodes", "2",
-                    launcher=[TORCHRUN, "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1",
-                              "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "regimen"])
-             for rank in (0, 1)]
-    pair = _start(tmp_path / "pair", "--set", "train.batch_size=16", "--devices", "2")
-    recipe = load_recipe(ROOT / "recipes/smoke.toml", ["train.epochs=1", "train.max_steps_per_epoch=8",
-                                                       "train.batch_size=32"])
-    fit(recipe, out_dir=tmp_path / "one")
-    for process in (*nodes, pair):
-        _finish(process)
+    with reserved_port() as port, reserved_port() as pair_port:
+        nodes = [_start(tmp_path / "nodes", "--set", "train.batch_size=16", "--devices", "1", "--num-nodes", "2",
+                        launcher=[TORCHRUN, "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1",
+                                  "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "regimen"])
+                 for rank in (0, 1)]
+        pair = _start(tmp_path / "pair", "--set", "train.batch_size=16", "--devices", "2", port=pair_port)
+        recipe = load_recipe(ROOT / "recipes/smoke.toml", ["train.epochs=1", "train.max_steps_per_epoch=8",
+                                                           "train.batch_size=32"])
+        fit(recipe, out_dir=tmp_path / "one")
+        for process in (*nodes, pair):
+            _finish(process)
     two_nodes, one_node, one = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("nodes", "pair", "one"))
     assert two_nodes["step"] == one_node["step"] == one["step"] == 8
     assert_same_weights(one, two_nodes)

@@ -122,6 +122,9 @@ def test_weight_decay_excludes_norm_and_bias():
 def test_schedule_factors_follow_their_formulas():
     recipe = parse_recipe({"schedule": {"name": "cosine", "warmup_epochs": 1.0, "min_lr_ratio": 0.1}})
     assert schedule_factor(recipe.schedule, 0.05, 10) == pytest.approx(0.5)  # half of the warmup epoch
+    # linear from the very start: 1 % of the warm-up is 1 % of the LR; only progress 0 is floored (at 1e-3)
+    assert schedule_factor(recipe.schedule, 0.001, 10) == pytest.approx(0.01)
+    assert schedule_factor(recipe.schedule, 0.0, 10) == pytest.approx(1e-3)
     q = (0.55 - 0.1) / 0.9
     assert schedule_factor(recipe.schedule, 0.55, 10) == pytest.approx(0.1 + 0.9 * (1 + math.cos(math.pi * q)) / 2)
     step = parse_recipe({"schedule": {"name": "step", "milestones": [0.5, 0.75], "gamma": 0.1}}).schedule
@@ -129,6 +132,29 @@ def test_schedule_factors_follow_their_formulas():
     onecycle = parse_recipe({"schedule": {"name": "onecycle", "pct_start": 0.3}}).schedule
     assert schedule_factor(onecycle, 0.0, 10) == pytest.approx(1 / 25)
     assert schedule_factor(onecycle, 0.3, 10) == pytest.approx(1.0)
+
+
+def test_train_loss_is_the_sample_weighted_mean_of_the_epochs_micro_batch_losses(tiny_recipe):
+    """One optimizer step of two micro-batches: both losses are taken at the initial weights, so the logged
+    train_loss is their mean, computed here by hand from the seed, the loader and the normalisation."""
+    from regimen.data import InMemoryLoader, load_data
+    from regimen.losses import classification_loss
+    from regimen.models import build_model
+
+    recipe = dict(tiny_recipe, train={"epochs": 1, "batch_size": 16, "accumulation": 2, "max_steps_per_epoch": 1})
+    data = load_data("digits", val_fraction=0.1, seed=0)
+    logged = fit(recipe, data=data).history[0]["train_loss"]
+    cfg = parse_recipe(recipe)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model.name, data.train.input_shape, data.train.num_classes, **cfg.model.options)
+    loader = InMemoryLoader(data.train, 16, shuffle=True, drop_last=True, seed=cfg.seed)
+    loader.set_epoch(0)
+    mean, std = data.mean.view(1, -1, 1, 1), data.std.view(1, -1, 1, 1)
+    batches = iter(loader)
+    with torch.no_grad():
+        losses = [classification_loss(model((x - mean) / std), y).item() for x, y, _ in (next(batches),
+                                                                                     next(batches))]
+    assert logged == pytest.approx(sum(losses) / 2, rel=1e-5)
 
 
 def test_ema_update_matches_its_formula():

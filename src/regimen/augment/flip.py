@@ -6,7 +6,8 @@ arXiv 2404.00498, section "alternating flip").
 
 Random flip: each image is mirrored (``x[..., ::-1]``) with probability ``p``, drawn from a ``torch.Generator``.
 Alternating flip: image ``i`` is mirrored in epoch ``e`` when ``b_i XOR (e mod 2) = 1``, where ``b_i`` is a fixed
-pseudo-random bit of the image's dataset index (``b_i = (hash(i, seed) mod 2)``). Every image is therefore seen in
+pseudo-random bit of the image's dataset index, bit 16 of a multiplicative hash:
+``b_i = ⌊((i + 7919·seed) · 2654435761 mod 2³²) / 2¹⁶⌋ mod 2``. Every image is therefore seen in
 both orientations every two epochs, and half of the images are mirrored in any epoch: the same expected number of
 flips as random flip at ``p = 0.5`` without repeats of the same view in consecutive epochs, which the paper reports
 as worth about as much as extra epochs in short runs. It needs the batch's dataset indices

@@ -11,9 +11,11 @@ Pitfalls handled:
   * Per-sample gradients come from ``torch.func`` (``vmap(grad(...))`` over ``functional_call``), one batched
     computation, not a Python loop over samples. BatchNorm cannot compute batch statistics of one sample, so the
     per-sample gradients are taken with the model in eval mode (running statistics); dropout is off as well.
-  * Only the first ``max_samples`` samples of the batch are used for the test (the variance estimate is unbiased
-    for any ``b ≥ 2``; ``‖g_B‖²`` comes from the same samples). Under DDP the sums ``Σ∇f_i``, ``Σ‖∇f_i‖²`` and the
-    count are all-reduced so every rank takes the same decision on the global sample.
+  * Only the first ``max_samples`` samples of the (global) micro-batch are used for the test (the variance estimate
+    is unbiased for any ``b ≥ 2``; ``‖g_B‖²`` comes from the same samples). Under DDP rank ``r`` holds positions
+    ``[r·b, (r+1)·b)`` of the global micro-batch and tests those of them below ``max_samples``; the sums
+    ``Σ∇f_i``, ``Σ‖∇f_i‖²`` and the count are all-reduced, so every rank takes the decision one process would take
+    at the same global batch (``tests/distributed``: equal weights and logs).
   * Growth is monotone (never shrinks), capped per update by ``max_growth`` and in total by ``max_batch_size``
     and the dataset size; the batch changes at epoch boundaries (``ctx.set_batch_size``), per device.
   * The test runs in ``before_forward``, on the micro-batch the model is about to train on (augmented, normalised).
@@ -140,12 +142,13 @@ class AdaptiveBatchMethod(Method):
     of it) are computed with ``torch.func``; the norm test suggests a global batch. At the end of the epoch the
     global batch grows to the largest suggestion of the epoch, limited by ``max_growth`` × the current batch,
     ``max_batch_size`` and the dataset size, never shrinking; the new per-device batch is
-    ``ceil(global / (world_size · accumulation))`` and takes effect from the next epoch.
+    ``ceil(global / (world_size · accumulation))`` (so under DDP the global batch is rounded up to a multiple of
+    ``world_size · accumulation``) and takes effect from the next epoch.
 
     Args:
         eta: norm-test constant (smaller → larger batches).
         interval: optimizer steps between tests.
-        max_samples: per-sample gradients computed per test (per device).
+        max_samples: per-sample gradients per test: the first ``max_samples`` samples of the global micro-batch.
         max_batch_size: cap on the global batch (``None``: the dataset size).
         max_growth: cap on the growth factor per epoch.
     """
@@ -181,13 +184,24 @@ class AdaptiveBatchMethod(Method):
     def before_forward(self, x: torch.Tensor, y: torch.Tensor, ctx: Context) -> None:
         if ctx.step % self.interval != 0 or y.dim() != 1:  # soft (mixed) targets: no per-sample index loss
             return
-        n = min(self.max_samples, x.shape[0])
-        if n < 2 and ctx.run.world_size == 1:
+        # the first max_samples samples of the *global* micro-batch: rank r holds its positions [r·b, (r+1)·b)
+        n = max(0, min(self.max_samples - ctx.run.rank * x.shape[0], x.shape[0]))
+        if ctx.run.world_size == 1 and n < 2:
             return
-        grads = per_sample_gradients(_unwrap(ctx.model), ctx.criterion, x[:n], y[:n]).double()
-        sums = ctx.all_reduce(grads.sum(0), op="sum")
-        squares = ctx.all_reduce(grads.pow(2).sum().reshape(1), op="sum")
-        count = int(ctx.all_reduce(torch.tensor([float(n)], dtype=torch.float64, device=grads.device), op="sum"))
+        model = _unwrap(ctx.model)
+        if n > 0:
+            grads = per_sample_gradients(model, ctx.criterion, x[:n], y[:n]).double()
+            sums, squares = grads.sum(0), grads.pow(2).sum().reshape(1)
+        else:  # this rank holds none of the tested samples; it still joins the all-reduces
+            size = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            device = next(model.parameters()).device
+            sums = torch.zeros(size, dtype=torch.float64, device=device)
+            squares = torch.zeros(1, dtype=torch.float64, device=device)
+        sums = ctx.all_reduce(sums, op="sum")
+        squares = ctx.all_reduce(squares, op="sum")
+        count = int(ctx.all_reduce(torch.tensor([float(n)], dtype=torch.float64, device=sums.device), op="sum"))
+        if count < 2:
+            return
         result = norm_test_from_sums(sums, squares.item(), count, self.eta)
         self.last = result
         self.tests += 1

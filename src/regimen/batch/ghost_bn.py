@@ -28,6 +28,11 @@ Pitfalls handled:
     ``last_partial="merge"`` folds the remainder into the previous ghost batch (which then has ``g + N mod g``
     samples), so no ghost batch is smaller than ``g``.
   * The ghost batches are *consecutive* samples of the per-device batch; shuffle the data, not the batch.
+  * Under DDP ghost batches are cut from each device's batch. When the per-device batch is a multiple of
+    ``ghost_batch_size`` no ghost batch straddles two devices, so W processes at b train exactly as one process at
+    W·b (``tests/distributed``: equal weights); otherwise the trailing partial ghost batch of every device differs.
+    The running statistics are rank 0's ghost batches only (DDP broadcasts rank 0's buffers, as for
+    ``nn.BatchNorm``), so evaluation differs slightly from the one-process run.
   * Parameters and buffers are those of ``nn.BatchNorm`` (``GhostBatchNorm2d`` *is* a ``BatchNorm2d``), so
     checkpoints load either way, weight-decay filters that look for ``_BatchNorm`` still find it, and
     ``apply_ghost_batch_norm`` keeps the very same ``Parameter`` objects (the optimizer stays bound).

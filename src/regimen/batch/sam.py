@@ -25,6 +25,9 @@ Pitfalls handled:
   * DDP: ``local_ascent=True`` (default, as Composer and the paper's m-sharpness) leaves the first gradient on each
     process unsynchronised (``ctx.backward`` runs outside DDP's gradient sync for that pass), each process perturbs its
     copy with its own ε, and the second gradient is synchronised as usual, so the step is identical on every process.
+    W processes at per-device batch b are then m-sharpness with m = b, not one process at W·b; ``local_ascent=False``
+    synchronises the first gradient too and equals one process at W·b (``tests/distributed``). The logged
+    ``perturbed_loss`` is the mean over processes.
   * BatchNorm: the second forward pass would update the running statistics again, at perturbed weights; it runs with
     them frozen (``momentum = 0`` and the batch counter restored), as davda54/sam recommends.
   * Mixed precision with a grad scaler: ε is scale-invariant (g / ‖g‖); when the first gradient is not finite no
@@ -218,5 +221,7 @@ class SAMMethod(Method):
         loss = sam_step(closure, lambda: next(closure), params, self.rho, adaptive=adaptive, eta=self.eta,
                         model=model if self.freeze_bn else None, recompute_unperturbed=local)
         if loss is not None:
+            if ctx.run.world_size > 1:  # the global batch's loss, as one process would log it
+                loss = ctx.all_reduce(loss.detach().reshape(1).to(ctx.run.device), "mean")[0]
             self.log(ctx, "perturbed_loss", loss)
 

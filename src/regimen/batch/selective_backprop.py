@@ -24,6 +24,12 @@ Composer); it works on any batch whose rows are examples (the inputs and targets
 batch as it will be trained). The scoring pass runs in the model's training mode with BatchNorm running statistics
 frozen (``eval_mode = true`` scores in eval mode); it costs one forward pass per batch, and saves backward passes on
 the dropped examples.
+
+Under DDP the selection is per device, by design (Composer does the same): each process ranks the losses of its own
+per-device batch of b examples, keeps ``max(1, ⌊keep · b⌋)`` of them and draws them with its own generator
+(``ctx.generator`` is seeded per rank); DDP then averages the processes' gradients, each the mean over that
+process's kept examples. So W processes at b equal W independent selections of b, not one selection over the global
+batch W·b (``tests/distributed`` measures the difference).
 """
 
 from __future__ import annotations

@@ -17,6 +17,13 @@ and it bypasses the device wrapper's forward (a DDP forward cannot serve K separ
 processes it averages the gradients itself with ``ctx.all_reduce`` and applies the run's precision with
 ``ctx.autocast()``.
 
+Under DDP (W processes at per-device batch b) the averaged gradients are those of one process at the global batch
+W·b, except through BatchNorm: the model's and the auxiliary networks' BatchNorm layers (the DGL, InfoPro, AugLocal
+and MAN auxiliaries have them) normalise each process's share of the batch, and since the DDP forward (which would
+broadcast rank 0's buffers) is bypassed, every process keeps its own running statistics; the checkpoint holds rank
+0's. With ``ghost_bn`` listed after ``local_learning`` and a ghost size that divides b, the training is the same as
+one process at W·b (``tests/distributed``).
+
 Pitfalls handled: the InfoPro target is de-normalised by inverting ``ctx.normalize`` (an affine map;
 ``ctx.run.data_mean``/``data_std`` as fallback; the normalised input is reconstructed with MSE, with a warning, when
 neither is available); each local loss is divided by ``ctx.run.accumulation`` like the trainer's own backward;
@@ -165,7 +172,10 @@ class LocalLearningMethod(Method):
             for p in wrapper.parameters():
                 if p.grad is not None:
                     p.grad.copy_(ctx.all_reduce(p.grad, op="mean"))
-        for k, loss in enumerate(out.losses[:-1]):
+        aux_losses = [loss.detach().float().reshape(()) for loss in out.losses[:-1]]
+        if aux_losses and ctx.run.world_size > 1:  # log the global batch's losses, as one process would
+            aux_losses = list(ctx.all_reduce(torch.stack(aux_losses).to(ctx.run.device), op="mean").unbind())
+        for k, loss in enumerate(aux_losses):
             self.log(ctx, f"aux{k}_loss", loss)
         return out.loss, out.logits
 

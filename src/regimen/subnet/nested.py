@@ -452,6 +452,11 @@ class NestedWidthMethod(Method):
       criterion chain must accept soft targets (cross-entropy does and applies the task's label smoothing to them;
       the z-loss does not), and the task must have class logits.
 
+    Under DDP every process draws the sandwich from the method's own generator, seeded from the recipe's seed alike
+    on every rank (not the per-rank ``ctx.generator``), so all processes train the same widths on their shares of the
+    batch and the run equals one process at the same global batch (``tests/distributed``); ``recalibrate_batches``
+    counts global batches, drawn alike on every rank.
+
     Args:
         widths: trained widths, sorted, unique, in (0, 1].
         sort_by: importance to sort each group's channels by at setup (``"l1"``, ``"l2"``, ``"bn_scale"``) or
@@ -508,6 +513,9 @@ class NestedWidthMethod(Method):
         self.nested: NestedWidth | None = None
         #: the sandwich of the current micro-batch (drawn in ``before_forward``), largest width first
         self.last_widths: list[float] = []
+        #: draws the sandwich (and the recalibration batches): seeded from the recipe's seed alike on every rank,
+        #: so under DDP every process trains the same widths (ctx.generator differs per rank)
+        self.generator: torch.Generator | None = None
 
     def setup(self, ctx: Context) -> None:
         if self.distill and ctx.run.target_kind != "labels":
@@ -524,13 +532,19 @@ class NestedWidthMethod(Method):
                 f"BatchNorm coupled through residual additions, concatenations, flattening): {error}") from error
         self.nested.set_width(self.eval_width or self.widths[-1])
         ctx.model = self.nested
+        self._generator(ctx)
         self.log(ctx, "groups", len(self.nested.groups))
 
+    def _generator(self, ctx: Context) -> torch.Generator:
+        if self.generator is None:
+            self.generator = torch.Generator().manual_seed(ctx.run.seed * 7919)
+        return self.generator
+
     def before_forward(self, x: Any, y: Any, ctx: Context) -> None:
-        self.last_widths = sandwich_widths(self.widths, self.n_random, ctx.generator)
+        self.last_widths = sandwich_widths(self.widths, self.n_random, self._generator(ctx))
 
     def forward_loss(self, model: Callable, x: Any, y: Any, next: Callable, ctx: Context):
-        widths = self.last_widths or sandwich_widths(self.widths, self.n_random, ctx.generator)
+        widths = self.last_widths or sandwich_widths(self.widths, self.n_random, self._generator(ctx))
         loss, output = next(_AtWidth(model, widths[0]), x, y)
         self.log(ctx, f"loss_w{widths[0]:g}", loss)
         if self.distill and len(widths) > 1:
@@ -548,8 +562,8 @@ class NestedWidthMethod(Method):
     def on_train_end(self, ctx: Context) -> None:
         if self.recalibrate_batches <= 0 or self.nested is None or ctx.train_data is None:
             return
-        data, batch = ctx.train_data, ctx.run.per_device_batch
-        order = torch.randperm(len(data), generator=ctx.generator)[: self.recalibrate_batches * batch]
+        data, batch = ctx.train_data, ctx.run.per_device_batch * ctx.run.world_size  # global: alike on every rank
+        order = torch.randperm(len(data), generator=self._generator(ctx))[: self.recalibrate_batches * batch]
         batches = []
         for start in range(0, order.numel(), batch):
             x, _ = data.gather(order[start:start + batch], ctx.run.device)
@@ -557,4 +571,10 @@ class NestedWidthMethod(Method):
         self.nested.recalibrate_bn(batches)
 
     def state_dict(self) -> dict[str, Any]:
-        return {}  # per-width BN statistics are buffers of the NestedWidth module (saved with the model)
+        # per-width BN statistics are buffers of the NestedWidth module (saved with the model)
+        return {} if self.generator is None else {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "generator" in state:
+            self.generator = torch.Generator()
+            self.generator.set_state(state["generator"])

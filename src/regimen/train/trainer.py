@@ -4,6 +4,12 @@ Lightning Fabric handles devices, DDP (gloo on CPU, nccl on GPU), precision and 
 (``regimen.tasks``) owns the data, the default model, the loss and the metrics; this module owns the loop,
 evaluation, the LR schedule, the JSONL metrics log, checkpoints (at epoch ends and every N steps) and resume.
 Anything method-specific lives in a ``regimen.method.Method``.
+
+With ``train.devices = W`` the loader gives each process a consecutive slice of every global batch, so W processes
+at per-device batch b train the weights one process trains at W·b (gradients averaged by DDP), up to float
+rounding, with two exceptions: randomness drawn per process (dropout, ``ctx.generator`` is seeded per rank) and
+``nn.BatchNorm``, which normalises each per-device batch with its own statistics (``SyncBatchNorm`` is not applied;
+DDP broadcasts rank 0's running statistics). ``tests/distributed`` checks every global-batch method against this.
 """
 
 from __future__ import annotations
