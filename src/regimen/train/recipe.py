@@ -58,7 +58,7 @@ class ModelConfig(_Strict):
 
 
 class OptimConfig(_Strict):
-    name: Literal["sgd", "adamw", "lars", "lamb"] = "sgd"
+    name: Literal["sgd", "sgdw", "adamw", "lars", "lamb"] = "sgd"  # sgdw: decoupled weight decay (train/optim.py)
     lr: float = Field(0.1, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = False
