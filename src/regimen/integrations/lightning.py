@@ -96,7 +96,7 @@ def lightning_incompatibility(method: Method | type[Method]) -> str | None:
     """``None`` when :class:`RegimenCallback` can run ``method`` in a Lightning Trainer, else why not."""
     cls = method if isinstance(method, type) else type(method)
     for hook, why in UNMAPPED_HOOKS.items():
-        if getattr(cls, hook) is not getattr(Method, hook):
+        if (method.overrides(hook) if isinstance(method, Method) else getattr(cls, hook) is not getattr(Method, hook)):
             return f"method {cls.name!r} implements {hook}: a Lightning callback cannot run it ({why})"
     return None
 
