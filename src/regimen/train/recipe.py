@@ -93,6 +93,8 @@ class TrainConfig(_Strict):
     strategy: str = "auto"
     precision: str = "32-true"
     compile: bool = False  # torch.compile the model (the first steps pay the compilation)
+    # beside metrics.jsonl: Lightning's CSV / TensorBoard / MLflow loggers (regimen.train.loggers)
+    loggers: list[Literal["csv", "tensorboard", "mlflow"]] = Field(default_factory=list)
     threads: int | None = Field(None, gt=0)
     checkpoint_every: int = Field(1, ge=0)
     checkpoint_every_steps: int | None = Field(None, gt=0)
