@@ -93,6 +93,7 @@ class TrainConfig(_Strict):
     strategy: str = "auto"
     precision: str = "32-true"
     compile: bool = False  # torch.compile the model (the first steps pay the compilation)
+    channels_last: bool = False  # model and image batches in torch.channels_last (NHWC) memory format
     # beside metrics.jsonl: Lightning's CSV / TensorBoard / MLflow loggers (regimen.train.loggers)
     loggers: list[Literal["csv", "tensorboard", "mlflow"]] = Field(default_factory=list)
     threads: int | None = Field(None, gt=0)

@@ -121,6 +121,16 @@ def _compiled(model: nn.Module, enabled: bool) -> nn.Module:
     return torch.compile(model) if enabled else model
 
 
+def _channels_last_inputs(normalize: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``train.channels_last``: the normalised 4-d batch in ``torch.channels_last`` memory format (same values)."""
+
+    def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+        x = normalize(x)
+        return x.contiguous(memory_format=torch.channels_last) if isinstance(x, torch.Tensor) and x.dim() == 4 else x
+
+    return to_channels_last
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -327,6 +337,11 @@ class _Run:
         self.hooks = _Hooks(self.methods)
         device = self.fabric.device
         self.normalize = task.normalizer(data, device)
+        if cfg.channels_last:  # every batch the model sees (training, evaluation, methods' scoring) in NHWC
+            if task.input_kind != "image":
+                raise ConfigurationError(f"train.channels_last is a memory format of image batches (N, C, H, W); "
+                                         f"task {recipe.task!r} has {task.input_kind} inputs")
+            self.normalize = _channels_last_inputs(self.normalize)
         self.loader = InMemoryLoader(data.train, cfg.batch_size, shuffle=True, drop_last=True, seed=recipe.seed,
                                      rank=self.rank, world_size=self.world_size, device=device)
         if len(self.loader) < cfg.accumulation:
@@ -348,6 +363,8 @@ class _Run:
         ctx.in_setup = False
         if state is not None:  # after setup: surgery has given the model its final structure
             load_model_state(ctx.model, state["model"], source)
+        if cfg.channels_last:  # 4-d weights (convolutions) in NHWC; the Parameter objects stay the optimizer's
+            ctx.model = ctx.model.to(memory_format=torch.channels_last)
         ctx.model, ctx.optimizer = self.fabric.setup(_compiled(ctx.model, cfg.compile), ctx.optimizer)
         self.raw_model = ctx.model.module if hasattr(ctx.model, "module") else ctx.model
         self.forward_loss = compose_forward_loss(self.methods, ctx)
