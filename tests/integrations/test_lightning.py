@@ -1,6 +1,6 @@
 """``RegimenCallback``: regimen Methods inside a stock ``lightning.pytorch.Trainer`` reach the weights regimen's own
 trainer reaches with the same methods, data order, optimizer and seed (Ghost BN + CutMix + EMA; selective backprop +
-Z-loss); the methods a callback cannot run are refused by name."""
+Z-loss; SAM + gradient clipping); the methods a callback cannot run are refused by name."""
 
 from __future__ import annotations
 
@@ -138,7 +138,25 @@ def test_selective_backprop_and_z_loss_in_lightning_reach_regimens_weights():
         assert torch.equal(value, module.net.state_dict()[key]), key
 
 
-@pytest.mark.parametrize("name, hook", [("sam", "optimizer_step"), ("multi_sample_dropout", "forward_loss"),
+def test_sam_and_gradient_clipping_wrap_lightnings_step_and_reach_regimens_weights():
+    methods = [{"name": "sam", "rho": 0.05}, {"name": "gradient_clipping", "mode": "norm", "threshold": 0.5}]
+    ours, module, _, _ = _both(methods)
+    for key, value in ours.model.state_dict().items():
+        assert torch.equal(value, module.net.state_dict()[key]), key
+    assert "optimizer_step" not in module.__dict__  # the wrapper is gone after fit
+
+
+def test_step_methods_with_gradient_accumulation_are_refused():
+    images, labels = _data()
+    regimen = RegimenCallback(["sam"], model_attr="net", num_classes=4)
+    module = Module(Net(), _recipe([]), regimen)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", callbacks=[regimen], logger=False, accumulate_grad_batches=2,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ConfigurationError, match="sam.*accumulate_grad_batches"):
+        trainer.fit(module, train_dataloaders=_one_batch(images[:16], labels[:16]))
+
+
+@pytest.mark.parametrize("name, hook", [("multi_sample_dropout", "forward_loss"),
                                         ("high_loss_batches", "select_batches"), ("local_learning", "training_step")])
 def test_methods_whose_hooks_have_no_lightning_counterpart_are_refused_by_name(name, hook):
     from regimen.method import get_method

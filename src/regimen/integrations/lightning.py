@@ -29,6 +29,12 @@ Method hook                            Lightning hook
                                        it while a method wraps the loss is an error, never a silent no-op.
 ``after_backward``                     ``on_before_optimizer_step`` (after all accumulated backward passes, before
                                        Lightning's gradient clipping — where regimen's trainer runs it too).
+``optimizer_step`` (SAM, clipping)     your module's ``optimizer_step``, wrapped on the instance: Lightning's closure
+                                       runs once (forward, backward), then ``after_backward``, then the methods' chain
+                                       around Lightning's own step (its clipping, then ``optimizer.step()``); SAM's
+                                       closure re-runs your ``training_step`` on the same batch. Not with
+                                       ``accumulate_grad_batches > 1`` (the closure would recompute only the last
+                                       micro-batch) or manual optimisation: refused.
 ``after_step``                         ``on_train_batch_end`` of a batch whose optimizer step ran (``global_step``
                                        advanced).
 ``on_epoch_end``                       ``on_train_epoch_end`` — **after** Lightning's end-of-epoch validation (regimen
@@ -44,14 +50,12 @@ Method hook                            Lightning hook
 
 Refused, with the reason (:data:`UNMAPPED_HOOKS`): ``training_step``/``compute_loss`` (local learning: your
 ``training_step`` owns forward and backward), ``forward_loss`` (multi-sample dropout's K forward passes, sequence
-warm-up: your ``training_step`` calls the model), ``select_batches`` (Lightning's loop owns the loader), and
-``optimizer_step`` (SAM, SWA's LR, lookahead: ``LightningModule.optimizer_step`` owns the closure; for SWA use
-Lightning's own ``StochasticWeightAveraging``). ``ctx.set_batch_size`` and ``ctx.set_epochs`` are refused too (the
-loader and ``max_epochs`` belong to Lightning).
+warm-up: your ``training_step`` calls the model) and ``select_batches`` (Lightning's loop owns the loader).
+``ctx.set_batch_size`` and ``ctx.set_epochs`` are refused too (the loader and ``max_epochs`` belong to Lightning).
 
 Equivalence: with the same data order, optimizer and seed, a LightningModule trained with this callback reaches the
-weights regimen's own trainer reaches with the same methods (tests/integrations/test_lightning.py: Ghost BN + CutMix +
-EMA, and selective backprop + AGC).
+weights regimen's own trainer reaches with the same methods, bit for bit (tests/integrations/test_lightning.py: Ghost
+BN + CutMix + EMA; selective backprop + Z-loss; SAM + gradient clipping).
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ from regimen.method import (
     check_exclusive_hooks,
     check_method_order,
     compose_criterion,
+    compose_optimizer_step,
 )
 
 __all__ = ["RegimenCallback", "UNMAPPED_HOOKS", "lightning_incompatibility"]
@@ -88,7 +93,6 @@ UNMAPPED_HOOKS = {
     "compute_loss": "it replaces forward and loss, which your LightningModule's training_step owns",
     "forward_loss": "it wraps the forward pass and the loss, which your LightningModule's training_step computes",
     "select_batches": "it chooses the epoch's batches, which Lightning's data loop owns",
-    "optimizer_step": "it wraps the optimizer step with a closure, which LightningModule.optimizer_step owns",
 }
 
 
@@ -203,6 +207,8 @@ class RegimenCallback(pl.Callback):
         self._last_step = 0
         self._criterion_calls = 0
         self._backup: dict[str, torch.Tensor] | None = None
+        self._steps = [m for m in self.methods if m.overrides("optimizer_step")]
+        self._wrapped: pl.LightningModule | None = None
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _call(self, hook: str) -> None:
@@ -327,8 +333,38 @@ class RegimenCallback(pl.Callback):
                                          "LightningModule itself: keep the network in an attribute and pass "
                                          "RegimenCallback(model_attr='...')")
             setattr(pl_module, self.model_attr, ctx.model)
+        if self._steps:
+            self._wrap_optimizer_step(trainer, pl_module)
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
+
+    def _wrap_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        names = ", ".join(repr(m.name) for m in self._steps)
+        if trainer.accumulate_grad_batches > 1:
+            raise ConfigurationError(f"method(s) {names} wrap the optimizer step with a closure that recomputes the "
+                                     "step's gradient; with accumulate_grad_batches > 1 Lightning's closure holds only "
+                                     "the last micro-batch: use regimen's trainer (train.accumulation) for them")
+        if not pl_module.automatic_optimization:
+            raise ConfigurationError(f"method(s) {names} wrap the optimizer step; your module uses manual "
+                                     "optimisation, which has no step to wrap")
+        original = pl_module.optimizer_step  # the module's own (a user's override or Lightning's)
+
+        def optimizer_step(epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+            loss = optimizer_closure()  # this step's forward and backward, as regimen's trainer runs before its chain
+            self._call("after_backward")
+
+            def base(closure: Callable[[], torch.Tensor]) -> None:  # Lightning's clipping, then optimizer.step()
+                original(epoch, batch_idx, optimizer, lambda: loss)
+
+            compose_optimizer_step(self.methods, base, self.ctx)(optimizer_closure)
+
+        pl_module.optimizer_step = optimizer_step  # on the instance; removed at teardown
+        self._wrapped = pl_module
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and self._wrapped is not None:
+            self._wrapped.__dict__.pop("optimizer_step", None)
+            self._wrapped = None
 
     def _kinds(self) -> dict[str, str]:
         from regimen.tasks import get_task
@@ -379,7 +415,8 @@ class RegimenCallback(pl.Callback):
         self._repack(batch, x, y)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
-        self._call("after_backward")
+        if self._wrapped is None:  # with a wrapped step, after_backward ran before the methods' step chain
+            self._call("after_backward")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
