@@ -49,8 +49,9 @@ Method hook                            Lightning hook
 =====================================  =================================================================================
 
 Refused, with the reason (:data:`UNMAPPED_HOOKS`): ``training_step``/``compute_loss`` (local learning: your
-``training_step`` owns forward and backward), ``forward_loss`` (multi-sample dropout's K forward passes, sequence
-warm-up: your ``training_step`` calls the model) and ``select_batches`` (Lightning's loop owns the loader).
+``training_step`` owns forward and backward), ``forward_loss`` (multi-sample dropout's K forward passes,
+``linear_ce``, ``load_balance``, ``nested_width``, ``aug_subset``, AugMix with ``jsd``: your ``training_step`` calls
+the model) and ``select_batches`` (Lightning's loop owns the loader).
 ``ctx.set_batch_size`` and ``ctx.set_epochs`` are refused too (the loader and ``max_epochs`` belong to Lightning).
 
 Equivalence: with the same data order, optimizer and seed, a LightningModule trained with this callback reaches the
@@ -97,7 +98,9 @@ UNMAPPED_HOOKS = {
 
 
 def lightning_incompatibility(method: Method | type[Method]) -> str | None:
-    """``None`` when :class:`RegimenCallback` can run ``method`` in a Lightning Trainer, else why not."""
+    """``None`` when :class:`RegimenCallback` can run ``method`` in a Lightning Trainer, else why not. For a class,
+    the hooks it implements decide; an instance answers for its configuration (AugMix needs ``forward_loss`` only
+    with ``jsd``)."""
     cls = method if isinstance(method, type) else type(method)
     for hook, why in UNMAPPED_HOOKS.items():
         if (method.overrides(hook) if isinstance(method, Method) else getattr(cls, hook) is not getattr(Method, hook)):
