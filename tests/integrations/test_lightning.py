@@ -203,3 +203,33 @@ def test_without_lightning_the_import_error_says_which_extra_to_install(monkeypa
     monkeypatch.delitem(sys.modules, "regimen.integrations.lightning")  # restored after the test
     with pytest.raises(ImportError, match=r"pip install 'regimen\[lightning\]'"):
         importlib.import_module("regimen.integrations.lightning")
+
+
+def test_a_lightning_checkpoint_resumes_the_methods_state_bit_for_bit(tmp_path):
+    from regimen.data import ArrayDataset
+
+    images, labels = _data()
+    dataset = ArrayDataset(images, labels, 4, "test")
+    methods = [{"name": "cutmix", "alpha": 1.0}, {"name": "ema", "decay": 0.9}]
+    torch.manual_seed(0)
+    net = Net()
+
+    def run(max_epochs, start_epoch=0, ckpt=None):
+        regimen = RegimenCallback(methods, model_attr="net", num_classes=4, seed=SEED)
+        module = Module(__import__("copy").deepcopy(net), _recipe(methods), regimen)
+        trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", callbacks=[regimen], logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             num_sanity_val_steps=0)
+        loader = _Loader(dataset)
+        loader.epoch = start_epoch
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt)
+        return module, regimen, trainer
+
+    whole, whole_cb, _ = run(2)
+    _, _, first = run(1)
+    first.save_checkpoint(tmp_path / "epoch1.ckpt")
+    resumed, resumed_cb, _ = run(2, start_epoch=1, ckpt=tmp_path / "epoch1.ckpt")
+    for key, value in whole.net.state_dict().items():
+        assert torch.equal(value, resumed.net.state_dict()[key]), key
+    for key, value in whole_cb.methods[1].ema.module.state_dict().items():  # the EMA copy came back from the state
+        assert torch.equal(value, resumed_cb.methods[1].ema.module.state_dict()[key]), key
