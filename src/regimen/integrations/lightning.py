@@ -299,6 +299,8 @@ class RegimenCallback(pl.Callback):
             raise ConfigurationError("this RegimenCallback already trained a model (its methods hold that run's "
                                      "state); make a new RegimenCallback for another fit")
         network = self._network(pl_module)
+        if self._steps:  # refused before any surgery touches the module
+            self._check_step_wrapping(trainer, pl_module)
         max_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else 1
         run = RunInfo(task=self.task, world_size=trainer.world_size, rank=trainer.global_rank,
                       accumulation=trainer.accumulate_grad_batches, epochs=max_epochs, seed=self.seed,
@@ -310,7 +312,6 @@ class RegimenCallback(pl.Callback):
                       normalize=self.normalize, all_reduce=self._reduce, autocast=self._autocast,
                       example_batch=self._example_batch, set_batch_size=self._refuse_batch_size)
         ctx.criterion = compose_criterion(self.methods, self._base_loss, ctx)
-        self.ctx = ctx
         for method in self.methods:
             if not method.overrides("setup"):
                 continue
@@ -336,12 +337,13 @@ class RegimenCallback(pl.Callback):
                                          "LightningModule itself: keep the network in an attribute and pass "
                                          "RegimenCallback(model_attr='...')")
             setattr(pl_module, self.model_attr, ctx.model)
+        self.ctx = ctx
         if self._steps:
             self._wrap_optimizer_step(trainer, pl_module)
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
 
-    def _wrap_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _check_step_wrapping(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         names = ", ".join(repr(m.name) for m in self._steps)
         if trainer.accumulate_grad_batches > 1:
             raise ConfigurationError(f"method(s) {names} wrap the optimizer step with a closure that recomputes the "
@@ -350,6 +352,8 @@ class RegimenCallback(pl.Callback):
         if not pl_module.automatic_optimization:
             raise ConfigurationError(f"method(s) {names} wrap the optimizer step; your module uses manual "
                                      "optimisation, which has no step to wrap")
+
+    def _wrap_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         original = pl_module.optimizer_step  # the module's own (a user's override or Lightning's)
 
         def optimizer_step(epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
