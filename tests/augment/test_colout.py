@@ -31,3 +31,11 @@ def test_bad_fractions_and_fixed_size_models_are_refused():
         colout(torch.rand(1, 1, 4, 4), p_row=1.0)
     with pytest.raises(ConfigurationError, match="colout feeds the model smaller images"):
         fit({"data": {"name": "digits"}, "model": {"name": "mlp"}, "methods": [{"name": "colout"}]})
+
+
+def test_uint8_and_float_paths_agree_pixel_for_pixel():
+    images = torch.randint(0, 256, (6, 3, 20, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    out_u8 = colout(images, 0.2, 0.25, generator=torch.Generator().manual_seed(9))
+    out_f = colout(images.float() / 255.0, 0.2, 0.25, generator=torch.Generator().manual_seed(9))
+    assert out_u8.dtype == torch.uint8 and out_u8.shape == (6, 3, 16, 12)
+    assert torch.equal(out_u8, (out_f * 255.0).round().to(torch.uint8))

@@ -67,3 +67,19 @@ def test_bad_arguments_are_refused_naming_them(kwargs, match):
 def test_non_image_input_is_refused():
     with pytest.raises(ValueError, match="images must be"):
         cutout(torch.rand(2, 4))
+
+
+def test_uint8_and_float_paths_agree_pixel_for_pixel():
+    from regimen.augment import CutOutMethod
+    from regimen.method import Context
+
+    images = torch.randint(0, 256, (8, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    mean = torch.tensor([0.3, 0.6, 0.2])
+    ctx_u8 = Context(torch.nn.Identity(), data_mean=mean, seed=5)
+    ctx_f = Context(torch.nn.Identity(), data_mean=mean, seed=5)
+    method = CutOutMethod(num_holes=2, length=0.4, p=0.7)
+    out_u8, _ = method.transform_batch(images, None, ctx_u8)
+    out_f, _ = method.transform_batch(images.float() / 255.0, None, ctx_f)
+    assert out_u8.dtype == torch.uint8 and out_f.dtype == torch.float32
+    assert torch.equal(out_u8, (out_f * 255.0).round().to(torch.uint8))  # holes: round(255 * mean); the rest exact
+    assert (out_u8 != images).any()

@@ -92,3 +92,44 @@ def test_fit_trains_on_the_selected_examples_only():
     result = fit(recipe)
     assert result.history[-1]["selective_backprop/kept"] == 0.25
     assert result.summary["samples_per_s"] > 0 and len(result.history) == 2
+
+
+def test_scale_factor_scores_downsampled_images_and_trains_the_full_size_rows():
+    from regimen.batch import downsample_for_scoring
+
+    seen = []
+
+    class Pooled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 5, 3, padding=1)
+
+        def forward(self, x):
+            seen.append(tuple(x.shape))
+            return self.conv(x).mean(dim=(2, 3))
+
+    model = Pooled()
+    x, y = torch.rand(12, 3, 16, 16, generator=torch.Generator().manual_seed(2)), torch.randint(0, 5, (12,))
+    ctx = _ctx(model, step=6)
+    method = SelectiveBackpropMethod(keep=0.5, start=0.0, end=0.9, interrupt=0, scale_factor=0.5)
+    state = ctx.generator.get_state()
+    xs, ys = method.transform_batch(x, y, ctx)
+    assert seen == [(12, 3, 8, 8)] and xs.shape == (6, 3, 16, 16)
+    small = nn.functional.interpolate(x, size=(8, 8), mode="bilinear", align_corners=False)  # Composer's resize
+    assert torch.equal(downsample_for_scoring(x, 0.5), small)
+    ctx.generator.set_state(state)
+    index = select_by_loss_percentile(nn.functional.cross_entropy(model(small), y, reduction="none").detach(), 0.5,
+                                      ctx.generator)
+    assert torch.equal(xs, x[index]) and torch.equal(ys, y[index])
+    # a 2x2 mean of the image is what bilinear at scale 1/2 gives (align_corners=False samples between pixels)
+    torch.testing.assert_close(small, nn.functional.avg_pool2d(x, 2))
+
+
+def test_scale_factor_is_refused_out_of_range_and_for_non_image_tasks():
+    with pytest.raises(ValueError, match="scale_factor"):
+        SelectiveBackpropMethod(scale_factor=0.0)
+    with pytest.raises(ValueError, match="scale_factor"):
+        SelectiveBackpropMethod(scale_factor=1.5)
+    with pytest.raises(ConfigurationError, match="scale_factor"):
+        fit({"task": "classification", "data": {"name": "iris"}, "train": {"batch_size": 16},
+             "methods": [{"name": "selective_backprop", "scale_factor": 0.5}]})

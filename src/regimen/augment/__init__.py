@@ -14,7 +14,7 @@ deprecated alias.
 
 from regimen._compat import deprecated_aliases
 from regimen.augment import functional, native
-from regimen.augment.augmix import AugMixMethod, augmix, augmix_params
+from regimen.augment.augmix import AugMixMethod, augmix, augmix_params, jensen_shannon_consistency
 from regimen.augment.colout import ColOutMethod, colout, colout_indices
 from regimen.augment.cutout import CutOutMethod, cutout, cutout_boxes, cutout_mask
 from regimen.augment.flip import FlipMethod, alternating_flip_mask, flip_images, random_flip_mask
@@ -63,6 +63,7 @@ __all__ = [
     "apply_ops",
     "augmix",
     "augmix_params",
+    "jensen_shannon_consistency",
     "colout",
     "colout_indices",
     "cutmix",

@@ -21,20 +21,35 @@ four out. Geometric ops resample bilinearly like the reference.
 Vectorised: every chain position is one call of :func:`regimen.augment.apply_ops` with per-image ops and values
 (images that drew the same op are processed together); shorter chains are padded with Identity. The mixture is
 taken in [0, 1] pixel space, which equals the reference's mixing of normalised images (normalisation is affine and
-the weights sum to 1). The Jensen–Shannon consistency loss of the paper is not part of this method (see the report).
+the weights sum to 1).
+
+Jensen–Shannon consistency (``jsd = true``, the paper's Eq. 3, the reference's ``cifar.py``): each step trains on the
+clean image x and two independent AugMix views x₁, x₂ of it, one forward pass over the 3N images, and the loss
+
+    L = CE(p(y | x), y) + λ · JS(p; p₁; p₂),   λ = 12,
+    JS = ⅓ (KL(p ‖ M) + KL(p₁ ‖ M) + KL(p₂ ‖ M)),   M = (p + p₁ + p₂)/3
+
+(softmax probabilities, KL summed over classes and averaged over the batch; the reference clamps M to [1e-7, 1]
+before its log, and so does :func:`jensen_shannon_consistency`). The cross-entropy sees only the clean images. The
+batch (what later methods see) is then ``cat(x, x₁, x₂)`` with N targets: list ``augmix`` after every other method that
+transforms or selects rows of the batch (a mismatch is an error naming it); its ``forward_loss`` runs the model once on
+the 3N images and hands the clean logits on as the step's output (so training accuracy is that of the clean images).
+A step costs about three forward/backward passes of the batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from regimen.augment.randaugment import OPS, AugmentParams, apply_ops
 from regimen.method import Context, Method, register_method
 
-__all__ = ["AugMixMethod", "augmix", "augmix_params"]
+__all__ = ["AugMixMethod", "augmix", "augmix_params", "jensen_shannon_consistency"]
 
 _SAFE = ("AutoContrast", "Equalize", "Posterize", "Rotate", "Solarize", "ShearX", "ShearY", "TranslateX",
          "TranslateY")
@@ -124,6 +139,23 @@ def augmix(images: torch.Tensor, severity: float = 3, width: int = 3, depth: int
     return (1.0 - m) * x + m * mix
 
 
+def jensen_shannon_consistency(logits: Sequence[torch.Tensor], eps: float = 1e-7) -> torch.Tensor:
+    """``JS(p_1; …; p_K) = (1/K) Σ_k KL(p_k ‖ M)``, ``M = (1/K) Σ_k p_k``, ``p_k = softmax(logits_k)`` over the last
+    dimension, KL summed over classes and averaged over the batch; ``log M`` is taken of M clamped to [eps, 1] as the
+    AugMix reference does. ``logits``: K ≥ 2 tensors ``(N, C)`` of one shape."""
+    if isinstance(logits, torch.Tensor) or not isinstance(logits, Sequence) or len(logits) < 2:
+        raise ValueError("logits must be a sequence of at least 2 tensors (one per view)")
+    shape = logits[0].shape
+    if any(not isinstance(t, torch.Tensor) or t.shape != shape for t in logits) or len(shape) != 2:
+        raise ValueError(f"logits must be tensors (N, C) of one shape, got {[tuple(t.shape) for t in logits]}")
+    if not 0 < eps < 1:
+        raise ValueError(f"eps must be in (0, 1), got {eps!r}")
+    probs = [F.softmax(t.float(), dim=1) for t in logits]
+    log_mixture = torch.clamp(torch.stack(probs).mean(dim=0), eps, 1.0).log()
+    kl = [(torch.xlogy(p, p) - p * log_mixture).sum(dim=1).mean() for p in probs]
+    return torch.stack(kl).mean()
+
+
 @register_method
 class AugMixMethod(Method):
     """AugMix (Hendrycks 2020): each image mixed with ``width`` random op chains, severity sampled per op.
@@ -133,6 +165,8 @@ class AugMixMethod(Method):
         width: chains per image (paper: 3). depth: ops per chain, -1 for uniform 1-3 (paper).
         alpha: Dirichlet and Beta parameter (paper: 1).
         augmentation_set: ``"safe"`` (paper; disjoint from ImageNet-C) or ``"all"``.
+        jsd: train on the clean images and two AugMix views with the Jensen–Shannon consistency loss (paper).
+        jsd_weight: λ of the consistency term (paper: 12).
     """
 
     name = "augmix"
@@ -143,10 +177,51 @@ class AugMixMethod(Method):
     claimed_effect = "no_worse"
 
     def __init__(self, severity: float = 3, width: int = 3, depth: int = -1, alpha: float = 1.0,
-                 augmentation_set: Literal["safe", "all"] = "safe") -> None:
+                 augmentation_set: Literal["safe", "all"] = "safe", jsd: bool = False,
+                 jsd_weight: float = 12.0) -> None:
         _check(severity, width, depth, alpha, augmentation_set)
+        if not isinstance(jsd, bool):
+            raise TypeError(f"jsd must be true or false, got {jsd!r}")
+        if isinstance(jsd_weight, bool) or not isinstance(jsd_weight, int | float) or not jsd_weight > 0:
+            raise ValueError(f"jsd_weight must be > 0 (the paper's lambda = 12), got {jsd_weight!r}")
         self.severity, self.width, self.depth, self.alpha = severity, width, depth, float(alpha)
         self.augmentation_set = augmentation_set
+        self.jsd, self.jsd_weight = jsd, float(jsd_weight)
+
+    def overrides(self, hook: str) -> bool:
+        if hook == "forward_loss":  # the consistency loss only: without it AugMix is a batch transform alone
+            return self.jsd
+        return super().overrides(hook)
+
+    def _augmix(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        return augmix(x, self.severity, self.width, self.depth, self.alpha, self.augmentation_set, ctx.generator)
 
     def transform_batch(self, x: Any, y: Any, ctx: Context) -> tuple[Any, Any]:
-        return augmix(x, self.severity, self.width, self.depth, self.alpha, self.augmentation_set, ctx.generator), y
+        if not self.jsd:
+            return self._augmix(x, ctx), y
+        clean = x.float() / 255.0 if x.dtype == torch.uint8 else x
+        return torch.cat([clean, self._augmix(x, ctx), self._augmix(x, ctx)]), y
+
+    def forward_loss(self, model: Any, x: Any, y: Any, next: Any, ctx: Context):
+        if not self.jsd:
+            return next(model, x, y)
+        n = len(y)
+        if not isinstance(x, torch.Tensor) or x.shape[0] != 3 * n:
+            raise RuntimeError(f"augmix (jsd = true) expects the clean and two augmented views, 3 x {n} rows for {n} "
+                               f"targets, got {getattr(x, 'shape', None)}: a method listed after augmix changed the "
+                               "batch; list augmix after every method that transforms or selects its rows")
+        views: dict[str, torch.Tensor] = {}
+
+        def clean_logits(inputs: torch.Tensor) -> torch.Tensor:  # one pass over the 3N images; CE on the clean N
+            if inputs.shape[0] != 3 * n:
+                raise RuntimeError(f"augmix (jsd = true): a forward_loss method listed after augmix called the model "
+                                   f"on {inputs.shape[0]} rows, not the 3 x {n} views; list augmix after it")
+            views["all"] = model(inputs)
+            return views["all"][:n]
+
+        loss, output = next(clean_logits, x, y)
+        if "all" not in views:
+            raise RuntimeError("augmix (jsd = true): the model was not called on the batch by the methods after it")
+        consistency = jensen_shannon_consistency(views["all"].split(n))
+        self.log(ctx, "jsd", consistency)
+        return loss + self.jsd_weight * consistency, output

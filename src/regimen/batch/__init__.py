@@ -50,6 +50,7 @@ from regimen.batch.samplers import LengthBucketBatchSampler, TokenBudgetBatchSam
 from regimen.batch.scaling import LRScalingMethod, infer_scaling_rule, scale_lr, scale_optimizer_lr
 from regimen.batch.selective_backprop import (
     SelectiveBackpropMethod,
+    downsample_for_scoring,
     select_by_loss_percentile,
     selection_weights,
 )
@@ -134,6 +135,7 @@ __all__ = [
     "scale_lr",
     "scale_optimizer_lr",
     "select_by_loss_percentile",
+    "downsample_for_scoring",
     "select_high_loss",
     "selection_weights",
     "swa_lr_factor",

@@ -2,6 +2,7 @@
 
 from regimen.train.builtin import EMAMethod, ModelEMA, ema_update
 from regimen.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from regimen.train.optim import SGDW
 from regimen.train.recipe import Recipe, RecipeError, apply_overrides, load_recipe, parse_recipe
 from regimen.train.trainer import FitResult, evaluate, fit
 
@@ -12,6 +13,7 @@ __all__ = [
     "FitResult",
     "Recipe",
     "RecipeError",
+    "SGDW",
     "apply_overrides",
     "evaluate",
     "ema_update",

@@ -58,7 +58,7 @@ class ModelConfig(_Strict):
 
 
 class OptimConfig(_Strict):
-    name: Literal["sgd", "adamw", "lars", "lamb"] = "sgd"
+    name: Literal["sgd", "sgdw", "adamw", "lars", "lamb"] = "sgd"  # sgdw: decoupled weight decay (train/optim.py)
     lr: float = Field(0.1, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = False
@@ -93,6 +93,9 @@ class TrainConfig(_Strict):
     strategy: str = "auto"
     precision: str = "32-true"
     compile: bool = False  # torch.compile the model (the first steps pay the compilation)
+    channels_last: bool = False  # model and image batches in torch.channels_last (NHWC) memory format
+    # beside metrics.jsonl: Lightning's CSV / TensorBoard / MLflow loggers (regimen.train.loggers)
+    loggers: list[Literal["csv", "tensorboard", "mlflow"]] = Field(default_factory=list)
     threads: int | None = Field(None, gt=0)
     checkpoint_every: int = Field(1, ge=0)
     checkpoint_every_steps: int | None = Field(None, gt=0)

@@ -58,6 +58,9 @@ class ProgressSchedule:
         self.total = epochs
         self.mode = "stretch"
         self.initial_lrs = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:  # SGDW scales its decoupled decay by lr / initial_lr: the schedule's base
+            if "initial_lr" in group:
+                group["initial_lr"] = group["lr"]
         self.last_factor = 1.0
 
     def factor(self, progress: float) -> float:

@@ -53,6 +53,7 @@ from regimen.train.checkpoint import (
 )
 from regimen.train.launch import launch_fabric, launcher_rank, make_fabric
 from regimen.train.lock import check_run_folder_free, hold_run_folder
+from regimen.train.loggers import RunLoggers, check_loggers
 from regimen.train.optim import build_optimizer
 from regimen.train.recipe import Recipe, build_methods, parse_recipe, recipe_task
 from regimen.train.schedule import ProgressSchedule
@@ -124,6 +125,16 @@ def _compiled(model: nn.Module, enabled: bool) -> nn.Module:
     """``train.compile``: ``torch.compile(model)`` (Fabric unwraps it, wraps the plain module and compiles the wrapper,
     so ``raw_model`` and the checkpoint's state_dict keep the plain module's keys, without ``_orig_mod.``)."""
     return torch.compile(model) if enabled else model
+
+
+def _channels_last_inputs(normalize: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``train.channels_last``: the normalised 4-d batch in ``torch.channels_last`` memory format (same values)."""
+
+    def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+        x = normalize(x)
+        return x.contiguous(memory_format=torch.channels_last) if isinstance(x, torch.Tensor) and x.dim() == 4 else x
+
+    return to_channels_last
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -246,6 +257,7 @@ def fit(
         raise ValueError(f"stop_epoch must be >= 1, got {stop_epoch}")
     state = load_checkpoint(resume) if resume is not None else None
     out_path = Path(out_dir) if out_dir is not None else None
+    check_loggers(recipe.train.loggers, out_path)  # a missing package is refused before anything starts
     if out_path is not None:
         if launcher_rank(recipe.train.devices) == 0:  # before launching: another run writing there is refused now
             check_run_folder_free(out_path)
@@ -265,14 +277,18 @@ def _train(run: _Run, state: dict | None, resume: str | os.PathLike | None, out_
     """``fit``'s loop, once the processes are launched and the run folder is locked."""
     run.setup(state, str(resume))
     run.start_output(out_path, resumed=state is not None)
-    epochs = run.ctx.run.epochs
-    end = epochs if stop_epoch is None else min(stop_epoch, epochs)
-    for epoch in range(run.start_epoch, end):
-        record = run.train_epoch(epoch, out_path)
-        run.finish_epoch(record, out_path, force_checkpoint=epoch + 1 == end)
-    if end == epochs:
-        run.end_training()
-    return run.finish(out_path)
+    try:
+        epochs = run.ctx.run.epochs
+        end = epochs if stop_epoch is None else min(stop_epoch, epochs)
+        for epoch in range(run.start_epoch, end):
+            record = run.train_epoch(epoch, out_path)
+            run.finish_epoch(record, out_path, force_checkpoint=epoch + 1 == end)
+        if end == epochs:
+            run.end_training()
+        return run.finish(out_path)
+    finally:
+        if run.loggers is not None:  # a run that raised: the dashboards say so
+            run.loggers.finish(None, "failed")
 
 
 class _Run:
@@ -298,6 +314,7 @@ class _Run:
         self.time_to_target: float | None = None
         self.final_metrics: dict[str, float] = {}  # metrics of the exported model, after on_train_end
         self.end_logs: dict[str, float] = {}
+        self.loggers: RunLoggers | None = None  # train.loggers, rank 0 with an output folder
 
     # ------------------------------------------------------------------------------------------------------ setup
     def _build_model(self) -> tuple[nn.Module, dict[str, Any]]:
@@ -326,6 +343,11 @@ class _Run:
         self.hooks = _Hooks(self.methods)
         device = self.fabric.device
         self.normalize = task.normalizer(data, device)
+        if cfg.channels_last:  # every batch the model sees (training, evaluation, methods' scoring) in NHWC
+            if task.input_kind != "image":
+                raise ConfigurationError(f"train.channels_last is a memory format of image batches (N, C, H, W); "
+                                         f"task {recipe.task!r} has {task.input_kind} inputs")
+            self.normalize = _channels_last_inputs(self.normalize)
         self.loader = task.train_loader(data.train, cfg.batch_size, seed=recipe.seed, rank=self.rank,
                                         world_size=self.world_size, device=device)
         if len(self.loader) < cfg.accumulation:
@@ -347,6 +369,8 @@ class _Run:
         ctx.in_setup = False
         if state is not None:  # after setup: surgery has given the model its final structure
             load_model_state(ctx.model, state["model"], source)
+        if cfg.channels_last:  # 4-d weights (convolutions) in NHWC; the Parameter objects stay the optimizer's
+            ctx.model = ctx.model.to(memory_format=torch.channels_last)
         ctx.model, ctx.optimizer = self.fabric.setup(_compiled(ctx.model, cfg.compile), ctx.optimizer)
         self.raw_model = ctx.model.module if hasattr(ctx.model, "module") else ctx.model
         self.forward_loss = compose_forward_loss(self.methods, ctx)
@@ -439,6 +463,8 @@ class _Run:
             else:
                 (out_path / "metrics.jsonl").write_text("")
                 (out_path / "recipe.json").write_text(json.dumps(self.recipe.model_dump(), indent=2))
+            if self.cfg.loggers:
+                self.loggers = RunLoggers(self.cfg.loggers, out_path, self.recipe, self.history, resumed)
         self.params = sum(p.numel() for p in self.raw_model.parameters())
         model_name = (f"your {type(self.user_model).__name__}" if self.user_model is not None
                       else self.recipe.model.name or self.task.default_model)
@@ -590,6 +616,8 @@ class _Run:
         if self.rank == 0:
             with open(out_path / "metrics.jsonl", "a") as log_file:
                 log_file.write(json.dumps(record) + "\n")
+            if self.loggers is not None:
+                self.loggers.log_epoch(record)
         epoch = record["epoch"]
         if force_checkpoint or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0):
             self._save(out_path / "checkpoint.pt", epoch)
@@ -639,6 +667,8 @@ class _Run:
         summary = self._summary()
         if self.rank == 0 and out_path is not None:
             _write_atomic(out_path / "summary.json", json.dumps(summary, indent=2))
+        if self.loggers is not None:
+            self.loggers.finish(summary)
         key = self._primary_key()
         final, best = summary.get(f"final_{key}", math.nan), summary.get(f"best_{key}", math.nan)
         self.console.print(
