@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from regimen.tasks.base import Task, UnknownTaskError
 from regimen.tasks.classification import ClassificationTask, classification_criterion
+from regimen.tasks.flow_matching import FlowMatchingTask
 from regimen.tasks.image_classification import ImageClassificationTask
 from regimen.tasks.language_model import LanguageModelTask, lm_cross_entropy
 
 __all__ = [
     "ClassificationTask",
+    "FlowMatchingTask",
     "ImageClassificationTask",
     "LanguageModelTask",
     "Task",
@@ -66,3 +68,4 @@ def incompatibility(method_cls, task_cls: type[Task]) -> str | None:
 register_task(ClassificationTask)
 register_task(ImageClassificationTask)
 register_task(LanguageModelTask)
+register_task(FlowMatchingTask)
