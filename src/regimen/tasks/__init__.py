@@ -10,12 +10,14 @@ from regimen.tasks.classification import ClassificationTask, classification_crit
 from regimen.tasks.flow_matching import FlowMatchingTask
 from regimen.tasks.image_classification import ImageClassificationTask
 from regimen.tasks.language_model import LanguageModelTask, lm_cross_entropy
+from regimen.tasks.node_classification import NodeClassificationTask
 
 __all__ = [
     "ClassificationTask",
     "FlowMatchingTask",
     "ImageClassificationTask",
     "LanguageModelTask",
+    "NodeClassificationTask",
     "Task",
     "UnknownTaskError",
     "classification_criterion",
@@ -69,3 +71,4 @@ register_task(ClassificationTask)
 register_task(ImageClassificationTask)
 register_task(LanguageModelTask)
 register_task(FlowMatchingTask)
+register_task(NodeClassificationTask)
