@@ -9,8 +9,8 @@ large-batch limit) at vanilla-CFM cost::
 
 What regimen computes (documented departures): the weights are taken in the log domain and self-normalised over
 the batch, ``w̃_i = N · softmax_i(−c_i / ε)`` (so ``mean_i w̃_i = 1``): the raw kernel underflows to 0 in high
-dimension (64-d digits: c ≈ 130, so ε = 1 gives e^-130), and the normalisation only rescales the loss by a
-batch-dependent constant (the gradient direction within a batch is the paper's). The cost ``c`` is the squared
+dimension (64-d digits: the median cost is 108, so ε = 1 gives e^-108), and the normalisation only rescales the
+loss by a batch-dependent constant (the gradient direction within a batch is the paper's). The cost ``c`` is the squared
 Euclidean distance by default (entropic OT's usual cost; the paper's exact choice is not confirmed here),
 ``cost = "euclidean"`` takes the plain distance. ``ε`` is ``relative_epsilon`` × the median cost of the first
 training pairs (measured once in ``setup``, then fixed), or ``epsilon`` when given. Too small an ε tilts the
