@@ -6,10 +6,11 @@ Importing the package registers the Methods ``randaugment`` (:class:`RandAugment
 (:class:`MixMethod`: CutMix or MixUp per batch, timm's switch), ``augmix`` (:class:`AugMixMethod`), ``cutout``
 (:class:`CutOutMethod`), ``colout`` (:class:`ColOutMethod`), ``progressive_resizing``
 (:class:`ProgressiveResizingMethod`), ``aug_subset`` (:class:`AugSubsetMethod`), ``hflip`` (:class:`FlipMethod`:
-random or alternating horizontal flips) and ``tta_flip`` (:class:`TTAFlipMethod`: flip test-time augmentation). The
-Pillow-exact ops on batches are in :mod:`regimen.augment.functional`. The soft-target losses (``mixed_cross_entropy``
-for the pair form of CutMix/MixUp) live in :mod:`regimen.losses`; ``regimen.augment.mixed_cross_entropy`` is a
-deprecated alias.
+random or alternating horizontal flips), ``tta_flip`` (:class:`TTAFlipMethod`: flip test-time augmentation) and
+``lagnn`` (:class:`LAGNNMethod`: LA-GNN's CVAE-generated neighbour features for GCNs, task ``node_classification``).
+The Pillow-exact ops on batches are in :mod:`regimen.augment.functional`. The soft-target losses
+(``mixed_cross_entropy`` for the pair form of CutMix/MixUp) live in :mod:`regimen.losses`;
+``regimen.augment.mixed_cross_entropy`` is a deprecated alias.
 """
 
 from regimen._compat import deprecated_aliases
@@ -20,6 +21,14 @@ from regimen.augment.cutout import CutOutMethod, cutout, cutout_boxes, cutout_ma
 from regimen.augment.flip import FlipMethod, alternating_flip_mask, flip_images, random_flip_mask
 from regimen.augment.functional import OPS
 from regimen.augment.invertible import AugUndo, InvertibleAugment, invertible_augment
+from regimen.augment.local_augmentation import (
+    LAGNNMethod,
+    LocalAugmentedGCN,
+    NeighbourCVAE,
+    consistency_loss,
+    cvae_loss,
+    train_neighbour_cvae,
+)
 from regimen.augment.mix import CutMixMethod, MixMethod, MixUpMethod, cutmix, cutmix_boxes, mixup
 from regimen.augment.progressive_resizing import ProgressiveResizingMethod, progressive_scale, resize_batch
 from regimen.augment.randaugment import (
@@ -41,6 +50,12 @@ from regimen.augment.tta_flip import FlipTTA, TTAFlipMethod, flip_tta
 
 __all__ = [
     "OPS",
+    "LAGNNMethod",
+    "LocalAugmentedGCN",
+    "NeighbourCVAE",
+    "consistency_loss",
+    "cvae_loss",
+    "train_neighbour_cvae",
     "AugMixMethod",
     "AugSubsetMethod",
     "AugUndo",

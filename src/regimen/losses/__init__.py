@@ -6,15 +6,21 @@ and read-out, without the logits) and ``load_balance`` (the MoE load-balancing l
 Functional only (they need other model types): ``multi_similarity_loss`` + ``PKSampler`` (embedding models),
 ``s3im_loss`` (point-wise regression / neural fields).
 
+Flow matching (``task = "flow_matching"``): ``cfm_pairs``/``cfm_loss``/``integrate_flow`` (the CFM core), the methods
+``icfm`` (I-CFM's Gaussian path width), ``otcfm`` (minibatch exact-OT pairs) and ``wcfm`` (Gibbs-weighted pairs).
+
 Soft-target losses live here: ``soft_target_cross_entropy``, ``classification_loss`` (the trainer's default
 criterion), ``mixed_cross_entropy`` (CutMix/MixUp's pair form) and ``multi_sample_cross_entropy`` (multi-sample
 dropout's ``(K, N, C)`` logits, which the others refuse with a message naming it).
 """
 
+from regimen.losses.cfm import cfm_loss, cfm_pairs, integrate_flow, split_cfm_target
+from regimen.losses.icfm import ICFMMethod, add_path_noise
 from regimen.losses.linear_ce import LinearCrossEntropy, LinearCrossEntropyMethod, linear_cross_entropy
 from regimen.losses.load_balance import LoadBalanceAccumulator, LoadBalanceMethod, expert_counts, load_balancing_loss
 from regimen.losses.multisample import multi_sample_cross_entropy
 from regimen.losses.multisimilarity import MultiSimilarityLoss, PKSampler, multi_similarity_loss
+from regimen.losses.otcfm import OTCFMMethod, ot_pairing
 from regimen.losses.s3im import S3IM, gaussian_window, s3im_indices, s3im_loss, ssim
 from regimen.losses.soft_ce import (
     check_single_sample_logits,
@@ -22,9 +28,21 @@ from regimen.losses.soft_ce import (
     mixed_cross_entropy,
     soft_target_cross_entropy,
 )
+from regimen.losses.wcfm import WCFMMethod, gibbs_weights, pair_cost
 from regimen.losses.zloss import LogitZLoss, LogitZLossMethod, ZLoss, ZLossMethod, logit_z_loss, z_loss
 
 __all__ = [
+    "ICFMMethod",
+    "OTCFMMethod",
+    "WCFMMethod",
+    "add_path_noise",
+    "cfm_loss",
+    "cfm_pairs",
+    "gibbs_weights",
+    "integrate_flow",
+    "ot_pairing",
+    "pair_cost",
+    "split_cfm_target",
     "LinearCrossEntropy",
     "LinearCrossEntropyMethod",
     "LoadBalanceAccumulator",

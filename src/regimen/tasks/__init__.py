@@ -7,13 +7,17 @@ from __future__ import annotations
 
 from regimen.tasks.base import Task, UnknownTaskError
 from regimen.tasks.classification import ClassificationTask, classification_criterion
+from regimen.tasks.flow_matching import FlowMatchingTask
 from regimen.tasks.image_classification import ImageClassificationTask
 from regimen.tasks.language_model import LanguageModelTask, lm_cross_entropy
+from regimen.tasks.node_classification import NodeClassificationTask
 
 __all__ = [
     "ClassificationTask",
+    "FlowMatchingTask",
     "ImageClassificationTask",
     "LanguageModelTask",
+    "NodeClassificationTask",
     "Task",
     "UnknownTaskError",
     "classification_criterion",
@@ -66,3 +70,5 @@ def incompatibility(method_cls, task_cls: type[Task]) -> str | None:
 register_task(ClassificationTask)
 register_task(ImageClassificationTask)
 register_task(LanguageModelTask)
+register_task(FlowMatchingTask)
+register_task(NodeClassificationTask)
