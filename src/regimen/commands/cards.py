@@ -140,7 +140,8 @@ def render_card(cls, evidence: list[dict[str, Any]], all_names: list[str],
                                "forward_loss", "criterion", "optimizer_step", "training_step", "after_backward",
                                "after_step", "on_epoch_end", "eval_model", "on_train_end")
              if getattr(cls, hook) is not getattr(Method, hook)]
-    effect = {"better": "a higher primary metric than the same recipe without it",
+    effect = {"better": "a better primary metric (higher accuracy, lower loss or distance) than the same recipe "
+                        "without it",
               "no_worse": "the same primary metric (within a small margin) while buying memory, speed or size"
               }.get(cls.claimed_effect, "no stated effect on the primary metric")
     lines = [
