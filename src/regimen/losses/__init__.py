@@ -9,13 +9,15 @@ Functional only (they need other model types): ``multi_similarity_loss`` + ``PKS
 Soft-target losses live here: ``soft_target_cross_entropy``, ``classification_loss`` (the trainer's default
 criterion), ``mixed_cross_entropy`` (CutMix/MixUp's pair form) and ``multi_sample_cross_entropy`` (multi-sample
 dropout's ``(K, N, C)`` logits, which the others refuse with a message naming it).
+
+``s3im`` (:class:`S3IMMethod`) adds the S3IM loss to a point-wise criterion (``task = "neural_field"``).
 """
 
 from regimen.losses.linear_ce import LinearCrossEntropy, LinearCrossEntropyMethod, linear_cross_entropy
 from regimen.losses.load_balance import LoadBalanceAccumulator, LoadBalanceMethod, expert_counts, load_balancing_loss
 from regimen.losses.multisample import multi_sample_cross_entropy
 from regimen.losses.multisimilarity import MultiSimilarityLoss, PKSampler, multi_similarity_loss
-from regimen.losses.s3im import S3IM, gaussian_window, s3im_indices, s3im_loss, ssim
+from regimen.losses.s3im import S3IM, S3IMMethod, gaussian_window, s3im_indices, s3im_loss, ssim
 from regimen.losses.soft_ce import (
     check_single_sample_logits,
     classification_loss,
@@ -34,6 +36,7 @@ __all__ = [
     "MultiSimilarityLoss",
     "PKSampler",
     "S3IM",
+    "S3IMMethod",
     "ZLoss",
     "ZLossMethod",
     "check_single_sample_logits",

@@ -2,6 +2,7 @@
 
 from regimen.models.copying import copy_module
 from regimen.models.factory import build_model
+from regimen.models.field import CoordinateMLP, FourierFeatures
 from regimen.models.gpt import GPT, LMHead, TokenEmbedding
 from regimen.models.mlp import MLP
 from regimen.models.resnet import BasicBlock, ResNet, resnet
@@ -11,6 +12,7 @@ from regimen.models.transformer import CausalSelfAttention, FeedForward, MoEFeed
 from regimen.models.vit import PatchEmbedding, ViT, ViTHead
 
 __all__ = ["BasicBlock", "CausalSelfAttention", "ClassifierHead", "FeedForward", "GPT", "LMHead", "MLP",
+           "CoordinateMLP", "FourierFeatures",
            "MoEFeedForward", "PatchEmbedding", "PatchWhitening2d", "ResNet", "SpeedNet", "StagedModel",
            "TokenEmbedding", "TransformerBlock", "ViT", "ViTHead", "build_model", "copy_module", "image_patches",
            "patch_whitening", "resnet"]

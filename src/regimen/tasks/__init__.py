@@ -9,15 +9,19 @@ from regimen.tasks.base import Task, UnknownTaskError
 from regimen.tasks.classification import ClassificationTask, classification_criterion
 from regimen.tasks.image_classification import ImageClassificationTask
 from regimen.tasks.language_model import LanguageModelTask, lm_cross_entropy
+from regimen.tasks.neural_field import NeuralFieldTask, field_mse, image_ssim
 
 __all__ = [
     "ClassificationTask",
     "ImageClassificationTask",
     "LanguageModelTask",
+    "NeuralFieldTask",
     "Task",
     "UnknownTaskError",
     "classification_criterion",
+    "field_mse",
     "get_task",
+    "image_ssim",
     "incompatibility",
     "list_tasks",
     "lm_cross_entropy",
@@ -66,3 +70,4 @@ def incompatibility(method_cls, task_cls: type[Task]) -> str | None:
 register_task(ClassificationTask)
 register_task(ImageClassificationTask)
 register_task(LanguageModelTask)
+register_task(NeuralFieldTask)
