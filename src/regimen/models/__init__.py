@@ -6,13 +6,14 @@ from regimen.models.field import CoordinateMLP, FourierFeatures
 from regimen.models.gpt import GPT, LMHead, TokenEmbedding
 from regimen.models.mlp import MLP
 from regimen.models.resnet import BasicBlock, ResNet, resnet
+from regimen.models.sequence import RecurrentEncoder, SequenceRNN, StepEmbedding
 from regimen.models.speednet import PatchWhitening2d, SpeedNet, image_patches, patch_whitening
 from regimen.models.staged import ClassifierHead, StagedModel
 from regimen.models.transformer import CausalSelfAttention, FeedForward, MoEFeedForward, TransformerBlock
 from regimen.models.vit import PatchEmbedding, ViT, ViTHead
 
 __all__ = ["BasicBlock", "CausalSelfAttention", "ClassifierHead", "FeedForward", "GPT", "LMHead", "MLP",
-           "CoordinateMLP", "FourierFeatures",
+           "CoordinateMLP", "FourierFeatures", "RecurrentEncoder", "SequenceRNN", "StepEmbedding",
            "MoEFeedForward", "PatchEmbedding", "PatchWhitening2d", "ResNet", "SpeedNet", "StagedModel",
            "TokenEmbedding", "TransformerBlock", "ViT", "ViTHead", "build_model", "copy_module", "image_patches",
            "patch_whitening", "resnet"]

@@ -10,15 +10,18 @@ from regimen.tasks.classification import ClassificationTask, classification_crit
 from regimen.tasks.image_classification import ImageClassificationTask
 from regimen.tasks.language_model import LanguageModelTask, lm_cross_entropy
 from regimen.tasks.neural_field import NeuralFieldTask, field_mse, image_ssim
+from regimen.tasks.sequence_classification import SequenceClassificationTask, expected_calibration_error
 
 __all__ = [
     "ClassificationTask",
     "ImageClassificationTask",
     "LanguageModelTask",
     "NeuralFieldTask",
+    "SequenceClassificationTask",
     "Task",
     "UnknownTaskError",
     "classification_criterion",
+    "expected_calibration_error",
     "field_mse",
     "get_task",
     "image_ssim",
@@ -71,3 +74,4 @@ register_task(ClassificationTask)
 register_task(ImageClassificationTask)
 register_task(LanguageModelTask)
 register_task(NeuralFieldTask)
+register_task(SequenceClassificationTask)
