@@ -15,8 +15,8 @@ peak-memory ratios against the base run of the same seed, and a verdict on the m
 
 Every run is a fresh ``regimen train`` process (honest peak memory), written to ``OUT/runs/<arm>-seed<s>``; a run
 whose ``summary.json`` exists is never redone, so a killed study continues where it stopped, and more seeds or new
-methods extend a study (a changed base recipe, first seed or arm recipe is another study, and is refused). Runs go to a pool of
-local processes, or to Ray tasks (``executor="ray"``), which return the run's files to this machine, so a Ray
+methods extend a study (a changed base recipe, first seed or arm recipe is another study, and is refused). Runs go to a
+pool of local processes, or to Ray tasks (``executor="ray"``), which return the run's files to this machine, so a Ray
 cluster's nodes need no shared file system.
 """
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -247,7 +248,7 @@ def _spec_dict(spec: StudySpec) -> dict[str, Any]:
 
 def _command_line() -> str:
     argv = sys.argv[1:] if Path(sys.argv[0]).name in ("regimen", "__main__.py") else []
-    return "regimen " + " ".join(argv) if argv else ""
+    return "regimen " + shlex.join(argv) if argv else ""  # quoted: a title with spaces can be pasted back
 
 
 def _slug(label: str) -> str:
