@@ -36,12 +36,14 @@ def score(model, x, y) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--models", nargs="+", default=["baseline", "temporal_dropout"],
+                        help="shipped sequence/ recipes to train and score (+ MC inference for those with dropout)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
     for seed in args.seeds:
         models = {}
-        for name in ("baseline", "temporal_dropout"):
+        for name in args.models:
             recipe = load_recipe(f"sequence/{name}", [f"seed={seed}"])
             models[name] = fit(recipe).model.eval()
         task = SequenceClassificationTask(recipe)
@@ -52,14 +54,16 @@ def main() -> None:
             generator = torch.Generator().manual_seed(1000 + seed)
             keep = (torch.rand(x.shape[0], x.shape[1], 1, generator=generator) >= missing).float()
             masked = x * keep
-            arms = {"baseline": models["baseline"], "temporal_dropout": models["temporal_dropout"],
-                    "temporal_dropout+mc": MCDropoutClassifier(models["temporal_dropout"], 10, seed=seed)}
+            arms = dict(models)
+            for name, model in models.items():
+                if name != "baseline":
+                    arms[f"{name}+mc"] = MCDropoutClassifier(model, 10, seed=seed)
             for arm, model in arms.items():
                 row = {"seed": seed, "arm": arm, "missing": missing, **score(model, masked, y)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print("| arm | missing | acc | NLL | ECE |\n|---|---|---|---|---|")
-    for arm in ("baseline", "temporal_dropout", "temporal_dropout+mc"):
+    for arm in dict.fromkeys(r["arm"] for r in rows):
         for missing in MISSING:
             chosen = [r for r in rows if r["arm"] == arm and r["missing"] == missing]
             cells = []
