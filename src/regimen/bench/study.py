@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -247,7 +248,7 @@ def _spec_dict(spec: StudySpec) -> dict[str, Any]:
 
 def _command_line() -> str:
     argv = sys.argv[1:] if Path(sys.argv[0]).name in ("regimen", "__main__.py") else []
-    return "regimen " + " ".join(argv) if argv else ""
+    return "regimen " + shlex.join(argv) if argv else ""  # quoted: a title with spaces can be pasted back
 
 
 def _slug(label: str) -> str:

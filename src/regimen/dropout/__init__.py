@@ -2,7 +2,9 @@
 
 Importing this package registers the recipe methods ``multi_sample_dropout`` (:class:`MultiSampleDropoutMethod`),
 ``drop_path`` (:class:`DropPathMethod`), ``dropblock`` (:class:`DropBlockMethod`) and ``gyro_dropout``
-(:class:`GyroDropoutMethod`).
+(:class:`GyroDropoutMethod`); for sequences ``temporal_dropout`` (:class:`TemporalDropoutMethod`),
+``concrete_temporal_dropout`` (:class:`ConcreteTemporalDropoutMethod`), and ``mc_inference``
+(:class:`MCInferenceMethod`: Monte-Carlo dropout at evaluation).
 
 Surgery works on any model: by names the user gives (``blocks=``/``branches=``, ``modules=``, ``module=``) or by
 convention (a residual block has a ``drop_path`` child, timm's convention; the head is ``stages[-1]`` or a child
@@ -10,7 +12,12 @@ convention (a residual block has a ``drop_path`` child, timm's convention; the h
 """
 
 from regimen._compat import deprecated_aliases
-from regimen.dropout.concrete import ConcreteTemporalDropout, concrete_dropout_mask
+from regimen.dropout.concrete import (
+    ConcreteTemporalDropout,
+    ConcreteTemporalDropoutMethod,
+    apply_concrete_temporal_dropout,
+    concrete_dropout_mask,
+)
 from regimen.dropout.dropblock import (
     DropBlock2d,
     DropBlockMethod,
@@ -29,7 +36,13 @@ from regimen.dropout.droppath import (
     drop_path_rates,
 )
 from regimen.dropout.gyro import GyroDropout, GyroDropoutMethod, apply_gyro_dropout, gyro_group_index
-from regimen.dropout.mc import is_mc_dropout_layer, mc_dropout_mode, mc_predict
+from regimen.dropout.mc import (
+    MCDropoutClassifier,
+    MCInferenceMethod,
+    is_mc_dropout_layer,
+    mc_dropout_mode,
+    mc_predict,
+)
 from regimen.dropout.multisample import (
     HEAD_NAMES,
     INNER_MODEL_NAMES,
@@ -41,13 +54,21 @@ from regimen.dropout.multisample import (
     multi_sample_dropout_masks,
 )
 from regimen.dropout.nested import NestedDropout, nested_dropout, nested_dropout_index
-from regimen.dropout.temporal import TemporalDropout, temporal_dropout, time_step_mask_shape
+from regimen.dropout.temporal import (
+    TemporalDropout,
+    TemporalDropoutMethod,
+    apply_temporal_dropout,
+    temporal_dropout,
+    time_dropout_slots,
+    time_step_mask_shape,
+)
 from regimen.models import BasicBlock  # noqa: F401 - target of the deprecated DropPathBasicBlock alias
 
 __all__ = [
     "HEAD_NAMES",
     "INNER_MODEL_NAMES",
     "ConcreteTemporalDropout",
+    "ConcreteTemporalDropoutMethod",
     "DropBlock2d",
     "DropBlockMethod",
     "DropBlockOutput",
@@ -56,14 +77,19 @@ __all__ = [
     "DropPathMethod",
     "GyroDropout",
     "GyroDropoutMethod",
+    "MCDropoutClassifier",
+    "MCInferenceMethod",
     "MultiSampleDropout",
     "MultiSampleDropoutMethod",
     "NestedDropout",
     "TemporalDropout",
+    "TemporalDropoutMethod",
+    "apply_concrete_temporal_dropout",
     "apply_drop_path",
     "apply_dropblock",
     "apply_gyro_dropout",
     "apply_multi_sample_dropout",
+    "apply_temporal_dropout",
     "concrete_dropout_mask",
     "default_dropblock_targets",
     "default_head",
@@ -80,6 +106,7 @@ __all__ = [
     "nested_dropout",
     "nested_dropout_index",
     "temporal_dropout",
+    "time_dropout_slots",
     "time_step_mask_shape",
 ]
 

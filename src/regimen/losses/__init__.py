@@ -12,6 +12,8 @@ Flow matching (``task = "flow_matching"``): ``cfm_pairs``/``cfm_loss``/``integra
 Soft-target losses live here: ``soft_target_cross_entropy``, ``classification_loss`` (the trainer's default
 criterion), ``mixed_cross_entropy`` (CutMix/MixUp's pair form) and ``multi_sample_cross_entropy`` (multi-sample
 dropout's ``(K, N, C)`` logits, which the others refuse with a message naming it).
+
+``s3im`` (:class:`S3IMMethod`) adds the S3IM loss to a point-wise criterion (``task = "neural_field"``).
 """
 
 from regimen.losses.cfm import cfm_loss, cfm_pairs, integrate_flow, split_cfm_target
@@ -21,7 +23,7 @@ from regimen.losses.load_balance import LoadBalanceAccumulator, LoadBalanceMetho
 from regimen.losses.multisample import multi_sample_cross_entropy
 from regimen.losses.multisimilarity import MultiSimilarityLoss, PKSampler, multi_similarity_loss
 from regimen.losses.otcfm import OTCFMMethod, ot_pairing
-from regimen.losses.s3im import S3IM, gaussian_window, s3im_indices, s3im_loss, ssim
+from regimen.losses.s3im import S3IM, S3IMMethod, gaussian_window, s3im_indices, s3im_loss, ssim
 from regimen.losses.soft_ce import (
     check_single_sample_logits,
     classification_loss,
@@ -52,6 +54,7 @@ __all__ = [
     "MultiSimilarityLoss",
     "PKSampler",
     "S3IM",
+    "S3IMMethod",
     "ZLoss",
     "ZLossMethod",
     "check_single_sample_logits",

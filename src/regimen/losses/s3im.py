@@ -14,19 +14,27 @@ SSIM details follow the authors' reference implementation so numbers are compara
 ``kernel`` with σ = 1.5 centred at index ``kernel // 2``, zero padding ``(kernel − 1) // 2``, convolution stride
 ``stride``, constants C1 = 0.01², C2 = 0.03² (values in [0, 1]), mean over the SSIM map.
 
+Trainer method: ``s3im`` (:class:`S3IMMethod`) adds ``weight · s3im_loss`` to the task's criterion for tasks with
+point-wise ``values`` targets (``task = "neural_field"``); the reference's weight is 1.0 at a batch of 4096 rays.
+
 Pitfalls handled: the first repeat is the un-permuted batch (as in the reference); N must be divisible by
 ``patch_height`` (clear error otherwise, instead of a reshape failure); permutations come from a
-``torch.Generator`` and are drawn in one call (no Python loop over repeats); any channel count C works. This loss
-needs a point-wise regression model, so it has no trainer Method (functional + Module only).
+``torch.Generator`` and are drawn in one call (no Python loop over repeats); any channel count C works. In the
+trainer a batch that is not a multiple of ``patch_height`` uses its first ``N − N mod patch_height`` points (the
+batch is in random order, so they are a random subset); a batch smaller than ``patch_height`` is refused.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["S3IM", "gaussian_window", "s3im_indices", "s3im_loss", "ssim"]
+from regimen.method import Context, Method, register_method
+
+__all__ = ["S3IM", "S3IMMethod", "gaussian_window", "s3im_indices", "s3im_loss", "ssim"]
 
 _C1 = 0.01**2
 _C2 = 0.03**2
@@ -137,3 +145,59 @@ class S3IM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"repeats={self.repeats}, kernel={self.kernel}, stride={self.stride}, patch_height={self.patch_height}"
+
+
+@register_method
+class S3IMMethod(Method):
+    """Add S3IM to a point-wise loss: ``next(output, target) + weight · s3im_loss(output, target)`` (neural fields).
+
+    A ``criterion`` link: the stochastic virtual patches are built from the batch's predictions and targets
+    ``(N, C)`` with permutations drawn from ``ctx.generator``; the loss of a ``reduction="none"`` call gets the
+    (batch-level) S3IM term on every row, a ``"sum"`` call ``N`` times it, so each reduction's mean is the same.
+    Logs ``s3im/value`` (the last ``1 − SSIM``).
+
+    Args:
+        weight: λ, the S3IM term's weight (reference: 1.0).
+        repeats: M, copies of the batch in the virtual image (reference: 10).
+        kernel: SSIM window (reference: 4). stride: its stride (reference: 4).
+        patch_height: rows of the virtual image (reference: 64).
+    """
+
+    name = "s3im"
+    paper_id = "arXiv:2308.07032"
+    claim = ("adding S3IM (1 - SSIM of stochastic virtual patches of the batch) to the point-wise MSE improves "
+             "neural fields' held-out quality (test MSE down >90 % for TensoRF/DVGO) nearly for free")
+    claimed_effect = "better"
+    targets = ("values",)
+
+    def __init__(self, weight: float = 1.0, repeats: int = 10, kernel: int = 4, stride: int = 4,
+                 patch_height: int = 64) -> None:
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0:
+            raise ValueError(f"s3im: weight must be a number >= 0, got {weight!r}")
+        for key, value in (("repeats", repeats), ("kernel", kernel), ("stride", stride),
+                           ("patch_height", patch_height)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"s3im: {key} must be an int >= 1, got {value!r}")
+        self.weight, self.repeats, self.kernel, self.stride = float(weight), repeats, kernel, stride
+        self.patch_height = patch_height
+
+    def setup(self, ctx: Context) -> None:
+        if ctx.run.per_device_batch < self.patch_height:
+            raise ValueError(f"train.batch_size = {ctx.run.per_device_batch} is smaller than patch_height = "
+                             f"{self.patch_height}; S3IM needs at least one column of the virtual image")
+
+    def criterion(self, output: torch.Tensor, target: torch.Tensor, next, ctx: Context,
+                  reduction: str = "mean") -> torch.Tensor:
+        base = next(output, target, reduction=reduction)
+        n = output.shape[0]
+        usable = n - n % self.patch_height
+        if usable < self.patch_height:
+            raise ValueError(f"s3im: a batch of {n} points is smaller than patch_height = {self.patch_height}")
+        term = s3im_loss(output[:usable].float(), target[:usable].float(), self.repeats, self.kernel, self.stride,
+                         self.patch_height, ctx.generator)
+        with contextlib.suppress(RuntimeError):  # no value to log inside a torch.func transform
+            self.log(ctx, "value", term.detach())
+        term = self.weight * term
+        if reduction == "sum":
+            term = term * n
+        return base + term

@@ -10,7 +10,9 @@ from regimen.tasks.classification import ClassificationTask, classification_crit
 from regimen.tasks.flow_matching import FlowMatchingTask
 from regimen.tasks.image_classification import ImageClassificationTask
 from regimen.tasks.language_model import LanguageModelTask, lm_cross_entropy
+from regimen.tasks.neural_field import NeuralFieldTask, field_mse, image_ssim
 from regimen.tasks.node_classification import NodeClassificationTask
+from regimen.tasks.sequence_classification import SequenceClassificationTask, expected_calibration_error
 
 __all__ = [
     "ClassificationTask",
@@ -18,10 +20,15 @@ __all__ = [
     "ImageClassificationTask",
     "LanguageModelTask",
     "NodeClassificationTask",
+    "NeuralFieldTask",
+    "SequenceClassificationTask",
     "Task",
     "UnknownTaskError",
     "classification_criterion",
+    "expected_calibration_error",
+    "field_mse",
     "get_task",
+    "image_ssim",
     "incompatibility",
     "list_tasks",
     "lm_cross_entropy",
@@ -72,3 +79,5 @@ register_task(ImageClassificationTask)
 register_task(LanguageModelTask)
 register_task(FlowMatchingTask)
 register_task(NodeClassificationTask)
+register_task(NeuralFieldTask)
+register_task(SequenceClassificationTask)
