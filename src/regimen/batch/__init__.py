@@ -7,7 +7,7 @@ clipping.
 Importing this package registers the recipe methods ``lr_scaling``, ``ghost_bn``, ``regime_adaptation``,
 ``weight_std``, ``adaptive_batch``, ``high_loss_batches``, ``sam``, ``swa``, ``selective_backprop``,
 ``blurpool``, ``squeeze_excite``, ``layer_freezing``, ``gradient_clipping``, and for language models
-``seq_length_warmup`` and ``mup``.
+``seq_length_warmup`` and ``mup``; wave 2: ``batchformer``.
 """
 
 from regimen._compat import deprecated_aliases
@@ -17,6 +17,13 @@ from regimen.batch.adaptive import (
     norm_test,
     norm_test_from_sums,
     per_sample_gradients,
+)
+from regimen.batch.batchformer import (
+    BatchFormer,
+    BatchFormerHead,
+    BatchFormerMethod,
+    apply_batchformer,
+    batch_former,
 )
 from regimen.batch.blurpool import (
     BlurConv2d,
@@ -72,6 +79,11 @@ from regimen.batch.weight_std import (
 )
 
 __all__ = [
+    "BatchFormer",
+    "BatchFormerHead",
+    "BatchFormerMethod",
+    "apply_batchformer",
+    "batch_former",
     "MuPMethod",
     "apply_mup",
     "mup_hidden_parameters",

@@ -2,7 +2,8 @@
 
 Trainer methods registered here: ``z_loss`` (spherical Z-loss replaces cross-entropy), ``logit_z_loss``
 (adds the (log Σ e^o)² regulariser to the criterion), ``linear_ce`` (a language model's loss from its hidden states
-and read-out, without the logits) and ``load_balance`` (the MoE load-balancing loss over the global batch).
+and read-out, without the logits) and ``load_balance`` (the MoE load-balancing loss over the global batch), ``comp_sum`` (the comp-sum τ family:
+sum-exponential, cross-entropy, GCE, MAE, instead of cross-entropy).
 Functional only (they need other model types): ``multi_similarity_loss`` + ``PKSampler`` (embedding models),
 ``s3im_loss`` (point-wise regression / neural fields).
 
@@ -11,6 +12,7 @@ criterion), ``mixed_cross_entropy`` (CutMix/MixUp's pair form) and ``multi_sampl
 dropout's ``(K, N, C)`` logits, which the others refuse with a message naming it).
 """
 
+from regimen.losses.comp_sum import CompSumLoss, CompSumLossMethod, comp_sum_loss, comp_sum_phi
 from regimen.losses.linear_ce import LinearCrossEntropy, LinearCrossEntropyMethod, linear_cross_entropy
 from regimen.losses.load_balance import LoadBalanceAccumulator, LoadBalanceMethod, expert_counts, load_balancing_loss
 from regimen.losses.multisample import multi_sample_cross_entropy
@@ -25,6 +27,10 @@ from regimen.losses.soft_ce import (
 from regimen.losses.zloss import LogitZLoss, LogitZLossMethod, ZLoss, ZLossMethod, logit_z_loss, z_loss
 
 __all__ = [
+    "CompSumLoss",
+    "CompSumLossMethod",
+    "comp_sum_loss",
+    "comp_sum_phi",
     "LinearCrossEntropy",
     "LinearCrossEntropyMethod",
     "LoadBalanceAccumulator",
