@@ -54,7 +54,8 @@ def batch_former(features: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     """``X' = layer(X)`` with the N rows of ``features (N, C)`` as *one sequence* of N tokens.
 
     ``layer`` is an ``nn.TransformerEncoderLayer`` (or any module with its call convention); its ``batch_first``
-    flag (on ``layer.self_attn`` for torch's layer) says where the sequence dimension is, so the attention runs over the batch whatever its value.
+    flag (on ``layer.self_attn`` for torch's layer) says where the sequence dimension is, so the attention runs over
+    the batch whatever its value.
     """
     if not isinstance(features, torch.Tensor) or not features.is_floating_point():
         raise TypeError(f"features must be a floating tensor, got {getattr(features, 'dtype', type(features))}")

@@ -2,8 +2,8 @@
 
 Trainer methods registered here: ``z_loss`` (spherical Z-loss replaces cross-entropy), ``logit_z_loss``
 (adds the (log Σ e^o)² regulariser to the criterion), ``linear_ce`` (a language model's loss from its hidden states
-and read-out, without the logits) and ``load_balance`` (the MoE load-balancing loss over the global batch), ``comp_sum`` (the comp-sum τ family:
-sum-exponential, cross-entropy, GCE, MAE, instead of cross-entropy).
+and read-out, without the logits), ``load_balance`` (the MoE load-balancing loss over the global batch) and
+``comp_sum`` (the comp-sum τ family: sum-exponential, cross-entropy, GCE, MAE, instead of cross-entropy).
 Functional only (they need other model types): ``multi_similarity_loss`` + ``PKSampler`` (embedding models),
 ``s3im_loss`` (point-wise regression / neural fields).
 
