@@ -7,7 +7,7 @@ clipping.
 Importing this package registers the recipe methods ``lr_scaling``, ``ghost_bn``, ``regime_adaptation``,
 ``weight_std``, ``adaptive_batch``, ``high_loss_batches``, ``sam``, ``swa``, ``selective_backprop``,
 ``blurpool``, ``squeeze_excite``, ``layer_freezing``, ``gradient_clipping``, and for language models
-``seq_length_warmup`` and ``mup``; wave 2: ``batchformer``.
+``seq_length_warmup`` and ``mup``; wave 2: ``batchformer``, ``lanczos_lr``.
 """
 
 from regimen._compat import deprecated_aliases
@@ -48,6 +48,13 @@ from regimen.batch.hard_batches import (
     select_high_loss,
 )
 from regimen.batch.lamb import LAMB
+from regimen.batch.lanczos_lr import (
+    LanczosLRMethod,
+    hessian_vector_product,
+    lanczos,
+    lanczos_step_size,
+    top_hessian_eigenvalues,
+)
 from regimen.batch.lars import LARS, excluded_from_trust_ratio
 from regimen.batch.layer_freezing import LayerFreezingMethod, freezable_layers, frozen_layer_count
 from regimen.batch.mup import MuPMethod, apply_mup, mup_hidden_parameters
@@ -79,6 +86,11 @@ from regimen.batch.weight_std import (
 )
 
 __all__ = [
+    "LanczosLRMethod",
+    "hessian_vector_product",
+    "lanczos",
+    "lanczos_step_size",
+    "top_hessian_eigenvalues",
     "BatchFormer",
     "BatchFormerHead",
     "BatchFormerMethod",
