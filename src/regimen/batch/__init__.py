@@ -7,7 +7,7 @@ clipping.
 Importing this package registers the recipe methods ``lr_scaling``, ``ghost_bn``, ``regime_adaptation``,
 ``weight_std``, ``adaptive_batch``, ``high_loss_batches``, ``sam``, ``swa``, ``selective_backprop``,
 ``blurpool``, ``squeeze_excite``, ``layer_freezing``, ``gradient_clipping``, and for language models
-``seq_length_warmup`` and ``mup``; wave 2: ``batchformer``, ``lanczos_lr``.
+``seq_length_warmup`` and ``mup``; wave 2: ``batchformer``, ``lanczos_lr``, ``agvm``.
 """
 
 from regimen._compat import deprecated_aliases
@@ -18,6 +18,7 @@ from regimen.batch.adaptive import (
     norm_test_from_sums,
     per_sample_gradients,
 )
+from regimen.batch.agvm import AGVM, AGVMMethod, agvm_factors, gradient_variance_proxy, module_group_of
 from regimen.batch.batchformer import (
     BatchFormer,
     BatchFormerHead,
@@ -86,6 +87,11 @@ from regimen.batch.weight_std import (
 )
 
 __all__ = [
+    "AGVM",
+    "AGVMMethod",
+    "agvm_factors",
+    "gradient_variance_proxy",
+    "module_group_of",
     "LanczosLRMethod",
     "hessian_vector_product",
     "lanczos",
