@@ -1,7 +1,8 @@
 """AGVM: adaptive gradient variance modulator for large-batch training of multi-module (dense-prediction) models.
 
-Paper: Zeyue Xue, Jianming Liang, Guanglu Song, Zhuofan Zong, Liang Chen, Yu Liu & Ping Luo, "Large-batch Optimization for Dense Visual
-Predictions", NeurIPS 2022, arXiv 2210.11078 (reference code: Sense-X/AGVM, ``agvm/optim/agvm_optimizer_hook.py``).
+Paper: Zeyue Xue, Jianming Liang, Guanglu Song, Zhuofan Zong, Liang Chen, Yu Liu & Ping Luo, "Large-batch
+Optimization for Dense Visual Predictions", NeurIPS 2022, arXiv 2210.11078 (reference code: Sense-X/AGVM,
+``agvm/optim/agvm_optimizer_hook.py``).
 
 A detector's modules (backbone, neck, heads) see gradients of very different variance at large batch; AGVM rescales
 each module group's learning rate so that its variance proxy matches the reference group's (the backbone)::
@@ -125,7 +126,7 @@ class AGVM:
         self.momentum, self.low, self.high = float(momentum), float(low), float(high)
         group_of = {id(p): module_group_of(n, self.prefixes) for n, p in model.named_parameters()}
         self.params: list[list[torch.Tensor]] = [[] for _ in self.prefixes]
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad and group_of[id(p)] is not None:
                 self.params[group_of[id(p)]].append(p)
         split: list[dict[str, Any]] = []
