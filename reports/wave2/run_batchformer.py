@@ -1,5 +1,6 @@
 """BatchFormer on long-tailed Fashion-MNIST: class c keeps n_max * 100^(-c/9) training images (imbalance 100);
-MLP 784-256-128-10 (the machine is shared: a CNN did not fit the time); balanced test set; accuracy overall and on the 3 rarest classes (7, 8, 9). CE vs CE + BatchFormer, paired seeds.
+MLP 784-256-128-10 (the machine is shared: a CNN did not fit the time); balanced test set; accuracy overall and
+on the 3 rarest classes (7, 8, 9). CE vs CE + BatchFormer, paired seeds.
 
 Run: cd WORKTREE && OMP_NUM_THREADS=1 PYTHONPATH=src python reports/wave2/run_batchformer.py \
     > reports/wave2/batchformer.json

@@ -7,7 +7,8 @@ clipping.
 Importing this package registers the recipe methods ``lr_scaling``, ``ghost_bn``, ``regime_adaptation``,
 ``weight_std``, ``adaptive_batch``, ``high_loss_batches``, ``sam``, ``swa``, ``selective_backprop``,
 ``blurpool``, ``squeeze_excite``, ``layer_freezing``, ``gradient_clipping``, and for language models
-``seq_length_warmup`` and ``mup``; wave 2: ``batchformer``, ``lanczos_lr``, ``agvm``.
+``seq_length_warmup`` and ``mup``; wave 2: ``batchformer``, ``lanczos_lr``, ``agvm``,
+``conadv``.
 """
 
 from regimen._compat import deprecated_aliases
@@ -41,6 +42,7 @@ from regimen.batch.ghost_bn import (
     apply_ghost_batch_norm,
     ghost_batch_norm,
 )
+from regimen.batch.conadv import ConAdvMethod, StaleCopy, random_other_labels, targeted_fgsm
 from regimen.batch.gradient_clipping import GradientClippingMethod, adaptive_clip_grad_, unitwise_norm
 from regimen.batch.hard_batches import (
     HighLossBatchesMethod,
@@ -87,6 +89,10 @@ from regimen.batch.weight_std import (
 )
 
 __all__ = [
+    "ConAdvMethod",
+    "StaleCopy",
+    "random_other_labels",
+    "targeted_fgsm",
     "AGVM",
     "AGVMMethod",
     "agvm_factors",
