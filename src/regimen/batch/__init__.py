@@ -35,6 +35,7 @@ from regimen.batch.blurpool import (
     blur_2d,
     blur_filter,
 )
+from regimen.batch.conadv import ConAdvMethod, StaleCopy, random_other_labels, targeted_fgsm
 from regimen.batch.ghost_bn import (
     GhostBatchNorm1d,
     GhostBatchNorm2d,
@@ -42,7 +43,6 @@ from regimen.batch.ghost_bn import (
     apply_ghost_batch_norm,
     ghost_batch_norm,
 )
-from regimen.batch.conadv import ConAdvMethod, StaleCopy, random_other_labels, targeted_fgsm
 from regimen.batch.gradient_clipping import GradientClippingMethod, adaptive_clip_grad_, unitwise_norm
 from regimen.batch.hard_batches import (
     HighLossBatchesMethod,
