@@ -86,8 +86,8 @@ def run(seed, batch, lr, use_agvm, data):
                 half = batch // 2
                 parts = (slice(0, half), slice(half, batch))
                 grads = agvm.half_gradients(
-                    lambda h, xb=xb, yb=yb, bb=bb, parts=parts: loss_of(model, xb[parts[h]], yb[parts[h]], bb[parts[h]]),
-                    model)
+                    lambda h, xb=xb, yb=yb, bb=bb, parts=parts: loss_of(model, xb[parts[h]], yb[parts[h]],
+                                                                        bb[parts[h]]), model)
                 agvm.update(grads[0], grads[1])
                 scales.append(list(agvm.scales))
             if agvm is not None:
