@@ -187,9 +187,9 @@ class AGVMMethod(Method):
     (1 − cos of two half-batch gradients) with the reference group's, applied only during the optimizer step.
 
     Args:
-        groups: module-name prefixes, the first the reference (e.g. ``["stages.0", "stages.1", "stages.2"]``);
-            ``None``: every stage but the head is the reference group and the head (``stages[-1]``) the other, for
-            staged models, else the model's top-level children.
+        groups: module-name prefixes, the first the reference (e.g. ``["backbone", "neck", "cls_head"]``);
+            ``None``: each stage of a staged model (``stages.0`` — the stem, the reference — ... ``stages.<k>``, the
+            head), else the model's top-level children with trainable parameters.
         interval: optimizer steps between factor updates (reference 5-10).
         start: first step that updates the factors (reference: after warm-up).
         momentum: smoothing of the factors (reference 0.97).
