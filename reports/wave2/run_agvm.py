@@ -20,7 +20,7 @@ from regimen.data import load_data
 
 SEEDS = [0, 1, 2]
 TRAIN, TEST, CANVAS, EPOCHS = 8000, 2000, 40, 6
-BOX_WEIGHT = 5.0
+BOX_WEIGHT = 1.0
 
 
 def canvases(images: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,9 +38,10 @@ class TwoHead(nn.Module):
     def __init__(self):
         super().__init__()
         self.backbone = nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
-                                      nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
+                                      nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU(),
+                                      nn.Conv2d(32, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU())
         self.neck = nn.Sequential(nn.Conv2d(32, 32, 1), nn.ReLU())
-        self.cls_head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+        self.cls_head = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(32, 10))
         self.box_head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 10 * 10, 4))
 
     def forward(self, x):
