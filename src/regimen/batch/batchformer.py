@@ -236,8 +236,9 @@ class BatchFormerMethod(Method):
     claimed_effect = "better"
     targets = ("labels",)
     inputs = ("image", "vector")
-    conflicts = ("multi_sample_dropout",)
-    constraint_reason = "both replace the classifier head's training output with a multi-row form"
+    conflicts = ("multi_sample_dropout", "nested_width")
+    constraint_reason = ("multi-sample dropout also replaces the head's training output with a multi-row form, and "
+                         "nested widths change the feature width the batch-axis layer is built for")
 
     def __init__(self, nhead: int = 4, dim_feedforward: int | None = None, dropout: float = 0.5,
                  lr_mult: float = 0.1, module: str | None = None) -> None:

@@ -19,8 +19,8 @@ attack sees the current weights; what ConAdv avoids computing serially).
 Pitfalls handled:
   * On one process the concurrency gives no speed-up; only the staleness is reproduced: a detached copy of the model
     (2× parameter memory) holds ``w_{t−1}``, refreshed from the live model just before each optimizer step; its
-    parameters take no gradient (only ∇_x is computed). Its BatchNorm statistics are the copy's own (the same
-    stale snapshot), and its forward uses batch statistics like the live training forward.
+    parameters take no gradient (only ∇_x is computed). The attack's forward runs in evaluation mode, so BatchNorm
+    uses the copy's own running statistics (the same stale snapshot) and train-only layers are off.
   * The attack runs in pixel space ``[0, 1]`` before the task's normalisation (``transform_batch``), so ε is in image
     units and the clip keeps valid images.
   * The reference also adds a second augmented view ``x_aug``; here the clean half is the batch as the recipe's
@@ -40,7 +40,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimen.batch.sam import frozen_bn_statistics
 from regimen.method import Context, Method, register_method
 
 __all__ = ["ConAdvMethod", "StaleCopy", "random_other_labels", "targeted_fgsm"]
@@ -166,13 +165,18 @@ class ConAdvMethod(Method):
             if self.stale is None:  # first step: the copy starts at the current weights
                 self.stale = StaleCopy(self._raw(ctx))
             attacker = self.stale.model
-            attacker.train(self._raw(ctx).training)
         target = random_other_labels(labels, ctx.run.num_classes, ctx.generator)
-        # the live model's running statistics must not see the attack's forward (the stale copy's are refreshed)
-        with frozen_bn_statistics(attacker):
+        # the attack runs in evaluation mode: BatchNorm normalises with the attacking weights' own running statistics
+        # (the stale copy's, refreshed with its weights), dropout is off, and train-only heads (BatchFormer,
+        # multi-sample dropout) give one row of logits per image
+        was_training = attacker.training
+        attacker.eval()
+        try:
             adversarial = targeted_fgsm(attacker, x, target, self.epsilon, self.step_size,
                                         random_start=self.random_start, generator=ctx.generator,
                                         normalize=ctx.normalize)
+        finally:
+            attacker.train(was_training)
         return torch.cat([x, adversarial.to(x.dtype)], dim=0), torch.cat([y, y], dim=0)
 
     def optimizer_step(self, closure: Callable[[], torch.Tensor], next: Callable, ctx: Context) -> None:

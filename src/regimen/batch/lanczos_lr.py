@@ -116,7 +116,8 @@ def top_hessian_eigenvalues(model: nn.Module, loss_fn: Callable[[nn.Module], tor
                             generator: torch.Generator | None = None) -> tuple[float, float]:
     """``(λ_max, λ_min)`` Ritz estimates of the Hessian of ``loss_fn(model)`` w.r.t. ``params`` (default: the trained
     parameters) by :func:`lanczos` with Hessian-vector products. BatchNorm running statistics are left unchanged;
-    the parameters' ``.grad`` is not touched."""
+    the parameters' ``.grad`` is not touched. Parameters the loss does not reach (auxiliary heads) are left out (their
+    rows of H are zero)."""
     params = list(_trained_params(model) if params is None else params)
     if not params:
         raise ValueError("the model has no trainable parameters")
@@ -124,7 +125,11 @@ def top_hessian_eigenvalues(model: nn.Module, loss_fn: Callable[[nn.Module], tor
         loss = loss_fn(model)
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
             raise ValueError("loss_fn must return a scalar tensor")
-        grads = torch.autograd.grad(loss, params, create_graph=True)
+        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+        used = [(g, p) for g, p in zip(grads, params) if g is not None and g.requires_grad]
+        if not used:  # a loss linear in every parameter (or none used): the Hessian is zero
+            return 0.0, 0.0
+        grads, params = [g for g, _ in used], [p for _, p in used]  # parameters the loss does not reach: H = 0 there
         dim = sum(p.numel() for p in params)
         ritz = lanczos(lambda v: hessian_vector_product(grads, params, v).detach().double(), dim, iterations,
                        generator=generator, device=params[0].device)
