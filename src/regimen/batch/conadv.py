@@ -137,6 +137,9 @@ class ConAdvMethod(Method):
     claimed_effect = "better"
     inputs = ("image",)
     targets = ("labels",)
+    conflicts = ("selective_backprop",)
+    constraint_reason = ("ConAdv doubles the batch ([x; x_adv]), so per-sample selections keyed to the loader's "
+                         "indices no longer match the rows")
 
     def __init__(self, epsilon: float = 9 / 255, step_size: float = 9 / 255, random_start: float = 0.8,
                  staleness: int = 1) -> None:
