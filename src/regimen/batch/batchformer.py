@@ -237,8 +237,10 @@ class BatchFormerMethod(Method):
     targets = ("labels",)
     inputs = ("image", "vector")
     conflicts = ("multi_sample_dropout", "nested_width")
-    constraint_reason = ("multi-sample dropout also replaces the head's training output with a multi-row form, and "
-                         "nested widths change the feature width the batch-axis layer is built for")
+    before = ("hesso",)
+    constraint_reason = ("multi-sample dropout also replaces the head's training output with a multi-row form, "
+                         "nested widths change the feature width the batch-axis layer is built for, and HESSO's "
+                         "pruning groups must be traced with the BatchFormer head in place")
 
     def __init__(self, nhead: int = 4, dim_feedforward: int | None = None, dropout: float = 0.5,
                  lr_mult: float = 0.1, module: str | None = None) -> None:
