@@ -164,7 +164,8 @@ class LanczosLRMethod(Method):
     Args:
         interval: optimizer steps between estimates (>= 1); the first step estimates.
         iterations: Lanczos steps per estimate (each one Hessian-vector product).
-        rule: ``"polyak"`` (LR and momentum) or ``"inverse"`` (LR = 1/λ_max), see the module docstring.
+        rule: ``"inverse"`` (LR = lr_scale/λ_max; the default) or ``"polyak"`` (LR and momentum), see the module
+            docstring. On Fashion-MNIST "polyak" trained unstably (reports/wave2/training_a.md).
         min_ratio: floor of λ_lo as a fraction of λ_max ("polyak").
         lr_scale: multiplies the estimated LR (> 0).
         max_lr: upper bound on the estimated LR (> 0), for flat regions where λ_max ≈ 0.
@@ -179,7 +180,7 @@ class LanczosLRMethod(Method):
              "hyper-parameters and gives good preliminary results (PreResNet, CIFAR-100)")
     claimed_effect = "no_worse"
 
-    def __init__(self, interval: int = 50, iterations: int = 20, rule: Literal["polyak", "inverse"] = "polyak",
+    def __init__(self, interval: int = 50, iterations: int = 20, rule: Literal["polyak", "inverse"] = "inverse",
                  min_ratio: float = 1e-3, lr_scale: float = 1.0, max_lr: float = 10.0) -> None:
         for name, value in (("interval", interval), ("iterations", iterations)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
