@@ -7,7 +7,8 @@ clipping.
 Importing this package registers the recipe methods ``lr_scaling``, ``ghost_bn``, ``regime_adaptation``,
 ``weight_std``, ``adaptive_batch``, ``high_loss_batches``, ``sam``, ``swa``, ``selective_backprop``,
 ``blurpool``, ``squeeze_excite``, ``layer_freezing``, ``gradient_clipping``, and for language models
-``seq_length_warmup`` and ``mup``.
+``seq_length_warmup`` and ``mup``; wave 2: ``batchformer``, ``lanczos_lr``, ``agvm``,
+``conadv``.
 """
 
 from regimen._compat import deprecated_aliases
@@ -18,6 +19,14 @@ from regimen.batch.adaptive import (
     norm_test_from_sums,
     per_sample_gradients,
 )
+from regimen.batch.agvm import AGVM, AGVMMethod, agvm_factors, gradient_variance_proxy, module_group_of
+from regimen.batch.batchformer import (
+    BatchFormer,
+    BatchFormerHead,
+    BatchFormerMethod,
+    apply_batchformer,
+    batch_former,
+)
 from regimen.batch.blurpool import (
     BlurConv2d,
     BlurPoolMethod,
@@ -26,6 +35,7 @@ from regimen.batch.blurpool import (
     blur_2d,
     blur_filter,
 )
+from regimen.batch.conadv import ConAdvMethod, StaleCopy, random_other_labels, targeted_fgsm
 from regimen.batch.ghost_bn import (
     GhostBatchNorm1d,
     GhostBatchNorm2d,
@@ -41,6 +51,13 @@ from regimen.batch.hard_batches import (
     select_high_loss,
 )
 from regimen.batch.lamb import LAMB
+from regimen.batch.lanczos_lr import (
+    LanczosLRMethod,
+    hessian_vector_product,
+    lanczos,
+    lanczos_step_size,
+    top_hessian_eigenvalues,
+)
 from regimen.batch.lars import LARS, excluded_from_trust_ratio
 from regimen.batch.layer_freezing import LayerFreezingMethod, freezable_layers, frozen_layer_count
 from regimen.batch.mup import MuPMethod, apply_mup, mup_hidden_parameters
@@ -73,6 +90,25 @@ from regimen.batch.weight_std import (
 )
 
 __all__ = [
+    "ConAdvMethod",
+    "StaleCopy",
+    "random_other_labels",
+    "targeted_fgsm",
+    "AGVM",
+    "AGVMMethod",
+    "agvm_factors",
+    "gradient_variance_proxy",
+    "module_group_of",
+    "LanczosLRMethod",
+    "hessian_vector_product",
+    "lanczos",
+    "lanczos_step_size",
+    "top_hessian_eigenvalues",
+    "BatchFormer",
+    "BatchFormerHead",
+    "BatchFormerMethod",
+    "apply_batchformer",
+    "batch_former",
     "MuPMethod",
     "apply_mup",
     "mup_hidden_parameters",

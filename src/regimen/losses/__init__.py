@@ -2,7 +2,8 @@
 
 Trainer methods registered here: ``z_loss`` (spherical Z-loss replaces cross-entropy), ``logit_z_loss``
 (adds the (log Σ e^o)² regulariser to the criterion), ``linear_ce`` (a language model's loss from its hidden states
-and read-out, without the logits) and ``load_balance`` (the MoE load-balancing loss over the global batch).
+and read-out, without the logits), ``load_balance`` (the MoE load-balancing loss over the global batch) and
+``comp_sum`` (the comp-sum τ family: sum-exponential, cross-entropy, GCE, MAE, instead of cross-entropy).
 Functional only (they need other model types): ``multi_similarity_loss`` + ``PKSampler`` (embedding models),
 ``s3im_loss`` (point-wise regression / neural fields).
 
@@ -17,6 +18,7 @@ dropout's ``(K, N, C)`` logits, which the others refuse with a message naming it
 """
 
 from regimen.losses.cfm import cfm_loss, cfm_pairs, integrate_flow, split_cfm_target
+from regimen.losses.comp_sum import CompSumLoss, CompSumLossMethod, comp_sum_loss, comp_sum_phi
 from regimen.losses.icfm import ICFMMethod, add_path_noise
 from regimen.losses.linear_ce import LinearCrossEntropy, LinearCrossEntropyMethod, linear_cross_entropy
 from regimen.losses.load_balance import LoadBalanceAccumulator, LoadBalanceMethod, expert_counts, load_balancing_loss
@@ -45,6 +47,10 @@ __all__ = [
     "ot_pairing",
     "pair_cost",
     "split_cfm_target",
+    "CompSumLoss",
+    "CompSumLossMethod",
+    "comp_sum_loss",
+    "comp_sum_phi",
     "LinearCrossEntropy",
     "LinearCrossEntropyMethod",
     "LoadBalanceAccumulator",
