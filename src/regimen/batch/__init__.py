@@ -7,7 +7,7 @@ clipping.
 Importing this package registers the recipe methods ``lr_scaling``, ``ghost_bn``, ``regime_adaptation``,
 ``weight_std``, ``adaptive_batch``, ``high_loss_batches``, ``sam``, ``swa``, ``selective_backprop``,
 ``blurpool``, ``squeeze_excite``, ``layer_freezing``, ``gradient_clipping``, and for language models
-``seq_length_warmup`` and ``mup``.
+``seq_length_warmup`` and ``mup``, and for metric learning ``pk_batches`` (P classes × K samples per batch).
 """
 
 from regimen._compat import deprecated_aliases
@@ -44,6 +44,7 @@ from regimen.batch.lamb import LAMB
 from regimen.batch.lars import LARS, excluded_from_trust_ratio
 from regimen.batch.layer_freezing import LayerFreezingMethod, freezable_layers, frozen_layer_count
 from regimen.batch.mup import MuPMethod, apply_mup, mup_hidden_parameters
+from regimen.batch.pk_batches import PKBatchesMethod, pk_batch_indices
 from regimen.batch.regime import Regime, RegimeAdaptationMethod, adapt_regime, regime_factor
 from regimen.batch.sam import SAMMethod, frozen_bn_statistics, sam_epsilon, sam_step
 from regimen.batch.samplers import LengthBucketBatchSampler, TokenBudgetBatchSampler, padding_fraction
@@ -72,6 +73,8 @@ from regimen.batch.weight_std import (
 )
 
 __all__ = [
+    "PKBatchesMethod",
+    "pk_batch_indices",
     "MuPMethod",
     "apply_mup",
     "mup_hidden_parameters",

@@ -3,18 +3,27 @@
 Trainer methods registered here: ``z_loss`` (spherical Z-loss replaces cross-entropy), ``logit_z_loss``
 (adds the (log Σ e^o)² regulariser to the criterion), ``linear_ce`` (a language model's loss from its hidden states
 and read-out, without the logits) and ``load_balance`` (the MoE load-balancing loss over the global batch).
-Functional only (they need other model types): ``multi_similarity_loss`` + ``PKSampler`` (embedding models),
-``s3im_loss`` (point-wise regression / neural fields).
+On the ``metric_learning`` task: ``multi_similarity`` (the Multi-Similarity loss replaces the contrastive loss) and
+``bt2`` (backward-compatible training with a basis transformation). Functional only: ``PKSampler`` (the batch
+pillar's ``pk_batches`` draws P×K batches in the trainer), ``s3im_loss`` (point-wise regression / neural fields).
 
 Soft-target losses live here: ``soft_target_cross_entropy``, ``classification_loss`` (the trainer's default
 criterion), ``mixed_cross_entropy`` (CutMix/MixUp's pair form) and ``multi_sample_cross_entropy`` (multi-sample
 dropout's ``(K, N, C)`` logits, which the others refuse with a message naming it).
 """
 
+from regimen.losses.backward_compatible import (
+    BT2Method,
+    BT2Model,
+    BT2Output,
+    bt2_embedding,
+    bt2_regularizer,
+    class_means,
+)
 from regimen.losses.linear_ce import LinearCrossEntropy, LinearCrossEntropyMethod, linear_cross_entropy
 from regimen.losses.load_balance import LoadBalanceAccumulator, LoadBalanceMethod, expert_counts, load_balancing_loss
 from regimen.losses.multisample import multi_sample_cross_entropy
-from regimen.losses.multisimilarity import MultiSimilarityLoss, PKSampler, multi_similarity_loss
+from regimen.losses.multisimilarity import MultiSimilarityLoss, MultiSimilarityMethod, PKSampler, multi_similarity_loss
 from regimen.losses.s3im import S3IM, gaussian_window, s3im_indices, s3im_loss, ssim
 from regimen.losses.soft_ce import (
     check_single_sample_logits,
@@ -25,6 +34,12 @@ from regimen.losses.soft_ce import (
 from regimen.losses.zloss import LogitZLoss, LogitZLossMethod, ZLoss, ZLossMethod, logit_z_loss, z_loss
 
 __all__ = [
+    "BT2Method",
+    "BT2Model",
+    "BT2Output",
+    "bt2_embedding",
+    "bt2_regularizer",
+    "class_means",
     "LinearCrossEntropy",
     "LinearCrossEntropyMethod",
     "LoadBalanceAccumulator",
@@ -32,6 +47,7 @@ __all__ = [
     "LogitZLoss",
     "LogitZLossMethod",
     "MultiSimilarityLoss",
+    "MultiSimilarityMethod",
     "PKSampler",
     "S3IM",
     "ZLoss",

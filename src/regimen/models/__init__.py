@@ -1,6 +1,7 @@
 """Small reference models built as explicit stages (``model.stages``: an ordered ModuleList ending in the head)."""
 
 from regimen.models.copying import copy_module
+from regimen.models.embedding import load_embedding_model
 from regimen.models.factory import build_model
 from regimen.models.gpt import GPT, LMHead, TokenEmbedding
 from regimen.models.mlp import MLP
@@ -13,4 +14,4 @@ from regimen.models.vit import PatchEmbedding, ViT, ViTHead
 __all__ = ["BasicBlock", "CausalSelfAttention", "ClassifierHead", "FeedForward", "GPT", "LMHead", "MLP",
            "MoEFeedForward", "PatchEmbedding", "PatchWhitening2d", "ResNet", "SpeedNet", "StagedModel",
            "TokenEmbedding", "TransformerBlock", "ViT", "ViTHead", "build_model", "copy_module", "image_patches",
-           "patch_whitening", "resnet"]
+           "load_embedding_model", "patch_whitening", "resnet"]

@@ -9,19 +9,23 @@ from regimen.tasks.base import Task, UnknownTaskError
 from regimen.tasks.classification import ClassificationTask, classification_criterion
 from regimen.tasks.image_classification import ImageClassificationTask
 from regimen.tasks.language_model import LanguageModelTask, lm_cross_entropy
+from regimen.tasks.metric_learning import MetricLearningTask, contrastive_loss, retrieval_metrics
 
 __all__ = [
     "ClassificationTask",
     "ImageClassificationTask",
     "LanguageModelTask",
+    "MetricLearningTask",
     "Task",
     "UnknownTaskError",
     "classification_criterion",
+    "contrastive_loss",
     "get_task",
     "incompatibility",
     "list_tasks",
     "lm_cross_entropy",
     "register_task",
+    "retrieval_metrics",
 ]
 
 _TASKS: dict[str, type[Task]] = {}
@@ -66,3 +70,4 @@ def incompatibility(method_cls, task_cls: type[Task]) -> str | None:
 register_task(ClassificationTask)
 register_task(ImageClassificationTask)
 register_task(LanguageModelTask)
+register_task(MetricLearningTask)
