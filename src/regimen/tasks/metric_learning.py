@@ -36,6 +36,7 @@ classes), so models trained on different class lists (old and new) see identical
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -217,6 +218,9 @@ class MetricLearningTask(ImageClassificationTask):
         from regimen.data.select import _load_pair, make_splits
 
         cfg, seed = self.recipe.data, self.recipe.seed
+        if self.gallery_path and not Path(self.gallery_path).is_file():  # before training, not at the first evaluation
+            raise ConfigurationError(f"data.options.gallery_model: checkpoint not found: {self.gallery_path} "
+                                     "(train the old model first)")
         name = cfg.name
         if name == "auto":
             try:
