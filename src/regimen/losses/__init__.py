@@ -4,14 +4,17 @@ Trainer methods registered here: ``z_loss`` (spherical Z-loss replaces cross-ent
 (adds the (log Σ e^o)² regulariser to the criterion), ``linear_ce`` (a language model's loss from its hidden states
 and read-out, without the logits) and ``load_balance`` (the MoE load-balancing loss over the global batch).
 On the ``metric_learning`` task: ``multi_similarity`` (the Multi-Similarity loss replaces the contrastive loss) and
-``bt2`` (backward-compatible training with a basis transformation). Functional only: ``PKSampler`` (the batch
-pillar's ``pk_batches`` draws P×K batches in the trainer), ``s3im_loss`` (point-wise regression / neural fields).
+``bt2`` (backward-compatible training with a basis transformation); on ``regression``: ``conr`` (ConR's
+contrastive regulariser) and ``aggregate_loss`` (bag-level / instance-level / interpolating losses on bag means).
+Functional only: ``PKSampler`` (the batch pillar's ``pk_batches`` draws P×K batches in the trainer), ``s3im_loss``
+(point-wise regression / neural fields).
 
 Soft-target losses live here: ``soft_target_cross_entropy``, ``classification_loss`` (the trainer's default
 criterion), ``mixed_cross_entropy`` (CutMix/MixUp's pair form) and ``multi_sample_cross_entropy`` (multi-sample
 dropout's ``(K, N, C)`` logits, which the others refuse with a message naming it).
 """
 
+from regimen.losses.aggregate import AggregateLossMethod, aggregate_loss
 from regimen.losses.backward_compatible import (
     BT2Method,
     BT2Model,
@@ -20,6 +23,7 @@ from regimen.losses.backward_compatible import (
     bt2_regularizer,
     class_means,
 )
+from regimen.losses.conr import ConRMethod, conr_loss, lds_weights
 from regimen.losses.linear_ce import LinearCrossEntropy, LinearCrossEntropyMethod, linear_cross_entropy
 from regimen.losses.load_balance import LoadBalanceAccumulator, LoadBalanceMethod, expert_counts, load_balancing_loss
 from regimen.losses.multisample import multi_sample_cross_entropy
@@ -34,6 +38,11 @@ from regimen.losses.soft_ce import (
 from regimen.losses.zloss import LogitZLoss, LogitZLossMethod, ZLoss, ZLossMethod, logit_z_loss, z_loss
 
 __all__ = [
+    "AggregateLossMethod",
+    "ConRMethod",
+    "aggregate_loss",
+    "conr_loss",
+    "lds_weights",
     "BT2Method",
     "BT2Model",
     "BT2Output",

@@ -10,12 +10,14 @@ from regimen.tasks.classification import ClassificationTask, classification_crit
 from regimen.tasks.image_classification import ImageClassificationTask
 from regimen.tasks.language_model import LanguageModelTask, lm_cross_entropy
 from regimen.tasks.metric_learning import MetricLearningTask, contrastive_loss, retrieval_metrics
+from regimen.tasks.regression import RegressionTask, regression_loss
 
 __all__ = [
     "ClassificationTask",
     "ImageClassificationTask",
     "LanguageModelTask",
     "MetricLearningTask",
+    "RegressionTask",
     "Task",
     "UnknownTaskError",
     "classification_criterion",
@@ -25,6 +27,7 @@ __all__ = [
     "list_tasks",
     "lm_cross_entropy",
     "register_task",
+    "regression_loss",
     "retrieval_metrics",
 ]
 
@@ -71,3 +74,4 @@ register_task(ClassificationTask)
 register_task(ImageClassificationTask)
 register_task(LanguageModelTask)
 register_task(MetricLearningTask)
+register_task(RegressionTask)
