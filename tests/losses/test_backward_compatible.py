@@ -89,6 +89,8 @@ def test_trains_against_old_and_new_checkpoints_and_scores_new_to_old(tmp_path):
     assert 0.0 <= summary["final_test_compat_recall_at_1"] <= 1.0 and math.isfinite(summary["final_test_map_at_r"])
     with pytest.raises(ConfigurationError, match="bt2.extra_dims = 9 exceeds the old embedding's 8 numbers"):
         fit(ml_recipe(methods=[{"name": "bt2", "old_model": old, "extra_dims": 9}]))
+    with pytest.raises(ConfigurationError, match="bt2.old_model: required"):
+        fit(ml_recipe(methods=[{"name": "bt2"}]))
     with pytest.raises(ConfigurationError, match="bt2.old_model: checkpoint not found"):
         fit(ml_recipe(methods=[{"name": "bt2", "old_model": str(tmp_path / "missing.pt")}]))
     with pytest.raises(ConfigurationError, match="bt2.new_model embeds into 16 numbers, the model being trained"):
@@ -98,6 +100,6 @@ def test_trains_against_old_and_new_checkpoints_and_scores_new_to_old(tmp_path):
 
 def test_method_arguments_are_checked():
     with pytest.raises(ValueError, match="old_model must name a checkpoint"):
-        BT2Method(old_model="")
+        BT2Method(old_model=3)
     with pytest.raises(ValueError, match="influence_weight must be >= 0"):
         BT2Method(old_model="x.pt", influence_weight=-1.0)

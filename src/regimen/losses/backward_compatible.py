@@ -182,7 +182,7 @@ class BT2Method(Method):
     """Backward-compatible training with a basis transformation (BT², ICCV 2023): new embeddings an old gallery can
     search, plus extra dimensions through orthonormal maps.
 
-    ``old_model`` (required) and ``new_model`` (optional: drops the λ₁ term) are ``checkpoint.pt`` files of earlier
+    ``old_model`` (required; the empty default is refused at setup) and ``new_model`` (optional: drops the λ₁ term) are ``checkpoint.pt`` files of earlier
     ``metric_learning`` runs. Setup wraps the model in :class:`BT2Model`, adds its new parameters to the optimizer,
     and builds the pseudo classifier from the old model's embeddings of the training set; ``forward_loss`` embeds
     each batch with the frozen models; the ``criterion`` link passes f to the rest of the chain and adds the BT²
@@ -198,9 +198,9 @@ class BT2Method(Method):
     before = ("multi_similarity",)
     constraint_reason = "bt2 wraps the criterion and hands f to the loss that multi_similarity replaces"
 
-    def __init__(self, old_model: str, new_model: str = "", extra_dims: int = 8, scale: float = 3.0,
+    def __init__(self, old_model: str = "", new_model: str = "", extra_dims: int = 8, scale: float = 3.0,
                  new_weight: float = 1.0, influence_weight: float = 10.0, old_weight: float = 10.0) -> None:
-        if not isinstance(old_model, str) or not old_model:
+        if not isinstance(old_model, str):
             raise ValueError(f"bt2: old_model must name a checkpoint.pt of a metric_learning run, got {old_model!r}")
         if isinstance(extra_dims, bool) or not isinstance(extra_dims, int) or extra_dims < 1:
             raise ValueError(f"bt2: extra_dims must be an int >= 1, got {extra_dims!r}")
@@ -222,6 +222,8 @@ class BT2Method(Method):
     def setup(self, ctx: Context) -> None:
         from regimen.models import load_embedding_model
 
+        if not self.old_path:
+            raise ValueError("bt2.old_model: required: the checkpoint.pt of the old model's metric_learning run")
         device = ctx.run.device
         self.old = load_embedding_model(self.old_path, "bt2.old_model").to(device)
         self.new = load_embedding_model(self.new_path, "bt2.new_model").to(device) if self.new_path else None
