@@ -85,6 +85,14 @@ def test_conr_matches_an_explicit_loop(faithful):
         assert (got >= masked - 1e-6).all()
 
 
+def test_masked_conr_keeps_gradients_finite_for_an_isolated_anchor():
+    z = torch.randn(4, 3, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    y, p = torch.tensor([0.0, 0.5, 10.0, 30.0]), torch.tensor([0.0, 0.5, 10.0, 50.0])  # anchors 2, 3: nothing
+    loss = conr_loss(z, y, p, faithful=False)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+
+
 def test_lds_weights_are_the_inverse_sqrt_of_the_smoothed_histogram():
     targets = torch.tensor([0.25, 0.5, 1.0, 1.5, 1.75, 4.5])
     weights, low = lds_weights(targets, 1.0, kernel_size=3, sigma=1.0)

@@ -22,6 +22,8 @@ Pitfalls handled:
   non-positive column (and the anchor itself) adds e⁰ = 1: ``D⁺_i = Σ_k e^{s_ik·pos_ik}`` with ``faithful=True``
   (default, the reference's behaviour); ``faithful=False`` gives the masked form ``D⁺_i = Σ_k pos_ik e^{s_ik}``.
 * anchors without a negative are zeroed but still counted in the mean (as in the reference), which dilutes the loss;
+* the masked form's denominator is 0 for an anchor without positives and negatives: it is replaced by 1 before the
+  log (the anchor is zeroed anyway), else its inf · 0 turns every gradient into NaN;
 * the reference always has a positive (each image's second augmented view); a single-view batch may not, so
   ``|pos_i| = 0`` gives L_i = 0 instead of a division by zero;
 * ``w`` is in label units: rescale it when targets are standardised (our regression task keeps its units);
@@ -82,9 +84,13 @@ def conr_loss(features: torch.Tensor, target: torch.Tensor, prediction: torch.Te
         positive_sum = (torch.exp(s) * pos).sum(1)
     pushing = w.unsqueeze(1) * torch.exp(push * label_gap)
     negative_sum = (pushing * torch.exp(s) * neg).sum(1)
-    log_ratio = s - torch.log(positive_sum + negative_sum).unsqueeze(1)  # log(e^{s_ij} / denominator_i)
+    denominator = positive_sum + negative_sum
+    # the masked form of an anchor without positives or negatives has a zero denominator: log(1) there (the anchor
+    # is zeroed below) keeps inf and NaN out of the backward pass
+    denominator = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    log_ratio = s - torch.log(denominator).unsqueeze(1)  # log(e^{s_ij} / denominator_i)
     count = pos.sum(1)
-    per_anchor = -(log_ratio * pos).sum(1) / count.clamp_min(1)
+    per_anchor = -torch.where(pos, log_ratio, torch.zeros_like(log_ratio)).sum(1) / count.clamp_min(1)
     per_anchor = torch.where(neg.any(1) & (count > 0), per_anchor, torch.zeros_like(per_anchor)) * w
     if reduction == "none":
         return per_anchor
