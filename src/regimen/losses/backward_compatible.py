@@ -186,7 +186,8 @@ class BT2Method(Method):
     term is dropped) are ``checkpoint.pt`` files of earlier ``metric_learning`` runs. Setup wraps the model in
     :class:`BT2Model`, adds its new parameters to the optimizer, and builds the pseudo classifier from the old
     model's embeddings of the training set; ``forward_loss`` embeds each batch with the frozen models; the
-    ``criterion`` link passes f to the rest of the chain and adds the BT² terms. Score new-to-old retrieval with ``data.options.gallery_model`` set to the same old checkpoint."""
+    ``criterion`` link passes f to the rest of the chain and adds the BT² terms. Score new-to-old retrieval with
+    ``data.options.gallery_model`` set to the same old checkpoint."""
 
     name = "bt2"
     paper_id = "arXiv:2211.03989"
