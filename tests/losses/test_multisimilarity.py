@@ -119,3 +119,24 @@ def test_pk_sampler_bad_arguments():
         PKSampler([0, 1], p=1, k=0)
     with pytest.raises(ValueError, match="labels"):
         PKSampler([], p=1, k=1)
+
+
+def test_method_criterion_is_the_loss_and_reduction_none_gives_the_anchor_terms():
+    from regimen.losses import MultiSimilarityMethod
+    from regimen.method import Context
+
+    g = torch.Generator().manual_seed(3)
+    emb = torch.randn(12, 6, generator=g)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    method = MultiSimilarityMethod(alpha=2.0, beta=40.0, base=0.5, margin=0.1)
+    ctx = Context(torch.nn.Identity())
+
+    def never(*args, **kwargs):  # the loss replaces the chain's inner link
+        raise AssertionError("multi_similarity must not call next")
+
+    loss = method.criterion(emb, labels, never, ctx)
+    assert loss.item() == pytest.approx(_ms_loss_loop(emb, labels.tolist(), 2.0, 40.0, 0.5, 0.1), rel=1e-5)
+    per_anchor = method.criterion(emb, labels, never, ctx, reduction="none")
+    assert per_anchor.shape == (12,) and per_anchor.mean().item() == pytest.approx(loss.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="margin"):
+        MultiSimilarityMethod(margin=-0.1)

@@ -9,6 +9,7 @@ Importing this package registers the recipe methods ``lr_scaling``, ``ghost_bn``
 ``blurpool``, ``squeeze_excite``, ``layer_freezing``, ``gradient_clipping``, and for language models
 ``seq_length_warmup`` and ``mup``; wave 2: ``batchformer``, ``lanczos_lr``, ``agvm``,
 ``conadv``.
+``seq_length_warmup`` and ``mup``, and for metric learning ``pk_batches`` (P classes × K samples per batch).
 """
 
 from regimen._compat import deprecated_aliases
@@ -61,6 +62,7 @@ from regimen.batch.lanczos_lr import (
 from regimen.batch.lars import LARS, excluded_from_trust_ratio
 from regimen.batch.layer_freezing import LayerFreezingMethod, freezable_layers, frozen_layer_count
 from regimen.batch.mup import MuPMethod, apply_mup, mup_hidden_parameters
+from regimen.batch.pk_batches import PKBatchesMethod, pk_batch_indices
 from regimen.batch.regime import Regime, RegimeAdaptationMethod, adapt_regime, regime_factor
 from regimen.batch.sam import SAMMethod, frozen_bn_statistics, sam_epsilon, sam_step
 from regimen.batch.samplers import LengthBucketBatchSampler, TokenBudgetBatchSampler, padding_fraction
@@ -109,6 +111,8 @@ __all__ = [
     "BatchFormerMethod",
     "apply_batchformer",
     "batch_former",
+    "PKBatchesMethod",
+    "pk_batch_indices",
     "MuPMethod",
     "apply_mup",
     "mup_hidden_parameters",

@@ -6,6 +6,12 @@ and read-out, without the logits), ``load_balance`` (the MoE load-balancing loss
 ``comp_sum`` (the comp-sum τ family: sum-exponential, cross-entropy, GCE, MAE, instead of cross-entropy).
 Functional only (they need other model types): ``multi_similarity_loss`` + ``PKSampler`` (embedding models),
 ``s3im_loss`` (point-wise regression / neural fields).
+and read-out, without the logits) and ``load_balance`` (the MoE load-balancing loss over the global batch).
+On the ``metric_learning`` task: ``multi_similarity`` (the Multi-Similarity loss replaces the contrastive loss) and
+``bt2`` (backward-compatible training with a basis transformation); on ``regression``: ``conr`` (ConR's
+contrastive regulariser) and ``aggregate_loss`` (bag-level / instance-level / interpolating losses on bag means).
+Functional only: ``PKSampler`` (the batch pillar's ``pk_batches`` draws P×K batches in the trainer), ``s3im_loss``
+(point-wise regression / neural fields).
 
 Flow matching (``task = "flow_matching"``): ``cfm_pairs``/``cfm_loss``/``integrate_flow`` (the CFM core), the methods
 ``icfm`` (I-CFM's Gaussian path width), ``otcfm`` (minibatch exact-OT pairs) and ``wcfm`` (Gibbs-weighted pairs).
@@ -17,13 +23,23 @@ dropout's ``(K, N, C)`` logits, which the others refuse with a message naming it
 ``s3im`` (:class:`S3IMMethod`) adds the S3IM loss to a point-wise criterion (``task = "neural_field"``).
 """
 
+from regimen.losses.aggregate import AggregateLossMethod, aggregate_loss
+from regimen.losses.backward_compatible import (
+    BT2Method,
+    BT2Model,
+    BT2Output,
+    bt2_embedding,
+    bt2_regularizer,
+    class_means,
+)
 from regimen.losses.cfm import cfm_loss, cfm_pairs, integrate_flow, split_cfm_target
 from regimen.losses.comp_sum import CompSumLoss, CompSumLossMethod, comp_sum_loss, comp_sum_phi
+from regimen.losses.conr import ConRMethod, conr_loss, lds_weights
 from regimen.losses.icfm import ICFMMethod, add_path_noise
 from regimen.losses.linear_ce import LinearCrossEntropy, LinearCrossEntropyMethod, linear_cross_entropy
 from regimen.losses.load_balance import LoadBalanceAccumulator, LoadBalanceMethod, expert_counts, load_balancing_loss
 from regimen.losses.multisample import multi_sample_cross_entropy
-from regimen.losses.multisimilarity import MultiSimilarityLoss, PKSampler, multi_similarity_loss
+from regimen.losses.multisimilarity import MultiSimilarityLoss, MultiSimilarityMethod, PKSampler, multi_similarity_loss
 from regimen.losses.otcfm import OTCFMMethod, ot_pairing
 from regimen.losses.s3im import S3IM, S3IMMethod, gaussian_window, s3im_indices, s3im_loss, ssim
 from regimen.losses.soft_ce import (
@@ -51,6 +67,17 @@ __all__ = [
     "CompSumLossMethod",
     "comp_sum_loss",
     "comp_sum_phi",
+    "AggregateLossMethod",
+    "ConRMethod",
+    "aggregate_loss",
+    "conr_loss",
+    "lds_weights",
+    "BT2Method",
+    "BT2Model",
+    "BT2Output",
+    "bt2_embedding",
+    "bt2_regularizer",
+    "class_means",
     "LinearCrossEntropy",
     "LinearCrossEntropyMethod",
     "LoadBalanceAccumulator",
@@ -58,6 +85,7 @@ __all__ = [
     "LogitZLoss",
     "LogitZLossMethod",
     "MultiSimilarityLoss",
+    "MultiSimilarityMethod",
     "PKSampler",
     "S3IM",
     "S3IMMethod",

@@ -10,8 +10,10 @@ from regimen.tasks.classification import ClassificationTask, classification_crit
 from regimen.tasks.flow_matching import FlowMatchingTask
 from regimen.tasks.image_classification import ImageClassificationTask
 from regimen.tasks.language_model import LanguageModelTask, lm_cross_entropy
+from regimen.tasks.metric_learning import MetricLearningTask, contrastive_loss, retrieval_metrics
 from regimen.tasks.neural_field import NeuralFieldTask, field_mse, image_ssim
 from regimen.tasks.node_classification import NodeClassificationTask
+from regimen.tasks.regression import RegressionTask, regression_loss
 from regimen.tasks.sequence_classification import SequenceClassificationTask, expected_calibration_error
 
 __all__ = [
@@ -27,12 +29,17 @@ __all__ = [
     "classification_criterion",
     "expected_calibration_error",
     "field_mse",
+    "MetricLearningTask",
+    "RegressionTask",
+    "contrastive_loss",
     "get_task",
     "image_ssim",
     "incompatibility",
     "list_tasks",
     "lm_cross_entropy",
     "register_task",
+    "regression_loss",
+    "retrieval_metrics",
 ]
 
 _TASKS: dict[str, type[Task]] = {}
@@ -81,3 +88,5 @@ register_task(FlowMatchingTask)
 register_task(NodeClassificationTask)
 register_task(NeuralFieldTask)
 register_task(SequenceClassificationTask)
+register_task(MetricLearningTask)
+register_task(RegressionTask)
