@@ -11,8 +11,9 @@ runs = {}
 for summary in sorted(folder.glob("runs/*/summary.json")):
     arm, _, seed = summary.parent.name.rpartition("-seed")
     runs.setdefault(arm, {})[int(seed)] = json.loads(summary.read_text())
-wanted = [name.removeprefix("final_test_") for name in sys.argv[2:]] or sorted(k[len("final_test_"):] for k in next(iter(runs["base"].values()))
-                                 if k.startswith("final_test_"))
+first_base = next(iter(runs["base"].values()))
+wanted = ([name.removeprefix("final_test_") for name in sys.argv[2:]]
+          or sorted(k[len("final_test_"):] for k in first_base if k.startswith("final_test_")))
 print("| arm | seeds | " + " | ".join(wanted) + " | train s (median) |")
 print("|---|---|" + "---|" * len(wanted) + "---|")
 for arm, seeds in sorted(runs.items(), key=lambda kv: (kv[0] != "base", kv[0])):
