@@ -228,3 +228,15 @@ def test_eval_every_and_test_subset_evaluate_less(tiny_recipe):
     history = fit(recipe).history
     assert ["test_acc" in h for h in history] == [False, True, True]  # every 2nd epoch and the last
     assert all(abs(h["test_acc"] * 100 - round(h["test_acc"] * 100)) < 1e-9 for h in history if "test_acc" in h)
+
+
+def test_best_of_a_secondary_metric_follows_its_own_direction():
+    from regimen.tasks import get_task
+
+    for name, metric, higher in [("image_classification", "acc", True), ("image_classification", "loss", False),
+                                 ("metric_learning", "map_at_r", True), ("metric_learning", "compat_recall_at_2", True),
+                                 ("flow_matching", "mode_coverage", True), ("flow_matching", "w2_euler_1", False),
+                                 ("neural_field", "ssim", True), ("sequence_classification", "ece", False),
+                                 ("regression", "mae_few", False), ("node_classification", "acc_low_degree", True)]:
+        task = get_task(name).__new__(get_task(name))
+        assert task.metric_higher_is_better(metric) is higher, (name, metric)

@@ -42,6 +42,8 @@ class Task:
     metrics: ClassVar[tuple[str, ...]] = ("loss",)
     primary_metric: ClassVar[str] = "loss"
     higher_is_better: ClassVar[bool] = False
+    #: The other ``metrics`` for which higher is better (``best_*`` in the summary is their maximum).
+    higher_is_better_metrics: ClassVar[tuple[str, ...]] = ()
     train_metrics: ClassVar[tuple[str, ...]] = ()
     data_names: ClassVar[tuple[str, ...]] = ()
     model_names: ClassVar[tuple[str, ...]] = ()
@@ -164,6 +166,13 @@ class Task:
         model.train(was_training)
         count = max(totals[-1].item(), 1.0)
         return {name: totals[i].item() / count for i, name in enumerate(self.metrics)}
+
+    def metric_higher_is_better(self, metric: str) -> bool:
+        """Whether a higher value of ``metric`` (one of ``metrics``, or ``compat_<metric>``) is better."""
+        metric = metric.removeprefix("compat_")
+        if metric == self.primary_metric:
+            return self.higher_is_better
+        return metric in self.higher_is_better_metrics
 
     def better(self, a: float, b: float) -> bool:
         """Whether primary-metric value ``a`` is better than ``b``."""

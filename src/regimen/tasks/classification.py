@@ -53,6 +53,7 @@ class ClassificationTask(Task):
     target_kind = "labels"
     metrics = ("loss", "acc")
     primary_metric = "acc"
+    higher_is_better_metrics = ("acc",)
     higher_is_better = True
     train_metrics = ("acc",)
     data_names = ("auto", "digits", "iris", "wine", "breast_cancer", "npz")  # auto: digits

@@ -190,6 +190,7 @@ class FlowMatchingTask(Task):
     metrics = ("loss", "w2", *(f"w2_euler_{s}" for s in EULER_STEPS), *(f"w2_midpoint_{s}" for s in MIDPOINT_STEPS),
                "mode_coverage", "in_mode")
     primary_metric = "w2"
+    higher_is_better_metrics = ("mode_coverage", "in_mode")
     higher_is_better = False
     data_names = ("auto", "eight_gaussians", "moons", "digits", "npz")
     model_names = ("velocity_mlp",)

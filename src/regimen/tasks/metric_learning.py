@@ -171,6 +171,7 @@ class MetricLearningTask(ImageClassificationTask):
     target_kind = "identity"
     metrics: ClassVar[tuple[str, ...]] = ("recall_at_1", "recall_at_2", "recall_at_4", "map_at_r")
     primary_metric = "recall_at_1"
+    higher_is_better_metrics = ("recall_at_1", "recall_at_2", "recall_at_4", "map_at_r")
     higher_is_better = True
     train_metrics = ()
     data_names = ("auto", "fashion_mnist", "digits")

@@ -217,6 +217,7 @@ class NeuralFieldTask(Task):
     target_kind = "values"
     metrics = ("loss", "psnr", "ssim")
     primary_metric = "psnr"
+    higher_is_better_metrics = ("psnr", "ssim")
     higher_is_better = True
     train_metrics = ()
     data_names = ("auto", "skimage")

@@ -157,6 +157,7 @@ class NodeClassificationTask(Task):
     target_kind = "labels"
     metrics = ("loss", "acc", "acc_low_degree", "acc_high_degree")
     primary_metric = "acc"
+    higher_is_better_metrics = ("acc", "acc_low_degree", "acc_high_degree")
     higher_is_better = True
     train_metrics = ("acc",)
     data_names = ("auto", "sbm")

@@ -110,6 +110,7 @@ class SequenceClassificationTask(ClassificationTask):
     target_kind = "labels"
     metrics = ("loss", "acc", "ece", "mc_variance")
     primary_metric = "acc"
+    higher_is_better_metrics = ("acc",)  # ECE and the MC variance: lower is better
     higher_is_better = True
     train_metrics = ("acc",)
     data_names = ("auto", "fashion_mnist", "digits")

@@ -689,7 +689,7 @@ class _Run:
             for metric in task.metrics:
                 key = f"{split}_{metric}"
                 values = [h[key] for h in history if key in h]
-                higher = task.higher_is_better if metric == task.primary_metric else False
+                higher = task.metric_higher_is_better(metric)
                 summary[f"final_{key}"] = last.get(key, math.nan)
                 summary[f"best_{key}"] = (max(values) if higher else min(values)) if values else math.nan
         summary.update({
