@@ -197,7 +197,8 @@ class Context:
     Services: ``log(key, value)``, ``backward(loss)``, ``all_reduce(tensor, op)``, ``autocast()``,
     ``example_batch(n)``, ``normalize(x)``, ``set_batch_size(n)``, ``set_epochs(n)`` (setup only).
     State: ``model``, ``optimizer``, ``criterion`` (the composed loss chain), ``generator`` (never replaced, so
-    layers may keep it), ``epoch``, ``step``, ``batch_indices``, ``train_data``.
+    layers may keep it), ``epoch``, ``step``, ``batch_indices``, ``train_data``, ``val_data`` (the validation split
+    or ``None``: for a method's own model selection, e.g. nested dropout's best k).
     """
 
     def __init__(
@@ -209,6 +210,7 @@ class Context:
         *,
         generator: torch.Generator | None = None,
         train_data: Any = None,
+        val_data: Any = None,
         normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
         backward: Callable[[torch.Tensor], None] | None = None,
         all_reduce: Callable[..., torch.Tensor] | None = None,
@@ -228,6 +230,7 @@ class Context:
         self.criterion = criterion if criterion is not None else torch.nn.functional.cross_entropy
         self.generator = generator if generator is not None else torch.Generator().manual_seed(self.run.seed)
         self.train_data = train_data
+        self.val_data = val_data  # the validation split (model selection inside a method), or None
         self.epoch = 0
         self.step = 0
         self.batch_indices: torch.Tensor | None = None

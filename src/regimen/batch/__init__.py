@@ -26,6 +26,13 @@ from regimen.batch.blurpool import (
     blur_2d,
     blur_filter,
 )
+from regimen.batch.coteaching import (
+    CoTeachingEnsemble,
+    CoTeachingMethod,
+    coteaching_losses,
+    coteaching_select,
+    forget_rate_at,
+)
 from regimen.batch.ghost_bn import (
     GhostBatchNorm1d,
     GhostBatchNorm2d,
@@ -72,6 +79,11 @@ from regimen.batch.weight_std import (
 )
 
 __all__ = [
+    "CoTeachingEnsemble",
+    "CoTeachingMethod",
+    "coteaching_losses",
+    "coteaching_select",
+    "forget_rate_at",
     "MuPMethod",
     "apply_mup",
     "mup_hidden_parameters",

@@ -332,7 +332,7 @@ class _Run:
                       **task.run_facts(data))
         self.ctx = ctx = Context(
             model, optimizer, run=run, generator=torch.Generator().manual_seed(recipe.seed * 7919 + self.rank),
-            train_data=data.train, normalize=self.normalize, backward=self.fabric.backward,
+            train_data=data.train, val_data=data.val, normalize=self.normalize, backward=self.fabric.backward,
             all_reduce=lambda t, op="sum": self.fabric.all_reduce(t, reduce_op=op), autocast=self.fabric.autocast,
             set_batch_size=self._set_batch_size)
         ctx.criterion = compose_criterion(self.methods, task.loss(), ctx)
