@@ -172,6 +172,9 @@ class CoTeachingMethod(Method):
         peer = copy_module(model)
         seed = int(torch.randint(0, 2**62, (1,), generator=ctx.generator))
         _reinitialise(peer, seed)
+        for mine, theirs in zip(model.modules(), peer.modules()):  # random layers draw from the run's generators
+            if isinstance(getattr(mine, "generator", None), torch.Generator):  # (a deep copy's would not be saved)
+                theirs.generator = mine.generator
         index = {id(p): i for i, p in enumerate(model.parameters())}
         peer_params = list(peer.parameters())
         groups = []
