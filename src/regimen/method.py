@@ -9,6 +9,9 @@ Hooks (all optional; the defaults do nothing):
 ``setup(ctx)``                                         once, before device wrapping: surgery on ``ctx.model`` and
                                                        ``ctx.optimizer`` (may replace either).
 ``on_epoch_start(ctx)``                                start of every epoch.
+``select_samples(ctx)``                                 the dataset indices this epoch trains on (the loader
+                                                       shuffles and batches only them), or ``None`` for all. One
+                                                       method per recipe.
 ``select_batches(batches, ctx)``                       the positions of this epoch's micro-batches to train on, or
                                                        ``None`` for all. One method per recipe.
 ``transform_batch(x, y, ctx) -> (x, y)``               augmentation and mixing, per micro-batch, recipe order.
@@ -45,6 +48,12 @@ Batch selection (``select_batches``): keep whole optimizer steps (a multiple of 
 not count as steps and the LR schedule is spread over the steps the epoch trains; with several processes every rank
 must return the same positions (reduce per-batch statistics with ``ctx.all_reduce`` first). The positions are saved
 in mid-epoch checkpoints. Draw randomness only from ``ctx.generator``.
+
+Sample selection (``select_samples``, called after ``on_epoch_start``): return training-set indices (distinct, in
+``[0, len(ctx.train_data))``, at least one optimizer step's worth); the loader then draws its seeded permutation over
+them only, so the epoch has fewer full batches and the LR schedule is spread over them. Every rank must return the
+same indices (draw from a generator seeded by the run seed and epoch, not the per-rank ``ctx.generator``). The
+indices are saved in mid-epoch checkpoints.
 
 Resuming from a mid-epoch checkpoint does not call ``on_epoch_start`` again: what a method computes there must be
 in its ``state_dict`` (or be recomputed lazily from it).
@@ -96,7 +105,7 @@ SELECTION_HOOK = "select_batches"
 #: Hooks that run in reverse recipe order.
 REVERSED_HOOKS = ("after_backward", "after_step", "on_epoch_end", "on_train_end")
 #: Hooks that replace part of the step outright: at most one method may implement them.
-_ALWAYS_EXCLUSIVE = ("training_step", "compute_loss", SELECTION_HOOK)
+_ALWAYS_EXCLUSIVE = ("training_step", "compute_loss", SELECTION_HOOK, "select_samples")
 
 # Packages whose import registers methods. A pillar registers its methods when its package is imported.
 _METHOD_PACKAGES = (
@@ -333,6 +342,9 @@ class Method:
 
     def on_epoch_start(self, ctx: Context) -> None:
         pass
+
+    def select_samples(self, ctx: Context) -> torch.Tensor | Sequence[int] | None:
+        return None
 
     def select_batches(self, batches: Iterable[Any], ctx: Context) -> Sequence[int] | None:
         return None

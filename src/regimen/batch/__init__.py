@@ -61,6 +61,7 @@ from regimen.batch.selective_backprop import (
     selection_weights,
 )
 from regimen.batch.seq_length_warmup import SeqLengthWarmupMethod, seq_length_at, truncate_sequences
+from regimen.batch.seta import SeTaMethod, kmeans_1d, seta_select, seta_window, sliding_window
 from regimen.batch.squeeze_excite import (
     SqueezeExcite2d,
     SqueezeExciteConv2d,
@@ -79,6 +80,11 @@ from regimen.batch.weight_std import (
 )
 
 __all__ = [
+    "SeTaMethod",
+    "kmeans_1d",
+    "seta_select",
+    "seta_window",
+    "sliding_window",
     "CoTeachingEnsemble",
     "CoTeachingMethod",
     "coteaching_losses",
