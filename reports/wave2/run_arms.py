@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python reports/wave2/run_arms.py --out reports/wave2/noisy --seeds 0 1 2 \
         --arm ce=noisy/ce --arm nested=noisy/nested [--set train.epochs=15] \
-        [--arm short=noisy/ce@train.epochs=7,optim.lr=0.1]
+        [--arm short=noisy/ce@train.epochs=7;optim.lr=0.1]
     PYTHONPATH=src python reports/wave2/run_arms.py --out reports/wave2/noisy --table   # only the table
 
 A finished run (its summary.json exists) is not redone. The table gives, per arm, the median and the range (min-max)
@@ -25,13 +25,13 @@ def run(out: Path, arms: dict[str, str], seeds: list[int], overrides: list[str])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH="src")
     for seed in seeds:
         for arm, spec in arms.items():
-            recipe, _, extra = spec.partition("@")  # label=recipe@key=value,key=value: arm-specific overrides
+            recipe, _, extra = spec.partition("@")  # label=recipe@key=value;key=value: arm-specific overrides
             folder = out / f"{arm}-seed{seed}"
             if (folder / "summary.json").exists():
                 continue
             command = [sys.executable, "-m", "regimen", "train", "--recipe", recipe, "--out", str(folder),
                        "--overwrite", "--quiet", "--set", f"seed={seed}", "--set", "train.threads=1"]
-            for item in overrides + [e for e in extra.split(",") if e]:
+            for item in overrides + [e for e in extra.split(";") if e]:
                 command += ["--set", item]
             print(" ".join(command), flush=True)
             subprocess.run(command, check=True, env=env)

@@ -78,8 +78,22 @@ from regimen.batch.weight_std import (
     convs_followed_by_norm,
     weight_standardize,
 )
+from regimen.batch.wta_crs import (
+    WTACRSLinear,
+    WTACRSMethod,
+    apply_wta_crs,
+    crs_sample,
+    wta_crs_sample,
+    wta_crs_weight_grad,
+)
 
 __all__ = [
+    "WTACRSLinear",
+    "WTACRSMethod",
+    "apply_wta_crs",
+    "crs_sample",
+    "wta_crs_sample",
+    "wta_crs_weight_grad",
     "SeTaMethod",
     "kmeans_1d",
     "seta_select",
