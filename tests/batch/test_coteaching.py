@@ -43,6 +43,7 @@ RECIPE = {"seed": 0, "data": {"name": "digits", "options": {"label_noise": 0.3}}
                                                                   "start_epoch": 1}]}
 
 
+@pytest.mark.slow
 def test_co_teaching_resumes_bit_identically(tmp_path):
     whole = fit(RECIPE)
     fit(RECIPE, out_dir=tmp_path, stop_epoch=1)

@@ -33,6 +33,7 @@ from regimen.batch.coteaching import (
     coteaching_select,
     forget_rate_at,
 )
+from regimen.batch.frugal import FRUGAL, FrugalMethod, optimizer_state_bytes
 from regimen.batch.ghost_bn import (
     GhostBatchNorm1d,
     GhostBatchNorm2d,
@@ -88,6 +89,9 @@ from regimen.batch.wta_crs import (
 )
 
 __all__ = [
+    "FRUGAL",
+    "FrugalMethod",
+    "optimizer_state_bytes",
     "WTACRSLinear",
     "WTACRSMethod",
     "apply_wta_crs",
