@@ -82,7 +82,8 @@ def main() -> None:
         rows.append((ratio, len(replaced), saved, error, statistics.median(times)))
     base_saved, base_time = rows[0][2], rows[0][4]
     print(f"GPT dim 128 depth 4, batch {args.batch} x {args.seq} tokens, 1 thread")
-    print("| layers | ratio | saved for backward (MiB) | vs exact | weight-grad rel. error | step time (s) | vs exact |")
+    print("| layers | ratio | saved for backward (MiB) | vs exact | weight-grad rel. error | step time (s) "
+          "| vs exact |")
     print("|---|---|---|---|---|---|---|")
     for ratio, layers, saved, error, step in rows:
         label = "exact" if ratio is None else f"{ratio:g}"
