@@ -55,6 +55,7 @@ from regimen.batch.mup import MuPMethod, apply_mup, mup_hidden_parameters
 from regimen.batch.regime import Regime, RegimeAdaptationMethod, adapt_regime, regime_factor
 from regimen.batch.sam import SAMMethod, frozen_bn_statistics, sam_epsilon, sam_step
 from regimen.batch.samplers import LengthBucketBatchSampler, TokenBudgetBatchSampler, padding_fraction
+from regimen.batch.sar import SAR, SARMethod, Tent, adapt, norm_affine_parameters, softmax_entropy
 from regimen.batch.scaling import LRScalingMethod, infer_scaling_rule, scale_lr, scale_optimizer_lr
 from regimen.batch.selective_backprop import (
     SelectiveBackpropMethod,
@@ -89,6 +90,12 @@ from regimen.batch.wta_crs import (
 )
 
 __all__ = [
+    "SAR",
+    "SARMethod",
+    "Tent",
+    "adapt",
+    "norm_affine_parameters",
+    "softmax_entropy",
     "FRUGAL",
     "FrugalMethod",
     "optimizer_state_bytes",
