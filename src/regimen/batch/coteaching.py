@@ -25,8 +25,8 @@ uses one k for both networks.
 
 Pitfalls handled:
 
-- Both networks rank with the same loss the trainer uses (mixing methods' soft targets included); the selection is
-  under ``no_grad`` and ties break by position (stable sort).
+- Both networks rank with the same loss the trainer uses (mixing methods' soft targets included), computed once on
+  the whole batch (``reduction="none"``) and averaged over the kept samples; ties break by position (stable sort).
 - ``forget_rate`` must be in [0, 1): at 1 no sample is kept.
 - A step recomputed by an ``optimizer_step`` closure (SAM) back-propagates g only once per micro-batch.
 - g's gradients are all-reduced over processes before its step (g is not wrapped by DDP).
@@ -37,6 +37,7 @@ Pitfalls handled:
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -187,7 +188,9 @@ class CoTeachingMethod(Method):
             groups.append(dict(settings, params=[peer_params[index[id(p)]] for p in group["params"]]))
         self.peer = peer.to(ctx.run.device)
         self.peer.train(model.training)
-        self.peer_optimizer = type(ctx.optimizer)(groups, **ctx.optimizer.defaults)
+        accepted = inspect.signature(type(ctx.optimizer).__init__).parameters
+        settings = {k: v for k, v in ctx.optimizer.defaults.items() if k in accepted}  # constructor arguments only
+        self.peer_optimizer = type(ctx.optimizer)(groups, **settings)
         if self._pending_state is not None:
             self._load_peer(self._pending_state)
 
@@ -208,12 +211,11 @@ class CoTeachingMethod(Method):
         if rate == 0.0:
             loss, peer_loss = loss_full, ctx.criterion(peer_output, y)
         else:
-            with torch.no_grad():
-                own = ctx.criterion(output, y, reduction="none")
-                other = ctx.criterion(peer_output, y, reduction="none")
-            kept_by_model, kept_by_peer = coteaching_select(own, other, rate)
-            loss = ctx.criterion(output[kept_by_peer], y[kept_by_peer])
-            peer_loss = ctx.criterion(peer_output[kept_by_model], y[kept_by_model])
+            own = ctx.criterion(output, y, reduction="none")  # whole-batch calls: criterion middleware (e.g.
+            other = ctx.criterion(peer_output, y, reduction="none")  # aug_subset) sees the batch it expects
+            kept_by_model, kept_by_peer = coteaching_select(own.detach(), other.detach(), rate)
+            loss = own[kept_by_peer].mean()
+            peer_loss = other[kept_by_model].mean()
             self.log(ctx, "forget_rate", rate)
         if backward_peer:
             (peer_loss / ctx.run.accumulation).backward()

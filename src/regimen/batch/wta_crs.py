@@ -36,6 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from regimen.method import Context, Method, register_method
 
@@ -219,6 +220,10 @@ def apply_wta_crs(model: nn.Module, ratio: float = 0.3, min_k: int = 10, *, igno
     if linears and not include_last:
         linears = linears[:-1]
     linears = [(name, m) for name, m in linears if name not in set(ignore)]
+    parametrized = [name for name, m in linears if parametrize.is_parametrized(m)]
+    if parametrized:
+        raise ValueError(f"model: Linear {parametrized[0]!r} has a parametrized weight (e.g. N:M sparsity); apply "
+                         "WTA-CRS first or pass it in ignore")
     if not linears:
         raise ValueError("the model has no nn.Linear layer to replace (besides the last one and those in ignore)")
     if optimizer is not None:
@@ -249,6 +254,8 @@ class WTACRSMethod(Method):
     """
 
     name = "wta_crs"
+    before = ("nm_sparsity",)
+    constraint_reason = "WTA-CRS swaps Linear layers for WTACRSLinear, which needs plain weights (list it first)"
     paper_id = "arXiv:2305.15265"
     claim = ("winner-take-all column-row sampling gives unbiased, lower-variance weight gradients: up to 2.7x less "
              "peak memory with almost no accuracy drop (T5/BERT on GLUE)")

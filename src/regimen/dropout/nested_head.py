@@ -36,6 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from regimen.dropout._common import check_generator, locate_submodule
 from regimen.dropout.multisample import default_head
@@ -140,6 +141,8 @@ def apply_nested_dropout_head(model: nn.Module, sigma: float = 10.0, mu: float =
     holder, key, old = locate_submodule(model, name, "module")
     if isinstance(old, NestedLinear):
         raise ValueError(f"module: nested dropout is already applied to {name!r}")
+    if parametrize.is_parametrized(old):
+        raise ValueError(f"module: {name!r} has a parametrized weight (e.g. N:M sparsity); apply nested dropout first")
     if optimizer is not None:
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         if not all(id(p) in held for p in old.parameters() if p.requires_grad):
@@ -207,6 +210,11 @@ class NestedDropoutMethod(Method):
     name = "nested_dropout"
     inputs = ()
     targets = ("labels",)
+    before = ("nm_sparsity",)
+    conflicts = ("nested_width",)
+    constraint_reason = ("nested dropout swaps the classifier Linear for a NestedLinear, which needs a plain weight "
+                         "(nm_sparsity parametrizes it, so list nested_dropout first); nested_width slices the same "
+                         "features by its own prefix")
     paper_id = "arXiv:2206.13140"
     claim = ("nested dropout on the penultimate features compresses them and resists label noise: Clothing1M "
              "73.1 vs CE 67.2 top-1 (74.9 with co-teaching)")
