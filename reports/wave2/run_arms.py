@@ -45,15 +45,19 @@ def _spread(values: list[float]) -> str:
 
 def table(out: Path) -> str:
     rows: dict[str, list[dict]] = {}
+    metric_name = "test_acc"
     for summary_path in sorted(out.glob("*-seed*/summary.json")):
         arm = summary_path.parent.name.rsplit("-seed", 1)[0]
         summary = json.loads(summary_path.read_text())
         history = [json.loads(line) for line in (summary_path.parent / "metrics.jsonl").read_text().splitlines()]
         samples = sum(h.get("samples_per_s", 0) * h.get("epoch_time", 0) for h in history)
         logs = {k: v for k, v in history[-1].items() if "/" in k}
-        rows.setdefault(arm, []).append({"final": summary["final_test_acc"], "best": summary["best_test_acc"],
+        key = summary["primary_metric"]  # test_acc, test_bits_per_byte, ...
+        metric_name = key
+        rows.setdefault(arm, []).append({"final": summary[f"final_{key}"], "best": summary[f"best_{key}"],
                                          "time": summary["train_time"], "samples": samples, "logs": logs})
-    lines = ["| arm | seeds | final test acc, median [min, max] | best-epoch test acc | samples trained | "
+    metric = metric_name.replace("_", " ") if rows else "test acc"
+    lines = [f"| arm | seeds | final {metric}, median [min, max] | best-epoch {metric} | samples trained | "
              "train time s (median) | last-epoch method logs (seed 0) |", "|---|---|---|---|---|---|---|"]
     for arm, runs in rows.items():
         logs = ", ".join(f"{k}={v:.4g}" for k, v in runs[0]["logs"].items())
