@@ -9,6 +9,9 @@ Hooks (all optional; the defaults do nothing):
 ``setup(ctx)``                                         once, before device wrapping: surgery on ``ctx.model`` and
                                                        ``ctx.optimizer`` (may replace either).
 ``on_epoch_start(ctx)``                                start of every epoch.
+``select_samples(ctx)``                                 the dataset indices this epoch trains on (the loader
+                                                       shuffles and batches only them), or ``None`` for all. One
+                                                       method per recipe.
 ``select_batches(batches, ctx)``                       the positions of this epoch's micro-batches to train on, or
                                                        ``None`` for all. One method per recipe.
 ``transform_batch(x, y, ctx) -> (x, y)``               augmentation and mixing, per micro-batch, recipe order.
@@ -45,6 +48,12 @@ Batch selection (``select_batches``): keep whole optimizer steps (a multiple of 
 not count as steps and the LR schedule is spread over the steps the epoch trains; with several processes every rank
 must return the same positions (reduce per-batch statistics with ``ctx.all_reduce`` first). The positions are saved
 in mid-epoch checkpoints. Draw randomness only from ``ctx.generator``.
+
+Sample selection (``select_samples``, called after ``on_epoch_start``): return training-set indices (distinct, in
+``[0, len(ctx.train_data))``, at least one optimizer step's worth); the loader then draws its seeded permutation over
+them only, so the epoch has fewer full batches and the LR schedule is spread over them. Every rank must return the
+same indices (draw from a generator seeded by the run seed and epoch, not the per-rank ``ctx.generator``). The
+indices are saved in mid-epoch checkpoints.
 
 Resuming from a mid-epoch checkpoint does not call ``on_epoch_start`` again: what a method computes there must be
 in its ``state_dict`` (or be recomputed lazily from it).
@@ -96,7 +105,7 @@ SELECTION_HOOK = "select_batches"
 #: Hooks that run in reverse recipe order.
 REVERSED_HOOKS = ("after_backward", "after_step", "on_epoch_end", "on_train_end")
 #: Hooks that replace part of the step outright: at most one method may implement them.
-_ALWAYS_EXCLUSIVE = ("training_step", "compute_loss", SELECTION_HOOK)
+_ALWAYS_EXCLUSIVE = ("training_step", "compute_loss", SELECTION_HOOK, "select_samples")
 
 # Packages whose import registers methods. A pillar registers its methods when its package is imported.
 _METHOD_PACKAGES = (
@@ -197,7 +206,8 @@ class Context:
     Services: ``log(key, value)``, ``backward(loss)``, ``all_reduce(tensor, op)``, ``autocast()``,
     ``example_batch(n)``, ``normalize(x)``, ``set_batch_size(n)``, ``set_epochs(n)`` (setup only).
     State: ``model``, ``optimizer``, ``criterion`` (the composed loss chain), ``generator`` (never replaced, so
-    layers may keep it), ``epoch``, ``step``, ``batch_indices``, ``train_data``.
+    layers may keep it), ``epoch``, ``step``, ``batch_indices``, ``train_data``, ``val_data`` (the validation split
+    or ``None``: for a method's own model selection, e.g. nested dropout's best k).
     """
 
     def __init__(
@@ -209,6 +219,7 @@ class Context:
         *,
         generator: torch.Generator | None = None,
         train_data: Any = None,
+        val_data: Any = None,
         normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
         backward: Callable[[torch.Tensor], None] | None = None,
         all_reduce: Callable[..., torch.Tensor] | None = None,
@@ -228,6 +239,7 @@ class Context:
         self.criterion = criterion if criterion is not None else torch.nn.functional.cross_entropy
         self.generator = generator if generator is not None else torch.Generator().manual_seed(self.run.seed)
         self.train_data = train_data
+        self.val_data = val_data  # the validation split (model selection inside a method), or None
         self.epoch = 0
         self.step = 0
         self.batch_indices: torch.Tensor | None = None
@@ -330,6 +342,9 @@ class Method:
 
     def on_epoch_start(self, ctx: Context) -> None:
         pass
+
+    def select_samples(self, ctx: Context) -> torch.Tensor | Sequence[int] | None:
+        return None
 
     def select_batches(self, batches: Iterable[Any], ctx: Context) -> Sequence[int] | None:
         return None

@@ -37,6 +37,14 @@ from regimen.batch.blurpool import (
     blur_filter,
 )
 from regimen.batch.conadv import ConAdvMethod, StaleCopy, random_other_labels, targeted_fgsm
+from regimen.batch.coteaching import (
+    CoTeachingEnsemble,
+    CoTeachingMethod,
+    coteaching_losses,
+    coteaching_select,
+    forget_rate_at,
+)
+from regimen.batch.frugal import FRUGAL, FrugalMethod, optimizer_state_bytes
 from regimen.batch.ghost_bn import (
     GhostBatchNorm1d,
     GhostBatchNorm2d,
@@ -66,6 +74,7 @@ from regimen.batch.pk_batches import PKBatchesMethod, pk_batch_indices
 from regimen.batch.regime import Regime, RegimeAdaptationMethod, adapt_regime, regime_factor
 from regimen.batch.sam import SAMMethod, frozen_bn_statistics, sam_epsilon, sam_step
 from regimen.batch.samplers import LengthBucketBatchSampler, TokenBudgetBatchSampler, padding_fraction
+from regimen.batch.sar import SAR, SARMethod, Tent, adapt, norm_affine_parameters, softmax_entropy
 from regimen.batch.scaling import LRScalingMethod, infer_scaling_rule, scale_lr, scale_optimizer_lr
 from regimen.batch.selective_backprop import (
     SelectiveBackpropMethod,
@@ -74,6 +83,7 @@ from regimen.batch.selective_backprop import (
     selection_weights,
 )
 from regimen.batch.seq_length_warmup import SeqLengthWarmupMethod, seq_length_at, truncate_sequences
+from regimen.batch.seta import SeTaMethod, kmeans_1d, seta_select, seta_window, sliding_window
 from regimen.batch.squeeze_excite import (
     SqueezeExcite2d,
     SqueezeExciteConv2d,
@@ -89,6 +99,14 @@ from regimen.batch.weight_std import (
     apply_weight_standardization,
     convs_followed_by_norm,
     weight_standardize,
+)
+from regimen.batch.wta_crs import (
+    WTACRSLinear,
+    WTACRSMethod,
+    apply_wta_crs,
+    crs_sample,
+    wta_crs_sample,
+    wta_crs_weight_grad,
 )
 
 __all__ = [
@@ -113,6 +131,31 @@ __all__ = [
     "batch_former",
     "PKBatchesMethod",
     "pk_batch_indices",
+    "SAR",
+    "SARMethod",
+    "Tent",
+    "adapt",
+    "norm_affine_parameters",
+    "softmax_entropy",
+    "FRUGAL",
+    "FrugalMethod",
+    "optimizer_state_bytes",
+    "WTACRSLinear",
+    "WTACRSMethod",
+    "apply_wta_crs",
+    "crs_sample",
+    "wta_crs_sample",
+    "wta_crs_weight_grad",
+    "SeTaMethod",
+    "kmeans_1d",
+    "seta_select",
+    "seta_window",
+    "sliding_window",
+    "CoTeachingEnsemble",
+    "CoTeachingMethod",
+    "coteaching_losses",
+    "coteaching_select",
+    "forget_rate_at",
     "MuPMethod",
     "apply_mup",
     "mup_hidden_parameters",

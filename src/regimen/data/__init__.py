@@ -13,12 +13,15 @@ from regimen.data.datasets import (
 )
 from regimen.data.idx import DataError, read_idx
 from regimen.data.loader import BatchSamplerLoader, InMemoryLoader
+from regimen.data.noise import LABEL_NOISE_KINDS, noisy_labels
 from regimen.data.select import DataSplits, load_data
 from regimen.data.text import IGNORE_INDEX, DocumentPieces, TextCorpus, TokenWindows, load_corpus, load_token_array
 from regimen.data.tokenizers import BPETokenizer, ByteTokenizer, train_bpe
 
 __all__ = [
     "IGNORE_INDEX",
+    "LABEL_NOISE_KINDS",
+    "noisy_labels",
     "ArrayDataset",
     "BPETokenizer",
     "BatchSamplerLoader",

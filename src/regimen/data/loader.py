@@ -44,6 +44,8 @@ class InMemoryLoader:
         self.world_size = world_size
         self.device = torch.device(device)
         self.epoch = 0
+        #: Dataset indices this epoch draws from (``None``: all): per-sample selection methods set it.
+        self.subset: torch.Tensor | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -52,15 +54,21 @@ class InMemoryLoader:
     def global_batch(self) -> int:
         return self.batch_size * self.world_size
 
+    @property
+    def num_samples(self) -> int:
+        """Samples this epoch draws from: the subset's size when one is set, else the dataset's."""
+        return len(self.dataset) if self.subset is None else len(self.subset)
+
     def __len__(self) -> int:
-        full, rest = divmod(len(self.dataset), self.global_batch)
+        full, rest = divmod(self.num_samples, self.global_batch)
         return full if self.drop_last or rest == 0 else full + 1
 
     def _order(self) -> torch.Tensor:
+        base = torch.arange(len(self.dataset)) if self.subset is None else self.subset
         if not self.shuffle:
-            return torch.arange(len(self.dataset))
+            return base
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(len(self.dataset), generator=generator)
+        return base[torch.randperm(len(base), generator=generator)]
 
     def __iter__(self) -> Iterator[Batch]:
         return self.batches()

@@ -53,7 +53,21 @@ from regimen.dropout.multisample import (
     multi_sample_dropout,
     multi_sample_dropout_masks,
 )
-from regimen.dropout.nested import NestedDropout, nested_dropout, nested_dropout_index
+from regimen.dropout.nested import (
+    NESTED_SAMPLERS,
+    NestedDropout,
+    half_gaussian_nested_index,
+    nested_dropout,
+    nested_dropout_index,
+)
+from regimen.dropout.nested_head import (
+    NestedDropoutMethod,
+    NestedLinear,
+    apply_nested_dropout_head,
+    find_classifier_linear,
+    nested_prefix_logits,
+    select_nested_k,
+)
 from regimen.dropout.temporal import (
     TemporalDropout,
     TemporalDropoutMethod,
@@ -65,6 +79,14 @@ from regimen.dropout.temporal import (
 from regimen.models import BasicBlock  # noqa: F401 - target of the deprecated DropPathBasicBlock alias
 
 __all__ = [
+    "NESTED_SAMPLERS",
+    "NestedDropoutMethod",
+    "NestedLinear",
+    "apply_nested_dropout_head",
+    "find_classifier_linear",
+    "half_gaussian_nested_index",
+    "nested_prefix_logits",
+    "select_nested_k",
     "HEAD_NAMES",
     "INNER_MODEL_NAMES",
     "ConcreteTemporalDropout",

@@ -14,19 +14,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimen.data import DataError, DataSplits, TensorDataset, split_dataset
+from regimen.data import ArrayDataset, DataError, DataSplits, TensorDataset, split_dataset
+from regimen.data.noise import LABEL_NOISE_KINDS, noisy_labels
 from regimen.data.select import make_splits
+from regimen.errors import ConfigurationError
 from regimen.losses import classification_loss
 from regimen.tasks.base import Task
 
 __all__ = ["ClassificationTask", "classification_criterion"]
+
+#: ``data.options`` of the classification tasks and their types.
+_LABEL_NOISE_OPTIONS: dict[str, tuple[type, ...]] = {"label_noise": (float, int), "label_noise_kind": (str,),
+                                                     "label_noise_seed": (int,)}
 
 
 def classification_criterion(label_smoothing: float = 0.0) -> Callable[..., torch.Tensor]:
@@ -59,8 +65,58 @@ class ClassificationTask(Task):
     data_names = ("auto", "digits", "iris", "wine", "breast_cancer", "npz")  # auto: digits
     model_names = ("mlp",)
     default_model = "mlp"
+    #: ``data.options`` read by the classification tasks: synthetic label noise on the training split
+    #: (:mod:`regimen.data.noise`).
+    data_option_names: ClassVar[tuple[str, ...]] = tuple(_LABEL_NOISE_OPTIONS)
 
     # ------------------------------------------------------------------------------------------------------ data
+    def label_noise_options(self) -> dict[str, Any]:
+        """``data.options`` checked: ``label_noise`` (rate in [0, 1), default 0), ``label_noise_kind``
+        (``"symmetric"`` | ``"pair"``), ``label_noise_seed`` (default: the recipe seed)."""
+        options = dict(getattr(self.recipe.data, "options", {}) or {})
+        for key, value in options.items():
+            if key not in _LABEL_NOISE_OPTIONS:
+                raise ConfigurationError(f"data.options.{key}: unknown option of task {self.name!r}; its options are "
+                                         f"{', '.join(_LABEL_NOISE_OPTIONS)}")
+            kinds = _LABEL_NOISE_OPTIONS[key]
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise ConfigurationError(f"data.options.{key}: expected {' or '.join(k.__name__ for k in kinds)}, "
+                                         f"got {value!r}")
+        rate = float(options.get("label_noise", 0.0))
+        if not 0.0 <= rate < 1.0:
+            raise ConfigurationError(f"data.options.label_noise must be in [0, 1), got {rate!r}")
+        kind = options.get("label_noise_kind", "symmetric")
+        if kind not in LABEL_NOISE_KINDS:
+            raise ConfigurationError(f"data.options.label_noise_kind must be one of {', '.join(LABEL_NOISE_KINDS)}, "
+                                     f"got {kind!r}")
+        return {"rate": rate, "kind": kind, "seed": int(options.get("label_noise_seed", self.recipe.seed))}
+
+    def check_recipe(self, user_model: bool = False, user_data: bool = False) -> None:
+        super().check_recipe(user_model, user_data)
+        self.label_noise_options()
+
+    def with_label_noise(self, data: DataSplits) -> DataSplits:
+        """``data`` with the recipe's label noise applied to the training split only (validation and test stay
+        clean); unchanged when ``data.options.label_noise`` is 0 or absent."""
+        noise = self.label_noise_options()
+        if noise["rate"] == 0.0:
+            return data
+        train = data.train
+        labels = train.labels if isinstance(train, ArrayDataset) else getattr(train, "targets", None)
+        if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
+            raise ConfigurationError("data.options.label_noise needs a training set of class labels (N,)")
+        flipped = noisy_labels(labels, noise["rate"], noise["kind"], self.num_classes(data),
+                               torch.Generator().manual_seed(noise["seed"]))
+        if isinstance(train, ArrayDataset):
+            data.train = ArrayDataset(train.images, flipped, train.num_classes, train.name)
+        else:
+            data.train = TensorDataset(train.inputs, flipped, train.name, train.num_classes)
+        actual = float((flipped != labels).double().mean())
+        data.sources = dict(data.sources, train=f"{data.sources.get('train', train.name)}, {noise['kind']} label "
+                                                f"noise {noise['rate']:g} ({actual:.3f} of labels wrong, seed "
+                                                f"{noise['seed']})")
+        return data
+
     def load_data(self) -> DataSplits:
         cfg, seed = self.recipe.data, self.recipe.seed
         if cfg.name == "npz":
@@ -77,7 +133,7 @@ class ClassificationTask(Task):
                                        cfg.test_fraction)
         sources = {"train": f"{train.name}", "val": f"seeded {cfg.val_fraction:g} of the training set",
                    "test": test_source}
-        return self._with_stats(DataSplits(train, val, test, sources=sources))
+        return self.with_label_noise(self._with_stats(DataSplits(train, val, test, sources=sources)))
 
     def adopt_data(self, data: Any) -> DataSplits:
         """``DataSplits``; a dict ``{"train": ..., "val": ..., "test": ...}`` of datasets or ``(inputs, labels)``

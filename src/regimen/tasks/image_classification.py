@@ -36,8 +36,8 @@ class ImageClassificationTask(ClassificationTask):
 
     def load_data(self) -> DataSplits:
         cfg = self.recipe.data
-        return load_data(cfg.name, cfg.root, cfg.val_fraction, cfg.train_subset, self.recipe.seed, cfg.test_subset,
-                         cfg.test_fraction)
+        return self.with_label_noise(load_data(cfg.name, cfg.root, cfg.val_fraction, cfg.train_subset,
+                                               self.recipe.seed, cfg.test_subset, cfg.test_fraction))
 
     def pair_dataset(self, inputs: torch.Tensor, labels: torch.Tensor, where: str) -> Any:
         """Images ``(N, C, H, W)`` (or ``(N, H, W)``), uint8 0-255 or float in [0, 1], and their labels."""

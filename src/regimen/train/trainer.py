@@ -78,6 +78,7 @@ class _Hooks:
         self.methods = methods
         self.step_owner = next((m for m in methods if m.overrides("training_step")), None)
         self.batch_selector = next((m for m in methods if m.overrides(SELECTION_HOOK)), None)
+        self.sample_selector = next((m for m in methods if m.overrides("select_samples")), None)
 
     def call(self, hook: str, ctx: Context) -> None:
         ordered = reversed(self.methods) if hook in REVERSED_HOOKS else self.methods
@@ -360,7 +361,7 @@ class _Run:
                       **task.run_facts(data))
         self.ctx = ctx = Context(
             model, optimizer, run=run, generator=torch.Generator().manual_seed(recipe.seed * 7919 + self.rank),
-            train_data=data.train, normalize=self.normalize, backward=self.fabric.backward,
+            train_data=data.train, val_data=data.val, normalize=self.normalize, backward=self.fabric.backward,
             all_reduce=lambda t, op="sum": self.fabric.all_reduce(t, reduce_op=op), autocast=self.fabric.autocast,
             set_batch_size=self._set_batch_size)
         ctx.criterion = compose_criterion(self.methods, task.loss(), ctx)
@@ -385,6 +386,29 @@ class _Run:
         batches = len(self.loader) if selected is None else len(selected)
         steps = batches // self.cfg.accumulation
         return min(steps, self.cfg.max_steps_per_epoch) if self.cfg.max_steps_per_epoch else steps
+
+    def _select_samples(self) -> torch.Tensor | None:
+        """The sample-selecting method's training-set indices for this epoch (checked), or ``None`` for all."""
+        method = self.hooks.sample_selector
+        if method is None:
+            return None
+        chosen = method.select_samples(self.ctx)
+        if chosen is None:
+            return None
+        indices = torch.as_tensor(chosen).reshape(-1)
+        if indices.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"method {method.name!r}: select_samples must return integer indices, got {indices.dtype}")
+        indices = indices.to(torch.int64).cpu()
+        size, needed = len(self.data.train), self.loader.global_batch * self.cfg.accumulation
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= size):
+            raise ValueError(f"method {method.name!r}: select_samples returned indices outside [0, {size})")
+        if torch.unique(indices).numel() != indices.numel():
+            raise ValueError(f"method {method.name!r}: select_samples returned an index twice")
+        if indices.numel() < needed:
+            raise ValueError(f"method {method.name!r} selected {indices.numel()} samples, fewer than one optimizer "
+                             f"step ({needed})")
+        self._check_ranks_agree(indices.tolist(), method.name)
+        return indices
 
     def _select_batches(self) -> list[int] | None:
         """The selecting method's micro-batch positions for this epoch (checked), or ``None`` for all batches."""
@@ -519,10 +543,12 @@ class _Run:
         position, self.position = self.position, None
         if position is None:
             hooks.call("on_epoch_start", ctx)
+            self.loader.subset = self._select_samples()
             selected = self._select_batches()
             first_step, earlier_time = 0, 0.0
             totals = torch.zeros(2 + len(task.train_metrics), dtype=torch.float64)  # loss sum, count, metric sums
-        else:  # a mid-epoch checkpoint: the epoch's batches, sums and time so far
+        else:  # a mid-epoch checkpoint: the epoch's samples, batches, sums and time so far
+            self.loader.subset = position.get("subset")
             selected, first_step = position["selected"], position["step_in_epoch"]
             totals, earlier_time = position["totals"].clone(), position["epoch_time"]
         steps = self._steps_per_epoch(selected)
@@ -563,8 +589,8 @@ class _Run:
                 earlier_time += time.perf_counter() - started
                 started = time.perf_counter()
                 self._save(out_path / "checkpoint.pt", epoch, position={
-                    "selected": selected, "step_in_epoch": step_in_epoch + 1, "totals": totals.clone(),
-                    "epoch_time": earlier_time})
+                    "subset": self.loader.subset, "selected": selected, "step_in_epoch": step_in_epoch + 1,
+                    "totals": totals.clone(), "epoch_time": earlier_time})
         if bar is not None:
             bar.stop()
         hooks.call("on_epoch_end", ctx)
