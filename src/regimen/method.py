@@ -54,11 +54,15 @@ This module imports nothing from the rest of regimen but ``regimen.errors``, so 
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import dataclasses
 import difflib
+import functools
 import importlib
 import inspect
+import math
+import numbers
 import typing
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -492,8 +496,97 @@ def register_method(cls: type[Method]) -> type[Method]:
     existing = _REGISTRY.get(cls.name)
     if existing is not None and existing.__qualname__ != cls.__qualname__:
         raise ValueError(f"method name {cls.name!r} is taken by {existing.__module__}.{existing.__qualname__}")
+    _guard_parameters(cls)
     _REGISTRY[cls.name] = cls
     return cls
+
+
+# -------------------------------------------------------------------------------------------- parameter types
+def _describe(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is typing.Union or type(annotation).__name__ == "UnionType":
+        return " or ".join(_describe(a) for a in args)
+    if annotation is type(None):
+        return "None"
+    if origin in (list, tuple, Sequence, collections.abc.Sequence):
+        inner = ", ".join(_describe(a) for a in args if a is not Ellipsis)
+        return f"a list of {inner}" if inner else "a list"
+    if annotation is float:
+        return "a finite number"
+    if annotation is int:
+        return "an integer"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _matches(value: Any, annotation: Any) -> bool | None:
+    """Whether ``value`` fits ``annotation`` (``None``: an annotation this check does not understand; let it pass).
+    Nothing is coerced: a bool is not an int, a float is not an int, a string is not a list; a float must be
+    finite (NaN or infinity as a hyperparameter is always a mistake)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return None
+    if annotation is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin is typing.Union or type(annotation).__name__ == "UnionType":
+        verdicts = [_matches(value, a) for a in args]
+        return True if any(verdicts) else (None if None in verdicts else False)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if annotation is float:
+        return (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value))
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and Ellipsis not in args:
+            if len(value) != len(args):
+                return False
+            verdicts = [_matches(v, a) for v, a in zip(value, args)]
+        else:
+            verdicts = [_matches(v, args[0]) for v in value] if args else []
+        return False if False in verdicts else True
+    return None
+
+
+def _guard_parameters(cls: type) -> None:
+    """Wrap ``cls.__init__`` so that a parameter of the wrong type (``"0.5"`` for a float, ``True`` for an int,
+    ``2.0`` for an int, NaN or infinity for a float) is a ``TypeError`` naming the method and the parameter, whether
+    the method is built by a recipe or called directly. Annotations this check does not understand pass."""
+    init = cls.__dict__.get("__init__")
+    if init is None or getattr(init, "_regimen_guarded", False):
+        return
+    try:
+        hints = typing.get_type_hints(init)
+    except (NameError, TypeError):
+        return
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def guarded(self, *args, **kwargs):
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"{cls.__name__}: {error}") from None
+        for name, value in list(bound.arguments.items())[1:]:
+            annotation = hints.get(name)
+            parameter = signature.parameters[name]
+            if annotation is None or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                continue
+            if value is parameter.default and not (isinstance(value, float) and not math.isfinite(value)):
+                continue
+            if _matches(value, annotation) is False:
+                raise TypeError(f"{cls.__name__}: {name} must be {_describe(annotation)}, got {value!r}")
+        return init(self, *args, **kwargs)
+
+    guarded._regimen_guarded = True  # type: ignore[attr-defined]
+    cls.__init__ = guarded  # type: ignore[method-assign]
 
 
 def _discover() -> None:
