@@ -83,6 +83,7 @@ __all__ = [
     "REVERSED_HOOKS",
     "RunInfo",
     "SELECTION_HOOK",
+    "checked_arguments",
     "check_exclusive_hooks",
     "check_method_order",
     "compose_criterion",
@@ -517,6 +518,8 @@ def _describe(annotation: Any) -> str:
         return "a finite number"
     if annotation is int:
         return "an integer"
+    if isinstance(annotation, type):
+        return f"a {annotation.__module__}.{annotation.__qualname__}".replace("torch.nn.modules.module.", "torch.nn.")
     return getattr(annotation, "__name__", str(annotation))
 
 
@@ -542,6 +545,8 @@ def _matches(value: Any, annotation: Any) -> bool | None:
         return (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value))
     if annotation is str:
         return isinstance(value, str)
+    if origin is None and isinstance(annotation, type) and annotation.__module__.split(".")[0] in ("torch",):
+        return isinstance(value, annotation)  # torch.Tensor, nn.Module, torch.Generator, torch.optim.Optimizer ...
     if origin in (list, tuple, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):
             return False
@@ -556,37 +561,85 @@ def _matches(value: Any, annotation: Any) -> bool | None:
 
 
 def _guard_parameters(cls: type) -> None:
-    """Wrap ``cls.__init__`` so that a parameter of the wrong type (``"0.5"`` for a float, ``True`` for an int,
-    ``2.0`` for an int, NaN or infinity for a float) is a ``TypeError`` naming the method and the parameter, whether
-    the method is built by a recipe or called directly. Annotations this check does not understand pass."""
+    """Wrap ``cls.__init__`` with :func:`checked_arguments`, naming the method in the error."""
     init = cls.__dict__.get("__init__")
     if init is None or getattr(init, "_regimen_guarded", False):
         return
+    cls.__init__ = _guarded(init, cls.__name__, getattr(cls, "infinite_parameters", ()))  # type: ignore[method-assign]
+
+
+def checked_arguments(fn=None, *, infinite: tuple[str, ...] = ()):
+    """Decorator (a function, or a class: its ``__init__``): an argument of the wrong type for its annotation (a
+    string for a float, ``True`` or ``2.5`` for an int, ``"yes"`` for a bool, NaN or infinity for a float, a value
+    outside a ``Literal``) is a ``TypeError`` naming the parameter, before the body runs. Nothing is coerced.
+    ``torch`` classes (``torch.Tensor``, ``nn.Module``, ``torch.Generator``) are checked with ``isinstance``; other
+    annotations the check does not understand (protocols, callables) pass; so do the defaults. ``infinite`` names
+    float parameters where infinity means something (``magnitude_std=inf``: uniform magnitudes)."""
+    if fn is None:
+        return functools.partial(checked_arguments, infinite=infinite)
+    if isinstance(fn, type):
+        init = fn.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_regimen_guarded", False):
+            fn.__init__ = _guarded(init, fn.__name__, infinite)  # type: ignore[misc]
+        return fn
+    return _guarded(fn, fn.__name__, infinite)
+
+
+def _right_type_wrong_value(value: Any, annotation: Any) -> bool:
+    """A string outside a Literal's choices, or NaN/infinity where a float goes: a ValueError (the type is right)."""
+    args = typing.get_args(annotation)
+    members = args if (typing.get_origin(annotation) is typing.Union
+                       or type(annotation).__name__ == "UnionType") else (annotation,)
+    for m in members:
+        if typing.get_origin(m) is typing.Literal and any(type(a) is type(value) for a in typing.get_args(m)):
+            return True
+        if m is float and isinstance(value, float) and not math.isfinite(value):
+            return True
+    return False
+
+
+def _guarded(init, owner: str, infinite: tuple[str, ...] = ()):
+    signature = inspect.signature(init)
     try:
         hints = typing.get_type_hints(init)
-    except (NameError, TypeError):
-        return
-    signature = inspect.signature(init)
+    except (NameError, TypeError):  # e.g. a name imported for type checking only: resolve what resolves
+        hints = {}
+        namespace = getattr(inspect.unwrap(init), "__globals__", {})
+        for name, parameter in signature.parameters.items():
+            annotation = parameter.annotation
+            if isinstance(annotation, str):
+                try:
+                    annotation = eval(annotation, namespace)  # noqa: S307 - the module's own annotation text
+                except Exception:  # noqa: BLE001 - unresolvable: not checked
+                    continue
+            if annotation is not inspect.Parameter.empty:
+                hints[name] = annotation
+    checks = [(name, hints[name], signature.parameters[name].default) for name in signature.parameters
+              if name in hints and signature.parameters[name].kind not in
+              (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
 
     @functools.wraps(init)
-    def guarded(self, *args, **kwargs):
+    def guarded(*args, **kwargs):
         try:
-            bound = signature.bind(self, *args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
         except TypeError as error:
-            raise TypeError(f"{cls.__name__}: {error}") from None
-        for name, value in list(bound.arguments.items())[1:]:
-            annotation = hints.get(name)
-            parameter = signature.parameters[name]
-            if annotation is None or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            raise TypeError(f"{owner}: {error}") from None
+        arguments = bound.arguments
+        for name, annotation, default in checks:
+            if name not in arguments:
                 continue
-            if value is parameter.default and not (isinstance(value, float) and not math.isfinite(value)):
+            value = arguments[name]
+            if value is default and not (isinstance(value, float) and not math.isfinite(value)):
+                continue
+            if name in infinite and isinstance(value, float) and math.isinf(value):
                 continue
             if _matches(value, annotation) is False:
-                raise TypeError(f"{cls.__name__}: {name} must be {_describe(annotation)}, got {value!r}")
-        return init(self, *args, **kwargs)
+                error = ValueError if _right_type_wrong_value(value, annotation) else TypeError
+                raise error(f"{owner}: {name} must be {_describe(annotation)}, got {value!r}")
+        return init(*args, **kwargs)
 
     guarded._regimen_guarded = True  # type: ignore[attr-defined]
-    cls.__init__ = guarded  # type: ignore[method-assign]
+    return guarded
 
 
 def _discover() -> None:

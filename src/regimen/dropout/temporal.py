@@ -26,10 +26,12 @@ from regimen.dropout._common import (
     check_tensor,
     rand,
 )
+from regimen.method import checked_arguments
 
 __all__ = ["TemporalDropout", "temporal_dropout", "time_step_mask_shape"]
 
 
+@checked_arguments
 def time_step_mask_shape(x: torch.Tensor, dim: int) -> list[int]:
     """Shape of a per-(sample, step) mask broadcastable against ``x``: N and T kept, 1 elsewhere."""
     shape = [1] * x.dim()
@@ -38,6 +40,7 @@ def time_step_mask_shape(x: torch.Tensor, dim: int) -> list[int]:
     return shape
 
 
+@checked_arguments
 def temporal_dropout(
     x: torch.Tensor,
     p: float = 0.1,
@@ -67,6 +70,7 @@ def temporal_dropout(
     return x * mask
 
 
+@checked_arguments
 class TemporalDropout(StochasticLayer):
     """Module form of :func:`temporal_dropout` (identity in eval)."""
 

@@ -32,11 +32,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from regimen.method import Method, register_method
+from regimen.method import Method, checked_arguments, register_method
 
 __all__ = ["LoadBalanceAccumulator", "LoadBalanceMethod", "expert_counts", "load_balancing_loss"]
 
 
+@checked_arguments
 def expert_counts(expert_indices: torch.Tensor, num_experts: int) -> torch.Tensor:
     """Number of assignments per expert (int64, shape ``(num_experts,)``) from ``(T,)`` or ``(T, k)`` indices."""
     if not isinstance(expert_indices, torch.Tensor) or expert_indices.is_floating_point():
@@ -49,6 +50,7 @@ def expert_counts(expert_indices: torch.Tensor, num_experts: int) -> torch.Tenso
     return torch.bincount(flat, minlength=num_experts)
 
 
+@checked_arguments
 class LoadBalanceAccumulator:
     """Running expert counts over the micro-batches of one optimizer step (gradient accumulation).
 
@@ -85,6 +87,7 @@ class LoadBalanceAccumulator:
         self.micro_batches = int(state["micro_batches"])
 
 
+@checked_arguments
 def load_balancing_loss(
     router_probs: torch.Tensor,
     expert_indices: torch.Tensor,

@@ -11,10 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from regimen.losses.soft_ce import classification_loss
+from regimen.method import checked_arguments
 
 __all__ = ["multi_sample_cross_entropy"]
 
 
+@checked_arguments
 def multi_sample_cross_entropy(
     logits_k: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0, average: str = "losses"
 ) -> torch.Tensor:

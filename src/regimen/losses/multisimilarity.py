@@ -28,9 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Sampler
 
+from regimen.method import checked_arguments
+
 __all__ = ["MultiSimilarityLoss", "PKSampler", "multi_similarity_loss"]
 
 
+@checked_arguments
 def multi_similarity_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -92,6 +95,7 @@ def multi_similarity_loss(
     return per_anchor.sum() / m
 
 
+@checked_arguments
 class MultiSimilarityLoss(nn.Module):
     """Module form of :func:`multi_similarity_loss`."""
 
@@ -112,6 +116,7 @@ class MultiSimilarityLoss(nn.Module):
         return f"alpha={self.alpha}, beta={self.beta}, base={self.base}, margin={self.margin}"
 
 
+@checked_arguments
 class PKSampler(Sampler[list[int]]):
     """Batch sampler: every batch holds ``p`` distinct classes × ``k`` samples of each (P×K sampling).
 

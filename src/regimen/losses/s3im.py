@@ -26,12 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regimen.method import checked_arguments
+
 __all__ = ["S3IM", "gaussian_window", "s3im_indices", "s3im_loss", "ssim"]
 
 _C1 = 0.01**2
 _C2 = 0.03**2
 
 
+@checked_arguments
 def gaussian_window(kernel: int, sigma: float = 1.5) -> torch.Tensor:
     """The reference's normalised 2-D Gaussian window (float64, ``kernel × kernel``, centre at ``kernel // 2``)."""
     x = torch.arange(kernel, dtype=torch.float64) - kernel // 2
@@ -40,6 +43,7 @@ def gaussian_window(kernel: int, sigma: float = 1.5) -> torch.Tensor:
     return g[:, None] * g[None, :]
 
 
+@checked_arguments
 def ssim(img1: torch.Tensor, img2: torch.Tensor, kernel: int = 4, stride: int = 4, sigma: float = 1.5) -> torch.Tensor:
     """Mean SSIM of two ``(B, C, H, W)`` images with a Gaussian window, zero padding and a strided window."""
     if img1.shape != img2.shape or img1.dim() != 4:
@@ -61,6 +65,7 @@ def ssim(img1: torch.Tensor, img2: torch.Tensor, kernel: int = 4, stride: int = 
     return ssim_map.mean()
 
 
+@checked_arguments
 def s3im_indices(n: int, repeats: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """The ``repeats · n`` gather indices: ``arange(n)`` then ``repeats − 1`` random permutations of it."""
     first = torch.arange(n)
@@ -70,6 +75,7 @@ def s3im_indices(n: int, repeats: int, generator: torch.Generator | None = None)
     return torch.cat([first, perms.reshape(-1)])
 
 
+@checked_arguments
 def s3im_loss(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -120,6 +126,7 @@ def s3im_loss(
     return 1.0 - ssim(src, tar, kernel=kernel, stride=stride)
 
 
+@checked_arguments
 class S3IM(nn.Module):
     """Module form of :func:`s3im_loss`; holds its own seeded generator when ``seed`` is given."""
 

@@ -18,12 +18,14 @@ import torch
 import torch.nn.functional as F
 
 from regimen._compat import renamed_arguments
+from regimen.method import checked_arguments
 
 __all__ = ["check_single_sample_logits", "classification_loss", "mixed_cross_entropy", "soft_target_cross_entropy"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
 
+@checked_arguments
 def check_single_sample_logits(logits: torch.Tensor, target: torch.Tensor | None = None) -> None:
     """Raise ValueError for ``(K, N, C)`` logits of multi-sample dropout in training, naming the loss to use.
 
@@ -52,6 +54,7 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
+@checked_arguments
 @renamed_arguments(targets="target")
 def soft_target_cross_entropy(
     logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0, reduction: str = "mean"
@@ -72,6 +75,7 @@ def soft_target_cross_entropy(
     return _reduce(-(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1), reduction)
 
 
+@checked_arguments
 @renamed_arguments(targets="target")
 def classification_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0,
                         reduction: str = "mean") -> torch.Tensor:
@@ -99,6 +103,7 @@ def _probabilities(target: torch.Tensor, num_classes: int, name: str) -> torch.T
     return F.one_hot(target.long(), num_classes).float()
 
 
+@checked_arguments
 @renamed_arguments(targets_a="target_a", targets_b="target_b")
 def mixed_cross_entropy(
     logits: torch.Tensor,

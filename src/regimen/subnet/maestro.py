@@ -47,7 +47,7 @@ from torch import nn
 
 from regimen._compat import deprecated_aliases
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 from regimen.subnet._common import unignored_modules
 from regimen.subnet._surgery import replace_parameters
 
@@ -81,6 +81,7 @@ def _check_rank(rank: int | None, max_rank: int, name: str = "rank") -> int:
     return rank
 
 
+@checked_arguments
 def svd_factors(weight: torch.Tensor, rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Split a weight matrix into ``U (out, r)`` and ``V (r, in)`` with ``U @ V`` its best rank-``r`` approximation.
 
@@ -107,6 +108,7 @@ def svd_factors(weight: torch.Tensor, rank: int | None = None) -> tuple[torch.Te
     return u.contiguous(), v.contiguous()
 
 
+@checked_arguments
 def low_rank_linear(
     x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None, rank: int | None = None
 ) -> torch.Tensor:
@@ -117,6 +119,7 @@ def low_rank_linear(
     return F.linear(F.linear(x, v[:rank]), u[:, :rank], bias)
 
 
+@checked_arguments
 def low_rank_conv2d(
     x: torch.Tensor,
     u: torch.Tensor,
@@ -144,6 +147,7 @@ def _tail_norms(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return v_tail.clamp_min(_TINY).sqrt(), u_tail.clamp_min(_TINY).sqrt()
 
 
+@checked_arguments
 def hierarchical_group_lasso(u: torch.Tensor, v: torch.Tensor, rank: int | None = None) -> torch.Tensor:
     """``Σ_{b<rank} (‖V[b:rank]‖_F + ‖U[:, b:rank]‖_F)``: the nested tail-group penalty of Maestro (differentiable).
 
@@ -159,6 +163,7 @@ def hierarchical_group_lasso(u: torch.Tensor, v: torch.Tensor, rank: int | None 
     return (v_tail + u_tail).sum()
 
 
+@checked_arguments
 @torch.no_grad()
 def rank_importance(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``‖V[b:]‖_F · ‖U[:, b:]‖_F`` for every component ``b`` (non-increasing, so thresholding keeps a prefix)."""
@@ -168,6 +173,7 @@ def rank_importance(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return v_tail * u_tail
 
 
+@checked_arguments
 def sample_rank(max_rank: int, generator: torch.Generator | None = None, min_rank: int = 1) -> int:
     """Ordered dropout's draw: ``b ~ Uniform{min_rank, ..., max_rank}``."""
     if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 1:
@@ -253,6 +259,7 @@ class _OrderedLowRank(nn.Module):
         self._reset_rank_state()
 
 
+@checked_arguments
 class OrderedLowRankLinear(_OrderedLowRank):
     """``y = U[:, :b] (V[:b] x) + bias`` with ``U (out, r)``, ``V (r, in)``; ``b`` = ordered-dropout rank in training.
 
@@ -335,6 +342,7 @@ def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
+@checked_arguments
 class OrderedLowRankConv2d(_OrderedLowRank):
     """A ``k×k`` conv ``in → b`` (factor ``V``, shape ``(r, in, kh, kw)``) then a ``1×1`` conv ``b → out`` (``U``).
 
@@ -443,11 +451,13 @@ class OrderedLowRankConv2d(_OrderedLowRank):
 
 
 # -------------------------------------------------------------------------------------------------------------- surgery
+@checked_arguments
 def low_rank_layers(model: nn.Module) -> list[tuple[str, _OrderedLowRank]]:
     """``(name, module)`` of every Maestro low-rank layer in ``model``, in module order."""
     return [(name, module) for name, module in model.named_modules() if isinstance(module, _OrderedLowRank)]
 
 
+@checked_arguments
 def apply_maestro(
     model: nn.Module,
     rank_ratio: float = 1.0,
@@ -513,6 +523,7 @@ def _renamed_ignore(ignore: Iterable[str], exclude: Iterable[str] | None, where:
     return exclude
 
 
+@checked_arguments
 def set_rank_fraction(model: nn.Module, fraction: float) -> None:
     """Set every low-rank layer's active rank to ``ceil(fraction · max_rank)`` (evaluate a uniform rank budget)."""
     if not 0.0 < fraction <= 1.0:
@@ -521,6 +532,7 @@ def set_rank_fraction(model: nn.Module, fraction: float) -> None:
         layer.set_active_rank(max(1, math.ceil(fraction * layer.max_rank)))
 
 
+@checked_arguments
 def truncate_model(model: nn.Module, dense_when_cheaper: bool = False) -> nn.Module:
     """Physically truncate every low-rank layer of ``model`` to its active rank (in place; returns ``model``).
 

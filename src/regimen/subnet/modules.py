@@ -14,9 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regimen.method import checked_arguments
+
 __all__ = ["PrunedMultiheadAttention"]
 
 
+@checked_arguments
 class PrunedMultiheadAttention(nn.Module):
     """Packed multi-head self-attention whose inner width ``num_heads * head_dim`` may differ from ``embed_dim``.
 

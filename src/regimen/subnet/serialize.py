@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from regimen.errors import ConfigurationError
+from regimen.method import checked_arguments
 from regimen.subnet._surgery import module_info, size_attributes, to_pruned_attention
 from regimen.subnet.modules import PrunedMultiheadAttention
 
@@ -39,6 +40,7 @@ __all__ = ["architecture_spec", "build_from_spec", "load_pruned", "restore_prune
 FORMAT = "regimen-pruned-v1"
 
 
+@checked_arguments
 def architecture_spec(model: nn.Module) -> dict[str, Any] | None:
     """``{"class": "ResNet"|"MLP", "config": {...}}`` for regimen reference models (``model.config``), else None."""
     from regimen import models
@@ -50,6 +52,7 @@ def architecture_spec(model: nn.Module) -> dict[str, Any] | None:
     return None
 
 
+@checked_arguments
 def build_from_spec(spec: dict[str, Any]) -> nn.Module:
     """Build a regimen reference model from ``architecture_spec`` output (only classes of ``regimen.models``)."""
     from regimen import models
@@ -61,6 +64,7 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
     return cls(**spec.get("config", {}))
 
 
+@checked_arguments
 def restore_pruned(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """Re-shape ``model`` (the unpruned architecture) to ``state_dict``'s shapes, then load it (strict)."""
     from regimen.subnet.lowrank import restore_lowrank
@@ -129,6 +133,7 @@ def _describe(model: nn.Module, spec: dict[str, Any] | None) -> dict[str, Any]:
     return arch
 
 
+@checked_arguments
 def save_pruned(model: nn.Module, path: str | os.PathLike, spec: dict[str, Any] | None = None,
                 extra: dict[str, Any] | None = None) -> None:
     """Write ``{"format", "architecture", "model", "extra"}`` atomically; works for any model.
@@ -209,6 +214,7 @@ def _check_tensors(state_dict: dict[str, torch.Tensor], trial: nn.Module, path: 
             )
 
 
+@checked_arguments
 def load_pruned(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     """Load a file written by ``save_pruned`` (``weights_only=True``: no pickled code runs).
 

@@ -22,11 +22,12 @@ import math
 import torch
 from torch import nn
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["SubsampledAttentionMethod", "sample_kept_positions", "subsampled_causal_attention"]
 
 
+@checked_arguments
 def sample_kept_positions(batch: int, length: int, keep: int, generator: torch.Generator | None = None,
                           device: torch.device | str = "cpu") -> torch.Tensor:
     """``(batch, keep)`` sorted positions per sample, uniform without replacement from ``[0, length)``."""
@@ -36,6 +37,7 @@ def sample_kept_positions(batch: int, length: int, keep: int, generator: torch.G
     return scores.argsort(dim=1)[:, :keep].sort(dim=1).values.to(device)
 
 
+@checked_arguments
 def subsampled_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kept: torch.Tensor,
                                 scale: float | None = None) -> torch.Tensor:
     """Causal attention of ``(B, H, T, D)`` queries to the kept keys/values ``kept`` ``(B, K)`` plus themselves."""
