@@ -72,8 +72,8 @@ def resolve_stages(model_or_stages: nn.Module | Sequence[nn.Module], split_point
     return stages
 
 
-@checked_arguments
 @renamed_arguments(example_input="example_inputs")
+@checked_arguments
 def block_costs(
     stages: Sequence[nn.Module], balance: Balance = "params", example_inputs: torch.Tensor | None = None,
 ) -> list[float]:

@@ -54,8 +54,8 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
-@checked_arguments
 @renamed_arguments(targets="target")
+@checked_arguments
 def soft_target_cross_entropy(
     logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0, reduction: str = "mean"
 ) -> torch.Tensor:
@@ -75,8 +75,8 @@ def soft_target_cross_entropy(
     return _reduce(-(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1), reduction)
 
 
-@checked_arguments
 @renamed_arguments(targets="target")
+@checked_arguments
 def classification_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0,
                         reduction: str = "mean") -> torch.Tensor:
     """The trainer's default criterion: index ``target (N,)`` or soft ``target (N, C)``; ``reduction`` as in
@@ -103,8 +103,8 @@ def _probabilities(target: torch.Tensor, num_classes: int, name: str) -> torch.T
     return F.one_hot(target.long(), num_classes).float()
 
 
-@checked_arguments
 @renamed_arguments(targets_a="target_a", targets_b="target_b")
+@checked_arguments
 def mixed_cross_entropy(
     logits: torch.Tensor,
     target_a: torch.Tensor,

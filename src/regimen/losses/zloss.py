@@ -130,8 +130,8 @@ def z_loss(
     return _reduce(per_row, valid, reduction)
 
 
-@checked_arguments
 @renamed_arguments(coef="z_loss_coef")
+@checked_arguments
 def logit_z_loss(
     logits: torch.Tensor,
     target: torch.Tensor | None = None,
