@@ -72,7 +72,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from regimen.errors import ConfigurationError
+from regimen.errors import ArgumentError, ConfigurationError
 
 __all__ = [
     "CHAIN_HOOKS",
@@ -518,12 +518,14 @@ def _describe(annotation: Any) -> str:
         return "a finite number"
     if annotation is int:
         return "an integer"
+    if annotation is nn.Module:
+        return "an nn.Module"
     if isinstance(annotation, type):
-        return f"a {annotation.__module__}.{annotation.__qualname__}".replace("torch.nn.modules.module.", "torch.nn.")
+        return f"a {annotation.__module__}.{annotation.__qualname__}"
     return getattr(annotation, "__name__", str(annotation))
 
 
-def _matches(value: Any, annotation: Any) -> bool | None:
+def _matches(value: Any, annotation: Any, finite: bool = True) -> bool | None:
     """Whether ``value`` fits ``annotation`` (``None``: an annotation this check does not understand; let it pass).
     Nothing is coerced: a bool is not an int, a float is not an int, a string is not a list; a float must be
     finite (NaN or infinity as a hyperparameter is always a mistake)."""
@@ -535,27 +537,30 @@ def _matches(value: Any, annotation: Any) -> bool | None:
     if origin is typing.Literal:
         return any(value == a and type(value) is type(a) for a in args)
     if origin is typing.Union or type(annotation).__name__ == "UnionType":
-        verdicts = [_matches(value, a) for a in args]
+        verdicts = [_matches(value, a, finite) for a in args]
         return True if any(verdicts) else (None if None in verdicts else False)
     if annotation is bool:
         return isinstance(value, bool)
     if annotation is int:
         return isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if annotation is float:
-        return (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value))
+        return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                and (not finite or math.isfinite(value)))
     if annotation is str:
         return isinstance(value, str)
     if origin is None and isinstance(annotation, type) and annotation.__module__.split(".")[0] in ("torch",):
         return isinstance(value, annotation)  # torch.Tensor, nn.Module, torch.Generator, torch.optim.Optimizer ...
     if origin in (list, tuple, collections.abc.Sequence):
-        if not isinstance(value, (list, tuple)):
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or not hasattr(value, "__getitem__"):
             return False
+        if not isinstance(value, (list, tuple)):  # an nn.ModuleList, a torch.Size, an array: the callee decides
+            return None if origin is collections.abc.Sequence else False
         if origin is tuple and args and Ellipsis not in args:
             if len(value) != len(args):
                 return False
-            verdicts = [_matches(v, a) for v, a in zip(value, args)]
-        else:
-            verdicts = [_matches(v, args[0]) for v in value] if args else []
+            verdicts = [_matches(v, a, finite=False) for v, a in zip(value, args)]
+        else:  # elements: the types only (NaN inside a list of losses is the callee's value check)
+            verdicts = [_matches(v, args[0], finite=False) for v in value] if args else []
         return False if False in verdicts else True
     return None
 
@@ -585,17 +590,9 @@ def checked_arguments(fn=None, *, infinite: tuple[str, ...] = ()):
     return _guarded(fn, fn.__name__, infinite)
 
 
-def _right_type_wrong_value(value: Any, annotation: Any) -> bool:
-    """A string outside a Literal's choices, or NaN/infinity where a float goes: a ValueError (the type is right)."""
-    args = typing.get_args(annotation)
-    members = args if (typing.get_origin(annotation) is typing.Union
-                       or type(annotation).__name__ == "UnionType") else (annotation,)
-    for m in members:
-        if typing.get_origin(m) is typing.Literal and any(type(a) is type(value) for a in typing.get_args(m)):
-            return True
-        if m is float and isinstance(value, float) and not math.isfinite(value):
-            return True
-    return False
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, torch.Tensor) else f"a tensor of shape {tuple(value.shape)}"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _guarded(init, owner: str, infinite: tuple[str, ...] = ()):
@@ -622,8 +619,8 @@ def _guarded(init, owner: str, infinite: tuple[str, ...] = ()):
     def guarded(*args, **kwargs):
         try:
             bound = signature.bind(*args, **kwargs)
-        except TypeError as error:
-            raise TypeError(f"{owner}: {error}") from None
+        except TypeError:  # e.g. a deprecated keyword that a decorator inside renames: let the call say so
+            return init(*args, **kwargs)
         arguments = bound.arguments
         for name, annotation, default in checks:
             if name not in arguments:
@@ -634,8 +631,7 @@ def _guarded(init, owner: str, infinite: tuple[str, ...] = ()):
             if name in infinite and isinstance(value, float) and math.isinf(value):
                 continue
             if _matches(value, annotation) is False:
-                error = ValueError if _right_type_wrong_value(value, annotation) else TypeError
-                raise error(f"{owner}: {name} must be {_describe(annotation)}, got {value!r}")
+                raise ArgumentError(f"{owner}: {name} must be {_describe(annotation)}, got {_short(value)}")
         return init(*args, **kwargs)
 
     guarded._regimen_guarded = True  # type: ignore[attr-defined]

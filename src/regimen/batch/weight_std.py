@@ -195,7 +195,7 @@ class BatchChannelNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.num_features:
-            raise ValueError(f"x must be (N, {self.num_features}, H, W), got "
+            raise ValueError(f"expected input x of shape (N, {self.num_features}, H, W), got "
                              f"{tuple(getattr(x, 'shape', ())) or type(x).__name__}")
         out = self._estimated_bn(x) if self.estimate else self.bn(x)
         out = F.group_norm(out, self.num_groups, None, None, self.eps)

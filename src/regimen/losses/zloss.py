@@ -131,7 +131,6 @@ def z_loss(
 
 
 @renamed_arguments(coef="z_loss_coef")
-@checked_arguments
 def logit_z_loss(
     logits: torch.Tensor,
     target: torch.Tensor | None = None,

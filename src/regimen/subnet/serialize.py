@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +217,25 @@ def _check_tensors(state_dict: dict[str, torch.Tensor], trial: nn.Module, path: 
             )
 
 
+def _read_payload(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` after checking the archive's CRC-32 checksums (a flipped bit in the weights
+    would otherwise load silently); every failure a one-line ConfigurationError naming the file."""
+    if not path.is_file():
+        raise ConfigurationError(f"load_pruned: file not found: {path}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as error:
+        raise ConfigurationError(f"{path} is not a readable {FORMAT} file: not a torch zip archive ({error})") from None
+    if bad is not None:
+        raise ConfigurationError(f"{path} is corrupt: checksum mismatch in {bad} (a damaged or truncated file)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigurationError(f"{path} is not a readable {FORMAT} file: {first}") from None
+
+
 @checked_arguments
 def load_pruned(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     """Load a file written by ``save_pruned`` (``weights_only=True``: no pickled code runs).
@@ -227,9 +249,9 @@ def load_pruned(path: str | os.PathLike, model: nn.Module | None = None) -> nn.M
         ConfigurationError: ``model`` is missing for your own class, or its class, submodules, parameter names or
             sizes do not fit the file (the message names what differs; ``model`` is then left unchanged).
     """
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} file")
+    payload = _read_payload(Path(path))
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or not isinstance(payload.get("model"), dict):
+        raise ConfigurationError(f"{path} is not a {FORMAT} file")
     arch = payload.get("architecture") or {}
     state_dict = payload["model"]
     if model is None:
