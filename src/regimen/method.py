@@ -525,7 +525,7 @@ def _describe(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def _matches(value: Any, annotation: Any, finite: bool = True) -> bool | None:
+def _matches(value: Any, annotation: Any, finite: bool = True, elements: bool = True) -> bool | None:
     """Whether ``value`` fits ``annotation`` (``None``: an annotation this check does not understand; let it pass).
     Nothing is coerced: a bool is not an int, a float is not an int, a string is not a list; a float must be
     finite (NaN or infinity as a hyperparameter is always a mistake)."""
@@ -537,7 +537,7 @@ def _matches(value: Any, annotation: Any, finite: bool = True) -> bool | None:
     if origin is typing.Literal:
         return any(value == a and type(value) is type(a) for a in args)
     if origin is typing.Union or type(annotation).__name__ == "UnionType":
-        verdicts = [_matches(value, a, finite) for a in args]
+        verdicts = [_matches(value, a, finite, elements) for a in args]
         return True if any(verdicts) else (None if None in verdicts else False)
     if annotation is bool:
         return isinstance(value, bool)
@@ -548,13 +548,19 @@ def _matches(value: Any, annotation: Any, finite: bool = True) -> bool | None:
                 and (not finite or math.isfinite(value)))
     if annotation is str:
         return isinstance(value, str)
-    if origin is None and isinstance(annotation, type) and annotation.__module__.split(".")[0] in ("torch",):
-        return isinstance(value, annotation)  # torch.Tensor, nn.Module, torch.Generator, torch.optim.Optimizer ...
+    if origin is None and isinstance(annotation, type) and annotation.__module__.split(".")[0] in ("torch", "regimen"):
+        return isinstance(value, annotation)  # torch.Tensor, nn.Module, torch.Generator, regimen's Group ...
+    if origin in (dict, collections.abc.Mapping) or annotation is dict:
+        return isinstance(value, collections.abc.Mapping)
+    if origin is collections.abc.Iterable:
+        return False if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") else None
     if origin in (list, tuple, collections.abc.Sequence):
         if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or not hasattr(value, "__getitem__"):
             return False
         if not isinstance(value, (list, tuple)):  # an nn.ModuleList, a torch.Size, an array: the callee decides
             return None if origin is collections.abc.Sequence else False
+        if not elements:  # a function checks its own elements, with messages that name the bad one
+            return True
         if origin is tuple and args and Ellipsis not in args:
             if len(value) != len(args):
                 return False
@@ -570,7 +576,8 @@ def _guard_parameters(cls: type) -> None:
     init = cls.__dict__.get("__init__")
     if init is None or getattr(init, "_regimen_guarded", False):
         return
-    cls.__init__ = _guarded(init, cls.__name__, getattr(cls, "infinite_parameters", ()))  # type: ignore[method-assign]
+    cls.__init__ = _guarded(init, cls.__name__, getattr(cls, "infinite_parameters", ()),  # type: ignore[method-assign]
+                            elements=True)
 
 
 def checked_arguments(fn=None, *, infinite: tuple[str, ...] = ()):
@@ -595,7 +602,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _guarded(init, owner: str, infinite: tuple[str, ...] = ()):
+def _guarded(init, owner: str, infinite: tuple[str, ...] = (), elements: bool = False):
     signature = inspect.signature(init)
     try:
         hints = typing.get_type_hints(init)
@@ -630,8 +637,10 @@ def _guarded(init, owner: str, infinite: tuple[str, ...] = ()):
                 continue
             if name in infinite and isinstance(value, float) and math.isinf(value):
                 continue
-            if _matches(value, annotation) is False:
+            if _matches(value, annotation, elements=elements) is False:
                 raise ArgumentError(f"{owner}: {name} must be {_describe(annotation)}, got {_short(value)}")
+            if isinstance(value, torch.Tensor) and value.device.type == "meta":
+                raise ArgumentError(f"{owner}: {name} must hold data; got a tensor on the meta device")
         return init(*args, **kwargs)
 
     guarded._regimen_guarded = True  # type: ignore[attr-defined]

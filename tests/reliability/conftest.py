@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import torch._dynamo  # noqa: F401 - imported now: a lazy first import inside a timed case could be interrupted
 from hypothesis import HealthCheck, Phase, settings
 
 from tests.reliability import fuzzlib

@@ -63,6 +63,7 @@ def _apply_ops_build(d):
 
 add("apply_ops", _apply_ops_build, check=same_shape_as("images"),
     scalars={"interpolation": "str"}, tensors=("images",))
+ENTRIES[-1].aliases = ("params",)  # an images batch of another size than params: the error names params
 
 add("augmix", lambda d: _images_call(A.augmix, d, uint8=True, severity=d(st.integers(1, 10)),
                                      width=d(st.integers(1, 3)), depth=d(st.sampled_from([-1, 1, 2]))),
@@ -183,7 +184,7 @@ def _facility_check(result, c):
     assert index.shape == (k,) and len(set(index.tolist())) == k and weights.sum().item() == n
 
 
-add("facility_location", _facility_build, check=_facility_check, scalars={"k": "count", "epsilon": "prob_open"},
+add("facility_location", _facility_build, check=_facility_check, scalars={"k": "count0", "epsilon": "prob_open"},
     tensors=("points",))
 
 

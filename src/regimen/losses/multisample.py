@@ -23,6 +23,8 @@ def multi_sample_cross_entropy(
     """Mean over K of the cross-entropy of ``logits_k (K, N, C)`` against index ``(N,)`` or soft ``(N, C)`` targets."""
     if logits_k.dim() != 3:
         raise ValueError(f"logits_k must be (K, N, C), got shape {tuple(logits_k.shape)}")
+    if not logits_k.is_floating_point():
+        raise TypeError(f"logits_k must be floating point, got {logits_k.dtype}")
     num_samples, batch, classes = logits_k.shape
     if target.shape[0] != batch:
         raise ValueError(f"target must have {batch} rows to match logits_k, got shape {tuple(target.shape)}")

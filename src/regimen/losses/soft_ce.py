@@ -82,8 +82,15 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor, label_smooth
     """The trainer's default criterion: index ``target (N,)`` or soft ``target (N, C)``; ``reduction`` as in
     ``F.cross_entropy`` (``"none"`` gives the per-sample losses)."""
     check_single_sample_logits(logits, target)
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be floating point, got {logits.dtype}")
     if target.dim() == 2 and target.is_floating_point():
         return soft_target_cross_entropy(logits, target, label_smoothing=label_smoothing, reduction=reduction)
+    if target.is_floating_point() or target.dtype == torch.bool:
+        raise TypeError(f"target must hold integer class indices (N,) or soft targets (N, C), got {target.dtype} "
+                        f"{tuple(target.shape)}")
+    if target.device != logits.device:
+        raise ValueError(f"target must be on the device of logits ({logits.device}), got {target.device}")
     _check_reduction(reduction)
     return F.cross_entropy(logits, target, label_smoothing=label_smoothing, reduction=reduction)
 

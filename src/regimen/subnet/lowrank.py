@@ -86,6 +86,9 @@ def energy_rank(singular_values: torch.Tensor, energy: float = 0.99) -> int:
 @checked_arguments
 def truncate_weight(weight: torch.Tensor, energy: float = 0.99) -> tuple[torch.Tensor, int]:
     """Rank-truncated copy of a conv/linear weight (via ``conv_to_matrix``) keeping ``energy``; returns (W', r)."""
+    if not weight.is_floating_point() or not bool(torch.isfinite(weight).all()):
+        raise ValueError(f"weight must be a finite floating point tensor (an SVD of NaN/inf does not converge), got "
+                         f"{weight.dtype}")
     matrix = conv_to_matrix(weight.detach()).double()
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     rank = energy_rank(s, energy)
@@ -96,6 +99,11 @@ def truncate_weight(weight: torch.Tensor, energy: float = 0.99) -> tuple[torch.T
 @checked_arguments
 def nuclear_subgradient(weight: torch.Tensor, tol: float = 1e-7) -> torch.Tensor:
     """``U V^T`` over the non-zero singular values of ``conv_to_matrix(weight)``, shaped like ``weight``."""
+    if not weight.is_floating_point() or not bool(torch.isfinite(weight).all()):
+        raise ValueError(f"weight must be a finite floating point tensor (an SVD of NaN/inf does not converge), got "
+                         f"{weight.dtype}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
     matrix = conv_to_matrix(weight.detach()).double()
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     keep = s > tol * s.max().clamp_min(1e-30)
@@ -121,6 +129,9 @@ class FactorizedConv2d(nn.Module):
                  padding: Any = 0, dilation: Any = 1, bias: bool = True, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        if min(in_channels, out_channels, rank) < 1:
+            raise ValueError(f"in_channels, out_channels and rank must be >= 1, got {in_channels}, {out_channels}, "
+                             f"{rank}")
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (_pair(kernel_size), _pair(stride), _pair(padding),
                                                   _pair(dilation))
         factory = {"device": device, "dtype": dtype}
@@ -164,6 +175,9 @@ class FactorizedLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        if min(in_features, out_features, rank) < 1:
+            raise ValueError(f"in_features, out_features and rank must be >= 1, got {in_features}, {out_features}, "
+                             f"{rank}")
         factory = {"device": device, "dtype": dtype}
         self.rank = rank
         self.first = nn.Linear(in_features, rank, bias=False, **factory)
