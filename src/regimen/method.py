@@ -639,8 +639,6 @@ def _guarded(init, owner: str, infinite: tuple[str, ...] = (), elements: bool = 
                 continue
             if _matches(value, annotation, elements=elements) is False:
                 raise ArgumentError(f"{owner}: {name} must be {_describe(annotation)}, got {_short(value)}")
-            if isinstance(value, torch.Tensor) and value.device.type == "meta":
-                raise ArgumentError(f"{owner}: {name} must hold data; got a tensor on the meta device")
         return init(*args, **kwargs)
 
     guarded._regimen_guarded = True  # type: ignore[attr-defined]

@@ -190,7 +190,7 @@ def _msd_module_build(d):
 add("MultiSampleDropout", _msd_module_build,
     check=lambda r, c: _check(r.shape == (c.kwargs["num_samples"], c.kwargs["x"].shape[0], 3)),
     scalars={"num_samples": "count", "p": "prob_open", "head": "str"}, tensors=("x",))
-ENTRIES[-1].aliases = ("features",)
+ENTRIES[-1].aliases = ("features", "like")
 
 
 def _wrapper(cls, inner_kw, drop):

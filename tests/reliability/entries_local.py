@@ -106,6 +106,7 @@ def _aux_loss(cls, **ctor):
         def run(head=None, weight=None, **kw):
             kwargs = {**({} if head is None else {"head": head}), **({} if weight is None else {"weight": weight}),
                       **{k: v for k, v in kw.items() if k not in ("features", "target", "image")}}
+            torch.manual_seed(0)  # the same auxiliary weights on every run of a call
             aux = cls(**kwargs)
             return aux.loss(kw["features"], kw["target"], criterion=nn.functional.cross_entropy,
                             image=kw.get("image"), module_input=kw["features"])
@@ -132,7 +133,7 @@ add("ReconstructionAuxiliary", _aux_loss(LL.ReconstructionAuxiliary, shape=(4, 4
 add("MomentumAuxiliary", _aux_loss(LL.MomentumAuxiliary, next_block=lambda d: nn.Conv2d(4, 4, 3, padding=1),
                                    out_shape=(4, 4, 4), num_classes=3),
     check=lambda r, c: _check(r.dim() == 0),
-    scalars={"momentum": "prob", "learnable": "str", "head_depth": "count", "num_classes": "count",
+    scalars={"momentum": "prob", "learnable": "str", "head_depth": "count0", "num_classes": "count",
              "next_block": "str", "out_shape": "str"}, tensors=("features",))
 
 
@@ -196,7 +197,7 @@ add("balanced_split_points", _balanced_build, check=_balanced_check,
     scalars={"num_modules": "count", "min_last_blocks": "count", "costs": "str"})
 add("split_points_to_ranges", lambda d: Call(LL.split_points_to_ranges, {"split_points": [2, 4], "num_stages": 7}),
     check=lambda r, c: _check(r == [(0, 2), (2, 4), (4, 7)], f"{r}"),
-    scalars={"num_stages": "count", "min_last_blocks": "count", "split_points": "str"})
+    scalars={"num_stages": "count", "min_last_blocks": "count0", "split_points": "str"})
 
 
 def _local_learning_run(model, x, y, **kwargs):

@@ -14,8 +14,8 @@ ENTRIES: list[Entry] = []
 SKIPPED: dict[str, str] = {}
 
 
-def add(name, build, check=None, scalars=None, tensors=(), exempt=None):
-    ENTRIES.append(Entry(f"losses.{name}", build, check, scalars or {}, tensors, exempt or {}))
+def add(name, build, check=None, scalars=None, tensors=(), exempt=None, aliases=()):
+    ENTRIES.append(Entry(f"losses.{name}", build, check, scalars or {}, tensors, exempt or {}, aliases))
 
 
 def _check(condition, message="check failed"):
@@ -278,7 +278,7 @@ def _ssim_build(d):
     return Call(L.ssim, {"img1": x, "img2": x.clone(), "kernel": d(st.integers(1, 4)), "stride": d(st.integers(1, 4))})
 
 
-add("ssim", _ssim_build, check=lambda r, c: _close(r, torch.tensor(1.0), "SSIM(x, x) != 1", atol=1e-4),
+add("ssim", _ssim_build, aliases=("images",), check=lambda r, c: _close(r, torch.tensor(1.0), "SSIM(x, x) != 1", atol=1e-4),
     scalars={"kernel": "count", "stride": "count", "sigma": "positive"}, tensors=("img1", "img2"))
 add("s3im_indices", lambda d: Call(L.s3im_indices, {"n": d(st.integers(1, 20)), "repeats": d(st.integers(1, 4))},
                                    d(seeds), "generator"),

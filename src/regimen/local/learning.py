@@ -185,6 +185,8 @@ class LocalLearning(nn.Module):
         data_std: torch.Tensor | Sequence[float] | None = None,
     ) -> None:
         super().__init__()
+        if not 0.0 <= pyramid_coeff <= 1.0:
+            raise ValueError(f"pyramid_coeff must be in [0, 1], got {pyramid_coeff}")
         if aux not in AUX_TYPES:
             raise ValueError(f"aux must be one of {AUX_TYPES}, got {aux!r}")
         if balance not in BALANCE_MODES:

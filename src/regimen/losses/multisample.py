@@ -25,6 +25,8 @@ def multi_sample_cross_entropy(
         raise ValueError(f"logits_k must be (K, N, C), got shape {tuple(logits_k.shape)}")
     if not logits_k.is_floating_point():
         raise TypeError(f"logits_k must be floating point, got {logits_k.dtype}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     num_samples, batch, classes = logits_k.shape
     if target.shape[0] != batch:
         raise ValueError(f"target must have {batch} rows to match logits_k, got shape {tuple(target.shape)}")

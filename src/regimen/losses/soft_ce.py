@@ -84,6 +84,8 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor, label_smooth
     check_single_sample_logits(logits, target)
     if not logits.is_floating_point():
         raise TypeError(f"logits must be floating point, got {logits.dtype}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     if target.dim() == 2 and target.is_floating_point():
         return soft_target_cross_entropy(logits, target, label_smoothing=label_smoothing, reduction=reduction)
     if target.is_floating_point() or target.dtype == torch.bool:

@@ -153,6 +153,8 @@ def logit_z_loss(
     Returns:
         The regulariser, to be *added* to the classification loss.
     """
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
     if target is not None and not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be an integer tensor or None, got {type(target).__name__} (the coefficient is "
                         "the keyword z_loss_coef)")

@@ -136,6 +136,8 @@ def low_rank_conv2d(
     """A ``k×k`` conv to ``rank`` channels (``v[:rank]``, shape ``(r, in, kh, kw)``) then a ``1×1`` conv by ``u``."""
     if u.ndim != 2 or v.ndim != 4 or u.shape[1] != v.shape[0]:
         raise ValueError(f"u (out, r) and v (r, in, kh, kw) must share r, got {tuple(u.shape)} and {tuple(v.shape)}")
+    if not (x.dtype == u.dtype == v.dtype and x.is_floating_point()):
+        raise TypeError(f"x, u and v must share one floating point dtype, got {x.dtype}, {u.dtype}, {v.dtype}")
     rank = _check_rank(rank, v.shape[0])
     hidden = F.conv2d(x, v[:rank], None, stride, padding, dilation)
     return F.conv2d(hidden, u[:, :rank, None, None], bias)

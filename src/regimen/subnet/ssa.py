@@ -31,6 +31,8 @@ __all__ = ["SubsampledAttentionMethod", "sample_kept_positions", "subsampled_cau
 def sample_kept_positions(batch: int, length: int, keep: int, generator: torch.Generator | None = None,
                           device: torch.device | str = "cpu") -> torch.Tensor:
     """``(batch, keep)`` sorted positions per sample, uniform without replacement from ``[0, length)``."""
+    if batch < 0:
+        raise ValueError(f"batch must be >= 0, got {batch}")
     if not 1 <= keep <= length:
         raise ValueError(f"keep must lie in [1, length = {length}], got {keep}")
     scores = torch.rand(batch, length, generator=generator)
