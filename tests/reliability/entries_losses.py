@@ -278,7 +278,8 @@ def _ssim_build(d):
     return Call(L.ssim, {"img1": x, "img2": x.clone(), "kernel": d(st.integers(1, 4)), "stride": d(st.integers(1, 4))})
 
 
-add("ssim", _ssim_build, aliases=("images",), check=lambda r, c: _close(r, torch.tensor(1.0), "SSIM(x, x) != 1", atol=1e-4),
+add("ssim", _ssim_build, aliases=("images",),
+    check=lambda r, c: _close(r, torch.tensor(1.0), "SSIM(x, x) != 1", atol=1e-4),
     scalars={"kernel": "count", "stride": "count", "sigma": "positive"}, tensors=("img1", "img2"))
 add("s3im_indices", lambda d: Call(L.s3im_indices, {"n": d(st.integers(1, 20)), "repeats": d(st.integers(1, 4))},
                                    d(seeds), "generator"),

@@ -86,6 +86,8 @@ def energy_rank(singular_values: torch.Tensor, energy: float = 0.99) -> int:
 @checked_arguments
 def truncate_weight(weight: torch.Tensor, energy: float = 0.99) -> tuple[torch.Tensor, int]:
     """Rank-truncated copy of a conv/linear weight (via ``conv_to_matrix``) keeping ``energy``; returns (W', r)."""
+    if weight.is_meta:
+        raise ValueError("weight must hold data; got a tensor on the meta device")
     if not weight.is_floating_point() or not bool(torch.isfinite(weight).all()):
         raise ValueError(f"weight must be a finite floating point tensor (an SVD of NaN/inf does not converge), got "
                          f"{weight.dtype}")
@@ -99,6 +101,8 @@ def truncate_weight(weight: torch.Tensor, energy: float = 0.99) -> tuple[torch.T
 @checked_arguments
 def nuclear_subgradient(weight: torch.Tensor, tol: float = 1e-7) -> torch.Tensor:
     """``U V^T`` over the non-zero singular values of ``conv_to_matrix(weight)``, shaped like ``weight``."""
+    if weight.is_meta:
+        raise ValueError("weight must hold data; got a tensor on the meta device")
     if not weight.is_floating_point() or not bool(torch.isfinite(weight).all()):
         raise ValueError(f"weight must be a finite floating point tensor (an SVD of NaN/inf does not converge), got "
                          f"{weight.dtype}")

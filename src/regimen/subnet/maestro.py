@@ -96,9 +96,8 @@ def svd_factors(weight: torch.Tensor, rank: int | None = None) -> tuple[torch.Te
     """
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
-    if not weight.is_floating_point() or not bool(torch.isfinite(weight).all()):
-        raise ValueError(f"weight must be a finite floating point tensor (an SVD of NaN/inf does not converge), got "
-                         f"{weight.dtype}")
+    if weight.is_floating_point() and not weight.is_meta and not bool(torch.isfinite(weight).all()):
+        raise ValueError("weight must be finite (an SVD of NaN/inf does not converge)")
     if weight.ndim != 2:
         raise ValueError(f"weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
     if not weight.is_floating_point():
