@@ -17,7 +17,7 @@ from tests.reliability import fuzzlib
 _COMMON = dict(deadline=None, database=None, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large,
                                       HealthCheck.function_scoped_fixture, HealthCheck.differing_executors])
-settings.register_profile("regimen-default", max_examples=6, derandomize=True, **_COMMON)
+settings.register_profile("regimen-default", max_examples=3, derandomize=True, **_COMMON)
 settings.register_profile("regimen-large", max_examples=150, derandomize=False, **_COMMON)
 settings.register_profile("regimen-triage", max_examples=6, derandomize=True, phases=[Phase.explicit, Phase.generate],
                           **_COMMON)  # no shrinking: for listing failures fast while fixing them

@@ -259,7 +259,12 @@ def _pk_check(result, c):
         _check(len(batch) == p * k and len({y[i] for i in batch}) == p, "a P x K batch with P distinct classes")
 
 
-add("PKSampler", lambda d: Call(L.PKSampler, {"labels": torch.arange(12) % 4, "p": d(st.integers(1, 4)),
+def _pk_batches(**kwargs):
+    return list(L.PKSampler(**kwargs))
+
+
+_pk_batches.target = L.PKSampler
+add("PKSampler", lambda d: Call(_pk_batches, {"labels": torch.arange(12) % 4, "p": d(st.integers(1, 4)),
                                               "k": d(st.integers(1, 3)), "num_batches": d(st.integers(1, 4))},
                                 d(seeds), "generator"),
     check=_pk_check, scalars={"p": "count", "k": "count", "num_batches": "count"}, tensors=("labels",),

@@ -54,7 +54,8 @@ KNOWN_DEFECTS: dict[str, dict[str, str]] = {
     "losses.PKSampler": {"meta": META},
     "losses.expert_counts": {"meta": META},
     "losses.load_balancing_loss": {"meta": META},
-    "losses.ssim": {"meta": META},
+    "losses.ssim": {"meta": META, "float64": "img1 float64 and img2 float32: conv2d's RuntimeError",
+                    "int64": "mixed dtypes: conv2d's RuntimeError"},
     "subnet.energy_rank": {"meta": META},
     "subnet.rank_importance": {"meta": META},
     "subnet.subsampled_causal_attention": {"meta": META},
@@ -62,16 +63,19 @@ KNOWN_DEFECTS: dict[str, dict[str, str]] = {
     "subnet.OrderedLowRankConv2d": {"extra_dim": "a 5-d x: conv2d's RuntimeError, not a ValueError naming x"},
     "local.ClassifierAuxiliary": {"not_a_tensor": "features not a tensor: AttributeError inside the head"},
     "local.ReconstructionAuxiliary": {"not_a_tensor": "features not a tensor: AttributeError inside the head"},
-    "local.MomentumAuxiliary": {"not_a_tensor": "features not a tensor: conv2d's TypeError, not naming features",
-                                "head_depth": "head_depth=-1: the error names dgl_head's depth, not head_depth"},
     "local.InfoProAuxiliary": {"nan": "NaN features: binary_cross_entropy's RuntimeError (decoder output not in "
                                       "[0, 1])",
                                "inf": "inf features: binary_cross_entropy's RuntimeError",
                                "huge": "huge features: binary_cross_entropy's RuntimeError"},
     "local.LocalLearning": {"num_classes": "num_classes=-1: a negative-size tensor RuntimeError in the head"},
-    "local.auglocal_auxiliary": {"layer": "layer past the last block: IndexError", "depth": "IndexError",
-                                 "num_classes": "IndexError", "shapes": "IndexError"},
-    "local.split_points_to_ranges": {"min_last_blocks": "min_last_blocks=-1 is accepted"},
+    "local.MomentumAuxiliary": {"not_a_tensor": "features not a tensor: conv2d's TypeError, not naming features",
+                                "head_depth": "head_depth=-1: the error names dgl_head's depth, not head_depth",
+                                "meta": META, "num_classes": "num_classes=0: cross_entropy's IndexError"},
+    "subnet.low_rank_linear": {"int64": "x of another dtype than u, v: matmul's RuntimeError",
+                               "float64": "x of another dtype than u, v: matmul's RuntimeError",
+                               "bool": "x of another dtype than u, v: matmul's RuntimeError"},
+    "local.split_points_to_ranges": {"min_last_blocks": "min_last_blocks=-1 is accepted",
+                                     "num_stages": "num_stages=0: the error talks of split_points"},
     "losses.logit_z_loss": {"z_loss_coef": "z_loss_coef=inf is accepted (the function is not guarded: its own "
                                            "positional-order check must keep its message)"},
 }
@@ -82,3 +86,12 @@ for _name, _defects in KNOWN_DEFECTS.items():
             del _entry.scalars[_what]
         else:
             _entry.tensor_exempt[_what] = f"KNOWN DEFECT: {_why}"
+
+# an auxiliary's loss runs the caller's criterion: a features/target batch mismatch is the criterion's error, which
+# (torch's cross_entropy) speaks of its input and target
+for _name in ("local.ClassifierAuxiliary", "local.InfoProAuxiliary", "local.ReconstructionAuxiliary",
+              "local.MomentumAuxiliary"):
+    ENTRIES[_name].aliases = ("input", "target")
+    for _variant in ("int64", "bool", "float64", "meta"):  # nn.Modules with parameters: torch.nn's dtype/device rule
+        ENTRIES[_name].tensor_exempt.setdefault(_variant, "a layer with float32 CPU parameters raises torch's "
+                                                          "RuntimeError for another dtype or device, like torch.nn")

@@ -159,8 +159,12 @@ def test_failed_resume_from_a_hostile_checkpoint_leaves_the_run_folder_unchanged
     if damage == "truncate":
         checkpoint.write_bytes(data[: len(data) // 2])
     elif damage == "flip":
+        with zipfile.ZipFile(checkpoint) as archive:  # a byte in the middle of the largest tensor's data
+            info = max(archive.infolist(), key=lambda i: i.compress_size)
+        name_length, extra_length = struct.unpack("<HH", data[info.header_offset + 26: info.header_offset + 30])
+        start = info.header_offset + 30 + name_length + extra_length
         flipped = bytearray(data)
-        flipped[len(flipped) // 3] ^= 0x10
+        flipped[start + info.compress_size // 2] ^= 0x10
         checkpoint.write_bytes(bytes(flipped))
     else:
         torch.save({"format": CHECKPOINT_FORMAT, "recipe": recipe, "evil": Payload()}, checkpoint)
