@@ -118,23 +118,23 @@ def _zloss_build(d):
 
 def _zloss_check(result, c):
     o, y, a, b = c.kwargs["logits"].double(), c.kwargs["target"], c.kwargs["a"], c.kwargs["b"]
-    z = (o - o.mean(1, keepdim=True)) / (o.std(1, unbiased=False, keepdim=True) + 1e-6)
+    z = (o - o.mean(1, keepdim=True)) / (o.var(1, unbiased=False, keepdim=True) + 1e-6).sqrt()  # eps in the sqrt
     per = F.softplus(a * (b - z.gather(1, y[:, None])[:, 0])) / a
     expected = {"mean": per.mean(), "sum": per.sum(), "none": per}[c.kwargs["reduction"]]
     if torch.allclose(result.double(), expected, atol=1e-4, rtol=1e-3):
         return
-    z = (o - o.mean(1, keepdim=True)) / (o.std(1, keepdim=True) + 1e-6)  # the unbiased std
+    z = (o - o.mean(1, keepdim=True)) / (o.var(1, keepdim=True) + 1e-6).sqrt()  # the unbiased variance
     per = F.softplus(a * (b - z.gather(1, y[:, None])[:, 0])) / a
     expected = {"mean": per.mean(), "sum": per.sum(), "none": per}[c.kwargs["reduction"]]
     _close(result, expected, "z-loss formula", atol=1e-4, rtol=1e-3)
 
 
 add("z_loss", _zloss_build, check=_zloss_check,
-    scalars={"a": "positive", "b": "finite", "reduction": "str", "ignore_index": "int", "eps": "positive"},
+    scalars={"a": "positive", "b": "finite", "reduction": "str", "ignore_index": "int", "eps": "nonneg"},
     tensors=("logits", "target"))
 add("ZLoss", lambda d: Call(ModuleFn(L.ZLoss, ("logits", "target")), dict(zip(("logits", "target"),
                                                                                _logits_labels(d)))),
-    scalars={"a": "positive", "b": "finite", "reduction": "str", "ignore_index": "int", "eps": "positive"},
+    scalars={"a": "positive", "b": "finite", "reduction": "str", "ignore_index": "int", "eps": "nonneg"},
     tensors=("logits", "target"))
 
 
