@@ -7,7 +7,7 @@ raised plain ``ValueError``, keeps working.
 
 from __future__ import annotations
 
-__all__ = ["ConfigurationError", "RegimenError"]
+__all__ = ["ArgumentError", "ConfigurationError", "RegimenError"]
 
 
 class RegimenError(Exception):
@@ -17,3 +17,10 @@ class RegimenError(Exception):
 
 class ConfigurationError(RegimenError, ValueError):
     """A setting that cannot work: a method on a task or model it cannot serve, a bad command-line argument."""
+
+
+class ArgumentError(RegimenError, TypeError, ValueError):
+    """An argument of the wrong type or out of its domain (``"0.5"`` or NaN for a rate, ``2.5`` for a count, a list
+    for a tensor), raised by :func:`regimen.method.checked_arguments` before the function runs; the message names
+    the function and the argument. Both a ``TypeError`` and a ``ValueError``, so callers that caught either keep
+    working."""

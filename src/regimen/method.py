@@ -63,11 +63,15 @@ This module imports nothing from the rest of regimen but ``regimen.errors``, so 
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import dataclasses
 import difflib
+import functools
 import importlib
 import inspect
+import math
+import numbers
 import typing
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -77,7 +81,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from regimen.errors import ConfigurationError
+from regimen.errors import ArgumentError, ConfigurationError
 
 __all__ = [
     "CHAIN_HOOKS",
@@ -88,6 +92,7 @@ __all__ = [
     "REVERSED_HOOKS",
     "RunInfo",
     "SELECTION_HOOK",
+    "checked_arguments",
     "check_exclusive_hooks",
     "check_method_order",
     "compose_criterion",
@@ -507,8 +512,152 @@ def register_method(cls: type[Method]) -> type[Method]:
     existing = _REGISTRY.get(cls.name)
     if existing is not None and existing.__qualname__ != cls.__qualname__:
         raise ValueError(f"method name {cls.name!r} is taken by {existing.__module__}.{existing.__qualname__}")
+    _guard_parameters(cls)
     _REGISTRY[cls.name] = cls
     return cls
+
+
+# -------------------------------------------------------------------------------------------- parameter types
+def _describe(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is typing.Union or type(annotation).__name__ == "UnionType":
+        return " or ".join(_describe(a) for a in args)
+    if annotation is type(None):
+        return "None"
+    if origin in (list, tuple, Sequence, collections.abc.Sequence):
+        inner = ", ".join(_describe(a) for a in args if a is not Ellipsis)
+        return f"a list of {inner}" if inner else "a list"
+    if annotation is float:
+        return "a finite number"
+    if annotation is int:
+        return "an integer"
+    if annotation is nn.Module:
+        return "an nn.Module"
+    if isinstance(annotation, type):
+        return f"a {annotation.__module__}.{annotation.__qualname__}"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _matches(value: Any, annotation: Any, finite: bool = True, elements: bool = True) -> bool | None:
+    """Whether ``value`` fits ``annotation`` (``None``: an annotation this check does not understand; let it pass).
+    Nothing is coerced: a bool is not an int, a float is not an int, a string is not a list; a float must be
+    finite (NaN or infinity as a hyperparameter is always a mistake)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return None
+    if annotation is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin is typing.Union or type(annotation).__name__ == "UnionType":
+        verdicts = [_matches(value, a, finite, elements) for a in args]
+        return True if any(verdicts) else (None if None in verdicts else False)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if annotation is float:
+        return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                and (not finite or math.isfinite(value)))
+    if annotation is str:
+        return isinstance(value, str)
+    if origin is None and isinstance(annotation, type) and annotation.__module__.split(".")[0] in ("torch", "regimen"):
+        return isinstance(value, annotation)  # torch.Tensor, nn.Module, torch.Generator, regimen's Group ...
+    if origin in (dict, collections.abc.Mapping) or annotation is dict:
+        return isinstance(value, collections.abc.Mapping)
+    if origin is collections.abc.Iterable:
+        return False if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") else None
+    if origin in (list, tuple, collections.abc.Sequence):
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or not hasattr(value, "__getitem__"):
+            return False
+        if not isinstance(value, (list, tuple)):  # an nn.ModuleList, a torch.Size, an array: the callee decides
+            return None if origin is collections.abc.Sequence else False
+        if not elements:  # a function checks its own elements, with messages that name the bad one
+            return True
+        if origin is tuple and args and Ellipsis not in args:
+            if len(value) != len(args):
+                return False
+            verdicts = [_matches(v, a, finite=False) for v, a in zip(value, args)]
+        else:  # elements: the types only (NaN inside a list of losses is the callee's value check)
+            verdicts = [_matches(v, args[0], finite=False) for v in value] if args else []
+        return False if False in verdicts else True
+    return None
+
+
+def _guard_parameters(cls: type) -> None:
+    """Wrap ``cls.__init__`` with :func:`checked_arguments`, naming the method in the error."""
+    init = cls.__dict__.get("__init__")
+    if init is None or getattr(init, "_regimen_guarded", False):
+        return
+    cls.__init__ = _guarded(init, cls.__name__, getattr(cls, "infinite_parameters", ()),  # type: ignore[method-assign]
+                            elements=True)
+
+
+def checked_arguments(fn=None, *, infinite: tuple[str, ...] = ()):
+    """Decorator (a function, or a class: its ``__init__``): an argument of the wrong type for its annotation (a
+    string for a float, ``True`` or ``2.5`` for an int, ``"yes"`` for a bool, NaN or infinity for a float, a value
+    outside a ``Literal``) is a ``TypeError`` naming the parameter, before the body runs. Nothing is coerced.
+    ``torch`` classes (``torch.Tensor``, ``nn.Module``, ``torch.Generator``) are checked with ``isinstance``; other
+    annotations the check does not understand (protocols, callables) pass; so do the defaults. ``infinite`` names
+    float parameters where infinity means something (``magnitude_std=inf``: uniform magnitudes)."""
+    if fn is None:
+        return functools.partial(checked_arguments, infinite=infinite)
+    if isinstance(fn, type):
+        init = fn.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_regimen_guarded", False):
+            fn.__init__ = _guarded(init, fn.__name__, infinite)  # type: ignore[misc]
+        return fn
+    return _guarded(fn, fn.__name__, infinite)
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, torch.Tensor) else f"a tensor of shape {tuple(value.shape)}"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _guarded(init, owner: str, infinite: tuple[str, ...] = (), elements: bool = False):
+    signature = inspect.signature(init)
+    try:
+        hints = typing.get_type_hints(init)
+    except (NameError, TypeError):  # e.g. a name imported for type checking only: resolve what resolves
+        hints = {}
+        namespace = getattr(inspect.unwrap(init), "__globals__", {})
+        for name, parameter in signature.parameters.items():
+            annotation = parameter.annotation
+            if isinstance(annotation, str):
+                try:
+                    annotation = eval(annotation, namespace)  # noqa: S307 - the module's own annotation text
+                except Exception:  # noqa: BLE001 - unresolvable: not checked
+                    continue
+            if annotation is not inspect.Parameter.empty:
+                hints[name] = annotation
+    checks = [(name, hints[name], signature.parameters[name].default) for name in signature.parameters
+              if name in hints and signature.parameters[name].kind not in
+              (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+
+    @functools.wraps(init)
+    def guarded(*args, **kwargs):
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:  # e.g. a deprecated keyword that a decorator inside renames: let the call say so
+            return init(*args, **kwargs)
+        arguments = bound.arguments
+        for name, annotation, default in checks:
+            if name not in arguments:
+                continue
+            value = arguments[name]
+            if value is default and not (isinstance(value, float) and not math.isfinite(value)):
+                continue
+            if name in infinite and isinstance(value, float) and math.isinf(value):
+                continue
+            if _matches(value, annotation, elements=elements) is False:
+                raise ArgumentError(f"{owner}: {name} must be {_describe(annotation)}, got {_short(value)}")
+        return init(*args, **kwargs)
+
+    guarded._regimen_guarded = True  # type: ignore[attr-defined]
+    return guarded
 
 
 def _discover() -> None:

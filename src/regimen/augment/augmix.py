@@ -46,8 +46,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from regimen.augment.functional import check_images
 from regimen.augment.randaugment import OPS, AugmentParams, apply_ops
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["AugMixMethod", "augmix", "augmix_params", "jensen_shannon_consistency"]
 
@@ -93,6 +94,7 @@ def _values(names: np.ndarray, level: np.ndarray, sign: np.ndarray, side: int) -
     return values
 
 
+@checked_arguments
 def augmix_params(n: int, height: int, width_px: int, severity: float = 3, width: int = 3, depth: int = -1,
                   alpha: float = 1.0, augmentation_set: Literal["safe", "all"] = "safe",
                   generator: torch.Generator | None = None) -> tuple[list[AugmentParams], torch.Tensor, torch.Tensor]:
@@ -120,6 +122,7 @@ def augmix_params(n: int, height: int, width_px: int, severity: float = 3, width
     return chains, weights, m
 
 
+@checked_arguments
 def augmix(images: torch.Tensor, severity: float = 3, width: int = 3, depth: int = -1, alpha: float = 1.0,
            augmentation_set: Literal["safe", "all"] = "safe", generator: torch.Generator | None = None,
            interpolation: str = "bilinear") -> torch.Tensor:
@@ -127,6 +130,7 @@ def augmix(images: torch.Tensor, severity: float = 3, width: int = 3, depth: int
     ``interpolation`` of the geometric ops (the reference: bilinear)."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise ValueError(f"images must be a (N, C, H, W) tensor, got {getattr(images, 'shape', type(images))}")
+    check_images(images)
     n, _, h, w = images.shape
     chains, weights, m = augmix_params(n, h, w, severity, width, depth, alpha, augmentation_set, generator)
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images

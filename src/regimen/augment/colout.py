@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["ColOutMethod", "colout", "colout_indices"]
 
@@ -47,11 +47,14 @@ def _check_fraction(value: float, name: str) -> float:
     return float(value)
 
 
+@checked_arguments
 def colout_indices(n: int, size: int, p: float, per_sample: bool = True,
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """``(n, size − ⌊p · size⌋)`` sorted positions to keep along one axis (the same row for every image when
     ``per_sample`` is False)."""
     p = _check_fraction(p, "p")
+    if n < 0 or size < 1:
+        raise ValueError(f"n must be >= 0 and size >= 1, got n={n}, size={size}")
     keep = size - int(p * size)
     rows = n if per_sample else 1
     order = torch.argsort(torch.rand(rows, size, generator=generator), dim=1)
@@ -59,6 +62,7 @@ def colout_indices(n: int, size: int, p: float, per_sample: bool = True,
     return kept.expand(n, keep)
 
 
+@checked_arguments
 def colout(images: torch.Tensor, p_row: float = 0.15, p_col: float = 0.15, per_sample: bool = True,
            generator: torch.Generator | None = None) -> torch.Tensor:
     """ColOut of a batch ``(N, C, H, W)`` → ``(N, C, H − ⌊p_row H⌋, W − ⌊p_col W⌋)``."""

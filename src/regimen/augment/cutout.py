@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["CutOutMethod", "cutout", "cutout_boxes", "cutout_mask"]
 
@@ -43,11 +43,14 @@ def _check_args(num_holes: int, length: float, p: float) -> None:
         raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
 
 
+@checked_arguments
 def cutout_boxes(n: int, height: int, width: int, num_holes: int = 1, length: float = 0.5, p: float = 1.0,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """``(n, num_holes, 4)`` int64 boxes ``(y1, y2, x1, x2)`` (half-open, clipped); an image not cut (probability
     ``1 − p``) gets empty boxes."""
     _check_args(num_holes, length, p)
+    if n < 0 or height < 1 or width < 1:
+        raise ValueError(f"n must be >= 0 and height, width >= 1, got n={n}, height={height}, width={width}")
     half = int(round(length * min(height, width))) // 2
     cy = torch.randint(0, height, (n, num_holes), generator=generator)
     cx = torch.randint(0, width, (n, num_holes), generator=generator)
@@ -59,10 +62,15 @@ def cutout_boxes(n: int, height: int, width: int, num_holes: int = 1, length: fl
     return boxes
 
 
+@checked_arguments
 def cutout_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """``(N, 1, H, W)`` bool, True inside any of an image's boxes."""
-    if boxes.dim() != 3 or boxes.shape[-1] != 4:
-        raise ValueError(f"boxes must be (N, holes, 4), got shape {tuple(boxes.shape)}")
+    if not isinstance(boxes, torch.Tensor) or boxes.dim() != 3 or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must be a tensor (N, holes, 4), got {tuple(getattr(boxes, 'shape', ()))}")
+    if boxes.is_floating_point() or boxes.dtype == torch.bool:
+        raise TypeError(f"boxes must hold integer pixel positions, got {boxes.dtype}")
+    if height < 1 or width < 1:
+        raise ValueError(f"height and width must be >= 1, got {height} and {width}")
     rows = torch.arange(height, device=boxes.device)
     cols = torch.arange(width, device=boxes.device)
     in_rows = (rows >= boxes[..., 0:1]) & (rows < boxes[..., 1:2])  # (N, K, H)
@@ -70,6 +78,7 @@ def cutout_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return (in_rows[..., :, None] & in_cols[..., None, :]).any(dim=1, keepdim=True)
 
 
+@checked_arguments
 def cutout(images: torch.Tensor, num_holes: int = 1, length: float = 0.5, p: float = 1.0,
            fill: float | torch.Tensor = 0.0, generator: torch.Generator | None = None,
            boxes: torch.Tensor | None = None) -> torch.Tensor:

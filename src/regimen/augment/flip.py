@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["FlipMethod", "alternating_flip_mask", "flip_images", "random_flip_mask"]
 
@@ -33,6 +33,7 @@ def _check_images(images: torch.Tensor) -> None:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
 
 
+@checked_arguments
 def flip_images(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``images (N, C, H, W)`` with the rows where ``mask (N,)`` is true mirrored left-right (a new tensor)."""
     _check_images(images)
@@ -43,13 +44,17 @@ def flip_images(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, images.flip(-1), images)
 
 
+@checked_arguments
 def random_flip_mask(n: int, p: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
     """``(n,)`` bools, each true with probability ``p``."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be in [0, 1], got {p}")
     return torch.rand(n, generator=generator) < p
 
 
+@checked_arguments
 def alternating_flip_mask(indices: torch.Tensor, epoch: int, seed: int = 0) -> torch.Tensor:
     """``b_i XOR (epoch mod 2)`` for dataset ``indices (N,)``: ``b_i`` is a fixed pseudo-random bit of index ``i``
     (a multiplicative hash with ``seed``), so each image alternates its orientation from one epoch to the next."""
@@ -57,6 +62,8 @@ def alternating_flip_mask(indices: torch.Tensor, epoch: int, seed: int = 0) -> t
         raise ValueError(f"indices must be a 1-d integer tensor, got {getattr(indices, 'shape', type(indices))}")
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
+    if indices.device.type == "meta":
+        raise ValueError("indices must hold data; got a tensor on the meta device")
     mixed = (indices.long().cpu() + seed * 7919) * 2654435761 % (2 ** 32)
     bits = (mixed >> 16) & 1
     return (bits ^ (epoch % 2)).bool()

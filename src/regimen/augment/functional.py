@@ -113,6 +113,8 @@ def check_images(images: torch.Tensor, name: str = "images", check_range: bool =
         raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
     if images.dim() != 4:
         raise ValueError(f"{name} must have shape (N, C, H, W), got {images.dim()} dimensions {tuple(images.shape)}")
+    if images.device.type == "meta":
+        raise ValueError(f"{name} must hold data; got a tensor on the meta device")
     if images.shape[1] not in (1, 3):
         raise ValueError(f"{name} must have 1 or 3 channels, got {images.shape[1]} (shape {tuple(images.shape)})")
     if images.dtype != torch.uint8 and not images.is_floating_point():

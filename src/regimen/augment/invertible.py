@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regimen.method import checked_arguments
+
 __all__ = ["InvertibleAugment", "AugUndo", "invertible_augment"]
 
 
@@ -86,6 +88,7 @@ def _warp(values: torch.Tensor, theta: torch.Tensor, mode: str, fill: float = 0.
     return out
 
 
+@checked_arguments
 class AugUndo:
     """The undo of one :class:`InvertibleAugment` call: ``pred_back, valid_mask = undo(pred)``.
 
@@ -131,6 +134,7 @@ class AugUndo:
         return back.to(out_dtype), valid
 
 
+@checked_arguments
 def invertible_augment(
     images: torch.Tensor,
     flip: torch.Tensor,
@@ -180,6 +184,7 @@ def invertible_augment(
     return torch.where(ident, images, warped), undo
 
 
+@checked_arguments
 class InvertibleAugment(nn.Module):
     """Random invertible geometric augmentation: ``x_aug, undo = aug(x, generator=None)``.
 
@@ -229,5 +234,7 @@ class InvertibleAugment(nn.Module):
     def forward(
         self, images: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, Callable[..., tuple[torch.Tensor, torch.Tensor]]]:
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
         params = self.sample(images.shape[0], generator)
         return invertible_augment(images, fill=self.fill, mode=self.mode, **params)

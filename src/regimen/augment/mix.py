@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from regimen._compat import deprecated_aliases
 from regimen.augment._common import check_single_smoothing, warn_method_smoothing
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["cutmix", "mixup", "cutmix_boxes", "CutMixMethod", "MixUpMethod", "MixMethod"]
 
@@ -129,11 +129,18 @@ def _finish(images, mixed, targets, perm, lam, num_classes, label_smoothing, ret
     return out
 
 
+@checked_arguments
 def cutmix_boxes(
     lam: torch.Tensor, height: int, width: int, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Boxes ``(N, 4)`` as ``(y1, y2, x1, x2)`` (end-exclusive) for target ratios ``lam`` ``(N,)``, and the corrected
     ``lam = 1 - box area / (H W)`` after clipping the box to the image."""
+    if height < 1 or width < 1:
+        raise ValueError(f"height and width must be >= 1, got {height} and {width}")
+    if not isinstance(lam, torch.Tensor) or lam.dim() != 1 or not lam.is_floating_point():
+        raise ValueError(f"lam must be a 1-d floating point tensor of ratios (N,), got {lam!r:.80}")
+    if lam.device.type == "meta" or (lam.numel() and not bool(((lam >= 0) & (lam <= 1)).all())):
+        raise ValueError("lam must hold ratios in [0, 1] (no NaN, not on the meta device)")
     ratio = torch.sqrt(1.0 - lam.double())
     cut_h = (height * ratio).long()
     cut_w = (width * ratio).long()
@@ -149,6 +156,7 @@ def cutmix_boxes(
     return torch.stack([y1, y2, x1, x2], dim=1), corrected
 
 
+@checked_arguments
 def cutmix(
     images: torch.Tensor,
     targets: torch.Tensor,
@@ -199,6 +207,7 @@ def cutmix(
     return _finish(images, mixed, targets, perm, lam, num_classes, label_smoothing, return_pair, masks, mixed_masks)
 
 
+@checked_arguments
 def mixup(
     images: torch.Tensor,
     targets: torch.Tensor,

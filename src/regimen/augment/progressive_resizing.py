@@ -26,11 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from regimen.augment.colout import check_accepts_smaller_images
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["ProgressiveResizingMethod", "progressive_scale", "resize_batch"]
 
 
+@checked_arguments
 def progressive_scale(progress: float, initial_scale: float = 0.5, delay: float = 0.5, finetune: float = 0.2
                       ) -> float:
     """``s(t)`` of the module docstring."""
@@ -49,6 +50,7 @@ def _side(side: int, scale: float, increment: int) -> int:
     return max(min(increment * math.floor(scale * side / increment + 1e-9), side), min(increment, side))
 
 
+@checked_arguments
 def resize_batch(images: torch.Tensor, scale: float, mode: Literal["resize", "crop"] = "resize",
                  size_increment: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
     """Images ``(N, C, H, W)`` at ``scale`` (sides rounded down to multiples of ``size_increment``)."""
@@ -58,6 +60,8 @@ def resize_batch(images: torch.Tensor, scale: float, mode: Literal["resize", "cr
         raise ValueError(f"mode must be 'resize' or 'crop', got {mode!r}")
     if isinstance(size_increment, bool) or not isinstance(size_increment, int) or size_increment < 1:
         raise ValueError(f"size_increment must be an int >= 1, got {size_increment!r}")
+    if not 0 < scale <= 1:
+        raise ValueError(f"scale must be in (0, 1], got {scale}")
     n, c, h, w = images.shape
     new_h, new_w = _side(h, scale, size_increment), _side(w, scale, size_increment)
     if (new_h, new_w) == (h, w):

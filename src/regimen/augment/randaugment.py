@@ -68,7 +68,7 @@ from regimen.augment import native
 from regimen.augment._common import augment_float_batch, fill_levels
 from regimen.augment.functional import OPS
 from regimen.augment.op_groups import _fixed_point_maps, _warp, apply_ops_uint8
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = [
     "OPS",
@@ -134,12 +134,15 @@ def _apply_one(name: str, images: torch.Tensor, values: torch.Tensor, interpolat
     raise ValueError(f"unknown op {name!r}")
 
 
+@checked_arguments
 def apply_ops(
     images: torch.Tensor, params: AugmentParams, interpolation: str = "nearest", fill: AF.Fill = 0
 ) -> torch.Tensor:
     """Apply per-sample op sequences to a batch: image ``i`` gets ``OPS[params.ops[i, k]]`` with ``params.values[i, k]``
     for ``k = 0 .. K-1`` in order. Vectorised per op type (images that drew the same op are processed together)."""
     AF.check_images(images)
+    if interpolation not in ("nearest", "bilinear"):
+        raise ValueError(f"interpolation must be 'nearest' or 'bilinear', got {interpolation!r}")
     n = images.shape[0]
     if params.ops.dim() != 2 or params.ops.shape[0] != n or params.values.shape != params.ops.shape:
         raise ValueError(
@@ -314,6 +317,7 @@ class _BatchedAugment(nn.Module):
         return self.apply(images, self.sample(n, h, w, generator))
 
 
+@checked_arguments(infinite=("magnitude_std",))
 class RandAugment(_BatchedAugment):
     """RandAugment with per-sample ops and magnitudes: ``aug(images, generator=None)``.
 
@@ -365,6 +369,7 @@ class RandAugment(_BatchedAugment):
         )
 
 
+@checked_arguments
 class TrivialAugment(_BatchedAugment):
     """TrivialAugment (wide) with a per-sample op and magnitude bin: ``aug(images, generator=None)``.
 
@@ -396,6 +401,7 @@ class RandAugmentMethod(Method):
     """
 
     name = "randaugment"
+    infinite_parameters = ("magnitude_std",)  # inf: uniform magnitudes (timm)
     paper_id = "arXiv:1909.13719"
     claim = (
         "N random ops at one global magnitude match learned augmentation policies and improve accuracy (+0.9 "

@@ -41,11 +41,12 @@ from torch import nn
 from regimen.augment._common import augment_float_batch, check_single_smoothing, warn_method_smoothing
 from regimen.augment.randaugment import RandAugment, TrivialAugment
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["facility_location", "gradient_proxies", "model_gradient_proxies", "select_coreset", "AugSubsetMethod"]
 
 
+@checked_arguments
 def gradient_proxies(logits: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
     """Per-example last-layer gradient proxies ``(N, D)``: ``softmax(z) - onehot(y)``, times ``features`` if given."""
     if logits.dim() != 2:
@@ -98,6 +99,7 @@ def _greedy_batched(
     return [picks[i, : int(ks[i])] for i in rows.tolist()]
 
 
+@checked_arguments
 def facility_location(
     points: torch.Tensor, k: int, generator: torch.Generator | None = None, epsilon: float = 0.01
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,6 +108,10 @@ def facility_location(
     Stochastic greedy (Mirzasoleiman et al. 2015): each step evaluates ``ceil(n / k * ln(1 / epsilon))`` random
     unselected candidates (all of them when that is >= n); ``epsilon = 0`` is the exact greedy.
     """
+    if points.dim() != 2 or not points.is_floating_point():
+        raise ValueError(f"points must be a floating point (n, D) tensor, got {points.dtype} {tuple(points.shape)}")
+    if not 0 <= epsilon < 1:
+        raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
     n = points.shape[0]
     if not 0 <= k <= n:
         raise ValueError(f"k must be in [0, {n}], got {k}")
@@ -151,6 +157,7 @@ def _coresets_batch(groups: list[torch.Tensor], ks: list[int], generator, epsilo
     return out
 
 
+@checked_arguments
 def select_coreset(
     proxies: torch.Tensor, labels: torch.Tensor, fraction: float, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,6 +196,7 @@ def _last_linear(model: nn.Module) -> nn.Linear | None:
     return last
 
 
+@checked_arguments
 @torch.no_grad()
 def model_gradient_proxies(
     model: nn.Module,
@@ -200,6 +208,17 @@ def model_gradient_proxies(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Gradient proxies of ``model`` on a dataset of uint8 (or [0, 1] float) ``images``, in eval mode, no grad."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor) or images.dim() < 1:
+        raise TypeError("images and labels must be tensors with a leading sample dimension")
+    if images.device.type == "meta" or labels.device.type == "meta":
+        raise ValueError("images and labels must hold data; got a tensor on the meta device")
+    if labels.shape != images.shape[:1] or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integer class indices of shape ({images.shape[0]},), got "
+                         f"{labels.dtype} {tuple(labels.shape)}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     features: list[torch.Tensor] = []
     handle = None

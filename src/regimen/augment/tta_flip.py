@@ -18,11 +18,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["FlipTTA", "TTAFlipMethod", "flip_tta"]
 
 
+@checked_arguments
 def flip_tta(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``(model(x) + model(x.flip(-1))) / 2`` for images ``x (N, C, H, W)``, computed as one forward of ``2 N``."""
     if not isinstance(model, nn.Module) and not callable(model):
@@ -36,6 +37,7 @@ def flip_tta(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (output[:n] + output[n:]) / 2
 
 
+@checked_arguments
 class FlipTTA(nn.Module):
     """Wraps a model so that ``forward`` is :func:`flip_tta`; the wrapped model is ``self.module``."""
 

@@ -32,7 +32,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from regimen._compat import deprecated_aliases
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["AdaptiveBatchMethod", "NormTestResult", "norm_test", "norm_test_from_sums", "per_sample_gradients"]
 
@@ -47,25 +47,27 @@ class NormTestResult(NamedTuple):
     batch: int  # b
 
 
+@checked_arguments
 def norm_test_from_sums(grad_sum: torch.Tensor, sq_norm_sum: float | torch.Tensor, count: int,
                         eta: float) -> NormTestResult:
     """The norm test from ``Σ_i ∇f_i`` (flat), ``Σ_i ‖∇f_i‖²`` and ``b`` (the all-reducible form)."""
     if not eta > 0:
         raise ValueError(f"eta must be > 0, got {eta}")
     if count < 2:
-        raise ValueError(f"the norm test needs at least 2 per-sample gradients, got {count}")
+        raise ValueError(f"count: the norm test needs at least 2 per-sample gradients, got {count}")
     mean = grad_sum.double() / count
     mean_sq = float(mean.pow(2).sum())
     sq_total = float(sq_norm_sum)
     variance = max(sq_total - count * mean_sq, 0.0) / (count - 1)
     if not math.isfinite(variance) or not math.isfinite(mean_sq):
-        raise ValueError("per-sample gradients contain NaN or inf")
+        raise ValueError("per-sample gradients (per_sample_grads, or grad_sum and sq_norm_sum) contain NaN or inf")
     threshold = eta**2 * mean_sq
     passed = variance / count <= threshold
     suggested = math.ceil(variance / threshold) if threshold > 0 else (count if variance == 0 else 2**62)
     return NormTestResult(passed, max(int(suggested), 1), variance, mean_sq, count)
 
 
+@checked_arguments
 def norm_test(per_sample_grads: torch.Tensor, eta: float = 1.0) -> NormTestResult:
     """The norm test on a ``(b, P)`` matrix of flattened per-sample gradients.
 
@@ -79,6 +81,7 @@ def norm_test(per_sample_grads: torch.Tensor, eta: float = 1.0) -> NormTestResul
     return norm_test_from_sums(g.sum(0), g.pow(2).sum(), g.shape[0], eta)
 
 
+@checked_arguments
 def per_sample_gradients(
     model: nn.Module,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],

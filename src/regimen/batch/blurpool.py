@@ -30,13 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["BlurConv2d", "BlurPoolMethod", "MaxBlurPool2d", "apply_blurpool", "blur_2d", "blur_filter"]
 
 PaddingMode = Literal["zeros", "reflect"]
 
 
+@checked_arguments
 def blur_filter(channels: int, taps: Sequence[float] = (1.0, 2.0, 1.0), *, device=None,
                 dtype: torch.dtype | None = None) -> torch.Tensor:
     """The depthwise binomial filter ``(channels, 1, k, k)``: ``b bᵀ / (Σb)²``."""
@@ -49,6 +50,7 @@ def blur_filter(channels: int, taps: Sequence[float] = (1.0, 2.0, 1.0), *, devic
     return kernel.expand(channels, 1, *kernel.shape).contiguous()
 
 
+@checked_arguments
 def blur_2d(x: torch.Tensor, stride: int = 1, filter: torch.Tensor | None = None,
             padding_mode: PaddingMode = "zeros") -> torch.Tensor:
     """Depthwise blur of ``(N, C, H, W)`` with ``filter`` (default: :func:`blur_filter` of C channels), then every
@@ -57,6 +59,10 @@ def blur_2d(x: torch.Tensor, stride: int = 1, filter: torch.Tensor | None = None
         raise ValueError(f"x must be a (N, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
     if padding_mode not in ("zeros", "reflect"):
         raise ValueError(f"padding_mode must be 'zeros' or 'reflect', got {padding_mode!r}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be floating point, got {x.dtype}")
     channels = x.shape[1]
     if filter is None:
         filter = blur_filter(channels, device=x.device, dtype=x.dtype)
@@ -67,6 +73,7 @@ def blur_2d(x: torch.Tensor, stride: int = 1, filter: torch.Tensor | None = None
     return F.conv2d(x, filter.to(x.dtype), stride=stride, padding=pad, groups=channels)
 
 
+@checked_arguments
 class BlurConv2d(nn.Module):
     """A strided ``nn.Conv2d`` with a blur before it (``blur_first``) or a stride-1 conv followed by a strided blur.
 
@@ -98,6 +105,7 @@ class BlurConv2d(nn.Module):
         return f"blur_first={self.blur_first}, padding_mode={self.padding_mode!r}"
 
 
+@checked_arguments
 class MaxBlurPool2d(nn.Module):
     """``blur(max_pool(x, kernel_size, stride=1), stride)``: the paper's anti-aliased max-pooling."""
 
@@ -107,10 +115,15 @@ class MaxBlurPool2d(nn.Module):
         super().__init__()
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise ValueError(f"stride must be an int >= 1, got {stride!r}")
+        for name, value in (("kernel_size", kernel_size), ("dilation", dilation)):
+            if any(v < 1 for v in (value if isinstance(value, tuple) else (value,))):
+                raise ValueError(f"{name} must be >= 1, got {value!r}")
         self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
         self.padding_mode, self.ceil_mode = padding_mode, ceil_mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ValueError(f"x must be a (N, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
         x = F.max_pool2d(x, self.kernel_size, stride=1, padding=self.padding, dilation=self.dilation,
                          ceil_mode=self.ceil_mode)
         return blur_2d(x, self.stride, None, self.padding_mode)
@@ -133,6 +146,7 @@ def _check_options(replace_convs: bool, replace_maxpools: bool, min_channels: in
         raise ValueError("replace_convs and replace_maxpools are both False: nothing to do")
 
 
+@checked_arguments
 def apply_blurpool(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, replace_convs: bool = True,
                    replace_maxpools: bool = True, blur_first: bool = True, min_channels: int = 16,
                    padding_mode: PaddingMode = "zeros", ignore: Sequence[str] = ()) -> list[str]:

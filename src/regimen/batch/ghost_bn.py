@@ -52,7 +52,7 @@ from torch import nn
 
 from regimen._compat import deprecated_aliases
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = [
     "GhostBatchNorm1d",
@@ -220,6 +220,7 @@ def _update_running(
         num_batches_tracked.add_(count)
 
 
+@checked_arguments
 def ghost_batch_norm(
     x: torch.Tensor,
     ghost_batch_size: int,
@@ -260,6 +261,8 @@ def ghost_batch_norm(
     _check_options(ghost_batch_size, last_partial)
     if momentum is not None and not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be in [0, 1] or None, got {momentum}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together")
     channels = x.shape[1]
@@ -312,6 +315,7 @@ def ghost_batch_norm(
     return result.view_as(x)
 
 
+@checked_arguments
 class _GhostBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Shared constructor and forward of the Ghost BN layers; each subclasses this and the matching ``nn.BatchNorm``
     (which supplies ``_check_input_dim``)."""
@@ -325,7 +329,11 @@ class _GhostBatchNorm(nn.modules.batchnorm._BatchNorm):
         self.last_partial: LastPartial = last_partial
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         self._check_input_dim(x)
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"x must have {self.num_features} channels (dim 1), got shape {tuple(x.shape)}")
         use_batch_stats = self.training or self.running_mean is None
         if not use_batch_stats or x.shape[0] <= self.ghost_batch_size:
             return super().forward(x)
@@ -348,6 +356,7 @@ class _GhostBatchNorm(nn.modules.batchnorm._BatchNorm):
         return f"{super().extra_repr()}, ghost_batch_size={self.ghost_batch_size}, last_partial={self.last_partial!r}"
 
 
+@checked_arguments
 class GhostBatchNorm1d(_GhostBatchNorm, nn.BatchNorm1d):
     """``nn.BatchNorm1d`` with statistics per ghost batch in training; inputs ``(N, C)`` or ``(N, C, L)``.
 
@@ -359,6 +368,7 @@ class GhostBatchNorm1d(_GhostBatchNorm, nn.BatchNorm1d):
     """
 
 
+@checked_arguments
 class GhostBatchNorm2d(_GhostBatchNorm, nn.BatchNorm2d):
     """``nn.BatchNorm2d`` with statistics per ghost batch in training; inputs ``(N, C, H, W)``.
 
@@ -385,6 +395,7 @@ def _to_ghost(bn: nn.BatchNorm1d | nn.BatchNorm2d, ghost_batch_size: int, last_p
     return ghost.train(bn.training)
 
 
+@checked_arguments
 def apply_ghost_batch_norm(
     model: nn.Module,
     ghost_batch_size: int,

@@ -26,11 +26,12 @@ from typing import Literal
 
 import torch
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["GradientClippingMethod", "adaptive_clip_grad_", "unitwise_norm"]
 
 
+@checked_arguments
 def unitwise_norm(x: torch.Tensor) -> torch.Tensor:
     """The Frobenius norm of each output unit: over all dims but the first (kept as size-1 dims), or of the whole
     tensor when it has at most one dim."""
@@ -39,6 +40,7 @@ def unitwise_norm(x: torch.Tensor) -> torch.Tensor:
     return x.norm(2, dim=tuple(range(1, x.ndim)), keepdim=True)
 
 
+@checked_arguments
 @torch.no_grad()
 def adaptive_clip_grad_(parameters: Iterable[torch.Tensor], clipping: float = 0.01, eps: float = 1e-3) -> None:
     """AGC in place on the ``.grad`` of ``parameters`` (see the module docstring)."""

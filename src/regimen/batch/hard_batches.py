@@ -47,11 +47,12 @@ import torch
 from torch import nn
 
 from regimen._compat import deprecated_aliases
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["HighLossBatchSelector", "HighLossBatchesMethod", "batch_loss_sums", "select_high_loss"]
 
 
+@checked_arguments
 def select_high_loss(batch_losses: torch.Tensor | Sequence[float], fraction: float, min_batches: int = 1
                      ) -> torch.Tensor:
     """Indices of the ``max(min_batches, ⌈fraction · n⌉)`` highest losses, hardest first (ties by position).
@@ -75,6 +76,7 @@ def select_high_loss(batch_losses: torch.Tensor | Sequence[float], fraction: flo
     return order[:keep]
 
 
+@checked_arguments
 @torch.no_grad()
 def batch_loss_sums(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], eval_mode: bool = True
@@ -94,6 +96,7 @@ def batch_loss_sums(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
     return torch.tensor(rows, dtype=torch.float64).reshape(-1, 2)
 
 
+@checked_arguments
 class HighLossBatchSelector:
     """Keep the top fraction of an epoch's mini-batches ranked by loss (Sahayam et al. 2023).
 

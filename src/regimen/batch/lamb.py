@@ -25,10 +25,12 @@ from typing import Any
 import torch
 
 from regimen.batch.lars import _closure_loss, _params_with_grads, excluded_from_trust_ratio
+from regimen.method import checked_arguments
 
 __all__ = ["LAMB"]
 
 
+@checked_arguments
 class LAMB(torch.optim.Optimizer):
     """Adam direction with decoupled weight decay, scaled per tensor by ``‖w‖ / ‖update‖`` (You et al. 2020).
 

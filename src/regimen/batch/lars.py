@@ -24,9 +24,12 @@ from typing import Any
 
 import torch
 
+from regimen.method import checked_arguments
+
 __all__ = ["LARS", "excluded_from_trust_ratio"]
 
 
+@checked_arguments
 def excluded_from_trust_ratio(group: dict[str, Any], param: torch.Tensor) -> bool:
     """A group's ``exclude_from_trust_ratio`` flag when set (the trainer marks norm/bias groups), else whether
     ``exclude_1d`` is on and the parameter is 1-d (biases, norm weights). Excluded: no trust ratio, no decay."""
@@ -54,6 +57,7 @@ def _params_with_grads(group: dict[str, Any], optimizer: str) -> Iterator[tuple[
         yield param, param.grad
 
 
+@checked_arguments
 class LARS(torch.optim.Optimizer):
     """Momentum SGD with a per-tensor trust ratio (You et al. 2017).
 

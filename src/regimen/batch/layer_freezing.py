@@ -27,14 +27,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["LayerFreezingMethod", "freezable_layers", "frozen_layer_count"]
 
 
+@checked_arguments
 def frozen_layer_count(progress: float, num_layers: int, freeze_start: float = 0.5, freeze_level: float = 1.0
                        ) -> int:
     """``⌊L · level · (t − start)/(1 − start)⌋`` clipped to ``[0, L]`` (0 before ``freeze_start``)."""
+    if num_layers < 0:
+        raise ValueError(f"num_layers must be >= 0, got {num_layers}")
+    if not 0.0 <= progress <= 1.0:
+        raise ValueError(f"progress must be in [0, 1], got {progress!r}")
     if not 0.0 <= freeze_start < 1.0:
         raise ValueError(f"freeze_start must be in [0, 1), got {freeze_start!r}")
     if not 0.0 < freeze_level <= 1.0:
@@ -46,6 +51,7 @@ def frozen_layer_count(progress: float, num_layers: int, freeze_start: float = 0
     return max(0, min(num_layers, math.floor(num_layers * fraction + 1e-9)))
 
 
+@checked_arguments
 def freezable_layers(model: nn.Module) -> list[nn.Module]:
     """The layers in order, the head excluded: ``model.stages[:-1]`` or the top-level children with parameters but
     the last."""

@@ -27,11 +27,12 @@ import math
 import torch
 from torch import nn
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["MuPMethod", "apply_mup", "mup_hidden_parameters"]
 
 
+@checked_arguments
 def mup_hidden_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The matrix-like weights of a GPT: attention q/k/v and output, feed-forward and expert matrices."""
     from regimen.models.transformer import CausalSelfAttention, FeedForward, MoEFeedForward
@@ -47,6 +48,7 @@ def mup_hidden_parameters(model: nn.Module) -> list[nn.Parameter]:
     return found
 
 
+@checked_arguments
 @torch.no_grad()
 def apply_mup(model: nn.Module, base_width: int, output_mult: float = 1.0,
               optimizer: torch.optim.Optimizer | None = None) -> float:

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 from regimen._compat import deprecated_aliases
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["Regime", "RegimeAdaptationMethod", "adapt_regime", "regime_factor"]
 
@@ -48,6 +48,7 @@ def _check_positive_int(value: Any, label: str) -> None:
         raise ValueError(f"{label} must be > 0, got {value}")
 
 
+@checked_arguments
 def regime_factor(batch_size: int, base_batch_size: int, max_factor: float | None = None) -> float:
     """``B / B_small``, capped at ``max_factor`` when given."""
     _check_positive_int(batch_size, "batch_size")
@@ -72,6 +73,7 @@ def _scale(epochs: int, milestones: Sequence[float], factor: float, unit: Milest
     return Regime(new_epochs, new_milestones, factor)
 
 
+@checked_arguments
 def adapt_regime(
     regime: Mapping[str, Any] | int,
     batch_size: int | None = None,
@@ -97,6 +99,8 @@ def adapt_regime(
         For a recipe dict, a new dict (the input is not modified) with ``train.epochs`` adapted (its schedule's
         milestones are fractions and stay as they are); for a number of epochs, a :class:`Regime`.
     """
+    if not isinstance(regime, Mapping) and (isinstance(regime, bool) or not isinstance(regime, int)):
+        raise TypeError(f"regime must be a mapping or an int (epochs), got {type(regime).__name__}")
     if isinstance(regime, Mapping):
         if milestones or milestone_unit == "epochs":
             raise ValueError("adapt_regime on a recipe dict: the recipe's schedule.milestones are fractions of "

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["SAMMethod", "frozen_bn_statistics", "sam_epsilon", "sam_step"]
 
@@ -58,6 +58,7 @@ def _check_rho(rho: float, name: str = "rho") -> float:
     return float(rho)
 
 
+@checked_arguments
 @torch.no_grad()
 def sam_epsilon(params: Sequence[torch.Tensor], rho: float = 0.05, *, adaptive: bool | Sequence[bool] = False,
                 eta: float = 0.01, eps: float = 1e-12) -> list[torch.Tensor | None]:
@@ -107,6 +108,7 @@ def sam_epsilon(params: Sequence[torch.Tensor], rho: float = 0.05, *, adaptive: 
     return out
 
 
+@checked_arguments
 @contextlib.contextmanager
 def frozen_bn_statistics(model: nn.Module) -> Iterator[None]:
     """Within the block, BatchNorm layers in training mode normalise with the batch but leave their running statistics
@@ -126,6 +128,7 @@ def frozen_bn_statistics(model: nn.Module) -> Iterator[None]:
                 module.num_batches_tracked.copy_(count)
 
 
+@checked_arguments
 def sam_step(closure: Callable[[], Any], step: Callable[[], Any], params: Sequence[torch.Tensor], rho: float = 0.05,
              *, adaptive: bool | Sequence[bool] = False, eta: float = 0.01, model: nn.Module | None = None,
              recompute_unperturbed: bool = False) -> Any:

@@ -27,6 +27,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
+from regimen.method import checked_arguments
+
 __all__ = ["LengthBucketBatchSampler", "TokenBudgetBatchSampler", "padding_fraction"]
 
 
@@ -41,6 +43,7 @@ def _lengths_tensor(lengths: Sequence[int] | torch.Tensor) -> torch.Tensor:
     return t.long()
 
 
+@checked_arguments
 def padding_fraction(batches: Sequence[Sequence[int]], lengths: Sequence[int] | torch.Tensor) -> float:
     """Fraction of padded token slots: ``Σ_b (|b|·max_len_b − Σ len) / Σ_b |b|·max_len_b``."""
     t = _lengths_tensor(lengths)
@@ -100,6 +103,7 @@ class _BucketBase(Sampler[list[int]]):
         return len(self._batches())
 
 
+@checked_arguments
 class LengthBucketBatchSampler(_BucketBase):
     """Fixed-size batches of similar-length sequences.
 
@@ -138,6 +142,7 @@ class LengthBucketBatchSampler(_BucketBase):
         return self._shard(batches, generator)
 
 
+@checked_arguments
 class TokenBudgetBatchSampler(_BucketBase):
     """Batches whose padded size ``len(batch) × max length`` stays within ``max_tokens``.
 

@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 
 from regimen._compat import deprecated_aliases
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["LRScalingMethod", "infer_scaling_rule", "scale_lr", "scale_optimizer_lr"]
 
@@ -40,6 +40,7 @@ ADAM_FAMILY = frozenset(
 )
 
 
+@checked_arguments
 def infer_scaling_rule(optimizer: torch.optim.Optimizer | type | str) -> str:
     """``"linear"`` for SGD-family optimizers, ``"sqrt"`` for Adam-family ones (by class name).
 
@@ -72,6 +73,7 @@ def _check_batch(value: int, label: str) -> None:
         raise ValueError(f"{label} must be > 0, got {value}")
 
 
+@checked_arguments
 def scale_lr(
     base_lr: float,
     batch_size: int,
@@ -109,6 +111,7 @@ def scale_lr(
     raise ValueError(f"rule must be 'auto', 'linear' or 'sqrt', got {rule!r}")
 
 
+@checked_arguments
 def scale_optimizer_lr(
     optimizer: torch.optim.Optimizer, batch_size: int, base_batch_size: int, rule: Rule = "auto"
 ) -> list[float]:

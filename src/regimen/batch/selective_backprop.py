@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regimen.batch.sam import frozen_bn_statistics
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["SelectiveBackpropMethod", "downsample_for_scoring", "select_by_loss_percentile", "selection_weights"]
 
@@ -58,6 +58,7 @@ def _check_keep(keep: float) -> float:
     return float(keep)
 
 
+@checked_arguments
 def selection_weights(losses: torch.Tensor, keep: float) -> torch.Tensor:
     """Unnormalised probabilities ``q_i^(1/keep − 1)`` of each example, ``q_i`` the loss percentile
     ``(rank + ½)/N``."""
@@ -74,6 +75,7 @@ def selection_weights(losses: torch.Tensor, keep: float) -> torch.Tensor:
     return ((rank + 0.5) / n) ** (1.0 / keep - 1.0)
 
 
+@checked_arguments
 def select_by_loss_percentile(losses: torch.Tensor, keep: float, generator: torch.Generator | None = None
                               ) -> torch.Tensor:
     """Positions of the ``max(1, ⌊keep · N⌋)`` examples to backpropagate, sampled without replacement with

@@ -18,11 +18,12 @@ from typing import Any
 
 import torch
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["SeqLengthWarmupMethod", "seq_length_at", "truncate_sequences"]
 
 
+@checked_arguments
 def seq_length_at(progress: float, min_len: int, max_len: int, duration: float, step_size: int = 8) -> int:
     """``L(p)`` of the module docstring."""
     if not 0 < duration <= 1:
@@ -36,6 +37,7 @@ def seq_length_at(progress: float, min_len: int, max_len: int, duration: float, 
     return max_len if fraction >= 1.0 else min(max_len, min_len + grown)
 
 
+@checked_arguments
 def truncate_sequences(inputs: torch.Tensor, targets: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``length`` positions of ``(N, T)`` token inputs and their next-token targets."""
     if inputs.dim() < 2 or targets.shape[:2] != inputs.shape[:2]:

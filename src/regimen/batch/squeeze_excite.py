@@ -27,11 +27,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["SqueezeExcite2d", "SqueezeExciteConv2d", "SqueezeExciteMethod", "apply_squeeze_excite"]
 
 
+@checked_arguments
 class SqueezeExcite2d(nn.Module):
     """The SE gate of ``channels`` channels with a ``latent_channels`` bottleneck."""
 
@@ -49,6 +50,9 @@ class SqueezeExcite2d(nn.Module):
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, 1, 1)`` gates of a ``(N, C, H, W)`` input."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.reduce.in_features:
+            raise ValueError(f"x must be (N, {self.reduce.in_features}, H, W), got "
+                             f"{tuple(getattr(x, 'shape', ())) or type(x).__name__}")
         z = self.expand(torch.relu(self.reduce(x.mean(dim=(2, 3)))))
         s = 2.0 * torch.sigmoid(z) if self.preserve else torch.sigmoid(z)
         return s[:, :, None, None]
@@ -57,6 +61,7 @@ class SqueezeExcite2d(nn.Module):
         return x * self.gate(x)
 
 
+@checked_arguments
 class SqueezeExciteConv2d(nn.Module):
     """``se(conv(x))``: a conv followed by its SE gate."""
 
@@ -76,6 +81,7 @@ def _latent(channels: int, latent_channels: float) -> int:
     return max(1, int(round(latent_channels * channels))) if latent_channels < 1 else int(latent_channels)
 
 
+@checked_arguments
 def apply_squeeze_excite(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
                          latent_channels: float = 64, min_channels: int = 128, preserve: bool = False,
                          ignore: Sequence[str] = ()) -> list[str]:

@@ -32,12 +32,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 from regimen.models import copy_module
 
 __all__ = ["SWAMethod", "recompute_bn_statistics", "swa_lr_factor", "swa_update"]
 
 
+@checked_arguments
 @torch.no_grad()
 def swa_update(average: nn.Module, model: nn.Module, n_averaged: int) -> int:
     """``average ← average + (model − average) / (n + 1)`` on floating parameters (the first call, ``n = 0``, copies);
@@ -63,6 +64,7 @@ def _batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
+@checked_arguments
 @torch.no_grad()
 def recompute_bn_statistics(model: nn.Module, batches: Iterable[Any]) -> bool:
     """Reset the running statistics of every BatchNorm layer of ``model`` and re-estimate them as the plain average
@@ -91,11 +93,14 @@ def recompute_bn_statistics(model: nn.Module, batches: Iterable[Any]) -> bool:
     return True
 
 
+@checked_arguments
 def swa_lr_factor(t: float, anneal_epochs: float, anneal: str = "cos") -> float:
     """Weight of ``swa_lr`` after ``t`` epochs of annealing: ``lr = (1 − a) · lr_start + a · swa_lr`` with
     ``a = (1 − cos(π t/T))/2`` (cos) or ``t/T`` (linear), 1 from ``T`` on (and at once when ``T = 0``)."""
     if anneal not in ("cos", "linear"):
         raise ValueError(f"anneal must be 'cos' or 'linear', got {anneal!r}")
+    if t < 0 or anneal_epochs < 0:
+        raise ValueError(f"t and anneal_epochs must be >= 0, got t={t}, anneal_epochs={anneal_epochs}")
     if anneal_epochs <= 0:
         return 1.0
     q = min(max(t / anneal_epochs, 0.0), 1.0)

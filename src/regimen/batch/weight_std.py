@@ -36,7 +36,7 @@ from torch import nn
 
 from regimen._compat import deprecated_aliases
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = [
     "BatchChannelNorm2d",
@@ -59,6 +59,7 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
+@checked_arguments
 def weight_standardize(weight: torch.Tensor, eps: float = 1e-5, mode: WSMode = "paper") -> torch.Tensor:
     """Standardise each output channel of a conv weight ``(C_out, C_in/groups, *kernel)`` over its fan-in.
 
@@ -91,6 +92,7 @@ def weight_standardize(weight: torch.Tensor, eps: float = 1e-5, mode: WSMode = "
     return out.view_as(weight)
 
 
+@checked_arguments
 class WSConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose weight is standardised per output channel at every forward (Qiao et al. 2019).
 
@@ -104,6 +106,8 @@ class WSConv2d(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None,
                  ws_eps: float = 1e-5, ws_mode: WSMode = "paper") -> None:
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels} and {out_channels}")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          padding_mode, device=device, dtype=dtype)
         if ws_mode not in ("paper", "bit"):
@@ -139,6 +143,7 @@ class WSConv2d(nn.Conv2d):
         return new.train(conv.training)
 
 
+@checked_arguments
 class BatchChannelNorm2d(nn.Module):
     """Batch-Channel Normalization: ``γ_g · GroupNorm_g(BatchNorm(x)) + β_g`` (Qiao et al. 2019).
 
@@ -190,8 +195,9 @@ class BatchChannelNorm2d(nn.Module):
         return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.num_features:
-            raise ValueError(f"expected input (N, {self.num_features}, H, W), got {tuple(x.shape)}")
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.num_features:
+            raise ValueError(f"expected input x of shape (N, {self.num_features}, H, W), got "
+                             f"{tuple(getattr(x, 'shape', ())) or type(x).__name__}")
         out = self._estimated_bn(x) if self.estimate else self.bn(x)
         out = F.group_norm(out, self.num_groups, None, None, self.eps)
         n, c, h, w = out.shape
@@ -233,6 +239,7 @@ def _norm_successors_order(model: nn.Module) -> set[str]:
     return found
 
 
+@checked_arguments
 def convs_followed_by_norm(model: nn.Module) -> list[str]:
     """Qualified names of the ``nn.Conv2d`` layers whose output goes straight into a normalisation layer."""
     if not isinstance(model, nn.Module):
@@ -243,6 +250,7 @@ def convs_followed_by_norm(model: nn.Module) -> list[str]:
     return sorted(found)
 
 
+@checked_arguments
 def apply_weight_standardization(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
@@ -266,6 +274,7 @@ def apply_weight_standardization(
     return names
 
 
+@checked_arguments
 def apply_batch_channel_norm(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
@@ -282,6 +291,8 @@ def apply_batch_channel_norm(
     Returns:
         The qualified names of the replaced layers.
     """
+    if num_groups is not None and num_groups < 1:
+        raise ValueError(f"num_groups must be >= 1 (or None), got {num_groups}")
     names = [n for n, m in model.named_modules() if type(m) is nn.BatchNorm2d]
     owner: dict[int, dict] = {}
     if optimizer is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from regimen.data.idx import DataError, load_fashion_mnist_arrays, read_idx
+from regimen.data.idx import DataError, load_fashion_mnist_arrays, read_idx, read_npz
 
 __all__ = [
     "ArrayDataset",
@@ -152,14 +152,12 @@ def _num_classes(labels: torch.Tensor) -> int:
 def load_npz(path: str | os.PathLike, split: str = "train") -> ArrayDataset:
     """A ``.npz`` with ``x_train``/``y_train`` (and ``x_test``/``y_test``) or ``images``/``labels`` arrays."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"npz file not found: {path}")
-    with np.load(path) as arrays:
-        keys = (f"x_{split}", f"y_{split}") if f"x_{split}" in arrays else ("images", "labels")
-        if keys[0] not in arrays or keys[1] not in arrays:
-            raise DataError(f"{path}: expected arrays x_{split}/y_{split} or images/labels, found {sorted(arrays)}")
-        images = _as_nchw(arrays[keys[0]], str(path))
-        labels = torch.from_numpy(arrays[keys[1]].astype(np.int64))
+    arrays = read_npz(path)
+    keys = (f"x_{split}", f"y_{split}") if f"x_{split}" in arrays else ("images", "labels")
+    if keys[0] not in arrays or keys[1] not in arrays:
+        raise DataError(f"{path}: expected arrays x_{split}/y_{split} or images/labels, found {sorted(arrays)}")
+    images = _as_nchw(arrays[keys[0]], str(path))
+    labels = torch.from_numpy(arrays[keys[1]].astype(np.int64))
     return ArrayDataset(images, labels, _num_classes(labels), path.stem)
 
 

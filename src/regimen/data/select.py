@@ -18,7 +18,7 @@ from regimen.data.datasets import (
     load_npz,
     split_dataset,
 )
-from regimen.data.idx import DataError
+from regimen.data.idx import DataError, read_npz
 
 __all__ = ["DataSplits", "load_data", "make_splits"]
 
@@ -72,12 +72,8 @@ def _load_pair(name: str, root: str | None) -> tuple[ArrayDataset, ArrayDataset 
 
 def npz_has_test(path: str | Path) -> bool:
     """Whether an ``.npz`` holds its own ``x_test``/``y_test`` arrays."""
-    import numpy as np
-
-    if not Path(path).is_file():
-        raise DataError(f"npz file not found: {path}")
-    with np.load(path) as arrays:
-        return "x_test" in arrays and "y_test" in arrays
+    arrays = read_npz(path)
+    return "x_test" in arrays and "y_test" in arrays
 
 
 def _sources(name: str, root: str | None, train, val_fraction: float, carved: float | None) -> dict[str, str]:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from regimen.data.idx import DataError
+from regimen.data.idx import DataError, check_npy_size
 
 __all__ = [
     "KJV_PASSAGE",
@@ -162,6 +162,7 @@ def load_token_array(path: str | os.PathLike, vocab_size: int | None = None) -> 
     if not path.is_file():
         raise DataError(f"data.root: token file {path} does not exist")
     if path.suffix == ".npy":
+        check_npy_size(path)
         try:
             tokens = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as error:

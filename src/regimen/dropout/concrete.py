@@ -45,16 +45,25 @@ from regimen.dropout._common import (
     rand,
 )
 from regimen.dropout.temporal import TIME_DROPOUT_SLOT, time_dropout_slots, time_step_mask_shape
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["ConcreteTemporalDropout", "ConcreteTemporalDropoutMethod", "apply_concrete_temporal_dropout",
            "concrete_dropout_mask"]
 
 
+@checked_arguments
 def concrete_dropout_mask(
     p: torch.Tensor, noise: torch.Tensor, temperature: float = 0.1, eps: float = 1e-7
 ) -> torch.Tensor:
     """Relaxed *keep* mask ``(1 - z) / (1 - p)`` for uniform ``noise``; differentiable in ``p``."""
+    if not isinstance(p, torch.Tensor) or not isinstance(noise, torch.Tensor):
+        raise TypeError(f"p and noise must be tensors, got {type(p).__name__} and {type(noise).__name__}")
+    if not (p.is_floating_point() and noise.is_floating_point()):
+        raise TypeError(f"p and noise must be floating point, got {p.dtype} and {noise.dtype}")
+    if p.device != noise.device:
+        raise ValueError(f"p and noise must be on one device, got {p.device} and {noise.device}")
+    if not temperature > 0 or not eps >= 0:
+        raise ValueError(f"temperature must be > 0 and eps >= 0, got {temperature} and {eps}")
     drop = torch.sigmoid(
         (torch.log(p + eps) - torch.log1p(-p + eps) + torch.log(noise + eps) - torch.log1p(-noise + eps))
         / temperature
@@ -62,6 +71,7 @@ def concrete_dropout_mask(
     return (1.0 - drop) / (1.0 - p)
 
 
+@checked_arguments
 class ConcreteTemporalDropout(StochasticLayer):
     """Temporal dropout with a learned drop rate (concrete relaxation).
 

@@ -47,7 +47,7 @@ from regimen.dropout._common import (
     residual_blocks,
 )
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = [
     "DropBlock2d",
@@ -68,6 +68,7 @@ def _check_block_size(block_size: object) -> int:
     return block_size
 
 
+@checked_arguments
 def dropblock_mask(
     shape: Sequence[int],
     p: float,
@@ -79,6 +80,9 @@ def dropblock_mask(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Binary keep mask (1 = keep) of ``shape (N, C, H, W)`` whose zeros are unions of whole b × b blocks."""
+    if len(shape) != 4 or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in shape):
+        raise ValueError(f"shape must be 4 sizes (N, C, H, W) >= 0, got {shape!r}")
+    p = check_probability(p)
     n, c, h, w = shape
     b = _check_block_size(block_size)
     if b > min(h, w):
@@ -93,6 +97,7 @@ def dropblock_mask(
     return keep.expand(n, c, h, w) if batchwise else keep
 
 
+@checked_arguments
 def drop_block2d(
     x: torch.Tensor,
     p: float = 0.1,
@@ -128,6 +133,7 @@ def drop_block2d(
     return x * keep
 
 
+@checked_arguments
 class DropBlock2d(StochasticLayer):
     """Module form of :func:`drop_block2d` (identity in eval). ``p`` may be changed between steps (ramps)."""
 
@@ -159,6 +165,7 @@ class DropBlock2d(StochasticLayer):
         return f"p={self.p}, block_size={self.block_size}"
 
 
+@checked_arguments
 class DropBlockOutput(TransparentWrapper):
     """A module followed by a :class:`DropBlock2d` on its output: ``dropblock(module(x))``. Built by
     :func:`apply_dropblock`; the state_dict keys are the module's own."""
@@ -168,8 +175,8 @@ class DropBlockOutput(TransparentWrapper):
     def __init__(self, module: nn.Module, dropblock: DropBlock2d) -> None:
         super().__init__()
         if not isinstance(module, nn.Module) or not isinstance(dropblock, DropBlock2d):
-            raise TypeError(f"DropBlockOutput takes an nn.Module and a DropBlock2d, got {type(module).__name__} and "
-                            f"{type(dropblock).__name__}")
+            raise TypeError(f"DropBlockOutput takes module (an nn.Module) and dropblock (a DropBlock2d), got "
+                            f"{type(module).__name__} and {type(dropblock).__name__}")
         self.module = module
         self.dropblock = dropblock
 
@@ -188,11 +195,14 @@ def _downsamples(block: nn.Module) -> bool:
     return False
 
 
+@checked_arguments
 def default_dropblock_targets(model: nn.Module) -> list[str]:
     """Names of the residual blocks of the last two resolution groups (the paper: groups 3 and 4).
 
     Blocks are the modules with a ``drop_path`` child; a new group starts at each block that downsamples.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     blocks = residual_blocks(model)
     if not blocks:
         raise ConfigurationError(
@@ -206,6 +216,7 @@ def default_dropblock_targets(model: nn.Module) -> list[str]:
 
 
 @renamed_arguments(module_names="modules")
+@checked_arguments
 def apply_dropblock(
     model: nn.Module,
     p: float = 0.1,

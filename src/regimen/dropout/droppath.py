@@ -50,7 +50,7 @@ from regimen.dropout._common import (
     unwrap,
 )
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 from regimen.models import BasicBlock  # noqa: F401 - target of the deprecated DropPathBasicBlock alias
 
 __all__ = ["DropPath", "DropPathBranch", "DropPathMethod", "apply_drop_path", "drop_path", "drop_path_rates"]
@@ -63,6 +63,7 @@ _NEEDS = (
 )
 
 
+@checked_arguments
 def drop_path(
     x: torch.Tensor,
     p: float = 0.1,
@@ -94,6 +95,7 @@ def drop_path(
     return x * mask
 
 
+@checked_arguments
 class DropPath(StochasticLayer):
     """Module form of :func:`drop_path` (identity in eval). ``p`` may be changed between steps."""
 
@@ -114,6 +116,7 @@ class DropPath(StochasticLayer):
         return f"p={self.p:.4f}"
 
 
+@checked_arguments
 class DropPathBranch(TransparentWrapper):
     """A residual branch followed by a :class:`DropPath`: ``drop(branch(x))``. Built by :func:`apply_drop_path`
     for ``branches=``; the state_dict keys are the branch's own."""
@@ -123,8 +126,8 @@ class DropPathBranch(TransparentWrapper):
     def __init__(self, branch: nn.Module, drop: DropPath) -> None:
         super().__init__()
         if not isinstance(branch, nn.Module) or not isinstance(drop, DropPath):
-            raise TypeError(f"DropPathBranch takes an nn.Module and a DropPath, got {type(branch).__name__} and "
-                            f"{type(drop).__name__}")
+            raise TypeError(f"DropPathBranch takes branch (an nn.Module) and drop (a DropPath), got "
+                            f"{type(branch).__name__} and {type(drop).__name__}")
         self.branch = branch
         self.drop = drop
 
@@ -132,6 +135,7 @@ class DropPathBranch(TransparentWrapper):
         return self.drop(self.branch(*args, **kwargs))
 
 
+@checked_arguments
 def drop_path_rates(num_blocks: int, max_rate: float) -> list[float]:
     """Linear rule of the paper: block l (1-based) of L gets (l / L) · max_rate."""
     max_rate = check_probability(max_rate, "max_rate")
@@ -189,6 +193,7 @@ def _wrap_branches(model: nn.Module, names: Sequence[str], max_rate: float,
     return layers
 
 
+@checked_arguments
 def apply_drop_path(
     model: nn.Module,
     max_rate: float = 0.1,

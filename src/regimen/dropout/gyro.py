@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from regimen.dropout._common import StochasticLayer
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["GyroDropout", "GyroDropoutMethod", "apply_gyro_dropout", "gyro_group_index"]
 
@@ -43,11 +43,15 @@ def _check(p: float, sigma: int, tau: int) -> None:
         raise ValueError(f"tau must be an int in [1, sigma={sigma}] (masks trained at once), got {tau!r}")
 
 
+@checked_arguments
 def gyro_group_index(n: int, tau: int) -> torch.Tensor:
     """Which of the τ active masks each of ``n`` examples uses: ``⌊i τ / n⌋``."""
+    if n < 0 or tau < 1:
+        raise ValueError(f"n must be >= 0 and tau >= 1, got n={n}, tau={tau}")
     return torch.arange(n) * tau // max(n, 1)
 
 
+@checked_arguments
 class GyroDropout(StochasticLayer):
     """Dropout over a pool of σ fixed masks, τ active at once (see the module docstring).
 
@@ -94,6 +98,7 @@ class GyroDropout(StochasticLayer):
         self.masks, self.active, self.step = state["masks"], state["active"], state["step"]
 
 
+@checked_arguments
 def apply_gyro_dropout(model: nn.Module, sigma: int = 256, tau: int = 16, interval: int = 1,
                        optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None,
                        p: float | None = None) -> list[str]:

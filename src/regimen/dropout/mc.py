@@ -30,11 +30,12 @@ import torch
 from torch import nn
 
 from regimen.dropout._common import StochasticLayer, check_generator
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["MCDropoutClassifier", "MCInferenceMethod", "is_mc_dropout_layer", "mc_dropout_mode", "mc_predict"]
 
 
+@checked_arguments
 def is_mc_dropout_layer(module: nn.Module) -> bool:
     """True for layers that MC inference keeps stochastic."""
     if isinstance(module, nn.modules.dropout._DropoutNd):
@@ -42,6 +43,7 @@ def is_mc_dropout_layer(module: nn.Module) -> bool:
     return isinstance(module, StochasticLayer) and getattr(module, "mc_dropout", False)
 
 
+@checked_arguments
 @contextmanager
 def mc_dropout_mode(model: nn.Module, generator: torch.Generator | None = None) -> Iterator[nn.Module]:
     """Context: ``model`` in eval mode except its dropout layers; modes (and layer generators) restored on exit."""
@@ -62,6 +64,7 @@ def mc_dropout_mode(model: nn.Module, generator: torch.Generator | None = None) 
             module.generator = gen
 
 
+@checked_arguments
 def mc_predict(
     model: nn.Module,
     x: torch.Tensor,

@@ -50,7 +50,7 @@ from regimen.dropout._common import (
 )
 from regimen.errors import ConfigurationError
 from regimen.losses import multi_sample_cross_entropy
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = [
     "HEAD_NAMES",
@@ -77,6 +77,7 @@ def _keep_probabilities(p: float | Sequence[float], num_samples: int) -> list[fl
     return probs
 
 
+@checked_arguments
 def multi_sample_dropout_masks(
     num_samples: int,
     shape: Sequence[int],
@@ -102,6 +103,7 @@ def multi_sample_dropout_masks(
     return (noise < keep).to(like.dtype) / keep
 
 
+@checked_arguments
 def multi_sample_dropout(
     features: torch.Tensor,
     weight: torch.Tensor,
@@ -127,6 +129,10 @@ def multi_sample_dropout(
     check_tensor(weight, "weight", exact_dim=2)
     if weight.shape[1] != features.shape[1]:
         raise ValueError(f"weight must be (C, {features.shape[1]}) to match features, got {tuple(weight.shape)}")
+    for name, other in (("weight", weight), ("bias", bias)):
+        if other is not None and (other.dtype != features.dtype or other.device != features.device):
+            raise ValueError(f"{name} must have the dtype and device of features ({features.dtype}, {features.device}),"
+                             f" got {other.dtype}, {other.device}")
     if not training:
         _keep_probabilities(p, num_samples)
         return F.linear(features, weight, bias)
@@ -136,9 +142,11 @@ def multi_sample_dropout(
         raise ValueError(f"masks must have shape {(num_samples, *features.shape)}, got {tuple(masks.shape)}")
     dropped = features.unsqueeze(0) * masks  # (K, N, D), one broadcasted product
     # one matmul over the K*N stacked rows
-    return F.linear(dropped.reshape(-1, features.shape[1]), weight, bias).view(num_samples, features.shape[0], -1)
+    return F.linear(dropped.reshape(-1, features.shape[1]), weight, bias).view(num_samples, features.shape[0],
+                                                                             weight.shape[0])
 
 
+@checked_arguments
 class MultiSampleDropout(TransparentWrapper):
     """Wrap a classifier head: K dropout samples of its features in training (``(K, N, C)``), ``(N, C)`` in eval.
 
@@ -244,6 +252,7 @@ def _find_head(model: nn.Module) -> str | None:
     return None
 
 
+@checked_arguments
 def default_head(model: nn.Module) -> str:
     """Dotted name of the classifier head by convention: ``stages.<last>`` when the model has a non-empty ``stages``
     ModuleList, else the first of its children named ``head``, ``fc``, ``classifier``; a wrapper without either is
@@ -252,6 +261,8 @@ def default_head(model: nn.Module) -> str:
     Raises:
         ConfigurationError: none of them exists.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     found = _find_head(model)
     if found is None:
         raise ConfigurationError(
@@ -263,6 +274,7 @@ def default_head(model: nn.Module) -> str:
 
 
 @renamed_arguments(module_name="module")
+@checked_arguments
 def apply_multi_sample_dropout(
     model: nn.Module,
     num_samples: int = 8,

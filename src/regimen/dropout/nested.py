@@ -34,6 +34,7 @@ from regimen.dropout._common import (
     check_tensor,
     rand,
 )
+from regimen.method import checked_arguments
 
 __all__ = ["NESTED_SAMPLERS", "NestedDropout", "half_gaussian_nested_index", "nested_dropout", "nested_dropout_index"]
 
@@ -63,10 +64,13 @@ def half_gaussian_nested_index(units: int, sigma: float = 10.0, mu: float = 0.0,
     return int(torch.multinomial(probs, 1, generator=generator)) + 1
 
 
+@checked_arguments
 def nested_dropout_index(
     batch: int, p: float, like: torch.Tensor, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Per-sample number of kept units b ~ Geometric(p) on {1, 2, ...} (int64, shape ``(batch,)``)."""
+    if batch < 0:
+        raise ValueError(f"batch must be >= 0, got {batch}")
     p = check_probability(p)
     if p == 0.0:
         return torch.full((batch,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=like.device)
@@ -75,6 +79,7 @@ def nested_dropout_index(
     return b.clamp_max(2**62).to(torch.int64)
 
 
+@checked_arguments
 def nested_dropout(
     x: torch.Tensor,
     p: float = 0.1,
@@ -132,6 +137,7 @@ def nested_dropout(
     return x * mask.view(shape)
 
 
+@checked_arguments
 class NestedDropout(StochasticLayer):
     """Module form of :func:`nested_dropout` (identity in eval)."""
 

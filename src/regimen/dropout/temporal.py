@@ -37,7 +37,7 @@ from regimen.dropout._common import (
     check_tensor,
     rand,
 )
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["TemporalDropout", "TemporalDropoutMethod", "apply_temporal_dropout", "temporal_dropout",
            "time_dropout_slots", "time_step_mask_shape"]
@@ -46,6 +46,7 @@ __all__ = ["TemporalDropout", "TemporalDropoutMethod", "apply_temporal_dropout",
 TIME_DROPOUT_SLOT = "time_dropout"
 
 
+@checked_arguments
 def time_step_mask_shape(x: torch.Tensor, dim: int) -> list[int]:
     """Shape of a per-(sample, step) mask broadcastable against ``x``: N and T kept, 1 elsewhere."""
     shape = [1] * x.dim()
@@ -54,6 +55,7 @@ def time_step_mask_shape(x: torch.Tensor, dim: int) -> list[int]:
     return shape
 
 
+@checked_arguments
 def temporal_dropout(
     x: torch.Tensor,
     p: float = 0.1,
@@ -83,6 +85,7 @@ def temporal_dropout(
     return x * mask
 
 
+@checked_arguments
 class TemporalDropout(StochasticLayer):
     """Module form of :func:`temporal_dropout` (identity in eval)."""
 

@@ -26,11 +26,13 @@ import torch
 from torch import nn
 
 from regimen.local.auxiliary import ClassifierAuxiliary, _TokenMean
+from regimen.method import checked_arguments
 from regimen.models import BasicBlock, copy_module
 
 __all__ = ["auglocal_auxiliary", "auglocal_layer_indices", "pyramid_depths", "reinitialized_copy"]
 
 
+@checked_arguments
 def auglocal_layer_indices(layer: int, num_layers: int, depth: int) -> list[int]:
     """Indices of the backbone layers the auxiliary of ``layer`` imitates: ``round(l + (n - l - 1)/d · i)``.
 
@@ -52,6 +54,7 @@ def auglocal_layer_indices(layer: int, num_layers: int, depth: int) -> list[int]
     return [round(layer + remaining / depth * i) for i in range(1, depth + 1)]
 
 
+@checked_arguments
 def pyramid_depths(num_auxiliaries: int, depth: int, coeff: float = 0.5) -> list[int]:
     """Depth of each of ``num_auxiliaries`` auxiliary networks: d linearly shrinking to d·(1-c) + c, at least 1."""
     if num_auxiliaries < 0:
@@ -69,6 +72,7 @@ def pyramid_depths(num_auxiliaries: int, depth: int, coeff: float = 0.5) -> list
     return out
 
 
+@checked_arguments
 def reinitialized_copy(module: nn.Module) -> nn.Module:
     """A deep copy of ``module`` with every submodule's parameters re-drawn by its ``reset_parameters``."""
     clone = copy_module(module)
@@ -109,6 +113,7 @@ def _out_shape(layer: nn.Module, in_shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(out.shape[1:])
 
 
+@checked_arguments
 def auglocal_auxiliary(
     stages: Sequence[nn.Module],
     shapes: Sequence[tuple[int, ...]],

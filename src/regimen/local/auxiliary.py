@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regimen.method import checked_arguments
+
 __all__ = [
     "AuxiliaryNetwork",
     "ClassifierAuxiliary",
@@ -60,6 +62,7 @@ class _TokenMean(nn.Module):
         return x.mean(dim=1)
 
 
+@checked_arguments
 def dgl_head(shape: Sequence[int], num_classes: int, depth: int = 2, mlp_layers: int = 2) -> nn.Sequential:
     """DGL auxiliary classifier for features of per-sample ``shape``.
 
@@ -92,10 +95,13 @@ def dgl_head(shape: Sequence[int], num_classes: int, depth: int = 2, mlp_layers:
     return nn.Sequential(*layers)
 
 
+@checked_arguments
 def infopro_head(shape: Sequence[int], num_classes: int, hidden: int = 128) -> nn.Sequential:
     """InfoPro's CE branch: conv3×3 (stride 2 and twice the channels, capped at 64, while H > 8) + BN + ReLU →
     global pool → Linear(→hidden) + ReLU → Linear. Vectors/tokens: Linear + ReLU + Linear."""
     shape = _check_shape(shape, "shape")
+    if num_classes < 1 or hidden < 1:
+        raise ValueError(f"num_classes and hidden must be >= 1, got {num_classes} and {hidden}")
     if len(shape) == 3:
         channels, height, _ = shape
         wide = height > 8
@@ -134,6 +140,7 @@ class _Reshape(nn.Module):
         return x.reshape(x.shape[0], *self.shape)
 
 
+@checked_arguments
 def infopro_decoder(shape: Sequence[int], image_shape: Sequence[int], width: int = 12, sigmoid: bool = True
                     ) -> nn.Sequential:
     """InfoPro decoder from features of ``shape`` to an image of ``image_shape`` (C, H, W).
@@ -160,6 +167,7 @@ def infopro_decoder(shape: Sequence[int], image_shape: Sequence[int], width: int
     return nn.Sequential(*layers, nn.Linear(shape[-1], math.prod(image_shape)), _Reshape(image_shape), *tail)
 
 
+@checked_arguments
 def infopro_weights(index: int, num_auxiliaries: int, first: tuple[float, float], last: tuple[float, float]
                     ) -> tuple[float, float]:
     """(reconstruction weight, CE weight) of auxiliary ``index`` of ``num_auxiliaries``: linear interpolation.
@@ -191,6 +199,7 @@ class AuxiliaryNetwork(nn.Module):
         return self.head(features)
 
 
+@checked_arguments
 class ClassifierAuxiliary(AuxiliaryNetwork):
     """An auxiliary classifier ``head`` trained with ``weight · criterion(head(h), y)`` (DGL, AugLocal)."""
 
@@ -203,6 +212,7 @@ class ClassifierAuxiliary(AuxiliaryNetwork):
         return self.weight * criterion(self.head(features), target)
 
 
+@checked_arguments
 class InfoProAuxiliary(AuxiliaryNetwork):
     """InfoPro: ``recon_weight · recon(decoder(h), image) + ce_weight · criterion(head(h), y)``.
 
@@ -220,6 +230,8 @@ class InfoProAuxiliary(AuxiliaryNetwork):
         self.bce = bool(bce)
 
     def loss(self, features, target, *, criterion, image=None, module_input=None):  # noqa: D102
+        if not isinstance(features, torch.Tensor):
+            raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
         total = self.ce_weight * criterion(self.head(features), target)
         if self.decoder is not None and self.recon_weight != 0.0:
             if image is None:
@@ -250,6 +262,7 @@ def _reconstruction_decoder(shape: tuple[int, ...], input_shape: tuple[int, ...]
                          _Reshape(input_shape))
 
 
+@checked_arguments
 class ReconstructionAuxiliary(AuxiliaryNetwork):
     """Feature reconstruction: ``recon_weight · MSE(decoder(h), x_in) + ce_weight · criterion(head(h), y)``.
 

@@ -46,6 +46,7 @@ from regimen.local.split import (
     split_points_to_ranges,
 )
 from regimen.losses import classification_loss
+from regimen.method import checked_arguments
 
 __all__ = ["AUX_TYPES", "LocalLearning", "LocalStepOutput", "apply_local_learning", "local_step"]
 
@@ -77,6 +78,7 @@ def _default_backward(loss: torch.Tensor) -> None:
     loss.backward()
 
 
+@checked_arguments
 def local_step(
     stages: Sequence[nn.Module],
     ranges: Sequence[tuple[int, int]],
@@ -133,6 +135,7 @@ def local_step(
     return LocalStepOutput(loss=losses[-1], logits=logits.detach(), losses=tuple(losses))
 
 
+@checked_arguments
 class LocalLearning(nn.Module):
     """A staged network trained as K gradient-isolated modules with auxiliary networks.
 
@@ -182,6 +185,8 @@ class LocalLearning(nn.Module):
         data_std: torch.Tensor | Sequence[float] | None = None,
     ) -> None:
         super().__init__()
+        if not 0.0 <= pyramid_coeff <= 1.0:
+            raise ValueError(f"pyramid_coeff must be in [0, 1], got {pyramid_coeff}")
         if aux not in AUX_TYPES:
             raise ValueError(f"aux must be one of {AUX_TYPES}, got {aux!r}")
         if balance not in BALANCE_MODES:
@@ -392,6 +397,7 @@ def _add_auxiliary_groups(optimizer: torch.optim.Optimizer, params: list[nn.Para
                                        "params": buckets[id(group)]})
 
 
+@checked_arguments
 def apply_local_learning(
     model: nn.Module, num_modules: int | None = 2, aux: AuxType = "dgl", *,
     optimizer: torch.optim.Optimizer | None = None, **kwargs

@@ -27,11 +27,13 @@ import torch
 from torch import nn
 
 from regimen.local.auxiliary import AuxiliaryNetwork, dgl_head
+from regimen.method import checked_arguments
 from regimen.models import copy_module
 
 __all__ = ["MomentumAuxiliary", "ema_update_"]
 
 
+@checked_arguments
 @torch.no_grad()
 def ema_update_(ema: Sequence[torch.Tensor], source: Sequence[torch.Tensor], momentum: float) -> None:
     """In place: ``ema ← momentum · ema + (1 - momentum) · source`` for matching tensor lists."""
@@ -49,6 +51,7 @@ def ema_update_(ema: Sequence[torch.Tensor], source: Sequence[torch.Tensor], mom
     torch._foreach_add_(ema, [b.detach().to(a.dtype) for a, b in zip(ema, source, strict=True)], alpha=1.0 - momentum)
 
 
+@checked_arguments
 class MomentumAuxiliary(AuxiliaryNetwork):
     """MAN auxiliary: ``head(EMA(h) + LB)`` with EMA a momentum copy of ``next_block``.
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from regimen._compat import renamed_arguments
+from regimen.method import checked_arguments
 
 __all__ = ["BALANCE_MODES", "balanced_split_points", "block_costs", "resolve_stages", "split_points_to_ranges"]
 
@@ -33,6 +34,7 @@ BALANCE_MODES = ("params", "activations", "blocks")
 Balance = Literal["params", "activations", "blocks"]
 
 
+@checked_arguments
 def resolve_stages(model_or_stages: nn.Module | Sequence[nn.Module], split_points: Sequence[int] | None = None
                    ) -> list[nn.Module]:
     """The ordered blocks of ``model_or_stages``: its ``.stages``, the children of a Sequential/ModuleList, a list.
@@ -71,6 +73,7 @@ def resolve_stages(model_or_stages: nn.Module | Sequence[nn.Module], split_point
 
 
 @renamed_arguments(example_input="example_inputs")
+@checked_arguments
 def block_costs(
     stages: Sequence[nn.Module], balance: Balance = "params", example_inputs: torch.Tensor | None = None,
 ) -> list[float]:
@@ -121,6 +124,7 @@ def block_costs(
     return costs
 
 
+@checked_arguments
 def balanced_split_points(costs: Sequence[float], num_modules: int, min_last_blocks: int = 1) -> list[int]:
     """Split points (start index of modules 2..K) minimising the largest module cost; exact dynamic programme.
 
@@ -170,6 +174,7 @@ def balanced_split_points(costs: Sequence[float], num_modules: int, min_last_blo
     return sorted(points)
 
 
+@checked_arguments
 def split_points_to_ranges(split_points: Sequence[int], num_stages: int, min_last_blocks: int = 1
                            ) -> list[tuple[int, int]]:
     """Validate split points over ``num_stages`` stages (head last) and return each module's ``(start, end)``.

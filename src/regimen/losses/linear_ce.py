@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["LinearCrossEntropy", "LinearCrossEntropyMethod", "linear_cross_entropy"]
 
@@ -154,6 +154,7 @@ def _check_chunk(name: str, value: int) -> int:
     return value
 
 
+@checked_arguments
 def linear_cross_entropy(
     embeddings: torch.Tensor,
     classifier_weight: torch.Tensor,
@@ -263,6 +264,7 @@ def linear_cross_entropy(
     return full.reshape(out_shape)
 
 
+@checked_arguments
 class LinearCrossEntropy(nn.Module):
     """Module form of :func:`linear_cross_entropy`: ``LinearCrossEntropy(...)(embeddings, weight, target, bias)``."""
 

@@ -32,15 +32,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from regimen.method import Method, register_method
+from regimen.method import Method, checked_arguments, register_method
 
 __all__ = ["LoadBalanceAccumulator", "LoadBalanceMethod", "expert_counts", "load_balancing_loss"]
 
 
+@checked_arguments
 def expert_counts(expert_indices: torch.Tensor, num_experts: int) -> torch.Tensor:
     """Number of assignments per expert (int64, shape ``(num_experts,)``) from ``(T,)`` or ``(T, k)`` indices."""
     if not isinstance(expert_indices, torch.Tensor) or expert_indices.is_floating_point():
         raise TypeError("expert_indices must be an integer tensor")
+    if num_experts < 1:
+        raise ValueError(f"num_experts must be >= 1, got {num_experts}")
     flat = expert_indices.reshape(-1).long()
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= num_experts):
         raise ValueError(
@@ -49,6 +52,7 @@ def expert_counts(expert_indices: torch.Tensor, num_experts: int) -> torch.Tenso
     return torch.bincount(flat, minlength=num_experts)
 
 
+@checked_arguments
 class LoadBalanceAccumulator:
     """Running expert counts over the micro-batches of one optimizer step (gradient accumulation).
 
@@ -85,6 +89,7 @@ class LoadBalanceAccumulator:
         self.micro_batches = int(state["micro_batches"])
 
 
+@checked_arguments
 def load_balancing_loss(
     router_probs: torch.Tensor,
     expert_indices: torch.Tensor,

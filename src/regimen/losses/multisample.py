@@ -11,16 +11,22 @@ import torch
 import torch.nn.functional as F
 
 from regimen.losses.soft_ce import classification_loss
+from regimen.method import checked_arguments
 
 __all__ = ["multi_sample_cross_entropy"]
 
 
+@checked_arguments
 def multi_sample_cross_entropy(
     logits_k: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0, average: str = "losses"
 ) -> torch.Tensor:
     """Mean over K of the cross-entropy of ``logits_k (K, N, C)`` against index ``(N,)`` or soft ``(N, C)`` targets."""
     if logits_k.dim() != 3:
         raise ValueError(f"logits_k must be (K, N, C), got shape {tuple(logits_k.shape)}")
+    if not logits_k.is_floating_point():
+        raise TypeError(f"logits_k must be floating point, got {logits_k.dtype}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     num_samples, batch, classes = logits_k.shape
     if target.shape[0] != batch:
         raise ValueError(f"target must have {batch} rows to match logits_k, got shape {tuple(target.shape)}")

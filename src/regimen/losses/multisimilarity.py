@@ -29,11 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Sampler
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["MultiSimilarityLoss", "MultiSimilarityMethod", "PKSampler", "multi_similarity_loss"]
 
 
+@checked_arguments
 def multi_similarity_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -102,6 +103,7 @@ def multi_similarity_loss(
     return per_anchor.sum() if reduction == "sum" else per_anchor.sum() / m
 
 
+@checked_arguments
 class MultiSimilarityLoss(nn.Module):
     """Module form of :func:`multi_similarity_loss`."""
 
@@ -129,7 +131,6 @@ class MultiSimilarityMethod(Method):
     A ``criterion`` link that *replaces* the task's loss (it never calls ``next``), so it is the innermost link: list
     it after the methods that wrap the criterion (``bt2`` hands it the new feature). The model's output is the
     embedding; pair the method with ``pk_batches`` (every anchor then has K - 1 positives) as the paper does."""
-
     name = "multi_similarity"
     paper_id = "arXiv:1904.06627"
     claim = ("multi-similarity pair weighting with hard-pair mining beats contrastive, triplet, lifted-structure and "
@@ -138,20 +139,17 @@ class MultiSimilarityMethod(Method):
     targets = ("identity",)
     after = ("bt2",)
     constraint_reason = "the loss replaces the criterion, so the criterion wrappers (bt2) come first"
-
     def __init__(self, alpha: float = 2.0, beta: float = 40.0, base: float = 0.5, margin: float = 0.1) -> None:
         if not (alpha > 0 and beta > 0):
             raise ValueError(f"multi_similarity: alpha and beta must be > 0, got {alpha} and {beta}")
         if not margin >= 0:
             raise ValueError(f"multi_similarity: margin must be >= 0, got {margin}")
         self.alpha, self.beta, self.base, self.margin = float(alpha), float(beta), float(base), float(margin)
-
     def criterion(self, output: torch.Tensor, target: torch.Tensor, next, ctx: Context,
                   reduction: str = "mean") -> torch.Tensor:
         return multi_similarity_loss(output, target, self.alpha, self.beta, self.base, self.margin,
                                      reduction=reduction)
-
-
+@checked_arguments
 class PKSampler(Sampler[list[int]]):
     """Batch sampler: every batch holds ``p`` distinct classes × ``k`` samples of each (P×K sampling).
 

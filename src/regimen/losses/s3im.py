@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["S3IM", "S3IMMethod", "gaussian_window", "s3im_indices", "s3im_loss", "ssim"]
 
@@ -40,18 +40,26 @@ _C1 = 0.01**2
 _C2 = 0.03**2
 
 
+@checked_arguments
 def gaussian_window(kernel: int, sigma: float = 1.5) -> torch.Tensor:
     """The reference's normalised 2-D Gaussian window (float64, ``kernel × kernel``, centre at ``kernel // 2``)."""
+    if kernel < 1 or not sigma > 0:
+        raise ValueError(f"kernel must be >= 1 and sigma > 0, got kernel={kernel}, sigma={sigma}")
     x = torch.arange(kernel, dtype=torch.float64) - kernel // 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
     g = g / g.sum()
     return g[:, None] * g[None, :]
 
 
+@checked_arguments
 def ssim(img1: torch.Tensor, img2: torch.Tensor, kernel: int = 4, stride: int = 4, sigma: float = 1.5) -> torch.Tensor:
     """Mean SSIM of two ``(B, C, H, W)`` images with a Gaussian window, zero padding and a strided window."""
     if img1.shape != img2.shape or img1.dim() != 4:
         raise ValueError(f"images must both be (B, C, H, W) of one shape, got {tuple(img1.shape)}, {tuple(img2.shape)}")
+    if not (img1.is_floating_point() and img2.is_floating_point()):
+        raise TypeError(f"img1 and img2 must be floating point, got {img1.dtype} and {img2.dtype}")
+    if kernel < 1 or stride < 1:
+        raise ValueError(f"kernel and stride must be >= 1, got kernel={kernel}, stride={stride}")
     channels = img1.shape[1]
     window = gaussian_window(kernel, sigma).to(device=img1.device, dtype=img1.dtype)
     window = window.expand(channels, 1, kernel, kernel).contiguous()
@@ -69,8 +77,11 @@ def ssim(img1: torch.Tensor, img2: torch.Tensor, kernel: int = 4, stride: int = 
     return ssim_map.mean()
 
 
+@checked_arguments
 def s3im_indices(n: int, repeats: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """The ``repeats · n`` gather indices: ``arange(n)`` then ``repeats − 1`` random permutations of it."""
+    if n < 1 or repeats < 1:
+        raise ValueError(f"n and repeats must be >= 1, got n={n}, repeats={repeats}")
     first = torch.arange(n)
     if repeats == 1:
         return first
@@ -78,6 +89,7 @@ def s3im_indices(n: int, repeats: int, generator: torch.Generator | None = None)
     return torch.cat([first, perms.reshape(-1)])
 
 
+@checked_arguments
 def s3im_loss(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -128,6 +140,7 @@ def s3im_loss(
     return 1.0 - ssim(src, tar, kernel=kernel, stride=stride)
 
 
+@checked_arguments
 class S3IM(nn.Module):
     """Module form of :func:`s3im_loss`; holds its own seeded generator when ``seed`` is given."""
 

@@ -18,12 +18,14 @@ import torch
 import torch.nn.functional as F
 
 from regimen._compat import renamed_arguments
+from regimen.method import checked_arguments
 
 __all__ = ["check_single_sample_logits", "classification_loss", "mixed_cross_entropy", "soft_target_cross_entropy"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
 
+@checked_arguments
 def check_single_sample_logits(logits: torch.Tensor, target: torch.Tensor | None = None) -> None:
     """Raise ValueError for ``(K, N, C)`` logits of multi-sample dropout in training, naming the loss to use.
 
@@ -53,6 +55,7 @@ def _check_reduction(reduction: str) -> None:
 
 
 @renamed_arguments(targets="target")
+@checked_arguments
 def soft_target_cross_entropy(
     logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0, reduction: str = "mean"
 ) -> torch.Tensor:
@@ -73,13 +76,23 @@ def soft_target_cross_entropy(
 
 
 @renamed_arguments(targets="target")
+@checked_arguments
 def classification_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0,
                         reduction: str = "mean") -> torch.Tensor:
     """The trainer's default criterion: index ``target (N,)`` or soft ``target (N, C)``; ``reduction`` as in
     ``F.cross_entropy`` (``"none"`` gives the per-sample losses)."""
     check_single_sample_logits(logits, target)
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be floating point, got {logits.dtype}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     if target.dim() == 2 and target.is_floating_point():
         return soft_target_cross_entropy(logits, target, label_smoothing=label_smoothing, reduction=reduction)
+    if target.is_floating_point() or target.dtype == torch.bool:
+        raise TypeError(f"target must hold integer class indices (N,) or soft targets (N, C), got {target.dtype} "
+                        f"{tuple(target.shape)}")
+    if target.device != logits.device:
+        raise ValueError(f"target must be on the device of logits ({logits.device}), got {target.device}")
     _check_reduction(reduction)
     return F.cross_entropy(logits, target, label_smoothing=label_smoothing, reduction=reduction)
 
@@ -100,6 +113,7 @@ def _probabilities(target: torch.Tensor, num_classes: int, name: str) -> torch.T
 
 
 @renamed_arguments(targets_a="target_a", targets_b="target_b")
+@checked_arguments
 def mixed_cross_entropy(
     logits: torch.Tensor,
     target_a: torch.Tensor,

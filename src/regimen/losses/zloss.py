@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regimen._compat import renamed_arguments
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["LogitZLoss", "LogitZLossMethod", "ZLoss", "ZLossMethod", "logit_z_loss", "z_loss"]
 
@@ -81,6 +81,7 @@ def _reduce(per_row: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch
     return per_row.sum() / valid.sum()  # nan when every row is ignored, as F.cross_entropy
 
 
+@checked_arguments
 def z_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -152,6 +153,8 @@ def logit_z_loss(
     Returns:
         The regulariser, to be *added* to the classification loss.
     """
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
     if target is not None and not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be an integer tensor or None, got {type(target).__name__} (the coefficient is "
                         "the keyword z_loss_coef)")
@@ -168,6 +171,7 @@ def logit_z_loss(
     return _reduce(z_loss_coef * lse.square(), valid, reduction)
 
 
+@checked_arguments
 class ZLoss(nn.Module):
     """Module form of :func:`z_loss`: ``ZLoss(a, b)(logits, target)``."""
 
@@ -188,6 +192,7 @@ class ZLoss(nn.Module):
         return f"a={self.a}, b={self.b}, reduction={self.reduction!r}"
 
 
+@checked_arguments
 class LogitZLoss(nn.Module):
     """Module form of :func:`logit_z_loss`: ``LogitZLoss(z_loss_coef)(logits, target=None)``."""
 

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from regimen.method import checked_arguments
+
 __all__ = [
     "SCOPES",
     "check_ignore",
@@ -29,6 +31,7 @@ __all__ = [
 SCOPES = ("global", "uniform")
 
 
+@checked_arguments
 def normalize_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """``example_inputs`` as ``(args, kwargs)``: a Tensor, a tuple/list of positional inputs, or a dict of kwargs."""
     if isinstance(example_inputs, torch.Tensor):

@@ -29,7 +29,7 @@ from torch import nn
 
 from regimen._compat import deprecated_aliases
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 from regimen.subnet._common import check_ignore, check_ratio, check_scope, is_ignored
 from regimen.subnet.dependency import Group, UntraceableError, scale_units, trace_dependencies
 from regimen.subnet.importance import IMPORTANCES, Importance, check_importance, normalized_scores
@@ -41,6 +41,7 @@ __all__ = ["HESSOMethod", "HESSOPruner", "hesso_factor"]
 _ALL_ROLES = ("out", "in")
 
 
+@checked_arguments
 def hesso_factor(t: int, period: int) -> float:
     """Multiplier at step ``t`` (0-based) of a period of ``period`` steps: ``(T - t - 1) / (T - t)``."""
     if period < 1:
@@ -50,6 +51,7 @@ def hesso_factor(t: int, period: int) -> float:
     return (period - t - 1) / (period - t)
 
 
+@checked_arguments
 class HESSOPruner:
     """Progressive zeroing pruner usable in any training loop: call ``step()`` after each ``optimizer.step()``.
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from regimen.method import checked_arguments
 from regimen.subnet.dependency.group import Group, Slice
 
 __all__ = ["IMPORTANCES", "Importance", "group_scores", "normalized_scores"]
@@ -42,6 +43,7 @@ def _per_unit(tensor: torch.Tensor, slice_: Slice) -> torch.Tensor:
     return moved[slice_.indices.reshape(-1)].reshape(slice_.indices.shape[0], -1)
 
 
+@checked_arguments
 def group_scores(model: nn.Module, group: Group, importance: Importance = "l2") -> torch.Tensor:
     """Scores ``(group.size,)``, higher = more important.
 
@@ -80,6 +82,7 @@ def group_scores(model: nn.Module, group: Group, importance: Importance = "l2") 
     return torch.stack(per_slice).mean(0).float()
 
 
+@checked_arguments
 def normalized_scores(model: nn.Module, group: Group, importance: Importance = "l2") -> torch.Tensor:
     """``group_scores`` divided by their mean (comparable across groups for global ranking)."""
     scores = group_scores(model, group, importance)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from regimen._compat import deprecated_aliases
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 from regimen.subnet._common import unignored_modules
 from regimen.subnet._surgery import replace_parameters
 
@@ -49,6 +49,7 @@ __all__ = [
 _NUMERICAL_ENERGY = 1.0 - 1e-10  # energy threshold that only drops round-off singular values
 
 
+@checked_arguments
 def conv_to_matrix(weight: torch.Tensor) -> torch.Tensor:
     """``(N, C, kh, kw)`` -> ``(C*kh, N*kw)``; a 2-D (linear) weight is returned as is."""
     if weight.dim() == 2:
@@ -59,6 +60,7 @@ def conv_to_matrix(weight: torch.Tensor) -> torch.Tensor:
     return weight.permute(1, 2, 0, 3).reshape(c * kh, n * kw)
 
 
+@checked_arguments
 def matrix_to_conv(matrix: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
     """Inverse of ``conv_to_matrix`` for a weight of ``shape``."""
     if len(shape) == 2:
@@ -67,6 +69,7 @@ def matrix_to_conv(matrix: torch.Tensor, shape: torch.Size | tuple[int, ...]) ->
     return matrix.reshape(c, kh, n, kw).permute(2, 0, 1, 3).contiguous()
 
 
+@checked_arguments
 def energy_rank(singular_values: torch.Tensor, energy: float = 0.99) -> int:
     """Smallest ``r`` with ``sum(s[:r]^2) >= energy * sum(s^2)`` (at least 1)."""
     if not 0.0 < energy <= 1.0:
@@ -80,8 +83,14 @@ def energy_rank(singular_values: torch.Tensor, energy: float = 0.99) -> int:
     return max(1, min(rank, singular_values.numel()))
 
 
+@checked_arguments
 def truncate_weight(weight: torch.Tensor, energy: float = 0.99) -> tuple[torch.Tensor, int]:
     """Rank-truncated copy of a conv/linear weight (via ``conv_to_matrix``) keeping ``energy``; returns (W', r)."""
+    if weight.is_meta:
+        raise ValueError("weight must hold data; got a tensor on the meta device")
+    if not weight.is_floating_point() or not bool(torch.isfinite(weight).all()):
+        raise ValueError(f"weight must be a finite floating point tensor (an SVD of NaN/inf does not converge), got "
+                         f"{weight.dtype}")
     matrix = conv_to_matrix(weight.detach()).double()
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     rank = energy_rank(s, energy)
@@ -89,8 +98,16 @@ def truncate_weight(weight: torch.Tensor, energy: float = 0.99) -> tuple[torch.T
     return matrix_to_conv(approx, weight.shape).to(weight.dtype), rank
 
 
+@checked_arguments
 def nuclear_subgradient(weight: torch.Tensor, tol: float = 1e-7) -> torch.Tensor:
     """``U V^T`` over the non-zero singular values of ``conv_to_matrix(weight)``, shaped like ``weight``."""
+    if weight.is_meta:
+        raise ValueError("weight must hold data; got a tensor on the meta device")
+    if not weight.is_floating_point() or not bool(torch.isfinite(weight).all()):
+        raise ValueError(f"weight must be a finite floating point tensor (an SVD of NaN/inf does not converge), got "
+                         f"{weight.dtype}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
     matrix = conv_to_matrix(weight.detach()).double()
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     keep = s > tol * s.max().clamp_min(1e-30)
@@ -101,6 +118,7 @@ def _pair(value: Any) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)  # type: ignore[return-value]
 
 
+@checked_arguments
 class FactorizedConv2d(nn.Module):
     """``(kh x 1) conv C->r`` then ``(1 x kw) conv r->N``: a conv whose reshaped weight has rank ``r``.
 
@@ -115,6 +133,9 @@ class FactorizedConv2d(nn.Module):
                  padding: Any = 0, dilation: Any = 1, bias: bool = True, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        if min(in_channels, out_channels, rank) < 1:
+            raise ValueError(f"in_channels, out_channels and rank must be >= 1, got {in_channels}, {out_channels}, "
+                             f"{rank}")
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (_pair(kernel_size), _pair(stride), _pair(padding),
                                                   _pair(dilation))
         factory = {"device": device, "dtype": dtype}
@@ -144,6 +165,7 @@ class FactorizedConv2d(nn.Module):
         return self.second(self.first(x))
 
 
+@checked_arguments
 class FactorizedLinear(nn.Module):
     """``Linear(in, r)`` then ``Linear(r, out)``.
 
@@ -157,6 +179,9 @@ class FactorizedLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        if min(in_features, out_features, rank) < 1:
+            raise ValueError(f"in_features, out_features and rank must be >= 1, got {in_features}, {out_features}, "
+                             f"{rank}")
         factory = {"device": device, "dtype": dtype}
         self.rank = rank
         self.first = nn.Linear(in_features, rank, bias=False, **factory)
@@ -206,6 +231,7 @@ def _break_even(module: nn.Module, rule: str = "params") -> float:
     return threshold
 
 
+@checked_arguments
 def factorize(model: nn.Module, energy: float = 0.99, include_linear: bool = False, ignore: Iterable[str] = (),
               optimizer: torch.optim.Optimizer | None = None, rule: str = "params") -> dict[str, int]:
     """Replace each conv (and linear) whose energy rank ``r < mn/(m+n)`` by two thin layers, in place.
@@ -237,6 +263,7 @@ def factorize(model: nn.Module, energy: float = 0.99, include_linear: bool = Fal
     return replaced
 
 
+@checked_arguments
 def restore_lowrank(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """Replace the layers that a ``state_dict`` shows as factorised (``<name>.first.weight``) by factorised layers."""
     for key, value in state_dict.items():

@@ -47,7 +47,7 @@ from torch import nn
 
 from regimen._compat import deprecated_aliases
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 from regimen.subnet._common import unignored_modules
 from regimen.subnet._surgery import replace_parameters
 
@@ -81,6 +81,7 @@ def _check_rank(rank: int | None, max_rank: int, name: str = "rank") -> int:
     return rank
 
 
+@checked_arguments
 def svd_factors(weight: torch.Tensor, rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Split a weight matrix into ``U (out, r)`` and ``V (r, in)`` with ``U @ V`` its best rank-``r`` approximation.
 
@@ -95,6 +96,8 @@ def svd_factors(weight: torch.Tensor, rank: int | None = None) -> tuple[torch.Te
     """
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.is_floating_point() and not weight.is_meta and not bool(torch.isfinite(weight).all()):
+        raise ValueError("weight must be finite (an SVD of NaN/inf does not converge)")
     if weight.ndim != 2:
         raise ValueError(f"weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
     if not weight.is_floating_point():
@@ -107,6 +110,7 @@ def svd_factors(weight: torch.Tensor, rank: int | None = None) -> tuple[torch.Te
     return u.contiguous(), v.contiguous()
 
 
+@checked_arguments
 def low_rank_linear(
     x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None, rank: int | None = None
 ) -> torch.Tensor:
@@ -117,6 +121,7 @@ def low_rank_linear(
     return F.linear(F.linear(x, v[:rank]), u[:, :rank], bias)
 
 
+@checked_arguments
 def low_rank_conv2d(
     x: torch.Tensor,
     u: torch.Tensor,
@@ -130,6 +135,8 @@ def low_rank_conv2d(
     """A ``k×k`` conv to ``rank`` channels (``v[:rank]``, shape ``(r, in, kh, kw)``) then a ``1×1`` conv by ``u``."""
     if u.ndim != 2 or v.ndim != 4 or u.shape[1] != v.shape[0]:
         raise ValueError(f"u (out, r) and v (r, in, kh, kw) must share r, got {tuple(u.shape)} and {tuple(v.shape)}")
+    if not (x.dtype == u.dtype == v.dtype and x.is_floating_point()):
+        raise TypeError(f"x, u and v must share one floating point dtype, got {x.dtype}, {u.dtype}, {v.dtype}")
     rank = _check_rank(rank, v.shape[0])
     hidden = F.conv2d(x, v[:rank], None, stride, padding, dilation)
     return F.conv2d(hidden, u[:, :rank, None, None], bias)
@@ -144,6 +151,7 @@ def _tail_norms(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return v_tail.clamp_min(_TINY).sqrt(), u_tail.clamp_min(_TINY).sqrt()
 
 
+@checked_arguments
 def hierarchical_group_lasso(u: torch.Tensor, v: torch.Tensor, rank: int | None = None) -> torch.Tensor:
     """``Σ_{b<rank} (‖V[b:rank]‖_F + ‖U[:, b:rank]‖_F)``: the nested tail-group penalty of Maestro (differentiable).
 
@@ -159,6 +167,7 @@ def hierarchical_group_lasso(u: torch.Tensor, v: torch.Tensor, rank: int | None 
     return (v_tail + u_tail).sum()
 
 
+@checked_arguments
 @torch.no_grad()
 def rank_importance(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``‖V[b:]‖_F · ‖U[:, b:]‖_F`` for every component ``b`` (non-increasing, so thresholding keeps a prefix)."""
@@ -168,6 +177,7 @@ def rank_importance(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return v_tail * u_tail
 
 
+@checked_arguments
 def sample_rank(max_rank: int, generator: torch.Generator | None = None, min_rank: int = 1) -> int:
     """Ordered dropout's draw: ``b ~ Uniform{min_rank, ..., max_rank}``."""
     if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 1:
@@ -253,6 +263,7 @@ class _OrderedLowRank(nn.Module):
         self._reset_rank_state()
 
 
+@checked_arguments
 class OrderedLowRankLinear(_OrderedLowRank):
     """``y = U[:, :b] (V[:b] x) + bias`` with ``U (out, r)``, ``V (r, in)``; ``b`` = ordered-dropout rank in training.
 
@@ -335,6 +346,7 @@ def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
+@checked_arguments
 class OrderedLowRankConv2d(_OrderedLowRank):
     """A ``k×k`` conv ``in → b`` (factor ``V``, shape ``(r, in, kh, kw)``) then a ``1×1`` conv ``b → out`` (``U``).
 
@@ -443,11 +455,13 @@ class OrderedLowRankConv2d(_OrderedLowRank):
 
 
 # -------------------------------------------------------------------------------------------------------------- surgery
+@checked_arguments
 def low_rank_layers(model: nn.Module) -> list[tuple[str, _OrderedLowRank]]:
     """``(name, module)`` of every Maestro low-rank layer in ``model``, in module order."""
     return [(name, module) for name, module in model.named_modules() if isinstance(module, _OrderedLowRank)]
 
 
+@checked_arguments
 def apply_maestro(
     model: nn.Module,
     rank_ratio: float = 1.0,
@@ -513,6 +527,7 @@ def _renamed_ignore(ignore: Iterable[str], exclude: Iterable[str] | None, where:
     return exclude
 
 
+@checked_arguments
 def set_rank_fraction(model: nn.Module, fraction: float) -> None:
     """Set every low-rank layer's active rank to ``ceil(fraction · max_rank)`` (evaluate a uniform rank budget)."""
     if not 0.0 < fraction <= 1.0:
@@ -521,6 +536,7 @@ def set_rank_fraction(model: nn.Module, fraction: float) -> None:
         layer.set_active_rank(max(1, math.ceil(fraction * layer.max_rank)))
 
 
+@checked_arguments
 def truncate_model(model: nn.Module, dense_when_cheaper: bool = False) -> nn.Module:
     """Physically truncate every low-rank layer of ``model`` to its active rank (in place; returns ``model``).
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from regimen.method import checked_arguments
 from regimen.subnet._common import evaluating, normalize_inputs, run_model
 from regimen.subnet.modules import PrunedMultiheadAttention
 
@@ -17,6 +18,7 @@ __all__ = ["PruneReport", "count_macs", "count_params", "layer_widths"]
 _ATTENTION = (nn.MultiheadAttention, PrunedMultiheadAttention)
 
 
+@checked_arguments
 def count_params(model: nn.Module) -> int:
     """Number of parameters (shared parameters counted once)."""
     return sum(p.numel() for p in model.parameters())
@@ -35,6 +37,7 @@ def _attention_macs(module: nn.Module, inputs: tuple) -> int:
     return projections + attention + tokens * inner * module.embed_dim
 
 
+@checked_arguments
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
     """Multiply-accumulates per sample of one forward pass (conv, linear, attention), measured with hooks."""
     total = [0]
@@ -69,6 +72,7 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
     return total[0] // max(batch, 1)
 
 
+@checked_arguments
 def layer_widths(model: nn.Module) -> dict[str, int]:
     """Output width of every conv / linear layer and number of heads of every attention layer."""
     widths = {}

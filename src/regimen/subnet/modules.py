@@ -14,9 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regimen.method import checked_arguments
+
 __all__ = ["PrunedMultiheadAttention"]
 
 
+@checked_arguments
 class PrunedMultiheadAttention(nn.Module):
     """Packed multi-head self-attention whose inner width ``num_heads * head_dim`` may differ from ``embed_dim``.
 
@@ -56,6 +59,10 @@ class PrunedMultiheadAttention(nn.Module):
                 key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
                 attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True, is_causal: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        for name, tensor in (("query", query), ("key", key), ("value", value)):
+            if not isinstance(tensor, torch.Tensor) or tensor.dim() not in (2, 3):
+                raise ValueError(f"{name} must be a (L, E) or batched 3-d tensor, got "
+                                 f"{tuple(getattr(tensor, 'shape', ())) or type(tensor).__name__}")
         unbatched = query.dim() == 2
         if unbatched:
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)

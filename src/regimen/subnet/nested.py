@@ -57,7 +57,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from regimen.errors import ConfigurationError
 from regimen.losses import soft_target_cross_entropy
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 from regimen.models import copy_module
 from regimen.subnet.dependency import Group, UntraceableError, dependency_groups
 from regimen.subnet.importance import IMPORTANCES, group_scores
@@ -79,6 +79,7 @@ _SLICEABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, _BatchNorm)
 
 
 # ----------------------------------------------------------------------------------------------------------- functional
+@checked_arguments
 def check_widths(widths: Sequence[float]) -> tuple[float, ...]:
     """Validate widths: a non-empty, strictly increasing sequence of numbers in (0, 1]."""
     if isinstance(widths, str | bytes) or not isinstance(widths, Iterable):
@@ -98,6 +99,7 @@ def check_widths(widths: Sequence[float]) -> tuple[float, ...]:
     return tuple(float(w) for w in values)
 
 
+@checked_arguments
 def units_at_width(size: int, width: float) -> int:
     """Units a group of ``size`` keeps at ``width``: ``max(1, ⌈width · size⌉)`` (exact products are not rounded up)."""
     if size < 1:
@@ -107,6 +109,7 @@ def units_at_width(size: int, width: float) -> int:
     return max(1, min(size, math.ceil(width * size - 1e-9)))
 
 
+@checked_arguments
 def sandwich_widths(widths: Sequence[float], n_random: int = 2, generator: torch.Generator | None = None
                     ) -> list[float]:
     """The sandwich rule: ``[max, min]`` plus ``n_random`` distinct widths drawn from the ones in between.
@@ -124,6 +127,7 @@ def sandwich_widths(widths: Sequence[float], n_random: int = 2, generator: torch
     return chosen
 
 
+@checked_arguments
 def inplace_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
                               ) -> torch.Tensor:
     """``T² · CE(softmax(sg[teacher] / T), log_softmax(student / T))`` with the teacher detached."""
@@ -141,6 +145,7 @@ def _full_name(module: str, param: str) -> str:
     return f"{module}.{param}" if module else param
 
 
+@checked_arguments
 class NestedWidth(nn.Module):
     """A model whose widths are prefixes of its channel groups; ``forward(x, width=w)`` runs the width-``w`` network.
 

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from regimen._compat import deprecated_aliases
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 from regimen.subnet._common import unignored_modules
 
 __all__ = ["NMSparsity", "NMSparsityMethod", "apply_nm_sparsity", "export_nm_sparsity", "nm_mask", "nm_sparsify",
@@ -56,6 +56,7 @@ def _grouped(weight: torch.Tensor, m: int) -> torch.Tensor:
     return moved.reshape(-1, m)
 
 
+@checked_arguments
 def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
     """Boolean mask keeping the ``n`` largest ``|w|`` of every ``m`` consecutive weights along the input dim."""
     _check_nm(n, m)
@@ -93,6 +94,7 @@ class _SRSTE(torch.autograd.Function):
         return grad + ctx.decay * (~mask) * weight, None, None
 
 
+@checked_arguments
 def nm_sparsify(weight: torch.Tensor, n: int = 2, m: int = 4, decay: float = 2e-4) -> torch.Tensor:
     """``E ⊙ W`` whose gradient w.r.t. ``W`` is ``dL/dW~ + decay (1 - E) ⊙ W`` (SR-STE)."""
     if decay < 0:
@@ -100,6 +102,7 @@ def nm_sparsify(weight: torch.Tensor, n: int = 2, m: int = 4, decay: float = 2e-
     return _SRSTE.apply(weight, nm_mask(weight, n, m), float(decay))
 
 
+@checked_arguments
 class NMSparsity(nn.Module):
     """Parametrization: ``register_parametrization(layer, "weight", NMSparsity(2, 4))`` makes the weight N:M sparse."""
 
@@ -129,6 +132,7 @@ def _eligible(model: nn.Module, m: int, ignore: Iterable[str]) -> list[tuple[str
     return out
 
 
+@checked_arguments
 def apply_nm_sparsity(model: nn.Module, n: int = 2, m: int = 4, decay: float = 2e-4, ignore: Iterable[str] = (),
                       optimizer: torch.optim.Optimizer | None = None) -> list[str]:
     """Register ``NMSparsity`` on every eligible Linear/Conv weight, in place; returns the layer names.
@@ -148,6 +152,7 @@ def apply_nm_sparsity(model: nn.Module, n: int = 2, m: int = 4, decay: float = 2
     return names
 
 
+@checked_arguments
 def export_nm_sparsity(model: nn.Module) -> nn.Module:
     """Remove the N:M parametrizations, leaving dense weights with the mask applied (in place)."""
     for module in model.modules():
@@ -157,6 +162,7 @@ def export_nm_sparsity(model: nn.Module) -> nn.Module:
     return model
 
 
+@checked_arguments
 def to_semi_structured(model: nn.Module) -> nn.Module:
     """CUDA only: store exported 2:4 Linear weights as ``torch.sparse.SparseSemiStructuredTensor`` (in place)."""
     if not torch.cuda.is_available():

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from regimen.method import checked_arguments
 from regimen.subnet._common import check_ignore, check_ratio, check_scope, evaluating, is_ignored, run_model
 from regimen.subnet._surgery import (
     Replaced,
@@ -69,6 +70,7 @@ def _validate_plan(plan: Mapping[Group, Any]) -> dict[Group, torch.Tensor]:
     return keeps
 
 
+@checked_arguments
 def prune_groups(model: nn.Module, plan: Mapping[Group, torch.Tensor | Sequence[int]],
                  optimizer: torch.optim.Optimizer | None = None, example_inputs: Any = None) -> nn.Module:
     """Keep only the given units of each group, physically, in place; every other group is left as is.
@@ -176,6 +178,7 @@ def _round_keep(n_keep: int, size: int, round_to: int | None) -> int:
     return n_keep
 
 
+@checked_arguments
 def plan_pruning(model: nn.Module, groups: Sequence[Group], ratio: float, importance: Importance = "l2",
                  scope: str = "global", round_to: int | None = None) -> dict[Group, torch.Tensor]:
     """Choose the units to keep in each group: ``{group: keep_units}`` (sorted), removing about ``ratio`` of units."""
@@ -221,6 +224,7 @@ def _plan(model: nn.Module, groups: Sequence[Group], ratio: float, importance: I
     return plan
 
 
+@checked_arguments
 def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importance: Importance = "l2",
           scope: str = "global", round_to: int | None = None, ignore: Iterable[str] = (),
           optimizer: torch.optim.Optimizer | None = None, tracer: str = "auto", lossless_only: bool = False

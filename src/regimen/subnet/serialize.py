@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ import torch
 from torch import nn
 
 from regimen.errors import ConfigurationError
+from regimen.method import checked_arguments
 from regimen.subnet._surgery import module_info, size_attributes, to_pruned_attention
 from regimen.subnet.modules import PrunedMultiheadAttention
 
@@ -39,6 +43,7 @@ __all__ = ["architecture_spec", "build_from_spec", "load_pruned", "restore_prune
 FORMAT = "regimen-pruned-v1"
 
 
+@checked_arguments
 def architecture_spec(model: nn.Module) -> dict[str, Any] | None:
     """``{"class": "ResNet"|"MLP", "config": {...}}`` for regimen reference models (``model.config``), else None."""
     from regimen import models
@@ -50,6 +55,7 @@ def architecture_spec(model: nn.Module) -> dict[str, Any] | None:
     return None
 
 
+@checked_arguments
 def build_from_spec(spec: dict[str, Any]) -> nn.Module:
     """Build a regimen reference model from ``architecture_spec`` output (only classes of ``regimen.models``)."""
     from regimen import models
@@ -61,6 +67,7 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
     return cls(**spec.get("config", {}))
 
 
+@checked_arguments
 def restore_pruned(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """Re-shape ``model`` (the unpruned architecture) to ``state_dict``'s shapes, then load it (strict)."""
     from regimen.subnet.lowrank import restore_lowrank
@@ -129,6 +136,7 @@ def _describe(model: nn.Module, spec: dict[str, Any] | None) -> dict[str, Any]:
     return arch
 
 
+@checked_arguments
 def save_pruned(model: nn.Module, path: str | os.PathLike, spec: dict[str, Any] | None = None,
                 extra: dict[str, Any] | None = None) -> None:
     """Write ``{"format", "architecture", "model", "extra"}`` atomically; works for any model.
@@ -209,6 +217,26 @@ def _check_tensors(state_dict: dict[str, torch.Tensor], trial: nn.Module, path: 
             )
 
 
+def _read_payload(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` after checking the archive's CRC-32 checksums (a flipped bit in the weights
+    would otherwise load silently); every failure a one-line ConfigurationError naming the file."""
+    if not path.is_file():
+        raise ConfigurationError(f"load_pruned: file not found: {path}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as error:
+        raise ConfigurationError(f"{path} is not a readable {FORMAT} file: not a torch zip archive ({error})") from None
+    if bad is not None:
+        raise ConfigurationError(f"{path} is corrupt: checksum mismatch in {bad} (a damaged or truncated file)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigurationError(f"{path} is not a readable {FORMAT} file: {first}") from None
+
+
+@checked_arguments
 def load_pruned(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     """Load a file written by ``save_pruned`` (``weights_only=True``: no pickled code runs).
 
@@ -221,9 +249,9 @@ def load_pruned(path: str | os.PathLike, model: nn.Module | None = None) -> nn.M
         ConfigurationError: ``model`` is missing for your own class, or its class, submodules, parameter names or
             sizes do not fit the file (the message names what differs; ``model`` is then left unchanged).
     """
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} file")
+    payload = _read_payload(Path(path))
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or not isinstance(payload.get("model"), dict):
+        raise ConfigurationError(f"{path} is not a {FORMAT} file")
     arch = payload.get("architecture") or {}
     state_dict = payload["model"]
     if model is None:

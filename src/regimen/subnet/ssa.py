@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = [
     "SubsampledAttentionMethod",
@@ -38,11 +38,14 @@ __all__ = [
 ]
 
 
+@checked_arguments
 def sample_kept_positions(batch: int, length: int, keep: int, generator: torch.Generator | None = None,
                           device: torch.device | str = "cpu", locality: float = 0.0) -> torch.Tensor:
     """``(batch, keep)`` sorted positions per sample, without replacement from ``[0, length)``: uniform
     (``locality = 0``), or with probability ∝ ``exp(−|j − c| / locality)`` around a uniform random centre ``c`` per
     sample (Gumbel top-k)."""
+    if batch < 0:
+        raise ValueError(f"batch must be >= 0, got {batch}")
     if not 1 <= keep <= length:
         raise ValueError(f"keep must lie in [1, length = {length}], got {keep}")
     if not locality >= 0.0 or math.isinf(locality):
@@ -56,6 +59,7 @@ def sample_kept_positions(batch: int, length: int, keep: int, generator: torch.G
     return scores.argsort(dim=1)[:, :keep].sort(dim=1).values.to(device)
 
 
+@checked_arguments
 def subsampled_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kept: torch.Tensor,
                                 scale: float | None = None) -> torch.Tensor:
     """Causal attention of ``(B, H, T, D)`` queries to the kept keys/values ``kept`` ``(B, K)`` plus themselves."""

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regimen.data import ArrayDataset, DataError, DataSplits, TensorDataset, split_dataset
+from regimen.data.idx import read_npz
 from regimen.data.noise import LABEL_NOISE_KINDS, noisy_labels
 from regimen.data.select import make_splits
 from regimen.errors import ConfigurationError
@@ -256,13 +257,11 @@ def _sklearn_set(name: str) -> TensorDataset:
 
 
 def _npz_pair(path: Path) -> tuple[TensorDataset, TensorDataset | None]:
-    if not path.is_file():
-        raise DataError(f"npz file not found: {path}")
-    with np.load(path) as arrays:
-        if "x_train" not in arrays or "y_train" not in arrays:
-            raise DataError(f"{path}: expected arrays x_train/y_train (and x_test/y_test), found {sorted(arrays)}")
-        pairs = [(arrays[f"x_{s}"], arrays[f"y_{s}"]) for s in ("train", "test")
-                 if f"x_{s}" in arrays and f"y_{s}" in arrays]
+    arrays = read_npz(path)
+    if "x_train" not in arrays or "y_train" not in arrays:
+        raise DataError(f"{path}: expected arrays x_train/y_train (and x_test/y_test), found {sorted(arrays)}")
+    pairs = [(arrays[f"x_{s}"], arrays[f"y_{s}"]) for s in ("train", "test")
+             if f"x_{s}" in arrays and f"y_{s}" in arrays]
     datasets = []
     for x, y in pairs:
         labels = _check_labels(torch.from_numpy(y.astype(np.int64)), str(path))

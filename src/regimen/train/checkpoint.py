@@ -12,6 +12,8 @@ import os
 import pickle
 import random
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +53,25 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
+def verify_archive(path: Path, error: type[Exception] | None = None) -> None:
+    """Check a torch zip file's CRC-32 checksums before loading it: a flipped bit in tensor data would otherwise load
+    as silently wrong weights (``torch.load`` does not check them). A one-line ``error`` naming the file."""
+    error = error or CheckpointError
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as problem:
+        raise error(f"{path} is not a readable checkpoint: not a torch zip archive ({problem})") from None
+    if bad is not None:
+        raise error(f"{path} is corrupt: checksum mismatch in {bad} (a damaged or truncated file)")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a regimen checkpoint with ``weights_only=True`` (no code runs); clear errors for foreign files."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    verify_archive(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:

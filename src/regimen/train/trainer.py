@@ -212,6 +212,19 @@ def _as_recipe(recipe: Recipe | dict | str | os.PathLike) -> Recipe:
     raise TypeError(f"recipe must be a Recipe, a dict or a recipe file/name, got {type(recipe).__name__}")
 
 
+def machine_memory() -> int:
+    """Bytes this process may use: the physical memory (``os.sysconf`` page counts), or the address-space limit
+    (``ulimit -v``) when that is lower."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft not in (resource.RLIM_INFINITY, -1) and soft > 0:
+            total = min(total, soft)
+    except (ImportError, OSError, ValueError):
+        pass
+    return total
+
+
 def fit(
     recipe: Recipe | dict | str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
@@ -321,6 +334,7 @@ class _Run:
     def _build_model(self) -> tuple[nn.Module, dict[str, Any]]:
         torch.manual_seed(self.recipe.seed)  # identical initial weights on every rank
         if self.user_model is None:
+            self._check_model_size()
             return self.task.build_model(self.data), self.task.model_spec(self.data)
         from regimen.models import copy_module
 
@@ -328,6 +342,27 @@ class _Run:
         spec = {"name": "user", "class": f"{cls.__module__}.{cls.__qualname__}",
                 "params": sum(p.numel() for p in self.user_model.parameters())}
         return copy_module(self.user_model), spec
+
+    def _check_model_size(self) -> None:
+        """Build the recipe's model on the meta device first (no memory, no time) and refuse one whose weights,
+        gradients and two optimizer moments cannot fit in this machine's memory: ``model.options`` with a width of
+        10**9 is a one-line error, not an allocation of hundreds of GiB (or the machine's OOM killer)."""
+        rng = torch.get_rng_state()
+        try:
+            with torch.device("meta"):
+                probe = self.task.build_model(self.data)
+        except Exception:  # noqa: BLE001 - a builder that needs real tensors (a data-fitted layer): not probed
+            return
+        finally:
+            torch.set_rng_state(rng)
+        numel = sum(p.numel() for p in probe.parameters()) + sum(b.numel() for b in probe.buffers())
+        need = numel * 4 * 4  # float32 weights, gradients and two optimizer moments: a floor, not an estimate
+        available = machine_memory()
+        if need > available:
+            raise ConfigurationError(
+                f"model.options: model.name = {self.recipe.model.name!r} with {dict(self.recipe.model.options)} has "
+                f"{numel:,} parameters, at least {need / 2**30:.1f} GiB with gradients and optimizer state; this "
+                f"machine has {available / 2**30:.1f} GiB of memory")
 
     def setup(self, state: dict | None, source: str) -> None:
         """Model, optimizer, methods, loader and context; surgery by the methods; Fabric wrapping; resume."""

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from regimen.method import checked_arguments
 from regimen.subnet._common import evaluating, normalize_inputs, run_model
 from regimen.subnet.dependency.group import DependencyGraph, Group, Slice
 from regimen.subnet.dependency.ops import LeafTracer
@@ -19,6 +20,7 @@ __all__ = ["TRACERS", "dependency_groups", "scale_units", "trace_dependencies", 
 TRACERS = ("auto", "fx", "eager")
 
 
+@checked_arguments
 def trace_dependencies(model: nn.Module, example_inputs: Any, tracer: str = "auto") -> DependencyGraph:
     """Trace ``model`` once and return its ``DependencyGraph`` (groups plus what was skipped and why).
 
@@ -49,6 +51,7 @@ def trace_dependencies(model: nn.Module, example_inputs: Any, tracer: str = "aut
         return trace_fx(model, graph, args, kwargs)
 
 
+@checked_arguments
 def dependency_groups(model: nn.Module, example_inputs: Any, tracer: str = "auto") -> list[Group]:
     """The groups of coupled channels of ``model`` (see ``regimen.subnet.dependency`` for the ``Group`` layout)."""
     return trace_dependencies(model, example_inputs, tracer).groups
@@ -58,6 +61,7 @@ def _unit_positions(group: Group, units: torch.Tensor | Sequence[int]) -> list[t
     return [(s, group.positions(s, units)) for s in group.slices]
 
 
+@checked_arguments
 @torch.no_grad()
 def scale_units(model: nn.Module, group: Group, units: torch.Tensor | Sequence[int], factor: float,
                 roles: tuple[str, ...] = ("out",)) -> None:
@@ -71,6 +75,7 @@ def scale_units(model: nn.Module, group: Group, units: torch.Tensor | Sequence[i
         tensor[tuple(index)] *= factor
 
 
+@checked_arguments
 def zero_units(model: nn.Module, group: Group, units: torch.Tensor | Sequence[int],
                roles: tuple[str, ...] = ("out",)) -> None:
     """Set the ``"out"`` parameter slices (filters, biases, norm weight and bias) of ``units`` to exactly zero."""
