@@ -55,9 +55,11 @@ def _close_matches(name: str, names: list[str]) -> list[str]:
     leaf = name.rpartition("/")[2]
     same_leaf = [n for n in names if n.rpartition("/")[2] == leaf]
     spelled = difflib.get_close_matches(name, names, n=4, cutoff=0.6)
-    leaves = {n.rpartition("/")[2]: n for n in names}
-    spelled += [leaves[m] for m in difflib.get_close_matches(leaf, list(leaves), n=3, cutoff=0.75)]
-    return list(dict.fromkeys(same_leaf + spelled))[:5]
+    leaves: dict[str, list[str]] = {}
+    for n in sorted(names, key=lambda n: (n.count("/"), n)):  # top-level recipes first, then families A-Z
+        leaves.setdefault(n.rpartition("/")[2], []).append(n)
+    spelled += [n for m in difflib.get_close_matches(leaf, list(leaves), n=3, cutoff=0.75) for n in leaves[m]]
+    return list(dict.fromkeys(same_leaf + spelled))[:8]
 
 
 def find_recipe(name_or_path: str | os.PathLike) -> Path:

@@ -76,9 +76,11 @@ class ClassificationTask(Task):
         (``"symmetric"`` | ``"pair"``), ``label_noise_seed`` (default: the recipe seed)."""
         options = dict(getattr(self.recipe.data, "options", {}) or {})
         for key, value in options.items():
-            if key not in _LABEL_NOISE_OPTIONS:
+            if key not in self.data_option_names:  # a subclass (e.g. metric_learning) declares its own options
                 raise ConfigurationError(f"data.options.{key}: unknown option of task {self.name!r}; its options are "
-                                         f"{', '.join(_LABEL_NOISE_OPTIONS)}")
+                                         f"{', '.join(self.data_option_names) or 'none'}")
+            if key not in _LABEL_NOISE_OPTIONS:
+                continue
             kinds = _LABEL_NOISE_OPTIONS[key]
             if isinstance(value, bool) or not isinstance(value, kinds):
                 raise ConfigurationError(f"data.options.{key}: expected {' or '.join(k.__name__ for k in kinds)}, "
