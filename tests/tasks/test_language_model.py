@@ -103,9 +103,9 @@ def test_bad_recipes_name_the_key(corpus, changes, message):
         fit(lm_recipe(corpus, **changes))
 
 
-def test_data_options_on_a_task_without_them_are_refused(tiny_recipe):
+def test_a_language_model_option_on_an_image_task_is_refused(tiny_recipe):
     tiny_recipe["data"]["options"] = {"seq_len": 8}
-    with pytest.raises(RecipeError, match="data.options: task 'image_classification' takes no data options"):
+    with pytest.raises(RecipeError, match="data.options.seq_len: unknown option of task 'image_classification'"):
         parse_recipe(tiny_recipe)
 
 
