@@ -99,7 +99,7 @@ def test_trains_against_old_and_new_checkpoints_and_scores_new_to_old(tmp_path):
 
 
 def test_method_arguments_are_checked():
-    with pytest.raises(ValueError, match="old_model must name a checkpoint"):
+    with pytest.raises(ValueError, match="old_model must be a builtins.str"):
         BT2Method(old_model=3)
     with pytest.raises(ValueError, match="influence_weight must be >= 0"):
         BT2Method(old_model="x.pt", influence_weight=-1.0)

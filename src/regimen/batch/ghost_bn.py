@@ -332,8 +332,11 @@ class _GhostBatchNorm(nn.modules.batchnorm._BatchNorm):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         self._check_input_dim(x)
-        if x.shape[1] != self.num_features:
-            raise ValueError(f"x must have {self.num_features} channels (dim 1), got shape {tuple(x.shape)}")
+        # the parameters' current size, not num_features: nested_width calls the layer with sliced parameters
+        reference = self.weight if self.weight is not None else self.running_mean
+        channels = self.num_features if reference is None else reference.shape[0]
+        if x.shape[1] != channels:
+            raise ValueError(f"x must have {channels} channels (dim 1), got shape {tuple(x.shape)}")
         use_batch_stats = self.training or self.running_mean is None
         if not use_batch_stats or x.shape[0] <= self.ghost_batch_size:
             return super().forward(x)
