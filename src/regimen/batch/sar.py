@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from regimen.errors import ConfigurationError
 from regimen.method import Context, Method, register_method
 from regimen.models import copy_module
 
@@ -273,7 +274,7 @@ class SARMethod(Method):
 
     def setup(self, ctx: Context) -> None:
         if not norm_affine_parameters(ctx.model):
-            raise ValueError(f"sar: the model ({type(ctx.model).__name__}) has no norm layer to adapt")
+            raise ConfigurationError(f"sar: the model ({type(ctx.model).__name__}) has no norm layer to adapt")
 
     def eval_model(self, model: nn.Module, ctx: Context) -> nn.Module | None:
         inner = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
