@@ -61,6 +61,20 @@ class Task:
         return doc.splitlines()[0] if doc else ""
 
     # -------------------------------------------------------------------------------------------- recipe checks
+    def typed_data_options(self, spec: dict[str, type]) -> dict[str, Any]:
+        """The recipe's ``data.options``, every key one of ``spec`` and every value of its type (a bool is never a
+        number; an int is accepted for a float); a one-line ConfigurationError naming the key otherwise."""
+        options = dict(getattr(self.recipe.data, "options", {}) or {})
+        for key, value in options.items():
+            if key not in spec:
+                raise ConfigurationError(f"data.options.{key}: unknown option of task {self.name!r}; its options are "
+                                         f"{', '.join(spec)}")
+            kind = spec[key]
+            allowed = (int, float) if kind is float else (kind,)
+            if isinstance(value, bool) or not isinstance(value, allowed):
+                raise ConfigurationError(f"data.options.{key}: expected {kind.__name__}, got {value!r}")
+        return options
+
     def check_recipe(self, user_model: bool = False, user_data: bool = False) -> None:
         """Raise ConfigurationError naming the recipe key that this task cannot use."""
         recipe = self.recipe

@@ -199,12 +199,9 @@ class FlowMatchingTask(Task):
     data_option_names: ClassVar[tuple[str, ...]] = tuple(_DATA_OPTIONS)
 
     def data_options(self) -> dict[str, int]:
-        options = dict(getattr(self.recipe.data, "options", {}) or {})
+        options = self.typed_data_options(_DATA_OPTIONS)
         for key, value in options.items():
-            if key not in _DATA_OPTIONS:
-                raise ConfigurationError(f"data.options.{key}: unknown option of task 'flow_matching'; its options "
-                                         f"are {', '.join(_DATA_OPTIONS)}")
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if value < 1:
                 raise ConfigurationError(f"data.options.{key}: expected an int >= 1, got {value!r}")
         options.setdefault("samples", 10_000)
         options.setdefault("eval_samples", 1000)

@@ -104,14 +104,7 @@ class LanguageModelTask(Task):
 
     # ----------------------------------------------------------------------------------------------- options
     def data_options(self) -> dict[str, Any]:
-        options = dict(getattr(self.recipe.data, "options", {}) or {})
-        for key, value in options.items():
-            if key not in _DATA_OPTIONS:
-                raise ConfigurationError(f"data.options.{key}: unknown option of task 'language_model'; its options "
-                                         f"are {', '.join(_DATA_OPTIONS)}")
-            kind = _DATA_OPTIONS[key]
-            if isinstance(value, bool) or not isinstance(value, kind):
-                raise ConfigurationError(f"data.options.{key}: expected {kind.__name__}, got {value!r}")
+        options = self.typed_data_options(_DATA_OPTIONS)
         options.setdefault("seq_len", DEFAULT_SEQ_LEN)
         options.setdefault("tokenizer", "bytes")
         if options["seq_len"] < 1:

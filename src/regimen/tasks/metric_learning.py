@@ -191,14 +191,7 @@ class MetricLearningTask(ImageClassificationTask):
 
     # ----------------------------------------------------------------------------------------------- options
     def data_options(self) -> dict[str, Any]:
-        options = dict(getattr(self.recipe.data, "options", {}) or {})
-        for key, value in options.items():
-            if key not in _DATA_OPTIONS:
-                raise ConfigurationError(f"data.options.{key}: unknown option of task 'metric_learning'; its options "
-                                         f"are {', '.join(_DATA_OPTIONS)}")
-            if not isinstance(value, _DATA_OPTIONS[key]):
-                raise ConfigurationError(f"data.options.{key}: expected {_DATA_OPTIONS[key].__name__}, got "
-                                         f"{value!r}")
+        options = self.typed_data_options(_DATA_OPTIONS)
         train = _class_list(options.get("train_classes", list(DEFAULT_TRAIN_CLASSES)), "train_classes")
         test = _class_list(options.get("test_classes", list(DEFAULT_TEST_CLASSES)), "test_classes")
         shared = sorted(set(train) & set(test))

@@ -228,15 +228,7 @@ class NeuralFieldTask(Task):
 
     # ----------------------------------------------------------------------------------------------- options
     def data_options(self) -> dict[str, Any]:
-        options = dict(getattr(self.recipe.data, "options", {}) or {})
-        for key, value in options.items():
-            if key not in _DATA_OPTIONS:
-                raise ConfigurationError(f"data.options.{key}: unknown option of task 'neural_field'; its options "
-                                         f"are {', '.join(_DATA_OPTIONS)}")
-            kind = _DATA_OPTIONS[key]
-            allowed = (int, float) if kind is float else (kind,)
-            if isinstance(value, bool) or not isinstance(value, allowed):
-                raise ConfigurationError(f"data.options.{key}: expected {kind.__name__}, got {value!r}")
+        options = self.typed_data_options(_DATA_OPTIONS)
         options = {**DEFAULTS, **options}
         if options["photo"] not in PHOTOS:
             raise ConfigurationError(f"data.options.photo: unknown photo {options['photo']!r}; scikit-image's "

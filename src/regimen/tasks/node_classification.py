@@ -167,15 +167,7 @@ class NodeClassificationTask(Task):
     data_option_names: ClassVar[tuple[str, ...]] = tuple(_DATA_OPTIONS)
 
     def data_options(self) -> dict[str, Any]:
-        options = dict(getattr(self.recipe.data, "options", {}) or {})
-        for key, value in options.items():
-            if key not in _DATA_OPTIONS:
-                raise ConfigurationError(f"data.options.{key}: unknown option of task 'node_classification'; its "
-                                         f"options are {', '.join(_DATA_OPTIONS)}")
-            kind = _DATA_OPTIONS[key]
-            ok = isinstance(value, int | float) if kind is float else isinstance(value, int)
-            if isinstance(value, bool) or not ok:
-                raise ConfigurationError(f"data.options.{key}: expected {kind.__name__}, got {value!r}")
+        options = self.typed_data_options(_DATA_OPTIONS)
         return {**_DEFAULTS, **options}
 
     def check_recipe(self, user_model: bool = False, user_data: bool = False) -> None:

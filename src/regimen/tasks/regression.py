@@ -146,14 +146,7 @@ class RegressionTask(Task):
 
     # ----------------------------------------------------------------------------------------------- options
     def data_options(self) -> dict[str, Any]:
-        options = dict(getattr(self.recipe.data, "options", {}) or {})
-        for key, value in options.items():
-            if key not in _DATA_OPTIONS:
-                raise ConfigurationError(f"data.options.{key}: unknown option of task 'regression'; its options are "
-                                         f"{', '.join(_DATA_OPTIONS)}")
-            kind = _DATA_OPTIONS[key]
-            if isinstance(value, bool) or not isinstance(value, int | float if kind is float else kind):
-                raise ConfigurationError(f"data.options.{key}: expected {kind.__name__}, got {value!r}")
+        options = self.typed_data_options(_DATA_OPTIONS)
         diabetes = self.recipe.data.name == "diabetes"
         defaults = {"tail_scale": 20.0, "max_angle": 90.0, "data_seed": 0, "bin_width": 10.0 if diabetes else 1.0,
                     "few_shot": 20, "many_shot": 100, "bag_size": 0}

@@ -120,12 +120,9 @@ class SequenceClassificationTask(ClassificationTask):
 
     # ----------------------------------------------------------------------------------------------- options
     def data_options(self) -> dict[str, Any]:
-        options = dict(getattr(self.recipe.data, "options", {}) or {})
+        options = self.typed_data_options(_DATA_OPTIONS)
         for key, value in options.items():
-            if key not in _DATA_OPTIONS:
-                raise ConfigurationError(f"data.options.{key}: unknown option of task 'sequence_classification'; "
-                                         f"its options are {', '.join(_DATA_OPTIONS)}")
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if value < 1:
                 raise ConfigurationError(f"data.options.{key}: expected an int >= 1, got {value!r}")
         return {**DEFAULTS, **options}
 
