@@ -1,7 +1,5 @@
 """``python -m regimen`` = the ``regimen`` command."""
 
-import sys
+from regimen.cli import run
 
-from regimen.cli import main
-
-sys.exit(main())
+run()

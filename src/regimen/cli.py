@@ -160,8 +160,27 @@ def _end_process_group() -> None:
     sometimes destroyed while joinable and the process aborts ("terminate called without an active exception")."""
     import torch.distributed as dist
 
+    global _ENDED_PROCESS_GROUP
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        _ENDED_PROCESS_GROUP = True
+
+
+_ENDED_PROCESS_GROUP = False
+
+
+def run() -> None:
+    """The ``regimen`` command as a process (``python -m regimen``, the console script): ``main()``, then exit.
+
+    After a multi-process run the process leaves with ``os._exit`` once its output is flushed: the run's files are
+    written and closed, and interpreter shutdown would destroy gloo's still-joinable threads, which aborts the
+    process ("terminate called without an active exception", exit code -6) now and then."""
+    code = main()
+    if _ENDED_PROCESS_GROUP:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _add_bench(subparsers) -> None:
