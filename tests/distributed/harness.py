@@ -290,3 +290,13 @@ if __name__ == "__main__":  # python -m tests.distributed.harness worker SPEC OU
         raise SystemExit("usage: python -m tests.distributed.harness worker SPEC OUT")
     sys.path.insert(0, os.environ.get("REGIMEN_TEST_SRC", str(ROOT / "src")))
     _worker(sys.argv[2], sys.argv[3])
+    # Leave like the regimen command does after a multi-process run (regimen.cli.run): end the process group, flush,
+    # os._exit. Interpreter shutdown would destroy gloo's joinable threads and abort now and then (exit code -6,
+    # "terminate called without an active exception"), failing a test whose results were all written.
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
