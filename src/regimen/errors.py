@@ -7,7 +7,7 @@ raised plain ``ValueError``, keeps working.
 
 from __future__ import annotations
 
-__all__ = ["ArgumentError", "ConfigurationError", "RegimenError"]
+__all__ = ["ArgumentError", "ConfigurationError", "DivergenceError", "RegimenError"]
 
 
 class RegimenError(Exception):
@@ -24,3 +24,8 @@ class ArgumentError(RegimenError, TypeError, ValueError):
     for a tensor), raised by :func:`regimen.method.checked_arguments` before the function runs; the message names
     the function and the argument. Both a ``TypeError`` and a ``ValueError``, so callers that caught either keep
     working."""
+
+
+class DivergenceError(RegimenError, FloatingPointError):
+    """Training diverged: the loss became NaN or infinite. A property of the recipe (learning rate, clipping, data),
+    not a bug, so the command line reports it in one line. A ``FloatingPointError``, as before."""

@@ -143,3 +143,10 @@ def test_help_says_recipes_go_by_name_or_file(capsys, command, option):
         main([command, "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert option in out and "name" in out and "TOML file" in out
+
+
+def test_a_diverging_run_is_a_one_line_user_error_not_a_bug(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", *SMOKE, "--set", "optim.lr=1e30", "--out", str(tmp_path / "r"),
+                           "--quiet")
+    assert code == 1 and "loss is" in err and "lower optim.lr" in err
+    assert len(err.strip().splitlines()) == 1 and "internal error" not in err

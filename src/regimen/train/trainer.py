@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from regimen.data import DataSplits
-from regimen.errors import ConfigurationError
+from regimen.errors import ConfigurationError, DivergenceError
 from regimen.method import (
     REVERSED_HOOKS,
     SELECTION_HOOK,
@@ -605,7 +605,7 @@ class _Run:
                 micro_batches.append((x, y))
                 loss, output = self._micro_step(x, y, sync=sync_first and micro == cfg.accumulation - 1)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {ctx.step + 1}; "
+                    raise DivergenceError(f"loss is {loss.item()} at epoch {epoch + 1}, step {ctx.step + 1}; "
                                              "lower optim.lr or set train.grad_clip")
                 count = len(y)
                 totals[0] += loss.item() * count
