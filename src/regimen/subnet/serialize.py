@@ -25,14 +25,13 @@ import copy
 import os
 import pickle
 import tempfile
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from regimen._archive import verify_torch_archive
 from regimen.errors import ConfigurationError
 from regimen.method import checked_arguments
 from regimen.subnet._surgery import module_info, size_attributes, to_pruned_attention
@@ -222,13 +221,7 @@ def _read_payload(path: Path) -> Any:
     would otherwise load silently); every failure a one-line ConfigurationError naming the file."""
     if not path.is_file():
         raise ConfigurationError(f"load_pruned: file not found: {path}")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as error:
-        raise ConfigurationError(f"{path} is not a readable {FORMAT} file: not a torch zip archive ({error})") from None
-    if bad is not None:
-        raise ConfigurationError(f"{path} is corrupt: checksum mismatch in {bad} (a damaged or truncated file)")
+    verify_torch_archive(path, ConfigurationError, f"{FORMAT} file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:

@@ -12,8 +12,6 @@ import os
 import pickle
 import random
 import tempfile
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from regimen._archive import verify_torch_archive
 from regimen.errors import RegimenError
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "capture_rng", "load_checkpoint", "load_model_state",
@@ -54,16 +53,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 def verify_archive(path: Path, error: type[Exception] | None = None) -> None:
-    """Check a torch zip file's CRC-32 checksums before loading it: a flipped bit in tensor data would otherwise load
-    as silently wrong weights (``torch.load`` does not check them). A one-line ``error`` naming the file."""
-    error = error or CheckpointError
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as problem:
-        raise error(f"{path} is not a readable checkpoint: not a torch zip archive ({problem})") from None
-    if bad is not None:
-        raise error(f"{path} is corrupt: checksum mismatch in {bad} (a damaged or truncated file)")
+    """Check a torch zip file's CRC-32 checksums before loading it (see :func:`verify_torch_archive`)."""
+    verify_torch_archive(path, error or CheckpointError, "checkpoint")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
