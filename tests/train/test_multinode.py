@@ -199,3 +199,21 @@ def test_two_nodes_of_one_process_match_one_node_of_two_and_one_process(tmp_path
     assert (summary["world_size"], summary["num_nodes"], summary["global_batch"]) == (2, 2, 32)
     assert len((tmp_path / "nodes" / "metrics.jsonl").read_text().splitlines()) == 1  # one writer: each epoch once
     assert not (tmp_path / "nodes" / "run.lock").exists()  # released at the end
+
+
+# ------------------------------------------------------------------------------------- Fabric's LT_* variables
+def test_fabric_environment_that_disagrees_with_the_recipe_is_refused(tiny_recipe, monkeypatch, tmp_path):
+    """Fabric lets ``LT_DEVICES`` (left by ``fabric run`` or a shell) silently replace the recipe's devices."""
+    clean_launch_env(monkeypatch)
+    monkeypatch.setenv("LT_DEVICES", "2")
+    with pytest.raises(ConfigurationError, match=r"LT_DEVICES=2.*train\.devices = 1"):
+        fit(tiny_recipe, out_dir=tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_fabric_environment_that_agrees_with_the_recipe_trains(tiny_recipe, monkeypatch, tmp_path):
+    clean_launch_env(monkeypatch)
+    monkeypatch.setenv("LT_DEVICES", "1")
+    monkeypatch.setenv("LT_NUM_NODES", "1")
+    fit(tiny_recipe, out_dir=tmp_path / "run", quiet=True)
+    assert (tmp_path / "run" / "checkpoint.pt").exists()

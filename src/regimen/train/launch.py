@@ -180,6 +180,20 @@ def _strategy(name: str, world_size: int, timeout_s: float) -> Any:
     return cls(timeout=timedelta(seconds=timeout_s), **params)
 
 
+def check_fabric_environment(settings: dict[str, Any]) -> None:
+    """Refuse ``LT_<NAME>`` environment variables that disagree with the recipe: Lightning Fabric reads
+    ``LT_ACCELERATOR``, ``LT_STRATEGY``, ``LT_DEVICES``, ``LT_NUM_NODES`` and ``LT_PRECISION`` (set by the
+    ``fabric run`` CLI, or left in a shell) and lets them silently replace the arguments it was given, so a recipe
+    asking for 1 device would train on what a stale ``LT_DEVICES`` says."""
+    for name, value in settings.items():
+        variable = f"LT_{name.upper()}"
+        found = os.environ.get(variable)
+        if found is not None and found != str(value):
+            raise ConfigurationError(f"the environment sets {variable}={found}, which Lightning Fabric would use "
+                                     f"instead of the recipe's train.{name} = {value!r}; unset {variable} or set "
+                                     f"train.{name} to match it")
+
+
 def make_fabric(cfg: Any):
     """A Fabric for the recipe's ``train`` table (``accelerator``, ``devices``, ``num_nodes``, ``strategy``,
     ``precision``, ``dist_timeout_s``), after checking that the launcher agrees with ``devices × num_nodes``."""
@@ -187,6 +201,8 @@ def make_fabric(cfg: Any):
 
     num_nodes = getattr(cfg, "num_nodes", 1)
     check_launch(cfg.devices, num_nodes)
+    check_fabric_environment({"accelerator": cfg.accelerator, "strategy": cfg.strategy, "devices": cfg.devices,
+                              "num_nodes": num_nodes, "precision": cfg.precision})
     strategy = _strategy(cfg.strategy, cfg.devices * num_nodes, getattr(cfg, "dist_timeout_s", 1800.0))
     return Fabric(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=num_nodes, strategy=strategy,
                   precision=cfg.precision)
