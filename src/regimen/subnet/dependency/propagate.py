@@ -78,6 +78,7 @@ class Propagator:
                 self.param_owner.setdefault(id(p), (mname, pname))
         self.attr_labels: dict[int, tuple[str, str, torch.Tensor]] = {}
         self.grids: list[tuple[torch.Tensor, str]] = []  # channel dims cut into several dims by a view
+        self.offset: dict[int, torch.Tensor] = {}  # label tensors whose values are not zero for zeroed units
         self.head_sites: list[HeadSite] = []
         self.owner = ""  # the (non-leaf) module whose forward is running, set by the recorders
 
@@ -145,6 +146,38 @@ class Propagator:
     # ---- functions ----
     def function(self, target: Any, args: tuple, kwargs: dict, out: Any, arg_labels: tuple, kwarg_labels: dict,
                  where: str) -> Any:
+        """Label of the op's output. Tracks *offset* tensors (``self.offset``): values that are not zero when their
+        units are zeroed (``1 + tanh(x)``, ``sigmoid(x)``). Pointwise and shape ops carry the offset on; multiplying
+        by a fully labeled tensor without offset cancels it (``x * (1 + tanh(x))``, ``x * sigmoid(fc(x))`` are
+        zero when ``x``'s units are); any other use makes those units inexact."""
+        result = self._function(target, args, kwargs, out, arg_labels, kwarg_labels, where)
+        labs = [lab for lab in tree_leaves((arg_labels, kwarg_labels)) if isinstance(lab, torch.Tensor)]
+        offset_in = [lab for lab in labs if id(lab) in self.offset]
+        if not offset_in:
+            return result
+        name = op_name(target)
+        clean = [lab for lab in labs if id(lab) not in self.offset and bool((lab >= 0).all())]
+        if name == "mul" and clean and isinstance(out, torch.Tensor) and any(
+                lab.shape == out.shape or lab.expand(out.shape).shape == out.shape for lab in clean):
+            return result
+        if name in ZERO_PRESERVING or name in NONZERO_POINTWISE or name in SHAPE or name in BINARY \
+                or name in CHANNEL_KEEP:
+            for lab in tree_leaves(result):
+                if isinstance(lab, torch.Tensor):
+                    self.offset[id(lab)] = lab
+            return result
+        for lab in offset_in:
+            self.mark_inexact(lab)
+        return result
+
+    def consume_offsets(self, labels: Any) -> None:
+        """Offset tensors used by a layer, a reduction or the model output: their units are not removable exactly."""
+        for lab in tree_leaves(labels):
+            if isinstance(lab, torch.Tensor) and id(lab) in self.offset:
+                self.mark_inexact(lab)
+
+    def _function(self, target: Any, args: tuple, kwargs: dict, out: Any, arg_labels: tuple, kwarg_labels: dict,
+                  where: str) -> Any:
         name = op_name(target)
         if name in FUNCTIONAL_LAYERS:
             result = self.functional_layer(name, args, kwargs, out, arg_labels, kwarg_labels, where)
@@ -171,11 +204,17 @@ class Propagator:
         if name in ZERO_PRESERVING or name in NONZERO_POINTWISE or name in BINARY:
             labs = [lab for lab in tree_leaves((arg_labels, kwarg_labels)) if isinstance(lab, torch.Tensor)]
             result = self.broadcast_union(labs, out.shape)
-            if name in NONZERO_POINTWISE:
-                self.mark_inexact(result)
+            if name in NONZERO_POINTWISE and result is not None:
+                self.offset[id(result)] = result
             elif name in ("add", "sub", "where", "maximum", "minimum", "truediv", "div", "floordiv", "pow", "addcmul"):
                 self.check_binary_exact(name, args, arg_labels, out, result)
             return result
+        if name == "glu":  # a * sigmoid(b) over the two halves: position j of both halves is one unit, exact
+            lab = arg_labels[0]
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", -1)
+            first, second = lab.chunk(2, dim=dim)
+            self.uf.union_pairs(first.reshape(-1), second.reshape(-1))
+            return first.clone()
         if name in CHANNEL_KEEP:
             lab = arg_labels[0]
             if lab is None or out.ndim < 2 or out.shape[:2] != args[0].shape[:2]:
@@ -210,14 +249,19 @@ class Propagator:
             self.mark_inexact(result)
             return
         if name in ("add", "sub", "maximum", "minimum", "where"):
+            offset = False
             for value, lab in tensors:
                 if lab is None:
                     if isinstance(value, torch.Tensor) and bool((value != 0).any()):
-                        self.mark_inexact(result)
+                        offset = True
                     elif isinstance(value, int | float) and value != 0:
-                        self.mark_inexact(result)
+                        offset = True
                 elif bool((lab < 0).any()):
-                    self.mark_inexact(result)
+                    offset = True
+            if offset and name in ("add", "sub"):
+                self.offset[id(result)] = result  # x + c: inexact unless multiplied back to zero (see function)
+            elif offset:
+                self.mark_inexact(result)
 
     def reduce(self, args: tuple, kwargs: dict, lab: torch.Tensor | None, out: torch.Tensor, where: str
                ) -> torch.Tensor | None:
@@ -473,7 +517,13 @@ class Propagator:
             if isinstance(module, types):
                 if needs_label and call.label is None:
                     return None
-                return getattr(self, rule)(call)
+                result = getattr(self, rule)(call)
+                if rule in ("zero_preserving", "nonzero_pointwise", "flatten", "pool", "channel_shuffle_module") and (
+                        id(call.label) in self.offset or rule == "nonzero_pointwise"):
+                    self.offset[id(result)] = result
+                else:
+                    self.consume_offsets((arg_labels, kwarg_labels))
+                return result
         if call.label is None:
             return None
         raise UntraceableError(f"{call.where} touches channel data and the pruning tracer cannot map it")
@@ -544,8 +594,7 @@ class Propagator:
         return call.label.clone()
 
     def nonzero_pointwise(self, call: ModuleCall) -> torch.Tensor:
-        self.mark_inexact(call.label)
-        return call.label.clone()
+        return call.label.clone()  # an offset tensor (see ``function``)
 
     def softmax(self, call: ModuleCall) -> torch.Tensor:
         lab = call.label
