@@ -62,9 +62,10 @@ Layout of the package (after Torch-Pruning's split of its dependency module):
 
 from regimen.subnet._common import normalize_inputs
 from regimen.subnet.dependency.graph import dependency_groups, scale_units, trace_dependencies, zero_units
-from regimen.subnet.dependency.group import DependencyGraph, Group, Slice, UntraceableError
+from regimen.subnet.dependency.group import AttentionSite, DependencyGraph, Group, Slice, UntraceableError
 
 __all__ = [
+    "AttentionSite",
     "DependencyGraph",
     "Group",
     "Slice",

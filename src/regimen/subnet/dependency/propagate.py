@@ -669,7 +669,6 @@ class Propagator:
                   kwarg_labels: dict) -> Any:
         where = f"module {name!r} ({type(module).__name__})"
         names = ("query", "key", "value")
-        values = [args[i] if i < len(args) else kwargs.get(n) for i, n in enumerate(names)]
         labels = [arg_labels[i] if i < len(arg_labels) else kwarg_labels.get(n) for i, n in enumerate(names)]
         out_el = self.uf.new(module.embed_dim)
         attn_out = out[0] if isinstance(out, tuple) else out
