@@ -242,3 +242,16 @@ def test_split_with_sizes_written_in_the_code_is_left_alone():
     state = _state(model)
     prune(model, x, ratio=0.5)
     assert _same_state(model, state)
+
+
+def test_head_pruned_hugging_face_model_saves_and_loads(tmp_path):
+    from regimen.subnet import load_pruned, save_pruned
+
+    model, x = _build("hf_gpt2")
+    prune(model, x, ratio=0.5, scope="uniform")
+    assert model.transformer.h[0].attn.num_heads == 2
+    save_pruned(model, tmp_path / "gpt2.pt")
+    fresh, _ = _build("hf_gpt2")
+    loaded = load_pruned(tmp_path / "gpt2.pt", model=fresh)
+    assert loaded.transformer.h[0].attn.split_size == model.transformer.h[0].attn.split_size
+    torch.testing.assert_close(_run(loaded, x), _run(model, x), rtol=0, atol=1e-6)
