@@ -255,3 +255,22 @@ def test_head_pruned_hugging_face_model_saves_and_loads(tmp_path):
     loaded = load_pruned(tmp_path / "gpt2.pt", model=fresh)
     assert loaded.transformer.h[0].attn.split_size == model.transformer.h[0].attn.split_size
     torch.testing.assert_close(_run(loaded, x), _run(model, x), rtol=0, atol=1e-6)
+
+
+class _FixedSlice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(1, 5, 3), nn.Conv2d(3, 2, 1), nn.Conv2d(5, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        z = self.c(y)
+        return self.b(y[:, :3]) + z[:, :, 1:].mean() + z.narrow(1, 0, 4).sum()  # only the first slice is partial
+
+
+@pytest.mark.parametrize("tracer", ["fx", "eager"])
+def test_indexing_channels_at_fixed_positions_leaves_them_alone(tracer):
+    model, x = _FixedSlice().eval(), torch.randn(2, 1, 6, 6)
+    graph = trace_dependencies(model, x, tracer=tracer)
+    assert any("'getitem'" in reason and "fixed" in reason for reason in graph.skipped)
+    assert [g.name for g in graph.groups] == ["c"]  # c's channels: sliced over space only, and narrowed in full

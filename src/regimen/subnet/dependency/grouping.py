@@ -24,6 +24,7 @@ def build_graph(prop: Propagator, output_labels: Any) -> DependencyGraph:
     _place_parameter_labels(prop)
     _merge_shared_positions(prop)
     _repair_grids(prop)
+    _block_fixed_selections(prop)
     units, roles, order = _collect_units(prop)
     blocked = {prop.uf.find(int(v)) for t in prop.blocked for v in t.tolist()}
     inexact = {prop.uf.find(int(v)) for t in prop.inexact for v in t.tolist()}
@@ -58,6 +59,16 @@ def _attach_attention_sites(prop: Propagator, unit_of: dict[int, tuple[Group, in
 
             group.attention = (*group.attention, AttentionSite(site.owner, units(q_roots), units(kv_roots),
                                                                site.head_dim))
+
+
+def _block_fixed_selections(prop: Propagator) -> None:
+    """Indexing that keeps fixed positions of a dim holding several units (``x[:, :3]`` of channels): after pruning
+    those positions would hold other channels, so every channel of the indexed tensor is left alone."""
+    for along, labels, where in prop.selections:
+        roots = prop.uf.roots(along)
+        if roots[roots >= 0].unique().numel() > 1:
+            prop.block(labels, f"{where} keeps channels at positions fixed in the code; these channels are not "
+                               "pruned")
 
 
 def _repair_grids(prop: Propagator) -> None:

@@ -80,6 +80,7 @@ class Propagator:
         self.grids: list[tuple[torch.Tensor, str]] = []  # channel dims cut into several dims by a view
         self.offset: dict[int, torch.Tensor] = {}  # label tensors whose values are not zero for zeroed units
         self.head_sites: list[HeadSite] = []
+        self.selections: list[tuple[torch.Tensor, torch.Tensor, str]] = []  # (labels along the dim, input, where)
         self.owner = ""  # the (non-leaf) module whose forward is running, set by the recorders
 
     # ---- helpers ----
@@ -320,6 +321,8 @@ class Propagator:
             result = func(*new_args, **new_kwargs)
         except Exception as error:  # noqa: BLE001
             raise UntraceableError(f"cannot replay shape op {name!r} ({where}) on labels: {error}") from error
+        if name in ("getitem", "narrow", "select", "index_select"):
+            self.record_selection(name, args, kwargs, new_args[0], where)
         if name in SPLITS:
             self.split_pieces(name, args, kwargs, new_args[0], result, where)
         elif name in VIEWS and isinstance(result, torch.Tensor):
@@ -485,6 +488,31 @@ class Propagator:
         first = pieces[0].reshape(-1)
         for piece in pieces[1:]:
             self.uf.union_pairs(first, piece.reshape(-1))
+
+    def record_selection(self, name: str, args: tuple, kwargs: dict, lab_in: torch.Tensor, where: str) -> None:
+        """Indexing that keeps only some positions of a dim (``x[:, :3]``, ``x.narrow(1, 0, 3)``): if that dim holds
+        several units, the positions are fixed in the code and would select other channels after pruning;
+        ``grouping`` then leaves those channels alone (decided at the end, when all merges are known)."""
+        shape = tuple(lab_in.shape)
+        if name == "getitem":
+            dims = _indexed_dims(shape, args[1] if len(args) > 1 else kwargs.get("idx"))
+        else:
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+            dim = dim % len(shape) if shape else 0
+            if name == "narrow":
+                length = args[3] if len(args) > 3 else kwargs.get("length")
+                dims = [dim] if length != shape[dim] else []
+            elif name == "index_select":
+                index = args[2] if len(args) > 2 else kwargs.get("index")
+                full = isinstance(index, torch.Tensor) and torch.equal(index.reshape(-1).cpu(),
+                                                                       torch.arange(shape[dim]))
+                dims = [] if full else [dim]
+            else:
+                dims = [dim] if shape[dim] > 1 else []
+        for dim in dims:
+            if self.varies(lab_in, dim):
+                index = tuple(slice(None) if d == dim else 0 for d in range(lab_in.ndim))
+                self.selections.append((lab_in[index].clone(), lab_in, f"op {name!r} ({where})"))
 
     def record_grid(self, lab_in: torch.Tensor, lab_out: torch.Tensor, where: str) -> None:
         """A view that cuts a channel dim into several dims (heads x head_dim, groups x channels): remember the grid
@@ -783,3 +811,34 @@ def _dim_groups(before: tuple[int, ...], after: tuple[int, ...]) -> list[tuple[l
                 return []
         groups.append((ins, outs))
     return groups
+
+
+def _indexed_dims(shape: tuple[int, ...], index: Any) -> list[int]:
+    """The dims of a tensor of ``shape`` of which ``tensor[index]`` keeps only some positions."""
+    items = index if isinstance(index, tuple) else (index,)
+
+    def width(item: Any) -> int:  # how many input dims an index item consumes
+        if item is None or item is Ellipsis:
+            return 0
+        if isinstance(item, torch.Tensor) and item.dtype == torch.bool:
+            return max(item.ndim, 1)
+        return 1
+
+    used = sum(width(item) for item in items)
+    dims: list[int] = []
+    d = 0
+    for item in items:
+        if item is Ellipsis:
+            d += len(shape) - used
+            continue
+        step = width(item)
+        if step == 0 or d >= len(shape):
+            continue
+        if isinstance(item, slice):
+            start, stop, stride = item.indices(shape[d])
+            if (start, stop, stride) != (0, shape[d], 1):
+                dims.append(d)
+        elif not (isinstance(item, int) and shape[d] == 1):
+            dims.extend(range(d, d + step))
+        d += step
+    return dims
