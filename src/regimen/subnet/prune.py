@@ -282,7 +282,11 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importance:
         ignore: module names whose groups are left alone (e.g. the classifier, the stem).
         optimizer: rebound to the new parameters with sliced state.
         tracer: ``"auto"``, ``"fx"`` or ``"eager"`` (see ``trace_dependencies``).
-        lossless_only: prune only groups marked ``lossless``.
+        lossless_only: prune only groups marked ``lossless``. The default (False) also prunes lossy groups: the
+            residual stream of a transformer (coupled to every LayerNorm/RMSNorm, embedding and position
+            embedding), channels feeding a softmax or a non-zero-preserving op; removing their units changes
+            outputs even when the units were zeroed first. ``True`` keeps those widths (hidden size) and prunes only
+            exactly removable ones (heads, MLP widths, conv channels without LayerNorm).
 
     Raises:
         ValueError: bad ratio/scope/importance/round_to, unknown ignore names, inputs that do not run the model.
