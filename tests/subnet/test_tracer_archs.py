@@ -274,3 +274,17 @@ def test_indexing_channels_at_fixed_positions_leaves_them_alone(tracer):
     graph = trace_dependencies(model, x, tracer=tracer)
     assert any("'getitem'" in reason and "fixed" in reason for reason in graph.skipped)
     assert [g.name for g in graph.groups] == ["c"]  # c's channels: sliced over space only, and narrowed in full
+
+
+@pytest.mark.parametrize("arch", ["shufflenet_v2_chunk", "ghostnet_split_concat", "swiglu_glu_mlp", "sdpa_vit",
+                                  "functional_layers", "pixel_shuffle"])
+def test_fx_and_eager_recorders_agree(arch):
+    model, x = _build(arch)
+
+    def layout(groups):
+        return sorted((tuple((s.module, s.param, s.dim, tuple(s.indices.reshape(-1).tolist())) for s in g.slices),
+                       g.lossless, g.kind, tuple(a.module for a in g.attention)) for g in groups)
+
+    fx_graph = trace_dependencies(model, x, tracer="fx")
+    eager_graph = trace_dependencies(model, x, tracer="eager")
+    assert fx_graph.tracer == "fx" and layout(fx_graph.groups) == layout(eager_graph.groups)
