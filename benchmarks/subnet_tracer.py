@@ -14,7 +14,8 @@ For every architecture, both libraries are asked the same three questions:
    pruning_ratio=0.3)`` with the output layer ignored; does the pruned model run with the same output shape, and
    how many parameters remain.
 
-A Torch-Pruning build that takes longer than ``--timeout`` seconds is stopped (SIGALRM) and reported as a timeout.
+Torch-Pruning runs in a child process per architecture; one that takes longer than ``--timeout`` seconds is killed and
+reported as a timeout (its graph walk hangs inside C code on some models, where no signal gets through).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/subnet_tracer.py [--timeout 60] [--out FILE]
 """
@@ -24,8 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -42,14 +43,6 @@ from regimen.subnet import prune, prune_groups, trace_dependencies, zero_units  
 from regimen.subnet._common import normalize_inputs  # noqa: E402
 from tests.subnet.archs import ARCHS, randomize_norms  # noqa: E402
 from tests.subnet.archs_real import REAL_ARCHS, output  # noqa: E402
-
-
-class Timeout(Exception):
-    pass
-
-
-def _alarm(signum: int, frame: Any) -> None:
-    raise Timeout
 
 
 def run(model: nn.Module, x: Any) -> torch.Tensor:
@@ -147,23 +140,31 @@ def _tp_zero(group: Any) -> int:
     return zeroed
 
 
-def theirs(name: str, timeout: int) -> dict[str, Any]:
+def theirs_in_child(name: str, timeout: int) -> dict[str, Any]:
+    """``theirs(name)`` in a child process, killed after ``timeout`` seconds."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    try:
+        done = subprocess.run([sys.executable, __file__, "--torch-pruning-only", name], capture_output=True,
+                              text=True, timeout=timeout, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish in {timeout} s (build_dependency hangs)"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        return {"error": f"child failed: {done.stderr.strip().splitlines()[-1:]}"}
+    return json.loads(lines[-1])
+
+
+def theirs(name: str) -> dict[str, Any]:
     import torch_pruning as tp
 
     model, x = build(name)
     example = x if isinstance(x, torch.Tensor) else tuple(x) if isinstance(x, tuple) else x
     roots = [nn.Conv1d, nn.Conv2d, nn.Linear]
     row: dict[str, Any] = {}
-    signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(timeout)
     try:
         row["build_s"] = median_time(lambda: tp.DependencyGraph().build_dependency(model, example_inputs=example))
-    except Timeout:
-        return {"error": f"build_dependency did not finish in {timeout} s"}
     except Exception as error:  # noqa: BLE001
         return {"error": f"{type(error).__name__}: {str(error)[:120]}"}
-    finally:
-        signal.alarm(0)
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     ignored = _output_layers(model)
     groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=roots))
@@ -203,26 +204,70 @@ def theirs(name: str, timeout: int) -> dict[str, Any]:
     return row
 
 
+def _diff(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.1e} " + ("exact" if value <= 1e-5 else "CHANGED")
+    return str(value)[:70]
+
+
+def _pruned(row: dict[str, Any]) -> str:
+    value = row.get("prune30_runs")
+    if value is True:
+        return "runs, params " + row.get("prune30_params", "")
+    return "output shape changed" if value is False else str(value)[:70]
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The report table of a results file."""
+    lines = ["| architecture | regimen groups: heads / exact channel / lossy | regimen: zeroed units removed, max abs "
+             "diff | regimen: prune 30 % | TP groups | TP: zeroed units removed, worst group | TP: prune 30 % | "
+             "build time regimen / TP (s) |", "|---|---|---|---|---|---|---|---|"]
+    for name, row in data["rows"].items():
+        ours_row, tp_row = row["regimen"], row["torch_pruning"]
+        if "error" in ours_row:
+            ours_cells = ["error: " + ours_row["error"][:60], "", ""]
+        else:
+            ours_cells = [f"{ours_row['heads']} / {ours_row['exact_groups']} / {ours_row['lossy_groups']}",
+                          _diff(ours_row["zeroed_removed_maxdiff"]), _pruned(ours_row)]
+        if "error" in tp_row:
+            tp_cells, tp_time = [tp_row["error"][:70], "", ""], "—"
+        else:
+            tp_cells = [str(tp_row["groups"]), _diff(tp_row.get("zeroed_removed_maxdiff")), _pruned(tp_row)]
+            tp_time = f"{tp_row['build_s']:.3f}"
+        ours_time = f"{ours_row['build_s']:.3f}" if "build_s" in ours_row else "—"
+        lines.append(f"| {name} | " + " | ".join(ours_cells + tp_cells) + f" | {ours_time} / {tp_time} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--timeout", type=int, default=60, help="seconds allowed for one Torch-Pruning build")
+    parser.add_argument("--timeout", type=int, default=120, help="seconds allowed for Torch-Pruning on one model")
+    parser.add_argument("--torch-pruning-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--table", help="print the markdown table of a results file and stop")
     parser.add_argument("--out", default=str(ROOT / "reports" / "subnet" / "tracer.json"))
     parser.add_argument("archs", nargs="*", help="architectures (default: every one in the zoo)")
     options = parser.parse_args()
+    if options.table:
+        print(markdown(json.loads(Path(options.table).read_text())))
+        return 0
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
+    if options.torch_pruning_only:
+        print(json.dumps(theirs(options.archs[0])))
+        return 0
     import torch_pruning
     import transformers
 
     names = options.archs or [*ARCHS, *REAL_ARCHS]
     rows = {}
     for name in names:
-        rows[name] = {"regimen": ours(name), "torch_pruning": theirs(name, options.timeout)}
+        rows[name] = {"regimen": ours(name), "torch_pruning": theirs_in_child(name, options.timeout)}
         print(name, json.dumps(rows[name]), flush=True)
     setup = {"torch": torch.__version__, "torch_pruning": torch_pruning.__version__,
              "transformers": transformers.__version__, "threads": 1, "loadavg": os.getloadavg()}
     Path(options.out).write_text(json.dumps({"setup": setup, "rows": rows}, indent=1) + "\n")
     print(json.dumps(setup))
+    print(markdown({"rows": rows}))
     return 0
 
 
