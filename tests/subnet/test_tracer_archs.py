@@ -288,3 +288,29 @@ def test_fx_and_eager_recorders_agree(arch):
     fx_graph = trace_dependencies(model, x, tracer="fx")
     eager_graph = trace_dependencies(model, x, tracer="eager")
     assert fx_graph.tracer == "fx" and layout(fx_graph.groups) == layout(eager_graph.groups)
+
+
+class _RootAttention(nn.Module):
+    """Attention written in the model's own forward (the model is the module whose num_heads must follow)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_heads = 4
+        self.qkv, self.out = nn.Linear(8, 48), nn.Linear(16, 3)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, -1).transpose(1, 3).unbind(2)
+        return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, -1)).mean(1)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "eager"])
+def test_attention_in_the_models_own_forward(tracer):
+    model, x = _RootAttention().eval(), torch.randn(2, 5, 8)
+    (group,) = [g for g in trace_dependencies(model, x, tracer=tracer).groups if g.kind == "head"]
+    assert [site.module for site in group.attention] == [""]
+    zero_units(model, group, [0, 2])
+    before = _run(model, x)
+    prune_groups(model, {group: [1, 3]}, example_inputs=x)
+    assert model.num_heads == 2 and model.qkv.out_features == 24
+    torch.testing.assert_close(_run(model, x), before, rtol=0, atol=1e-5)

@@ -47,9 +47,7 @@ def build_graph(prop: Propagator, output_labels: Any) -> DependencyGraph:
 
 def _attach_attention_sites(prop: Propagator, unit_of: dict[int, tuple[Group, int]]) -> None:
     """Tell each head group which modules call attention on its heads (their head counts follow pruning)."""
-    for site in prop.head_sites:
-        if not site.owner:
-            continue
+    for site in prop.head_sites:  # owner "" is the model itself
         q_roots = [prop.uf.find(int(e)) if e >= 0 else -1 for e in site.q_heads.tolist()]
         kv_roots = [prop.uf.find(int(e)) if e >= 0 else -1 for e in site.kv_heads.tolist()]
         for group in dict.fromkeys(unit_of[r][0] for r in q_roots + kv_roots if r in unit_of):
