@@ -314,3 +314,42 @@ def test_attention_in_the_models_own_forward(tracer):
     prune_groups(model, {group: [1, 3]}, example_inputs=x)
     assert model.num_heads == 2 and model.qkv.out_features == 24
     torch.testing.assert_close(_run(model, x), before, rtol=0, atol=1e-5)
+
+
+class _MatmulAttention(nn.Module):
+    """Attention by hand: q @ k.T, softmax, @ v (no SDPA), then nn.ChannelShuffle / F.channel_shuffle on a conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = nn.Linear(8, 12), nn.Linear(8, 12), nn.Linear(8, 12), nn.Linear(12, 8)
+        self.conv1, self.conv2, self.conv3 = nn.Conv1d(8, 12, 1), nn.Conv1d(12, 12, 1), nn.Conv1d(12, 4, 1)
+        self.shuffle = nn.ChannelShuffle(3)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = (f(x).view(b, n, -1, 4).transpose(1, 2) for f in (self.q, self.k, self.v))
+        attn = (q @ k.transpose(-2, -1) * 0.5).softmax(-1)
+        y = self.o((attn @ v).transpose(1, 2).reshape(b, n, -1))
+        z = F.relu(self.shuffle(F.relu(self.conv1(y.transpose(1, 2)))))
+        z = F.channel_shuffle(F.relu(self.conv2(z)), 2)
+        return self.conv3(z).mean(-1)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "eager"])
+def test_matmul_attention_and_channel_shuffle_modules(tracer):
+    model, x = _MatmulAttention().eval(), torch.randn(2, 5, 8)
+    graph = trace_dependencies(model, x, tracer=tracer)
+    heads = next(g for g in graph.groups if g.kind == "head")
+    assert heads.size == 3 and heads.lossless
+    conv1 = next(g for g in graph.groups if g.name == "conv1")
+    assert conv1.size == 4 and torch.equal(conv1.slices[0].indices, torch.tensor([[j, j + 4, j + 8] for j in range(4)]))
+    conv2 = next(g for g in graph.groups if g.name == "conv2")
+    assert conv2.size == 6
+    plan = {}
+    for group in graph.groups:
+        zero_units(model, group, [0])
+        plan[group] = torch.arange(1, group.size)
+    before = _run(model, x)
+    prune_groups(model, plan, example_inputs=x)
+    assert model.o.in_features == 8 and model.conv2.out_channels == 10
+    torch.testing.assert_close(_run(model, x), before, rtol=0, atol=1e-5)
