@@ -18,7 +18,9 @@ from torch import nn
 from regimen.subnet.modules import PrunedMultiheadAttention
 
 __all__ = [
+    "HEAD_COUNT_ATTRIBUTES",
     "SurgeryLog",
+    "attention_attributes",
     "module_info",
     "rebind_sliced",
     "replace_parameters",
@@ -62,7 +64,33 @@ def size_attributes(module: nn.Module, info: dict[str, Any]) -> dict[str, Any]:
     if isinstance(module, PrunedMultiheadAttention):
         return {"embed_dim": module.in_proj_weight.shape[1],
                 "num_heads": module.in_proj_weight.shape[0] // (3 * module.head_dim)}
+    weight = getattr(module, "weight", None)
+    if type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.ndim == 2 and all(
+            isinstance(getattr(module, a, None), int) for a in ("nf", "nx")):
+        # Hugging Face's Conv1D (GPT-2): a Linear with the weight transposed, ``x @ W + b`` with W (nx, nf)
+        return {"nf": weight.shape[1], "nx": weight.shape[0]}
     return {}
+
+
+#: Attributes attention modules keep about their heads: ``(names, what they count)``. ``heads``: query heads,
+#: ``kv_heads``: key/value heads, ``inner``: query heads x head_dim (e.g. GPT-2's ``split_size``).
+HEAD_COUNT_ATTRIBUTES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("num_heads", "num_attention_heads", "n_head", "n_heads", "nhead", "heads"), "heads"),
+    (("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_kv_head"), "kv_heads"),
+    (("all_head_size", "split_size", "inner_dim", "inner_size"), "inner"),
+)
+
+
+def attention_attributes(module: nn.Module, before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, Any]:
+    """New values of ``module``'s head-count attributes (``HEAD_COUNT_ATTRIBUTES``) that equal the old counts
+    ``before`` (``{"heads", "kv_heads", "inner"}``); attributes holding other values are left alone."""
+    values: dict[str, Any] = {}
+    for names, what in HEAD_COUNT_ATTRIBUTES:
+        for name in names:
+            value = getattr(module, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value == before[what]:
+                values[name] = after[what]
+    return values
 
 
 def to_pruned_attention(mha: nn.MultiheadAttention, head_dim: int) -> PrunedMultiheadAttention:

@@ -36,6 +36,10 @@ class PrunedMultiheadAttention(nn.Module):
         device, dtype: where and how the parameters are allocated (as for ``nn.Linear``).
     """
 
+    # read by nn.TransformerEncoderLayer/TransformerEncoder: False keeps them off their fused fast path, which
+    # assumes num_heads * head_dim == embed_dim
+    _qkv_same_embed_dim = False
+
     def __init__(self, embed_dim: int, num_heads: int, head_dim: int, dropout: float = 0.0, bias: bool = True,
                  batch_first: bool = False, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:

@@ -37,6 +37,7 @@ from regimen.subnet._common import check_ignore, check_ratio, check_scope, evalu
 from regimen.subnet._surgery import (
     Replaced,
     SurgeryLog,
+    attention_attributes,
     module_info,
     rebind_sliced,
     size_attributes,
@@ -84,7 +85,8 @@ def prune_groups(model: nn.Module, plan: Mapping[Group, torch.Tensor | Sequence[
     Returns:
         ``model`` (same object; attention modules inside may have been replaced).
     """
-    removals, touched = _removals(model, _validate_plan(plan))
+    keeps = _validate_plan(plan)
+    removals, touched = _removals(model, keeps)
     if not removals:
         return model
     infos = {name: module_info(module) for name, module in touched.items()}  # before any tensor changes
@@ -97,6 +99,9 @@ def prune_groups(model: nn.Module, plan: Mapping[Group, torch.Tensor | Sequence[
         for name, module in touched.items():
             if isinstance(module, nn.MultiheadAttention):  # its inner width no longer equals embed_dim
                 log.set_submodule(model, name, to_pruned_attention(module, infos[name]["head_dim"]))
+        for name, (before, after) in _head_counts(keeps).items():  # modules calling scaled_dot_product_attention
+            log.set_attributes(model.get_submodule(name), attention_attributes(model.get_submodule(name), before,
+                                                                               after))
         if example_inputs is not None:
             with evaluating(model):
                 run_model(model, example_inputs, "the pruned model does not run on example_inputs (surgery undone)")
@@ -109,6 +114,25 @@ def prune_groups(model: nn.Module, plan: Mapping[Group, torch.Tensor | Sequence[
 
 
 Removals = dict[int, tuple[torch.Tensor, dict[int, set[int]]]]  # id(tensor) -> (tensor, {dim: dropped positions})
+
+
+def _head_counts(keeps: Mapping[Group, torch.Tensor]) -> dict[str, tuple[dict[str, int], dict[str, int]]]:
+    """``{attention module: (counts before, counts after)}`` for every module whose heads lose units."""
+    counts: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
+    for group, keep in keeps.items():
+        kept = torch.zeros(group.size, dtype=torch.bool)
+        kept[keep] = True
+        for site in group.attention:
+            heads, kv_heads = site.q_units.numel(), site.kv_units.numel()
+            before = {"heads": heads, "kv_heads": kv_heads, "inner": heads * site.head_dim}
+            old = counts.get(site.module, (before, dict(before)))[1]
+            lost_q = int(((site.q_units >= 0) & ~kept[site.q_units.clamp(min=0)]).sum())
+            lost_kv = int(((site.kv_units >= 0) & ~kept[site.kv_units.clamp(min=0)]).sum())
+            after = {"heads": old["heads"] - lost_q, "kv_heads": old["kv_heads"] - lost_kv}
+            after["inner"] = after["heads"] * site.head_dim
+            if lost_q or lost_kv:
+                counts[site.module] = (counts.get(site.module, (before, None))[0], after)
+    return counts
 
 
 def _removals(model: nn.Module, keeps: Mapping[Group, torch.Tensor]) -> tuple[Removals, dict[str, nn.Module]]:
@@ -258,7 +282,11 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importance:
         ignore: module names whose groups are left alone (e.g. the classifier, the stem).
         optimizer: rebound to the new parameters with sliced state.
         tracer: ``"auto"``, ``"fx"`` or ``"eager"`` (see ``trace_dependencies``).
-        lossless_only: prune only groups marked ``lossless``.
+        lossless_only: prune only groups marked ``lossless``. The default (False) also prunes lossy groups: the
+            residual stream of a transformer (coupled to every LayerNorm/RMSNorm, embedding and position
+            embedding), channels feeding a softmax or a non-zero-preserving op; removing their units changes
+            outputs even when the units were zeroed first. ``True`` keeps those widths (hidden size) and prunes only
+            exactly removable ones (heads, MLP widths, conv channels without LayerNorm).
 
     Raises:
         ValueError: bad ratio/scope/importance/round_to, unknown ignore names, inputs that do not run the model.

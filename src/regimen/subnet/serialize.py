@@ -34,7 +34,7 @@ from torch import nn
 from regimen._archive import verify_torch_archive
 from regimen.errors import ConfigurationError
 from regimen.method import checked_arguments
-from regimen.subnet._surgery import module_info, size_attributes, to_pruned_attention
+from regimen.subnet._surgery import HEAD_COUNT_ATTRIBUTES, module_info, size_attributes, to_pruned_attention
 from regimen.subnet.modules import PrunedMultiheadAttention
 
 __all__ = ["architecture_spec", "build_from_spec", "load_pruned", "restore_pruned", "save_pruned"]
@@ -67,8 +67,24 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
 
 
 @checked_arguments
-def restore_pruned(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
-    """Re-shape ``model`` (the unpruned architecture) to ``state_dict``'s shapes, then load it (strict)."""
+def _head_counts(model: nn.Module) -> dict[str, dict[str, int]]:
+    """``{module: {attribute: value}}`` of the head-count attributes attention modules keep (``num_heads``,
+    ``split_size``...; see ``_surgery.HEAD_COUNT_ATTRIBUTES``), which head pruning changes."""
+    names = [name for names, _ in HEAD_COUNT_ATTRIBUTES for name in names]
+    counts: dict[str, dict[str, int]] = {}
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.MultiheadAttention | PrunedMultiheadAttention):
+            continue  # rebuilt from their tensors
+        found = {a: v for a in names if isinstance(v := getattr(module, a, None), int) and not isinstance(v, bool)}
+        if found:
+            counts[module_name] = found
+    return counts
+
+
+def restore_pruned(model: nn.Module, state_dict: dict[str, torch.Tensor],
+                   counts: dict[str, dict[str, int]] | None = None) -> nn.Module:
+    """Re-shape ``model`` (the unpruned architecture) to ``state_dict``'s shapes, then load it (strict); ``counts``
+    (from ``_head_counts`` of the pruned model) restores attention modules' head-count attributes."""
     from regimen.subnet.lowrank import restore_lowrank
 
     restore_lowrank(model, state_dict)
@@ -102,6 +118,12 @@ def restore_pruned(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.
     for name, module in touched.items():
         if isinstance(module, nn.MultiheadAttention):
             model.set_submodule(name, to_pruned_attention(module, infos[name]["head_dim"]))
+    for name, values in (counts or {}).items():
+        module = model.get_submodule(name)
+        for attr, value in values.items():
+            if not isinstance(getattr(module, attr, None), int) or not isinstance(value, int):
+                raise ValueError(f"module {name!r} has no integer attribute {attr!r} to restore")
+            setattr(module, attr, value)
     model.load_state_dict(state_dict, strict=True)
     return model
 
@@ -132,6 +154,7 @@ def _describe(model: nn.Module, spec: dict[str, Any] | None) -> dict[str, Any]:
     arch.setdefault("class", type(model).__name__)
     arch["qualname"] = _qualname(type(model))
     arch["modules"] = {name: _module_record(module) for name, module in model.named_modules() if name}
+    arch["head_counts"] = _head_counts(model)
     return arch
 
 
@@ -252,7 +275,7 @@ def load_pruned(path: str | os.PathLike, model: nn.Module | None = None) -> nn.M
             name = str(arch.get("class", "YourNet"))
             raise ConfigurationError(f"{path} holds a {arch.get('qualname', name)}, not a regimen reference model: "
                                      f"load with load_pruned(path, model={name}())")
-        return restore_pruned(build_from_spec(arch), state_dict)
+        return restore_pruned(build_from_spec(arch), state_dict, arch.get("head_counts"))
     if not isinstance(model, nn.Module):
         raise ConfigurationError(f"load_pruned: model= must be an nn.Module, got {type(model).__name__}")
     _check_class(arch, model, path)
@@ -262,8 +285,9 @@ def load_pruned(path: str | os.PathLike, model: nn.Module | None = None) -> nn.M
     restore_lowrank(trial, state_dict)
     _check_modules(arch, trial, path)
     _check_tensors(state_dict, trial, path)
+    counts = arch.get("head_counts")
     try:
-        restore_pruned(trial, state_dict)
-    except (RuntimeError, ValueError) as error:
+        restore_pruned(trial, state_dict, counts)
+    except (RuntimeError, ValueError, AttributeError) as error:
         raise ConfigurationError(f"load_pruned: cannot load {path} into model=: {error}") from error
-    return restore_pruned(model, state_dict)
+    return restore_pruned(model, state_dict, counts)

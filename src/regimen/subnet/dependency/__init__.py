@@ -18,11 +18,37 @@ or a whole attention head); units that touch the same set of parameter slices fo
 
 Supported leaves: ``Conv1d/2d/3d`` (dense, grouped: same in-group position in every group; depthwise: in/out/groups
 pruned together), ``ConvTranspose*`` (groups=1), ``Linear``, ``BatchNorm*``, ``InstanceNorm*``, ``LayerNorm``
-(structurally; not lossless), ``Embedding``, ``PReLU``, ``nn.MultiheadAttention`` (self-attention with packed
-``in_proj``: whole heads form their own group; embedding dims couple to the residual stream), pooling, upsampling,
-activations, dropout, flatten/unflatten; model parameters used directly (class tokens, position embeddings,
-layer-scale vectors). ``GroupNorm`` channels and model outputs are never pruned. Any other op that touches channel
-data raises ``UntraceableError`` naming it.
+(structurally; not lossless), ``Embedding``, ``PReLU``, ``nn.MultiheadAttention`` (packed ``in_proj``, self- and
+cross-attention: whole heads form their own group; embedding dims couple to the residual stream), pooling,
+upsampling, ``PixelShuffle``/``PixelUnshuffle``, ``ChannelShuffle``, activations, dropout, flatten/unflatten; model
+parameters used directly (class tokens, position embeddings, layer-scale vectors, RMSNorm weights).
+``nn.TransformerEncoderLayer``/``TransformerDecoderLayer`` (and their stacks, ``nn.Transformer``) are traced inside:
+the tracer runs their unfused path, and a pruned layer stays off the fused eval fast path (its attention becomes a
+``PrunedMultiheadAttention``). ``GroupNorm`` channels and model outputs are never pruned.
+
+Functions and patterns beyond modules:
+
+* ``F.scaled_dot_product_attention(q, k, v)`` on ``(..., heads, length, head_dim)``: every channel of query head
+  ``h`` and of its key/value head (``h // (H / H_kv)``: grouped-query attention, with ``enable_gqa`` or a
+  ``repeat_kv`` expand) is one head unit, so whole heads (whole key/value groups with GQA) are pruned. The module
+  that calls it is recorded (``Group.attention``) and its head-count attributes (``num_heads``,
+  ``num_attention_heads``, ``num_key_value_heads``, ``all_head_size``, ``split_size``...) follow the pruning.
+  Hand-written ``q @ k.transpose(-2, -1)`` / ``p @ v`` couple everything one batch entry (one head) combines.
+* ``F.linear``, ``F.conv1d/2d/3d``, ``torch.addmm`` (Hugging Face ``Conv1D``) and ``x @ W`` whose weight is a
+  parameter of the model: pruned like the module (a depthwise functional conv, whose ``groups`` is written in the
+  code, is left alone).
+* ``chunk``/``split``/``unbind``/``tensor_split`` of channels (GLU/SwiGLU halves, ShuffleNet v2, GhostNet): pieces of
+  equal size lose the same positions (unit ``j`` = position ``j`` of every piece); pieces whose sizes are written in
+  the code (``split([2, 4])``) are not pruned (noted in ``skipped``). ``F.glu`` couples its halves.
+* Views that cut a channel dim into a grid (``view(b, g, c // g, h, w)`` of a channel shuffle, ``(heads,
+  head_dim)``): after tracing, every unit must be a union of whole slices of the grid (whole heads, or the same
+  channel of every group); otherwise channel ``j`` of every slice is merged into one unit (noted in ``skipped``).
+* Indexing that keeps fixed positions of a dim holding several units (``x[:, :3]`` of channels) leaves those
+  channels alone; ``torch.roll`` of channels raises ``UntraceableError``.
+* Exactness: a tensor that is not zero for zeroed units (``1 + tanh(x)``, ``sigmoid(x)``) makes them inexact only if
+  it is not multiplied back by a zero-preserving tensor (GPT-2's ``gelu_new``, squeeze-excitation gates stay exact).
+
+Any other op that touches channel data raises ``UntraceableError`` naming it, before any surgery.
 
 The ``Group`` data structure (stable API, used by ``prune.py``, ``hesso.py`` and ``nested.py``):
 
@@ -45,7 +71,8 @@ The ``Group`` data structure (stable API, used by ``prune.py``, ``hesso.py`` and
   them, a non-zero-preserving activation such as sigmoid, adding an unlabeled tensor): removal then changes outputs
   even for zeroed units.
 * ``group.kind`` — ``"channel"`` or ``"head"``; ``group.name`` — the first module producing the units (for reports
-  and ``ignore``); ``group.modules`` — every module touched.
+  and ``ignore``); ``group.modules`` — every module touched; ``group.attention`` — ``AttentionSite``s: modules
+  calling ``scaled_dot_product_attention`` on these heads and which unit each query / key-value head is.
 * ``group.positions(slice_, units)`` — sorted positions along ``slice_.dim`` of the given units (what to keep or drop).
 
 To keep the first ``k`` units of a group (nested widths), call ``prune.prune_groups(model, {group: keep_units})``,
@@ -62,9 +89,10 @@ Layout of the package (after Torch-Pruning's split of its dependency module):
 
 from regimen.subnet._common import normalize_inputs
 from regimen.subnet.dependency.graph import dependency_groups, scale_units, trace_dependencies, zero_units
-from regimen.subnet.dependency.group import DependencyGraph, Group, Slice, UntraceableError
+from regimen.subnet.dependency.group import AttentionSite, DependencyGraph, Group, Slice, UntraceableError
 
 __all__ = [
+    "AttentionSite",
     "DependencyGraph",
     "Group",
     "Slice",

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["DependencyGraph", "Group", "Slice", "UntraceableError"]
+__all__ = ["AttentionSite", "DependencyGraph", "Group", "Slice", "UntraceableError"]
 
 
 class UntraceableError(RuntimeError):
@@ -36,6 +36,18 @@ class Slice:
         return getattr(model.get_submodule(self.module), self.param)
 
 
+@dataclass(frozen=True, eq=False)
+class AttentionSite:
+    """A module whose forward calls ``scaled_dot_product_attention`` on heads of a group: query head ``i`` is unit
+    ``q_units[i]`` of the group (-1: another group), key/value head ``j`` is unit ``kv_units[j]``. After head pruning
+    the module's head-count attributes (``num_heads``, ``num_key_value_heads``, ``split_size``...) are updated."""
+
+    module: str
+    q_units: torch.Tensor
+    kv_units: torch.Tensor
+    head_dim: int
+
+
 @dataclass(eq=False)
 class Group:
     """Coupled units that are pruned together; see ``regimen.subnet.dependency`` for the exact layout."""
@@ -47,6 +59,7 @@ class Group:
     lossless: bool = True
     name: str = ""
     modules: tuple[str, ...] = ()
+    attention: tuple[AttentionSite, ...] = ()
 
     def positions(self, slice_: Slice, units: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """Sorted positions along ``slice_.dim`` occupied by ``units``."""

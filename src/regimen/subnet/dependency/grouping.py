@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from regimen.subnet.dependency.group import DependencyGraph, Group, Slice
+from regimen.subnet.dependency.group import AttentionSite, DependencyGraph, Group, Slice
 from regimen.subnet.dependency.ops import tree_leaves
 from regimen.subnet.dependency.propagate import Propagator
 
@@ -23,6 +23,8 @@ def build_graph(prop: Propagator, output_labels: Any) -> DependencyGraph:
             prop.block(lab, "model output")  # the model's outputs are never pruned
     _place_parameter_labels(prop)
     _merge_shared_positions(prop)
+    _repair_grids(prop)
+    _block_fixed_selections(prop)
     units, roles, order = _collect_units(prop)
     blocked = {prop.uf.find(int(v)) for t in prop.blocked for v in t.tolist()}
     inexact = {prop.uf.find(int(v)) for t in prop.inexact for v in t.tolist()}
@@ -32,11 +34,72 @@ def build_graph(prop: Propagator, output_labels: Any) -> DependencyGraph:
             signatures.setdefault(tuple(sorted(slices, key=lambda k: order[k])), []).append(root)
     groups: list[Group] = []
     skipped = list(dict.fromkeys(prop.skipped))
+    unit_of: dict[int, tuple[Group, int]] = {}
     for signature, roots in sorted(signatures.items(), key=lambda item: order[item[0][0]]):
-        group = _make_group(prop, len(groups), signature, roots, units, roles, inexact, skipped)
-        if group is not None:
+        made = _make_group(prop, len(groups), signature, roots, units, roles, inexact, skipped)
+        if made is not None:
+            group, sorted_roots = made
             groups.append(group)
-    return DependencyGraph(groups=groups, skipped=skipped)
+            unit_of.update({root: (group, i) for i, root in enumerate(sorted_roots)})
+    _attach_attention_sites(prop, unit_of)
+    return DependencyGraph(groups=groups, skipped=list(dict.fromkeys(skipped)))
+
+
+def _attach_attention_sites(prop: Propagator, unit_of: dict[int, tuple[Group, int]]) -> None:
+    """Tell each head group which modules call attention on its heads (their head counts follow pruning)."""
+    for site in prop.head_sites:  # owner "" is the model itself
+        q_roots = [prop.uf.find(int(e)) if e >= 0 else -1 for e in site.q_heads.tolist()]
+        kv_roots = [prop.uf.find(int(e)) if e >= 0 else -1 for e in site.kv_heads.tolist()]
+        for group in dict.fromkeys(unit_of[r][0] for r in q_roots + kv_roots if r in unit_of):
+            def units(roots: list[int], group: Group = group) -> torch.Tensor:
+                return torch.tensor([unit_of[r][1] if r in unit_of and unit_of[r][0] is group else -1 for r in roots],
+                                    dtype=torch.long)
+
+            group.attention = (*group.attention, AttentionSite(site.owner, units(q_roots), units(kv_roots),
+                                                               site.head_dim))
+
+
+def _block_fixed_selections(prop: Propagator) -> None:
+    """Indexing that keeps fixed positions of a dim holding several units (``x[:, :3]`` of channels): after pruning
+    those positions would hold other channels, so every channel of the indexed tensor is left alone."""
+    for along, labels, where in prop.selections:
+        roots = prop.uf.roots(along)
+        if roots[roots >= 0].unique().numel() > 1:
+            prop.block(labels, f"{where} keeps channels at positions fixed in the code; these channels are not "
+                               "pruned")
+
+
+def _repair_grids(prop: Propagator) -> None:
+    """Views that cut a channel dim into a grid (heads x head_dim, groups x channels per group) only stay right after
+    pruning when whole slices of the grid go: whole heads, or the same channel of every group. A grid whose units
+    are not unions of whole slices along one dim gets them merged along every dim but the last (channel shuffle:
+    channel ``j`` of every group is one unit)."""
+    for _ in range(4):  # repairs merge elements, which can break another grid; a few passes settle it
+        changed = False
+        for grid, where in prop.grids:
+            roots = prop.uf.roots(grid)
+            if _slabs_along_some_dim(roots):
+                continue
+            columns = grid.reshape(-1, grid.shape[-1])
+            for j in range(columns.shape[1]):
+                prop.uf.union_all(columns[:, j])
+            prop.skipped.append(f"view ({where}) cuts channels into a grid of {tuple(grid.shape)}: channel j of "
+                                "every slice is pruned together")
+            changed = True
+        if not changed:
+            return
+
+
+def _slabs_along_some_dim(roots: torch.Tensor) -> bool:
+    """Whether, for some dim ``d``, every slice ``roots[..., i, ...]`` (index ``i`` along ``d``) lies in one unit."""
+    big = torch.iinfo(torch.long).max
+    for dim in range(roots.ndim):
+        moved = roots.movedim(dim, 0).reshape(roots.shape[dim], -1)
+        high = moved.amax(dim=1)
+        low = torch.where(moved >= 0, moved, torch.full_like(moved, big)).amin(dim=1)
+        if bool(((high < 0) | (low == high)).all()):
+            return True
+    return False
 
 
 def _place_parameter_labels(prop: Propagator) -> None:
@@ -96,7 +159,7 @@ def _collect_units(prop: Propagator) -> tuple[dict[int, dict[SliceKey, set[int]]
 
 def _make_group(prop: Propagator, group_id: int, signature: tuple[SliceKey, ...], roots: list[int],
                 units: dict[int, dict[SliceKey, set[int]]], roles: dict[SliceKey, tuple[str, bool]],
-                inexact: set[int], skipped: list[str]) -> Group | None:
+                inexact: set[int], skipped: list[str]) -> tuple[Group, list[int]] | None:
     """The group of the units ``roots`` (which share ``signature``); None when it cannot be one (noted in skipped)."""
     first = signature[0]
     per_unit = {root: {key: sorted(units[root][key]) for key in signature} for root in roots}
@@ -114,6 +177,7 @@ def _make_group(prop: Propagator, group_id: int, signature: tuple[SliceKey, ...]
     if not any(s.role == "out" for s in slices):
         return None  # nothing produces these units: consumers only (e.g. model inputs)
     name = next(s.module for s in slices if s.role == "out")
-    return Group(id=group_id, size=len(roots), slices=slices, kind=prop.uf.kind[roots[0]],
-                 lossless=not any(r in inexact for r in roots), name=name,
-                 modules=tuple(dict.fromkeys(s.module for s in slices)))
+    group = Group(id=group_id, size=len(roots), slices=slices, kind=prop.uf.kind[roots[0]],
+                  lossless=not any(r in inexact for r in roots), name=name,
+                  modules=tuple(dict.fromkeys(s.module for s in slices)))
+    return group, roots

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import torch.fx as fx
 from torch import nn
 from torch.nn.utils import parametrize
@@ -26,6 +27,11 @@ __all__ = [
     "REDUCE",
     "SAME_SHAPE_MIXING",
     "SHAPE",
+    "SPLITS",
+    "TRANSFORMER_LAYERS",
+    "VIEWS",
+    "FUNCTIONAL_LAYERS",
+    "MATMULS",
     "ZERO_MODULES",
     "ZERO_PRESERVING",
     "is_leaf",
@@ -51,7 +57,16 @@ BINARY = {"add", "sub", "mul", "truediv", "div", "rsub", "radd", "rmul", "rtrued
 SHAPE = {"view", "reshape", "flatten", "unflatten", "permute", "transpose", "t", "squeeze", "unsqueeze", "expand",
          "expand_as", "repeat", "cat", "concat", "concatenate", "stack", "split", "chunk", "getitem", "narrow",
          "select", "unbind", "movedim", "moveaxis", "flip", "roll", "view_as", "reshape_as", "tile", "pad",
-         "swapaxes", "swapdims", "hstack", "vstack"}
+         "swapaxes", "swapdims", "hstack", "vstack", "tensor_split", "pixel_shuffle", "pixel_unshuffle",
+         "channel_shuffle", "native_channel_shuffle"}
+# shape ops that cut one dim into pieces: the pieces must lose the same positions (see Propagator.split_pieces)
+SPLITS = {"split", "chunk", "unbind", "tensor_split"}
+# reshapes that can cut a channel dim into a grid of several dims (see Propagator.record_grid)
+VIEWS = {"view", "reshape", "unflatten"}
+# functional layers that are pruned like their module when their weight is a parameter of the model
+FUNCTIONAL_LAYERS = {"linear", "conv1d", "conv2d", "conv3d", "addmm", "matmul", "mm"}
+# matrix products of two labeled tensors (hand-written attention): everything one batch entry combines is coupled
+MATMULS = {"matmul", "bmm", "mm"}
 # spatial ops that keep dim 1 (channels) as it is
 CHANNEL_KEEP = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
                 "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
@@ -81,6 +96,9 @@ NONZERO_MODULES = (nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.LogSigmoid)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
          nn.SyncBatchNorm)
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# torch.nn containers of layers that the tracer follows inside (their fused eval fast path is not taken while tracing)
+TRANSFORMER_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder,
+                      nn.TransformerDecoder, nn.Transformer)
 CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
@@ -99,7 +117,7 @@ def is_leaf(module: nn.Module) -> bool:
     """Modules mapped as a whole: ``torch.nn`` layers, attention and norm subclasses; containers are traced inside."""
     if isinstance(module, PrunedMultiheadAttention | nn.MultiheadAttention):
         return True
-    if isinstance(module, nn.Sequential | nn.ModuleList | nn.ModuleDict):
+    if isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict, *TRANSFORMER_LAYERS)):
         return False
     if isinstance(module, NORMS) and not parametrize.is_parametrized(module):
         # norm subclasses (e.g. ghost batch norm) keep the per-channel structure: mapped as the base layer. Conv
@@ -117,7 +135,9 @@ class LeafTracer(fx.Tracer):
 
 
 def tree_map(fn: Callable[[Any], Any], value: Any) -> Any:
-    """``fn`` applied to every leaf of nested tuples (named too), lists and dicts."""
+    """``fn`` applied to every leaf of nested tuples (named too), lists and dicts (a ``torch.Size`` is a leaf)."""
+    if isinstance(value, torch.Size):
+        return fn(value)
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         return type(value)(*(tree_map(fn, v) for v in value))
     if isinstance(value, tuple | list):

@@ -48,6 +48,8 @@ class LabelInterpreter(fx.Interpreter):
             module = self.module.get_submodule(n.target)
             label = prop.module(n.target, module, args, kwargs, out, arg_labels, kwarg_labels)
         elif n.op in ("call_function", "call_method"):
+            stack = n.meta.get("nn_module_stack") or {}
+            prop.owner = _module_path(next(reversed(stack.values()))) if stack else ""
             if n.op == "call_function" and n.target is operator.getitem and not isinstance(args[0], torch.Tensor):
                 container = arg_labels[0]  # indexing a tuple/list of tensors: pick that element's label
                 label = container[args[1]] if isinstance(container, tuple | list) else None
@@ -71,6 +73,7 @@ class EagerRecorder(TorchFunctionMode):
         self.labels: dict[int, Any] = {}
         self.keep: list[Any] = []  # keeps labeled tensors alive so their ids are not reused
         self.depth = 0
+        self.owners: list[str] = []  # the non-leaf modules whose forward is running
 
     def label_of(self, value: Any) -> Any:
         def one(v: Any) -> Any:
@@ -109,6 +112,15 @@ class EagerRecorder(TorchFunctionMode):
     def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self.depth += 1
 
+    def enter(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.owners.append(self.prop.module_names.get(id(module), ""))
+        self.prop.owner = self.owners[-1]
+
+    def leave(self, module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+        if self.owners:
+            self.owners.pop()
+        self.prop.owner = self.owners[-1] if self.owners else ""
+
     def post_hook(self, module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
         try:
             if self.depth == 1:  # ops on label tensors run while depth > 0, so the mode ignores them
@@ -117,6 +129,11 @@ class EagerRecorder(TorchFunctionMode):
                 self.store(out, label)
         finally:
             self.depth -= 1
+
+
+def _module_path(entry: Any) -> str:
+    """The module path in an ``nn_module_stack`` entry (``(path, type)`` in recent torch)."""
+    return entry[0] if isinstance(entry, tuple) else str(entry)
 
 
 def trace_fx(model: nn.Module, graph: fx.Graph, args: tuple, kwargs: dict) -> DependencyGraph:
@@ -148,6 +165,9 @@ def trace_eager(model: nn.Module, args: tuple, kwargs: dict) -> DependencyGraph:
         if is_leaf(module):
             handles.append(module.register_forward_pre_hook(recorder.pre_hook, with_kwargs=True))
             handles.append(module.register_forward_hook(recorder.post_hook, with_kwargs=True))
+        else:
+            handles.append(module.register_forward_pre_hook(recorder.enter, with_kwargs=True))
+            handles.append(module.register_forward_hook(recorder.leave, with_kwargs=True, always_call=True))
     try:
         with recorder:
             out = model(*args, **kwargs)

@@ -36,10 +36,27 @@ class UnionFind:
     def union(self, a: int, b: int) -> None:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
+            # a set that holds an attention head is a head: the merged root keeps that kind
+            kind = "head" if "head" in (self.kind[ra], self.kind[rb]) else self.kind[min(ra, rb)]
             if ra < rb:
                 self.parent[rb] = ra
             else:
                 self.parent[ra] = rb
+            self.kind[min(ra, rb)] = kind
+
+    def set_kind(self, elements: torch.Tensor, kind: str) -> None:
+        """Give the sets of ``elements`` (labels, -1 ignored) the kind ``kind``."""
+        for value in elements[elements >= 0].unique().tolist():
+            self.kind[self.find(value)] = kind
+
+    def union_all(self, elements: torch.Tensor) -> int | None:
+        """Merge every labeled element of ``elements`` into one set; returns its root (None when none is labeled)."""
+        values = elements[elements >= 0].unique().tolist()
+        if not values:
+            return None
+        for value in values[1:]:
+            self.union(values[0], value)
+        return self.find(values[0])
 
     def union_pairs(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Merge ``a[i]`` with ``b[i]`` wherever both are labeled (>= 0)."""
