@@ -29,7 +29,7 @@ handled (groups as ``nn.Conv2d``; 1x1 kernels are skipped by ``apply_cp_kernels`
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -53,9 +53,23 @@ def _pair(value: Any) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)  # type: ignore[return-value]
 
 
+def _check_tensor(name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating point tensor, got {value.dtype}")
+    if value.is_meta:
+        raise ValueError(f"{name} must hold data; got a tensor on the meta device")
+    return value
+
+
 @checked_arguments
 def cp_kernel(factor_h: torch.Tensor, factor_w: torch.Tensor) -> torch.Tensor:
     """``K[o, i] = Σ_r a[o, i, r] ⊗ b[o, i, r]``: ``a (O, I, R, kh)`` and ``b (O, I, R, kw)`` give ``(O, I, kh, kw)``."""
+    _check_tensor("factor_h", factor_h)
+    _check_tensor("factor_w", factor_w)
+    if factor_h.dtype != factor_w.dtype:
+        raise TypeError(f"factor_h and factor_w must share a dtype, got {factor_h.dtype} and {factor_w.dtype}")
     if factor_h.dim() != 4 or factor_w.dim() != 4 or factor_h.shape[:3] != factor_w.shape[:3]:
         raise ValueError(f"factor_h (O, I, R, kh) and factor_w (O, I, R, kw) must share (O, I, R), got shapes "
                          f"{tuple(factor_h.shape)} and {tuple(factor_w.shape)}")
@@ -66,6 +80,7 @@ def cp_kernel(factor_h: torch.Tensor, factor_w: torch.Tensor) -> torch.Tensor:
 def cp_kernel_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The best rank-``rank`` factors of every kernel of ``weight (O, I, kh, kw)`` (per-kernel SVD, ``√σ`` split);
     ranks beyond ``min(kh, kw)`` get zero factors."""
+    _check_tensor("weight", weight)
     if weight.dim() != 4:
         raise ValueError(f"weight must be a 4-D conv weight (O, I, kh, kw), got shape {tuple(weight.shape)}")
     if isinstance(rank, bool) or rank < 1:
@@ -151,6 +166,11 @@ class CPKernelConv2d(nn.Module):
         return cp_kernel(self.factor_h, self.factor_w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
+            raise ValueError(f"x must be (N, {self.in_channels}, H, W) or ({self.in_channels}, H, W), got shape "
+                             f"{tuple(x.shape)}")
         return F.conv2d(x, self.dense_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
@@ -159,7 +179,7 @@ class CPKernelConv2d(nn.Module):
 
 
 @checked_arguments
-def apply_cp_kernels(model: nn.Module, rank: int = 1, init: str = "random", only_if_smaller: bool = True,
+def apply_cp_kernels(model: nn.Module, rank: int = 1, init: Literal["random", "svd"] = "random", only_if_smaller: bool = True,
                      ignore: Iterable[str] = (), optimizer: torch.optim.Optimizer | None = None,
                      generator: torch.Generator | None = None) -> dict[str, int]:
     """Replace every ``nn.Conv2d`` with a kernel larger than 1x1 (zero padding) by a :class:`CPKernelConv2d`.
@@ -232,7 +252,7 @@ class CPKernelMethod(Method):
     conflicts = ("lora", "allora", "maestro", "trp", "hesso", "nm_sparsity", "nested_width", "weight_std", "mup")
     constraint_reason = "cp_kernels replaces the conv layers by factorised ones; other surgery on the same layers"
 
-    def __init__(self, rank: int = 1, init: str = "random", only_if_smaller: bool = True,
+    def __init__(self, rank: int = 1, init: Literal["random", "svd"] = "random", only_if_smaller: bool = True,
                  ignore: list[str] | None = None) -> None:
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")

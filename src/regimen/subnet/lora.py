@@ -58,10 +58,26 @@ __all__ = [
 ]
 
 
+def _check_tensor(name: str, value: object, dims: tuple[int, ...] | None = None) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating point tensor, got {value.dtype}")
+    if value.is_meta:
+        raise ValueError(f"{name} must hold data; got a tensor on the meta device")
+    if dims is not None and value.dim() not in dims:
+        raise ValueError(f"{name} must have {' or '.join(map(str, dims))} dimensions, got shape {tuple(value.shape)}")
+    return value
+
+
 @checked_arguments
 def lora_delta(lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float = 1.0) -> torch.Tensor:
     """``scaling · B A`` shaped like the adapted weight: ``A (r, in)``, ``B (out, r)`` give ``(out, in)``; a conv's
     ``A (r, C, kh, kw)`` and ``B (N, r, 1, 1)`` give ``(N, C, kh, kw)``."""
+    _check_tensor("lora_a", lora_a, (2, 4))
+    _check_tensor("lora_b", lora_b, (2, 4))
+    if lora_a.dtype != lora_b.dtype:
+        raise TypeError(f"lora_a and lora_b must share a dtype, got {lora_a.dtype} and {lora_b.dtype}")
     if lora_a.dim() not in (2, 4) or lora_b.dim() != lora_a.dim():
         raise ValueError(f"lora_a and lora_b must both be 2-D (linear) or 4-D (conv), got shapes "
                          f"{tuple(lora_a.shape)} and {tuple(lora_b.shape)}")
@@ -154,6 +170,10 @@ class LoRALinear(_LoRA):
         self.reset_lora()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() < 1 or x.shape[-1] != self.base.in_features:
+            raise ValueError(f"x must end in in_features = {self.base.in_features}, got shape {tuple(x.shape)}")
         out = self.base(x)
         if self.merged:
             return out
@@ -187,6 +207,11 @@ class LoRAConv2d(_LoRA):
         self.reset_lora()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() not in (3, 4) or x.shape[-3] != self.base.in_channels:
+            raise ValueError(f"x must be (N, {self.base.in_channels}, H, W) or ({self.base.in_channels}, H, W), got "
+                             f"shape {tuple(x.shape)}")
         out = self.base(x)
         if self.merged:
             return out
@@ -313,9 +338,11 @@ def allora_row_scale(param: torch.Tensor, eta: float = 2.0) -> torch.Tensor:
     ``param`` (``(rows, 1, ...)``)."""
     if not eta > 0:
         raise ValueError(f"eta must be > 0, got {eta}")
+    _check_tensor("param", param)
     if param.dim() < 1:
         raise ValueError("param must have at least one dimension (rows)")
-    squared = param.detach().reshape(param.shape[0], -1).pow(2).sum(1)
+    rows = param.detach()
+    squared = (rows.flatten(1) if rows.dim() > 1 else rows[:, None]).pow(2).sum(1)
     scale = (squared + 1.0 / eta ** 2).rsqrt()
     return scale.reshape((-1,) + (1,) * (param.dim() - 1))
 
@@ -323,6 +350,10 @@ def allora_row_scale(param: torch.Tensor, eta: float = 2.0) -> torch.Tensor:
 @checked_arguments
 def allora_scale_(params: Sequence[torch.Tensor], eta: float = 2.0) -> None:
     """Multiply each parameter's ``.grad`` row-wise by :func:`allora_row_scale` in place (``None`` grads skipped)."""
+    if not eta > 0:
+        raise ValueError(f"eta must be > 0, got {eta}")
+    for index, p in enumerate(params):
+        _check_tensor(f"params[{index}]", p)
     for p in params:
         if p.grad is not None:
             p.grad.mul_(allora_row_scale(p, eta).to(p.grad.dtype))

@@ -52,11 +52,22 @@ __all__ = [
 ]
 
 
+def _check_tensor(name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating point tensor, got {value.dtype}")
+    if value.is_meta:
+        raise ValueError(f"{name} must hold data; got a tensor on the meta device")
+    return value
+
+
 @checked_arguments
 def select_channels(residual: torch.Tensor, channels: int, selection: Literal["l2", "l1", "random"] = "l2",
                     generator: torch.Generator | None = None) -> torch.Tensor:
     """Indices (sorted) of the ``channels`` input channels (columns) of ``residual (out, in)`` with the largest ℓ2
     (or ℓ1) column norm, or a uniformly random choice."""
+    _check_tensor("residual", residual)
     if residual.dim() != 2:
         raise ValueError(f"residual must be a 2-D weight (out, in), got shape {tuple(residual.shape)}")
     if not 0 <= channels <= residual.shape[1]:
@@ -77,13 +88,15 @@ def lost_decompose(weight: torch.Tensor, rank: int, channels: int, selection: Li
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """LOST's initialisation of ``weight (out, in)``: returns ``(B, A, S, I)`` with ``B A`` the best rank-``rank``
     part (``√Σ`` split evenly), ``I`` the chosen input channels of ``W_comp = W − B A`` and ``S = W_comp[:, I]``."""
+    _check_tensor("weight", weight)
     if weight.dim() != 2:
         raise ValueError(f"weight must be a 2-D weight (out, in), got shape {tuple(weight.shape)}")
     if not weight.is_floating_point() or not bool(torch.isfinite(weight).all()):
         raise ValueError("weight must be a finite floating point tensor (an SVD of NaN/inf does not converge)")
     out_features, in_features = weight.shape
     if isinstance(rank, bool) or rank < 1 or rank >= min(out_features, in_features):
-        raise ValueError(f"rank must be >= 1 and below min(out, in) = {min(out_features, in_features)}, got {rank}")
+        raise ValueError(f"rank must be >= 1 and below min(out, in) = {min(out_features, in_features)} of weight "
+                         f"{tuple(weight.shape)}, got {rank}")
     matrix = weight.detach().double()
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     root = s[:rank].sqrt()
@@ -105,6 +118,18 @@ def lost_linear(x: torch.Tensor, lora_b: torch.Tensor, lora_a: torch.Tensor, spa
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
     if activation not in ("none", "silu"):
         raise ValueError(f"activation must be 'none' or 'silu', got {activation!r}")
+    for name, value in (("x", x), ("lora_b", lora_b), ("lora_a", lora_a), ("sparse", sparse)):
+        _check_tensor(name, value)
+        if value.dtype != lora_a.dtype:
+            raise TypeError(f"{name} must have lora_a's dtype {lora_a.dtype}, got {value.dtype}")
+    if lora_a.dim() != 2 or lora_b.dim() != 2 or sparse.dim() != 2 or x.dim() < 1:
+        raise ValueError("lora_a, lora_b and sparse must be 2-D and x at least 1-D")
+    if x.shape[-1] != lora_a.shape[1] or lora_b.shape[1] != lora_a.shape[0] or sparse.shape[0] != lora_b.shape[0]:
+        raise ValueError(f"x (..., {x.shape[-1]}), lora_a {tuple(lora_a.shape)}, lora_b {tuple(lora_b.shape)} and "
+                         f"sparse {tuple(sparse.shape)} do not fit (x (..., in), A (r, in), B (out, r), S (out, c))")
+    if not isinstance(index, torch.Tensor) or index.dtype != torch.long or index.dim() != 1 \
+            or index.numel() != sparse.shape[1]:
+        raise ValueError(f"index must be a 1-D int64 tensor of sparse's {sparse.shape[1]} channels")
     hidden = F.linear(x, lora_a)
     if activation == "silu":
         hidden = F.silu(hidden)
@@ -117,6 +142,10 @@ def lost_linear(x: torch.Tensor, lora_b: torch.Tensor, lora_a: torch.Tensor, spa
 @checked_arguments
 def lost_parameter_count(in_features: int, out_features: int, rank: int, channels: int, bias: bool = True) -> int:
     """Trainable parameters of one LOST layer: ``r (in + out) + c · out (+ out)``."""
+    for name, value, minimum in (("in_features", in_features, 1), ("out_features", out_features, 1),
+                                 ("rank", rank, 1), ("channels", channels, 0)):
+        if value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return rank * (in_features + out_features) + channels * out_features + (out_features if bias else 0)
 
 
