@@ -90,7 +90,7 @@ def _train(model, method, ctx, x, y, steps, batch, seed):
             ctx.optimizer.step()
 
 
-def run_lora(seeds, steps, pretrain_steps, adapt_samples, rank, lrs=(1e-3, 3e-3, 1e-2)):
+def run_lora(seeds, steps, pretrain_steps, adapt_samples, rank, lrs):
     old = [0, 1, 2, 3, 4]
     new = [5, 6, 7, 8, 9]
     arms = {
@@ -257,10 +257,11 @@ def main():
     parser.add_argument("experiment", choices=["lora", "lost", "wave"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2, 3e-2])
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.experiment == "lora":
-        run_lora(args.seeds, args.steps or 200, pretrain_steps=600, adapt_samples=1000, rank=4)
+        run_lora(args.seeds, args.steps or 200, pretrain_steps=600, adapt_samples=1000, rank=4, lrs=args.lrs)
     elif args.experiment == "lost":
         run_lost(args.seeds, args.steps or 400, dim=128, depth=2, rank=0.25, channels=0.05, matched_rank=0.29,
                  matched_dim=80)
