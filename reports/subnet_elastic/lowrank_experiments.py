@@ -72,11 +72,11 @@ def _accuracy(model, x, y):
 
 def _train(model, method, ctx, x, y, steps, batch, seed):
     gen = torch.Generator().manual_seed(seed)
-    for step in range(steps):
+    for _ in range(steps):
         idx = torch.randint(len(y), (batch,), generator=gen)
         xb, yb = x[idx], y[idx]
 
-        def closure():
+        def closure(xb=xb, yb=yb):
             ctx.optimizer.zero_grad()
             loss = F.cross_entropy(ctx.model(xb), yb)
             loss.backward()
@@ -219,7 +219,7 @@ def run_wave(seeds, size, epochs, train_traj, arms):
         for arm in arms:
             kernel, rank = arm
             torch.manual_seed(seed)
-            model = UNet(16, kernel)
+            model = UNet(8, kernel)
             if rank:
                 apply_cp_kernels(model, rank, generator=torch.Generator().manual_seed(seed), only_if_smaller=False)
             params = sum(p.numel() for p in model.parameters())
@@ -266,8 +266,7 @@ def main():
         run_lost(args.seeds, args.steps or 400, dim=128, depth=2, rank=0.25, channels=0.05, matched_rank=0.29,
                  matched_dim=80)
     else:
-        run_wave(args.seeds, size=32, epochs=args.steps or 6, train_traj=48,
-                 arms=[(3, 0), (3, 1), (5, 0), (5, 1), (5, 2)])
+        run_wave(args.seeds, size=32, epochs=args.steps or 16, train_traj=48, arms=[(3, 0), (3, 1), (5, 0), (5, 1)])
 
 
 if __name__ == "__main__":

@@ -7,6 +7,13 @@ Old names of v1 (``HESSO``, ``Maestro``, ``TrainedRankPruning``, ``LowRankConv2d
 """
 
 from regimen._compat import deprecated_aliases
+from regimen.subnet.cp_kernels import (
+    CPKernelConv2d,
+    CPKernelMethod,
+    apply_cp_kernels,
+    cp_kernel,
+    cp_kernel_factors,
+)
 from regimen.subnet.dependency import (
     DependencyGraph,
     Group,
@@ -20,13 +27,6 @@ from regimen.subnet.dependency import (
 )
 from regimen.subnet.hesso import HESSOMethod, HESSOPruner, hesso_factor
 from regimen.subnet.importance import IMPORTANCES, Importance, group_scores, normalized_scores
-from regimen.subnet.cp_kernels import (
-    CPKernelConv2d,
-    CPKernelMethod,
-    apply_cp_kernels,
-    cp_kernel,
-    cp_kernel_factors,
-)
 from regimen.subnet.lora import (
     ALLoRAMethod,
     LoRAConv2d,

@@ -65,7 +65,7 @@ def _check_tensor(name: str, value: object) -> torch.Tensor:
 
 @checked_arguments
 def cp_kernel(factor_h: torch.Tensor, factor_w: torch.Tensor) -> torch.Tensor:
-    """``K[o, i] = Σ_r a[o, i, r] ⊗ b[o, i, r]``: ``a (O, I, R, kh)`` and ``b (O, I, R, kw)`` give ``(O, I, kh, kw)``."""
+    """``K[o, i] = Σ_r a[o, i, r] ⊗ b[o, i, r]``: ``a (O, I, R, kh)``, ``b (O, I, R, kw)`` give ``(O, I, kh, kw)``."""
     _check_tensor("factor_h", factor_h)
     _check_tensor("factor_w", factor_w)
     if factor_h.dtype != factor_w.dtype:
@@ -179,9 +179,9 @@ class CPKernelConv2d(nn.Module):
 
 
 @checked_arguments
-def apply_cp_kernels(model: nn.Module, rank: int = 1, init: Literal["random", "svd"] = "random", only_if_smaller: bool = True,
-                     ignore: Iterable[str] = (), optimizer: torch.optim.Optimizer | None = None,
-                     generator: torch.Generator | None = None) -> dict[str, int]:
+def apply_cp_kernels(model: nn.Module, rank: int = 1, init: Literal["random", "svd"] = "random",
+                     only_if_smaller: bool = True, ignore: Iterable[str] = (),
+                     optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None) -> dict[str, int]:
     """Replace every ``nn.Conv2d`` with a kernel larger than 1x1 (zero padding) by a :class:`CPKernelConv2d`.
 
     Args:
