@@ -181,7 +181,8 @@ class CPKernelConv2d(nn.Module):
 @checked_arguments
 def apply_cp_kernels(model: nn.Module, rank: int = 1, init: Literal["random", "svd"] = "random",
                      only_if_smaller: bool = True, ignore: Iterable[str] = (),
-                     optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None) -> dict[str, int]:
+                     optimizer: torch.optim.Optimizer | None = None,
+                     generator: torch.Generator | None = None) -> dict[str, int]:
     """Replace every ``nn.Conv2d`` with a kernel larger than 1x1 (zero padding) by a :class:`CPKernelConv2d`.
 
     Args:
