@@ -199,3 +199,12 @@ def test_lora_method_trains_only_factors_and_merges_at_end():
     method.on_train_end(ctx)
     assert model[0].merged
     torch.testing.assert_close(model(x), out, rtol=1e-5, atol=1e-5)
+
+
+def test_apply_lora_twice_wraps_no_frozen_base_and_unknown_trainable_is_named():
+    model = _mlp()
+    apply_lora(model, rank=2, ignore=["2"])
+    assert apply_lora(model, rank=2) == {"2": 2}
+    assert isinstance(model[0].base, nn.Linear)
+    with pytest.raises(ValueError, match="trainable names modules that do not exist"):
+        apply_lora(_mlp(), rank=2, trainable=["head"])

@@ -280,9 +280,13 @@ def apply_lora(model: nn.Module, rank: int, alpha: float | None = None, dropout:
         ``{layer name: rank}`` of the adapted layers.
     """
     ignore, trainable = tuple(ignore), tuple(trainable)
+    names = {name for name, _ in model.named_modules()}
+    unknown = [name for name in trainable if not isinstance(name, str) or name not in names]
+    if unknown:
+        raise ValueError(f"trainable names modules that do not exist: {unknown}")
+    inside = tuple(name + "." for name, _ in lora_layers(model))  # the frozen base of an existing LoRA layer
     targets = [(name, m) for name, m in unignored_modules(model, ignore + trainable)
-               if name and _adaptable(m, layers) and not isinstance(m, _LoRA)]
-    unignored_modules(model, trainable)  # validates the trainable names
+               if name and _adaptable(m, layers) and not isinstance(m, _LoRA) and not name.startswith(inside)]
     if not targets:
         raise ValueError(f"apply_lora found no {layers!r} layer (nn.Linear / nn.Conv2d with groups=1) outside "
                          f"ignore={list(ignore)} and trainable={list(trainable)}")
