@@ -208,3 +208,19 @@ def test_apply_lora_twice_wraps_no_frozen_base_and_unknown_trainable_is_named():
     assert isinstance(model[0].base, nn.Linear)
     with pytest.raises(ValueError, match="trainable names modules that do not exist"):
         apply_lora(_mlp(), rank=2, trainable=["head"])
+
+
+def test_weight_property_is_the_effective_weight_for_code_that_reads_it():
+    layer = LoRALinear(nn.Linear(6, 5), rank=2, alpha=4.0)
+    with torch.no_grad():
+        layer.lora_b.normal_()
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(F.linear(x, layer.weight, layer.bias), layer(x))
+    conv = LoRAConv2d(nn.Conv2d(3, 4, 3, padding=1), rank=2)
+    with torch.no_grad():
+        conv.lora_b.normal_()
+    images = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(F.conv2d(images, conv.weight, conv.bias, padding=1), conv(images), rtol=1e-5,
+                               atol=1e-5)
+    layer.merge()
+    torch.testing.assert_close(F.linear(x, layer.weight, layer.bias), layer(x))

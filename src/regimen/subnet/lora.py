@@ -115,6 +115,16 @@ class _LoRA(nn.Module):
         self.merged = False
         self.generator: torch.Generator | None = None
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective weight ``W + (α/r) B A`` (differentiable in the factors; ``W`` alone once merged), so code
+        that reads ``layer.weight`` of a Linear/Conv2d sees what the layer computes."""
+        return self.base.weight if self.merged else self.base.weight + self.delta_weight()
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
     def reset_lora(self) -> None:
         """``A`` Kaiming-uniform (as ``nn.Linear``), ``B = 0``: the update starts at zero."""
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
@@ -161,6 +171,7 @@ class LoRALinear(_LoRA):
         super().__init__()
         _check_rank(rank, base, "base")
         self._setup(rank, alpha, dropout, scale)
+        self.in_features, self.out_features = base.in_features, base.out_features
         self.base = base
         for p in base.parameters():
             p.requires_grad_(False)
@@ -172,8 +183,8 @@ class LoRALinear(_LoRA):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() < 1 or x.shape[-1] != self.base.in_features:
-            raise ValueError(f"x must end in in_features = {self.base.in_features}, got shape {tuple(x.shape)}")
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x must end in in_features = {self.in_features}, got shape {tuple(x.shape)}")
         out = self.base(x)
         if self.merged:
             return out
@@ -197,6 +208,8 @@ class LoRAConv2d(_LoRA):
                              f"padding_mode={base.padding_mode!r}")
         _check_rank(rank, base, "base")
         self._setup(rank, alpha, dropout, scale)
+        self.in_channels, self.out_channels, self.kernel_size = base.in_channels, base.out_channels, base.kernel_size
+        self.stride, self.padding, self.dilation, self.groups = base.stride, base.padding, base.dilation, 1
         self.base = base
         for p in base.parameters():
             p.requires_grad_(False)
@@ -209,15 +222,14 @@ class LoRAConv2d(_LoRA):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() not in (3, 4) or x.shape[-3] != self.base.in_channels:
-            raise ValueError(f"x must be (N, {self.base.in_channels}, H, W) or ({self.base.in_channels}, H, W), got "
-                             f"shape {tuple(x.shape)}")
+        if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
+            raise ValueError(f"x must be (N, {self.in_channels}, H, W) or ({self.in_channels}, H, W), got shape "
+                             f"{tuple(x.shape)}")
         out = self.base(x)
         if self.merged:
             return out
-        conv = self.base
-        hidden = F.conv2d(_dropout(x, self.dropout, self.training, self.generator), self.lora_a, None, conv.stride,
-                          conv.padding, conv.dilation)
+        hidden = F.conv2d(_dropout(x, self.dropout, self.training, self.generator), self.lora_a, None, self.stride,
+                          self.padding, self.dilation)
         return out + F.conv2d(hidden, self.lora_b) * self.scaling
 
 
@@ -365,8 +377,9 @@ def allora_scale_(params: Sequence[torch.Tensor], eta: float = 2.0) -> None:
 
 class _LoRABase(Method):
     _surgery = ("lora", "allora", "maestro", "trp", "hesso", "nm_sparsity", "nested_width", "lost", "cp_kernels",
-                "layer_freezing", "mup", "frugal")
-    constraint_reason = "LoRA freezes the network and wraps its layers: other surgery or freezing of the same layers"
+                "layer_freezing", "mup", "frugal", "agvm")
+    constraint_reason = ("LoRA freezes the network and wraps its layers: other surgery or freezing of the same "
+                         "layers, or a method that differentiates every parameter (agvm)")
 
     def __init__(self) -> None:
         self._params: list[nn.Parameter] = []
