@@ -45,6 +45,7 @@ def test_layer_equals_its_dense_effective_weight_and_the_formula():
     for k, j in enumerate(layer.index.tolist()):
         dense[:, j] += 0.7 * layer.sparse[:, k]
     torch.testing.assert_close(layer.effective_weight(), dense)
+    torch.testing.assert_close(layer.weight, dense)
     torch.testing.assert_close(layer(x), x @ dense.T + layer.bias, rtol=1e-5, atol=1e-6)
     silu = lost_linear(x, layer.lora_b, layer.lora_a, layer.sparse, layer.index, None, 0.3, "silu")
     expected = 0.3 * torch.nn.functional.silu(x @ layer.lora_a.T) @ layer.lora_b.T \

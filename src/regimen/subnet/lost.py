@@ -209,6 +209,14 @@ class LOSTLinear(nn.Module):
         weight = self.gamma * (self.lora_b @ self.lora_a)
         return weight.index_add(1, self.index, (1.0 - self.gamma) * self.sparse)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective dense weight (differentiable in the factors and ``S``), so code that reads ``layer.weight``
+        of a Linear sees what the layer computes; only without an activation between the factors."""
+        if self.activation != "none":
+            raise AttributeError("a LOSTLinear with an activation between its factors has no dense weight")
+        return self.effective_weight()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return lost_linear(x, self.lora_b, self.lora_a, self.sparse, self.index, self.bias, self.gamma,
                            self.activation)
