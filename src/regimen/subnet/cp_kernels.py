@@ -183,7 +183,8 @@ def apply_cp_kernels(model: nn.Module, rank: int = 1, init: Literal["random", "s
                      only_if_smaller: bool = True, ignore: Iterable[str] = (),
                      optimizer: torch.optim.Optimizer | None = None,
                      generator: torch.Generator | None = None) -> dict[str, int]:
-    """Replace every ``nn.Conv2d`` with a kernel larger than 1x1 (zero padding) by a :class:`CPKernelConv2d`.
+    """Replace every plain ``nn.Conv2d`` (not a subclass) with a kernel larger than 1x1 (zero padding) by a
+    :class:`CPKernelConv2d`.
 
     Args:
         model: the network (a-priori compression: apply before training).
@@ -204,7 +205,7 @@ def apply_cp_kernels(model: nn.Module, rank: int = 1, init: Literal["random", "s
         raise ValueError(f"init must be 'random' or 'svd', got {init!r}")
     targets = []
     for name, module in unignored_modules(model, ignore):
-        if not name or not isinstance(module, nn.Conv2d) or module.padding_mode != "zeros":
+        if not name or type(module) is not nn.Conv2d or module.padding_mode != "zeros":  # plain convs only
             continue
         kh, kw = module.kernel_size
         if kh * kw <= 1 or (only_if_smaller and rank * (kh + kw) >= kh * kw):

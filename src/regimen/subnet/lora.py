@@ -251,9 +251,10 @@ def _check_rank(rank: int, module: nn.Module, name: str) -> None:
 
 
 def _adaptable(module: nn.Module, layers: str) -> bool:
-    if isinstance(module, nn.Linear) and layers in ("all", "linear"):
+    # plain layers only: a subclass (another method's NestedLinear, a weight-standardised conv) has its own forward
+    if type(module) is nn.Linear and layers in ("all", "linear"):
         return True
-    return (isinstance(module, nn.Conv2d) and layers in ("all", "conv") and module.groups == 1
+    return (type(module) is nn.Conv2d and layers in ("all", "conv") and module.groups == 1
             and module.padding_mode == "zeros")
 
 
@@ -274,8 +275,9 @@ def apply_lora(model: nn.Module, rank: int, alpha: float | None = None, dropout:
                layers: Literal["all", "linear", "conv"] = "all", ignore: Iterable[str] = (),
                trainable: Iterable[str] = (), optimizer: torch.optim.Optimizer | None = None,
                generator: torch.Generator | None = None) -> dict[str, int]:
-    """Wrap every Linear/Conv2d (groups 1) of ``model`` outside ``ignore`` in a LoRA layer, in place, and freeze the
-    rest of the model except the modules named in ``trainable`` (e.g. a new classifier head).
+    """Wrap every plain ``nn.Linear``/``nn.Conv2d`` (groups 1; not subclasses) of ``model`` outside ``ignore`` in a
+    LoRA layer, in place, and freeze the rest of the model except the modules named in ``trainable`` (e.g. a new
+    classifier head).
 
     Args:
         model: the pre-trained network.

@@ -246,8 +246,8 @@ def apply_lost(model: nn.Module, rank: int | float = 0.25, channels: int | float
                activation: Literal["none", "silu"] = "none", selection: Literal["l2", "l1", "random"] = "l2",
                ignore: Iterable[str] = (), optimizer: torch.optim.Optimizer | None = None,
                generator: torch.Generator | None = None) -> dict[str, tuple[int, int]]:
-    """Replace every ``nn.Linear`` of ``model`` outside ``ignore`` (and not weight-tied) by a :class:`LOSTLinear`
-    initialised from its current weight, in place.
+    """Replace every plain ``nn.Linear`` (not a subclass) of ``model`` outside ``ignore`` (and not weight-tied)
+    by a :class:`LOSTLinear` initialised from its current weight, in place.
 
     Args:
         model: a freshly initialised network (LOST pre-trains from scratch).
@@ -269,7 +269,7 @@ def apply_lost(model: nn.Module, rank: int | float = 0.25, channels: int | float
     tied = _tied(model)
     plans = []
     for name, module in unignored_modules(model, ignore):
-        if not name or not isinstance(module, nn.Linear) or id(module.weight) in tied:
+        if not name or type(module) is not nn.Linear or id(module.weight) in tied:  # plain layers, not subclasses
             continue
         r = _size(rank, min(module.in_features, module.out_features), "rank", 1)
         c = _size(channels, module.in_features, "channels", 0)
