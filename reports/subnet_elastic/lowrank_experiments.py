@@ -174,7 +174,7 @@ def run_lost(seeds, steps, dim, depth, rank, channels, matched_rank, matched_dim
             _write("lost", record)
             metric = final.get("val_bits_per_byte", final.get("val_loss"))
             name = "val_bits_per_byte" if "val_bits_per_byte" in final else "val_loss"
-            _point(arm if arm.startswith(("lost", "low_rank")) else f"dense_{arm}", "language_model",
+            _point({"full_rank": "dense", f"dense_d{matched_dim}": "dense_matched"}.get(arm, arm), "language_model",
                    f"kjv_gpt_d{dim}_L{depth}_{steps}steps", seed, None, trainable, name, float(metric))
 
 
