@@ -113,7 +113,8 @@ def wave():
     for r in rows:
         groups[r["arm"]].append(r)
     print("### CP kernels: U-Net surrogate of the 2-D wave equation (relative L2 error on 16 held-out trajectories)\n")
-    print("| kernels | params | one-step rel. L2 median [min, max] | 20-step rollout rel. L2 median [min, max] | seeds |")
+    print("| kernels | params | one-step rel. L2 median [min, max] | 20-step rollout rel. L2 median [min, max] "
+          "| seeds |")
     print("|---|---|---|---|---|")
     for arm, rs in sorted(groups.items()):
         print(f"| {arm} | {rs[0]['params']} | {_fmt([r['one_step_rel_l2'] for r in rs])} | "
