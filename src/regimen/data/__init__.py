@@ -17,6 +17,7 @@ from regimen.data.noise import LABEL_NOISE_KINDS, noisy_labels
 from regimen.data.select import DataSplits, load_data
 from regimen.data.text import IGNORE_INDEX, DocumentPieces, TextCorpus, TokenWindows, load_corpus, load_token_array
 from regimen.data.tokenizers import BPETokenizer, ByteTokenizer, train_bpe
+from regimen.data.wave import laplacian_5point, wave_pairs, wave_step, wave_trajectories
 
 __all__ = [
     "IGNORE_INDEX",
@@ -44,4 +45,8 @@ __all__ = [
     "read_idx",
     "split_dataset",
     "train_bpe",
+    "laplacian_5point",
+    "wave_pairs",
+    "wave_step",
+    "wave_trajectories",
 ]

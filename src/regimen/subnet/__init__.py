@@ -1,12 +1,19 @@
 """Subnet pillar: extract smaller networks (structured pruning, HESSO, N:M sparsity, low rank, nested widths).
 
 Importing this package registers its recipe methods (``hesso``, ``maestro``, ``nested_width``, ``nm_sparsity``,
-``trp``, ``ssa``).
+``trp``, ``ssa``, ``lora``, ``allora``, ``lost``, ``cp_kernels``).
 Old names of v1 (``HESSO``, ``Maestro``, ``TrainedRankPruning``, ``LowRankConv2d``, ``LowRankLinear``,
 ``export``) still resolve, with a DeprecationWarning.
 """
 
 from regimen._compat import deprecated_aliases
+from regimen.subnet.cp_kernels import (
+    CPKernelConv2d,
+    CPKernelMethod,
+    apply_cp_kernels,
+    cp_kernel,
+    cp_kernel_factors,
+)
 from regimen.subnet.dependency import (
     DependencyGraph,
     Group,
@@ -20,6 +27,29 @@ from regimen.subnet.dependency import (
 )
 from regimen.subnet.hesso import HESSOMethod, HESSOPruner, hesso_factor
 from regimen.subnet.importance import IMPORTANCES, Importance, group_scores, normalized_scores
+from regimen.subnet.lora import (
+    ALLoRAMethod,
+    LoRAConv2d,
+    LoRALinear,
+    LoRAMethod,
+    allora_row_scale,
+    allora_scale_,
+    apply_lora,
+    lora_delta,
+    lora_layers,
+    lora_parameters,
+    merge_lora,
+    unmerge_lora,
+)
+from regimen.subnet.lost import (
+    LOSTLinear,
+    LOSTMethod,
+    apply_lost,
+    lost_decompose,
+    lost_linear,
+    lost_parameter_count,
+    select_channels,
+)
 from regimen.subnet.lowrank import (
     FactorizedConv2d,
     FactorizedLinear,
@@ -145,6 +175,33 @@ __all__ = [
     "set_rank_fraction",
     "svd_factors",
     "truncate_model",
+    # LoRA / ALLoRA
+    "ALLoRAMethod",
+    "LoRAConv2d",
+    "LoRALinear",
+    "LoRAMethod",
+    "allora_row_scale",
+    "allora_scale_",
+    "apply_lora",
+    "lora_delta",
+    "lora_layers",
+    "lora_parameters",
+    "merge_lora",
+    "unmerge_lora",
+    # LOST
+    "LOSTLinear",
+    "LOSTMethod",
+    "apply_lost",
+    "lost_decompose",
+    "lost_linear",
+    "lost_parameter_count",
+    "select_channels",
+    # a-priori factorised (CP) conv kernels
+    "CPKernelConv2d",
+    "CPKernelMethod",
+    "apply_cp_kernels",
+    "cp_kernel",
+    "cp_kernel_factors",
     # nested widths
     "NestedWidth",
     "NestedWidthMethod",
