@@ -255,9 +255,10 @@ class SARMethod(Method):
     name = "sar"
     targets = ("labels",)
     before = ("co_teaching",)
-    conflicts = ("multi_sample_dropout",)
+    conflicts = ("multi_sample_dropout", "batchformer")
     constraint_reason = ("SAR adapts the model's norm layers in train mode (co-teaching's evaluation ensemble exposes "
-                         "none; multi-sample dropout returns (K, N, C) logits in train mode)")
+                         "none; multi-sample dropout returns (K, N, C) logits in train mode; BatchFormer's batch-axis "
+                         "layer, active in train mode, doubles the batch SAR scores)")
     paper_id = "arXiv:2302.12400"
     claim = ("sharpness-aware reliable entropy minimisation keeps test-time adaptation stable in the wild (batch 1, "
              "label shift, mixed shifts): ImageNet-C sev. 5 imbalanced stream, ResNet-50-GN 37.2 vs Tent 22.0 vs no "
