@@ -93,6 +93,7 @@ __all__ = [
     "RunInfo",
     "SELECTION_HOOK",
     "checked_arguments",
+    "require_data",
     "check_exclusive_hooks",
     "check_method_order",
     "compose_criterion",
@@ -634,6 +635,15 @@ def checked_arguments(fn=None, *, infinite: tuple[str, ...] = ()):
             fn.__init__ = _guarded(init, fn.__name__, infinite)  # type: ignore[misc]
         return fn
     return _guarded(fn, fn.__name__, infinite)
+
+
+def require_data(**tensors: Any) -> None:
+    """Refuse tensors on the meta device where a function needs their values (a ``.item()``, a data-dependent
+    shape, an index): ``require_data(images=images, labels=labels)`` raises a ``ValueError`` naming the first one
+    that holds no data. Non-tensors and ``None`` pass (the caller's own checks name those)."""
+    for name, value in tensors.items():
+        if isinstance(value, torch.Tensor) and value.device.type == "meta":
+            raise ValueError(f"{name} must hold data; got a tensor on the meta device")
 
 
 def _short(value: Any) -> str:

@@ -48,17 +48,23 @@ def _stages(seed=0):
 
 def _auglocal_build(d):
     stages = _stages(d(seeds))
-    shapes = []
     x = torch.zeros(1, 3, 8, 8)
+    shapes = [tuple(x.shape[1:])]  # the input, then each backbone layer's output
     for s in stages[:-1]:
         x = s(x)
         shapes.append(tuple(x.shape[1:]))
-    return Call(LL.auglocal_auxiliary, {"stages": stages, "shapes": shapes, "layer": 0, "depth": 1, "num_classes": 4})
+    return Call(LL.auglocal_auxiliary, {"stages": stages, "shapes": shapes, "layer": d(st.integers(0, len(stages) - 3)),
+                                        "depth": d(st.integers(1, 3)), "num_classes": d(st.integers(1, 5))})
 
 
-SKIPPED["local.auglocal_auxiliary"] = ("KNOWN DEFECT (reports/reliability): an IndexError for some (stages, shapes, "
-                                         "layer) combinations instead of a ValueError; tests/local covers its "
-                                         "valid use")
+def _auglocal_check(result, c):
+    k = c.kwargs
+    features = torch.randn(2, *k["shapes"][k["layer"] + 1])
+    _check(result.head(features).shape == (2, k["num_classes"]), "auxiliary logits of the wrong shape")
+
+
+add("auglocal_auxiliary", _auglocal_build, check=_auglocal_check,
+    scalars={"layer": "count0", "depth": "count", "num_classes": "count", "shapes": "int", "stages": "int"})
 
 
 def _head_check(result, c):

@@ -42,44 +42,6 @@ for _pillar in PILLARS:
 # deleting a line here turns the defect back into a failing test.
 META = "meta tensor: an internal error (Tensor.item() / no meta kernel) instead of a ValueError naming it"
 KNOWN_DEFECTS: dict[str, dict[str, str]] = {
-    "augment.cutmix": {"meta": META},
-    "augment.facility_location": {"meta": META},
-    "augment.invertible_augment": {"meta": META},
-    "augment.select_coreset": {"meta": META},
-    "batch.norm_test": {"meta": META},
-    "batch.norm_test_from_sums": {"meta": META},
-    "batch.padding_fraction": {"meta": META},
-    "batch.select_high_loss": {"meta": META},
-    "batch.selection_weights": {"meta": META},
-    "losses.PKSampler": {"meta": META},
-    "losses.expert_counts": {"meta": META},
-    "losses.load_balancing_loss": {"meta": META},
-    "losses.ssim": {"meta": META, "float64": "img1 float64 and img2 float32: conv2d's RuntimeError",
-                    "int64": "mixed dtypes: conv2d's RuntimeError"},
-    "subnet.energy_rank": {"meta": META},
-    "losses.z_loss": {"meta": META},
-    "subnet.rank_importance": {"meta": META},
-    "subnet.subsampled_causal_attention": {"meta": META},
-    "dropout.MultiSampleDropout": {"not_a_tensor": "a list x: AttributeError in the wrapped head path"},
-    "subnet.OrderedLowRankConv2d": {"extra_dim": "a 5-d x: conv2d's RuntimeError, not a ValueError naming x"},
-    "local.ClassifierAuxiliary": {"not_a_tensor": "features not a tensor: AttributeError inside the head"},
-    "local.ReconstructionAuxiliary": {"not_a_tensor": "features not a tensor: AttributeError inside the head"},
-    "local.InfoProAuxiliary": {"nan": "NaN features: binary_cross_entropy's RuntimeError (decoder output not in "
-                                      "[0, 1])",
-                               "inf": "inf features: binary_cross_entropy's RuntimeError",
-                               "huge": "huge features: binary_cross_entropy's RuntimeError"},
-    "local.LocalLearning": {"num_classes": "num_classes=-1: a negative-size tensor RuntimeError in the head"},
-    "local.MomentumAuxiliary": {"not_a_tensor": "features not a tensor: conv2d's TypeError, not naming features",
-                                "head_depth": "head_depth=-1: the error names dgl_head's depth, not head_depth",
-                                "meta": META, "num_classes": "num_classes=0: cross_entropy's IndexError"},
-    "subnet.low_rank_linear": {"int64": "x of another dtype than u, v: matmul's RuntimeError",
-                               "float64": "x of another dtype than u, v: matmul's RuntimeError",
-                               "bool": "x of another dtype than u, v: matmul's RuntimeError"},
-    "local.split_points_to_ranges": {"min_last_blocks": "min_last_blocks=-1 is accepted",
-                                     "num_stages": "num_stages=0: the error talks of split_points"},
-    "losses.logit_z_loss": {"meta": META,
-                            "z_loss_coef": "z_loss_coef=inf is accepted (the function is not guarded: its own "
-                                           "positional-order check must keep its message)"},
 }
 for _name, _defects in KNOWN_DEFECTS.items():
     _entry = ENTRIES[_name]

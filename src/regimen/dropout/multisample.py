@@ -203,6 +203,8 @@ class MultiSampleDropout(TransparentWrapper):
         return self._parts()[0](x)
 
     def forward(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         features_fn, fc = self._parts()
         if fc is None:  # generic head: dropout on its input, head applied once to the stacked K*N batch
             if not self.training:

@@ -55,6 +55,24 @@ def _check_shape(shape: Sequence[int], what: str) -> tuple[int, ...]:
     return shape
 
 
+def _check_features(features: object) -> None:
+    """An auxiliary's ``features`` must be a tensor (its head's layers would fail inside on anything else)."""
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
+
+
+def _apply(layer: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """``layer(features)``; a shape, dtype or device that the layer cannot take is a ``ValueError`` naming
+    ``features`` (torch's own message kept after it) instead of an error from deep inside the head."""
+    try:
+        return layer(features)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as error:
+        raise ValueError(f"features of shape {tuple(features.shape)} ({features.dtype}, {features.device}) do not fit "
+                         f"the auxiliary network: {str(error).splitlines()[0]}") from error
+
+
 class _TokenMean(nn.Module):
     """(N, T, D) -> (N, D) by averaging tokens."""
 
@@ -209,7 +227,8 @@ class ClassifierAuxiliary(AuxiliaryNetwork):
         self.weight = float(weight)
 
     def loss(self, features, target, *, criterion, image=None, module_input=None):  # noqa: D102
-        return self.weight * criterion(self.head(features), target)
+        _check_features(features)
+        return self.weight * criterion(_apply(self.head, features), target)
 
 
 @checked_arguments
@@ -230,16 +249,21 @@ class InfoProAuxiliary(AuxiliaryNetwork):
         self.bce = bool(bce)
 
     def loss(self, features, target, *, criterion, image=None, module_input=None):  # noqa: D102
-        if not isinstance(features, torch.Tensor):
-            raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
-        total = self.ce_weight * criterion(self.head(features), target)
+        _check_features(features)
+        total = self.ce_weight * criterion(_apply(self.head, features), target)
         if self.decoder is not None and self.recon_weight != 0.0:
             if image is None:
                 raise ValueError("InfoPro needs the reconstruction target `image`")
             image = image.detach()
-            recon = self.decoder(features)
+            recon = _apply(self.decoder, features)
             if self.bce:
-                term = F.binary_cross_entropy(recon.float(), image.float().clamp(0.0, 1.0))
+                try:
+                    term = F.binary_cross_entropy(recon.float(), image.float().clamp(0.0, 1.0))
+                except RuntimeError:  # torch refuses a reconstruction outside [0, 1]: only NaN gets there
+                    if bool(torch.isfinite(recon).all()):
+                        raise
+                    raise ValueError("features gave a NaN reconstruction (non-finite or huge features?); "
+                                     "binary cross-entropy needs values in [0, 1]") from None
             else:
                 term = F.mse_loss(recon.float(), image.float())
             total = total + self.recon_weight * term
@@ -281,10 +305,11 @@ class ReconstructionAuxiliary(AuxiliaryNetwork):
         self.ce_weight = float(ce_weight)
 
     def loss(self, features, target, *, criterion, image=None, module_input=None):  # noqa: D102
-        total = self.ce_weight * criterion(self.head(features), target)
+        _check_features(features)
+        total = self.ce_weight * criterion(_apply(self.head, features), target)
         if self.recon_weight != 0.0:
             if module_input is None:
                 raise ValueError("recon needs the module's input features `module_input`")
-            recon = self.decoder(features).float()
+            recon = _apply(self.decoder, features).float()
             total = total + self.recon_weight * F.mse_loss(recon, module_input.detach().float())
         return total

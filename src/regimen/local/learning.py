@@ -234,6 +234,8 @@ class LocalLearning(nn.Module):
         self.split_points: list[int] = [start for start, _ in ranges[1:]]
         self.num_modules = len(ranges)
 
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes) if num_classes is not None else _num_classes_of(stage_list[-1])
         self.data_mean = None if data_mean is None else torch.as_tensor(data_mean, dtype=torch.float32).flatten()
         self.data_std = None if data_std is None else torch.as_tensor(data_std, dtype=torch.float32).flatten()
