@@ -143,6 +143,7 @@ def augmix(images: torch.Tensor, severity: float = 3, width: int = 3, depth: int
     return (1.0 - m) * x + m * mix
 
 
+@checked_arguments
 def jensen_shannon_consistency(logits: Sequence[torch.Tensor], eps: float = 1e-7) -> torch.Tensor:
     """``JS(p_1; …; p_K) = (1/K) Σ_k KL(p_k ‖ M)``, ``M = (1/K) Σ_k p_k``, ``p_k = softmax(logits_k)`` over the last
     dimension, KL summed over classes and averaged over the batch; ``log M`` is taken of M clamped to [eps, 1] as the

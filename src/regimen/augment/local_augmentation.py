@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 from regimen.models.gcn import GCN, GraphConv, row_normalize
 
 __all__ = ["LAGNNMethod", "LocalAugmentedGCN", "NeighbourCVAE", "consistency_loss", "cvae_loss",
@@ -39,6 +39,7 @@ __all__ = ["LAGNNMethod", "LocalAugmentedGCN", "NeighbourCVAE", "consistency_los
 EVAL_SEED = 20_220_717
 
 
+@checked_arguments
 class NeighbourCVAE(nn.Module):
     """The conditional VAE of a neighbour's features ``x`` given its centre's ``c`` (the reference's sizes)."""
 
@@ -62,6 +63,7 @@ class NeighbourCVAE(nn.Module):
         return self.decoder(torch.cat([z, c], dim=1))
 
 
+@checked_arguments
 def cvae_loss(recon: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     """``(BCE_sum(x̂, x) − ½ Σ (1 + log σ² − μ² − σ²)) / batch`` (the reference's ``loss_fn``)."""
     bce = F.binary_cross_entropy(recon, x, reduction="sum")
@@ -69,6 +71,7 @@ def cvae_loss(recon: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, log_var:
     return (bce + kld) / x.shape[0]
 
 
+@checked_arguments
 def train_neighbour_cvae(features: torch.Tensor, edge_index: torch.Tensor, latent: int = 10, hidden: int = 256,
                          epochs: int = 10, batch_size: int = 64, lr: float = 0.01,
                          generator: torch.Generator | None = None) -> NeighbourCVAE:
@@ -106,6 +109,7 @@ def train_neighbour_cvae(features: torch.Tensor, edge_index: torch.Tensor, laten
     return cvae
 
 
+@checked_arguments
 def consistency_loss(probabilities: list[torch.Tensor], temperature: float = 0.5) -> torch.Tensor:
     """``(1/S) Σ_s mean_v ‖p_s(v) − sharpen(p̄(v))‖²`` with ``sharpen(p)_c = p_c^{1/T} / Σ_c' p_c'^{1/T}``, the
     sharpened mean prediction detached (the reference's ``consis_loss``)."""
@@ -117,6 +121,7 @@ def consistency_loss(probabilities: list[torch.Tensor], temperature: float = 0.5
     return torch.stack([(p - sharp).pow(2).sum(dim=1).mean() for p in probabilities]).mean()
 
 
+@checked_arguments
 class LocalAugmentedGCN(nn.Module):
     """A :class:`GCN` plus ``concat`` generated-feature blocks (LA-GCN): each block has its own first layer and a
     bias-free share of the second. ``forward(nodes)`` draws the blocks' latent codes from ``generator`` in training

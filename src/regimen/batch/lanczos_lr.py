@@ -48,11 +48,12 @@ import torch
 from torch import nn
 
 from regimen.batch.sam import frozen_bn_statistics
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["LanczosLRMethod", "hessian_vector_product", "lanczos", "lanczos_step_size", "top_hessian_eigenvalues"]
 
 
+@checked_arguments
 def hessian_vector_product(grads: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
                            vector: torch.Tensor) -> torch.Tensor:
     """``H v`` flattened, from ``grads`` (computed with ``create_graph=True``) of the loss w.r.t. ``params``."""
@@ -66,6 +67,7 @@ def hessian_vector_product(grads: Sequence[torch.Tensor], params: Sequence[torch
     return torch.cat([(h if h is not None else torch.zeros_like(p)).reshape(-1) for h, p in zip(hv, params)])
 
 
+@checked_arguments
 def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], dim: int, iterations: int = 20, *,
             generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64,
             device: torch.device | str = "cpu") -> torch.Tensor:
@@ -111,6 +113,7 @@ def _trained_params(model: nn.Module) -> list[torch.Tensor]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+@checked_arguments
 def top_hessian_eigenvalues(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor], iterations: int = 20,
                             *, params: Sequence[torch.Tensor] | None = None,
                             generator: torch.Generator | None = None) -> tuple[float, float]:
@@ -136,6 +139,7 @@ def top_hessian_eigenvalues(model: nn.Module, loss_fn: Callable[[nn.Module], tor
     return float(ritz[-1]), float(ritz[0])
 
 
+@checked_arguments
 def lanczos_step_size(lambda_max: float, lambda_min: float, rule: str = "polyak", *, min_ratio: float = 1e-3,
                       lr_scale: float = 1.0) -> tuple[float, float | None]:
     """``(lr, momentum)`` from the extreme curvatures (module docstring); ``momentum`` is ``None`` for "inverse"."""

@@ -91,6 +91,7 @@ def select_by_loss_percentile(losses: torch.Tensor, keep: float, generator: torc
     return torch.sort(torch.topk(keys, k).indices).values
 
 
+@checked_arguments
 def downsample_for_scoring(x: torch.Tensor, scale_factor: float) -> torch.Tensor:
     """``x`` resized by ``scale_factor`` in (0, 1] over its spatial dimensions (linear / bilinear / trilinear for a
     3-d / 4-d / 5-d batch, ``align_corners=False``); ``x`` itself at 1."""

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import orthogonal
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["BT2Method", "BT2Model", "BT2Output", "bt2_embedding", "bt2_regularizer", "class_means"]
 
@@ -66,6 +66,7 @@ class BT2Output(NamedTuple):
     feature: torch.Tensor
 
 
+@checked_arguments
 def bt2_embedding(feature: torch.Tensor, old_space: torch.Tensor, p: torch.Tensor, o2: torch.Tensor, extra_dims: int,
                   scale: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The BT² embedding ``[O₂ z[:, :d_old], z[:, d_old:]]`` with ``z = [normalize(old_space[:, :a]), P(C·f)]``.
@@ -95,6 +96,7 @@ def bt2_embedding(feature: torch.Tensor, old_space: torch.Tensor, p: torch.Tenso
     return torch.cat([compatible, z[:, d_old:]], dim=1), compatible
 
 
+@checked_arguments
 def bt2_regularizer(feature: torch.Tensor, compatible: torch.Tensor, target: torch.Tensor, old: torch.Tensor,
                     new: torch.Tensor | None, old_classifier: torch.Tensor, new_weight: float = 1.0,
                     influence_weight: float = 10.0, old_weight: float = 10.0) -> torch.Tensor:
@@ -116,6 +118,7 @@ def bt2_regularizer(feature: torch.Tensor, compatible: torch.Tensor, target: tor
     return terms
 
 
+@checked_arguments
 def class_means(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(classes, row_of_class)``: the mean L2-normalised embedding of each class present (sorted by id) and a lookup
     from class id to its row (-1 for absent ids)."""
@@ -129,6 +132,7 @@ def class_means(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return (sums / counts).float(), lookup
 
 
+@checked_arguments
 class BT2Model(nn.Module):
     """A backbone with BT²'s old-space head and basis transformations (see the module docstring). Training mode
     returns :class:`BT2Output`; eval mode the embedding alone (what retrieval uses)."""

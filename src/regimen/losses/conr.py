@@ -40,11 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["ConRMethod", "conr_loss", "lds_weights"]
 
 
+@checked_arguments
 def conr_loss(features: torch.Tensor, target: torch.Tensor, prediction: torch.Tensor, window: float = 1.0,
               temperature: float = 0.07, push: float = 0.01, weights: torch.Tensor | None = None,
               faithful: bool = True, reduction: str = "mean") -> torch.Tensor:
@@ -97,6 +98,7 @@ def conr_loss(features: torch.Tensor, target: torch.Tensor, prediction: torch.Te
     return per_anchor.sum() if reduction == "sum" else per_anchor.mean()
 
 
+@checked_arguments
 def lds_weights(train_targets: torch.Tensor, bin_width: float, kernel_size: int = 5,
                 sigma: float = 2.0) -> tuple[torch.Tensor, float]:
     """Per-bin ``sqrt_inv`` weights of label-distribution smoothing (Yang et al., ICML 2021, arXiv 2102.09554): the

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 
 from regimen.losses.cfm import cfm_pairs, split_cfm_target
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["OTCFMMethod", "ot_pairing"]
 
 
+@checked_arguments
 def ot_pairing(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     """The permutation ``p`` for which ``Σ_i ‖x0[p[i]] − x1[i]‖²`` is least (exact, Hungarian algorithm)."""
     from scipy.optimize import linear_sum_assignment

@@ -22,13 +22,14 @@ from __future__ import annotations
 import torch
 
 from regimen.losses.cfm import split_cfm_target
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["WCFMMethod", "gibbs_weights", "pair_cost"]
 
 COSTS = ("sqeuclidean", "euclidean")
 
 
+@checked_arguments
 def pair_cost(x0: torch.Tensor, x1: torch.Tensor, cost: str = "sqeuclidean") -> torch.Tensor:
     """``‖x1_i − x0_i‖²`` (or ``‖·‖`` for ``cost="euclidean"``) of each pair, ``(N,)``, in float32 or wider."""
     if cost not in COSTS:
@@ -37,6 +38,7 @@ def pair_cost(x0: torch.Tensor, x1: torch.Tensor, cost: str = "sqeuclidean") -> 
     return squared if cost == "sqeuclidean" else squared.sqrt()
 
 
+@checked_arguments
 def gibbs_weights(cost: torch.Tensor, epsilon: float) -> torch.Tensor:
     """Self-normalised Gibbs weights ``N · softmax(−cost / ε)`` of a batch's pair costs ``(N,)`` (mean 1), computed
     in the log domain so that no weight underflows to 0/0."""

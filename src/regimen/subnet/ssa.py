@@ -67,6 +67,7 @@ def subsampled_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return subsampled_attention(q, k, v, kept, scale, causal=True)
 
 
+@checked_arguments
 def subsampled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kept: torch.Tensor,
                          scale: float | None = None, causal: bool = True) -> torch.Tensor:
     """Attention of ``(B, H, T, D)`` queries to the kept keys/values ``kept`` ``(B, K)`` plus themselves: the
