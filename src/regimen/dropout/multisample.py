@@ -268,7 +268,7 @@ def default_head(model: nn.Module) -> str:
     found = _find_head(model)
     if found is None:
         raise ConfigurationError(
-            "multi_sample_dropout needs the classifier head: pass module='<dotted name>' (e.g. module='fc'), or give "
+            "model: the surgery needs the classifier head: pass module='<dotted name>' (e.g. module='fc'), or give "
             f"the model a `stages` ModuleList ending in the head or a child named head, fc or classifier; "
             f"{type(model).__name__} has none of them"
         )

@@ -84,6 +84,8 @@ class NestedLinear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, sigma: float = 10.0, mu: float = 0.0,
                  generator: torch.Generator | None = None, device: Any = None, dtype: Any = None) -> None:
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"in_features and out_features must be >= 1, got {in_features} and {out_features}")
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.sigma, self.mu = _check_sigma(sigma, mu)
         self.generator = check_generator(generator)
@@ -170,6 +172,8 @@ def select_nested_k(model: nn.Module, dataset: Any, normalize=None, batch_size: 
                     device: torch.device | str = "cpu") -> tuple[int, float]:
     """Score every prefix k of the model's (single) :class:`NestedLinear` on ``dataset`` (``gather(indices)`` ->
     inputs, labels) and set its ``eval_k`` to the best; returns ``(k, accuracy at k)``. Ties go to the smaller k."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     layers = nested_layers(model)
     if len(layers) != 1:
         raise ValueError(f"model must hold exactly one NestedLinear, found {len(layers)}; apply "
