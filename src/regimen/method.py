@@ -94,6 +94,7 @@ __all__ = [
     "SELECTION_HOOK",
     "checked_arguments",
     "require_data",
+    "require_same_device",
     "check_exclusive_hooks",
     "check_method_order",
     "compose_criterion",
@@ -644,6 +645,20 @@ def require_data(**tensors: Any) -> None:
     for name, value in tensors.items():
         if isinstance(value, torch.Tensor) and value.device.type == "meta":
             raise ValueError(f"{name} must hold data; got a tensor on the meta device")
+
+
+def require_same_device(**tensors: Any) -> None:
+    """Refuse tensors on different devices (torch's own error names neither): ``require_same_device(x0=x0,
+    x1=x1)`` raises a ``ValueError`` naming the first tensor whose device differs from the first one's. ``None`` and
+    non-tensors pass."""
+    first = None
+    for name, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        if first is None:
+            first = (name, value.device)
+        elif value.device != first[1]:
+            raise ValueError(f"{name} is on {value.device} but {first[0]} on {first[1]}: they must share one device")
 
 
 def _short(value: Any) -> str:

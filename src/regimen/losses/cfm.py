@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import torch
 
-from regimen.method import checked_arguments
+from regimen.method import checked_arguments, require_same_device
 
 __all__ = ["cfm_loss", "cfm_pairs", "integrate_flow", "split_cfm_target"]
 
@@ -55,6 +55,7 @@ def cfm_pairs(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, sigma: float 
     _check_points(x1, "x1")
     if x0.shape != x1.shape:
         raise ValueError(f"x0 {tuple(x0.shape)} and x1 {tuple(x1.shape)} must have one shape")
+    require_same_device(x0=x0, x1=x1, t=t, noise=noise)
     if not isinstance(t, torch.Tensor) or t.shape != (x0.shape[0],):
         raise ValueError(f"t must be a tensor of shape ({x0.shape[0]},), got {tuple(getattr(t, 'shape', ()))}")
     if not sigma >= 0:
@@ -86,8 +87,9 @@ def cfm_loss(output: torch.Tensor, target: torch.Tensor, reduction: str = "mean"
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     x0, x1, _ = split_cfm_target(target)
     if not isinstance(output, torch.Tensor) or output.shape != x0.shape:
-        raise ValueError(f"the velocity must be (N, d) = {tuple(x0.shape)} like the pair's points, got "
+        raise ValueError(f"output (the velocity) must be (N, d) = {tuple(x0.shape)} like the pair's points, got "
                          f"{tuple(getattr(output, 'shape', ()))}")
+    require_same_device(output=output, target=target)
     per_pair = (output.float() - (x1 - x0).float()).pow(2).mean(dim=1)
     if reduction == "mean":
         return per_pair.mean()

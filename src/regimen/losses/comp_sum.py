@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regimen.losses.soft_ce import check_single_sample_logits
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data, require_same_device
 
 __all__ = ["CompSumLoss", "CompSumLossMethod", "comp_sum_loss", "comp_sum_phi"]
 
@@ -118,6 +118,9 @@ def comp_sum_loss(logits: torch.Tensor, target: torch.Tensor, tau: float = 1.0, 
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if isinstance(label_smoothing, bool) or not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if check_values:
+        require_data(logits=logits, target=target)
+    require_same_device(logits=logits, target=target)
     n, classes = logits.shape
     work = logits if logits.dtype == torch.float64 else logits.float()
     log_probs = F.log_softmax(work, dim=1)

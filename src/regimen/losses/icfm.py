@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from regimen.losses.cfm import split_cfm_target
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_same_device
 
 __all__ = ["ICFMMethod", "add_path_noise"]
 
@@ -30,6 +30,7 @@ def add_path_noise(inputs: torch.Tensor, sigma: float, noise: torch.Tensor) -> t
         raise ValueError(f"sigma must be >= 0, got {sigma}")
     if noise.shape != (inputs.shape[0], inputs.shape[1] - 1):
         raise ValueError(f"noise must be (N, d) = {(inputs.shape[0], inputs.shape[1] - 1)}, got {tuple(noise.shape)}")
+    require_same_device(inputs=inputs, noise=noise)
     return torch.cat([inputs[:, :-1] + sigma * noise.to(inputs.dtype), inputs[:, -1:]], dim=1)
 
 
