@@ -112,7 +112,7 @@ def find_classifier_linear(model: nn.Module, module: str | None = None) -> str:
     """Dotted name of the model's final Linear: ``module`` itself when it is a Linear, else its child ``fc`` (a
     :class:`~regimen.models.ClassifierHead`); by default the head found by convention (``stages[-1]``, ``head``,
     ``fc``, ``classifier``)."""
-    name = default_head(model) if module is None else module
+    name = default_head(model, "nested dropout (find_classifier_linear)") if module is None else module
     found = locate_submodule(model, name, "module")[2]
     if isinstance(found, nn.Linear):
         return name
