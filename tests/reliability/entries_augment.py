@@ -7,10 +7,11 @@ import torch.nn.functional as F
 from hypothesis import strategies as st
 
 import regimen.augment as A
-from tests.reliability.fuzzlib import Call, Entry
+from tests.reliability.fuzzlib import HOSTILE, Call, Entry
 from tests.reliability.strategies import ModuleFn, images, labels, same_shape_as, seeds, shape_is, tensor
 
 ENTRIES: list[Entry] = []
+HOSTILE.setdefault("nonneg_or_inf", [float("nan"), -float("inf"), -1.0, "1", None])  # inf means something there
 SKIPPED = {
     "augment.OPS": "a constant tuple of op names (no inputs); apply_ops/RandAugment fuzz every op through it",
     "augment.functional": "a submodule, not a callable; its ops run through apply_ops, RandAugment and AugMix here",
@@ -308,8 +309,8 @@ def _randaugment_build(cls, **extra):
 
 
 add("RandAugment", _randaugment_build(A.RandAugment), check=_check_same_shape_unit,
-    scalars={"num_ops": "count0", "magnitude": "nonneg", "num_magnitude_bins": "count", "magnitude_std": "nonneg",
-             "interpolation": "str"}, tensors=("images",))
+    scalars={"num_ops": "count0", "magnitude": "nonneg", "num_magnitude_bins": "count",
+             "magnitude_std": "nonneg_or_inf", "interpolation": "str"}, tensors=("images",))
 add("TrivialAugment", _randaugment_build(A.TrivialAugment), check=_check_same_shape_unit,
     scalars={"num_magnitude_bins": "count", "interpolation": "str"}, tensors=("images",))
 

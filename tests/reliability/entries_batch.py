@@ -10,10 +10,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 import regimen.batch as B
-from tests.reliability.fuzzlib import Call, Entry
+from tests.reliability.fuzzlib import HOSTILE, Call, Entry
 from tests.reliability.strategies import ModuleFn, images, same_shape_as, seeds, tensor, tiny_cnn
 
 ENTRIES: list[Entry] = []
+HOSTILE["regime"] = [None, b"x", "no-such-choice", 2.5, True]  # a recipe mapping or an epoch count: never these
 WRAPPED_LAYER = {"extra_dim": "the wrapped user layer (an nn.Conv2d) receives x as given and raises its "
                                 "own error"}
 SKIPPED = {
@@ -264,7 +265,7 @@ def _sampler_check(result, c):
 add("LengthBucketBatchSampler", lambda d: Call(_batches(B.LengthBucketBatchSampler), {
     "lengths": _lengths(d), "batch_size": d(st.integers(1, 8)), "pool_batches": d(st.integers(1, 4))}),
     check=_sampler_check,
-    scalars={"batch_size": "count", "pool_batches": "count", "shuffle": "bool", "drop_last": "bool", "seed": "int",
+    scalars={"batch_size": "count", "pool_batches": "count0", "shuffle": "bool", "drop_last": "bool", "seed": "int",
              "num_replicas": "count", "rank": "count0"}, tensors=("lengths",))
 add("TokenBudgetBatchSampler", lambda d: Call(_batches(B.TokenBudgetBatchSampler), {
     "lengths": _lengths(d), "max_tokens": d(st.integers(40, 200)), "pool_size": d(st.integers(1, 40))}),
@@ -396,7 +397,7 @@ add("adapt_regime", lambda d: Call(B.adapt_regime, {"regime": d(st.integers(1, 1
                                                     "base_batch_size": d(st.integers(1, 512)),
                                                     "milestones": [0.5, 0.75]}),
     scalars={"batch_size": "count", "base_batch_size": "count", "max_factor": "positive",
-             "milestone_unit": "str", "regime": "str"})
+             "milestone_unit": "str", "regime": "regime"})
 
 
 def _norm_test_check(result, c):
@@ -464,7 +465,6 @@ add("swa_update", _swa_build, check=lambda r, c: _check(r == c.kwargs["n_average
 # ==================================================================================================================
 # Public since the suite's merge (issue 21 follow-up): ConAdv, AGVM, Lanczos LR, BatchFormer, P×K batches, SAR/Tent,
 # FRUGAL, WTA-CRS, SeTa, co-teaching, selective backprop's scoring resize.
-from tests.reliability.fuzzlib import HOSTILE  # noqa: E402
 from tests.reliability.strategies import labels  # noqa: E402
 
 HOSTILE.setdefault("text", [3, None, b"x", 2.5])  # a str parameter where any string is legal (a name)

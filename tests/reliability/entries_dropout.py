@@ -171,7 +171,7 @@ add("DropBlock2d", _module(D.DropBlock2d, x=lambda d: images(d, hw=(3, 9)), p=la
 add("ConcreteTemporalDropout", _module(D.ConcreteTemporalDropout, init_p=lambda d: d(st.floats(0.01, 0.9))),
     check=same_shape_as("x"),
     scalars={"init_p": "prob_open", "dim": "int", "temperature": "positive", "weight_regularizer": "nonneg",
-             "dropout_regularizer": "nonneg", "eps": "positive"}, tensors=("x",))
+             "dropout_regularizer": "nonneg", "eps": "nonneg"}, tensors=("x",))
 add("GyroDropout", _module(D.GyroDropout, x=lambda d: tensor(d, (d(st.integers(1, 8)), d(st.integers(1, 6)))),
                            p=lambda d: d(st.floats(0, 0.9)), sigma=lambda d: d(st.integers(4, 16)),
                            tau=lambda d: d(st.integers(1, 4))),

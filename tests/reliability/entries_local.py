@@ -232,7 +232,7 @@ def _local_fix_batch(c):
 
 add("LocalLearning", lambda d: _local_fix_batch(_local_build(d)),
     check=lambda r, c: _check(r[1].shape == (c.kwargs["x"].shape[0], 4)),
-    scalars={"num_modules": "count", "aux": "str", "aux_depth": "count", "balance": "str", "num_classes": "count",
+    scalars={"num_modules": "count", "aux": "str", "aux_depth": "count0", "balance": "str", "num_classes": "count",
              "pyramid_coeff": "prob", "momentum": "prob", "man_learnable": "str", "recon_weight": "nonneg",
              "model": "str", "infopro_first": "str"},
     tensors=("x", "y"))

@@ -297,8 +297,11 @@ def _s3im_build(d):
     h = d(st.integers(4, 8))  # the virtual image must be at least one SSIM window tall
     n = h * d(st.integers(1, 4))
     pred = tensor(d, (n, 3), 0, 1)
-    return Call(L.s3im_loss, {"pred": pred, "target": pred.clone(), "repeats": d(st.integers(1, 4)),
-                              "kernel": d(st.integers(1, 4)), "stride": d(st.integers(1, 4)), "patch_height": h},
+    repeats = d(st.integers(1, 4))
+    width = repeats * n // h  # the virtual image is h x width: the window must fit both
+    return Call(L.s3im_loss, {"pred": pred, "target": pred.clone(), "repeats": repeats,
+                              "kernel": d(st.integers(1, min(4, h, width))), "stride": d(st.integers(1, 4)),
+                              "patch_height": h},
                 d(seeds), "generator")
 
 

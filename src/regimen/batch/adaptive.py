@@ -56,6 +56,8 @@ def norm_test_from_sums(grad_sum: torch.Tensor, sq_norm_sum: float | torch.Tenso
         raise ValueError(f"eta must be > 0, got {eta}")
     if count < 2:
         raise ValueError(f"count: the norm test needs at least 2 per-sample gradients, got {count}")
+    if float(sq_norm_sum) < 0:  # NaN gradients give a NaN result, as before
+        raise ValueError(f"sq_norm_sum (a sum of squared norms) must be >= 0, got {float(sq_norm_sum)}")
     mean = grad_sum.double() / count
     mean_sq = float(mean.pow(2).sum())
     sq_total = float(sq_norm_sum)

@@ -324,6 +324,8 @@ class _GhostBatchNorm(nn.modules.batchnorm._BatchNorm):
                  momentum: float | None = 0.1, affine: bool = True, track_running_stats: bool = True,
                  last_partial: LastPartial = "separate", device=None, dtype=None) -> None:
         _check_options(ghost_batch_size, last_partial)
+        if momentum is not None and not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1] or None, got {momentum}")
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
         self.ghost_batch_size = ghost_batch_size
         self.last_partial: LastPartial = last_partial

@@ -57,12 +57,13 @@ __all__ = ["LanczosLRMethod", "hessian_vector_product", "lanczos", "lanczos_step
 def hessian_vector_product(grads: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
                            vector: torch.Tensor) -> torch.Tensor:
     """``H v`` flattened, from ``grads`` (computed with ``create_graph=True``) of the loss w.r.t. ``params``."""
+    total = sum(p.numel() for p in params)
+    if vector.dim() != 1 or vector.numel() != total:
+        raise ValueError(f"vector must be flat with one entry per parameter ({total}), got shape {tuple(vector.shape)}")
     pieces, offset = [], 0
     for p in params:
         pieces.append(vector[offset:offset + p.numel()].view_as(p).to(p.dtype))
         offset += p.numel()
-    if offset != vector.numel():
-        raise ValueError(f"vector has {vector.numel()} entries for {offset} parameters")
     hv = torch.autograd.grad(grads, params, grad_outputs=pieces, retain_graph=True, allow_unused=True)
     return torch.cat([(h if h is not None else torch.zeros_like(p)).reshape(-1) for h, p in zip(hv, params)])
 

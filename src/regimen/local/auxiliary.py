@@ -91,6 +91,8 @@ def dgl_head(shape: Sequence[int], num_classes: int, depth: int = 2, mlp_layers:
     shape = _check_shape(shape, "shape")
     if depth < 0 or mlp_layers < 0:
         raise ValueError(f"depth and mlp_layers must be >= 0, got {depth} and {mlp_layers}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     layers: list[nn.Module] = []
     if len(shape) == 3:
         channels, height, width = shape
@@ -170,6 +172,8 @@ def infopro_decoder(shape: Sequence[int], image_shape: Sequence[int], width: int
     image_shape = _check_shape(image_shape, "image_shape")
     if len(image_shape) != 3:
         raise ValueError(f"image_shape must be (C, H, W), got {image_shape}")
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
     channels = image_shape[0]
     tail: list[nn.Module] = [nn.Sigmoid()] if sigmoid else []
     if len(shape) == 3:
@@ -192,6 +196,8 @@ def infopro_weights(index: int, num_auxiliaries: int, first: tuple[float, float]
 
     r = index / (num_auxiliaries - 1) (0 when there is one auxiliary); λ = first · (1 - r) + last · r.
     """
+    if num_auxiliaries < 1:
+        raise ValueError(f"num_auxiliaries must be >= 1, got {num_auxiliaries}")
     if not 0 <= index < num_auxiliaries:
         raise ValueError(f"index must be in [0, {num_auxiliaries}), got {index}")
     ratio = index / (num_auxiliaries - 1) if num_auxiliaries > 1 else 0.0
@@ -223,6 +229,8 @@ class ClassifierAuxiliary(AuxiliaryNetwork):
 
     def __init__(self, head: nn.Module, weight: float = 1.0) -> None:
         super().__init__()
+        if not weight >= 0:
+            raise ValueError(f"weight must be >= 0, got {weight}")
         self.head = head
         self.weight = float(weight)
 
@@ -242,6 +250,9 @@ class InfoProAuxiliary(AuxiliaryNetwork):
     def __init__(self, head: nn.Module, decoder: nn.Module | None, recon_weight: float, ce_weight: float,
                  bce: bool = True) -> None:
         super().__init__()
+        for name, value in (("recon_weight", recon_weight), ("ce_weight", ce_weight)):
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         self.head = head
         self.decoder = decoder
         self.recon_weight = float(recon_weight)
@@ -299,6 +310,11 @@ class ReconstructionAuxiliary(AuxiliaryNetwork):
         super().__init__()
         shape = _check_shape(shape, "shape")
         input_shape = _check_shape(input_shape, "input_shape")
+        for name, value in (("recon_weight", recon_weight), ("ce_weight", ce_weight)):
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.decoder = _reconstruction_decoder(shape, input_shape)
         self.head = dgl_head(shape, num_classes, depth=0, mlp_layers=0)
         self.recon_weight = float(recon_weight)
