@@ -14,6 +14,7 @@ from tests.reliability.fuzzlib import HOSTILE, Call, Entry
 from tests.reliability.strategies import ModuleFn, images, same_shape_as, seeds, tensor, tiny_cnn
 
 ENTRIES: list[Entry] = []
+HOSTILE["prob_or_none"] = [v for v in HOSTILE["prob"] if v is not None]  # None: a cumulative average
 HOSTILE["regime"] = [None, b"x", "no-such-choice", 2.5, True]  # a recipe mapping or an epoch count: never these
 WRAPPED_LAYER = {"extra_dim": "the wrapped user layer (an nn.Conv2d) receives x as given and raises its "
                                 "own error"}
@@ -53,7 +54,7 @@ add("seq_length_at", lambda d: Call(B.seq_length_at, {"progress": d(st.floats(0,
                                                        "duration": d(st.floats(0.01, 1)),
                                                        "step_size": d(st.integers(1, 8))}),
     check=lambda r, c: _check(c.kwargs["min_len"] <= r <= c.kwargs["max_len"], f"L={r}"),
-    scalars={"progress": "prob", "min_len": "count", "max_len": "count", "duration": "prob",
+    scalars={"progress": "nonneg", "min_len": "count", "max_len": "count", "duration": "prob",
              "step_size": "count"})
 
 
@@ -109,8 +110,8 @@ for _cls, _shape in ((B.GhostBatchNorm1d, (3,)), (B.GhostBatchNorm2d, (3, 2, 2))
         ModuleFn(cls, ("x",)), {"num_features": 3, "ghost_batch_size": d(st.integers(2, 4)), "last_partial": "merge",
                                 "x": tensor(d, (d(st.integers(2, 9)), *shape))}),
         check=same_shape_as("x"),
-        scalars={"num_features": "count", "ghost_batch_size": "count", "eps": "positive", "momentum": "prob",
-                 "affine": "bool", "last_partial": "str"}, tensors=("x",))
+        scalars={"num_features": "count", "ghost_batch_size": "count", "eps": "positive",
+                 "momentum": "prob_or_none", "affine": "bool", "last_partial": "str"}, tensors=("x",))
 
 
 def _ws_check(result, c):

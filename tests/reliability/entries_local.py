@@ -208,8 +208,8 @@ add("split_points_to_ranges", lambda d: Call(LL.split_points_to_ranges, {"split_
     scalars={"num_stages": "count", "min_last_blocks": "count0", "split_points": "str"})
 
 
-def _local_learning_run(model, x, y, **kwargs):
-    local = LL.LocalLearning(model, **kwargs)
+def _local_learning_run(stages, x, y, **kwargs):
+    local = LL.LocalLearning(stages, **kwargs)
     out = local.local_step(x, y)
     return out.loss, out.logits, out.losses
 
@@ -219,7 +219,7 @@ _local_learning_run.target = LL.LocalLearning
 
 def _local_build(d):
     aux = d(st.sampled_from(["dgl", "infopro", "man", "recon"]))  # auglocal needs >= 4 blocks: not this ResNet
-    return Call(_local_learning_run, {"model": staged_resnet(d(seeds)), "x": images(d, n=(2, 3), c=(3, 3),
+    return Call(_local_learning_run, {"stages": staged_resnet(d(seeds)), "x": images(d, n=(2, 3), c=(3, 3),
                                                                                     hw=(8, 8)),
                                       "y": labels(d, 2, 4), "num_modules": 2, "aux": aux,
                                       "input_shape": (3, 8, 8), "num_classes": 4})
@@ -234,7 +234,7 @@ add("LocalLearning", lambda d: _local_fix_batch(_local_build(d)),
     check=lambda r, c: _check(r[1].shape == (c.kwargs["x"].shape[0], 4)),
     scalars={"num_modules": "count", "aux": "str", "aux_depth": "count0", "balance": "str", "num_classes": "count",
              "pyramid_coeff": "prob", "momentum": "prob", "man_learnable": "str", "recon_weight": "nonneg",
-             "model": "str", "infopro_first": "str"},
+             "stages": "str", "infopro_first": "str"},
     tensors=("x", "y"))
 
 
