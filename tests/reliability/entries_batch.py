@@ -925,7 +925,9 @@ add("WTACRSLinear", lambda d: Call(_wta_linear_run, {"in_features": 4, "out_feat
             "bool": "a layer with float32 parameters (torch.nn's dtype rule)",
             "float64": "a layer with float32 parameters (torch.nn's dtype rule)",
             "meta": "a layer with float32 CPU parameters (torch.nn's device rule)",
-            "not_a_tensor": "F.linear's own TypeError names its input, as nn.Linear's"})
+            "not_a_tensor": "F.linear's own TypeError names its input, as nn.Linear's",
+            "noncontiguous": "the sampled weight gradient depends on the row norms' last bits (another layout sums "
+                             "in another order); the output is exact and checked by the valid-input property"})
 
 
 def _apply_wta_build(d):
@@ -961,12 +963,12 @@ def _wta_sample_check(result, c):
     scores = c.kwargs["scores"].double()
     g = torch.Generator().manual_seed(c.seed)
     # unbiasedness of sum_t w_t A_{i_t} for A = one-hot rows: the mean over many draws approaches 1 per row
-    if scores.min() > 0.05:
+    if scores.min() > 0.3 * scores.max():  # rare rows have a heavy-tailed weight: checked where 2000 draws suffice
         total = torch.zeros(scores.numel(), dtype=torch.float64)
-        for _ in range(400):
+        for _ in range(2000):
             i, w = B.wta_crs_sample(c.kwargs["scores"], c.kwargs["k"], generator=g)
             total.index_add_(0, i, w.double())
-        _check(bool(((total / 400 - 1).abs() < 0.35).all()), f"not unbiased: {(total / 400).tolist()}")
+        _check(bool(((total / 2000 - 1).abs() < 0.3).all()), f"not unbiased: {(total / 2000).tolist()}")
 
 
 add("crs_sample", _crs_build(B.crs_sample), check=_crs_check, scalars={"k": "count"}, tensors=("scores",))
@@ -1017,7 +1019,7 @@ add("kmeans_1d", _kmeans_build, check=_kmeans_check, scalars={"num_groups": "cou
 
 
 def _seta_build(d):
-    n = d(st.integers(5, 20))
+    n = d(st.integers(10, 20))  # at least one score survives the largest prune (keep >= 0.1)
     epochs = d(st.integers(1, 6))
     prune = d(st.floats(0, 0.9))
     kept = int(n * min(1.0, max(0.1, 1.0 - prune)))

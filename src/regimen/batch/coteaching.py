@@ -78,7 +78,7 @@ def coteaching_select(loss_a: torch.Tensor, loss_b: torch.Tensor, forget_rate: f
     (``(selected by a, selected by b)``, smallest first, ties by position)."""
     forget_rate = _check_forget_rate(forget_rate)
     if loss_a.dim() != 1 or loss_a.shape != loss_b.shape or loss_a.numel() == 0:
-        raise ValueError(f"per-sample losses must be two non-empty (N,) tensors of one shape, got "
+        raise ValueError(f"loss_a and loss_b (per-sample losses) must be two non-empty (N,) tensors of one shape, got "
                          f"{tuple(loss_a.shape)} and {tuple(loss_b.shape)}")
     keep = max(1, math.floor((1.0 - forget_rate) * loss_a.numel() + 1e-9))
     order_a = torch.sort(loss_a.detach(), stable=True).indices

@@ -81,6 +81,8 @@ def wta_crs_sample(scores: torch.Tensor, k: int, generator: torch.Generator | No
         first |C| entries are the winners (weight 1), the rest the s = k − |C| sampled rows.
     """
     n = scores.numel()
+    if scores.dim() != 1 or n == 0:
+        raise ValueError(f"scores must be a non-empty 1-d tensor, got {tuple(scores.shape)}")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(f"k must be an int in [1, {n}], got {k!r}")
     p = _probabilities(scores)
@@ -111,6 +113,8 @@ def crs_sample(scores: torch.Tensor, k: int, generator: torch.Generator | None =
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain column-row sampling: k rows drawn with replacement from p ∝ ``scores``, weights 1 / (k p_j)."""
     n = scores.numel()
+    if scores.dim() != 1 or n == 0:
+        raise ValueError(f"scores must be a non-empty 1-d tensor, got {tuple(scores.shape)}")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(f"k must be an int in [1, {n}], got {k!r}")
     p = _probabilities(scores)
