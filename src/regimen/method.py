@@ -93,6 +93,8 @@ __all__ = [
     "RunInfo",
     "SELECTION_HOOK",
     "checked_arguments",
+    "require_data",
+    "require_same_device",
     "check_exclusive_hooks",
     "check_method_order",
     "compose_criterion",
@@ -586,6 +588,30 @@ def _matches(value: Any, annotation: Any, finite: bool = True, elements: bool = 
     return None
 
 
+def _fast_accept(annotation: Any) -> Callable[[Any], bool] | None:
+    """A quick test that accepts (True) only values :func:`_matches` accepts, for the common annotations (a tensor, a
+    module, a generator, a finite float, an int, a bool, a str, these or None); False means "ask ``_matches``". None:
+    no quick test for this annotation. The guard's per-call cost on hot paths is mostly this."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union or type(annotation).__name__ == "UnionType":
+        members = [_fast_accept(a) for a in args if a is not type(None)]
+        if None in members:
+            return None
+        optional = type(None) in args
+        return lambda value: (optional and value is None) or any(m(value) for m in members)
+    if annotation is float:
+        return lambda value: (type(value) is float and value - value == 0.0) or type(value) is int
+    if annotation is int:
+        return lambda value: type(value) is int
+    if annotation is bool:
+        return lambda value: type(value) is bool
+    if annotation is str:
+        return lambda value: type(value) is str
+    if origin is None and isinstance(annotation, type) and annotation.__module__.split(".")[0] in ("torch", "regimen"):
+        return lambda value: isinstance(value, annotation)
+    return None
+
+
 def _guard_parameters(cls: type) -> None:
     """Wrap ``cls.__init__`` with :func:`checked_arguments`, naming the method in the error."""
     init = cls.__dict__.get("__init__")
@@ -612,6 +638,29 @@ def checked_arguments(fn=None, *, infinite: tuple[str, ...] = ()):
     return _guarded(fn, fn.__name__, infinite)
 
 
+def require_data(**tensors: Any) -> None:
+    """Refuse tensors on the meta device where a function needs their values (a ``.item()``, a data-dependent
+    shape, an index): ``require_data(images=images, labels=labels)`` raises a ``ValueError`` naming the first one
+    that holds no data. Non-tensors and ``None`` pass (the caller's own checks name those)."""
+    for name, value in tensors.items():
+        if isinstance(value, torch.Tensor) and value.device.type == "meta":
+            raise ValueError(f"{name} must hold data; got a tensor on the meta device")
+
+
+def require_same_device(**tensors: Any) -> None:
+    """Refuse tensors on different devices (torch's own error names neither): ``require_same_device(x0=x0,
+    x1=x1)`` raises a ``ValueError`` naming the first tensor whose device differs from the first one's. ``None`` and
+    non-tensors pass."""
+    first = None
+    for name, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        if first is None:
+            first = (name, value.device)
+        elif value.device != first[1]:
+            raise ValueError(f"{name} is on {value.device} but {first[0]} on {first[1]}: they must share one device")
+
+
 def _short(value: Any) -> str:
     text = repr(value) if not isinstance(value, torch.Tensor) else f"a tensor of shape {tuple(value.shape)}"
     return text if len(text) <= 80 else text[:77] + "..."
@@ -633,21 +682,35 @@ def _guarded(init, owner: str, infinite: tuple[str, ...] = (), elements: bool = 
                     continue
             if annotation is not inspect.Parameter.empty:
                 hints[name] = annotation
-    checks = [(name, hints[name], signature.parameters[name].default) for name in signature.parameters
-              if name in hints and signature.parameters[name].kind not in
+    checks = [(name, hints[name], signature.parameters[name].default, _fast_accept(hints[name]))
+              for name in signature.parameters if name in hints and signature.parameters[name].kind not in
               (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+    kinds = [p.kind for p in signature.parameters.values()]
+    positional = tuple(name for name, p in signature.parameters.items()
+                       if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD))
+    by_keyword = frozenset(name for name, p in signature.parameters.items()
+                           if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
+    any_keyword = inspect.Parameter.VAR_KEYWORD in kinds
 
     @functools.wraps(init)
     def guarded(*args, **kwargs):
-        try:
-            bound = signature.bind(*args, **kwargs)
-        except TypeError:  # e.g. a deprecated keyword that a decorator inside renames: let the call say so
-            return init(*args, **kwargs)
-        arguments = bound.arguments
-        for name, annotation, default in checks:
+        # the fast path (every hot call): positional arguments that fit, known keywords given once; anything else
+        # goes through Signature.bind, whose TypeError the call itself then raises
+        if len(args) <= len(positional) and (any_keyword or by_keyword.issuperset(kwargs)) and (
+                not kwargs or not any(name in kwargs for name in positional[:len(args)])):
+            arguments = dict(zip(positional, args))
+            arguments.update(kwargs)
+        else:
+            try:
+                arguments = signature.bind(*args, **kwargs).arguments
+            except TypeError:  # e.g. a deprecated keyword that a decorator inside renames: let the call say so
+                return init(*args, **kwargs)
+        for name, annotation, default, fast in checks:
             if name not in arguments:
                 continue
             value = arguments[name]
+            if fast is not None and fast(value):
+                continue
             if value is default and not (isinstance(value, float) and not math.isfinite(value)):
                 continue
             if name in infinite and isinstance(value, float) and math.isinf(value):

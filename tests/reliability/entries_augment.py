@@ -7,10 +7,11 @@ import torch.nn.functional as F
 from hypothesis import strategies as st
 
 import regimen.augment as A
-from tests.reliability.fuzzlib import Call, Entry
+from tests.reliability.fuzzlib import HOSTILE, Call, Entry
 from tests.reliability.strategies import ModuleFn, images, labels, same_shape_as, seeds, shape_is, tensor
 
 ENTRIES: list[Entry] = []
+HOSTILE.setdefault("nonneg_or_inf", [float("nan"), -float("inf"), -1.0, "1", None])  # inf means something there
 SKIPPED = {
     "augment.OPS": "a constant tuple of op names (no inputs); apply_ops/RandAugment fuzz every op through it",
     "augment.functional": "a submodule, not a callable; its ops run through apply_ops, RandAugment and AugMix here",
@@ -308,8 +309,8 @@ def _randaugment_build(cls, **extra):
 
 
 add("RandAugment", _randaugment_build(A.RandAugment), check=_check_same_shape_unit,
-    scalars={"num_ops": "count0", "magnitude": "nonneg", "num_magnitude_bins": "count", "magnitude_std": "nonneg",
-             "interpolation": "str"}, tensors=("images",))
+    scalars={"num_ops": "count0", "magnitude": "nonneg", "num_magnitude_bins": "count",
+             "magnitude_std": "nonneg_or_inf", "interpolation": "str"}, tensors=("images",))
 add("TrivialAugment", _randaugment_build(A.TrivialAugment), check=_check_same_shape_unit,
     scalars={"num_magnitude_bins": "count", "interpolation": "str"}, tensors=("images",))
 
@@ -328,3 +329,140 @@ def _coreset_check(result, c):
 
 add("select_coreset", _coreset_build, check=_coreset_check, scalars={"fraction": "prob"},
     tensors=("proxies", "labels"))
+
+
+# ==================================================================================================================
+# Public since the suite's merge (issue 21 follow-up): local augmentation for graphs (LA-GCN) and AugMix's
+# Jensen-Shannon consistency.
+from torch import nn  # noqa: E402
+
+from tests.reliability.fuzzlib import HOSTILE  # noqa: E402
+
+HOSTILE.setdefault("module", ["model", 3, None])
+
+
+def _js_build(d):
+    n, c, k = d(st.integers(1, 4)), d(st.integers(1, 5)), d(st.integers(2, 4))
+    return Call(A.jensen_shannon_consistency, {"logits": [tensor(d, (n, c)) for _ in range(k)]})
+
+
+def _js_check(result, c):
+    probs = [t.double().softmax(1) for t in c.kwargs["logits"]]
+    m = torch.stack(probs).mean(0).clamp(1e-7, 1)
+    expected = sum((p * (p.clamp_min(1e-300).log() - m.log())).sum(1).mean() for p in probs) / len(probs)
+    _check(torch.allclose(result.double(), expected, atol=1e-5), "JS divergence formula")
+
+
+def _check(condition, message="check failed"):
+    if not condition:
+        raise AssertionError(message)
+
+
+add("jensen_shannon_consistency", _js_build, check=_js_check, scalars={"eps": "prob_open", "logits": "int"})
+
+
+def _consistency_build(d):
+    n, c, s = d(st.integers(1, 4)), d(st.integers(1, 4)), d(st.integers(1, 3))
+    return Call(A.consistency_loss, {"probabilities": [tensor(d, (n, c), 0.05, 1).softmax(1) for _ in range(s)],
+                                     "temperature": d(st.floats(0.1, 2))})
+
+
+def _consistency_check(result, c):
+    ps = [p.double() for p in c.kwargs["probabilities"]]
+    mean = torch.stack(ps).mean(0)
+    sharp = mean ** (1 / c.kwargs["temperature"])
+    sharp = sharp / sharp.sum(1, keepdim=True)
+    expected = sum(((p - sharp) ** 2).sum(1).mean() for p in ps) / len(ps)
+    _check(torch.allclose(result.double(), expected, atol=1e-5), "consistency formula")
+
+
+add("consistency_loss", _consistency_build, check=_consistency_check,
+    scalars={"temperature": "positive", "probabilities": "int"})
+
+
+def _cvae_loss_build(d):
+    n, f, z = d(st.integers(1, 4)), d(st.integers(1, 4)), d(st.integers(1, 3))
+    return Call(A.cvae_loss, {"recon": tensor(d, (n, f), 0.01, 0.99), "x": tensor(d, (n, f), 0, 1),
+                              "mean": tensor(d, (n, z)), "log_var": tensor(d, (n, z), -1, 1)})
+
+
+def _cvae_loss_check(result, c):
+    k = {n: t.double() for n, t in c.kwargs.items()}
+    bce = -(k["x"] * k["recon"].log() + (1 - k["x"]) * (1 - k["recon"]).log()).sum()
+    kld = -0.5 * (1 + k["log_var"] - k["mean"] ** 2 - k["log_var"].exp()).sum()
+    _check(torch.allclose(result.double(), (bce + kld) / k["x"].shape[0], rtol=1e-4), "BCE_sum + KLD per sample")
+
+
+add("cvae_loss", _cvae_loss_build, check=_cvae_loss_check, tensors=("recon", "x", "mean", "log_var"))
+
+
+def _ncvae_build(d):
+    f, z = d(st.integers(1, 4)), d(st.integers(1, 3))
+    n = d(st.integers(1, 4))
+    return Call(ModuleFn(A.NeighbourCVAE, ("x", "c", "noise")), {
+        "features": f, "latent": z, "hidden": d(st.integers(1, 8)), "x": tensor(d, (n, f), 0, 1),
+        "c": tensor(d, (n, f), 0, 1), "noise": tensor(d, (n, z))})
+
+
+def _ncvae_check(result, c):
+    recon, mean, log_var = result
+    n, f = c.kwargs["x"].shape
+    _check(recon.shape == (n, f) and mean.shape == log_var.shape == (n, c.kwargs["latent"]), "shapes")
+    _check(bool(((recon >= 0) & (recon <= 1)).all()), "a Bernoulli decoder's output in [0, 1]")
+
+
+add("NeighbourCVAE", _ncvae_build, check=_ncvae_check,
+    scalars={"features": "count", "latent": "count", "hidden": "count"}, tensors=("x", "c", "noise"))
+
+
+def _graph(d, n=None):
+    n = d(st.integers(2, 6)) if n is None else n
+    features = tensor(d, (n, 3), 0, 1)
+    src = torch.arange(n)
+    dst = (src + 1) % n
+    edge_index = torch.cat([torch.stack([src, dst]), torch.stack([dst, src])], 1)
+    return features, edge_index
+
+
+def _train_cvae_build(d):
+    features, edge_index = _graph(d)
+    return Call(A.train_neighbour_cvae, {"features": features, "edge_index": edge_index, "latent": d(st.integers(1, 3)),
+                                         "hidden": d(st.integers(1, 8)), "epochs": d(st.integers(0, 2)),
+                                         "batch_size": d(st.integers(1, 8)), "lr": d(st.floats(1e-4, 0.1))},
+                d(seeds), "generator")
+
+
+def _train_cvae_check(result, c):
+    _check(isinstance(result, A.NeighbourCVAE) and not result.training, "an eval-mode CVAE")
+    _check(all(not p.requires_grad for p in result.parameters()), "frozen parameters")
+
+
+add("train_neighbour_cvae", _train_cvae_build, check=_train_cvae_check,
+    scalars={"latent": "count", "hidden": "count", "epochs": "count0", "batch_size": "count", "lr": "positive"},
+    tensors=("features", "edge_index"))
+
+
+def _lagcn_run(gcn, cvae, nodes, concat=1, **kw):
+    torch.manual_seed(0)
+    return A.LocalAugmentedGCN(gcn, cvae, concat, **kw)(nodes)
+
+
+_lagcn_run.target = A.LocalAugmentedGCN
+
+
+def _lagcn_build(d):
+    from regimen.models import GCN
+    features, edge_index = _graph(d)
+    torch.manual_seed(d(seeds))
+    gcn = GCN(3, 2, hidden=4).set_graph(features, edge_index)
+    cvae = A.NeighbourCVAE(3, latent=2, hidden=4)
+    n = features.shape[0]
+    return Call(_lagcn_run, {"gcn": gcn, "cvae": cvae, "nodes": torch.arange(d(st.integers(0, n))),
+                             "concat": d(st.integers(1, 3))}, d(seeds), "generator")
+
+
+add("LocalAugmentedGCN", _lagcn_build,
+    check=lambda r, c: _check(r.shape == (c.kwargs["nodes"].numel(), 2), f"{tuple(r.shape)}"),
+    scalars={"concat": "count", "gcn": "module", "cvae": "module"}, tensors=("nodes",),
+    exempt={v: "integer node indices: NaN/inf/huge do not exist" for v in ("nan", "inf", "huge")})
+_ = nn

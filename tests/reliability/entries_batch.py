@@ -10,10 +10,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 import regimen.batch as B
-from tests.reliability.fuzzlib import Call, Entry
+from tests.reliability.fuzzlib import HOSTILE, Call, Entry
 from tests.reliability.strategies import ModuleFn, images, same_shape_as, seeds, tensor, tiny_cnn
 
 ENTRIES: list[Entry] = []
+HOSTILE["prob_or_none"] = [v for v in HOSTILE["prob"] if v is not None]  # None: a cumulative average
+HOSTILE["regime"] = [None, b"x", "no-such-choice", 2.5, True]  # a recipe mapping or an epoch count: never these
 WRAPPED_LAYER = {"extra_dim": "the wrapped user layer (an nn.Conv2d) receives x as given and raises its "
                                 "own error"}
 SKIPPED = {
@@ -52,7 +54,7 @@ add("seq_length_at", lambda d: Call(B.seq_length_at, {"progress": d(st.floats(0,
                                                        "duration": d(st.floats(0.01, 1)),
                                                        "step_size": d(st.integers(1, 8))}),
     check=lambda r, c: _check(c.kwargs["min_len"] <= r <= c.kwargs["max_len"], f"L={r}"),
-    scalars={"progress": "prob", "min_len": "count", "max_len": "count", "duration": "prob",
+    scalars={"progress": "nonneg", "min_len": "count", "max_len": "count", "duration": "prob",
              "step_size": "count"})
 
 
@@ -108,8 +110,8 @@ for _cls, _shape in ((B.GhostBatchNorm1d, (3,)), (B.GhostBatchNorm2d, (3, 2, 2))
         ModuleFn(cls, ("x",)), {"num_features": 3, "ghost_batch_size": d(st.integers(2, 4)), "last_partial": "merge",
                                 "x": tensor(d, (d(st.integers(2, 9)), *shape))}),
         check=same_shape_as("x"),
-        scalars={"num_features": "count", "ghost_batch_size": "count", "eps": "positive", "momentum": "prob",
-                 "affine": "bool", "last_partial": "str"}, tensors=("x",))
+        scalars={"num_features": "count", "ghost_batch_size": "count", "eps": "positive",
+                 "momentum": "prob_or_none", "affine": "bool", "last_partial": "str"}, tensors=("x",))
 
 
 def _ws_check(result, c):
@@ -264,7 +266,7 @@ def _sampler_check(result, c):
 add("LengthBucketBatchSampler", lambda d: Call(_batches(B.LengthBucketBatchSampler), {
     "lengths": _lengths(d), "batch_size": d(st.integers(1, 8)), "pool_batches": d(st.integers(1, 4))}),
     check=_sampler_check,
-    scalars={"batch_size": "count", "pool_batches": "count", "shuffle": "bool", "drop_last": "bool", "seed": "int",
+    scalars={"batch_size": "count", "pool_batches": "count0", "shuffle": "bool", "drop_last": "bool", "seed": "int",
              "num_replicas": "count", "rank": "count0"}, tensors=("lengths",))
 add("TokenBudgetBatchSampler", lambda d: Call(_batches(B.TokenBudgetBatchSampler), {
     "lengths": _lengths(d), "max_tokens": d(st.integers(40, 200)), "pool_size": d(st.integers(1, 40))}),
@@ -396,7 +398,7 @@ add("adapt_regime", lambda d: Call(B.adapt_regime, {"regime": d(st.integers(1, 1
                                                     "base_batch_size": d(st.integers(1, 512)),
                                                     "milestones": [0.5, 0.75]}),
     scalars={"batch_size": "count", "base_batch_size": "count", "max_factor": "positive",
-             "milestone_unit": "str", "regime": "str"})
+             "milestone_unit": "str", "regime": "regime"})
 
 
 def _norm_test_check(result, c):
@@ -459,3 +461,690 @@ def _swa_build(d):
 
 add("swa_update", _swa_build, check=lambda r, c: _check(r == c.kwargs["n_averaged"] + 1),
     scalars={"n_averaged": "count0", "average": "str", "model": "str"})
+
+
+# ==================================================================================================================
+# Public since the suite's merge (issue 21 follow-up): ConAdv, AGVM, Lanczos LR, BatchFormer, P×K batches, SAR/Tent,
+# FRUGAL, WTA-CRS, SeTa, co-teaching, selective backprop's scoring resize.
+from tests.reliability.strategies import labels  # noqa: E402
+
+HOSTILE.setdefault("text", [3, None, b"x", 2.5])  # a str parameter where any string is legal (a name)
+HOSTILE.setdefault("names", [3, None, "head", b"x"])  # a sequence of names (one string is not a list)
+HOSTILE.setdefault("module", ["model", 3, None])  # an nn.Module
+
+
+def _mlp_bn(seed=0, classes=3):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, classes))
+
+
+# ---- ConAdv
+def _stale_run(model, refresh=True):
+    copy = B.StaleCopy(model)
+    before = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    if refresh:
+        copy.refresh()
+    return [p.detach().clone() for p in copy.model.parameters()], before
+
+
+_stale_run.target = B.StaleCopy
+
+
+def _stale_check(result, c):
+    stale, before = result
+    live = [p.detach() for p in c.kwargs["model"].parameters()]
+    expected = live if c.kwargs["refresh"] else before
+    _check(all(torch.equal(a, b) for a, b in zip(stale, expected)), "the copy does not hold the expected weights")
+
+
+add("StaleCopy", lambda d: Call(_stale_run, {"model": _mlp_bn(d(seeds)).eval(), "refresh": d(st.booleans())}),
+    check=_stale_check, scalars={"model": "module"})
+
+
+def _rol_build(d):
+    c = d(st.integers(2, 6))
+    return Call(B.random_other_labels, {"y": labels(d, d(st.integers(0, 8)), c), "num_classes": c}, d(seeds),
+                "generator")
+
+
+add("random_other_labels", _rol_build,
+    check=lambda r, c: _check(r.shape == c.kwargs["y"].shape and bool((r != c.kwargs["y"]).all())
+                              and bool(((r >= 0) & (r < c.kwargs["num_classes"])).all()), "not another class"),
+    scalars={"num_classes": "count"}, tensors=("y",),
+    exempt={v: "integer labels: NaN/inf/huge do not exist" for v in ("nan", "inf", "huge")})
+
+
+def _fgsm_build(d):
+    model = tiny_cnn(seed=d(seeds))
+    model.eval()
+    n = d(st.integers(1, 3))
+    return Call(B.targeted_fgsm, {"model": model, "x": images(d, n=(n, n), c=(3, 3), hw=(4, 8)),
+                                  "target": labels(d, n, 4), "epsilon": d(st.floats(0, 0.1)),
+                                  "step_size": d(st.floats(0, 0.1)), "random_start": d(st.floats(0, 1))},
+                d(seeds), "generator")
+
+
+def _fgsm_check(result, c):
+    x, eps = c.kwargs["x"], c.kwargs["epsilon"]
+    _check(result.shape == x.shape, "shape")
+    _check(bool(((result - x).abs() <= eps + 1e-6).all()), "left the epsilon ball")
+    _check(bool(((result >= 0) & (result <= 1)).all()), "left the bounds")
+
+
+add("targeted_fgsm", _fgsm_build, check=_fgsm_check,
+    scalars={"epsilon": "nonneg", "step_size": "nonneg", "random_start": "prob"}, tensors=("x", "target"),
+    exempt={"extra_dim": "the user's model receives x as given and raises its own error",
+            "int64": "the user's model holds its own parameters' dtype",
+            "float64": "the user's model holds its own parameters' dtype",
+            "meta": "the user's model holds its own parameters' device"})
+
+
+# ---- AGVM
+def _agvm_factors_check(result, c):
+    k = c.kwargs
+    phis, ref = k["phis"], k["reference"]
+    eps = 1e-6
+    expected = [math.sqrt(min(max((phis[ref] + eps) / (p + eps), k["low"]), k["high"])) for p in phis]
+    _check(all(abs(a - b) < 1e-9 for a, b in zip(result, expected)), f"{result} != {expected}")
+
+
+def _agvm_factors_build(d):
+    phis = d(st.lists(st.floats(0, 2), min_size=1, max_size=5))
+    low = d(st.floats(0.1, 1))
+    return Call(B.agvm_factors, {"phis": phis, "reference": d(st.integers(0, len(phis) - 1)), "low": low,
+                                 "high": d(st.floats(low, 20))})
+
+
+add("agvm_factors", _agvm_factors_build, check=_agvm_factors_check,
+    scalars={"reference": "count0", "low": "positive", "high": "positive", "eps": "positive", "phis": "int"})
+
+
+def _gvp_build(d):
+    shapes = [(d(st.integers(1, 3)), 2), (3,)]
+    return Call(B.gradient_variance_proxy, {"grad_a": [tensor(d, s) for s in shapes],
+                                            "grad_b": [tensor(d, s) for s in shapes]})
+
+
+def _gvp_check(result, c):
+    a = torch.cat([g.flatten() for g in c.kwargs["grad_a"]]).double()
+    b = torch.cat([g.flatten() for g in c.kwargs["grad_b"]]).double()
+    expected = 1 - float(a @ b / (a.norm() * b.norm())) if a.norm() > 0 and b.norm() > 0 else 1.0
+    _check(abs(result - expected) < 1e-5, f"{result} != 1 - cos = {expected}")
+
+
+add("gradient_variance_proxy", _gvp_build, check=_gvp_check, scalars={"grad_a": "int", "grad_b": "int"})
+
+
+def _mgo_check(result, c):
+    name, prefixes = c.kwargs["name"], c.kwargs["prefixes"]
+    best = None
+    for i, p in enumerate(prefixes):
+        if (name == p or name.startswith(p + ".")) and (best is None or len(p) > len(prefixes[best])):
+            best = i
+    _check(result == best, f"{result} != {best}")
+
+
+add("module_group_of", lambda d: Call(B.module_group_of, {
+    "name": d(st.sampled_from(["head.fc.weight", "header.weight", "stem.0.bias", "head.weight"])),
+    "prefixes": d(st.lists(st.sampled_from(["head", "head.fc", "stem", "stem.0", "body"]), min_size=1,
+                           max_size=4, unique=True))}),
+    check=_mgo_check, scalars={"name": "text", "prefixes": "names"})
+
+
+def _agvm_run(model, groups, momentum=0.97, low=0.5, high=10.0):
+    optimizer = torch.optim.SGD(model.parameters() if isinstance(model, nn.Module) else [nn.Parameter(torch.ones(1))],
+                                lr=0.1)
+    agvm = B.AGVM(model, optimizer, groups, momentum=momentum, low=low, high=high)
+    return [len(g["params"]) for g in agvm.optimizer.param_groups] if hasattr(agvm, "optimizer") else agvm
+
+
+_agvm_run.target = B.AGVM
+add("AGVM", lambda d: Call(_agvm_run, {"model": _mlp_bn(d(seeds)), "groups": ["0", "3"],
+                                       "momentum": d(st.floats(0, 0.99))}),
+    scalars={"momentum": "prob_open", "low": "positive", "high": "positive", "groups": "names", "model": "module"})
+
+
+# ---- Lanczos LR
+def _hvp_build(d):
+    w = tensor(d, (3,)).requires_grad_(True)
+    a = tensor(d, (3, 3))
+    sym = a + a.T
+    loss = 0.5 * w @ sym @ w
+    grads = torch.autograd.grad(loss, [w], create_graph=True)
+    return Call(B.hessian_vector_product, {"grads": list(grads), "params": [w], "vector": tensor(d, (3,)),
+                                           "_sym": sym})
+
+
+def _hvp_run(grads, params, vector, _sym=None):
+    return B.hessian_vector_product(grads, params, vector)
+
+
+_hvp_run.target = B.hessian_vector_product
+
+
+def _hvp_build2(d):
+    c = _hvp_build(d)
+    return Call(_hvp_run, c.kwargs)
+
+
+add("hessian_vector_product", _hvp_build2,
+    check=lambda r, c: _check(torch.allclose(r, c.kwargs["_sym"] @ c.kwargs["vector"], atol=1e-4), "H v"),
+    tensors=("vector",), exempt={"meta": "autograd of the user's graph: a meta vector is torch's device error",
+                                 "float64": "autograd of the user's float32 graph decides the dtype",
+                                 "int64": "autograd of the user's float32 graph decides the dtype",
+                                 "bool": "autograd of the user's float32 graph decides the dtype"})
+
+
+def _lanczos_build(d):
+    n = d(st.integers(1, 6))
+    a = tensor(d, (n, n), dtype=torch.float64)
+    sym = a + a.T
+    return Call(B.lanczos, {"matvec": lambda v: sym @ v, "dim": n, "iterations": d(st.integers(1, 8)), "_sym": sym},
+                d(seeds), "generator")
+
+
+def _lanczos_run(matvec, dim, iterations=20, _sym=None, **kw):
+    return B.lanczos(matvec, dim, iterations, **kw)
+
+
+_lanczos_run.target = B.lanczos
+
+
+def _lanczos_check(result, c):
+    eig = torch.linalg.eigvalsh(c.kwargs["_sym"])
+    _check(bool((result[1:] >= result[:-1] - 1e-9).all()), "not ascending")
+    _check(float(result.max()) <= float(eig.max()) + 1e-6 and float(result.min()) >= float(eig.min()) - 1e-6,
+           "a Ritz value outside the spectrum")
+    if c.kwargs["iterations"] >= c.kwargs["dim"]:
+        _check(torch.allclose(result.max(), eig.max(), atol=1e-6), "full Lanczos misses the top eigenvalue")
+
+
+add("lanczos", lambda d: Call(_lanczos_run, _lanczos_build(d).kwargs, d(seeds), "generator"), check=_lanczos_check,
+    scalars={"dim": "count", "iterations": "count"})
+
+
+def _lss_check(result, c):
+    lr, momentum = result
+    _check(math.isfinite(lr) and lr > 0, f"lr {lr}")
+    _check(momentum is None or 0 <= momentum < 1, f"momentum {momentum}")
+
+
+add("lanczos_step_size", lambda d: Call(B.lanczos_step_size, {"lambda_max": d(st.floats(0.01, 100)),
+                                                              "lambda_min": d(st.floats(-10, 10)),
+                                                              "rule": d(st.sampled_from(["polyak", "inverse"]))}),
+    check=_lss_check, scalars={"lambda_max": "positive", "lambda_min": "finite", "rule": "str",
+                               "min_ratio": "prob", "lr_scale": "positive"})
+
+
+def _the_build(d):
+    model = nn.Linear(3, 1)
+    torch.manual_seed(d(seeds))
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    return Call(B.top_hessian_eigenvalues, {"model": model, "loss_fn": lambda m: F.mse_loss(m(x), y),
+                                            "iterations": d(st.integers(1, 6)), "_x": x}, d(seeds), "generator")
+
+
+def _the_run(model, loss_fn, iterations=20, _x=None, **kw):
+    return B.top_hessian_eigenvalues(model, loss_fn, iterations, **kw)
+
+
+_the_run.target = B.top_hessian_eigenvalues
+
+
+def _the_check(result, c):
+    x = c.kwargs["_x"]
+    xb = torch.cat([x, torch.ones(8, 1)], 1).double()
+    eig = torch.linalg.eigvalsh(2 * xb.T @ xb / 8)  # MSE Hessian of a linear model: 2 X^T X / n
+    top, bottom = result
+    _check(top <= float(eig.max()) + 1e-4 and bottom >= float(eig.min()) - 1e-4 and bottom <= top + 1e-9,
+           f"{result} outside the spectrum {eig.tolist()}")
+    if c.kwargs["iterations"] >= 4:
+        _check(abs(top - float(eig.max())) < 1e-3 * max(1.0, float(eig.max())), f"{top} != {float(eig.max())}")
+
+
+add("top_hessian_eigenvalues", lambda d: Call(_the_run, _the_build(d).kwargs, d(seeds), "generator"),
+    check=_the_check, scalars={"iterations": "count", "model": "module"})
+
+
+# ---- BatchFormer
+def _bf_build(d):
+    dim = d(st.sampled_from([4, 8]))
+    return Call(ModuleFn(B.BatchFormer, ("x",)), {"dim": dim, "nhead": d(st.sampled_from([1, 2, 4])),
+                                                  "dropout": 0.0, "x": tensor(d, (d(st.integers(1, 5)), dim))})
+
+
+add("BatchFormer", _bf_build,
+    check=lambda r, c: _check(r.shape == (2 * c.kwargs["x"].shape[0], c.kwargs["dim"])
+                              and torch.equal(r[:c.kwargs["x"].shape[0]], c.kwargs["x"]), "[X; X'] in training"),
+    scalars={"dim": "count", "nhead": "count", "dim_feedforward": "count", "dropout": "prob_open"}, tensors=("x",))
+ENTRIES[-1].aliases = ("features",)  # the functional's name of the forward's x
+
+
+def _bf_head_run(head, batchformer, x):
+    return B.BatchFormerHead(head, batchformer)(x)
+
+
+_bf_head_run.target = B.BatchFormerHead
+
+
+def _bf_head_build(d):
+    from regimen.models import ClassifierHead
+    torch.manual_seed(d(seeds))
+    return Call(_bf_head_run, {"head": ClassifierHead(8, 3), "batchformer": B.BatchFormer(8, 2, dropout=0.0),
+                               "x": tensor(d, (d(st.integers(1, 4)), 8, 2, 2))})
+
+
+add("BatchFormerHead", _bf_head_build,
+    check=lambda r, c: _check(r.shape == (2 * c.kwargs["x"].shape[0], 3), "(2N, K) logits in training"),
+    scalars={"head": "module", "batchformer": "module"}, tensors=("x",),
+    exempt={v: "the user's head receives x as given (torch.nn's convention for its layers)"
+            for v in ("extra_dim", "int64", "bool", "float64", "meta")})
+
+
+def _apply_bf_build(d):
+    from regimen.models import ClassifierHead
+    torch.manual_seed(d(seeds))
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), ClassifierHead(8, 3))
+    return Call(B.apply_batchformer, {"model": model, "nhead": d(st.sampled_from([1, 2, 4])), "dropout": 0.0,
+                                      "module": "1"})
+
+
+add("apply_batchformer", _apply_bf_build,
+    check=lambda r, c: _check(c.kwargs["model"].train()(torch.rand(2, 3, 6, 6)).shape == (4, 3), "(2N, K) logits"),
+    scalars={"nhead": "count", "dim_feedforward": "count", "dropout": "prob_open", "lr_mult": "positive",
+             "module": "text", "model": "module"})
+
+
+def _bfn_build(d):
+    dim = d(st.sampled_from([4, 8]))
+    torch.manual_seed(d(seeds))
+    layer = nn.TransformerEncoderLayer(dim, 2, dim, dropout=0.0, batch_first=d(st.booleans()))
+    return Call(B.batch_former, {"features": tensor(d, (d(st.integers(1, 5)), dim)), "layer": layer.eval()})
+
+
+def _bfn_check(result, c):
+    layer, x = c.kwargs["layer"], c.kwargs["features"]
+    seq = x.unsqueeze(0) if layer.self_attn.batch_first else x.unsqueeze(1)
+    expected = layer(seq).squeeze(0 if layer.self_attn.batch_first else 1)
+    _check(torch.allclose(result, expected, atol=1e-5), "the batch as one sequence")
+
+
+add("batch_former", _bfn_build, check=_bfn_check, scalars={"layer": "module"}, tensors=("features",),
+    exempt={v: "the user's layer holds its own parameters' dtype and device" for v in ("float64", "meta")})
+
+
+def _pk_indices_build(d):
+    from regimen.losses import PKSampler
+    p, k = d(st.integers(1, 4)), d(st.integers(1, 3))
+    return Call(B.pk_batch_indices, {"sampler": PKSampler(torch.arange(12) % 4, p, k,
+                                                          generator=torch.Generator().manual_seed(d(seeds)))})
+
+
+def _pk_indices_check(result, c):
+    s = c.kwargs["sampler"]
+    _check(result.dtype == torch.int64 and result.shape == (s.p * s.k,), "P*K int64 indices")
+    classes = (torch.arange(12) % 4)[result].view(s.p, s.k)
+    _check(bool((classes == classes[:, :1]).all()) and len(set(classes[:, 0].tolist())) == s.p, "P classes x K")
+
+
+add("pk_batch_indices", _pk_indices_build, check=_pk_indices_check, scalars={"sampler": "int"})
+
+
+# ---- SAR / Tent
+def _entropy_check(result, c):
+    p = c.kwargs["logits"].double().softmax(1)
+    expected = -(p * p.clamp_min(1e-300).log()).sum(1)
+    _check(torch.allclose(result.double(), expected, atol=1e-5), "entropy formula")
+
+
+add("softmax_entropy", lambda d: Call(B.softmax_entropy, {"logits": tensor(d, (d(st.integers(1, 5)),
+                                                                               d(st.integers(1, 6))))}),
+    check=_entropy_check, tensors=("logits",))
+
+
+def _naff_build(d):
+    return Call(B.norm_affine_parameters, {"model": _mlp_bn(d(seeds)), "ignore": d(st.sampled_from([(), ["1"]]))})
+
+
+add("norm_affine_parameters", _naff_build,
+    check=lambda r, c: _check([n for n, _ in r] == ([] if c.kwargs["ignore"] else ["1.weight", "1.bias"]), f"{r}"),
+    scalars={"ignore": "names", "model": "module"})
+
+
+def _adapter_run(cls, method_args, x):
+    def run(model, x, **kwargs):
+        adapter = cls(model, **kwargs)
+        return adapter(x)
+    return run
+
+
+def _sar_run(model, x, **kwargs):
+    return B.SAR(model, **kwargs)(x)
+
+
+def _tent_run(model, x, **kwargs):
+    return B.Tent(model, **kwargs)(x)
+
+
+_sar_run.target, _tent_run.target = B.SAR, B.Tent
+_ADAPT_EXEMPT = {v: "the user's model receives x as given (torch.nn's convention for its layers)"
+                 for v in ("extra_dim", "int64", "bool", "float64", "meta", "empty")}
+add("SAR", lambda d: Call(_sar_run, {"model": _mlp_bn(d(seeds)), "x": tensor(d, (d(st.integers(2, 6)), 5)),
+                                     "lr": d(st.floats(1e-4, 0.1)), "rho": d(st.floats(0.01, 0.1))}),
+    check=lambda r, c: _check(r.shape == (c.kwargs["x"].shape[0], 3), "(N, C) predictions"),
+    scalars={"lr": "positive", "momentum": "prob_open", "rho": "positive", "reset_constant": "nonneg",
+             "ema_momentum": "prob_open", "ignore": "names", "copy": "bool", "model": "module"},
+    tensors=("x",), exempt=_ADAPT_EXEMPT)
+add("Tent", lambda d: Call(_tent_run, {"model": _mlp_bn(d(seeds)), "x": tensor(d, (d(st.integers(2, 6)), 5)),
+                                       "lr": d(st.floats(1e-4, 0.1))}),
+    check=lambda r, c: _check(r.shape == (c.kwargs["x"].shape[0], 3), "(N, C) predictions"),
+    scalars={"lr": "positive", "momentum": "prob_open", "ignore": "names", "copy": "bool", "model": "module"},
+    tensors=("x",), exempt=_ADAPT_EXEMPT)
+
+
+def _adapt_build(d):
+    model = _mlp_bn(d(seeds))
+    model.eval()
+    return Call(B.adapt, {"model": model, "batches": [tensor(d, (3, 5)) for _ in range(d(st.integers(1, 3)))],
+                          "method": d(st.sampled_from(["sar", "tent", "none"]))})
+
+
+def _adapt_check(result, c):
+    predictions, adapter = result
+    _check(predictions.shape[0] == 3 * len(c.kwargs["batches"]), "one prediction per input")
+    if c.kwargs["method"] == "none":
+        expected = c.kwargs["model"](torch.cat(c.kwargs["batches"])).argmax(1)
+        _check(adapter is None and torch.equal(predictions, expected), "method none predicts with the model itself")
+
+
+add("adapt", _adapt_build, check=_adapt_check, scalars={"method": "str", "model": "module"})
+
+
+# ---- FRUGAL
+def _frugal_run(params, steps=2, **kwargs):
+    torch.manual_seed(0)
+    opt = B.FRUGAL(params, **kwargs)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+    return [p.detach().clone() for p in params]
+
+
+_frugal_run.target = B.FRUGAL
+
+
+def _frugal_build(d):
+    torch.manual_seed(d(seeds))
+    params = [nn.Parameter(torch.randn(4, 6)), nn.Parameter(torch.randn(4))]
+    return Call(_frugal_run, {"params": params, "density": d(st.floats(0, 1)), "update_gap": d(st.integers(1, 3)),
+                              "projection": d(st.sampled_from(["rows", "columns", "random"])) if False else "rows",
+                              "free": d(st.sampled_from(["sign", "sgd"]))})
+
+
+add("FRUGAL", _frugal_build,
+    scalars={"lr": "positive", "eps": "positive", "weight_decay": "nonneg", "density": "prob", "update_gap": "count",
+             "projection": "str", "free": "str", "free_lr_ratio": "nonneg", "seed": "int"})
+
+
+def _osb_build(d):
+    torch.manual_seed(d(seeds))
+    p = nn.Parameter(torch.randn(3, 4))
+    opt = torch.optim.Adam([p])
+    p.grad = torch.ones_like(p)
+    opt.step()
+    return Call(B.optimizer_state_bytes, {"optimizer": opt})
+
+
+add("optimizer_state_bytes", _osb_build,
+    check=lambda r, c: _check(r == sum(t.numel() * t.element_size() for s in c.kwargs["optimizer"].state.values()
+                                       for t in s.values() if isinstance(t, torch.Tensor)), f"{r}"),
+    scalars={"optimizer": "int"})
+
+
+# ---- WTA-CRS
+def _wta_linear_run(x, **kwargs):
+    layer = B.WTACRSLinear(**kwargs)
+    out = layer(x)
+    out.sum().backward()
+    return out, layer.weight.grad
+
+
+_wta_linear_run.target = B.WTACRSLinear
+add("WTACRSLinear", lambda d: Call(_wta_linear_run, {"in_features": 4, "out_features": 3,
+                                                     "ratio": d(st.floats(0.1, 1)), "min_k": d(st.integers(1, 4)),
+                                                     "x": tensor(d, (d(st.integers(1, 8)), 4))},
+                                   d(seeds), "generator"),
+    check=lambda r, c: _check(r[0].shape == (c.kwargs["x"].shape[0], 3) and r[1].shape == (3, 4), "shapes"),
+    scalars={"in_features": "count", "out_features": "count", "bias": "bool", "ratio": "prob", "min_k": "count",
+             "grad_norm": "str"}, tensors=("x",),
+    exempt={"int64": "a layer with float32 parameters (torch.nn's dtype rule)",
+            "bool": "a layer with float32 parameters (torch.nn's dtype rule)",
+            "float64": "a layer with float32 parameters (torch.nn's dtype rule)",
+            "meta": "a layer with float32 CPU parameters (torch.nn's device rule)",
+            "not_a_tensor": "F.linear's own TypeError names its input, as nn.Linear's",
+            "noncontiguous": "the sampled weight gradient depends on the row norms' last bits (another layout sums "
+                             "in another order); the output is exact and checked by the valid-input property"})
+
+
+def _apply_wta_build(d):
+    torch.manual_seed(d(seeds))
+    return Call(B.apply_wta_crs, {"model": nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 5), nn.ReLU(),
+                                                         nn.Linear(5, 2)),
+                                  "ratio": d(st.floats(0.1, 1)), "min_k": d(st.integers(1, 4)),
+                                  "include_last": d(st.booleans())})
+
+
+add("apply_wta_crs", _apply_wta_build,
+    check=lambda r, c: _check(r == (["0", "2", "4"] if c.kwargs["include_last"] else ["0", "2"]), f"{r}"),
+    scalars={"ratio": "prob", "min_k": "count", "ignore": "names", "include_last": "bool", "grad_norm": "str",
+             "model": "module"})
+
+
+def _crs_build(fn):
+    def build(d):
+        n = d(st.integers(1, 8))
+        return Call(fn, {"scores": tensor(d, (n,), 0.0, 2.0), "k": d(st.integers(1, n))}, d(seeds), "generator")
+    return build
+
+
+def _crs_check(result, c):
+    idx, w = result
+    n, k = c.kwargs["scores"].numel(), c.kwargs["k"]
+    _check(idx.shape == (k,) and w.shape == (k,), "k rows and weights")
+    _check(bool(((idx >= 0) & (idx < n)).all()) and bool((w > 0).all()), "indices in range, positive weights")
+
+
+def _wta_sample_check(result, c):
+    _crs_check(result, c)
+    scores = c.kwargs["scores"].double()
+    g = torch.Generator().manual_seed(c.seed)
+    # unbiasedness of sum_t w_t A_{i_t} for A = one-hot rows: the mean over many draws approaches 1 per row
+    if scores.min() > 0.3 * scores.max():  # rare rows have a heavy-tailed weight: checked where 2000 draws suffice
+        total = torch.zeros(scores.numel(), dtype=torch.float64)
+        for _ in range(2000):
+            i, w = B.wta_crs_sample(c.kwargs["scores"], c.kwargs["k"], generator=g)
+            total.index_add_(0, i, w.double())
+        _check(bool(((total / 2000 - 1).abs() < 0.3).all()), f"not unbiased: {(total / 2000).tolist()}")
+
+
+add("crs_sample", _crs_build(B.crs_sample), check=_crs_check, scalars={"k": "count"}, tensors=("scores",))
+add("wta_crs_sample", _crs_build(B.wta_crs_sample), check=_wta_sample_check, scalars={"k": "count"},
+    tensors=("scores",))
+
+
+def _wgrad_build(d):
+    n = d(st.integers(1, 8))
+    return Call(B.wta_crs_weight_grad, {"x": tensor(d, (n, 4)), "grad_output": tensor(d, (n, 3)),
+                                        "ratio": d(st.sampled_from([0.3, 1.0])), "min_k": d(st.integers(1, 4))},
+                d(seeds), "generator")
+
+
+def _wgrad_check(result, c):
+    k = c.kwargs
+    _check(result.shape == (3, 4), "(out, in)")
+    n = k["x"].shape[0]
+    if k["ratio"] == 1.0 or k["min_k"] >= n:  # every row kept: exact
+        _check(torch.allclose(result, k["grad_output"].T @ k["x"], atol=1e-4), "all rows: the exact gradient")
+
+
+add("wta_crs_weight_grad", _wgrad_build, check=_wgrad_check, scalars={"ratio": "prob", "min_k": "count"},
+    tensors=("x", "grad_output"))
+
+
+# ---- SeTa
+def _kmeans_build(d):
+    n = d(st.integers(1, 12))
+    return Call(B.kmeans_1d, {"values": tensor(d, (n,)), "num_groups": d(st.integers(1, n))})
+
+
+def _kmeans_check(result, c):
+    v, g = c.kwargs["values"], c.kwargs["num_groups"]
+    _check(result.shape == v.shape and int(result.min()) >= 0 and int(result.max()) < g, "labels in range")
+    means = [v[result == i].mean() for i in range(g) if (result == i).any()]
+    _check(all(a <= b for a, b in zip(means, means[1:])), "groups not numbered by increasing mean")
+    if len(set(v.tolist())) > 1:  # Lloyd's fixed point: each value is nearest its own group's mean
+        centres = torch.stack(means)
+        nearest = (v[:, None] - centres[None]).abs()
+        own = nearest.gather(1, torch.bucketize(result, torch.tensor(
+            [i for i in range(g) if (result == i).any()])).unsqueeze(1)).squeeze(1)
+        _check(bool((own <= nearest.min(1).values + 1e-5).all()), "not a Lloyd fixed point")
+
+
+add("kmeans_1d", _kmeans_build, check=_kmeans_check, scalars={"num_groups": "count", "iterations": "count0"},
+    tensors=("values",))
+
+
+def _seta_build(d):
+    n = d(st.integers(10, 20))  # at least one score survives the largest prune (keep >= 0.1)
+    epochs = d(st.integers(1, 6))
+    prune = d(st.floats(0, 0.9))
+    kept = int(n * min(1.0, max(0.1, 1.0 - prune)))
+    return Call(B.seta_select, {"scores": tensor(d, (n,)), "epoch": d(st.integers(0, epochs - 1)), "epochs": epochs,
+                                "prune_ratio": prune, "num_groups": d(st.integers(1, max(1, min(5, kept))))},
+                d(seeds), "generator")
+
+
+def _seta_check(result, c):
+    n = c.kwargs["scores"].numel()
+    _check(result.dim() == 1 and 1 <= result.numel() <= n, "kept indices")
+    _check(bool((result[1:] > result[:-1]).all()) and int(result.min()) >= 0 and int(result.max()) < n, "sorted")
+
+
+add("seta_select", _seta_build, check=_seta_check,
+    scalars={"epoch": "count0", "epochs": "count", "prune_ratio": "prob_open", "num_groups": "count",
+             "window_scale": "prob", "anneal": "prob"}, tensors=("scores",))
+
+
+def _seta_window_build(d):
+    g = d(st.integers(1, 10))
+    return Call(B.seta_window, {"num_groups": g, "window_scale": d(st.floats(1 / g, 1))})
+
+
+add("seta_window", _seta_window_build,
+    check=lambda r, c: _check(r == max(1, round(c.kwargs["num_groups"] * c.kwargs["window_scale"])), f"{r}"),
+    scalars={"num_groups": "count", "window_scale": "prob"})
+
+
+def _sliding_build(d):
+    g = d(st.integers(1, 10))
+    return Call(B.sliding_window, {"num_groups": g, "window": d(st.integers(1, g)), "epoch": d(st.integers(0, 20))})
+
+
+def _sliding_check(result, c):
+    g, w, e = c.kwargs["num_groups"], c.kwargs["window"], c.kwargs["epoch"]
+    start = 0 if e == 0 else e % (g - w + 1)
+    _check(result == ((0, g) if e == 0 else (start, start + w)), f"{result}")
+
+
+add("sliding_window", _sliding_build, check=_sliding_check,
+    scalars={"num_groups": "count", "window": "count", "epoch": "count0"})
+
+
+# ---- co-teaching
+def _cte_run(first, second, x):
+    return B.CoTeachingEnsemble(first, second)(x)
+
+
+_cte_run.target = B.CoTeachingEnsemble
+
+
+def _cte_build(d):
+    a, b = _mlp_bn(d(seeds)).eval(), _mlp_bn(d(seeds)).eval()
+    return Call(_cte_run, {"first": a, "second": b, "x": tensor(d, (d(st.integers(1, 4)), 5))})
+
+
+add("CoTeachingEnsemble", _cte_build,
+    check=lambda r, c: _check(torch.allclose(r, (c.kwargs["first"](c.kwargs["x"]) + c.kwargs["second"](
+        c.kwargs["x"])) / 2, atol=1e-6), "mean of the two outputs"),
+    scalars={"first": "module", "second": "module"})
+
+
+def _ct_select_build(d):
+    n = d(st.integers(1, 8))
+    return Call(B.coteaching_select, {"loss_a": tensor(d, (n,), 0, 3), "loss_b": tensor(d, (n,), 0, 3),
+                                      "forget_rate": d(st.floats(0, 0.95))})
+
+
+def _ct_select_check(result, c):
+    n = c.kwargs["loss_a"].numel()
+    keep = max(1, math.floor((1 - c.kwargs["forget_rate"]) * n))
+    for got, loss in zip(result, (c.kwargs["loss_a"], c.kwargs["loss_b"])):
+        expected = sorted(range(n), key=lambda i: (float(loss[i]), i))[:keep]
+        _check(got.tolist() == expected, f"{got.tolist()} != {expected}")
+
+
+add("coteaching_select", _ct_select_build, check=_ct_select_check, scalars={"forget_rate": "prob_open"},
+    tensors=("loss_a", "loss_b"))
+
+
+def _ct_losses_build(d):
+    n = d(st.integers(1, 8))
+    return Call(B.coteaching_losses, {"output_a": tensor(d, (n, 3)), "output_b": tensor(d, (n, 3)),
+                                      "target": labels(d, n, 3), "forget_rate": d(st.floats(0, 0.95))})
+
+
+def _ct_losses_check(result, c):
+    k = c.kwargs
+    la = F.cross_entropy(k["output_a"], k["target"], reduction="none")
+    lb = F.cross_entropy(k["output_b"], k["target"], reduction="none")
+    keep_a, keep_b = B.coteaching_select(la.detach(), lb.detach(), k["forget_rate"])
+    _check(torch.allclose(result[0], la[keep_b].mean(), atol=1e-5) and
+           torch.allclose(result[1], lb[keep_a].mean(), atol=1e-5), "a learns on b's picks and b on a's")
+
+
+add("coteaching_losses", _ct_losses_build, check=_ct_losses_check, scalars={"forget_rate": "prob_open"},
+    tensors=("output_a", "output_b", "target"))
+
+
+def _fra_check(result, c):
+    k = c.kwargs
+    t, tau, ramp, start = k["epoch"], k["forget_rate"], k["ramp_epochs"], k["start_epoch"]
+    expected = 0.0 if t < start else (tau if ramp == 0 else tau * min(1.0, (t - start) / ramp))
+    _check(abs(result - expected) < 1e-12, f"{result} != {expected}")
+
+
+add("forget_rate_at", lambda d: Call(B.forget_rate_at, {"epoch": d(st.integers(0, 20)),
+                                                        "forget_rate": d(st.floats(0, 0.95)),
+                                                        "ramp_epochs": d(st.integers(0, 10)),
+                                                        "start_epoch": d(st.integers(0, 5))}),
+    check=_fra_check, scalars={"epoch": "count0", "forget_rate": "prob_open", "ramp_epochs": "count0",
+                               "start_epoch": "count0"})
+
+
+# ---- selective backprop's scoring resize
+def _dfs_check(result, c):
+    x, s = c.kwargs["x"], c.kwargs["scale_factor"]
+    if s == 1.0:
+        _check(result is x, "scale 1 returns x itself")
+        return
+    expected = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+    _check(result.shape == expected.shape and torch.allclose(result, expected, atol=1e-6), "bilinear resize")
+
+
+add("downsample_for_scoring", lambda d: Call(B.downsample_for_scoring, {
+    "x": images(d, hw=(2, 12)), "scale_factor": d(st.sampled_from([0.5, 0.75, 1.0]))}),
+    check=_dfs_check, scalars={"scale_factor": "prob"}, tensors=("x",))

@@ -171,7 +171,7 @@ add("DropBlock2d", _module(D.DropBlock2d, x=lambda d: images(d, hw=(3, 9)), p=la
 add("ConcreteTemporalDropout", _module(D.ConcreteTemporalDropout, init_p=lambda d: d(st.floats(0.01, 0.9))),
     check=same_shape_as("x"),
     scalars={"init_p": "prob_open", "dim": "int", "temperature": "positive", "weight_regularizer": "nonneg",
-             "dropout_regularizer": "nonneg", "eps": "positive"}, tensors=("x",))
+             "dropout_regularizer": "nonneg", "eps": "nonneg"}, tensors=("x",))
 add("GyroDropout", _module(D.GyroDropout, x=lambda d: tensor(d, (d(st.integers(1, 8)), d(st.integers(1, 6)))),
                            p=lambda d: d(st.floats(0, 0.9)), sigma=lambda d: d(st.integers(4, 16)),
                            tau=lambda d: d(st.integers(1, 4))),
@@ -249,3 +249,192 @@ add("mc_predict", _mc_build, check=_mc_check, scalars={"samples": "count", "chun
     exempt={"extra_dim": "the user's model receives x as given", "int64": "the user's model decides its dtypes",
             "meta": "the user's model holds its own parameters' device",
             "bool": "the user's model decides its dtypes", "float64": "the user's model decides its dtypes"})
+
+
+# ==================================================================================================================
+# Public since the suite's merge (issue 21 follow-up): nested dropout head, MC dropout classifier, temporal dropout.
+import math  # noqa: E402
+
+from tests.reliability.fuzzlib import HOSTILE  # noqa: E402
+
+HOSTILE.setdefault("text", [3, None, b"x", 2.5])
+HOSTILE.setdefault("module", ["model", 3, None])
+SKIPPED["dropout.NESTED_SAMPLERS"] = "a constant tuple of sampler names; NestedDropout is fuzzed with each"
+
+
+def _head_model(seed=0):
+    from collections import OrderedDict
+
+    from regimen.models import ClassifierHead
+    torch.manual_seed(seed)
+    return nn.Sequential(OrderedDict(stem=nn.Conv2d(3, 6, 3, padding=1), act=nn.ReLU(), head=ClassifierHead(6, 4)))
+
+
+def _npl_build(d):
+    n, dim, c = d(st.integers(1, 4)), d(st.integers(1, 6)), d(st.integers(1, 4))
+    return Call(D.nested_prefix_logits, {"features": tensor(d, (n, dim)), "weight": tensor(d, (c, dim)),
+                                         "bias": d(st.sampled_from([None, tensor(d, (c,))]))})
+
+
+def _npl_check(result, c):
+    h, w, b = c.kwargs["features"], c.kwargs["weight"], c.kwargs["bias"]
+    n, dim = h.shape
+    for k in range(1, dim + 1):  # the loop reference: a Linear on the first k units only
+        expected = h[:, :k] @ w[:, :k].T + (0 if b is None else b)
+        if not torch.allclose(result[:, k - 1], expected, atol=1e-5):
+            raise AssertionError(f"prefix {k} differs from W[:, :k] h[:k] + b")
+
+
+add("nested_prefix_logits", _npl_build, check=_npl_check, tensors=("features", "weight"))
+
+
+def _half_gaussian_check(result, c):
+    _check(1 <= result <= c.kwargs["units"], f"k={result} outside 1..{c.kwargs['units']}")
+
+
+add("half_gaussian_nested_index", lambda d: Call(D.half_gaussian_nested_index, {
+    "units": d(st.integers(1, 64)), "sigma": d(st.floats(0.1, 50)), "mu": d(st.floats(-5, 5))}, d(seeds),
+    "generator"), check=_half_gaussian_check, scalars={"units": "count", "sigma": "positive", "mu": "finite"})
+
+
+def _nested_linear_build(d):
+    return Call(ModuleFn(D.NestedLinear, ("x",)), {"in_features": 6, "out_features": 3,
+                                                   "sigma": d(st.floats(0.5, 10)),
+                                                   "x": tensor(d, (d(st.integers(1, 4)), 6))}, d(seeds), "generator")
+
+
+def _nested_linear_check(result, c):
+    x = c.kwargs["x"]
+    torch.manual_seed(0)
+    layer = D.NestedLinear(6, 3, sigma=c.kwargs["sigma"])
+    k = D.half_gaussian_nested_index(6, c.kwargs["sigma"], generator=torch.Generator().manual_seed(c.seed))
+    expected = x[:, :k] @ layer.weight[:, :k].T + layer.bias
+    _check(result.shape == (x.shape[0], 3), "shape")
+    _check(torch.allclose(result, expected, atol=1e-5), "not the Linear on a k-unit prefix")
+
+
+add("NestedLinear", _nested_linear_build, check=_nested_linear_check,
+    scalars={"in_features": "count", "out_features": "count", "bias": "bool", "sigma": "positive", "mu": "finite"},
+    tensors=("x",))
+
+
+def _find_check(result, c):
+    _check(result == "head.fc", f"{result}")
+
+
+add("find_classifier_linear", lambda d: Call(D.find_classifier_linear, {"model": _head_model(d(seeds)),
+                                                                        "module": d(st.sampled_from([None, "head"]))}),
+    check=_find_check, scalars={"model": "module", "module": "text"})
+
+
+def _apply_nested_check(result, c):
+    model = c.kwargs["model"]
+    _check(isinstance(result, D.NestedLinear) and model.head.fc is result, "the classifier Linear replaced")
+    model.eval()
+    _check(model(torch.rand(2, 3, 4, 4)).shape == (2, 4), "model output")
+
+
+add("apply_nested_dropout_head", lambda d: Call(D.apply_nested_dropout_head, {
+    "model": _head_model(d(seeds)), "sigma": d(st.floats(0.5, 10))}, d(seeds), "generator"),
+    check=_apply_nested_check, scalars={"sigma": "positive", "mu": "finite", "module": "text", "model": "module"})
+
+
+def _select_k_build(d):
+    from regimen.data.datasets import TensorDataset
+    model = _head_model(d(seeds))
+    D.apply_nested_dropout_head(model)
+    n = d(st.integers(1, 6))
+    data = TensorDataset(torch.rand(n, 3, 4, 4), torch.randint(0, 4, (n,)))
+    return Call(D.select_nested_k, {"model": model, "dataset": data, "batch_size": d(st.integers(1, 4))})
+
+
+def _select_k_check(result, c):
+    k, accuracy = result
+    model, data = c.kwargs["model"], c.kwargs["dataset"]
+    _check(1 <= k <= 6 and 0 <= accuracy <= 1, f"{result}")
+    layer = model.head.fc
+    model.eval()
+    accuracies = []
+    for j in range(1, 7):  # the loop reference: every prefix evaluated through the model itself
+        layer.eval_k = j
+        accuracies.append(float((model(data.inputs).argmax(1) == data.targets).double().mean()))
+    layer.eval_k = k
+    _check(abs(accuracy - max(accuracies)) < 1e-9 and accuracies.index(max(accuracies)) + 1 == k,
+           f"{result} vs {accuracies}")
+
+
+add("select_nested_k", _select_k_build, check=_select_k_check, scalars={"batch_size": "count", "model": "module"})
+
+
+def _mc_build(d):
+    torch.manual_seed(d(seeds))
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3))
+    return Call(ModuleFn(D.MCDropoutClassifier, ("x",)), {"model": model, "samples": d(st.integers(1, 4)),
+                                                          "seed": d(st.integers(0, 100)),
+                                                          "chunk_size": d(st.sampled_from([None, 1, 3])),
+                                                          "x": tensor(d, (d(st.integers(1, 4)), 5))})
+
+
+def _mc_check(result, c):
+    _check(result.shape == (c.kwargs["x"].shape[0], 3), "(N, C) log-probabilities")
+    _check(torch.allclose(result.exp().sum(1), torch.ones(result.shape[0]), atol=1e-5), "not log of a mean softmax")
+
+
+add("MCDropoutClassifier", _mc_build, check=_mc_check,
+    scalars={"samples": "count", "seed": "int", "chunk_size": "count", "model": "module"}, tensors=("x",),
+    exempt={v: "the user's model receives x as given (torch.nn's convention for its layers)"
+            for v in ("extra_dim", "int64", "bool", "float64", "meta")})
+
+
+def _rnn(seed=0):
+    from regimen.models.sequence import SequenceRNN
+    torch.manual_seed(seed)
+    return SequenceRNN(in_features=3, num_classes=2, hidden=4)
+
+
+def _slots_check(result, c):
+    _check(isinstance(result, list) and len(result) >= 1 and all(isinstance(n, str) for n in result), f"{result}")
+
+
+add("time_dropout_slots", lambda d: Call(D.time_dropout_slots, {"model": _rnn(d(seeds))}), check=_slots_check,
+    scalars={"model": "module", "slot": "text"})
+
+
+def _apply_td_run(model, x, apply, **kwargs):
+    names = apply(model, **kwargs)
+    model.train()
+    return names, model(x)
+
+
+def _apply_td_build(apply, **extra):
+    def build(d):
+        return Call(_apply_td_run, {"model": _rnn(d(seeds)), "x": tensor(d, (2, d(st.integers(1, 5)), 3)),
+                                    "apply": apply, **{k: v(d) for k, v in extra.items()}}, d(seeds), "generator")
+    return build
+
+
+def _apply_td_check(result, c):
+    names, out = result
+    slots = D.time_dropout_slots(_rnn())
+    _check(names == [f"{s}.time_dropout" for s in slots] and out.shape == (2, 2), f"{names} {tuple(out.shape)}")
+
+
+def _td_target(apply):
+    def run(**kw):
+        return _apply_td_run(apply=apply, **kw)
+    run.target = apply
+    run.__qualname__ = apply.__name__
+    return run
+
+
+add("apply_temporal_dropout", lambda d: Call(_td_target(D.apply_temporal_dropout), {
+    k: v for k, v in _apply_td_build(D.apply_temporal_dropout, p=lambda d: d(st.floats(0, 0.9)))(d).kwargs.items()
+    if k != "apply"}, d(seeds), "generator"), check=_apply_td_check,
+    scalars={"p": "prob_open", "slot": "text", "scale_by_keep": "bool", "model": "module"})
+add("apply_concrete_temporal_dropout", lambda d: Call(_td_target(D.apply_concrete_temporal_dropout), {
+    k: v for k, v in _apply_td_build(D.apply_concrete_temporal_dropout,
+                                     init_p=lambda d: d(st.floats(0.01, 0.9)))(d).kwargs.items()
+    if k != "apply"}, d(seeds), "generator"), check=_apply_td_check,
+    scalars={"init_p": "prob_open", "temperature": "positive", "weight_regularizer": "nonneg",
+             "dropout_regularizer": "nonneg", "slot": "text", "model": "module"})
+_ = math

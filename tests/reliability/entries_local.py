@@ -48,17 +48,23 @@ def _stages(seed=0):
 
 def _auglocal_build(d):
     stages = _stages(d(seeds))
-    shapes = []
     x = torch.zeros(1, 3, 8, 8)
+    shapes = [tuple(x.shape[1:])]  # the input, then each backbone layer's output
     for s in stages[:-1]:
         x = s(x)
         shapes.append(tuple(x.shape[1:]))
-    return Call(LL.auglocal_auxiliary, {"stages": stages, "shapes": shapes, "layer": 0, "depth": 1, "num_classes": 4})
+    return Call(LL.auglocal_auxiliary, {"stages": stages, "shapes": shapes, "layer": d(st.integers(0, len(stages) - 3)),
+                                        "depth": d(st.integers(1, 3)), "num_classes": d(st.integers(1, 5))})
 
 
-SKIPPED["local.auglocal_auxiliary"] = ("KNOWN DEFECT (reports/reliability): an IndexError for some (stages, shapes, "
-                                         "layer) combinations instead of a ValueError; tests/local covers its "
-                                         "valid use")
+def _auglocal_check(result, c):
+    k = c.kwargs
+    features = torch.randn(2, *k["shapes"][k["layer"] + 1])
+    _check(result.head(features).shape == (2, k["num_classes"]), "auxiliary logits of the wrong shape")
+
+
+add("auglocal_auxiliary", _auglocal_build, check=_auglocal_check,
+    scalars={"layer": "count0", "depth": "count", "num_classes": "count", "shapes": "int", "stages": "int"})
 
 
 def _head_check(result, c):
@@ -202,8 +208,8 @@ add("split_points_to_ranges", lambda d: Call(LL.split_points_to_ranges, {"split_
     scalars={"num_stages": "count", "min_last_blocks": "count0", "split_points": "str"})
 
 
-def _local_learning_run(model, x, y, **kwargs):
-    local = LL.LocalLearning(model, **kwargs)
+def _local_learning_run(stages, x, y, **kwargs):
+    local = LL.LocalLearning(stages, **kwargs)
     out = local.local_step(x, y)
     return out.loss, out.logits, out.losses
 
@@ -213,7 +219,7 @@ _local_learning_run.target = LL.LocalLearning
 
 def _local_build(d):
     aux = d(st.sampled_from(["dgl", "infopro", "man", "recon"]))  # auglocal needs >= 4 blocks: not this ResNet
-    return Call(_local_learning_run, {"model": staged_resnet(d(seeds)), "x": images(d, n=(2, 3), c=(3, 3),
+    return Call(_local_learning_run, {"stages": staged_resnet(d(seeds)), "x": images(d, n=(2, 3), c=(3, 3),
                                                                                     hw=(8, 8)),
                                       "y": labels(d, 2, 4), "num_modules": 2, "aux": aux,
                                       "input_shape": (3, 8, 8), "num_classes": 4})
@@ -226,9 +232,9 @@ def _local_fix_batch(c):
 
 add("LocalLearning", lambda d: _local_fix_batch(_local_build(d)),
     check=lambda r, c: _check(r[1].shape == (c.kwargs["x"].shape[0], 4)),
-    scalars={"num_modules": "count", "aux": "str", "aux_depth": "count", "balance": "str", "num_classes": "count",
+    scalars={"num_modules": "count", "aux": "str", "aux_depth": "count0", "balance": "str", "num_classes": "count",
              "pyramid_coeff": "prob", "momentum": "prob", "man_learnable": "str", "recon_weight": "nonneg",
-             "model": "str", "infopro_first": "str"},
+             "stages": "str", "infopro_first": "str"},
     tensors=("x", "y"))
 
 

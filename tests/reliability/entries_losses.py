@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from hypothesis import strategies as st
+from torch import nn
 
 import regimen.losses as L
 from tests.reliability.fuzzlib import Call, Entry
@@ -296,8 +297,11 @@ def _s3im_build(d):
     h = d(st.integers(4, 8))  # the virtual image must be at least one SSIM window tall
     n = h * d(st.integers(1, 4))
     pred = tensor(d, (n, 3), 0, 1)
-    return Call(L.s3im_loss, {"pred": pred, "target": pred.clone(), "repeats": d(st.integers(1, 4)),
-                              "kernel": d(st.integers(1, 4)), "stride": d(st.integers(1, 4)), "patch_height": h},
+    repeats = d(st.integers(1, 4))
+    width = repeats * n // h  # the virtual image is h x width: the window must fit both
+    return Call(L.s3im_loss, {"pred": pred, "target": pred.clone(), "repeats": repeats,
+                              "kernel": d(st.integers(1, min(4, h, width))), "stride": d(st.integers(1, 4)),
+                              "patch_height": h},
                 d(seeds), "generator")
 
 
@@ -315,3 +319,392 @@ def _s3im_module_build(d):
 
 add("S3IM", _s3im_module_build, scalars={"repeats": "count", "kernel": "count", "stride": "count",
                                          "patch_height": "count", "seed": "int"}, tensors=("pred", "target"))
+
+
+# ==================================================================================================================
+# Public since the suite's merge (issue 21 follow-up): flow matching (CFM, I-CFM, OT-CFM, W-CFM), comp-sum losses,
+# aggregate (bag) loss, ConR and LDS, BT² backward-compatible embeddings.
+import math  # noqa: E402
+
+from tests.reliability.fuzzlib import HOSTILE  # noqa: E402
+
+HOSTILE.setdefault("module", ["model", 3, None])
+_SHAPES_ONLY = {v: "integer labels: NaN/inf/huge do not exist" for v in ("nan", "inf", "huge")}
+
+
+def _points(d, n=None, dim=None):
+    n = d(st.integers(1, 5)) if n is None else n
+    dim = d(st.integers(1, 3)) if dim is None else dim
+    return tensor(d, (n, dim))
+
+
+# ---- flow matching
+def _pairs_build(d):
+    x0 = _points(d)
+    n, dim = x0.shape
+    sigma = d(st.sampled_from([0.0, 0.1, 0.5]))
+    return Call(L.cfm_pairs, {"x0": x0, "x1": tensor(d, (n, dim)), "t": tensor(d, (n,), 0.0, 1.0), "sigma": sigma,
+                              "noise": tensor(d, (n, dim)) if sigma > 0 else None})
+
+
+def _pairs_check(result, c):
+    k = c.kwargs
+    t = k["t"].unsqueeze(1)
+    xt = (1 - t) * k["x0"] + t * k["x1"] + (k["sigma"] * k["noise"] if k["sigma"] > 0 else 0)
+    inputs, target = result
+    _check(torch.allclose(inputs, torch.cat([xt, t], 1), atol=1e-6), "x_t = (1 - t) x0 + t x1 + sigma eps")
+    _check(torch.equal(target, torch.cat([k["x0"], k["x1"], t], 1)), "target [x0, x1, t]")
+
+
+add("cfm_pairs", _pairs_build, check=_pairs_check, scalars={"sigma": "nonneg"}, tensors=("x0", "x1", "t"))
+
+
+def _target(d):
+    x0 = _points(d)
+    n, dim = x0.shape
+    return torch.cat([x0, tensor(d, (n, dim)), tensor(d, (n, 1), 0, 1)], 1)
+
+
+def _split_check(result, c):
+    target = c.kwargs["target"]
+    dim = (target.shape[1] - 1) // 2
+    _check(torch.equal(torch.cat([result[0], result[1], result[2].unsqueeze(1)], 1), target), "not a split")
+    _check(result[0].shape == (target.shape[0], dim), "x0 shape")
+
+
+add("split_cfm_target", lambda d: Call(L.split_cfm_target, {"target": _target(d)}), check=_split_check,
+    tensors=("target",))
+
+
+def _cfm_loss_build(d):
+    target = _target(d)
+    dim = (target.shape[1] - 1) // 2
+    return Call(L.cfm_loss, {"output": tensor(d, (target.shape[0], dim)), "target": target,
+                             "reduction": d(st.sampled_from(["mean", "sum", "none"]))})
+
+
+def _cfm_loss_check(result, c):
+    k = c.kwargs
+    dim = k["output"].shape[1]
+    x0, x1 = k["target"][:, :dim], k["target"][:, dim:2 * dim]
+    per = ((k["output"] - (x1 - x0)) ** 2).mean(1)
+    expected = {"mean": per.mean(), "sum": per.sum(), "none": per}[k["reduction"]]
+    _check(torch.allclose(result, expected, atol=1e-5), "CFM loss formula")
+
+
+add("cfm_loss", _cfm_loss_build, check=_cfm_loss_check, scalars={"reduction": "str"}, tensors=("output", "target"))
+
+
+def _flow_build(d):
+    a = d(st.floats(-1, 1))
+    return Call(L.integrate_flow, {"velocity": lambda z: a * z[:, :-1], "x0": _points(d),
+                                   "steps": d(st.integers(1, 6)), "solver": d(st.sampled_from(["euler", "midpoint"])),
+                                   "_a": a})
+
+
+def _flow_run(velocity, x0, steps, solver="euler", _a=0.0):
+    return L.integrate_flow(velocity, x0, steps, solver)
+
+
+_flow_run.target = L.integrate_flow
+
+
+def _flow_check(result, c):
+    k = c.kwargs
+    h, a = 1.0 / k["steps"], k["_a"]
+    factor = (1 + a * h) if k["solver"] == "euler" else (1 + a * h + (a * h) ** 2 / 2)  # the solvers on dx/dt = a x
+    _check(torch.allclose(result, k["x0"] * factor ** k["steps"], atol=1e-5), "not the solver's closed form")
+
+
+add("integrate_flow", lambda d: Call(_flow_run, _flow_build(d).kwargs), check=_flow_check,
+    scalars={"steps": "count", "solver": "str"}, tensors=("x0",))
+
+
+def _noise_build(d):
+    n, dim = d(st.integers(1, 5)), d(st.integers(1, 3))
+    return Call(L.add_path_noise, {"inputs": tensor(d, (n, dim + 1)), "sigma": d(st.floats(0, 1)),
+                                   "noise": tensor(d, (n, dim))})
+
+
+def _noise_check(result, c):
+    k = c.kwargs
+    expected = torch.cat([k["inputs"][:, :-1] + k["sigma"] * k["noise"], k["inputs"][:, -1:]], 1)
+    _check(torch.allclose(result, expected, atol=1e-6), "[x_t + sigma eps, t]")
+
+
+add("add_path_noise", _noise_build, check=_noise_check, scalars={"sigma": "nonneg"}, tensors=("inputs", "noise"))
+
+
+def _pair_cost_build(d):
+    x0 = _points(d)
+    return Call(L.pair_cost, {"x0": x0, "x1": tensor(d, tuple(x0.shape)),
+                              "cost": d(st.sampled_from(["sqeuclidean", "euclidean"]))})
+
+
+def _pair_cost_check(result, c):
+    k = c.kwargs
+    sq = ((k["x1"] - k["x0"]) ** 2).sum(1)
+    _check(torch.allclose(result, sq if k["cost"] == "sqeuclidean" else sq.sqrt(), atol=1e-6), "pair cost")
+
+
+add("pair_cost", _pair_cost_build, check=_pair_cost_check, scalars={"cost": "str"}, tensors=("x0", "x1"))
+
+
+def _gibbs_check(result, c):
+    cost, eps = c.kwargs["cost"].double(), c.kwargs["epsilon"]
+    w = torch.exp(-cost / eps)
+    if bool(w.sum() > 0):
+        _check(torch.allclose(result.double(), w / w.sum() * cost.numel(), rtol=1e-5, atol=1e-6), "N softmax(-c/eps)")
+    _check(abs(float(result.double().mean()) - 1) < 1e-5, "mean 1")
+
+
+add("gibbs_weights", lambda d: Call(L.gibbs_weights, {"cost": tensor(d, (d(st.integers(1, 6)),), 0, 5),
+                                                      "epsilon": d(st.floats(0.01, 10))}),
+    check=_gibbs_check, scalars={"epsilon": "positive"}, tensors=("cost",))
+
+
+def _ot_check(result, c):
+    import itertools
+    x0, x1 = c.kwargs["x0"].double(), c.kwargs["x1"].double()
+    n = x0.shape[0]
+    _check(sorted(result.tolist()) == list(range(n)), "not a permutation")
+
+    def total(p):
+        return float(((x0[list(p)] - x1) ** 2).sum())
+    best = min(total(p) for p in itertools.permutations(range(n)))  # brute force over every pairing
+    _check(abs(total(result.tolist()) - best) < 1e-9, f"not the least-cost pairing: {total(result.tolist())} > {best}")
+
+
+add("ot_pairing", lambda d: Call(L.ot_pairing, {"x0": (x0 := _points(d)), "x1": tensor(d, tuple(x0.shape))}),
+    check=_ot_check, tensors=("x0", "x1"))
+
+
+# ---- comp-sum
+def _comp_sum_build(d):
+    n, c = d(st.integers(1, 5)), d(st.integers(2, 5))
+    return Call(L.comp_sum_loss, {"logits": tensor(d, (n, c)), "target": labels(d, n, c),
+                                  "tau": d(st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0])), "min_log_prob": None,
+                                  "reduction": d(st.sampled_from(["mean", "sum", "none"]))})
+
+
+def _comp_sum_check(result, c):
+    k = c.kwargs
+    p = k["logits"].double().softmax(1).gather(1, k["target"].unsqueeze(1)).squeeze(1)
+    tau = k["tau"]
+    per = -p.log() if tau == 1.0 else (1 - p ** (tau - 1)) / (tau - 1)
+    expected = {"mean": per.mean(), "sum": per.sum(), "none": per}[k["reduction"]]
+    _check(torch.allclose(result.double(), expected, rtol=1e-4, atol=1e-5), "(1 - p_y^(tau-1)) / (tau - 1)")
+
+
+add("comp_sum_loss", _comp_sum_build, check=_comp_sum_check,
+    scalars={"tau": "nonneg", "reduction": "str", "label_smoothing": "prob_open", "check_values": "bool"},
+    tensors=("logits", "target"))
+
+
+def _comp_sum_module_build(d):
+    c = _comp_sum_build(d)
+    kw = dict(c.kwargs)
+    return Call(ModuleFn(L.CompSumLoss, ("logits", "target")), kw)
+
+
+add("CompSumLoss", _comp_sum_module_build, check=_comp_sum_check,
+    scalars={"tau": "nonneg", "reduction": "str", "label_smoothing": "prob_open"}, tensors=("logits", "target"))
+
+
+def _phi_check(result, c):
+    u, tau = c.kwargs["u"].double(), c.kwargs["tau"]
+    expected = torch.log1p(u) if tau == 1.0 else ((1 + u) ** (1 - tau) - 1) / (1 - tau)
+    _check(torch.allclose(result.double(), expected, rtol=1e-4, atol=1e-6), "Phi^tau(u)")
+
+
+add("comp_sum_phi", lambda d: Call(L.comp_sum_phi, {"u": tensor(d, (d(st.integers(0, 6)),), 0, 5),
+                                                    "tau": d(st.sampled_from([0.0, 0.5, 1.0, 2.0]))}),
+    check=_phi_check, scalars={"tau": "nonneg"}, tensors=("u",))
+
+
+# ---- aggregate (bag) loss
+def _agg_build(d):
+    b = d(st.integers(1, 4))
+    sizes = [d(st.integers(1, 3)) for _ in range(b)]
+    bags = torch.tensor([i for i, s in enumerate(sizes) for _ in range(s)])
+    return Call(L.aggregate_loss, {"prediction": tensor(d, (len(bags),)), "bags": bags,
+                                   "bag_targets": tensor(d, (b,)), "rho": d(st.floats(0, 2)),
+                                   "reduction": d(st.sampled_from(["mean", "sum", "none"]))})
+
+
+def _agg_check(result, c):
+    k = c.kwargs
+    per = []
+    for a in range(k["bag_targets"].numel()):  # the loop reference over bags
+        f = k["prediction"][k["bags"] == a].double()
+        per.append((float(k["bag_targets"][a]) - float(f.mean())) ** 2 + k["rho"] * float(((f - f.mean()) ** 2).mean()))
+    per = torch.tensor(per, dtype=torch.float64)
+    expected = {"mean": per.mean(), "sum": per.sum(), "none": per}[k["reduction"]]
+    _check(torch.allclose(result.double(), expected, rtol=1e-4, atol=1e-5), "L_rho per bag")
+
+
+add("aggregate_loss", _agg_build, check=_agg_check, scalars={"rho": "nonneg", "reduction": "str"},
+    tensors=("prediction", "bags", "bag_targets"))
+
+
+# ---- ConR / LDS
+def _conr_build(d):
+    n = d(st.integers(1, 6))
+    return Call(L.conr_loss, {"features": tensor(d, (n, 3)), "target": tensor(d, (n,), 0, 3),
+                              "prediction": tensor(d, (n,), 0, 3), "window": d(st.floats(0.1, 2)),
+                              "temperature": d(st.floats(0.05, 1)), "faithful": d(st.booleans()),
+                              "reduction": d(st.sampled_from(["mean", "sum", "none"]))})
+
+
+def _conr_check(result, c):
+    k = c.kwargs
+    q = F.normalize(k["features"].double(), dim=1)
+    y, p = k["target"].double(), k["prediction"].double()
+    n, w, tau = q.shape[0], k["window"], k["temperature"]
+    per = []
+    for i in range(n):  # the loop reference of the module docstring's formula, one anchor at a time
+        pos = [j for j in range(n) if j != i and abs(y[i] - y[j]) <= w]
+        neg = [j for j in range(n) if abs(y[i] - y[j]) > w and abs(p[i] - p[j]) <= w]
+        if not pos or not neg:
+            per.append(0.0)
+            continue
+        s = [float(q[i] @ q[j]) / tau for j in range(n)]
+        if k["faithful"]:
+            positive = sum(math.exp(s[j]) if j in pos else 1.0 for j in range(n))
+        else:
+            positive = sum(math.exp(s[j]) for j in pos)
+        negative = sum(math.exp(k["push"] * abs(float(y[i] - y[j]))) * math.exp(s[j]) for j in neg)
+        per.append(-sum(s[j] - math.log(positive + negative) for j in pos) / len(pos))
+    per = torch.tensor(per, dtype=torch.float64)
+    expected = {"mean": per.mean(), "sum": per.sum(), "none": per}[k["reduction"]]
+    _check(torch.allclose(result.double(), expected, rtol=1e-4, atol=1e-5), f"{result} != {expected}")
+
+
+def _conr_run(push=0.01, **kw):
+    return L.conr_loss(push=push, **kw)
+
+
+_conr_run.target = L.conr_loss
+add("conr_loss", lambda d: Call(_conr_run, {**_conr_build(d).kwargs, "push": 0.01}), check=_conr_check,
+    scalars={"window": "positive", "temperature": "positive", "push": "finite", "faithful": "bool",
+             "reduction": "str"}, tensors=("features", "target", "prediction"))
+
+
+def _lds_check(result, c):
+    weights, low = result
+    t = c.kwargs["train_targets"].double()
+    _check(low == float(t.min()), "lowest target")
+    index = ((t - low) / c.kwargs["bin_width"]).floor().long()
+    _check(abs(float(weights[index].double().mean()) - 1) < 1e-5, "training samples' mean weight 1")
+    _check(bool((weights > 0).all()), "positive weights")
+
+
+add("lds_weights", lambda d: Call(L.lds_weights, {"train_targets": tensor(d, (d(st.integers(1, 20)),), 0, 5),
+                                                  "bin_width": d(st.floats(0.1, 2)),
+                                                  "kernel_size": d(st.sampled_from([1, 3, 5])),
+                                                  "sigma": d(st.floats(0.5, 3))}),
+    check=_lds_check, scalars={"bin_width": "positive", "kernel_size": "count", "sigma": "positive"},
+    tensors=("train_targets",))
+
+
+# ---- BT²
+def _orth(d, n):
+    q, _ = torch.linalg.qr(tensor(d, (n, n), dtype=torch.float64))
+    return q.float()
+
+
+def _bt2e_build(d):
+    n, dim, d_old = d(st.integers(1, 4)), d(st.integers(2, 5)), d(st.integers(1, 4))
+    return Call(L.bt2_embedding, {"feature": F.normalize(tensor(d, (n, dim)), dim=1),
+                                  "old_space": tensor(d, (n, d_old)), "p": _orth(d, dim), "o2": _orth(d, d_old),
+                                  "extra_dims": d(st.integers(1, d_old)),
+                                  "scale": d(st.floats(0.5, 5))})
+
+
+def _bt2e_check(result, c):
+    k = c.kwargs
+    a, d_old = k["extra_dims"], k["old_space"].shape[1]
+    z = torch.cat([F.normalize(k["old_space"][:, :a], dim=1), (k["scale"] * k["feature"]) @ k["p"].T], 1)
+    compatible = z[:, :d_old] @ k["o2"].T
+    _check(torch.allclose(result[1], compatible, atol=1e-5), "compatible part")
+    _check(torch.allclose(result[0], torch.cat([compatible, z[:, d_old:]], 1), atol=1e-5), "embedding")
+
+
+add("bt2_embedding", _bt2e_build, check=_bt2e_check, scalars={"extra_dims": "count", "scale": "finite"},
+    tensors=("feature", "old_space", "p", "o2"))
+
+
+def _bt2r_build(d):
+    n, dim, d_old, classes = d(st.integers(1, 4)), d(st.integers(1, 4)), d(st.integers(1, 4)), d(st.integers(2, 4))
+    return Call(L.bt2_regularizer, {"feature": tensor(d, (n, dim)), "compatible": tensor(d, (n, d_old)),
+                                    "target": labels(d, n, classes), "old": tensor(d, (n, d_old)),
+                                    "new": d(st.sampled_from([None, tensor(d, (n, dim))])),
+                                    "old_classifier": tensor(d, (classes, d_old))})
+
+
+def _bt2r_check(result, c):
+    k = c.kwargs
+    logits = F.normalize(k["compatible"], dim=1) @ k["old_classifier"].T
+    expected = 10 * F.cross_entropy(logits, k["target"], reduction="none") + 10 * (
+        1 - F.cosine_similarity(k["compatible"], k["old"], dim=1))
+    if k["new"] is not None:
+        expected = expected + (1 - F.cosine_similarity(k["feature"], k["new"], dim=1))
+    _check(torch.allclose(result, expected, atol=1e-4), "BT2 regulariser terms")
+
+
+add("bt2_regularizer", _bt2r_build, check=_bt2r_check,
+    scalars={"new_weight": "nonneg", "influence_weight": "nonneg", "old_weight": "nonneg"},
+    tensors=("feature", "compatible", "target", "old", "old_classifier"))
+
+
+def _class_means_build(d):
+    n = d(st.integers(1, 8))
+    return Call(L.class_means, {"embeddings": tensor(d, (n, 3)), "labels": labels(d, n, 4)})
+
+
+def _class_means_check(result, c):
+    means, lookup = result
+    e, y = F.normalize(c.kwargs["embeddings"].double(), dim=1), c.kwargs["labels"]
+    present = sorted(set(y.tolist()))
+    _check(lookup.tolist() == [present.index(i) if i in present else -1 for i in range(max(present) + 1)], "lookup")
+    for row, cls in enumerate(present):  # the loop reference
+        _check(torch.allclose(means[row].double(), e[y == cls].mean(0), atol=1e-6), f"class {cls} mean")
+
+
+add("class_means", _class_means_build, check=_class_means_check, tensors=("embeddings", "labels"))
+
+
+def _bt2_model_run(backbone, x, feature_dim, old_dim, train=True, **kw):
+    torch.manual_seed(0)
+    model = L.BT2Model(backbone, feature_dim, old_dim, **kw)
+    model.train(train)
+    return model(x)
+
+
+_bt2_model_run.target = L.BT2Model
+
+
+def _bt2_model_build(d):
+    dim, d_old = d(st.integers(2, 6)), d(st.integers(1, 4))
+    torch.manual_seed(d(seeds))
+    return Call(_bt2_model_run, {"backbone": nn.Linear(3, dim), "x": tensor(d, (d(st.integers(1, 4)), 3)),
+                                 "feature_dim": dim, "old_dim": d_old,
+                                 "extra_dims": d(st.integers(max(1, d_old - dim), d_old)),
+                                 "train": d(st.booleans())})
+
+
+def _bt2_model_check(result, c):
+    k = c.kwargs
+    n, width = k["x"].shape[0], k["feature_dim"] + k["extra_dims"]
+    embedding = result.embedding if k["train"] else result
+    _check(embedding.shape == (n, width), f"embedding {tuple(embedding.shape)} != {(n, width)}")
+    if k["train"]:
+        _check(isinstance(result, L.BT2Output) and result.compatible.shape == (n, k["old_dim"]), "BT2Output")
+
+
+add("BT2Model", _bt2_model_build, check=_bt2_model_check,
+    scalars={"feature_dim": "count", "old_dim": "count", "extra_dims": "count", "scale": "finite",
+             "backbone": "module"}, tensors=("x",),
+    exempt={v: "the user's backbone receives x as given (torch.nn's convention for its layers)"
+            for v in ("extra_dim", "int64", "bool", "float64", "meta", "not_a_tensor")})
+SKIPPED["losses.BT2Output"] = "a NamedTuple result of BT2Model in training mode (fuzzed through BT2Model)"

@@ -471,3 +471,30 @@ def _distill_check(result, c):
 
 add("inplace_distillation_loss", _distill_build, check=_distill_check, scalars={"temperature": "positive"},
     tensors=("student_logits", "teacher_logits"))
+
+
+# ==================================================================================================================
+# Public since the suite's merge (issue 21 follow-up)
+def _sa_build(d):
+    b, h, t, dim = d(st.integers(1, 2)), d(st.integers(1, 2)), d(st.integers(1, 8)), d(st.integers(1, 4))
+    keep = d(st.integers(1, t))
+    kept = S.sample_kept_positions(b, t, keep, torch.Generator().manual_seed(d(seeds)))
+    return Call(S.subsampled_attention, {"q": tensor(d, (b, h, t, dim)), "k": tensor(d, (b, h, t, dim)),
+                                         "v": tensor(d, (b, h, t, dim)), "kept": kept, "causal": d(st.booleans())})
+
+
+def _sa_check(result, c):
+    q, k, v, kept, causal = (c.kwargs[n] for n in ("q", "k", "v", "kept", "causal"))
+    b, h, t, dim = q.shape
+    scale = 1 / math.sqrt(dim)
+    expected = torch.empty_like(q)
+    for i in range(b):  # the loop reference: each query attends to the visible kept keys and itself
+        for j in range(t):
+            keys = [p for p in kept[i].tolist() if (p < j if causal else p != j)] + [j]
+            logits = (q[i, :, j:j + 1] @ k[i, :, keys].transpose(-1, -2)) * scale
+            expected[i, :, j] = (logits.softmax(-1) @ v[i, :, keys])[:, 0]
+    _check(torch.allclose(result, expected, atol=1e-5), "subsampled attention differs from the loop")
+
+
+add("subsampled_attention", _sa_build, check=_sa_check, scalars={"scale": "finite", "causal": "bool"},
+    tensors=("q", "k", "v", "kept"))

@@ -137,6 +137,8 @@ def method_entry(pillar: str, cls: type) -> Entry:
     scalars = {}
     for name, annotation, _default in cls.parameters():
         hostile = _hostile_for(annotation)
+        if hostile and name in getattr(cls, "infinite_parameters", ()):  # +inf means something there
+            hostile = [v for v in hostile if not (isinstance(v, float) and v == float("inf"))]
         if hostile:
             kind = f"{cls.__name__}.{name}"
             HOSTILE[kind] = hostile

@@ -101,6 +101,9 @@ def augmix_params(n: int, height: int, width_px: int, severity: float = 3, width
     """The random draws of one AugMix call: per chain an :class:`AugmentParams` ``(n, max depth)``, the chain weights
     ``(n, width)`` and the mixing weights ``m`` ``(n,)``."""
     _check(severity, width, depth, alpha, augmentation_set)
+    for name, value, low in (("n", n, 0), ("height", height, 1), ("width_px", width_px, 1)):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
     seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
     rng = np.random.default_rng(seed)
     names = np.array(_ALL if augmentation_set == "all" else _SAFE)
@@ -143,6 +146,7 @@ def augmix(images: torch.Tensor, severity: float = 3, width: int = 3, depth: int
     return (1.0 - m) * x + m * mix
 
 
+@checked_arguments
 def jensen_shannon_consistency(logits: Sequence[torch.Tensor], eps: float = 1e-7) -> torch.Tensor:
     """``JS(p_1; …; p_K) = (1/K) Σ_k KL(p_k ‖ M)``, ``M = (1/K) Σ_k p_k``, ``p_k = softmax(logits_k)`` over the last
     dimension, KL summed over classes and averaged over the batch; ``log M`` is taken of M clamped to [eps, 1] as the

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimen.method import checked_arguments
+from regimen.method import checked_arguments, require_data
 
 __all__ = ["InvertibleAugment", "AugUndo", "invertible_augment"]
 
@@ -155,6 +155,7 @@ def invertible_augment(
         fill: value of augmented pixels whose preimage is outside the image.
         mode: ``"bilinear"`` or ``"nearest"``.
     """
+    require_data(images=images, flip=flip, scale=scale, angle=angle, translate=translate)
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise ValueError(f"images must be a tensor of shape (N, C, H, W), got {getattr(images, 'shape', images)!r}")
     n, _, h, w = images.shape

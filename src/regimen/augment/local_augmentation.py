@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data, require_same_device
 from regimen.models.gcn import GCN, GraphConv, row_normalize
 
 __all__ = ["LAGNNMethod", "LocalAugmentedGCN", "NeighbourCVAE", "consistency_loss", "cvae_loss",
@@ -39,11 +39,15 @@ __all__ = ["LAGNNMethod", "LocalAugmentedGCN", "NeighbourCVAE", "consistency_los
 EVAL_SEED = 20_220_717
 
 
+@checked_arguments
 class NeighbourCVAE(nn.Module):
     """The conditional VAE of a neighbour's features ``x`` given its centre's ``c`` (the reference's sizes)."""
 
     def __init__(self, features: int, latent: int = 10, hidden: int = 256) -> None:
         super().__init__()
+        for name, value in (("features", features), ("latent", latent), ("hidden", hidden)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         self.latent = latent
         self.encoder = nn.Sequential(nn.Linear(2 * features, hidden), nn.ReLU())
         self.mean = nn.Linear(hidden, latent)
@@ -62,19 +66,42 @@ class NeighbourCVAE(nn.Module):
         return self.decoder(torch.cat([z, c], dim=1))
 
 
+@checked_arguments
 def cvae_loss(recon: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     """``(BCE_sum(x̂, x) − ½ Σ (1 + log σ² − μ² − σ²)) / batch`` (the reference's ``loss_fn``)."""
-    bce = F.binary_cross_entropy(recon, x, reduction="sum")
+    if recon.shape != x.shape or mean.shape != log_var.shape or recon.dim() != 2 or mean.dim() != 2 or (
+            mean.shape[0] != x.shape[0]):
+        raise ValueError(f"recon and x must be (N, F) and mean and log_var (N, latent), got {tuple(recon.shape)}, "
+                         f"{tuple(x.shape)}, {tuple(mean.shape)} and {tuple(log_var.shape)}")
+    require_same_device(recon=recon, x=x, mean=mean, log_var=log_var)
+    try:
+        bce = F.binary_cross_entropy(recon, x, reduction="sum")
+    except RuntimeError as error:  # torch's own checks: values outside [0, 1] (NaN included), dtypes, devices
+        raise ValueError(f"recon must be probabilities in [0, 1] of x's dtype and device: "
+                         f"{str(error).splitlines()[0]}") from None
     kld = -0.5 * torch.sum(1 + log_var - mean.pow(2) - log_var.exp())
     return (bce + kld) / x.shape[0]
 
 
+@checked_arguments
 def train_neighbour_cvae(features: torch.Tensor, edge_index: torch.Tensor, latent: int = 10, hidden: int = 256,
                          epochs: int = 10, batch_size: int = 64, lr: float = 0.01,
                          generator: torch.Generator | None = None) -> NeighbourCVAE:
     """A :class:`NeighbourCVAE` trained (Adam) on every edge's ``(neighbour, centre)`` features; returned in eval
     mode with its parameters frozen."""
-    if features.dim() != 2 or features.min() < 0 or features.max() > 1:
+    if batch_size < 1 or epochs < 0 or not lr > 0:
+        raise ValueError(f"batch_size must be >= 1, epochs >= 0 and lr > 0, got {batch_size}, {epochs} and {lr}")
+    if edge_index.dim() != 2 or edge_index.shape[0] != 2 or edge_index.is_floating_point() or (
+            edge_index.dtype == torch.bool):
+        raise ValueError(f"edge_index must be (2, E) integer node indices, got {edge_index.dtype} "
+                         f"{tuple(edge_index.shape)}")
+    require_data(features=features, edge_index=edge_index)
+    if features.dim() != 2 or not features.is_floating_point() or features.numel() == 0:
+        raise ValueError(f"features must be a non-empty floating (N, F) tensor, got {features.dtype} "
+                         f"{tuple(features.shape)}")
+    if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= features.shape[0]):
+        raise ValueError(f"edge_index holds node indices outside [0, {features.shape[0]})")
+    if not (features.min() >= 0 and features.max() <= 1):  # NaN fails too
         raise ValueError("lagnn: the CVAE learns features in [0, 1] (a Bernoulli decoder), got values in "
                          f"[{float(features.min()):.3g}, {float(features.max()):.3g}]")
     if edge_index.shape[1] == 0:
@@ -106,6 +133,7 @@ def train_neighbour_cvae(features: torch.Tensor, edge_index: torch.Tensor, laten
     return cvae
 
 
+@checked_arguments
 def consistency_loss(probabilities: list[torch.Tensor], temperature: float = 0.5) -> torch.Tensor:
     """``(1/S) Σ_s mean_v ‖p_s(v) − sharpen(p̄(v))‖²`` with ``sharpen(p)_c = p_c^{1/T} / Σ_c' p_c'^{1/T}``, the
     sharpened mean prediction detached (the reference's ``consis_loss``)."""
@@ -117,6 +145,7 @@ def consistency_loss(probabilities: list[torch.Tensor], temperature: float = 0.5
     return torch.stack([(p - sharp).pow(2).sum(dim=1).mean() for p in probabilities]).mean()
 
 
+@checked_arguments
 class LocalAugmentedGCN(nn.Module):
     """A :class:`GCN` plus ``concat`` generated-feature blocks (LA-GCN): each block has its own first layer and a
     bias-free share of the second. ``forward(nodes)`` draws the blocks' latent codes from ``generator`` in training
@@ -125,6 +154,8 @@ class LocalAugmentedGCN(nn.Module):
     def __init__(self, gcn: GCN, cvae: NeighbourCVAE, concat: int = 1, generator: torch.Generator | None = None
                  ) -> None:
         super().__init__()
+        if concat < 1:
+            raise ValueError(f"concat must be >= 1 (generated-feature blocks), got {concat}")
         hidden, classes = gcn.conv1.weight.shape[1], gcn.conv2.weight.shape[1]
         self.gcn, self.cvae, self.concat = gcn, cvae, concat
         self.extra_first = nn.ModuleList(GraphConv(gcn.in_features, hidden) for _ in range(concat))
@@ -140,6 +171,10 @@ class LocalAugmentedGCN(nn.Module):
                     for _ in range(self.concat)]
 
     def forward(self, nodes: torch.Tensor) -> torch.Tensor:
+        if not isinstance(nodes, torch.Tensor) or nodes.is_floating_point() or nodes.dtype == torch.bool or (
+                nodes.dim() != 1):
+            raise TypeError(f"nodes must be a 1-d tensor of integer node indices, got "
+                            f"{getattr(nodes, 'dtype', type(nodes).__name__)} {tuple(getattr(nodes, 'shape', ()))}")
         gcn = self.gcn
         generator = self.generator if self.training else torch.Generator().manual_seed(EVAL_SEED)
         logits = gcn.logits(gcn.hidden(gcn.features))

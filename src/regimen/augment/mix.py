@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from regimen._compat import deprecated_aliases
 from regimen.augment._common import check_single_smoothing, warn_method_smoothing
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data
 
 __all__ = ["cutmix", "mixup", "cutmix_boxes", "CutMixMethod", "MixUpMethod", "MixMethod"]
 
@@ -185,6 +185,7 @@ def cutmix(
         ``(images, soft_targets)`` or ``(images, targets_a, targets_b, lam)``, with ``masks`` appended when given;
         ``lam`` ``(N,)`` float32 is the area-corrected weight of ``targets_a``. Inputs are not modified.
     """
+    require_data(images=images, targets=targets, masks=masks)
     _check_common(images, targets, alpha, num_classes, label_smoothing, return_pair, masks)
     n, _, h, w = images.shape
     perm = _permutation(n, generator)

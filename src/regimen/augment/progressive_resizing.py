@@ -40,6 +40,8 @@ def progressive_scale(progress: float, initial_scale: float = 0.5, delay: float 
     if not (0.0 <= delay and 0.0 <= finetune and delay + finetune < 1.0):
         raise ValueError(f"delay and finetune must be >= 0 with delay + finetune < 1, got delay={delay}, "
                          f"finetune={finetune}")
+    if not progress >= 0:
+        raise ValueError(f"progress must be >= 0 (the fraction of training done), got {progress}")
     if progress < delay:
         return float(initial_scale)
     ramp = min(1.0, (progress - delay) / (1.0 - delay - finetune))

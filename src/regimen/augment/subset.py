@@ -41,7 +41,7 @@ from torch import nn
 from regimen.augment._common import augment_float_batch, check_single_smoothing, warn_method_smoothing
 from regimen.augment.randaugment import RandAugment, TrivialAugment
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data
 
 __all__ = ["facility_location", "gradient_proxies", "model_gradient_proxies", "select_coreset", "AugSubsetMethod"]
 
@@ -108,6 +108,7 @@ def facility_location(
     Stochastic greedy (Mirzasoleiman et al. 2015): each step evaluates ``ceil(n / k * ln(1 / epsilon))`` random
     unselected candidates (all of them when that is >= n); ``epsilon = 0`` is the exact greedy.
     """
+    require_data(points=points)
     if points.dim() != 2 or not points.is_floating_point():
         raise ValueError(f"points must be a floating point (n, D) tensor, got {points.dtype} {tuple(points.shape)}")
     if not 0 <= epsilon < 1:
@@ -165,6 +166,7 @@ def select_coreset(
     classes selected together by the batched stochastic greedy.
 
     Returns ``(indices, weights)``: dataset indices (sorted) and ``gamma`` (examples each one represents)."""
+    require_data(proxies=proxies, labels=labels)
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     if proxies.dim() != 2 or labels.shape != (proxies.shape[0],):

@@ -32,7 +32,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from regimen._compat import deprecated_aliases
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data
 
 __all__ = ["AdaptiveBatchMethod", "NormTestResult", "norm_test", "norm_test_from_sums", "per_sample_gradients"]
 
@@ -51,10 +51,13 @@ class NormTestResult(NamedTuple):
 def norm_test_from_sums(grad_sum: torch.Tensor, sq_norm_sum: float | torch.Tensor, count: int,
                         eta: float) -> NormTestResult:
     """The norm test from ``Σ_i ∇f_i`` (flat), ``Σ_i ‖∇f_i‖²`` and ``b`` (the all-reducible form)."""
+    require_data(grad_sum=grad_sum, sq_norm_sum=sq_norm_sum)
     if not eta > 0:
         raise ValueError(f"eta must be > 0, got {eta}")
     if count < 2:
         raise ValueError(f"count: the norm test needs at least 2 per-sample gradients, got {count}")
+    if float(sq_norm_sum) < 0:  # NaN gradients give a NaN result, as before
+        raise ValueError(f"sq_norm_sum (a sum of squared norms) must be >= 0, got {float(sq_norm_sum)}")
     mean = grad_sum.double() / count
     mean_sq = float(mean.pow(2).sum())
     sq_total = float(sq_norm_sum)
@@ -75,6 +78,7 @@ def norm_test(per_sample_grads: torch.Tensor, eta: float = 1.0) -> NormTestResul
         per_sample_grads: one row per sample, ``b ≥ 2``.
         eta: test constant ``η > 0`` (smaller → larger batches).
     """
+    require_data(per_sample_grads=per_sample_grads)
     if not isinstance(per_sample_grads, torch.Tensor) or per_sample_grads.dim() != 2:
         raise ValueError("per_sample_grads must be a 2-d tensor (samples, parameters)")
     g = per_sample_grads.double()

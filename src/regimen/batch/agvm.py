@@ -40,11 +40,12 @@ import torch
 from torch import nn
 
 from regimen.batch.sam import frozen_bn_statistics
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["AGVM", "AGVMMethod", "agvm_factors", "gradient_variance_proxy", "module_group_of"]
 
 
+@checked_arguments
 def gradient_variance_proxy(grad_a: Sequence[torch.Tensor], grad_b: Sequence[torch.Tensor]) -> float:
     """``φ = 1 − cos(g^A, g^B)`` of the concatenated, flattened gradients of one module group (0 for identical
     halves, 1 for orthogonal, 2 for opposite). A zero gradient gives φ = 1 (no information)."""
@@ -58,6 +59,7 @@ def gradient_variance_proxy(grad_a: Sequence[torch.Tensor], grad_b: Sequence[tor
     return float(1.0 - torch.dot(a, b) / norm)
 
 
+@checked_arguments
 def agvm_factors(phis: Sequence[float], reference: int = 0, low: float = 0.5, high: float = 10.0,
                  eps: float = 1e-6) -> list[float]:
     """``μ_i = sqrt(clamp((φ_ref + eps) / (φ_i + eps), low, high))`` for every group (the reference gets 1)."""
@@ -72,6 +74,7 @@ def agvm_factors(phis: Sequence[float], reference: int = 0, low: float = 0.5, hi
     return out
 
 
+@checked_arguments
 def module_group_of(name: str, prefixes: Sequence[str]) -> int | None:
     """Index of the longest prefix in ``prefixes`` that names a module enclosing parameter ``name`` (dotted
     boundaries: ``"head"`` matches ``head.fc.weight``, not ``header.weight``), or ``None``."""
@@ -98,6 +101,7 @@ def _check_prefixes(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
     return prefixes
 
 
+@checked_arguments
 class AGVM:
     """AGVM's state for a model and its optimizer (usable in any loop).
 

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["BatchFormer", "BatchFormerHead", "BatchFormerMethod", "apply_batchformer", "batch_former"]
 
@@ -50,6 +50,7 @@ def _batch_first(layer: nn.Module) -> bool:
     return bool(getattr(attention, "batch_first", False))
 
 
+@checked_arguments
 def batch_former(features: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     """``X' = layer(X)`` with the N rows of ``features (N, C)`` as *one sequence* of N tokens.
 
@@ -78,6 +79,7 @@ def _check_dropout(dropout: object) -> float:
     return float(dropout)
 
 
+@checked_arguments
 class BatchFormer(nn.Module):
     """The batch-axis encoder: ``forward(X)`` is ``[X; X']`` ``(2N, C)`` in training and ``X`` in evaluation.
 
@@ -108,6 +110,7 @@ class BatchFormer(nn.Module):
         return torch.cat([features, self.mix(features)], dim=0)
 
 
+@checked_arguments
 class BatchFormerHead(nn.Module):
     """A classifier head with a :class:`BatchFormer` before its classifier: ``(2N, K)`` logits in training
     (original rows first, then the mixed ones), the plain head's ``(N, K)`` in evaluation.
@@ -131,6 +134,8 @@ class BatchFormerHead(nn.Module):
         return head.features, getattr(head, "dropout", nn.Identity()), head.fc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if not self.training:
             return self.head(x)
         features, dropout, fc = self._parts()
@@ -157,6 +162,7 @@ def _head_width(head: nn.Module, name: str) -> int:
                              f"ClassifierHead) or an nn.Linear; {name!r} is a {type(head).__name__}")
 
 
+@checked_arguments
 def apply_batchformer(model: nn.Module, nhead: int = 4, dim_feedforward: int | None = None, dropout: float = 0.5,
                       *, module: str | None = None, optimizer: torch.optim.Optimizer | None = None,
                       lr_mult: float = 0.1) -> BatchFormer:

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["ConAdvMethod", "StaleCopy", "random_other_labels", "targeted_fgsm"]
 
@@ -53,6 +53,7 @@ def _check_nonnegative(value: object, name: str) -> float:
     return float(value)
 
 
+@checked_arguments
 def random_other_labels(y: torch.Tensor, num_classes: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """``(y + U{1..C−1}) mod C``: a uniformly drawn class other than each label."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
@@ -62,6 +63,7 @@ def random_other_labels(y: torch.Tensor, num_classes: int, generator: torch.Gene
     return (y + offset) % num_classes
 
 
+@checked_arguments
 def targeted_fgsm(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, target: torch.Tensor,
                   epsilon: float, step_size: float, *, random_start: float = 0.8,
                   generator: torch.Generator | None = None, normalize: Callable | None = None,
@@ -98,6 +100,7 @@ def targeted_fgsm(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     return torch.minimum(torch.maximum(stepped, x - epsilon), x + epsilon).clamp(lo, hi)
 
 
+@checked_arguments
 class StaleCopy:
     """A frozen copy of a model whose weights and buffers lag the live model: :meth:`refresh` copies the live values
     in (call it just before the optimizer step, so the copy holds the weights the step started from)."""

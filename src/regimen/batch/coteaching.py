@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 from regimen.models import copy_module
 
 __all__ = ["CoTeachingEnsemble", "CoTeachingMethod", "coteaching_losses", "coteaching_select", "forget_rate_at"]
@@ -57,9 +57,13 @@ def _check_forget_rate(forget_rate: object) -> float:
     return float(forget_rate)
 
 
+@checked_arguments
 def forget_rate_at(epoch: int, forget_rate: float, ramp_epochs: int = 0, start_epoch: int = 0) -> float:
     """R(T): 0 before ``start_epoch``, then τ · min(1, (T - start) / ramp) (τ at once when ``ramp_epochs`` = 0)."""
     forget_rate = _check_forget_rate(forget_rate)
+    for name, value in (("epoch", epoch), ("ramp_epochs", ramp_epochs), ("start_epoch", start_epoch)):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
     if epoch < start_epoch:
         return 0.0
     if ramp_epochs <= 0:
@@ -67,13 +71,14 @@ def forget_rate_at(epoch: int, forget_rate: float, ramp_epochs: int = 0, start_e
     return forget_rate * min(1.0, (epoch - start_epoch) / ramp_epochs)
 
 
+@checked_arguments
 def coteaching_select(loss_a: torch.Tensor, loss_b: torch.Tensor, forget_rate: float
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the ``max(1, floor((1 - forget_rate) N))`` smallest per-sample losses of each network
     (``(selected by a, selected by b)``, smallest first, ties by position)."""
     forget_rate = _check_forget_rate(forget_rate)
     if loss_a.dim() != 1 or loss_a.shape != loss_b.shape or loss_a.numel() == 0:
-        raise ValueError(f"per-sample losses must be two non-empty (N,) tensors of one shape, got "
+        raise ValueError(f"loss_a and loss_b (per-sample losses) must be two non-empty (N,) tensors of one shape, got "
                          f"{tuple(loss_a.shape)} and {tuple(loss_b.shape)}")
     keep = max(1, math.floor((1.0 - forget_rate) * loss_a.numel() + 1e-9))
     order_a = torch.sort(loss_a.detach(), stable=True).indices
@@ -81,6 +86,7 @@ def coteaching_select(loss_a: torch.Tensor, loss_b: torch.Tensor, forget_rate: f
     return order_a[:keep], order_b[:keep]
 
 
+@checked_arguments
 def coteaching_losses(output_a: torch.Tensor, output_b: torch.Tensor, target: torch.Tensor, forget_rate: float,
                       loss_fn: Callable[..., torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(L_a, L_b)``: network a's mean loss on the samples b keeps, and b's on those a keeps.
@@ -91,6 +97,12 @@ def coteaching_losses(output_a: torch.Tensor, output_b: torch.Tensor, target: to
         forget_rate: R in [0, 1), the fraction of each batch dropped.
         loss_fn: ``loss_fn(output, target, reduction=...)`` (default cross-entropy).
     """
+    if output_a.shape != output_b.shape or output_a.dim() < 1:
+        raise ValueError(f"output_a and output_b must be the two networks' outputs of one shape (N, C), got "
+                         f"{tuple(output_a.shape)} and {tuple(output_b.shape)}")
+    if target.shape != output_a.shape[:1] and target.shape != output_a.shape:
+        raise ValueError(f"target must be (N,) labels or (N, C) soft targets for outputs {tuple(output_a.shape)}, got "
+                         f"shape {tuple(target.shape)}")
     if loss_fn is None:
         loss_fn = torch.nn.functional.cross_entropy
     with torch.no_grad():
@@ -100,6 +112,7 @@ def coteaching_losses(output_a: torch.Tensor, output_b: torch.Tensor, target: to
     return loss_fn(output_a[kept_by_b], target[kept_by_b]), loss_fn(output_b[kept_by_a], target[kept_by_a])
 
 
+@checked_arguments
 class CoTeachingEnsemble(nn.Module):
     """Evaluation module: the mean of the two networks' outputs (neither is registered as a child, so the trainer's
     model and state_dict are untouched)."""

@@ -40,13 +40,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["FRUGAL", "FrugalMethod", "optimizer_state_bytes"]
 
 _PROJECTIONS = ("rows", "blocks")
 
 
+@checked_arguments
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of every tensor in the optimizer's per-parameter state (moments, subspace indices, step counts)."""
     total = 0
@@ -57,6 +58,7 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return total
 
 
+@checked_arguments
 class FRUGAL(torch.optim.Optimizer):
     """FRUGAL(Adam, signSGD): Adam moments on a ρ subspace of each splittable matrix, state-free steps elsewhere.
 

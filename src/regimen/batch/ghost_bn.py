@@ -324,6 +324,10 @@ class _GhostBatchNorm(nn.modules.batchnorm._BatchNorm):
                  momentum: float | None = 0.1, affine: bool = True, track_running_stats: bool = True,
                  last_partial: LastPartial = "separate", device=None, dtype=None) -> None:
         _check_options(ghost_batch_size, last_partial)
+        if momentum is not None and not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1] or None, got {momentum}")
+        if num_features < 1:
+            raise ValueError(f"num_features must be >= 1, got {num_features}")
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
         self.ghost_batch_size = ghost_batch_size
         self.last_partial: LastPartial = last_partial

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from regimen._compat import deprecated_aliases
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data
 
 __all__ = ["HighLossBatchSelector", "HighLossBatchesMethod", "batch_loss_sums", "select_high_loss"]
 
@@ -62,6 +62,7 @@ def select_high_loss(batch_losses: torch.Tensor | Sequence[float], fraction: flo
         fraction: δ in (0, 1].
         min_batches: lower bound on the number kept.
     """
+    require_data(batch_losses=batch_losses)
     losses = torch.as_tensor(batch_losses, dtype=torch.float64)
     if losses.dim() != 1 or losses.numel() == 0:
         raise ValueError(f"batch_losses must be a non-empty 1-d sequence, got shape {tuple(losses.shape)}")

@@ -48,24 +48,27 @@ import torch
 from torch import nn
 
 from regimen.batch.sam import frozen_bn_statistics
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["LanczosLRMethod", "hessian_vector_product", "lanczos", "lanczos_step_size", "top_hessian_eigenvalues"]
 
 
+@checked_arguments
 def hessian_vector_product(grads: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
                            vector: torch.Tensor) -> torch.Tensor:
     """``H v`` flattened, from ``grads`` (computed with ``create_graph=True``) of the loss w.r.t. ``params``."""
+    total = sum(p.numel() for p in params)
+    if vector.dim() != 1 or vector.numel() != total:
+        raise ValueError(f"vector must be flat with one entry per parameter ({total}), got shape {tuple(vector.shape)}")
     pieces, offset = [], 0
     for p in params:
         pieces.append(vector[offset:offset + p.numel()].view_as(p).to(p.dtype))
         offset += p.numel()
-    if offset != vector.numel():
-        raise ValueError(f"vector has {vector.numel()} entries for {offset} parameters")
     hv = torch.autograd.grad(grads, params, grad_outputs=pieces, retain_graph=True, allow_unused=True)
     return torch.cat([(h if h is not None else torch.zeros_like(p)).reshape(-1) for h, p in zip(hv, params)])
 
 
+@checked_arguments
 def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], dim: int, iterations: int = 20, *,
             generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64,
             device: torch.device | str = "cpu") -> torch.Tensor:
@@ -111,6 +114,7 @@ def _trained_params(model: nn.Module) -> list[torch.Tensor]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+@checked_arguments
 def top_hessian_eigenvalues(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor], iterations: int = 20,
                             *, params: Sequence[torch.Tensor] | None = None,
                             generator: torch.Generator | None = None) -> tuple[float, float]:
@@ -136,6 +140,7 @@ def top_hessian_eigenvalues(model: nn.Module, loss_fn: Callable[[nn.Module], tor
     return float(ritz[-1]), float(ritz[0])
 
 
+@checked_arguments
 def lanczos_step_size(lambda_max: float, lambda_min: float, rule: str = "polyak", *, min_ratio: float = 1e-3,
                       lr_scale: float = 1.0) -> tuple[float, float | None]:
     """``(lr, momentum)`` from the extreme curvatures (module docstring); ``momentum`` is ``None`` for "inverse"."""

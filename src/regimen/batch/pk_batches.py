@@ -23,11 +23,12 @@ from typing import Any
 import torch
 
 from regimen.losses import PKSampler
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["PKBatchesMethod", "pk_batch_indices"]
 
 
+@checked_arguments
 def pk_batch_indices(sampler: PKSampler) -> torch.Tensor:
     """One batch of ``sampler`` (``P·K`` dataset indices, class by class) as an int64 tensor."""
     return torch.tensor(next(iter(sampler)), dtype=torch.int64)

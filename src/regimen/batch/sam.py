@@ -80,6 +80,8 @@ def sam_epsilon(params: Sequence[torch.Tensor], rho: float = 0.05, *, adaptive: 
     rho = _check_rho(rho)
     if not eta >= 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0 (a zero gradient would give 0/0), got {eps}")
     params = list(params)
     flags = [bool(adaptive)] * len(params) if isinstance(adaptive, bool) else [bool(a) for a in adaptive]
     if len(flags) != len(params):

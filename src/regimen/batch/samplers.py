@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-from regimen.method import checked_arguments
+from regimen.method import checked_arguments, require_data
 
 __all__ = ["LengthBucketBatchSampler", "TokenBudgetBatchSampler", "padding_fraction"]
 
@@ -46,6 +46,7 @@ def _lengths_tensor(lengths: Sequence[int] | torch.Tensor) -> torch.Tensor:
 @checked_arguments
 def padding_fraction(batches: Sequence[Sequence[int]], lengths: Sequence[int] | torch.Tensor) -> float:
     """Fraction of padded token slots: ``Σ_b (|b|·max_len_b − Σ len) / Σ_b |b|·max_len_b``."""
+    require_data(lengths=lengths)
     t = _lengths_tensor(lengths)
     padded = real = 0
     for batch in batches:

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 from regimen.models import copy_module
 
 __all__ = ["SAR", "SARMethod", "Tent", "adapt", "norm_affine_parameters", "softmax_entropy"]
@@ -53,6 +53,7 @@ __all__ = ["SAR", "SARMethod", "Tent", "adapt", "norm_affine_parameters", "softm
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm)
 
 
+@checked_arguments
 def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
     """E = −Σ_c p_c log p_c per row of ``logits`` ``(N, C)``."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
@@ -61,6 +62,7 @@ def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(dim=1)
 
 
+@checked_arguments
 def norm_affine_parameters(model: nn.Module, ignore: Sequence[str] = ()) -> list[tuple[str, nn.Parameter]]:
     """``(name, parameter)`` of the affine weights and biases of the model's norm layers (BatchNorm, GroupNorm,
     LayerNorm), skipping modules whose dotted name starts with an entry of ``ignore``."""
@@ -124,6 +126,7 @@ class _Adapter(nn.Module):
         return self
 
 
+@checked_arguments
 class Tent(_Adapter):
     """Tent: one SGD step of mean entropy on every test batch (norm affine parameters, batch statistics).
 
@@ -148,6 +151,7 @@ class Tent(_Adapter):
         return outputs.detach()
 
 
+@checked_arguments
 class SAR(_Adapter):
     """SAR: reliable (E < E0) sharpness-aware entropy minimisation with model recovery (see the module docstring).
 
@@ -216,6 +220,7 @@ class SAR(_Adapter):
         return outputs.detach()
 
 
+@checked_arguments
 def adapt(model: nn.Module, batches, method: str = "sar", **kwargs: Any) -> tuple[torch.Tensor, nn.Module]:
     """Adapt a copy of ``model`` online on ``batches`` (an iterable of input tensors, or of ``(inputs, ...)``
     tuples) with ``method`` = ``"sar"``, ``"tent"`` or ``"none"``; returns the predictions of every batch,

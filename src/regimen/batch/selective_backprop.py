@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regimen.batch.sam import frozen_bn_statistics
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data
 
 __all__ = ["SelectiveBackpropMethod", "downsample_for_scoring", "select_by_loss_percentile", "selection_weights"]
 
@@ -62,6 +62,7 @@ def _check_keep(keep: float) -> float:
 def selection_weights(losses: torch.Tensor, keep: float) -> torch.Tensor:
     """Unnormalised probabilities ``q_i^(1/keep − 1)`` of each example, ``q_i`` the loss percentile
     ``(rank + ½)/N``."""
+    require_data(losses=losses)
     keep = _check_keep(keep)
     if not isinstance(losses, torch.Tensor) or losses.dim() != 1 or losses.numel() == 0:
         raise ValueError(f"losses must be a non-empty 1-d tensor (one loss per example), got "
@@ -90,6 +91,7 @@ def select_by_loss_percentile(losses: torch.Tensor, keep: float, generator: torc
     return torch.sort(torch.topk(keys, k).indices).values
 
 
+@checked_arguments
 def downsample_for_scoring(x: torch.Tensor, scale_factor: float) -> torch.Tensor:
     """``x`` resized by ``scale_factor`` in (0, 1] over its spatial dimensions (linear / bilinear / trilinear for a
     3-d / 4-d / 5-d batch, ``align_corners=False``); ``x`` itself at 1."""

@@ -32,7 +32,9 @@ def seq_length_at(progress: float, min_len: int, max_len: int, duration: float, 
         raise ValueError(f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
     if step_size < 1:
         raise ValueError(f"step_size must be >= 1, got {step_size}")
-    fraction = min(max(progress, 0.0) / duration, 1.0)
+    if not progress >= 0:
+        raise ValueError(f"progress must be >= 0 (the fraction of training done), got {progress}")
+    fraction = min(progress / duration, 1.0)
     grown = int((max_len - min_len) * fraction) // step_size * step_size
     return max_len if fraction >= 1.0 else min(max_len, min_len + grown)
 

@@ -41,11 +41,12 @@ from typing import Any
 
 import torch
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data
 
 __all__ = ["SeTaMethod", "kmeans_1d", "seta_select", "seta_window", "sliding_window"]
 
 
+@checked_arguments
 def kmeans_1d(values: torch.Tensor, num_groups: int, iterations: int = 100) -> torch.Tensor:
     """Group labels ``(n,)`` in ``[0, num_groups)`` of 1-D k-means on ``values``, numbered by increasing group mean.
 
@@ -58,6 +59,9 @@ def kmeans_1d(values: torch.Tensor, num_groups: int, iterations: int = 100) -> t
     n = values.numel()
     if n < num_groups:
         raise ValueError(f"num_groups ({num_groups}) must not exceed the number of values ({n})")
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    require_data(values=values)
     if not bool(torch.isfinite(values).all()):
         raise ValueError("values must be finite")
     if num_groups == 1:
@@ -80,6 +84,7 @@ def kmeans_1d(values: torch.Tensor, num_groups: int, iterations: int = 100) -> t
     return rank[labels]
 
 
+@checked_arguments
 def seta_window(num_groups: int, window_scale: float) -> int:
     """w = round(G · window_scale), checked to lie in [1, G]."""
     if isinstance(window_scale, bool) or not isinstance(window_scale, int | float) or not 0.0 < window_scale <= 1.0:
@@ -92,18 +97,24 @@ def seta_window(num_groups: int, window_scale: float) -> int:
     return window
 
 
+@checked_arguments
 def sliding_window(num_groups: int, window: int, epoch: int) -> tuple[int, int]:
     """The groups ``[start, end)`` kept at ``epoch``: all at epoch 0, else start = epoch mod (G - w + 1)."""
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be an int >= 1, got {window!r}")
     if window > num_groups:
         raise ValueError(f"window ({window}) is larger than the group count ({num_groups})")
+    if num_groups < 1:
+        raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
     if epoch == 0:
         return 0, num_groups
     start = epoch % (num_groups - window + 1)
     return start, start + window
 
 
+@checked_arguments
 def seta_select(scores: torch.Tensor, epoch: int, epochs: int, prune_ratio: float = 0.3, num_groups: int = 5,
                 window_scale: float = 0.9, anneal: float = 0.875,
                 generator: torch.Generator | None = None) -> torch.Tensor:
@@ -112,9 +123,19 @@ def seta_select(scores: torch.Tensor, epoch: int, epochs: int, prune_ratio: floa
         raise ValueError(f"prune_ratio must be in [0, 1), got {prune_ratio!r}")
     if not 0.0 <= anneal <= 1.0:
         raise ValueError(f"anneal must be in [0, 1], got {anneal!r}")
+    if epoch < 0 or epochs < 1:
+        raise ValueError(f"epoch must be >= 0 and epochs >= 1, got epoch={epoch}, epochs={epochs}")
     window = seta_window(num_groups, window_scale)
+    if scores.dim() != 1:
+        raise ValueError(f"scores must be a 1-d tensor (N,), got shape {tuple(scores.shape)}")
+    require_data(scores=scores)
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError("scores must be finite")
     n = scores.numel()
     keep = min(1.0, max(0.1, 1.0 - prune_ratio))
+    if int(n * keep) < num_groups:
+        raise ValueError(f"num_groups={num_groups} exceeds the int({n} x {keep:g}) = {int(n * keep)} of the {n} scores "
+                         f"kept by the random prune_ratio={prune_ratio:g} pruning")
     kept = torch.randperm(n, generator=generator)[: int(n * keep)]
     if epoch >= anneal * epochs:  # partial annealing: the random fraction only
         return torch.sort(kept).values

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["WTACRSLinear", "WTACRSMethod", "apply_wta_crs", "crs_sample", "wta_crs_sample", "wta_crs_weight_grad"]
 
@@ -62,15 +62,16 @@ def sample_count(n: int, ratio: float, min_k: int = 10) -> int:
     return min(max(int(n * _check_ratio(ratio)), _check_min_k(min_k)), n)
 
 
-def _probabilities(scores: torch.Tensor) -> torch.Tensor:
+def _probabilities(scores: torch.Tensor, name: str = "scores") -> torch.Tensor:
     if scores.dim() != 1 or scores.numel() == 0:
-        raise ValueError(f"scores must be a non-empty 1-d tensor, got {tuple(scores.shape)}")
+        raise ValueError(f"{name} must be a non-empty 1-d tensor, got {tuple(scores.shape)}")
     if bool((scores < 0).any()) or not bool(torch.isfinite(scores).all()):
-        raise ValueError("scores must be finite and >= 0")
+        raise ValueError(f"{name} must be finite and >= 0")
     scores = scores.double()
     return (scores + _EPS) / (scores.sum() + _EPS * scores.numel())
 
 
+@checked_arguments
 def wta_crs_sample(scores: torch.Tensor, k: int, generator: torch.Generator | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows and weights of a WTA-CRS estimate of Σ_j A_j from k of the n terms, p_j ∝ ``scores``.
@@ -80,6 +81,8 @@ def wta_crs_sample(scores: torch.Tensor, k: int, generator: torch.Generator | No
         first |C| entries are the winners (weight 1), the rest the s = k − |C| sampled rows.
     """
     n = scores.numel()
+    if scores.dim() != 1 or n == 0:
+        raise ValueError(f"scores must be a non-empty 1-d tensor, got {tuple(scores.shape)}")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(f"k must be an int in [1, {n}], got {k!r}")
     p = _probabilities(scores)
@@ -105,10 +108,13 @@ def wta_crs_sample(scores: torch.Tensor, k: int, generator: torch.Generator | No
     return torch.cat([chosen, drawn]), weights
 
 
+@checked_arguments
 def crs_sample(scores: torch.Tensor, k: int, generator: torch.Generator | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain column-row sampling: k rows drawn with replacement from p ∝ ``scores``, weights 1 / (k p_j)."""
     n = scores.numel()
+    if scores.dim() != 1 or n == 0:
+        raise ValueError(f"scores must be a non-empty 1-d tensor, got {tuple(scores.shape)}")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(f"k must be an int in [1, {n}], got {k!r}")
     p = _probabilities(scores)
@@ -116,15 +122,20 @@ def crs_sample(scores: torch.Tensor, k: int, generator: torch.Generator | None =
     return drawn, 1.0 / (k * p[drawn])
 
 
+@checked_arguments
 def wta_crs_weight_grad(x: torch.Tensor, grad_output: torch.Tensor, ratio: float = 0.3, min_k: int = 10,
                         grad_norm: torch.Tensor | None = None, generator: torch.Generator | None = None
                         ) -> torch.Tensor:
     """The WTA-CRS estimate of ∇W = Σ_j g_jᵀ x_j for rows ``x`` ``(n, in)`` and ``grad_output`` ``(n, out)``;
     p_j ∝ ‖x_j‖ · ``grad_norm``_j (‖x_j‖ alone when ``grad_norm`` is None)."""
+    if x.dtype != grad_output.dtype or not x.is_floating_point():
+        raise TypeError(f"x and grad_output must share one floating point dtype, got {x.dtype} and "
+                        f"{grad_output.dtype}")
     x2, g2 = x.reshape(-1, x.shape[-1]), grad_output.reshape(-1, grad_output.shape[-1])
     scores = x2.detach().norm(dim=1).double()
     if grad_norm is not None:
         scores = scores * grad_norm.reshape(-1).double()
+    _probabilities(scores, "x's row norms (times grad_norm), WTA-CRS's sampling scores,")
     indices, weights = wta_crs_sample(scores, sample_count(x2.shape[0], ratio, min_k), generator)
     rows = x2[indices] * weights.to(x2.dtype).unsqueeze(1)
     return g2[indices].t() @ rows
@@ -139,6 +150,7 @@ class _WTACRSLinearFunction(torch.autograd.Function):
         if layer.grad_norm == "stale" and stale is not None and stale.numel() == x2.shape[0]:
             scores = scores * stale.to(scores.device)
         k = sample_count(x2.shape[0], layer.ratio, layer.min_k)
+        _probabilities(scores, "x's row norms (the layer's input; WTA-CRS's sampling scores)")
         indices, weights = wta_crs_sample(scores, k, layer.generator)
         ctx.save_for_backward(x2[indices] * weights.to(x2.dtype).unsqueeze(1), indices, weight)
         ctx.has_bias, ctx.layer, ctx.input_shape = bias is not None, layer, x.shape
@@ -156,6 +168,7 @@ class _WTACRSLinearFunction(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None
 
 
+@checked_arguments
 class WTACRSLinear(nn.Linear):
     """``nn.Linear`` whose weight gradient is the WTA-CRS estimate from ``ratio`` of its input rows (only those rows
     are stored for the backward pass); exact in eval, under ``no_grad`` or when the weight is frozen.
@@ -171,6 +184,8 @@ class WTACRSLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, ratio: float = 0.3, min_k: int = 10,
                  grad_norm: str = "stale", generator: torch.Generator | None = None, device: Any = None,
                  dtype: Any = None) -> None:
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"in_features and out_features must be >= 1, got {in_features} and {out_features}")
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.ratio, self.min_k = _check_ratio(ratio), _check_min_k(min_k)
         if grad_norm not in ("stale", "none"):
@@ -190,6 +205,7 @@ class WTACRSLinear(nn.Linear):
         return f"{super().extra_repr()}, ratio={self.ratio}, min_k={self.min_k}, grad_norm={self.grad_norm}"
 
 
+@checked_arguments
 def apply_wta_crs(model: nn.Module, ratio: float = 0.3, min_k: int = 10, *, ignore: Sequence[str] = (),
                   include_last: bool = False, grad_norm: str = "stale", optimizer: torch.optim.Optimizer | None = None,
                   generator: torch.Generator | None = None) -> list[str]:

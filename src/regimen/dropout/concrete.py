@@ -149,6 +149,7 @@ class ConcreteTemporalDropout(StochasticLayer):
         return f"p={self.p.item():.4f}, dim={self.dim}, temperature={self.temperature}"
 
 
+@checked_arguments
 def apply_concrete_temporal_dropout(
     model: nn.Module,
     init_p: float = 0.1,

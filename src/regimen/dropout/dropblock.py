@@ -87,6 +87,8 @@ def dropblock_mask(
     b = _check_block_size(block_size)
     if b > min(h, w):
         raise ValueError(f"block_size {b} is larger than the feature map {h}x{w}")
+    if not gamma_scale > 0:
+        raise ValueError(f"gamma_scale must be > 0, got {gamma_scale}")
     seeds_h, seeds_w = h - b + 1, w - b + 1
     gamma = min(1.0, gamma_scale * p * h * w / (b * b * seeds_h * seeds_w))
     seed_shape = (1 if batchwise else n, c, seeds_h, seeds_w)

@@ -114,6 +114,7 @@ def mc_predict(
     return mean, variance
 
 
+@checked_arguments
 class MCDropoutClassifier(nn.Module):
     """Wraps a classifier: ``forward(x)`` = log of the mean over ``samples`` dropout passes of ``softmax(model(x))``.
 

@@ -203,6 +203,8 @@ class MultiSampleDropout(TransparentWrapper):
         return self._parts()[0](x)
 
     def forward(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         features_fn, fc = self._parts()
         if fc is None:  # generic head: dropout on its input, head applied once to the stacked K*N batch
             if not self.training:
@@ -253,10 +255,10 @@ def _find_head(model: nn.Module) -> str | None:
 
 
 @checked_arguments
-def default_head(model: nn.Module) -> str:
+def default_head(model: nn.Module, what: str = "this surgery") -> str:
     """Dotted name of the classifier head by convention: ``stages.<last>`` when the model has a non-empty ``stages``
     ModuleList, else the first of its children named ``head``, ``fc``, ``classifier``; a wrapper without either is
-    searched through its child ``model`` or ``module`` (the inner model).
+    searched through its child ``model`` or ``module`` (the inner model). ``what`` names the caller in the error.
 
     Raises:
         ConfigurationError: none of them exists.
@@ -266,7 +268,7 @@ def default_head(model: nn.Module) -> str:
     found = _find_head(model)
     if found is None:
         raise ConfigurationError(
-            "multi_sample_dropout needs the classifier head: pass module='<dotted name>' (e.g. module='fc'), or give "
+            f"{what} needs the classifier head: pass module='<dotted name>' (e.g. module='fc'), or give "
             f"the model a `stages` ModuleList ending in the head or a child named head, fc or classifier; "
             f"{type(model).__name__} has none of them"
         )
@@ -298,7 +300,7 @@ def apply_multi_sample_dropout(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     _keep_probabilities(p, num_samples)
-    name = default_head(model) if module is None else module
+    name = default_head(model, "multi_sample_dropout") if module is None else module
     head = locate_submodule(model, name, "module")[2]
     if isinstance(head, MultiSampleDropout):
         raise ValueError(f"multi-sample dropout is already applied to {name!r}")

@@ -51,6 +51,7 @@ def _check_sigma(sigma: object, mu: object) -> tuple[float, float]:
     return float(sigma), float(mu)
 
 
+@checked_arguments
 def half_gaussian_nested_index(units: int, sigma: float = 10.0, mu: float = 0.0,
                                generator: torch.Generator | None = None) -> int:
     """One kept-unit count k in {1..units} with p(k) ∝ exp(-((k - mu) / sigma)^2) (Chen et al. 2022's per-batch

@@ -41,7 +41,7 @@ from torch.nn.utils import parametrize
 from regimen.dropout._common import check_generator, locate_submodule
 from regimen.dropout.multisample import default_head
 from regimen.dropout.nested import _check_sigma, half_gaussian_nested_index
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = [
     "NestedDropoutMethod",
@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 
+@checked_arguments
 def nested_prefix_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
                          ) -> torch.Tensor:
     """Logits of every prefix: ``(N, D, C)`` with ``[:, k-1]`` = ``W (m_k ⊙ h) + b`` for k = 1..D.
@@ -70,6 +71,7 @@ def nested_prefix_logits(features: torch.Tensor, weight: torch.Tensor, bias: tor
     return logits if bias is None else logits + bias
 
 
+@checked_arguments
 class NestedLinear(nn.Linear):
     """``nn.Linear`` whose input keeps only a prefix of k units: in training one half-Gaussian k per batch, in eval
     ``eval_k`` (``None``: all units).
@@ -82,6 +84,8 @@ class NestedLinear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, sigma: float = 10.0, mu: float = 0.0,
                  generator: torch.Generator | None = None, device: Any = None, dtype: Any = None) -> None:
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"in_features and out_features must be >= 1, got {in_features} and {out_features}")
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.sigma, self.mu = _check_sigma(sigma, mu)
         self.generator = check_generator(generator)
@@ -103,11 +107,12 @@ class NestedLinear(nn.Linear):
         return f"{super().extra_repr()}, sigma={self.sigma}, mu={self.mu}, eval_k={self.eval_k}"
 
 
+@checked_arguments
 def find_classifier_linear(model: nn.Module, module: str | None = None) -> str:
     """Dotted name of the model's final Linear: ``module`` itself when it is a Linear, else its child ``fc`` (a
     :class:`~regimen.models.ClassifierHead`); by default the head found by convention (``stages[-1]``, ``head``,
     ``fc``, ``classifier``)."""
-    name = default_head(model) if module is None else module
+    name = default_head(model, "nested dropout (find_classifier_linear)") if module is None else module
     found = locate_submodule(model, name, "module")[2]
     if isinstance(found, nn.Linear):
         return name
@@ -118,6 +123,7 @@ def find_classifier_linear(model: nn.Module, module: str | None = None) -> str:
                      "`fc`; pass module='<dotted name of the classifier Linear>'")
 
 
+@checked_arguments
 def apply_nested_dropout_head(model: nn.Module, sigma: float = 10.0, mu: float = 0.0, *, module: str | None = None,
                               optimizer: torch.optim.Optimizer | None = None,
                               generator: torch.Generator | None = None) -> NestedLinear:
@@ -161,10 +167,13 @@ def nested_layers(model: nn.Module) -> list[NestedLinear]:
 
 
 @torch.no_grad()
+@checked_arguments
 def select_nested_k(model: nn.Module, dataset: Any, normalize=None, batch_size: int = 1000,
                     device: torch.device | str = "cpu") -> tuple[int, float]:
     """Score every prefix k of the model's (single) :class:`NestedLinear` on ``dataset`` (``gather(indices)`` ->
     inputs, labels) and set its ``eval_k`` to the best; returns ``(k, accuracy at k)``. Ties go to the smaller k."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     layers = nested_layers(model)
     if len(layers) != 1:
         raise ValueError(f"model must hold exactly one NestedLinear, found {len(layers)}; apply "

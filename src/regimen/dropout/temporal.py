@@ -106,6 +106,7 @@ class TemporalDropout(StochasticLayer):
         return f"p={self.p}, dim={self.dim}"
 
 
+@checked_arguments
 def time_dropout_slots(model: nn.Module, slot: str = TIME_DROPOUT_SLOT) -> list[str]:
     """Dotted names of the modules of ``model`` that have a child named ``slot`` (the time-dropout slots).
 
@@ -129,6 +130,7 @@ def time_dropout_slots(model: nn.Module, slot: str = TIME_DROPOUT_SLOT) -> list[
     return names
 
 
+@checked_arguments
 def apply_temporal_dropout(model: nn.Module, p: float = 0.1, *, slot: str = TIME_DROPOUT_SLOT,
                            scale_by_keep: bool = True, generator: torch.Generator | None = None) -> list[str]:
     """Put a :class:`TemporalDropout` (time dimension 1) into every time-dropout slot of ``model``, in place.

@@ -131,6 +131,11 @@ def auglocal_auxiliary(
         num_classes: classes of the linear classifier.
     """
     num_layers = len(stages) - 1
+    if len(shapes) < len(stages):
+        raise ValueError(f"shapes must hold the input's shape and each of the {num_layers} backbone layers' output "
+                         f"shapes (at least {len(stages)} for {len(stages)} stages), got {len(shapes)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     indices = auglocal_layer_indices(layer, num_layers, depth)
     current = tuple(shapes[layer + 1])
     layers: list[nn.Module] = []

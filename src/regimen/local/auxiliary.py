@@ -55,6 +55,24 @@ def _check_shape(shape: Sequence[int], what: str) -> tuple[int, ...]:
     return shape
 
 
+def _check_features(features: object) -> None:
+    """An auxiliary's ``features`` must be a tensor (its head's layers would fail inside on anything else)."""
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
+
+
+def _apply(layer: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """``layer(features)``; a shape, dtype or device that the layer cannot take is a ``ValueError`` naming
+    ``features`` (torch's own message kept after it) instead of an error from deep inside the head."""
+    try:
+        return layer(features)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as error:
+        raise ValueError(f"features of shape {tuple(features.shape)} ({features.dtype}, {features.device}) do not fit "
+                         f"the auxiliary network: {str(error).splitlines()[0]}") from error
+
+
 class _TokenMean(nn.Module):
     """(N, T, D) -> (N, D) by averaging tokens."""
 
@@ -73,6 +91,8 @@ def dgl_head(shape: Sequence[int], num_classes: int, depth: int = 2, mlp_layers:
     shape = _check_shape(shape, "shape")
     if depth < 0 or mlp_layers < 0:
         raise ValueError(f"depth and mlp_layers must be >= 0, got {depth} and {mlp_layers}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     layers: list[nn.Module] = []
     if len(shape) == 3:
         channels, height, width = shape
@@ -152,6 +172,8 @@ def infopro_decoder(shape: Sequence[int], image_shape: Sequence[int], width: int
     image_shape = _check_shape(image_shape, "image_shape")
     if len(image_shape) != 3:
         raise ValueError(f"image_shape must be (C, H, W), got {image_shape}")
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
     channels = image_shape[0]
     tail: list[nn.Module] = [nn.Sigmoid()] if sigmoid else []
     if len(shape) == 3:
@@ -174,6 +196,8 @@ def infopro_weights(index: int, num_auxiliaries: int, first: tuple[float, float]
 
     r = index / (num_auxiliaries - 1) (0 when there is one auxiliary); λ = first · (1 - r) + last · r.
     """
+    if num_auxiliaries < 1:
+        raise ValueError(f"num_auxiliaries must be >= 1, got {num_auxiliaries}")
     if not 0 <= index < num_auxiliaries:
         raise ValueError(f"index must be in [0, {num_auxiliaries}), got {index}")
     ratio = index / (num_auxiliaries - 1) if num_auxiliaries > 1 else 0.0
@@ -205,11 +229,14 @@ class ClassifierAuxiliary(AuxiliaryNetwork):
 
     def __init__(self, head: nn.Module, weight: float = 1.0) -> None:
         super().__init__()
+        if not weight >= 0:
+            raise ValueError(f"weight must be >= 0, got {weight}")
         self.head = head
         self.weight = float(weight)
 
     def loss(self, features, target, *, criterion, image=None, module_input=None):  # noqa: D102
-        return self.weight * criterion(self.head(features), target)
+        _check_features(features)
+        return self.weight * criterion(_apply(self.head, features), target)
 
 
 @checked_arguments
@@ -223,6 +250,9 @@ class InfoProAuxiliary(AuxiliaryNetwork):
     def __init__(self, head: nn.Module, decoder: nn.Module | None, recon_weight: float, ce_weight: float,
                  bce: bool = True) -> None:
         super().__init__()
+        for name, value in (("recon_weight", recon_weight), ("ce_weight", ce_weight)):
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         self.head = head
         self.decoder = decoder
         self.recon_weight = float(recon_weight)
@@ -230,16 +260,21 @@ class InfoProAuxiliary(AuxiliaryNetwork):
         self.bce = bool(bce)
 
     def loss(self, features, target, *, criterion, image=None, module_input=None):  # noqa: D102
-        if not isinstance(features, torch.Tensor):
-            raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
-        total = self.ce_weight * criterion(self.head(features), target)
+        _check_features(features)
+        total = self.ce_weight * criterion(_apply(self.head, features), target)
         if self.decoder is not None and self.recon_weight != 0.0:
             if image is None:
                 raise ValueError("InfoPro needs the reconstruction target `image`")
             image = image.detach()
-            recon = self.decoder(features)
+            recon = _apply(self.decoder, features)
             if self.bce:
-                term = F.binary_cross_entropy(recon.float(), image.float().clamp(0.0, 1.0))
+                try:
+                    term = F.binary_cross_entropy(recon.float(), image.float().clamp(0.0, 1.0))
+                except RuntimeError:  # torch refuses a reconstruction outside [0, 1]: only NaN gets there
+                    if bool(torch.isfinite(recon).all()):
+                        raise
+                    raise ValueError("features gave a NaN reconstruction (non-finite or huge features?); "
+                                     "binary cross-entropy needs values in [0, 1]") from None
             else:
                 term = F.mse_loss(recon.float(), image.float())
             total = total + self.recon_weight * term
@@ -275,16 +310,22 @@ class ReconstructionAuxiliary(AuxiliaryNetwork):
         super().__init__()
         shape = _check_shape(shape, "shape")
         input_shape = _check_shape(input_shape, "input_shape")
+        for name, value in (("recon_weight", recon_weight), ("ce_weight", ce_weight)):
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.decoder = _reconstruction_decoder(shape, input_shape)
         self.head = dgl_head(shape, num_classes, depth=0, mlp_layers=0)
         self.recon_weight = float(recon_weight)
         self.ce_weight = float(ce_weight)
 
     def loss(self, features, target, *, criterion, image=None, module_input=None):  # noqa: D102
-        total = self.ce_weight * criterion(self.head(features), target)
+        _check_features(features)
+        total = self.ce_weight * criterion(_apply(self.head, features), target)
         if self.recon_weight != 0.0:
             if module_input is None:
                 raise ValueError("recon needs the module's input features `module_input`")
-            recon = self.decoder(features).float()
+            recon = _apply(self.decoder, features).float()
             total = total + self.recon_weight * F.mse_loss(recon, module_input.detach().float())
         return total

@@ -193,6 +193,10 @@ class LocalLearning(nn.Module):
             raise ValueError(f"balance must be one of {BALANCE_MODES}, got {balance!r}")
         if aux_depth is not None and (isinstance(aux_depth, bool) or not isinstance(aux_depth, int) or aux_depth < 0):
             raise ValueError(f"aux_depth must be a non-negative int or None, got {aux_depth!r}")
+        if not recon_weight >= 0:
+            raise ValueError(f"recon_weight must be >= 0, got {recon_weight}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         if aux == "auglocal" and aux_depth is not None and aux_depth < 1:
             raise ValueError(f"aux_depth must be >= 1 for auglocal, got {aux_depth}")
         stage_list = resolve_stages(stages, split_points)
@@ -234,6 +238,8 @@ class LocalLearning(nn.Module):
         self.split_points: list[int] = [start for start, _ in ranges[1:]]
         self.num_modules = len(ranges)
 
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes) if num_classes is not None else _num_classes_of(stage_list[-1])
         self.data_mean = None if data_mean is None else torch.as_tensor(data_mean, dtype=torch.float32).flatten()
         self.data_std = None if data_std is None else torch.as_tensor(data_std, dtype=torch.float32).flatten()

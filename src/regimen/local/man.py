@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from regimen.local.auxiliary import AuxiliaryNetwork, dgl_head
+from regimen.local.auxiliary import AuxiliaryNetwork, _apply, _check_features, dgl_head
 from regimen.method import checked_arguments
 from regimen.models import copy_module
 
@@ -78,6 +78,10 @@ class MomentumAuxiliary(AuxiliaryNetwork):
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         if learnable not in ("bias", "copy"):
             raise ValueError(f"learnable must be 'bias' or 'copy', got {learnable!r}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if head_depth < 0:
+            raise ValueError(f"head_depth must be >= 0, got {head_depth}")
         self.source = [next_block]  # a plain list: the live block is not registered twice
         self.ema = copy_module(next_block)
         self.ema.requires_grad_(False)
@@ -96,7 +100,8 @@ class MomentumAuxiliary(AuxiliaryNetwork):
 
     def transfer(self, features: torch.Tensor) -> torch.Tensor:
         """z = EMA(h) + LB (or + LB(h) for ``learnable="copy"``)."""
-        z = self.ema(features)
+        _check_features(features)
+        z = _apply(self.ema, features)
         if self.learnable_copy is not None:
             return z + self.learnable_copy(features)
         return z + self.bias

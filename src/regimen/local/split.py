@@ -188,6 +188,10 @@ def split_points_to_ranges(split_points: Sequence[int], num_stages: int, min_las
     for p in points:
         if isinstance(p, bool) or not isinstance(p, int):
             raise TypeError(f"split_points must be ints, got {p!r}")
+    if num_stages < 2:
+        raise ValueError(f"num_stages must be >= 2 (at least one block and the head), got {num_stages}")
+    if min_last_blocks < 0:
+        raise ValueError(f"min_last_blocks must be >= 0, got {min_last_blocks}")
     num_blocks = num_stages - 1
     if any(b <= a for a, b in zip(points, points[1:], strict=False)):
         raise ValueError(f"split_points must be strictly increasing, got {points}")

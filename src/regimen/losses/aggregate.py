@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import torch
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["AggregateLossMethod", "aggregate_loss"]
 
 
+@checked_arguments
 def aggregate_loss(prediction: torch.Tensor, bags: torch.Tensor, bag_targets: torch.Tensor, rho: float = 0.0,
                    reduction: str = "mean") -> torch.Tensor:
     """``L_ρ`` of each bag (module docstring) for bags of any sizes.

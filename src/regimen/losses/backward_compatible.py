@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import orthogonal
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data, require_same_device
 
 __all__ = ["BT2Method", "BT2Model", "BT2Output", "bt2_embedding", "bt2_regularizer", "class_means"]
 
@@ -66,6 +66,7 @@ class BT2Output(NamedTuple):
     feature: torch.Tensor
 
 
+@checked_arguments
 def bt2_embedding(feature: torch.Tensor, old_space: torch.Tensor, p: torch.Tensor, o2: torch.Tensor, extra_dims: int,
                   scale: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The BT² embedding ``[O₂ z[:, :d_old], z[:, d_old:]]`` with ``z = [normalize(old_space[:, :a]), P(C·f)]``.
@@ -81,6 +82,10 @@ def bt2_embedding(feature: torch.Tensor, old_space: torch.Tensor, p: torch.Tenso
     Returns:
         ``(embedding (N, D + a), compatible (N, d_old))``.
     """
+    for name, value in (("feature", feature), ("old_space", old_space), ("p", p), ("o2", o2)):
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating point tensor, got {value.dtype}")
+    require_same_device(feature=feature, old_space=old_space, p=p, o2=o2)
     if feature.dim() != 2 or old_space.dim() != 2 or feature.shape[0] != old_space.shape[0]:
         raise ValueError(f"feature (N, D) and old_space (N, d_old) must be 2-D with one row per sample, got "
                          f"{tuple(feature.shape)} and {tuple(old_space.shape)}")
@@ -95,6 +100,7 @@ def bt2_embedding(feature: torch.Tensor, old_space: torch.Tensor, p: torch.Tenso
     return torch.cat([compatible, z[:, d_old:]], dim=1), compatible
 
 
+@checked_arguments
 def bt2_regularizer(feature: torch.Tensor, compatible: torch.Tensor, target: torch.Tensor, old: torch.Tensor,
                     new: torch.Tensor | None, old_classifier: torch.Tensor, new_weight: float = 1.0,
                     influence_weight: float = 10.0, old_weight: float = 10.0) -> torch.Tensor:
@@ -108,6 +114,26 @@ def bt2_regularizer(feature: torch.Tensor, compatible: torch.Tensor, target: tor
             to drop the λ₁ term.
         old_classifier: ``(classes, d_old)`` W_old.
     """
+    for name, value in (("feature", feature), ("compatible", compatible), ("old", old), ("new", new),
+                        ("old_classifier", old_classifier)):
+        if value is not None and not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating point tensor, got {value.dtype}")
+    if compatible.dim() != 2 or old.shape != compatible.shape or feature.dim() != 2 or (
+            feature.shape[0] != compatible.shape[0]) or (new is not None and new.shape != feature.shape):
+        raise ValueError(f"feature (N, D), compatible and old (N, d_old) and new (N, D) must agree, got "
+                         f"{tuple(feature.shape)}, {tuple(compatible.shape)}, {tuple(old.shape)} and "
+                         f"{None if new is None else tuple(new.shape)}")
+    if old_classifier.dim() != 2 or old_classifier.shape[1] != compatible.shape[1]:
+        raise ValueError(f"old_classifier must be (classes, {compatible.shape[1]}), got {tuple(old_classifier.shape)}")
+    if target.shape != (compatible.shape[0],) or target.is_floating_point() or target.dtype == torch.bool:
+        raise ValueError(f"target must be ({compatible.shape[0]},) class indices, got {target.dtype} "
+                         f"{tuple(target.shape)}")
+    for name, value in (("new_weight", new_weight), ("influence_weight", influence_weight),
+                        ("old_weight", old_weight)):
+        if not value >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    require_same_device(feature=feature, compatible=compatible, target=target, old=old, new=new,
+                        old_classifier=old_classifier)
     cos_old = F.cosine_similarity(compatible, old, dim=1)
     logits = F.normalize(compatible, dim=1) @ old_classifier.T
     terms = influence_weight * F.cross_entropy(logits, target, reduction="none") + old_weight * (1.0 - cos_old)
@@ -116,9 +142,17 @@ def bt2_regularizer(feature: torch.Tensor, compatible: torch.Tensor, target: tor
     return terms
 
 
+@checked_arguments
 def class_means(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(classes, row_of_class)``: the mean L2-normalised embedding of each class present (sorted by id) and a lookup
     from class id to its row (-1 for absent ids)."""
+    if embeddings.dim() != 2 or not embeddings.is_floating_point() or labels.shape != (embeddings.shape[0],) or (
+            labels.is_floating_point() or labels.dtype == torch.bool):
+        raise ValueError(f"embeddings must be floating (N, D) and labels (N,) integer class ids, got "
+                         f"{embeddings.dtype} {tuple(embeddings.shape)} and {labels.dtype} {tuple(labels.shape)}")
+    require_data(embeddings=embeddings, labels=labels)
+    if labels.numel() == 0 or int(labels.min()) < 0:
+        raise ValueError("labels must be a non-empty set of class ids >= 0")
     present = labels.unique(sorted=True)
     lookup = torch.full((int(present.max()) + 1,), -1, dtype=torch.int64)
     lookup[present] = torch.arange(len(present))
@@ -129,6 +163,7 @@ def class_means(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return (sums / counts).float(), lookup
 
 
+@checked_arguments
 class BT2Model(nn.Module):
     """A backbone with BT²'s old-space head and basis transformations (see the module docstring). Training mode
     returns :class:`BT2Output`; eval mode the embedding alone (what retrieval uses)."""

@@ -23,6 +23,8 @@ from collections.abc import Callable
 
 import torch
 
+from regimen.method import checked_arguments, require_same_device
+
 __all__ = ["cfm_loss", "cfm_pairs", "integrate_flow", "split_cfm_target"]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -36,6 +38,7 @@ def _check_points(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must be (N, d) points, got shape {tuple(x.shape)}")
 
 
+@checked_arguments
 def cfm_pairs(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, sigma: float = 0.0,
               noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The CFM training batch of pairs ``(x0[i], x1[i])`` at times ``t[i]``.
@@ -52,6 +55,7 @@ def cfm_pairs(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, sigma: float 
     _check_points(x1, "x1")
     if x0.shape != x1.shape:
         raise ValueError(f"x0 {tuple(x0.shape)} and x1 {tuple(x1.shape)} must have one shape")
+    require_same_device(x0=x0, x1=x1, t=t, noise=noise)
     if not isinstance(t, torch.Tensor) or t.shape != (x0.shape[0],):
         raise ValueError(f"t must be a tensor of shape ({x0.shape[0]},), got {tuple(getattr(t, 'shape', ()))}")
     if not sigma >= 0:
@@ -66,6 +70,7 @@ def cfm_pairs(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, sigma: float 
     return torch.cat([xt, tc], dim=1), torch.cat([x0, x1, tc], dim=1)
 
 
+@checked_arguments
 def split_cfm_target(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x0, x1, t)`` of a packed target ``[x0, x1, t]`` ``(N, 2d + 1)``."""
     if not isinstance(target, torch.Tensor) or target.dim() != 2 or target.shape[1] < 3 or target.shape[1] % 2 != 1:
@@ -75,20 +80,23 @@ def split_cfm_target(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     return target[:, :d], target[:, d:2 * d], target[:, 2 * d]
 
 
+@checked_arguments
 def cfm_loss(output: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """``mean_j (v_ij − (x1_ij − x0_ij))²`` per pair: its mean over the batch, sum, or the ``(N,)`` values."""
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     x0, x1, _ = split_cfm_target(target)
     if not isinstance(output, torch.Tensor) or output.shape != x0.shape:
-        raise ValueError(f"the velocity must be (N, d) = {tuple(x0.shape)} like the pair's points, got "
+        raise ValueError(f"output (the velocity) must be (N, d) = {tuple(x0.shape)} like the pair's points, got "
                          f"{tuple(getattr(output, 'shape', ()))}")
+    require_same_device(output=output, target=target)
     per_pair = (output.float() - (x1 - x0).float()).pow(2).mean(dim=1)
     if reduction == "mean":
         return per_pair.mean()
     return per_pair.sum() if reduction == "sum" else per_pair
 
 
+@checked_arguments
 def integrate_flow(velocity: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, steps: int,
                    solver: str = "euler") -> torch.Tensor:
     """``x(1)`` of ``dx/dt = velocity([x, t])`` from ``x(0) = x0`` with ``steps`` uniform steps ``h = 1/steps``.

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regimen.losses.soft_ce import check_single_sample_logits
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data, require_same_device
 
 __all__ = ["CompSumLoss", "CompSumLossMethod", "comp_sum_loss", "comp_sum_phi"]
 
@@ -72,6 +72,7 @@ def _check_floor(min_log_prob: object) -> float | None:
     return float(min_log_prob)
 
 
+@checked_arguments
 def comp_sum_phi(u: torch.Tensor, tau: float) -> torch.Tensor:
     """The paper's ``Φ^τ(u)``: ``log(1 + u)`` for τ = 1, ``((1 + u)^{1−τ} − 1) / (1 − τ)`` otherwise (``u ≥ 0``)."""
     tau = _check_tau(tau)
@@ -87,6 +88,7 @@ def _per_class_losses(log_probs: torch.Tensor, tau: float) -> torch.Tensor:
     return -torch.expm1((tau - 1.0) * log_probs) / (tau - 1.0)
 
 
+@checked_arguments
 def comp_sum_loss(logits: torch.Tensor, target: torch.Tensor, tau: float = 1.0, reduction: str = "mean",
                   min_log_prob: float | None = -10.0, label_smoothing: float = 0.0,
                   check_values: bool = True) -> torch.Tensor:
@@ -116,6 +118,9 @@ def comp_sum_loss(logits: torch.Tensor, target: torch.Tensor, tau: float = 1.0, 
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if isinstance(label_smoothing, bool) or not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if check_values:
+        require_data(logits=logits, target=target)
+    require_same_device(logits=logits, target=target)
     n, classes = logits.shape
     work = logits if logits.dtype == torch.float64 else logits.float()
     log_probs = F.log_softmax(work, dim=1)
@@ -151,6 +156,7 @@ def comp_sum_loss(logits: torch.Tensor, target: torch.Tensor, tau: float = 1.0, 
     return per_example
 
 
+@checked_arguments
 class CompSumLoss(nn.Module):
     """Module form of :func:`comp_sum_loss`: ``CompSumLoss(tau)(logits, target)``."""
 

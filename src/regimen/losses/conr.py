@@ -40,11 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data, require_same_device
 
 __all__ = ["ConRMethod", "conr_loss", "lds_weights"]
 
 
+@checked_arguments
 def conr_loss(features: torch.Tensor, target: torch.Tensor, prediction: torch.Tensor, window: float = 1.0,
               temperature: float = 0.07, push: float = 0.01, weights: torch.Tensor | None = None,
               faithful: bool = True, reduction: str = "mean") -> torch.Tensor:
@@ -67,6 +68,7 @@ def conr_loss(features: torch.Tensor, target: torch.Tensor, prediction: torch.Te
                          f"{tuple(target.shape)} and {tuple(prediction.shape)}")
     if not (window > 0 and temperature > 0):
         raise ValueError(f"window and temperature must be > 0, got {window} and {temperature}")
+    require_same_device(features=features, target=target, prediction=prediction, weights=weights)
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     n = features.shape[0]
@@ -97,6 +99,7 @@ def conr_loss(features: torch.Tensor, target: torch.Tensor, prediction: torch.Te
     return per_anchor.sum() if reduction == "sum" else per_anchor.mean()
 
 
+@checked_arguments
 def lds_weights(train_targets: torch.Tensor, bin_width: float, kernel_size: int = 5,
                 sigma: float = 2.0) -> tuple[torch.Tensor, float]:
     """Per-bin ``sqrt_inv`` weights of label-distribution smoothing (Yang et al., ICML 2021, arXiv 2102.09554): the
@@ -104,6 +107,17 @@ def lds_weights(train_targets: torch.Tensor, bin_width: float, kernel_size: int 
     square root, scaled so the training samples' mean weight is 1. Returns ``(weights per bin, lowest target)``."""
     if not bin_width > 0:
         raise ValueError(f"bin_width must be > 0, got {bin_width}")
+    if not sigma > 0 or kernel_size < 1:
+        raise ValueError(f"sigma must be > 0 and kernel_size >= 1, got sigma={sigma}, kernel_size={kernel_size}")
+    if not isinstance(train_targets, torch.Tensor) or train_targets.dim() != 1 or train_targets.numel() == 0:
+        raise ValueError(f"train_targets must be a non-empty 1-d tensor, got "
+                         f"{tuple(getattr(train_targets, 'shape', ()))}")
+    require_data(train_targets=train_targets)
+    if train_targets.dtype == torch.bool or not bool(torch.isfinite(train_targets).all()):
+        raise ValueError("train_targets must be finite numbers")
+    if float(train_targets.max() - train_targets.min()) / bin_width > 1e7:
+        raise ValueError(f"train_targets span {float(train_targets.max() - train_targets.min()):g}: more than 10^7 "
+                         f"bins of bin_width={bin_width:g}")
     low = float(train_targets.min())
     index = ((train_targets.double() - low) / bin_width).floor().long()
     counts = torch.bincount(index).double()

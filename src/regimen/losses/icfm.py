@@ -16,11 +16,12 @@ from __future__ import annotations
 import torch
 
 from regimen.losses.cfm import split_cfm_target
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_same_device
 
 __all__ = ["ICFMMethod", "add_path_noise"]
 
 
+@checked_arguments
 def add_path_noise(inputs: torch.Tensor, sigma: float, noise: torch.Tensor) -> torch.Tensor:
     """``[x_t + σ ε, t]`` from a flow-matching input ``[x_t, t]`` ``(N, d + 1)`` and ``ε`` ``(N, d)``."""
     if not isinstance(inputs, torch.Tensor) or inputs.dim() != 2 or inputs.shape[1] < 2:
@@ -29,6 +30,7 @@ def add_path_noise(inputs: torch.Tensor, sigma: float, noise: torch.Tensor) -> t
         raise ValueError(f"sigma must be >= 0, got {sigma}")
     if noise.shape != (inputs.shape[0], inputs.shape[1] - 1):
         raise ValueError(f"noise must be (N, d) = {(inputs.shape[0], inputs.shape[1] - 1)}, got {tuple(noise.shape)}")
+    require_same_device(inputs=inputs, noise=noise)
     return torch.cat([inputs[:, :-1] + sigma * noise.to(inputs.dtype), inputs[:, -1:]], dim=1)
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from regimen.method import Method, checked_arguments, register_method
+from regimen.method import Method, checked_arguments, register_method, require_data
 
 __all__ = ["LoadBalanceAccumulator", "LoadBalanceMethod", "expert_counts", "load_balancing_loss"]
 
@@ -40,6 +40,7 @@ __all__ = ["LoadBalanceAccumulator", "LoadBalanceMethod", "expert_counts", "load
 @checked_arguments
 def expert_counts(expert_indices: torch.Tensor, num_experts: int) -> torch.Tensor:
     """Number of assignments per expert (int64, shape ``(num_experts,)``) from ``(T,)`` or ``(T, k)`` indices."""
+    require_data(expert_indices=expert_indices)
     if not isinstance(expert_indices, torch.Tensor) or expert_indices.is_floating_point():
         raise TypeError("expert_indices must be an integer tensor")
     if num_experts < 1:
@@ -114,6 +115,7 @@ def load_balancing_loss(
     Returns:
         Scalar loss; 1.0 for perfectly uniform routing and probabilities. Multiply by your coefficient.
     """
+    require_data(router_probs=router_probs, expert_indices=expert_indices)
     if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
         raise ValueError(f"num_experts must be an int >= 1, got {num_experts!r}")
     if not isinstance(router_probs, torch.Tensor) or not router_probs.is_floating_point():

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Sampler
 
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data
 
 __all__ = ["MultiSimilarityLoss", "MultiSimilarityMethod", "PKSampler", "multi_similarity_loss"]
 
@@ -174,6 +174,7 @@ class PKSampler(Sampler[list[int]]):
         num_batches: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
+        require_data(labels=labels)
         labels_t = torch.as_tensor(labels)
         if labels_t.dim() != 1 or labels_t.is_floating_point() or labels_t.numel() == 0:
             raise ValueError("labels must be a non-empty 1-D sequence of integer labels")

@@ -22,17 +22,21 @@ import numpy as np
 import torch
 
 from regimen.losses.cfm import cfm_pairs, split_cfm_target
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data
 
 __all__ = ["OTCFMMethod", "ot_pairing"]
 
 
+@checked_arguments
 def ot_pairing(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     """The permutation ``p`` for which ``Σ_i ‖x0[p[i]] − x1[i]‖²`` is least (exact, Hungarian algorithm)."""
     from scipy.optimize import linear_sum_assignment
 
     if x0.dim() != 2 or x0.shape != x1.shape:
         raise ValueError(f"x0 and x1 must be (N, d) of one shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
+    require_data(x0=x0, x1=x1)
+    if not (bool(torch.isfinite(x0).all()) and bool(torch.isfinite(x1).all())):
+        raise ValueError("x0 and x1 must be finite (the pairing's squared distances)")
     cost = torch.cdist(x0.detach().double().cpu(), x1.detach().double().cpu()).pow(2).numpy()
     rows, cols = linear_sum_assignment(cost)  # rows = 0..N-1; x0[rows[k]] goes to x1[cols[k]]
     source = np.empty_like(rows)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data
 
 __all__ = ["S3IM", "S3IMMethod", "gaussian_window", "s3im_indices", "s3im_loss", "ssim"]
 
@@ -54,10 +54,13 @@ def gaussian_window(kernel: int, sigma: float = 1.5) -> torch.Tensor:
 @checked_arguments
 def ssim(img1: torch.Tensor, img2: torch.Tensor, kernel: int = 4, stride: int = 4, sigma: float = 1.5) -> torch.Tensor:
     """Mean SSIM of two ``(B, C, H, W)`` images with a Gaussian window, zero padding and a strided window."""
+    require_data(img1=img1, img2=img2)
     if img1.shape != img2.shape or img1.dim() != 4:
         raise ValueError(f"images must both be (B, C, H, W) of one shape, got {tuple(img1.shape)}, {tuple(img2.shape)}")
     if not (img1.is_floating_point() and img2.is_floating_point()):
         raise TypeError(f"img1 and img2 must be floating point, got {img1.dtype} and {img2.dtype}")
+    if img1.dtype != img2.dtype:
+        raise TypeError(f"img1 and img2 must share one dtype, got {img1.dtype} and {img2.dtype}")
     if kernel < 1 or stride < 1:
         raise ValueError(f"kernel and stride must be >= 1, got kernel={kernel}, stride={stride}")
     channels = img1.shape[1]

@@ -22,21 +22,28 @@ from __future__ import annotations
 import torch
 
 from regimen.losses.cfm import split_cfm_target
-from regimen.method import Context, Method, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_same_device
 
 __all__ = ["WCFMMethod", "gibbs_weights", "pair_cost"]
 
 COSTS = ("sqeuclidean", "euclidean")
 
 
+@checked_arguments
 def pair_cost(x0: torch.Tensor, x1: torch.Tensor, cost: str = "sqeuclidean") -> torch.Tensor:
     """``‖x1_i − x0_i‖²`` (or ``‖·‖`` for ``cost="euclidean"``) of each pair, ``(N,)``, in float32 or wider."""
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
+    if not (x0.is_floating_point() and x1.is_floating_point()):
+        raise TypeError(f"x0 and x1 must be floating point, got {x0.dtype} and {x1.dtype}")
+    if x0.dim() != 2 or x0.shape != x1.shape:
+        raise ValueError(f"x0 and x1 must be (N, d) of one shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
+    require_same_device(x0=x0, x1=x1)
     squared = (x1 - x0).float().pow(2).sum(dim=1)
     return squared if cost == "sqeuclidean" else squared.sqrt()
 
 
+@checked_arguments
 def gibbs_weights(cost: torch.Tensor, epsilon: float) -> torch.Tensor:
     """Self-normalised Gibbs weights ``N · softmax(−cost / ε)`` of a batch's pair costs ``(N,)`` (mean 1), computed
     in the log domain so that no weight underflows to 0/0."""

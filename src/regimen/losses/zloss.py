@@ -30,6 +30,8 @@ index target only. The class dimension is the **last** dimension (``(N, C)`` or 
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import warnings
 
 import torch
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regimen._compat import renamed_arguments
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data
 
 __all__ = ["LogitZLoss", "LogitZLossMethod", "ZLoss", "ZLossMethod", "logit_z_loss", "z_loss"]
 
@@ -49,6 +51,8 @@ def _check_logits(logits: torch.Tensor, name: str = "logits", check_values: bool
         raise TypeError(f"{name} must be a floating tensor, got {getattr(logits, 'dtype', type(logits))}")
     if logits.dim() < 1:
         raise ValueError(f"{name} must have a class dimension (last), got a scalar")
+    if check_values:
+        require_data(**{name: logits})
     if check_values and not torch.isfinite(logits).all():
         raise ValueError(f"{name} contain NaN or inf ({int((~torch.isfinite(logits)).sum())} entries)")
 
@@ -60,6 +64,8 @@ def _valid_mask(target: torch.Tensor, logits: torch.Tensor, ignore_index: int,
         raise TypeError(
             f"target must be an integer tensor of class indices, got {getattr(target, 'dtype', type(target))}"
         )
+    if check_values:
+        require_data(target=target)
     if tuple(target.shape) != tuple(logits.shape[:-1]):
         raise ValueError(f"target shape {tuple(target.shape)} must equal logits.shape[:-1] {tuple(logits.shape[:-1])}")
     classes = logits.shape[-1]
@@ -159,8 +165,10 @@ def logit_z_loss(
         raise TypeError(f"target must be an integer tensor or None, got {type(target).__name__} (the coefficient is "
                         "the keyword z_loss_coef)")
     _check_logits(logits, check_values=check_values)
-    if not z_loss_coef >= 0:
-        raise ValueError(f"z_loss_coef must be >= 0, got {z_loss_coef}")
+    if isinstance(z_loss_coef, bool) or not isinstance(z_loss_coef, numbers.Real):
+        raise TypeError(f"z_loss_coef must be a finite number >= 0, got {z_loss_coef!r}")
+    if not (z_loss_coef >= 0 and math.isfinite(z_loss_coef)):
+        raise ValueError(f"z_loss_coef must be a finite number >= 0, got {z_loss_coef}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if target is None:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from regimen._compat import deprecated_aliases
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data
 from regimen.subnet._common import unignored_modules
 from regimen.subnet._surgery import replace_parameters
 
@@ -72,6 +72,7 @@ def matrix_to_conv(matrix: torch.Tensor, shape: torch.Size | tuple[int, ...]) ->
 @checked_arguments
 def energy_rank(singular_values: torch.Tensor, energy: float = 0.99) -> int:
     """Smallest ``r`` with ``sum(s[:r]^2) >= energy * sum(s^2)`` (at least 1)."""
+    require_data(singular_values=singular_values)
     if not 0.0 < energy <= 1.0:
         raise ValueError(f"energy must be in (0, 1], got {energy}")
     power = singular_values.double().pow(2)

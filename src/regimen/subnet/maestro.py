@@ -47,7 +47,7 @@ from torch import nn
 
 from regimen._compat import deprecated_aliases
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data
 from regimen.subnet._common import unignored_modules
 from regimen.subnet._surgery import replace_parameters
 
@@ -117,6 +117,8 @@ def low_rank_linear(
     """``x V[:rank]ᵀ U[:, :rank]ᵀ + bias``: a linear layer through the first ``rank`` components."""
     if u.ndim != 2 or v.ndim != 2 or u.shape[1] != v.shape[0]:
         raise ValueError(f"u (out, r) and v (r, in) must share r, got {tuple(u.shape)} and {tuple(v.shape)}")
+    if not (x.dtype == u.dtype == v.dtype and x.is_floating_point()):
+        raise TypeError(f"x, u and v must share one floating point dtype, got {x.dtype}, {u.dtype}, {v.dtype}")
     rank = _check_rank(rank, v.shape[0])
     return F.linear(F.linear(x, v[:rank]), u[:, :rank], bias)
 
@@ -137,6 +139,8 @@ def low_rank_conv2d(
         raise ValueError(f"u (out, r) and v (r, in, kh, kw) must share r, got {tuple(u.shape)} and {tuple(v.shape)}")
     if not (x.dtype == u.dtype == v.dtype and x.is_floating_point()):
         raise TypeError(f"x, u and v must share one floating point dtype, got {x.dtype}, {u.dtype}, {v.dtype}")
+    if x.dim() not in (3, 4):
+        raise ValueError(f"x must be (N, C, H, W) or (C, H, W), got shape {tuple(x.shape)}")
     rank = _check_rank(rank, v.shape[0])
     hidden = F.conv2d(x, v[:rank], None, stride, padding, dilation)
     return F.conv2d(hidden, u[:, :rank, None, None], bias)
@@ -171,6 +175,7 @@ def hierarchical_group_lasso(u: torch.Tensor, v: torch.Tensor, rank: int | None 
 @torch.no_grad()
 def rank_importance(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``‖V[b:]‖_F · ‖U[:, b:]‖_F`` for every component ``b`` (non-increasing, so thresholding keeps a prefix)."""
+    require_data(u=u, v=v)
     if u.ndim != 2 or u.shape[1] != v.shape[0]:
         raise ValueError(f"u (out, r) and v (r, ...) must share r, got {tuple(u.shape)} and {tuple(v.shape)}")
     v_tail, u_tail = _tail_norms(u, v)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data
 
 __all__ = [
     "SubsampledAttentionMethod",
@@ -63,9 +63,11 @@ def sample_kept_positions(batch: int, length: int, keep: int, generator: torch.G
 def subsampled_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kept: torch.Tensor,
                                 scale: float | None = None) -> torch.Tensor:
     """Causal attention of ``(B, H, T, D)`` queries to the kept keys/values ``kept`` ``(B, K)`` plus themselves."""
+    require_data(kept=kept)
     return subsampled_attention(q, k, v, kept, scale, causal=True)
 
 
+@checked_arguments
 def subsampled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kept: torch.Tensor,
                          scale: float | None = None, causal: bool = True) -> torch.Tensor:
     """Attention of ``(B, H, T, D)`` queries to the kept keys/values ``kept`` ``(B, K)`` plus themselves: the

@@ -18,14 +18,26 @@ line before Fabric is built.
 ``train.dist_timeout_s`` bounds the process-group set-up (connecting to the master address, waiting for every
 process) and each collective afterwards; a rendezvous that does not complete in time raises ``LaunchError`` naming
 the master address, the port and what to check.
+
+The rendezvous port: without ``MASTER_PORT`` (and without a launcher, which sets it), Lightning Fabric picks one by
+binding port 0 and *closing* the socket (``find_free_network_port``); rank 0's TCPStore binds it again only after the
+other processes have been spawned. In between, any process of the machine (another run's gloo pairs, an outgoing
+connection's ephemeral port) may take it: rank 0 fails with "address already in use", or a rank connects to a stranger
+and waits for ``train.dist_timeout_s``. ``launch_fabric`` therefore reserves the port itself when it starts the
+processes: it binds a free port with ``SO_REUSEADDR`` and holds it, bound but never listening, until the processes
+have started and met (the kernel hands a bound port neither to ``bind(0)`` nor to outgoing connections, while the
+TCPStore, binding with ``SO_REUSEADDR`` too, can listen on it), and passes it on as ``MASTER_PORT``. A ``MASTER_PORT``
+(or Fabric's ``STANDALONE_PORT``) set by the user, torchrun or SLURM is used as given.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import re
-from collections.abc import Mapping
+import socket
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -33,7 +45,7 @@ from typing import Any
 from regimen.errors import ConfigurationError, RegimenError
 
 __all__ = ["LaunchError", "Launcher", "check_launch", "detect_launcher", "launch_fabric", "launcher_rank",
-           "make_fabric"]
+           "make_fabric", "reserved_master_port"]
 
 
 class LaunchError(RegimenError, RuntimeError):
@@ -208,16 +220,42 @@ def make_fabric(cfg: Any):
                   precision=cfg.precision)
 
 
+@contextlib.contextmanager
+def reserved_master_port(env: MutableMapping[str, str] | None = None) -> Iterator[int | None]:
+    """Hold a free rendezvous port for the block when this process is about to start the job's processes itself.
+
+    Without a launcher (torchrun, SLURM, Fabric's own children) and without ``MASTER_PORT``/``STANDALONE_PORT`` in
+    ``env`` (default ``os.environ``): bind a free TCP port with ``SO_REUSEADDR`` (never listening), write it to
+    ``env["MASTER_PORT"]`` (Fabric reads it there and passes it to the processes it spawns, as it would its own
+    pick) and yield it; the socket is closed when the block ends. Otherwise yield None and change nothing.
+    """
+    env = os.environ if env is None else env
+    if "MASTER_PORT" in env or "STANDALONE_PORT" in env or detect_launcher(env) is not None:
+        yield None
+        return
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # not inherited by the spawned processes (PEP 446)
+    try:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("", 0))
+        port = holder.getsockname()[1]
+        env["MASTER_PORT"] = str(port)
+        yield port
+    finally:
+        holder.close()
+
+
 _RENDEZVOUS_WORDS = re.compile(r"timed out|timeout|connect|refused|unreachable|clients joined|no route", re.I)
 
 
 def launch_fabric(fabric, timeout_s: float) -> None:
-    """``fabric.launch()``: start (or join) the job's processes and set up the process group; a rendezvous that
-    fails or times out becomes a one-line ``LaunchError``."""
+    """``fabric.launch()``: start (or join) the job's processes and set up the process group, holding the
+    rendezvous port from its choice until the processes have met when this process starts them
+    (:func:`reserved_master_port`); a rendezvous that fails or times out becomes a one-line ``LaunchError``."""
     import torch.distributed as dist
 
     try:
-        fabric.launch()
+        with reserved_master_port():
+            fabric.launch()
     except (dist.DistError, RuntimeError) as error:
         first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
         first = first.rstrip(".")
