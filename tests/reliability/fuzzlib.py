@@ -207,6 +207,8 @@ def tensors_in(value: Any) -> list[torch.Tensor]:
         return [t for v in value.values() for t in tensors_in(v)]
     if hasattr(value, "__dataclass_fields__"):
         return [t for name in value.__dataclass_fields__ for t in tensors_in(getattr(value, name))]
+    if isinstance(value, torch.nn.Module):  # a trained model: its parameters and buffers (identity is never equal)
+        return list(value.state_dict().values())
     return []
 
 
