@@ -36,7 +36,7 @@ for large in ("large", "huge"):
             if (agvm, s) in by and (large, s) in by and ("small", s) in by:
                 base, ref, new = by[(large, s)][metric], by[("small", s)][metric], by[(agvm, s)][metric]
                 diffs.append(100 * (new - base))
-                gaps.append((new - base) / (ref - base) if ref != base else float("nan"))
+                gaps.append((new - base) / (ref - base) if ref > base else float("nan"))  # nan: no gap to close
         if gaps:
             print(f"{agvm} vs {large}, {metric}: paired difference (points) "
                   f"{', '.join(f'{d:+.1f}' for d in diffs)}; gap closed {', '.join(f'{g:+.2f}' for g in gaps)} "
