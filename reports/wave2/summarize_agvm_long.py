@@ -40,7 +40,7 @@ for large in ("large", "huge"):
         if gaps:
             print(f"{agvm} vs {large}, {metric}: paired difference (points) "
                   f"{', '.join(f'{d:+.1f}' for d in diffs)}; gap closed {', '.join(f'{g:+.2f}' for g in gaps)} "
-                  f"(median {statistics.median(gaps):+.2f})")
+                  f"(median of the defined ones {statistics.median([g for g in gaps if g == g]):+.2f})")
     for s in seeds:
         if (agvm, s) in by:
             r = by[(agvm, s)]
