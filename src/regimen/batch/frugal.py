@@ -11,8 +11,8 @@ steps):
     θ ← θ − η P_t⁻¹(m̂ / (√v̂ + ε)) − η_free · sign(g_free)             (signSGD; ``free="sgd"``: − η_free g_free)
 
 so the update is full-rank while the optimizer state holds only the subspace. Projectors (``projection=``), as in
-the reference code (github.com/philip-zmushko/FRUGAL, ``frugal/proj_optimizer_templates.py``,
-``galore_projector.py``, ``coordinate_projector.py``):
+the authors' code (its README and ``frugal/proj_optimizer_templates.py``, ``adamw.py``, ``galore_projector.py``,
+``coordinate_projector.py``, read as stored in a code index that did not name the repository):
 
 - ``"blocks"`` (default; the reference's ``block_adamw``, launched as ``frugal``): ``round(n·ρ)`` of the n
   splittable matrices, drawn at random every T steps, get AdamW whole; the others get the state-free step only.
@@ -40,7 +40,8 @@ Pitfalls handled:
 
 - The refresh resets m, v and the step count of the new subspace; it draws from the optimizer's own generator, so
   runs and resumes are reproducible (the generator state is in ``state_dict``).
-- ρ = 0 is signSGD on the splittable matrices (no state); ρ = 1 is AdamW.
+- ρ = 0 is signSGD on the splittable matrices (no state); ρ = 1 is AdamW for ``"blocks"``, ``"rows"`` and
+  ``"columns"`` (for ``"svd"``/``"random"`` it is Adam in a rotated basis).
 - signSGD's step is not scale-matched to Adam's: ``free_lr_ratio`` sets it separately.
 - :func:`optimizer_state_bytes` counts the bytes of every state tensor (what FRUGAL saves against AdamW).
 """
