@@ -1,6 +1,6 @@
 """The ``regimen`` command: ``train``, ``bench``, ``report`` and the subcommands in ``regimen.commands``
-(``methods``, ``recipes``, ``info``, ``prune``, ``tune``). Thin: parses arguments, calls library code, turns
-user errors into one-line messages and a non-zero exit code.
+(``methods``, ``recipes``, ``info``, ``prune``, ``tune``, ``adapt`` ...). Thin: parses arguments, calls library code,
+turns user errors into one-line messages and a non-zero exit code.
 
 User errors are regimen's own error types (``regimen.errors.RegimenError`` and its subclasses), pydantic's
 ``ValidationError`` and file errors about paths the user named. Anything else is a bug: a two-line message with the
@@ -24,7 +24,8 @@ __all__ = ["build_parser", "main"]
 #: silently absent command; optional extras (Ray for ``tune``) are checked inside the command's ``run``.
 COMMAND_MODULES = ("regimen.commands.methods", "regimen.commands.recipes", "regimen.commands.info",
                    "regimen.commands.prune", "regimen.commands.tune", "regimen.commands.study",
-                   "regimen.commands.cards", "regimen.commands.generate", "regimen.commands.sweep")
+                   "regimen.commands.cards", "regimen.commands.generate", "regimen.commands.sweep",
+                   "regimen.commands.adapt")
 
 #: File errors that are user errors when they concern a path the user named (``--out``, ``--recipe``, a folder ...).
 _PATH_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)

@@ -110,3 +110,43 @@ def test_bad_groups_are_named_and_leave_the_optimizer_unchanged():
         AGVMMethod(interval=0)
     with pytest.raises(ValueError, match="start"):
         AGVMMethod(start=-1)
+
+
+def test_adam_normalization_is_the_reference_form_by_hand():
+    """Sense-X/AGVM ``_cat_all_param_grads(use_adam=True)``: g / (sqrt(β2·v + (1 − β2)·g²) + eps), v not corrected."""
+    torch.manual_seed(0)
+    model = TwoHead()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-8)
+    agvm = AGVM(model, opt, ["backbone", "cls_head", "box_head"], momentum=0.0)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    F.cross_entropy(model(x)[:, :3], y).backward()
+    opt.step()  # exp_avg_sq now exists
+    grads = agvm.half_gradients(lambda h: F.cross_entropy(model(x[4 * h:4 * h + 4])[:, :3], y[4 * h:4 * h + 4]))
+    by_hand = []
+    for half in grads:
+        rows = []
+        for params, gs in zip(agvm.params, half):
+            rows.append([g / ((0.99 * opt.state[p]["exp_avg_sq"] + 0.01 * g * g).sqrt() + 1e-8)
+                         for p, g in zip(params, gs)])
+        by_hand.append(rows)
+    for got, want in zip((agvm.normalized(grads[0]), agvm.normalized(grads[1])), by_hand):
+        for row_got, row_want in zip(got, want):
+            for a, b in zip(row_got, row_want):
+                torch.testing.assert_close(a, b)
+    agvm.update(grads[0], grads[1])
+    phis = [gradient_variance_proxy(a, b) for a, b in zip(*by_hand)]
+    assert agvm.last_phis == pytest.approx(phis)
+    raw = [gradient_variance_proxy(a, b) for a, b in zip(*grads)]
+    assert agvm.last_phis != pytest.approx(raw)
+
+
+def test_adam_normalization_off_for_sgd_and_refused_when_forced():
+    model = TwoHead()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    agvm = AGVM(model, opt, ["backbone", "cls_head", "box_head"])
+    grads = [[torch.ones_like(p) for p in params] for params in agvm.params]
+    assert all(a is b for ra, rb in zip(agvm.normalized(grads), grads) for a, b in zip(ra, rb))
+    with pytest.raises(ValueError, match="adam_normalize"):
+        AGVM(model, torch.optim.SGD(model.parameters(), lr=0.1), ["backbone", "cls_head"], adam_normalize=True)
+    with pytest.raises(TypeError, match="adam_normalize"):
+        AGVM(model, torch.optim.SGD(model.parameters(), lr=0.1), ["backbone", "cls_head"], adam_normalize="yes")

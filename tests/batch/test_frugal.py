@@ -47,7 +47,7 @@ def test_density_zero_is_sign_sgd_on_matrices_and_adamw_on_vectors():
 def test_rows_split_step_by_hand():
     torch.manual_seed(1)
     p = nn.Parameter(torch.randn(8, 4))
-    optimizer = FRUGAL([p], lr=0.1, density=0.25, update_gap=100, free_lr_ratio=0.5, seed=3)
+    optimizer = FRUGAL([p], lr=0.1, density=0.25, update_gap=100, projection="rows", free_lr_ratio=0.5, seed=3)
     p.grad = torch.randn(8, 4)
     before, g = p.detach().clone(), p.grad.clone()
     optimizer.step()
@@ -61,7 +61,7 @@ def test_rows_split_step_by_hand():
 
 def test_refresh_draws_a_new_subspace_and_resets_the_moments():
     p = nn.Parameter(torch.zeros(40, 3))
-    optimizer = FRUGAL([p], lr=0.1, density=0.25, update_gap=2, seed=0)
+    optimizer = FRUGAL([p], lr=0.1, density=0.25, update_gap=2, projection="rows", seed=0)
     indices = []
     for _ in range(3):
         p.grad = torch.ones(40, 3)
@@ -71,8 +71,68 @@ def test_refresh_draws_a_new_subspace_and_resets_the_moments():
     assert float(optimizer.state[p]["step"]) == 1  # reset at the refresh
 
 
+def test_columns_split_step_by_hand():
+    torch.manual_seed(2)
+    p = nn.Parameter(torch.randn(3, 8))
+    optimizer = FRUGAL([p], lr=0.1, density=0.25, update_gap=100, projection="columns", seed=1)
+    p.grad = torch.randn(3, 8)
+    before, g = p.detach().clone(), p.grad.clone()
+    optimizer.step()
+    index = optimizer.state[p]["index"]
+    assert index.numel() == 2  # int(8 * 0.25), the reference's CoordinateProjector
+    expected = before - 0.1 * g.sign()
+    expected[:, index] = before[:, index] - 0.1 * g[:, index] / (g[:, index].abs() + 1e-8)
+    torch.testing.assert_close(p.detach(), expected)
+
+
+@pytest.mark.parametrize("shape", [(8, 4), (3, 8)])
+def test_svd_projection_step_by_hand(shape):
+    """GaLore-like projector (reference galore_projector.py, proj_side="std"): right singular vectors when
+    rows >= cols, left otherwise; Adam on the projection, signSGD on the residual g − P⁻¹P(g)."""
+    torch.manual_seed(3)
+    p = nn.Parameter(torch.randn(*shape))
+    optimizer = FRUGAL([p], lr=0.1, density=0.5, update_gap=100, projection="svd", free_lr_ratio=0.5)
+    p.grad = torch.randn(*shape)
+    before, g = p.detach().clone(), p.grad.clone()
+    optimizer.step()
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)
+    if shape[0] >= shape[1]:
+        b = vh[:2]
+        low = g @ b.T
+        adam = (low / (low.abs() + 1e-8)) @ b
+        residual = g - low @ b
+    else:
+        a = u[:, :2]  # round(0.5 * 3) = 2
+        low = a.T @ g
+        adam = a @ (low / (low.abs() + 1e-8))
+        residual = g - a @ low
+    torch.testing.assert_close(p.detach(), before - 0.1 * adam - 0.05 * residual.sign())
+    assert optimizer.state[p]["exp_avg"].shape == low.shape
+
+
+def test_random_projection_is_semi_orthogonal_and_blocks_pick_round_n_rho_matrices():
+    p = nn.Parameter(torch.zeros(10, 6))
+    optimizer = FRUGAL([p], lr=0.1, density=0.5, projection="random", seed=4)
+    p.grad = torch.randn(10, 6)
+    optimizer.step()
+    proj = optimizer.state[p]["proj"]
+    assert proj.shape == (3, 6)
+    torch.testing.assert_close(proj @ proj.T, torch.eye(3), atol=1e-5, rtol=0)
+    params = [nn.Parameter(torch.zeros(4, 4)) for _ in range(8)]
+    blocks = FRUGAL(params, lr=0.1, density=0.25, seed=5)  # the default projection, the reference's block_adamw
+    for q in params:
+        q.grad = torch.ones(4, 4)
+    blocks.step()
+    active = [q for q in params if blocks.state[q]["exp_avg"].numel()]
+    assert len(active) == 2  # round(8 * 0.25)
+    for q in params:
+        moved = q.detach()
+        expected = -0.1 * torch.ones(4, 4)  # Adam's first step = signSGD's for a constant gradient
+        torch.testing.assert_close(moved, expected)
+
+
 @pytest.mark.parametrize("kwargs, match", [({"density": 1.5}, "density"), ({"update_gap": 0}, "update_gap"),
-                                           ({"projection": "svd"}, "projection"), ({"free": "adam"}, "free")])
+                                           ({"projection": "galore"}, "projection"), ({"free": "adam"}, "free")])
 def test_bad_arguments_are_refused_naming_them(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FRUGAL([nn.Parameter(torch.zeros(2, 2))], **kwargs)

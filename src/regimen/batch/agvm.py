@@ -26,8 +26,14 @@ Pitfalls handled:
   * The factor applies only during ``optimizer.step()``; LR schedules and checkpoints see the plain LRs.
   * AGVM starts after ``start`` steps (the reference starts after warm-up).
   * The cosine is over the whole group's concatenated gradient, not per tensor.
-  * With Adam the reference replaces g by g/(√v̂ + eps) before the cosine; this implementation uses the raw gradient
-    for every optimizer (documented difference).
+  * Adaptive optimizers (the reference hook's ``use_adam=True``, checked against Sense-X/AGVM
+    ``agvm_optimizer_hook.py::_cat_all_param_grads``): each half's gradient is first divided by the square root of the
+    second moment the optimizer would hold after this step, ``g̃ = g / (sqrt(β2·v + (1 − β2)·g²) + eps)`` (v the
+    optimizer's ``exp_avg_sq``, not bias-corrected, as in the reference; v = 0 before the optimizer's first step), so
+    the cosine compares the directions the optimizer actually steps in. ``adam_normalize=None`` (default) does this
+    for every parameter whose optimizer group has ``betas`` and ``eps`` (Adam, AdamW, ...), raw gradients otherwise.
+    Difference: the reference applies the normalisation to the half's gradient divided by the world size (an
+    artefact of its all-reduce scaling); here g is the half batch's mean gradient.
 """
 
 from __future__ import annotations
@@ -114,10 +120,13 @@ class AGVM:
         optimizer: its optimizer (its param groups are split; their settings are kept).
         momentum: smoothing m of the factors (reference 0.97).
         low, high: clamp of the variance ratio (reference 0.5, 10).
+        adam_normalize: divide the halves' gradients by the optimizer's second-moment root before the cosine
+            (see the module docstring); ``None``: for parameters in optimizer groups with ``betas`` and ``eps``.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, groups: Sequence[str],
-                 momentum: float = 0.97, low: float = 0.5, high: float = 10.0) -> None:
+                 momentum: float = 0.97, low: float = 0.5, high: float = 10.0,
+                 adam_normalize: bool | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         self.prefixes = _check_prefixes(model, groups)
@@ -127,7 +136,13 @@ class AGVM:
             raise ValueError(f"need 0 < low <= high, got low={low}, high={high}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if adam_normalize is not None and not isinstance(adam_normalize, bool):
+            raise TypeError(f"adam_normalize must be True, False or None, got {adam_normalize!r}")
+        if adam_normalize is True and not all("betas" in g and "eps" in g for g in optimizer.param_groups):
+            raise ValueError("adam_normalize=True needs an optimizer whose param groups have 'betas' and 'eps' "
+                             f"(Adam, AdamW, ...), got {type(optimizer).__name__}")
         self.momentum, self.low, self.high = float(momentum), float(low), float(high)
+        self.adam_normalize = adam_normalize
         group_of = {id(p): module_group_of(n, self.prefixes) for n, p in model.named_parameters()}
         self.params: list[list[torch.Tensor]] = [[] for _ in self.prefixes]
         for p in model.parameters():
@@ -146,8 +161,32 @@ class AGVM:
         self.scales = [1.0] * len(self.prefixes)
         self.last_phis: list[float] = []
 
+    def normalized(self, grads: Sequence[Sequence[torch.Tensor]]) -> list[list[torch.Tensor]]:
+        """Per-group gradients of one half (``self.params`` order) as the cosine sees them: divided by
+        ``sqrt(β2·v + (1 − β2)·g²) + eps`` for parameters of adaptive optimizer groups (see ``adam_normalize``),
+        unchanged otherwise."""
+        if self.adam_normalize is False:
+            return [list(g) for g in grads]
+        group_of = {id(p): group for group in self.optimizer.param_groups for p in group["params"]}
+        out = []
+        for params, group_grads in zip(self.params, grads):
+            row = []
+            for p, g in zip(params, group_grads):
+                group = group_of.get(id(p))
+                if group is None or "betas" not in group or "eps" not in group:
+                    row.append(g)
+                    continue
+                beta2, eps = group["betas"][1], group["eps"]
+                v = self.optimizer.state.get(p, {}).get("exp_avg_sq")
+                second = (1 - beta2) * g * g if v is None else beta2 * v + (1 - beta2) * g * g
+                row.append(g / (second.sqrt() + eps))
+            out.append(row)
+        return out
+
     def update(self, grads_a: Sequence[Sequence[torch.Tensor]], grads_b: Sequence[Sequence[torch.Tensor]]) -> None:
-        """Update the smoothed factors from per-group gradient lists of the two halves (``self.params`` order)."""
+        """Update the smoothed factors from per-group gradient lists of the two halves (``self.params`` order;
+        normalised by :meth:`normalized` first)."""
+        grads_a, grads_b = self.normalized(grads_a), self.normalized(grads_b)
         phis = [gradient_variance_proxy(a, b) for a, b in zip(grads_a, grads_b)]
         mus = agvm_factors(phis, 0, self.low, self.high)
         self.scales = [self.momentum * s + (1 - self.momentum) * mu for s, mu in zip(self.scales, mus)]

@@ -32,7 +32,17 @@ Pitfalls handled:
 - g's gradients are all-reduced over processes before its step (g is not wrapped by DDP).
 - Differences from the reference: both networks see the whole batch (Han et al.; the reference gives each network
   one half of the batch) and rank in training mode on the forward pass that trains (the reference runs an extra
-  eval-mode pass at the validation k); BatchNorm is not frozen.
+  eval-mode pass at the validation k).
+
+The paper's separate second stage (reference ``co_teaching_resnet/main.py`` + ``run_cifar.sh``): two networks are
+first trained alone with nested dropout (two stage-1 runs, different seeds), then fine-tuned together by
+co-teaching — ``--resumePthList model1 model3``, lr 1e-3 (×0.1 at epoch 50 of 100), forget rate 0.2 without ramp,
+``--freeze-bn``, nested dropout still drawn during the fine-tuning, evaluation of the averaged logits at the best k.
+Here: ``init_from = [checkpoint_a, checkpoint_b]`` loads stage-1 run a's weights into the trainer's model and run
+b's into the peer (both checked before either is changed; on ``--resume`` the run's own checkpoint wins), and
+``freeze_bn = true`` keeps every BatchNorm layer of both networks in evaluation mode while training (running
+statistics used and left unchanged, affine parameters still trained). The stage-2 recipe is
+``recipes/noisy/coteaching_stage2.toml`` (its ``init_from`` is set on the command line).
 """
 
 from __future__ import annotations
@@ -40,11 +50,13 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from regimen.errors import ConfigurationError
 from regimen.method import Context, Method, checked_arguments, register_method
 from regimen.models import copy_module
 
@@ -132,6 +144,15 @@ class CoTeachingEnsemble(nn.Module):
         return (first(x) + second(x)) * 0.5
 
 
+def _check_loadable(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
+    """A ConfigurationError naming ``init_from`` unless ``state`` has exactly the model's keys and shapes."""
+    own = model.state_dict()
+    bad = sorted(set(own) ^ set(state)) + [k for k in own if k in state and own[k].shape != state[k].shape]
+    if bad:
+        raise ConfigurationError(f"co_teaching.init_from: {path!r} holds another model's weights (e.g. {bad[0]!r}); "
+                                 "stage 1 must train the same model and surgery (e.g. nested_dropout) as stage 2")
+
+
 def _reinitialise(module: nn.Module, seed: int) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -151,6 +172,11 @@ class CoTeachingMethod(Method):
         start_epoch: epochs of plain training of both networks (R = 0) before co-teaching starts: the first stage
             of a one-recipe "train, then co-teach" run.
         eval: ``"average"`` (mean logits of both networks) or ``"first"`` (the trainer's network only).
+        init_from: the paper's second stage: two stage-1 checkpoints (``checkpoint.pt`` of runs of the same model,
+            e.g. nested dropout with two seeds); the first initialises the trainer's network, the second the peer.
+            ``None``: the peer starts from fresh random weights (Han et al.'s co-teaching from scratch).
+        freeze_bn: keep both networks' BatchNorm layers in evaluation mode while training (the reference's
+            ``--freeze-bn`` of the fine-tuning stage).
     """
 
     name = "co_teaching"
@@ -165,14 +191,24 @@ class CoTeachingMethod(Method):
     claimed_effect = "better"
 
     def __init__(self, forget_rate: float = 0.2, ramp_epochs: int = 0, start_epoch: int = 0,
-                 eval: str = "average") -> None:
+                 eval: str = "average", init_from: list[str] | None = None, freeze_bn: bool = False) -> None:
         self.forget_rate = _check_forget_rate(forget_rate)
         for name, value in (("ramp_epochs", ramp_epochs), ("start_epoch", start_epoch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         if eval not in ("average", "first"):
             raise ValueError(f"eval must be 'average' or 'first', got {eval!r}")
+        if init_from is not None and (isinstance(init_from, str) or not isinstance(init_from, list | tuple)
+                                      or len(init_from) != 2
+                                      or not all(isinstance(path, str) and path for path in init_from)):
+            raise ValueError(f"init_from must be a list of two checkpoint paths (the two stage-1 runs) or None, got "
+                             f"{init_from!r}")
+        if not isinstance(freeze_bn, bool):
+            raise TypeError(f"freeze_bn must be true or false, got {freeze_bn!r}")
         self.ramp_epochs, self.start_epoch, self.eval = ramp_epochs, start_epoch, eval
+        self.init_from = list(init_from) if init_from is not None else None
+        self.freeze_bn = freeze_bn
+        self._norms: list[nn.Module] = []
         self.peer: nn.Module | None = None
         self.peer_optimizer: torch.optim.Optimizer | None = None
         self._seen: list[int] = []
@@ -183,9 +219,19 @@ class CoTeachingMethod(Method):
         if ctx.optimizer is None:
             raise ValueError("co_teaching needs the trainer's optimizer to build the peer's")
         model = ctx.model
+        stage_one = None
+        if self.init_from is not None and self._pending_state is None:  # on resume, the run's checkpoint wins
+            stage_one = [self._stage_one_weights(path) for path in self.init_from]
+            inner = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+            _check_loadable(inner, stage_one[0], self.init_from[0])
+            _check_loadable(inner, stage_one[1], self.init_from[1])  # both checked before the model changes
+            inner.load_state_dict(stage_one[0])
         peer = copy_module(model)
         seed = int(torch.randint(0, 2**62, (1,), generator=ctx.generator))
         _reinitialise(peer, seed)
+        if stage_one is not None:
+            peer_inner = peer.module if hasattr(peer, "module") and isinstance(peer.module, nn.Module) else peer
+            peer_inner.load_state_dict(stage_one[1])
         for mine, theirs in zip(model.modules(), peer.modules()):  # random layers draw from the run's generators
             if isinstance(getattr(mine, "generator", None), torch.Generator):  # (a deep copy's would not be saved)
                 theirs.generator = mine.generator
@@ -206,15 +252,28 @@ class CoTeachingMethod(Method):
         self.peer_optimizer = type(ctx.optimizer)(groups, **settings)
         if self._pending_state is not None:
             self._load_peer(self._pending_state)
+        self._norms = [m for net in (model, self.peer) for m in net.modules()
+                       if isinstance(m, nn.modules.batchnorm._BatchNorm)] if self.freeze_bn else []
+
+    @staticmethod
+    def _stage_one_weights(path: str) -> dict[str, torch.Tensor]:
+        from regimen.train.checkpoint import load_checkpoint
+
+        if not Path(path).is_file():
+            raise ConfigurationError(f"co_teaching.init_from: {path!r} is not a file (give the checkpoint.pt of a "
+                                     "stage-1 run)")
+        return load_checkpoint(path)["model"]
 
     def current_forget_rate(self, ctx: Context) -> float:
         return forget_rate_at(ctx.epoch, self.forget_rate, self.ramp_epochs, self.start_epoch)
 
     # ---------------------------------------------------------------------------------------------------- step
     def forward_loss(self, model: Callable, x: Any, y: Any, next: Callable, ctx: Context):
-        loss_full, output = next(model, x, y)
         peer = self.peer
         peer.train(True)
+        for norm in self._norms:  # freeze_bn: running statistics used, not updated (the reference's --freeze-bn)
+            norm.eval()
+        loss_full, output = next(model, x, y)
         backward_peer = torch.is_grad_enabled() and id(x) not in self._seen
         if backward_peer:
             self._seen.append(id(x))

@@ -10,30 +10,44 @@ steps):
     m ← β1 m + (1 − β1) g_full,   v ← β2 v + (1 − β2) g_full²          (moments only in the subspace)
     θ ← θ − η P_t⁻¹(m̂ / (√v̂ + ε)) − η_free · sign(g_free)             (signSGD; ``free="sgd"``: − η_free g_free)
 
-so the update is full-rank while the optimizer state holds only the subspace. Projectors here (both coordinate
-selections, so P_t⁻¹ is a scatter): ``"rows"`` keeps a random ρ fraction of each matrix's rows (output units);
-``"blocks"`` keeps a random ρ fraction of the splittable matrices whole (BAdam-like blockwise selection) and gives the
-others signSGD only. Parameters that are not split — vectors (norms, biases) and the ones the Method marks (token
-embeddings and the output head) — use plain AdamW. Decoupled weight decay θ ← θ(1 − η λ) applies to every
-parameter with ``weight_decay``.
+so the update is full-rank while the optimizer state holds only the subspace. Projectors (``projection=``), as in
+the authors' code (its README and ``frugal/proj_optimizer_templates.py``, ``adamw.py``, ``galore_projector.py``,
+``coordinate_projector.py``, read as stored in a code index that did not name the repository):
 
-Unconfirmed against the paper (its code was not retrievable here; the formula is the paper's Algorithm 1 as restated
-by a third-party page): the defaults ρ = 0.25 and T = 200, the state-free step size (``free_lr_ratio`` × the LR,
-default 1), and the moment handling at a refresh — here the moments and the bias-correction count are **reset**
-(a new subspace has no history).
+- ``"blocks"`` (default; the reference's ``block_adamw``, launched as ``frugal``): ``round(n·ρ)`` of the n
+  splittable matrices, drawn at random every T steps, get AdamW whole; the others get the state-free step only.
+- ``"rows"`` / ``"columns"`` (the reference's CoordAdamW): a random ``int(ρ·rows)`` rows (or ``int(ρ·cols)``
+  columns) of each matrix (P⁻¹ is a scatter).
+- ``"svd"`` (GaLore-like, the reference's GaloreAdamW with ``proj_type="svd"``, ``proj_side="std"``): for a matrix
+  with rows >= cols the top ``r = round(ρ·cols)`` right singular vectors B (r × cols) of the gradient at the
+  refresh, P(g) = g Bᵀ, P⁻¹(u) = u B; otherwise the top ``round(ρ·rows)`` left singular vectors A, P(g) = Aᵀ g,
+  P⁻¹(u) = A u. The projection matrix is optimizer state (counted by :func:`optimizer_state_bytes`).
+- ``"random"``: as ``"svd"`` with a random semi-orthogonal B (or A) instead of singular vectors.
+
+Parameters that are not split — vectors (norms, biases) and the ones the Method marks (token embeddings and the
+output head) — use plain AdamW. Decoupled weight decay θ ← θ(1 − η λ) applies to every parameter with
+``weight_decay``.
+
+Confirmed against the reference code and README: ρ = 0.25 (``density``), T = 200 (``update_gap``), signSGD as
+the state-free rule (``inactive_update_rule="sign_sgd"``; ``"sgd"`` and none are options), the state-free step
+size = LR × ``inactive_lr_scale`` (1.0 for pre-training, 0.1 for fine-tuning: our ``free_lr_ratio``), the moments
+**and** the bias-correction step count reset at every refresh (``reset_statistics=True``), and the state-full
+candidates: the Linear weights of the transformer blocks (attention and MLP), with norms, embeddings and the LM
+head on AdamW. Differences: any ≥ 2-D parameter of a ``split`` group is a candidate (not only ``nn.Linear``
+weights named attn/mlp); the draws use the optimizer's own generator.
 
 Pitfalls handled:
 
 - The refresh resets m, v and the step count of the new subspace; it draws from the optimizer's own generator, so
   runs and resumes are reproducible (the generator state is in ``state_dict``).
-- ρ = 0 is signSGD on the splittable matrices (no state); ρ = 1 is AdamW.
+- ρ = 0 is signSGD on the splittable matrices (no state); ρ = 1 is AdamW for ``"blocks"``, ``"rows"`` and
+  ``"columns"`` (for ``"svd"``/``"random"`` it is Adam in a rotated basis).
 - signSGD's step is not scale-matched to Adam's: ``free_lr_ratio`` sets it separately.
 - :func:`optimizer_state_bytes` counts the bytes of every state tensor (what FRUGAL saves against AdamW).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -44,7 +58,7 @@ from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["FRUGAL", "FrugalMethod", "optimizer_state_bytes"]
 
-_PROJECTIONS = ("rows", "blocks")
+_PROJECTIONS = ("blocks", "rows", "columns", "svd", "random")
 
 
 @checked_arguments
@@ -65,9 +79,10 @@ class FRUGAL(torch.optim.Optimizer):
     Args:
         params: parameters or param groups; a group with ``split=False`` is plain AdamW (vectors are never split).
         lr, betas, eps, weight_decay: as AdamW (decoupled weight decay).
-        density: ρ in [0, 1], the state-full fraction (of rows, or of matrices for ``projection="blocks"``).
+        density: ρ in [0, 1], the state-full fraction (of the matrices for ``"blocks"``, of each matrix's rows,
+            columns or rank otherwise).
         update_gap: T >= 1, steps between projector refreshes.
-        projection: ``"rows"`` or ``"blocks"``.
+        projection: ``"blocks"``, ``"rows"``, ``"columns"``, ``"svd"`` or ``"random"`` (module docstring).
         free: ``"sign"`` (signSGD) or ``"sgd"`` for the state-free part.
         free_lr_ratio: the state-free step size as a multiple of the LR.
         seed: seed of the projector draws.
@@ -75,7 +90,7 @@ class FRUGAL(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, density: float = 0.25, update_gap: int = 200,
-                 projection: str = "rows", free: str = "sign", free_lr_ratio: float = 1.0, seed: int = 0) -> None:
+                 projection: str = "blocks", free: str = "sign", free_lr_ratio: float = 1.0, seed: int = 0) -> None:
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
@@ -107,24 +122,37 @@ class FRUGAL(torch.optim.Optimizer):
         """Draw new subspaces and reset their moments (and bias-correction counts)."""
         matrices = self._splittable()
         if self.projection == "blocks":
-            sizes = torch.tensor([p.numel() for p in matrices], dtype=torch.float64)
-            order = torch.randperm(len(matrices), generator=self.generator)
-            budget, used, active = self.density * float(sizes.sum()), 0.0, set()
-            for i in order.tolist():
-                if used + float(sizes[i]) <= budget + 1e-9:
-                    active.add(i)
-                    used += float(sizes[i])
+            count = round(len(matrices) * self.density)
+            active = set(torch.randperm(len(matrices), generator=self.generator)[:count].tolist())
         for i, p in enumerate(matrices):
             state = self.state[p]
-            if self.projection == "rows":
-                rows = p.shape[0]
-                keep = min(rows, math.ceil(self.density * rows - 1e-9))
-                index = torch.sort(torch.randperm(rows, generator=self.generator)[:keep]).values.to(p.device)
+            for key in ("index", "proj", "side"):
+                state.pop(key, None)
+            if self.projection in ("svd", "random"):
+                rows, cols = p.shape[0], p[0].numel()
+                right = rows >= cols
+                rank = round(self.density * (cols if right else rows))
+                if rank:
+                    if self.projection == "svd":
+                        grad = (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(rows, cols)
+                        u, _, vh = torch.linalg.svd(grad.float(), full_matrices=False)
+                        proj = vh[:rank] if right else u[:, :rank]
+                    else:
+                        proj = torch.empty((rank, cols) if right else (rows, rank))
+                        torch.nn.init.orthogonal_(proj, generator=self.generator)
+                    state["proj"] = proj.to(device=p.device, dtype=p.dtype)
+                state["side"] = "right" if right else "left"
+                shape = [rows, rank] if right else [rank, cols]
             else:
-                index = torch.arange(p.shape[0], device=p.device) if i in active else torch.zeros(0, dtype=torch.long,
-                                                                                                  device=p.device)
-            state["index"] = index
-            shape = (index.numel(), *p.shape[1:])
+                if self.projection == "blocks":
+                    index = torch.arange(p.shape[0] if i in active else 0, device=p.device)
+                else:
+                    size = p.shape[0 if self.projection == "rows" else 1]
+                    keep = int(size * self.density)
+                    index = torch.sort(torch.randperm(size, generator=self.generator)[:keep]).values.to(p.device)
+                state["index"] = index
+                shape = list(p.shape)
+                shape[1 if self.projection == "columns" else 0] = index.numel()
             state["exp_avg"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
             state["exp_avg_sq"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
             state["step"] = torch.zeros((), dtype=torch.float32)
@@ -154,12 +182,23 @@ class FRUGAL(torch.optim.Optimizer):
                         state["step"] = torch.zeros((), dtype=torch.float32)
                     p.sub_(self._adam(state, g, beta1, beta2, eps), alpha=lr)
                     continue
-                index = state["index"]
-                free = g.clone()
-                if index.numel():
-                    update = self._adam(state, g.index_select(0, index), beta1, beta2, eps)
-                    p.index_add_(0, index, update, alpha=-lr)
-                    free.index_fill_(0, index, 0.0)
+                if "side" in state:  # svd / random: a rank-r projection of the matrix (flattened after dim 0)
+                    proj, right = state.get("proj"), state["side"] == "right"
+                    flat = g.reshape(g.shape[0], -1)
+                    free = flat
+                    if proj is not None:
+                        low = flat @ proj.T if right else proj.T @ flat
+                        update = self._adam(state, low, beta1, beta2, eps)
+                        p.sub_((update @ proj if right else proj @ update).reshape(p.shape), alpha=lr)
+                        free = flat - (low @ proj if right else proj @ low)
+                    free = free.reshape(p.shape)
+                else:
+                    index, dim = state["index"], 1 if self.projection == "columns" else 0
+                    free = g.clone()
+                    if index.numel():
+                        update = self._adam(state, g.index_select(dim, index), beta1, beta2, eps)
+                        p.index_add_(dim, index, update, alpha=-lr)
+                        free.index_fill_(dim, index, 0.0)
                 step = free.sign() if self.free == "sign" else free
                 p.sub_(step, alpha=lr * self.free_lr_ratio)
         return loss
@@ -190,8 +229,8 @@ class FRUGAL(torch.optim.Optimizer):
 
 
 def _unsplit_parameters(model: nn.Module) -> set[int]:
-    """Token embeddings and the output head (the last Linear): kept on AdamW, as the paper's setup keeps them
-    state-full (unconfirmed detail)."""
+    """Token embeddings and the output head (the last Linear): kept on AdamW, as the reference's
+    ``prepare_proj_params`` does (``proj_embeds=False``, ``proj_logits=False``)."""
     ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if linears:
@@ -210,7 +249,8 @@ class FrugalMethod(Method):
     Args:
         density: ρ, the state-full fraction in [0, 1].
         update_gap: T, steps between subspace refreshes.
-        projection: ``"rows"`` (random rows of each matrix) or ``"blocks"`` (random whole matrices).
+        projection: ``"blocks"`` (random whole matrices, the reference default), ``"rows"``, ``"columns"``,
+            ``"svd"`` (GaLore-like top singular vectors of the gradient) or ``"random"`` (a random orthogonal basis).
         free: ``"sign"`` or ``"sgd"``.
         free_lr_ratio: the state-free step size / the LR.
     """
@@ -223,7 +263,7 @@ class FrugalMethod(Method):
     conflicts = ("sam",)
     constraint_reason = "FRUGAL replaces the optimizer; SAM's two-step update wraps the recipe's optimizer"
 
-    def __init__(self, density: float = 0.25, update_gap: int = 200, projection: str = "rows", free: str = "sign",
+    def __init__(self, density: float = 0.25, update_gap: int = 200, projection: str = "blocks", free: str = "sign",
                  free_lr_ratio: float = 1.0) -> None:
         FRUGAL([torch.zeros(1, requires_grad=True)], density=density, update_gap=update_gap, projection=projection,
                free=free, free_lr_ratio=free_lr_ratio)  # validates the arguments
