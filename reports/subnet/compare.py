@@ -14,7 +14,8 @@ attach a dict ``model.report_extra`` (JSON-serialisable) that is stored under ``
 
 One JSON per run: ``results/<entry>__keep<keep>__seed<seed>.json`` with keys ``entry, keep, seed, test_accuracy,
 dense_test_accuracy, val_accuracy, macs, dense_macs, effective_macs, params, dense_params, nonzero_params,
-latency_ms, dense_latency_ms, wall_s, within_budget, extra``. ``macs`` is ``count_macs`` of the returned model;
+latency_ms, dense_latency_ms, wall_s, within_budget, extra, test_recall_per_class, dense_test_recall_per_class,
+load_average``. ``macs`` is ``count_macs`` of the returned model;
 ``effective_macs`` counts only nonzero weights (conv/linear: nonzero weights × output positions), so that masked
 (unstructured) entries compare at equal work; ``latency_ms`` is the median CPU forward time of a batch of 256 in eval
 mode with one thread, after physical removal (masked entries get no speedup). A run whose JSON exists is skipped.
@@ -86,6 +87,16 @@ def effective_macs(model, example_input) -> int:
     return total[0]
 
 
+def recall_per_class(model, x, y) -> list[float]:
+    """Test recall of every class (1 − false negatives / class count)."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(x[i:i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
+    return [float(((pred == c) & (y == c)).sum() / (y == c).sum().clamp_min(1)) for c in range(int(y.max()) + 1)]
+
+
 def latency_ms(model, example_input, repeats: int = 30) -> float:
     import torch
 
@@ -138,6 +149,8 @@ def run_one(entry: str, keep: float, seed: int) -> dict:
         "latency_ms": latency_ms(model, setting.example_input), "dense_latency_ms": dense_latency,
         "wall_s": wall, "within_budget": bool(within),
         "extra": getattr(model, "report_extra", {}),
+        "test_recall_per_class": recall_per_class(model, *test),
+        "dense_test_recall_per_class": recall_per_class(dense, *test),
         "load_average": os.getloadavg()[0],
     }
     return result

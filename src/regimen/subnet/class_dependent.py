@@ -185,7 +185,7 @@ class ClassDependentMethod(Method):
     constraint_reason = ("class_dependent keeps masks over the model's weights by parameter name (as sap does): "
                          "parametrized (N:M), low-rank or standardized weights are not the weights it masks")
 
-    def __init__(self, cls: int = 0, class_weight: float = 2.0, rank_weight: float = 1.0, rounds: int = 2,
+    def __init__(self, cls: int = 0, class_weight: float = 2.0, rank_weight: float = 0.01, rounds: int = 2,
                  fraction: float = 0.5, score: str = "magnitude_increase", tolerance: float = 0.1,
                  ignore: list[str] | None = None) -> None:
         if isinstance(cls, bool) or not isinstance(cls, int) or cls < 0:
