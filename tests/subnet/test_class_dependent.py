@@ -106,6 +106,7 @@ def test_method_prunes_guards_and_refuses_a_class_outside_the_task():
     x, y = images.float() / 255, torch.arange(12) % 3
     for epoch in range(3):
         ctx.epoch = epoch
+        method.on_epoch_start(ctx)
         for _ in range(2):
             optimizer.zero_grad()
             ctx.criterion(model(x), y).backward()
@@ -118,3 +119,6 @@ def test_method_prunes_guards_and_refuses_a_class_outside_the_task():
     weights = dict(model.named_parameters())
     assert all(bool((weights[n].detach()[~m] == 0).all()) for n, m in method.masks.items())
     assert "class_dependent/false_negatives" in ctx.log
+    fresh = get_method("class_dependent")(cls=1)
+    fresh.load_state_dict(method.state_dict())
+    assert fresh.done == 2 and set(fresh.reference) == set(method.reference) == set(method.masks)
