@@ -75,10 +75,10 @@ def class_rank_loss(logits: torch.Tensor, targets: torch.Tensor, cls: int) -> to
     cls = _check_class(cls, logits.shape[1])
     s = _one_vs_rest(logits, cls)
     positive = targets == cls
-    if not bool(positive.any()) or bool(positive.all()):
-        return s.sum() * 0.0
-    hardest_negative = s[~positive].max()
-    gap = (s[positive] - hardest_negative).clamp(max=0.0)
+    # no data-dependent branches (the criterion may run under torch.func.vmap): without negatives the hardest one
+    # is -inf and every gap clamps to 0; without positives the sum is empty
+    hardest_negative = s.masked_fill(positive, -torch.inf).max()
+    gap = (s - hardest_negative).clamp(max=0.0).nan_to_num(0.0) * positive
     return gap.pow(2).sum() / (positive.sum() + 1)
 
 

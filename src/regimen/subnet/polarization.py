@@ -280,10 +280,11 @@ class PolarizationMethod(Method):
     inputs = ("image",)
     before = ("weight_std", "nm_sparsity")
     after = ("trp", "multi_sample_dropout")
-    conflicts = ("maestro", "hesso")
+    conflicts = ("maestro", "hesso", "nested_dropout", "random_search")
     constraint_reason = ("polarization traces the channel-dependency graph and removes channels by name at the end: it "
-                         "cannot trace weight-standardized, N:M-parametrized or low-rank layers, and must see the head "
-                         "that multi-sample dropout and TRP wrap; hesso prunes the same channels")
+                         "cannot trace weight-standardized, N:M-parametrized, low-rank or nested-dropout (functional) "
+                         "layers, and must see the head that multi-sample dropout and TRP wrap; hesso and "
+                         "random_search prune the same channels")
 
     def __init__(self, lam: float = 1e-4, t: float = 1.2, alpha: float = 1.0, upper: float = 1.0,
                  init: float | None = 0.5, sparsity: float | None = None, mu: float = 1.0, gates: bool = False,
