@@ -1,12 +1,20 @@
 """Subnet pillar: extract smaller networks (structured pruning, HESSO, N:M sparsity, low rank, nested widths).
 
 Importing this package registers its recipe methods (``hesso``, ``maestro``, ``nested_width``, ``nm_sparsity``,
-``trp``, ``ssa``, ``lora``, ``allora``, ``lost``, ``cp_kernels``).
+``trp``, ``ssa``, ``lora``, ``allora``, ``lost``, ``cp_kernels``, ``polarization``, ``sap``, ``class_dependent``,
+``random_search``).
 Old names of v1 (``HESSO``, ``Maestro``, ``TrainedRankPruning``, ``LowRankConv2d``, ``LowRankLinear``,
 ``export``) still resolve, with a DeprecationWarning.
 """
 
 from regimen._compat import deprecated_aliases
+from regimen.subnet.class_dependent import (
+    ClassDependentMethod,
+    class_false_negatives,
+    class_rank_loss,
+    class_weighted_loss,
+    layer_prune_masks,
+)
 from regimen.subnet.cp_kernels import (
     CPKernelConv2d,
     CPKernelMethod,
@@ -96,7 +104,28 @@ from regimen.subnet.nm import (
     nm_sparsify,
     to_semi_structured,
 )
+from regimen.subnet.polarization import (
+    ChannelGate,
+    PolarizationMethod,
+    apply_gates,
+    fold_gates,
+    polarization_penalty,
+    polarization_plan,
+    polarized_fraction,
+    scaling_factors,
+    search_threshold,
+)
+from regimen.subnet.pq_index import (
+    SAPMethod,
+    apply_masks,
+    pq_index,
+    prunable_weights,
+    sap_prune,
+    sap_prune_counts,
+    sparsity_of,
+)
 from regimen.subnet.prune import plan_pruning, prune, prune_groups
+from regimen.subnet.random_search import RandomSearchMethod, SearchResult, random_node_plan, random_search
 from regimen.subnet.serialize import architecture_spec, build_from_spec, load_pruned, restore_pruned, save_pruned
 from regimen.subnet.ssa import (
     SubsampledAttentionMethod,
@@ -209,6 +238,35 @@ __all__ = [
     "inplace_distillation_loss",
     "sandwich_widths",
     "units_at_width",
+    # polarization (NeurIPS 2020; arXiv 2302.10798)
+    "ChannelGate",
+    "PolarizationMethod",
+    "apply_gates",
+    "fold_gates",
+    "polarization_penalty",
+    "polarization_plan",
+    "polarized_fraction",
+    "scaling_factors",
+    "search_threshold",
+    # PQ Index + SAP (arXiv 2302.05601)
+    "SAPMethod",
+    "apply_masks",
+    "pq_index",
+    "prunable_weights",
+    "sap_prune",
+    "sap_prune_counts",
+    "sparsity_of",
+    # class-dependent compression (arXiv 1909.10364)
+    "ClassDependentMethod",
+    "class_false_negatives",
+    "class_rank_loss",
+    "class_weighted_loss",
+    "layer_prune_masks",
+    # random search (arXiv 2403.08265)
+    "RandomSearchMethod",
+    "SearchResult",
+    "random_node_plan",
+    "random_search",
 ]
 
 __getattr__ = deprecated_aliases(__name__, {
