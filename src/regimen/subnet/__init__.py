@@ -1,7 +1,7 @@
 """Subnet pillar: extract smaller networks (structured pruning, HESSO, N:M sparsity, low rank, nested widths).
 
 Importing this package registers its recipe methods (``hesso``, ``maestro``, ``nested_width``, ``nm_sparsity``,
-``trp``, ``ssa``).
+``trp``, ``ssa``, ``ofa``).
 Old names of v1 (``HESSO``, ``Maestro``, ``TrainedRankPruning``, ``LowRankConv2d``, ``LowRankLinear``,
 ``export``) still resolve, with a DeprecationWarning.
 """
@@ -17,6 +17,12 @@ from regimen.subnet.dependency import (
     scale_units,
     trace_dependencies,
     zero_units,
+)
+from regimen.subnet.elastic_samplers import (
+    ComplexityAwareSampler,
+    PerformanceAwareSampler,
+    adjacent_bucket_step,
+    cost_buckets,
 )
 from regimen.subnet.hesso import HESSOMethod, HESSOPruner, hesso_factor
 from regimen.subnet.importance import IMPORTANCES, Importance, group_scores, normalized_scores
@@ -65,6 +71,18 @@ from regimen.subnet.nm import (
     nm_mask,
     nm_sparsify,
     to_semi_structured,
+)
+from regimen.subnet.ofa import (
+    ElasticKernelConv2d,
+    OnceForAll,
+    OnceForAllMethod,
+    SubnetSetting,
+    apply_elastic_kernel,
+    centre_crop_kernel,
+    check_kernels,
+    progressive_phases,
+    recalibrate_batch_norm,
+    transform_kernel,
 )
 from regimen.subnet.prune import plan_pruning, prune, prune_groups
 from regimen.subnet.serialize import architecture_spec, build_from_spec, load_pruned, restore_pruned, save_pruned
@@ -152,6 +170,22 @@ __all__ = [
     "inplace_distillation_loss",
     "sandwich_widths",
     "units_at_width",
+    # Once-for-All (elastic kernel, depth, width)
+    "ElasticKernelConv2d",
+    "OnceForAll",
+    "OnceForAllMethod",
+    "SubnetSetting",
+    "apply_elastic_kernel",
+    "centre_crop_kernel",
+    "check_kernels",
+    "progressive_phases",
+    "recalibrate_batch_norm",
+    "transform_kernel",
+    # ElasticViT samplers
+    "ComplexityAwareSampler",
+    "PerformanceAwareSampler",
+    "adjacent_bucket_step",
+    "cost_buckets",
 ]
 
 __getattr__ = deprecated_aliases(__name__, {
