@@ -22,9 +22,9 @@ from regimen.subnet import count_macs, count_params
 from regimen.train.trainer import fit
 
 OUT = Path(__file__).parent / "results"
-TRAIN_SUBSET, TEST_SUBSET, EPOCHS, BATCH, VAL_FRACTION = 4000, 2000, 8, 128, 0.02
+TRAIN_SUBSET, TEST_SUBSET, EPOCHS, BATCH, VAL_FRACTION = 3000, 2000, 6, 64, 0.02
 BASE = {"widths": [8, 16, 32], "depths": [2, 2, 2]}
-TASK = "fashion_mnist_4k"
+TASK = "fashion_mnist_3k"
 
 
 #: the OFA sub-networks scored: the corners and the middle of (depth, width, kernel)
@@ -84,7 +84,9 @@ def run(arm: str, seed: int) -> None:
         scale = float(arm[len("dense_w"):])
         widths = [max(1, round(w * scale)) for w in BASE["widths"]]
         result = fit(recipe(seed, {**BASE, "widths": widths}, []))
-        write("separate", f"w{scale:g}_d2_k3", seed, result.model, data, train_seconds=time.time() - start)
+        curve = [[h["epoch"], h["val_acc"]] for h in result.history if "val_acc" in h and "epoch" in h]
+        write("separate", f"w{scale:g}_d2_k3", seed, result.model, data, train_seconds=time.time() - start,
+              val_curve=curve)
     elif arm == "nested_width":
         widths = [0.25, 0.5, 0.75, 1.0]
         result = fit(recipe(seed, BASE, [{"name": "nested_width", "widths": widths, "n_random": 1,
@@ -109,7 +111,7 @@ def run(arm: str, seed: int) -> None:
         write("trp", "e0.95", seed, result.model, data, train_seconds=time.time() - start)
     elif arm in ("ofa", "ofa_all"):
         methods = [{"name": "ofa", "kernels": [3, 5], "depths": [1, 2], "widths": [0.25, 0.5, 0.75, 1.0],
-                    "phase_epochs": [3, 1, 2, 2] if arm == "ofa" else [3, 0, 0, EPOCHS - 3]}]
+                    "phase_epochs": [2, 1, 1, 2] if arm == "ofa" else [2, 0, 0, EPOCHS - 2]}]
         result = fit(recipe(seed, {**BASE, "kernel_size": 5}, methods))
         supernet = result.model
         batches = calibration_batches(data, seed)

@@ -227,8 +227,12 @@ class ElasticKernelConv2d(nn.Conv2d):
                  dilation: int = 1, groups: int = 1, bias: bool = False,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         kernels = check_kernels(kernels)
-        if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
-            raise ValueError(f"dilation must be an int >= 1, got {dilation!r}")
+        for key, value in (("in_channels", in_channels), ("out_channels", out_channels), ("dilation", dilation),
+                           ("groups", groups)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{key} must be an int, got {value!r}")
+            if value < 1:
+                raise ValueError(f"{key} must be >= 1, got {value}")
         largest = kernels[-1]
         super().__init__(in_channels, out_channels, largest, stride=stride, padding=dilation * (largest // 2),
                          dilation=dilation, groups=groups, bias=bias, device=device, dtype=dtype)
@@ -418,9 +422,22 @@ class OnceForAll(nn.Module):
             if len(self.kernels) == 1:
                 raise ValueError(f"kernels must hold at least two sizes to be elastic, got {list(self.kernels)}")
             self.kernel_layers = apply_elastic_kernel(model, self.kernels)
-        self.trained = {"depth": {self.depths[-1]} if self.depths else set(), "width": {1.0},
-                        "kernel": {self.kernels[-1]} if self.kernels else set()}
+        # which values each dimension has been trained at: boolean buffers (saved with the model's state)
+        for dim, values in (("depth", self.depths), ("width", self.widths), ("kernel", self.kernels)):
+            mask = torch.zeros(len(values), dtype=torch.bool)
+            if values:
+                mask[-1] = True  # the full network's value
+            self.register_buffer(f"trained_{dim}", mask)
         self.active = self.full_setting()
+
+    @property
+    def trained(self) -> dict[str, set]:
+        """``{"depth": {...}, "width": {...}, "kernel": {...}}``: the values each dimension was trained at."""
+        out = {}
+        for dim, values in (("depth", self.depths), ("width", self.widths), ("kernel", self.kernels)):
+            mask = getattr(self, f"trained_{dim}").tolist()
+            out[dim] = {v for v, on in zip(values, mask, strict=True) if on}
+        return out
 
     def _check_skippable(self, example: tuple) -> None:
         shapes: dict[int, tuple[tuple, tuple]] = {}
@@ -453,8 +470,12 @@ class OnceForAll(nn.Module):
                 kernel: int | Sequence[int] | None = None) -> SubnetSetting:
         """Validate and broadcast a setting (``None`` = the active one's value)."""
         if isinstance(depth, SubnetSetting):
-            return self.setting(depth.depth, depth.width, depth.kernel)
+            return self.setting(depth.depth or None, depth.width, depth.kernel or None)
         active = self.active
+        for key, value in (("depth", depth), ("kernel", kernel)):
+            values = value if isinstance(value, tuple | list) else (value,)
+            if value is not None and any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+                raise TypeError(f"{key} must be an int or a sequence of ints, got {value!r}")
         if depth is None:
             depths = active.depth
         elif not self.depths:
@@ -487,18 +508,13 @@ class OnceForAll(nn.Module):
 
     def enable(self, depth: int | None = None, width: float | None = None, kernel: int | None = None) -> None:
         """Mark a value of a dimension as trained (progressive shrinking calls this phase by phase)."""
-        if depth is not None:
-            if depth not in self.depths:
-                raise ValueError(f"depth must be one of {list(self.depths)}, got {depth!r}")
-            self.trained["depth"].add(depth)
-        if width is not None:
-            if width not in self.widths:
-                raise ValueError(f"width must be one of {list(self.widths)}, got {width!r}")
-            self.trained["width"].add(float(width))
-        if kernel is not None:
-            if kernel not in self.kernels:
-                raise ValueError(f"kernel must be one of {list(self.kernels)}, got {kernel!r}")
-            self.trained["kernel"].add(kernel)
+        for dim, value, values in (("depth", depth, self.depths), ("width", width, self.widths),
+                                   ("kernel", kernel, self.kernels)):
+            if value is None:
+                continue
+            if value not in values:
+                raise ValueError(f"{dim} must be one of {list(values)}, got {value!r}")
+            getattr(self, f"trained_{dim}")[list(values).index(value)] = True
 
     def sample(self, generator: torch.Generator | None = None, trained_only: bool = True) -> SubnetSetting:
         """A random setting: depth per group, one width, kernel per elastic layer, uniform over the trained (or
@@ -507,17 +523,19 @@ class OnceForAll(nn.Module):
             values = sorted(values)
             return tuple(values[i] for i in torch.randint(len(values), (n,), generator=generator).tolist())
 
-        depths = self.trained["depth"] if trained_only else self.depths
-        widths = self.trained["width"] if trained_only else self.widths
-        kernels = self.trained["kernel"] if trained_only else self.kernels
+        trained = self.trained
+        depths = trained["depth"] if trained_only else self.depths
+        widths = trained["width"] if trained_only else self.widths
+        kernels = trained["kernel"] if trained_only else self.kernels
         return SubnetSetting(pick(depths, len(self.blocks)) if self.depths else (), pick(widths, 1)[0],
                              pick(kernels, len(self.kernel_layers)) if self.kernels else ())
 
     def uniform_settings(self, trained_only: bool = False) -> list[SubnetSetting]:
         """Every setting with one depth for all groups and one kernel for all layers (the sampler tables)."""
-        depths = sorted(self.trained["depth"]) if trained_only else list(self.depths)
-        widths = sorted(self.trained["width"]) if trained_only else list(self.widths)
-        kernels = sorted(self.trained["kernel"]) if trained_only else list(self.kernels)
+        trained = self.trained
+        depths = sorted(trained["depth"]) if trained_only else list(self.depths)
+        widths = sorted(trained["width"]) if trained_only else list(self.widths)
+        kernels = sorted(trained["kernel"]) if trained_only else list(self.kernels)
         out = []
         for d, w, k in itertools.product(depths or [None], widths, kernels or [None]):
             out.append(SubnetSetting((d,) * len(self.blocks) if d is not None else (), float(w),
@@ -559,11 +577,12 @@ class OnceForAll(nn.Module):
 
     # ------------------------------------------------------------------------------------------------------- export
     def _check_trained(self, setting: SubnetSetting) -> None:
+        trained = self.trained
         for dim, values in (("depth", setting.depth), ("width", (setting.width,)), ("kernel", setting.kernel)):
-            untrained = sorted(set(values) - self.trained[dim])
+            untrained = sorted(set(values) - trained[dim])
             if untrained:
                 raise ValueError(f"{dim}={untrained[0]!r} was never trained by this supernet (trained {dim}s: "
-                                 f"{sorted(self.trained[dim])}); train its phase first or call enable({dim}=...)")
+                                 f"{sorted(trained[dim])}); train its phase first or call enable({dim}=...)")
 
     @torch.no_grad()
     def build(self, setting: SubnetSetting) -> nn.Module:
@@ -632,12 +651,6 @@ class OnceForAll(nn.Module):
         phase)."""
         if self._nested is not None:
             self._nested.sort_channels(importance)
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {dim: sorted(values) for dim, values in self.trained.items()}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.trained = {dim: set(state.get(dim, [])) | self.trained[dim] for dim in self.trained}
 
     @property
     def stages(self) -> nn.Module:
@@ -831,6 +844,24 @@ class OnceForAllMethod(Method):
     def on_epoch_start(self, ctx: Context) -> None:
         if self.supernet is not None:
             self._advance(ctx, ctx.epoch)
+        self._rescore_all = True  # ElasticViT re-scores every bank on the first batch of an epoch
+
+    def _rescore(self, model: Callable, x: Any, y: Any, ctx: Context) -> None:
+        """Re-evaluate stale bank scores on the current (clean) batch: every bank at an epoch's first batch, the
+        current bucket's bank every quarter epoch (ElasticViT's ``bank_loss_update`` / ``update_bank``)."""
+        sampler = self._sampler
+        quarter = max(1, ctx.run.steps_per_epoch // 4)
+        bucket = None if getattr(self, "_rescore_all", False) else sampler.bucket
+        if bucket is not None and (ctx.step + 1) % quarter:
+            return
+        self._rescore_all = False
+
+        @torch.no_grad()
+        def score(index: int) -> float:
+            output = _AtSetting(model, self._candidates[index])(x)
+            return -F.cross_entropy(output.float(), y).item()
+
+        sampler.rescore(score, bucket)
 
     # ----------------------------------------------------------------------------------------------------- training
     def _draw(self, ctx: Context) -> list[SubnetSetting]:
@@ -852,6 +883,8 @@ class OnceForAllMethod(Method):
             with torch.no_grad():
                 self.teacher.train()  # the reference runs the teacher with batch statistics
                 soft = F.softmax(self.teacher(x).float(), dim=-1)
+        if isinstance(self._sampler, PerformanceAwareSampler):
+            self._rescore(model, x, y, ctx)
         total, first = None, None
         for setting in settings:
             loss, output = next(_AtSetting(model, setting), x, y)
