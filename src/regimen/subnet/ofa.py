@@ -32,7 +32,7 @@ Pitfalls handled:
       sub-networks trained last): ``extract(..., calibration=batches)`` and ``OnceForAllMethod.eval_model``
       re-estimate them (cumulative average over the calibration batches) on the standalone copy.
     * The channel sort is done once, at the start of the width phase, on every coupled tensor at once (the
-      dependency groups of ``NestedWidth``), so the function is unchanged; the optimizer state is reset at every
+      dependency groups of ``NestedWidth``), so the function is unchanged; the optimizer moments are zeroed at every
       phase change (the reference starts each phase as a new run with a new optimizer).
     * The kernel transform is per layer and shared over channels (not per channel); sizes must be odd (centre).
     * All sampled sub-networks' gradients are accumulated before one optimizer step.
@@ -422,6 +422,8 @@ class OnceForAll(nn.Module):
             if len(self.kernels) == 1:
                 raise ValueError(f"kernels must hold at least two sizes to be elastic, got {list(self.kernels)}")
             self.kernel_layers = apply_elastic_kernel(model, self.kernels)
+        # the elastic convolutions themselves (found again by identity if later surgery wraps them)
+        object.__setattr__(self, "_kernel_modules", [model.get_submodule(n) for n in self.kernel_layers])
         # which values each dimension has been trained at: boolean buffers (saved with the model's state)
         for dim, values in (("depth", self.depths), ("width", self.widths), ("kernel", self.kernels)):
             mask = torch.zeros(len(values), dtype=torch.bool)
@@ -549,11 +551,13 @@ class OnceForAll(nn.Module):
     def forward(self, *args: Any, depth: int | Sequence[int] | None = None, width: float | None = None,
                 kernel: int | Sequence[int] | None = None, **kwargs: Any) -> Any:
         setting = self.setting(depth, width, kernel)
-        for name, k in zip(self.kernel_layers, setting.kernel, strict=True):
-            self.model.get_submodule(name).active_kernel = k
+        for module, k in zip(self._kernel_modules, setting.kernel, strict=True):
+            module.active_kernel = k
         overrides: dict[str, torch.Tensor] = {}
         if setting.width < 1.0:
+            names = self._nested._current_names()
             for name, cuts in self._nested._plan(setting.width).items():
+                name = self._nested._rename(name, names)
                 tensor = self._nested._param_or_buffer(name)
                 for dim, kept in cuts:
                     if int(kept[-1]) + 1 == kept.numel():  # a prefix: a view (BN statistics update in place)
@@ -588,11 +592,18 @@ class OnceForAll(nn.Module):
     def build(self, setting: SubnetSetting) -> nn.Module:
         """The standalone network at ``setting`` (no check that it was trained; see :meth:`extract`)."""
         setting = self.setting(setting)
-        model = copy_module(self.model)
-        for name, k in zip(self.kernel_layers, setting.kernel, strict=True):
+        now = {id(m): name for name, m in self.model.named_modules(remove_duplicate=False)}
+        missing = [n for n, m in zip(self.kernel_layers, self._kernel_modules, strict=True) if id(m) not in now]
+        if missing:
+            raise RuntimeError(f"OnceForAll: elastic convolution {missing[0]!r} is no longer in the model; surgery "
+                               "after OnceForAll may wrap its layers, not replace them")
+        model = copy_module(self.model)  # the same structure: the current names hold in the copy
+        for module, k in zip(self._kernel_modules, setting.kernel, strict=True):
+            name = now[id(module)]
             model.set_submodule(name, model.get_submodule(name).to_conv(k))
         if setting.width < 1.0:
-            plan = {g: torch.arange(self._nested.units(g, setting.width)) for g in self._nested.groups
+            groups = self._nested._groups_now(self._nested._current_names())
+            plan = {g: torch.arange(self._nested.units(g, setting.width)) for g in groups
                     if self._nested.units(g, setting.width) < g.size}
             if plan:
                 prune_groups(model, plan)
@@ -675,7 +686,7 @@ class OnceForAllMethod(Method):
     """Once-for-All progressive shrinking: elastic kernel, depth and width trained phase by phase with KD.
 
     ``setup`` wraps the model in :class:`OnceForAll`. The run is split into the paper's phases (``phase_epochs``:
-    full, kernel, depth, width); at each phase change the optimizer state is reset, the new values of the dimension
+    full, kernel, depth, width); at each phase change the optimizer moments are zeroed, the new values of the dimension
     are enabled, the channel sort happens before the first width is enabled, and the frozen full-network teacher is
     copied when the first elastic phase starts. A ``forward_loss`` middleware: in an elastic phase every micro-batch
     trains ``subnets_per_step`` sampled sub-networks (their losses summed, so their gradients accumulate before the
@@ -697,9 +708,15 @@ class OnceForAllMethod(Method):
     claimed_effect = "no_worse"
     inputs = ("image",)
     targets = ("labels",)
-    conflicts = ("nested_width", "nm_sparsity", "maestro", "trp", "hesso", "weight_std")
-    constraint_reason = ("ofa wraps the model in its own supernet and slices traced layers' weights and kernels; "
-                         "it cannot share the model with another method that re-parametrizes or slices its layers")
+    # found by training every pair of methods (tests/integration)
+    after = ("squeeze_excite", "blurpool")
+    conflicts = ("nested_width", "nm_sparsity", "maestro", "trp", "hesso", "weight_std", "batchformer",
+                 "nested_dropout", "multi_sample_dropout")
+    constraint_reason = ("ofa traces the model's channel groups and convolutions in setup, then slices their weights "
+                         "and kernels: layers inserted after it (squeeze_excite, blurpool: list them first) are not "
+                         "sliced; it cannot share the model with methods that re-parametrize or slice the same layers "
+                         "or features (nested widths, N:M, low rank, pruning, batchformer, nested/multi-sample "
+                         "dropout's heads)")
 
     def __init__(
         self,
@@ -724,11 +741,12 @@ class OnceForAllMethod(Method):
                                                       for d in depths) or list(depths) != sorted(set(depths))):
             raise ValueError(f"depths must be strictly increasing ints >= 1, got {depths!r}")
         self.depths = tuple(depths) if depths is not None else None
-        self.widths = check_widths(widths if widths is not None else (1.0,))
+        self.widths = check_widths(widths if widths is not None else (0.25, 0.5, 0.75, 1.0))
         if self.widths[-1] != 1.0:
             raise ValueError(f"widths must end in 1.0, got {list(self.widths)}")
-        self.phase_epochs = list(phase_epochs) if phase_epochs is not None else [1, 1, 1, 1]
-        progressive_phases(self.phase_epochs, self.kernels or (1,), self.depths or (1,), self.widths)
+        self.phase_epochs = list(phase_epochs) if phase_epochs is not None else None
+        if self.phase_epochs is not None:
+            progressive_phases(self.phase_epochs, self.kernels or (1,), self.depths or (1,), self.widths)
         self.subnets_per_step = list(subnets_per_step) if subnets_per_step is not None else [1, 1, 2, 4]
         if len(self.subnets_per_step) != 4 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
                                                   for n in self.subnets_per_step):
@@ -767,6 +785,10 @@ class OnceForAllMethod(Method):
     # ----------------------------------------------------------------------------------------------------- set-up
     def setup(self, ctx: Context) -> None:
         example, _ = ctx.example_batch()
+        if self.phase_epochs is None:  # the run's epochs dealt to full, width, depth, kernel in turn
+            self.phase_epochs = [0, 0, 0, 0]
+            for i in range(ctx.run.epochs):
+                self.phase_epochs[(0, 3, 2, 1)[i % 4]] += 1
         total = sum(self.phase_epochs)
         if total > ctx.run.epochs:
             raise ConfigurationError(f"ofa: phase_epochs {self.phase_epochs} add up to {total} epochs, more than "
@@ -780,8 +802,7 @@ class OnceForAllMethod(Method):
             raise ConfigurationError(f"ofa needs a staged model (regimen resnet with kernel_size = max(kernels), or "
                                      f"vit) whose blocks it can skip and channels it can slice: {error}") from error
         if ctx.optimizer is not None:
-            for name in self.supernet.kernel_layers:  # the transform matrices train with their layer's weight
-                layer = self.supernet.model.get_submodule(name)
+            for layer in self.supernet._kernel_modules:  # the transform matrices train with their layer's weight
                 replace_parameters(ctx.optimizer, {layer.weight: [layer.weight, *layer.transforms()]})
         ctx.model = self.supernet
         self._generator(ctx)
@@ -819,8 +840,11 @@ class OnceForAllMethod(Method):
             changed = True
         if changed:
             optimizer = getattr(ctx.optimizer, "optimizer", ctx.optimizer)
-            if optimizer is not None:
-                optimizer.state.clear()  # each phase starts with a fresh optimizer state, as in the reference
+            if optimizer is not None:  # each phase starts with fresh moments, as the reference's new optimizer does
+                for state in optimizer.state.values():  # (other keys stay: optimizer-wrapping methods keep theirs)
+                    for key in ("momentum_buffer", "exp_avg", "exp_avg_sq"):
+                        if isinstance(state.get(key), torch.Tensor):
+                            state[key].zero_()
             if self.sampler != "uniform":
                 self._build_sampler(ctx)
             self.log(ctx, "phase", float(PHASES.index(self.phase)))
