@@ -250,7 +250,7 @@ def _recipe(**method) -> dict:
             "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
             "train": {"epochs": 4, "batch_size": 16, "max_steps_per_epoch": 2},
             "methods": [{"name": "ofa", "kernels": [3, 5], "depths": [1, 2], "widths": [0.5, 1.0],
-                         "phase_epochs": [1, 1, 1, 1], **method}]}
+                         "phase_epochs": [1, 1, 1, 1], "recalibrate_batches": 2, **method}]}
 
 
 def test_method_trains_the_phases_in_order():
