@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from regimen.data.select import load_data
-from regimen.subnet import count_macs, count_params
+from regimen.subnet import count_macs, count_params, recalibrate_batch_norm
 from regimen.train.trainer import fit
 
 OUT = Path(__file__).parent / "results"
@@ -67,10 +67,31 @@ def calibration_batches(data, seed: int, n: int = 2000, batch: int = 200) -> lis
     return [(data.train.gather(order[i:i + batch])[0] - mean) / std for i in range(0, n, batch)]
 
 
+def macs(model: torch.nn.Module, example: torch.Tensor) -> int:
+    """``count_macs`` (convolutions, linear layers) plus Maestro's low-rank layers, which it does not see: a
+    truncated ``OrderedLowRankConv2d`` costs ``H·W·(|V| + |U|)`` per sample, a linear one ``|V| + |U|``."""
+    from regimen.subnet import low_rank_layers
+
+    extra = [0]
+
+    def hook(module, inputs, output):
+        spatial = output[0, 0].numel() if output.dim() == 4 else 1
+        extra[0] += spatial * (module.v.numel() + module.u.numel())
+
+    handles = [m.register_forward_hook(hook) for _, m in low_rank_layers(model)]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return int(count_macs(model, example)) + extra[0]
+
+
 def write(method: str, setting: str, seed: int, model: torch.nn.Module, data, **extra) -> None:
     example = torch.zeros(1, 1, 28, 28)
     point = {"method": method, "task": TASK, "setting": setting, "seed": seed,
-             "macs": int(count_macs(model, example)), "params": int(count_params(model)),
+             "macs": macs(model, example), "params": int(count_params(model)),
              "metric_name": "test_accuracy", "metric": accuracy(model, data), **extra}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{method}__{setting}__seed{seed}.json").write_text(json.dumps(point, indent=1) + "\n")
@@ -100,11 +121,15 @@ def run(arm: str, seed: int) -> None:
         result = fit(recipe(seed, BASE, [{"name": "maestro", "layers": "conv", "sampler": "all_layers",
                                           "truncate_at_end": False,
                                           "group_lasso": 0.0, "shrink_threshold": 0.0}]))
+        batches = calibration_batches(data, seed)
         for fraction in (0.25, 0.5, 0.75, 1.0):
             model = copy_module(result.model)
             set_rank_fraction(model, fraction)
-            write("maestro", f"r{fraction:g}", seed, truncate_model(model, dense_when_cheaper=True), data,
-                  train_seconds=time.time() - start)
+            plain = truncate_model(model, dense_when_cheaper=True)
+            without = accuracy(plain, data)
+            # shared BN statistics across ranks: re-estimated per rank, as for OFA's sub-networks
+            write("maestro", f"r{fraction:g}", seed, recalibrate_batch_norm(plain, batches), data,
+                  train_seconds=time.time() - start, accuracy_without_bn_recalibration=without)
     elif arm == "trp":
         result = fit(recipe(seed, BASE, [{"name": "trp", "energy": 0.95, "period": 20, "factorize_at_end": True,
                                           "rule": "macs"}]))
