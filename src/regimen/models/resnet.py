@@ -17,9 +17,9 @@ from regimen.models.staged import ClassifierHead, StagedModel
 __all__ = ["BasicBlock", "ResNet", "resnet"]
 
 
-def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1, kernel_size: int = 3) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
@@ -33,12 +33,13 @@ class BasicBlock(nn.Module):
     keys are those of the plain block.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, kernel_size: int = 3) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        pad = kernel_size // 2
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=pad, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size, padding=pad, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.drop_path: nn.Module = nn.Identity()
         self.shortcut: nn.Module = nn.Identity()
@@ -54,7 +55,11 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(StagedModel):
-    """Stem conv, groups of BasicBlocks (one stage per block), classifier head."""
+    """Stem conv, groups of BasicBlocks (one stage per block), classifier head.
+
+    ``kernel_size`` (odd, default 3) is the square kernel of the stem and of every block's two convolutions (with
+    "same" padding ``kernel_size // 2``); Once-for-All's elastic kernel starts from a larger one (e.g. 5).
+    """
 
     def __init__(
         self,
@@ -63,19 +68,22 @@ class ResNet(StagedModel):
         widths: Sequence[int] = (16, 32, 64),
         depths: Sequence[int] = (1, 1, 1),
         head_dropout: float = 0.0,
+        kernel_size: int = 3,
     ) -> None:
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be an odd int >= 1, got {kernel_size!r}")
         if len(widths) == 0 or len(widths) != len(depths):
             raise ValueError(f"widths and depths must be non-empty and equally long, got {widths} and {depths}")
         if any(w < 1 for w in widths) or any(d < 1 for d in depths):
             raise ValueError(f"widths and depths must be >= 1, got {widths} and {depths}")
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-        stages: list[nn.Module] = [conv_bn_relu(in_channels, widths[0])]
+        stages: list[nn.Module] = [conv_bn_relu(in_channels, widths[0], kernel_size=kernel_size)]
         channels = widths[0]
         for group, (width, depth) in enumerate(zip(widths, depths)):
             for index in range(depth):
                 stride = 2 if group > 0 and index == 0 else 1
-                stages.append(BasicBlock(channels, width, stride))
+                stages.append(BasicBlock(channels, width, stride, kernel_size))
                 channels = width
         stages.append(ClassifierHead(channels, num_classes, pool=True, dropout=head_dropout))
         super().__init__(stages)
@@ -83,6 +91,8 @@ class ResNet(StagedModel):
             in_channels=in_channels, num_classes=num_classes, widths=list(widths), depths=list(depths),
             head_dropout=head_dropout,
         )
+        if kernel_size != 3:  # the key only when set, so configs of 3x3 ResNets stay as they were
+            self.config["kernel_size"] = kernel_size
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

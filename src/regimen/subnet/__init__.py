@@ -2,7 +2,7 @@
 
 Importing this package registers its recipe methods (``hesso``, ``maestro``, ``nested_width``, ``nm_sparsity``,
 ``trp``, ``ssa``, ``lora``, ``allora``, ``lost``, ``cp_kernels``, ``polarization``, ``sap``, ``class_dependent``,
-``random_search``).
+``random_search``, ``ofa``).
 Old names of v1 (``HESSO``, ``Maestro``, ``TrainedRankPruning``, ``LowRankConv2d``, ``LowRankLinear``,
 ``export``) still resolve, with a DeprecationWarning.
 """
@@ -32,6 +32,12 @@ from regimen.subnet.dependency import (
     scale_units,
     trace_dependencies,
     zero_units,
+)
+from regimen.subnet.elastic_samplers import (
+    ComplexityAwareSampler,
+    PerformanceAwareSampler,
+    adjacent_bucket_step,
+    cost_buckets,
 )
 from regimen.subnet.hesso import HESSOMethod, HESSOPruner, hesso_factor
 from regimen.subnet.importance import IMPORTANCES, Importance, group_scores, normalized_scores
@@ -103,6 +109,18 @@ from regimen.subnet.nm import (
     nm_mask,
     nm_sparsify,
     to_semi_structured,
+)
+from regimen.subnet.ofa import (
+    ElasticKernelConv2d,
+    OnceForAll,
+    OnceForAllMethod,
+    SubnetSetting,
+    apply_elastic_kernel,
+    centre_crop_kernel,
+    check_kernels,
+    progressive_phases,
+    recalibrate_batch_norm,
+    transform_kernel,
 )
 from regimen.subnet.polarization import (
     ChannelGate,
@@ -267,6 +285,22 @@ __all__ = [
     "SearchResult",
     "random_node_plan",
     "random_search",
+    # Once-for-All (elastic kernel, depth, width)
+    "ElasticKernelConv2d",
+    "OnceForAll",
+    "OnceForAllMethod",
+    "SubnetSetting",
+    "apply_elastic_kernel",
+    "centre_crop_kernel",
+    "check_kernels",
+    "progressive_phases",
+    "recalibrate_batch_norm",
+    "transform_kernel",
+    # ElasticViT samplers
+    "ComplexityAwareSampler",
+    "PerformanceAwareSampler",
+    "adjacent_bucket_step",
+    "cost_buckets",
 ]
 
 __getattr__ = deprecated_aliases(__name__, {

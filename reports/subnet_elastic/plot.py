@@ -1,0 +1,131 @@
+"""Plot every "one network, many sizes" point against separately trained models, and render the README's tables.
+
+Reads ``results/<method>__<setting>__seed<seed>.json`` (keys ``method, task, setting, seed, macs, params,
+metric_name, metric``), groups them by task (one panel each: accuracy-like metrics against MACs, loss-like metrics
+— ``metric_name`` containing "loss" or "perplexity" — against parameters), and draws for every (method, setting)
+the median over seeds with a min–max bar. Writes ``plot.png`` and replaces the text between
+``<!-- tables:start -->`` and ``<!-- tables:end -->`` in ``README.md`` with one table per task.
+
+Usage: python reports/subnet_elastic/plot.py
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+START, END = "<!-- tables:start -->", "<!-- tables:end -->"
+#: drawing order and style: separately trained models first (the reference every method is judged against)
+STYLE = {"separate": ("black", "s", "-"), "nested_width": ("tab:blue", "o", "-"), "ofa": ("tab:red", "^", "none"),
+         "ofa_all": ("tab:orange", "v", "none"), "maestro": ("tab:green", "D", "-"), "trp": ("tab:purple", "P", "none")}
+
+
+def load() -> list[dict]:
+    points = []
+    for path in sorted(RESULTS.glob("*.json")):
+        point = json.loads(path.read_text())
+        missing = {"method", "task", "setting", "seed", "macs", "params", "metric_name", "metric"} - set(point)
+        if missing:
+            raise SystemExit(f"{path}: missing keys {sorted(missing)}")
+        points.append(point)
+    return points
+
+
+def lower_is_better(metric_name: str) -> bool:
+    return "loss" in metric_name or "perplexity" in metric_name
+
+
+def summarise(points: list[dict]) -> dict[str, list[dict]]:
+    """``{task: [row, ...]}``: one row per (method, setting) with median/min/max of the metric over seeds."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for p in points:
+        groups[(p["task"], p["method"], p["setting"])].append(p)
+    tables: dict[str, list[dict]] = defaultdict(list)
+    for (task, method, setting), runs in groups.items():
+        values = [r["metric"] for r in runs]
+        row = {"method": method, "setting": setting, "seeds": len(runs), "metric_name": runs[0]["metric_name"],
+               "macs": statistics.median(r["macs"] for r in runs),
+               "params": statistics.median(r["params"] for r in runs),
+               "median": statistics.median(values), "min": min(values), "max": max(values)}
+        extra = [r["accuracy_without_bn_recalibration"] for r in runs if "accuracy_without_bn_recalibration" in r]
+        if extra:
+            row["no_recal"] = statistics.median(extra)
+        tables[task].append(row)
+    for rows in tables.values():
+        rows.sort(key=lambda r: (list(STYLE).index(r["method"]) if r["method"] in STYLE else 99, r["macs"]))
+    return tables
+
+
+def plot(tables: dict[str, list[dict]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted(tables)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(7 * len(tasks), 5), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        rows = tables[task]
+        loss = lower_is_better(rows[0]["metric_name"])
+        x_key = "params" if loss else "macs"
+        by_method: dict[str, list[dict]] = defaultdict(list)
+        for row in rows:
+            by_method[row["method"]].append(row)
+        for method, mrows in by_method.items():
+            color, marker, line = STYLE.get(method, ("gray", "x", "none"))
+            mrows = sorted(mrows, key=lambda r: r[x_key])
+            xs = [r[x_key] for r in mrows]
+            ys = [r["median"] for r in mrows]
+            errors = [[r["median"] - r["min"] for r in mrows], [r["max"] - r["median"] for r in mrows]]
+            seeds = min(r["seeds"] for r in mrows)
+            ax.errorbar(xs, ys, yerr=errors, color=color, marker=marker, linestyle=line, capsize=3,
+                        label=f"{method} (n={seeds})")
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters" if loss else "MACs per sample")
+        ax.set_ylabel(rows[0]["metric_name"])
+        ax.set_title(f"{task}: median and min–max over seeds")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def markdown(tables: dict[str, list[dict]]) -> str:
+    parts = []
+    for task in sorted(tables):
+        rows = tables[task]
+        no_recal = any("no_recal" in r for r in rows)
+        head = "| method | setting | seeds | MACs | params | " + rows[0]["metric_name"] + " median [min, max] |"
+        head += " without BN recalibration (median) |" if no_recal else ""
+        lines = [f"**{task}**", "", head, "|" + "---|" * (6 + no_recal)]
+        for r in rows:
+            line = (f"| {r['method']} | {r['setting']} | {r['seeds']} | {r['macs'] / 1e6:.2f} M | {r['params']:,.0f} | "
+                    f"{r['median']:.4f} [{r['min']:.4f}, {r['max']:.4f}] |")
+            if no_recal:
+                line += f" {r['no_recal']:.4f} |" if "no_recal" in r else " |"
+            lines.append(line)
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def main() -> None:
+    tables = summarise(load())
+    if not tables:
+        raise SystemExit(f"no results in {RESULTS}")
+    plot(tables, HERE / "plot.png")
+    readme = HERE / "README.md"
+    text = readme.read_text() if readme.exists() else f"{START}\n{END}\n"
+    if START not in text or END not in text:
+        raise SystemExit(f"{readme} has no {START} ... {END} markers")
+    before, rest = text.split(START, 1)
+    _, after = rest.split(END, 1)
+    readme.write_text(f"{before}{START}\n{markdown(tables)}\n{END}{after}")
+    print(markdown(tables))
+
+
+if __name__ == "__main__":
+    main()
