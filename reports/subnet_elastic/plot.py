@@ -36,7 +36,7 @@ def load() -> list[dict]:
 
 
 def lower_is_better(metric_name: str) -> bool:
-    return "loss" in metric_name or "perplexity" in metric_name
+    return any(word in metric_name for word in ("loss", "perplexity", "bits_per_byte", "error"))
 
 
 def summarise(points: list[dict]) -> dict[str, list[dict]]:
@@ -71,12 +71,15 @@ def plot(tables: dict[str, list[dict]], out: Path) -> None:
     for ax, task in zip(axes[0], tasks, strict=True):
         rows = tables[task]
         loss = lower_is_better(rows[0]["metric_name"])
-        x_key = "params" if loss else "macs"
+        # parameters where MACs cannot separate the points (a loss panel; LoRA arms of one model differ only in
+        # their trainable parameters)
+        x_key = "params" if loss or len({r["macs"] for r in rows}) == 1 else "macs"
         by_method: dict[str, list[dict]] = defaultdict(list)
         for row in rows:
             by_method[row["method"]].append(row)
+        others = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3)
         for method, mrows in by_method.items():
-            color, marker, line = STYLE.get(method, ("gray", "x", "none"))
+            color, marker, line = STYLE.get(method) or (next(others), "x", "none")
             mrows = sorted(mrows, key=lambda r: r[x_key])
             xs = [r[x_key] for r in mrows]
             ys = [r["median"] for r in mrows]
@@ -85,7 +88,7 @@ def plot(tables: dict[str, list[dict]], out: Path) -> None:
             ax.errorbar(xs, ys, yerr=errors, color=color, marker=marker, linestyle=line, capsize=3,
                         label=f"{method} (n={seeds})")
         ax.set_xscale("log")
-        ax.set_xlabel("parameters" if loss else "MACs per sample")
+        ax.set_xlabel("parameters" if x_key == "params" else "MACs per sample")
         ax.set_ylabel(rows[0]["metric_name"])
         ax.set_title(f"{task}: median and min–max over seeds")
         ax.grid(True, alpha=0.3)
