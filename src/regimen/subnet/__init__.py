@@ -1,7 +1,7 @@
 """Subnet pillar: extract smaller networks (structured pruning, HESSO, N:M sparsity, low rank, nested widths).
 
 Importing this package registers its recipe methods (``hesso``, ``maestro``, ``nested_width``, ``nm_sparsity``,
-``trp``, ``ssa``).
+``trp``, ``ssa``, ``lottery_jackpots``, ``ftwt``, ``layer_dp``, ``tscnc``).
 Old names of v1 (``HESSO``, ``Maestro``, ``TrainedRankPruning``, ``LowRankConv2d``, ``LowRankLinear``,
 ``export``) still resolve, with a DeprecationWarning.
 """
@@ -18,8 +18,27 @@ from regimen.subnet.dependency import (
     trace_dependencies,
     zero_units,
 )
+from regimen.subnet.ftwt import (
+    FTWTGate,
+    FTWTMethod,
+    MaskPredictor,
+    apply_ftwt,
+    channel_heat,
+    ftwt_dynamic_macs,
+    ftwt_mask_loss,
+    ftwt_targets,
+)
 from regimen.subnet.hesso import HESSOMethod, HESSOPruner, hesso_factor
 from regimen.subnet.importance import IMPORTANCES, Importance, group_scores, normalized_scores
+from regimen.subnet.layer_dp import LayerDPMethod, apply_layer_dp, dp_allocate, layer_costs, rd_curves
+from regimen.subnet.lottery_jackpots import (
+    JackpotMask,
+    LotteryJackpotsMethod,
+    apply_lottery_jackpots,
+    export_lottery_jackpots,
+    jackpot_init_scores,
+    jackpot_mask_update,
+)
 from regimen.subnet.lowrank import (
     FactorizedConv2d,
     FactorizedLinear,
@@ -73,6 +92,15 @@ from regimen.subnet.ssa import (
     sample_kept_positions,
     subsampled_attention,
     subsampled_causal_attention,
+)
+from regimen.subnet.tscnc import (
+    TSCNCMethod,
+    condition_number_penalty,
+    condition_numbers,
+    fgsm_example,
+    pgd_attack,
+    transformed_l1,
+    tscnc_penalty,
 )
 
 __all__ = [
@@ -152,6 +180,36 @@ __all__ = [
     "inplace_distillation_loss",
     "sandwich_widths",
     "units_at_width",
+    # Lottery Jackpots
+    "JackpotMask",
+    "LotteryJackpotsMethod",
+    "apply_lottery_jackpots",
+    "export_lottery_jackpots",
+    "jackpot_init_scores",
+    "jackpot_mask_update",
+    # Fire Together Wire Together
+    "FTWTGate",
+    "FTWTMethod",
+    "MaskPredictor",
+    "apply_ftwt",
+    "channel_heat",
+    "ftwt_dynamic_macs",
+    "ftwt_mask_loss",
+    "ftwt_targets",
+    # layer-adaptive sparsity by dynamic programming
+    "LayerDPMethod",
+    "apply_layer_dp",
+    "dp_allocate",
+    "layer_costs",
+    "rd_curves",
+    # TSCNC
+    "TSCNCMethod",
+    "condition_number_penalty",
+    "condition_numbers",
+    "fgsm_example",
+    "pgd_attack",
+    "transformed_l1",
+    "tscnc_penalty",
 ]
 
 __getattr__ = deprecated_aliases(__name__, {
