@@ -49,6 +49,8 @@ MODES = ("mass", "uniform")
 @checked_arguments
 def channel_heat(output: torch.Tensor) -> torch.Tensor:
     """``h[n, c] = max over positions of |output[n, c, ...]|`` (a ``(N, C)`` tensor)."""
+    if not output.is_floating_point():
+        raise TypeError(f"output must be a floating-point tensor, got {output.dtype}")
     if output.dim() < 2:
         raise ValueError(f"output must be (N, C, ...), got shape {tuple(output.shape)}")
     flat = output.detach().abs().reshape(output.shape[0], output.shape[1], -1)
@@ -61,8 +63,9 @@ def ftwt_targets(heat: torch.Tensor, mode: str = "mass", threshold: float = 0.9)
     hottest channel of every sample is kept."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if heat.dim() != 2:
-        raise ValueError(f"heat must be (N, C), got shape {tuple(heat.shape)}")
+    if heat.dim() != 2 or not heat.is_floating_point():
+        raise ValueError(f"heat must be a floating-point (N, C) tensor, got {heat.dtype} of shape "
+                         f"{tuple(heat.shape)}")
     if mode == "mass" and not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold (mass) must be in (0, 1], got {threshold}")
     if mode == "uniform" and not 0.0 <= threshold < 1.0:
@@ -88,12 +91,14 @@ def ftwt_targets(heat: torch.Tensor, mode: str = "mass", threshold: float = 0.9)
 @checked_arguments
 def ftwt_mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``Σ_c mean_n BCEWithLogits(logits[n, c], target[n, c])`` (the reference's per-layer mask loss)."""
-    if logits.shape != target.shape or logits.dim() != 2:
-        raise ValueError(f"logits and target must be (N, C) of one shape, got {tuple(logits.shape)} and "
-                         f"{tuple(target.shape)}")
+    if logits.shape != target.shape or logits.dim() != 2 or not logits.is_floating_point() \
+            or not target.is_floating_point():
+        raise ValueError(f"logits and target must be floating-point (N, C) tensors of one shape, got "
+                         f"{tuple(logits.shape)} and {tuple(target.shape)}")
     return F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(0).sum()
 
 
+@checked_arguments
 class MaskPredictor(nn.Module):
     """``Linear(softmax_c(global average pool of x))``: one logit per output channel of the gated layer
     (``softmax=False``: the pooled input itself, the reference's ``--softmax 0``)."""
@@ -112,6 +117,7 @@ class MaskPredictor(nn.Module):
         return self.linear(torch.softmax(pooled, dim=1) if self.softmax else pooled)
 
 
+@checked_arguments
 class FTWTGate(nn.Module):
     """A conv→BN→ReLU ``block`` whose output channels are masked per input by a ``MaskPredictor``.
 

@@ -79,6 +79,8 @@ def jackpot_mask_update(scores: torch.Tensor, mask: torch.Tensor, rate: float = 
         raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
     if scores.shape != mask.shape:
         raise ValueError(f"scores {tuple(scores.shape)} and mask {tuple(mask.shape)} must have the same shape")
+    if not scores.is_floating_point():
+        raise TypeError(f"scores must be a floating-point tensor, got {scores.dtype}")
     if not 0.0 < rate <= 1.0:
         raise ValueError(f"rate must be in (0, 1], got {rate}")
     flat_s, flat_m = scores.detach().reshape(-1), mask.reshape(-1)
@@ -102,6 +104,7 @@ def jackpot_mask_update(scores: torch.Tensor, mask: torch.Tensor, rate: float = 
     return new.reshape(mask.shape)
 
 
+@checked_arguments
 class JackpotMask(nn.Module):
     """Parametrization ``W -> b ⊙ W`` with trainable scores ``s`` (STE: ``∂L/∂s = ∂L/∂(b ⊙ W) ⊙ W``).
 

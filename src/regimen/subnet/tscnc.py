@@ -46,11 +46,15 @@ def transformed_l1(weight: torch.Tensor, a: float = 1.0) -> torch.Tensor:
     """``Σ (a + 1)|w| / (a + |w|)`` over every entry of ``weight`` (a scalar)."""
     if not a > 0:
         raise ValueError(f"a must be > 0, got {a}")
+    if not weight.is_floating_point():
+        raise TypeError(f"weight must be a floating-point tensor, got {weight.dtype}")
     w = weight.abs()
     return ((a + 1.0) * w / (a + w)).sum()
 
 
 def _matrix(weight: torch.Tensor) -> torch.Tensor:
+    if not weight.is_floating_point():
+        raise TypeError(f"weight must be a floating-point tensor, got {weight.dtype}")
     if weight.dim() < 2:
         raise ValueError(f"weight must be at least 2-D, got shape {tuple(weight.shape)}")
     return weight.reshape(weight.shape[0], -1)
