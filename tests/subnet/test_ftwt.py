@@ -34,7 +34,7 @@ def _reference_targets(heat, mode, threshold):
         h = heat[n].tolist()
         order = sorted(range(len(h)), key=lambda c: (-h[c], c))
         if mode == "uniform":
-            kept = order[:len(h) - math.floor(threshold * len(h) + 1e-9)]
+            kept = [c for c in order[:len(h) - math.floor(threshold * len(h) + 1e-9)] if h[c] > 1e-5]
         else:
             total = sum(h)
             kept, cumulative = [], 0.0
@@ -63,6 +63,7 @@ def test_targets_match_an_explicit_loop(mode, threshold):
 def test_mass_threshold_one_drops_only_dead_channels():
     heat = torch.tensor([[0.0, 2.0, 1e-9, 3.0]])
     assert torch.equal(ftwt_targets(heat, "mass", 1.0), torch.tensor([[0.0, 1.0, 0.0, 1.0]]))
+    assert torch.equal(ftwt_targets(heat, "uniform", 0.25), torch.tensor([[0.0, 1.0, 0.0, 1.0]]))
 
 
 def test_mask_loss_sums_channels_of_the_per_sample_mean():
@@ -89,6 +90,10 @@ def test_decoupled_mask_loss_does_not_reach_the_backbone():
     model.train()(torch.randn(4, 2, 6, 6))
     torch.stack([g.loss for g in gates]).sum().backward()
     assert model[0].conv.weight.grad is None and gates[0].predictor.linear.bias.grad is not None
+    for g in gates:
+        g.predictor.zero_grad()
+    model(torch.randn(4, 2, 6, 6)).sum().backward()  # the task loss never reaches the predictors (as the reference)
+    assert all(p.grad is None or not bool(p.grad.any()) for g in gates for p in g.predictor.parameters())
 
 
 def test_dynamic_macs_count_active_inputs_and_kept_outputs():

@@ -8,11 +8,12 @@ Formula. For a conv→BN→ReLU layer with input ``x`` and (unmasked) output ``O
 ``n`` is ``h_nc = max_hw |O_nchw|``. Self-generated targets: ``"mass"`` — normalise ``ĥ = h / Σ_c h``, sort
 descending, keep the channels whose cumulative mass stays within ``threshold`` (``threshold = 1`` keeps every channel
 with ``ĥ > 1e-5``, i.e. drops dead channels); ``"uniform"`` — drop the ``⌊threshold · C⌋`` lowest-heat channels of
-every sample. A predictor ``logits = Linear(softmax_c(avgpool(x)))`` (the reference: global average pooling, softmax
-over input channels, 1×1 conv with bias) is trained with ``BCEWithLogits(logits, target)`` (summed over channels,
-averaged over samples and layers); the output is ``O ⊙ b`` with ``b = 1[σ(logits) > 0.5]`` and a straight-through
-gradient. ``decoupled`` (the reference default) feeds the predictor ``x.detach()`` so the mask loss does not reach the
-backbone; the mask loss is switched off after ``cooldown`` of the run.
+every sample, and every dead channel (``h ≤ 1e-5``). A predictor ``logits = Linear(softmax_c(avgpool(x)))`` (the
+reference: global average pooling, optional softmax over input channels, 1×1 conv with bias) is trained with
+``BCEWithLogits(logits, target)`` only (summed over channels, averaged over samples and layers); the output is
+``O ⊙ b`` with ``b = 1[σ(logits) > 0.5]``, which carries no gradient (the reference binarises under ``no_grad``, so the
+task loss never reaches the predictors). ``decoupled`` (the reference default) feeds the predictor ``x.detach()`` so
+the mask loss does not reach the backbone either; the mask loss is switched off after ``cooldown`` of the run.
 
 Dynamic MACs. A conv whose input channel ``i`` is zero for a sample and whose output channel ``c`` is masked need not
 compute those products: executed MACs per sample = ``dense MACs × active inputs / C_in × kept outputs / C_out``, for
@@ -21,9 +22,10 @@ kernel, so wall-clock is not reduced (reported as MACs, not time).
 
 Pitfalls handled: targets come from the *unmasked* output of the same forward; masks are applied after the ReLU (after
 this layer's BN), so BN statistics are learned under masking and evaluation keeps the masks on; at least one channel
-is kept per sample; predictors start with every channel on (weight 0, bias ``init_bias``) so fine-tuning starts from
-the trained network (a deviation from the reference's default init, documented). Surgery applies to conv→BN→ReLU runs
-inside ``nn.Sequential`` containers; a model without one is refused before any change.
+is kept per sample (the reference can drop all); predictors start with every channel on (weight 0, bias
+``init_bias``) so fine-tuning starts from the trained network (a deviation from the reference's default init).
+Surgery applies to conv→BN→ReLU runs inside ``nn.Sequential`` containers; a model without one is refused before any
+change.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ def ftwt_targets(heat: torch.Tensor, mode: str = "mass", threshold: float = 0.9)
     keep_sorted = torch.zeros(n, c, dtype=torch.bool, device=heat.device)
     if mode == "uniform":
         keep_sorted[:, :c - int(math.floor(threshold * c + 1e-9))] = True
+        keep_sorted &= torch.gather(heat, 1, order) > 1e-5  # dead channels are dropped too
     else:
         normed = heat / heat.sum(1, keepdim=True).clamp_min(1e-12)
         if threshold >= 1.0:
@@ -151,8 +154,7 @@ class FTWTGate(nn.Module):
         self.last_mask = hard.detach()
         if not self.masking:
             return out
-        mask = hard + prob - prob.detach()  # straight-through
-        return out * mask.reshape(*mask.shape, *([1] * (out.dim() - 2)))
+        return out * self.last_mask.reshape(*hard.shape, *([1] * (out.dim() - 2)))
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, threshold={self.threshold}, decoupled={self.decoupled}"
@@ -277,8 +279,10 @@ class FTWTMethod(Method):
              "15-24% larger FLOPs reductions than static pruning (CIFAR)")
     claimed_effect = "no_worse"
     before = ("hesso", "nm_sparsity", "lottery_jackpots", "layer_dp", "tscnc", "trp", "maestro")
-    constraint_reason = ("ftwt wraps conv-BN-ReLU runs in gates (module names change): pruning and factorising "
-                         "methods must see the wrapped model")
+    conflicts = ("nested_width",)
+    constraint_reason = ("ftwt wraps conv-BN-ReLU runs in gates with predictors sized to the full widths (module names "
+                         "change): pruning and factorising methods must see the wrapped model, and nested widths "
+                         "cannot slice the gated layers")
 
     def __init__(self, mode: str = "mass", threshold: float = 0.9, decoupled: bool = True, predictor_lr: float = 0.1,
                  mask_weight: float = 1.0, cooldown: float = 0.5, init_bias: float = 3.0) -> None:

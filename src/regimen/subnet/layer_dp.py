@@ -259,8 +259,7 @@ class LayerDPMethod(Method):
     claim = ("per-layer sparsities from a DP over output-distortion curves beat uniform/global/LAMP allocations at "
              "high sparsity")
     claimed_effect = "no_worse"
-    after = ("weight_std",)
-    conflicts = ("nm_sparsity", "hesso", "maestro", "trp", "lottery_jackpots", "tscnc")
+    conflicts = ("weight_std", "nm_sparsity", "hesso", "maestro", "trp", "lottery_jackpots", "tscnc")
     constraint_reason = ("layer_dp masks individual weights by name and re-applies the masks after every step: weight "
                          "parametrizations, other weight pruning or factorised layers would fight over them")
 

@@ -251,10 +251,14 @@ class LotteryJackpotsMethod(Method):
     claim = ("a mask searched on frozen pre-trained weights (magnitude-initialised scores, a few epochs) matches the "
              "dense accuracy at 90% sparsity")
     claimed_effect = "no_worse"
-    after = ("weight_std",)
-    conflicts = ("nm_sparsity", "hesso", "maestro", "trp", "layer_dp", "tscnc")
+    # found by training pairs: AGVM differentiates every parameter it saw at setup (frozen here), and SWA's averaged
+    # state (with the mask parametrization's keys) must be loaded before the masks are baked at the end
+    before = ("agvm", "swa")
+    conflicts = ("weight_std", "nm_sparsity", "hesso", "maestro", "trp", "layer_dp", "tscnc", "nested_width")
     constraint_reason = ("lottery jackpots parametrizes every conv/linear weight with a searched mask and freezes the "
-                         "weights: another weight parametrization, weight pruning or factorisation cannot share them")
+                         "weights: another weight parametrization, weight pruning, slicing or factorisation cannot "
+                         "share them, methods that see all parameters must come after the freeze, and averaged "
+                         "weights must be loaded before the masks are baked")
 
     def __init__(self, sparsity: float = 0.9, score_lr: float = 0.1, score_weight_decay: float = 5e-4,
                  random_scores: bool = False, rate: float = 1.0, ignore: list[str] | None = None,

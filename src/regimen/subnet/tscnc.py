@@ -173,8 +173,7 @@ class TSCNCMethod(Method):
     claim = ("a condition-number constraint with a transformed sparse constraint makes highly pruned networks "
              "markedly more robust to adversarial attacks")
     claimed_effect = "no_worse"
-    after = ("weight_std",)
-    conflicts = ("nm_sparsity", "hesso", "maestro", "trp", "lottery_jackpots", "layer_dp")
+    conflicts = ("weight_std", "nm_sparsity", "hesso", "maestro", "trp", "lottery_jackpots", "layer_dp")
     constraint_reason = ("tscnc masks individual weights by name and penalises their singular values: other weight "
                          "pruning, parametrizations or factorised layers would fight over them")
 
