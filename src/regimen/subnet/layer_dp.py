@@ -259,6 +259,8 @@ class LayerDPMethod(Method):
     claim = ("per-layer sparsities from a DP over output-distortion curves beat uniform/global/LAMP allocations at "
              "high sparsity")
     claimed_effect = "no_worse"
+    # found by training pairs: layers are masked by module name, so methods that replace layers go first
+    after = ("batchformer", "blurpool", "squeeze_excite", "multi_sample_dropout")
     conflicts = ("weight_std", "nm_sparsity", "hesso", "maestro", "trp", "lottery_jackpots", "tscnc")
     constraint_reason = ("layer_dp masks individual weights by name and re-applies the masks after every step: weight "
                          "parametrizations, other weight pruning or factorised layers would fight over them")

@@ -254,6 +254,8 @@ class LotteryJackpotsMethod(Method):
     # found by training pairs: AGVM differentiates every parameter it saw at setup (frozen here), and SWA's averaged
     # state (with the mask parametrization's keys) must be loaded before the masks are baked at the end
     before = ("agvm", "swa")
+    # found by training pairs: layers are masked by module name, so methods that replace layers go first
+    after = ("batchformer", "blurpool", "squeeze_excite", "multi_sample_dropout")
     conflicts = ("weight_std", "nm_sparsity", "hesso", "maestro", "trp", "layer_dp", "tscnc", "nested_width")
     constraint_reason = ("lottery jackpots parametrizes every conv/linear weight with a searched mask and freezes the "
                          "weights: another weight parametrization, weight pruning, slicing or factorisation cannot "

@@ -173,6 +173,8 @@ class TSCNCMethod(Method):
     claim = ("a condition-number constraint with a transformed sparse constraint makes highly pruned networks "
              "markedly more robust to adversarial attacks")
     claimed_effect = "no_worse"
+    # found by training pairs: layers are masked by module name, so methods that replace layers go first
+    after = ("batchformer", "blurpool", "squeeze_excite", "multi_sample_dropout")
     conflicts = ("weight_std", "nm_sparsity", "hesso", "maestro", "trp", "lottery_jackpots", "layer_dp")
     constraint_reason = ("tscnc masks individual weights by name and penalises their singular values: other weight "
                          "pruning, parametrizations or factorised layers would fight over them")
