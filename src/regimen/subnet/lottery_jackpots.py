@@ -251,16 +251,16 @@ class LotteryJackpotsMethod(Method):
     claim = ("a mask searched on frozen pre-trained weights (magnitude-initialised scores, a few epochs) matches the "
              "dense accuracy at 90% sparsity")
     claimed_effect = "no_worse"
-    # found by training pairs: AGVM differentiates every parameter it saw at setup (frozen here), and SWA's averaged
+    # found by training pairs: AGVM needs trainable parameters in every stage (all frozen here), and SWA's averaged
     # state (with the mask parametrization's keys) must be loaded before the masks are baked at the end
-    before = ("agvm", "swa")
+    before = ("swa",)
     # found by training pairs: layers are masked by module name, so methods that replace layers go first
     after = ("batchformer", "blurpool", "squeeze_excite", "multi_sample_dropout")
-    conflicts = ("weight_std", "nm_sparsity", "hesso", "maestro", "trp", "layer_dp", "tscnc", "nested_width")
+    conflicts = ("weight_std", "nm_sparsity", "hesso", "maestro", "trp", "layer_dp", "tscnc", "nested_width", "agvm")
     constraint_reason = ("lottery jackpots parametrizes every conv/linear weight with a searched mask and freezes the "
                          "weights: another weight parametrization, weight pruning, slicing or factorisation cannot "
-                         "share them, methods that see all parameters must come after the freeze, and averaged "
-                         "weights must be loaded before the masks are baked")
+                         "share them, AGVM finds no trainable weights, and averaged weights must be loaded before "
+                         "the masks are baked")
 
     def __init__(self, sparsity: float = 0.9, score_lr: float = 0.1, score_weight_decay: float = 5e-4,
                  random_scores: bool = False, rate: float = 1.0, ignore: list[str] | None = None,
