@@ -43,7 +43,7 @@ def main() -> None:
                   f"| {statistics.median(r['wall_s'] for r in rs):.0f} |")
     ftwt = [r for r in rows if r["entry"] == "ftwt"]
     if ftwt:
-        print("\nFTWT executed MACs per input (fraction of dense, validation images):")
+        print("\nFTWT executed MACs per input (fraction of dense, validation images):\n")
         print("| keep | seed | mean | p10 | p90 | kept fraction per gate | mask std over inputs per gate |")
         print("|---|---|---|---|---|---|---|")
         for r in sorted(ftwt, key=lambda r: (-r["keep"], r["seed"])):
@@ -53,7 +53,7 @@ def main() -> None:
                   f"| {', '.join(f'{v:.2f}' for v in e.get('mask_std_over_inputs_per_gate', []))} |")
     tscnc = [json.loads(p.read_text()) for p in sorted((HERE / "results_tscnc").glob("*.json"))]
     if tscnc:
-        print("\nTSCNC ablation (90 % sparsity, FGSM fine-tuning, first 1,000 test images):")
+        print("\nTSCNC ablation (90 % sparsity, FGSM fine-tuning, first 1,000 test images):\n")
         layers = sorted({k for r in tscnc for k in r["log10_condition_numbers"]})
         print("| cond_weight λ_c | seeds | clean acc % | PGD-10 acc % | log10 κ_2 per layer (" + ", ".join(layers)
               + "; inf = rank-deficient), per seed | dense clean % | dense PGD-10 % |")
