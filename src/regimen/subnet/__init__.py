@@ -2,7 +2,7 @@
 
 Importing this package registers its recipe methods (``hesso``, ``maestro``, ``nested_width``, ``nm_sparsity``,
 ``trp``, ``ssa``, ``lora``, ``allora``, ``lost``, ``cp_kernels``, ``polarization``, ``sap``, ``class_dependent``,
-``random_search``, ``ofa``).
+``random_search``, ``ofa``, ``lottery_jackpots``, ``ftwt``, ``layer_dp``, ``tscnc``).
 Old names of v1 (``HESSO``, ``Maestro``, ``TrainedRankPruning``, ``LowRankConv2d``, ``LowRankLinear``,
 ``export``) still resolve, with a DeprecationWarning.
 """
@@ -39,8 +39,19 @@ from regimen.subnet.elastic_samplers import (
     adjacent_bucket_step,
     cost_buckets,
 )
+from regimen.subnet.ftwt import (
+    FTWTGate,
+    FTWTMethod,
+    MaskPredictor,
+    apply_ftwt,
+    channel_heat,
+    ftwt_dynamic_macs,
+    ftwt_mask_loss,
+    ftwt_targets,
+)
 from regimen.subnet.hesso import HESSOMethod, HESSOPruner, hesso_factor
 from regimen.subnet.importance import IMPORTANCES, Importance, group_scores, normalized_scores
+from regimen.subnet.layer_dp import LayerDPMethod, apply_layer_dp, dp_allocate, layer_costs, rd_curves
 from regimen.subnet.lora import (
     ALLoRAMethod,
     LoRAConv2d,
@@ -63,6 +74,14 @@ from regimen.subnet.lost import (
     lost_linear,
     lost_parameter_count,
     select_channels,
+)
+from regimen.subnet.lottery_jackpots import (
+    JackpotMask,
+    LotteryJackpotsMethod,
+    apply_lottery_jackpots,
+    export_lottery_jackpots,
+    jackpot_init_scores,
+    jackpot_mask_update,
 )
 from regimen.subnet.lowrank import (
     FactorizedConv2d,
@@ -150,6 +169,15 @@ from regimen.subnet.ssa import (
     sample_kept_positions,
     subsampled_attention,
     subsampled_causal_attention,
+)
+from regimen.subnet.tscnc import (
+    TSCNCMethod,
+    condition_number_penalty,
+    condition_numbers,
+    fgsm_example,
+    pgd_attack,
+    transformed_l1,
+    tscnc_penalty,
 )
 
 __all__ = [
@@ -301,6 +329,36 @@ __all__ = [
     "PerformanceAwareSampler",
     "adjacent_bucket_step",
     "cost_buckets",
+    # Lottery Jackpots
+    "JackpotMask",
+    "LotteryJackpotsMethod",
+    "apply_lottery_jackpots",
+    "export_lottery_jackpots",
+    "jackpot_init_scores",
+    "jackpot_mask_update",
+    # Fire Together Wire Together
+    "FTWTGate",
+    "FTWTMethod",
+    "MaskPredictor",
+    "apply_ftwt",
+    "channel_heat",
+    "ftwt_dynamic_macs",
+    "ftwt_mask_loss",
+    "ftwt_targets",
+    # layer-adaptive sparsity by dynamic programming
+    "LayerDPMethod",
+    "apply_layer_dp",
+    "dp_allocate",
+    "layer_costs",
+    "rd_curves",
+    # TSCNC
+    "TSCNCMethod",
+    "condition_number_penalty",
+    "condition_numbers",
+    "fgsm_example",
+    "pgd_attack",
+    "transformed_l1",
+    "tscnc_penalty",
 ]
 
 __getattr__ = deprecated_aliases(__name__, {
