@@ -138,8 +138,10 @@ class SqueezeExciteMethod(Method):
     """
 
     name = "squeeze_excite"
-    before = ("hesso", "nested_width")
-    constraint_reason = "pruning and nested widths rewrite the convs, so they must see the wrapped layers"
+    before = ("hesso",)
+    conflicts = ("nested_width",)
+    constraint_reason = ("pruning rewrites the convs, so it must see the wrapped layers; nested widths narrow the "
+                         "features an SE gate is built for (the gate then fails on the narrow widths)")
     inputs = ("image",)
     paper_id = "arXiv:1709.01507"
     claim = "channel-wise gates from globally pooled features improve ImageNet accuracy of ResNets at ~1 % more compute"

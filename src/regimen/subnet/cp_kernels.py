@@ -251,8 +251,11 @@ class CPKernelMethod(Method):
     claim = "convolution kernels trained a priori as sums of outer products of 1-D filters match full kernels with " \
             "fewer trainable parameters"
     claimed_effect = "no_worse"
-    conflicts = ("lora", "allora", "maestro", "trp", "hesso", "nm_sparsity", "nested_width", "weight_std", "mup")
-    constraint_reason = "cp_kernels replaces the conv layers by factorised ones; other surgery on the same layers"
+    conflicts = ("lora", "allora", "maestro", "trp", "hesso", "nm_sparsity", "nested_width", "weight_std", "mup",
+                 "tscnc", "polarization")
+    before = ("layer_dp",)
+    constraint_reason = ("cp_kernels replaces the conv layers by factorised ones (no ``weight``): other surgery or "
+                         "penalties on the same layers; layer_dp must see the factorised layers")
 
     def __init__(self, rank: int = 1, init: Literal["random", "svd"] = "random", only_if_smaller: bool = True,
                  ignore: list[str] | None = None) -> None:

@@ -313,7 +313,8 @@ class LOSTMethod(Method):
     paper_id = "arXiv:2508.02668"
     claim = "low-rank plus channel-sparse pre-training matches or beats full-rank perplexity with less memory"
     claimed_effect = "no_worse"
-    conflicts = ("lora", "allora", "maestro", "trp", "hesso", "nm_sparsity", "nested_width", "mup", "frugal")
+    conflicts = ("lora", "allora", "maestro", "trp", "hesso", "nm_sparsity", "nested_width", "mup", "frugal",
+                 "polarization")
     constraint_reason = "LOST replaces the Linear layers by factorised ones; other surgery on the same layers"
 
     def __init__(self, rank: float = 0.25, channels: float = 0.05, gamma: float = 0.5,

@@ -711,12 +711,13 @@ class OnceForAllMethod(Method):
     # found by training every pair of methods (tests/integration)
     after = ("squeeze_excite", "blurpool")
     conflicts = ("nested_width", "nm_sparsity", "maestro", "trp", "hesso", "weight_std", "batchformer",
-                 "nested_dropout", "multi_sample_dropout")
+                 "nested_dropout", "multi_sample_dropout", "lora", "allora", "lost", "cp_kernels", "random_search",
+                 "lottery_jackpots", "ftwt")
     constraint_reason = ("ofa traces the model's channel groups and convolutions in setup, then slices their weights "
                          "and kernels: layers inserted after it (squeeze_excite, blurpool: list them first) are not "
                          "sliced; it cannot share the model with methods that re-parametrize or slice the same layers "
-                         "or features (nested widths, N:M, low rank, pruning, batchformer, nested/multi-sample "
-                         "dropout's heads)")
+                         "or features (nested widths, N:M, low rank, LoRA/LOST/CP kernels, pruning and mask "
+                         "search, FTWT's gates, batchformer, nested/multi-sample dropout's heads)")
 
     def __init__(
         self,
