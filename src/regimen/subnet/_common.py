@@ -17,6 +17,7 @@ from regimen.method import checked_arguments
 
 __all__ = [
     "SCOPES",
+    "check_float_tensor",
     "check_ignore",
     "check_ratio",
     "check_scope",
@@ -106,3 +107,17 @@ def unignored_modules(model: nn.Module, ignore: Iterable[str] | str) -> list[tup
     """``model.named_modules()`` without the modules named in ``ignore`` and everything inside them."""
     ignore = check_ignore(model, ignore)
     return [(name, module) for name, module in model.named_modules() if not is_ignored((name,), ignore)]
+
+
+def check_float_tensor(name: str, value: object, dims: tuple[int, ...] | None = None) -> torch.Tensor:
+    """``value`` as a floating-point tensor holding data (not on the meta device), with one of ``dims`` dimensions
+    when given; else a TypeError/ValueError naming ``name``."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating point tensor, got {value.dtype}")
+    if value.is_meta:
+        raise ValueError(f"{name} must hold data; got a tensor on the meta device")
+    if dims is not None and value.dim() not in dims:
+        raise ValueError(f"{name} must have {' or '.join(map(str, dims))} dimensions, got shape {tuple(value.shape)}")
+    return value

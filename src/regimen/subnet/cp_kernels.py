@@ -37,7 +37,7 @@ from torch import nn
 
 from regimen.errors import ConfigurationError
 from regimen.method import Context, Method, checked_arguments, register_method
-from regimen.subnet._common import unignored_modules
+from regimen.subnet._common import check_float_tensor, unignored_modules
 from regimen.subnet._surgery import replace_parameters
 
 __all__ = [
@@ -53,21 +53,12 @@ def _pair(value: Any) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)  # type: ignore[return-value]
 
 
-def _check_tensor(name: str, value: object) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if not value.is_floating_point():
-        raise TypeError(f"{name} must be a floating point tensor, got {value.dtype}")
-    if value.is_meta:
-        raise ValueError(f"{name} must hold data; got a tensor on the meta device")
-    return value
-
 
 @checked_arguments
 def cp_kernel(factor_h: torch.Tensor, factor_w: torch.Tensor) -> torch.Tensor:
     """``K[o, i] = Σ_r a[o, i, r] ⊗ b[o, i, r]``: ``a (O, I, R, kh)``, ``b (O, I, R, kw)`` give ``(O, I, kh, kw)``."""
-    _check_tensor("factor_h", factor_h)
-    _check_tensor("factor_w", factor_w)
+    check_float_tensor("factor_h", factor_h)
+    check_float_tensor("factor_w", factor_w)
     if factor_h.dtype != factor_w.dtype:
         raise TypeError(f"factor_h and factor_w must share a dtype, got {factor_h.dtype} and {factor_w.dtype}")
     if factor_h.dim() != 4 or factor_w.dim() != 4 or factor_h.shape[:3] != factor_w.shape[:3]:
@@ -80,7 +71,7 @@ def cp_kernel(factor_h: torch.Tensor, factor_w: torch.Tensor) -> torch.Tensor:
 def cp_kernel_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The best rank-``rank`` factors of every kernel of ``weight (O, I, kh, kw)`` (per-kernel SVD, ``√σ`` split);
     ranks beyond ``min(kh, kw)`` get zero factors."""
-    _check_tensor("weight", weight)
+    check_float_tensor("weight", weight)
     if weight.dim() != 4:
         raise ValueError(f"weight must be a 4-D conv weight (O, I, kh, kw), got shape {tuple(weight.shape)}")
     if isinstance(rank, bool) or rank < 1:

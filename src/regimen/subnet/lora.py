@@ -40,7 +40,7 @@ from torch import nn
 
 from regimen.errors import ConfigurationError
 from regimen.method import Context, Method, checked_arguments, register_method
-from regimen.subnet._common import unignored_modules
+from regimen.subnet._common import check_float_tensor, unignored_modules
 
 __all__ = [
     "ALLoRAMethod",
@@ -58,24 +58,13 @@ __all__ = [
 ]
 
 
-def _check_tensor(name: str, value: object, dims: tuple[int, ...] | None = None) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if not value.is_floating_point():
-        raise TypeError(f"{name} must be a floating point tensor, got {value.dtype}")
-    if value.is_meta:
-        raise ValueError(f"{name} must hold data; got a tensor on the meta device")
-    if dims is not None and value.dim() not in dims:
-        raise ValueError(f"{name} must have {' or '.join(map(str, dims))} dimensions, got shape {tuple(value.shape)}")
-    return value
-
 
 @checked_arguments
 def lora_delta(lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float = 1.0) -> torch.Tensor:
     """``scaling · B A`` shaped like the adapted weight: ``A (r, in)``, ``B (out, r)`` give ``(out, in)``; a conv's
     ``A (r, C, kh, kw)`` and ``B (N, r, 1, 1)`` give ``(N, C, kh, kw)``."""
-    _check_tensor("lora_a", lora_a, (2, 4))
-    _check_tensor("lora_b", lora_b, (2, 4))
+    check_float_tensor("lora_a", lora_a, (2, 4))
+    check_float_tensor("lora_b", lora_b, (2, 4))
     if lora_a.dtype != lora_b.dtype:
         raise TypeError(f"lora_a and lora_b must share a dtype, got {lora_a.dtype} and {lora_b.dtype}")
     if lora_a.dim() not in (2, 4) or lora_b.dim() != lora_a.dim():
@@ -356,7 +345,7 @@ def allora_row_scale(param: torch.Tensor, eta: float = 2.0) -> torch.Tensor:
     ``param`` (``(rows, 1, ...)``)."""
     if not eta > 0:
         raise ValueError(f"eta must be > 0, got {eta}")
-    _check_tensor("param", param)
+    check_float_tensor("param", param)
     if param.dim() < 1:
         raise ValueError("param must have at least one dimension (rows)")
     rows = param.detach()
@@ -371,7 +360,7 @@ def allora_scale_(params: Sequence[torch.Tensor], eta: float = 2.0) -> None:
     if not eta > 0:
         raise ValueError(f"eta must be > 0, got {eta}")
     for index, p in enumerate(params):
-        _check_tensor(f"params[{index}]", p)
+        check_float_tensor(f"params[{index}]", p)
     for p in params:
         if p.grad is not None:
             p.grad.mul_(allora_row_scale(p, eta).to(p.grad.dtype))

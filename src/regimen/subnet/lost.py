@@ -38,7 +38,7 @@ from torch import nn
 
 from regimen.errors import ConfigurationError
 from regimen.method import Context, Method, checked_arguments, register_method
-from regimen.subnet._common import unignored_modules
+from regimen.subnet._common import check_float_tensor, unignored_modules
 from regimen.subnet._surgery import replace_parameters
 
 __all__ = [
@@ -52,22 +52,13 @@ __all__ = [
 ]
 
 
-def _check_tensor(name: str, value: object) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if not value.is_floating_point():
-        raise TypeError(f"{name} must be a floating point tensor, got {value.dtype}")
-    if value.is_meta:
-        raise ValueError(f"{name} must hold data; got a tensor on the meta device")
-    return value
-
 
 @checked_arguments
 def select_channels(residual: torch.Tensor, channels: int, selection: Literal["l2", "l1", "random"] = "l2",
                     generator: torch.Generator | None = None) -> torch.Tensor:
     """Indices (sorted) of the ``channels`` input channels (columns) of ``residual (out, in)`` with the largest ℓ2
     (or ℓ1) column norm, or a uniformly random choice."""
-    _check_tensor("residual", residual)
+    check_float_tensor("residual", residual)
     if residual.dim() != 2:
         raise ValueError(f"residual must be a 2-D weight (out, in), got shape {tuple(residual.shape)}")
     if not 0 <= channels <= residual.shape[1]:
@@ -88,7 +79,7 @@ def lost_decompose(weight: torch.Tensor, rank: int, channels: int, selection: Li
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """LOST's initialisation of ``weight (out, in)``: returns ``(B, A, S, I)`` with ``B A`` the best rank-``rank``
     part (``√Σ`` split evenly), ``I`` the chosen input channels of ``W_comp = W − B A`` and ``S = W_comp[:, I]``."""
-    _check_tensor("weight", weight)
+    check_float_tensor("weight", weight)
     if weight.dim() != 2:
         raise ValueError(f"weight must be a 2-D weight (out, in), got shape {tuple(weight.shape)}")
     if not weight.is_floating_point() or not bool(torch.isfinite(weight).all()):
@@ -119,7 +110,7 @@ def lost_linear(x: torch.Tensor, lora_b: torch.Tensor, lora_a: torch.Tensor, spa
     if activation not in ("none", "silu"):
         raise ValueError(f"activation must be 'none' or 'silu', got {activation!r}")
     for name, value in (("x", x), ("lora_b", lora_b), ("lora_a", lora_a), ("sparse", sparse)):
-        _check_tensor(name, value)
+        check_float_tensor(name, value)
         if value.dtype != lora_a.dtype:
             raise TypeError(f"{name} must have lora_a's dtype {lora_a.dtype}, got {value.dtype}")
     if lora_a.dim() != 2 or lora_b.dim() != 2 or sparse.dim() != 2 or x.dim() < 1:
