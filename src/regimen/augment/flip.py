@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data
 
 __all__ = ["FlipMethod", "alternating_flip_mask", "flip_images", "random_flip_mask"]
 
@@ -37,6 +37,7 @@ def _check_images(images: torch.Tensor) -> None:
 def flip_images(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``images (N, C, H, W)`` with the rows where ``mask (N,)`` is true mirrored left-right (a new tensor)."""
     _check_images(images)
+    require_data(mask=mask)  # moved to the images' device below
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != (images.shape[0],):
         raise ValueError(f"mask must be a bool tensor of shape ({images.shape[0]},), got "
                          f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}")

@@ -159,6 +159,8 @@ def invertible_augment(
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise ValueError(f"images must be a tensor of shape (N, C, H, W), got {getattr(images, 'shape', images)!r}")
     n, _, h, w = images.shape
+    if images.numel() == 0:
+        raise ValueError(f"images must hold at least one non-empty image, got shape {tuple(images.shape)}")
     flip = torch.as_tensor(flip, dtype=torch.bool).cpu()
     scale = torch.as_tensor(scale, dtype=torch.float64).cpu()
     angle = torch.as_tensor(angle, dtype=torch.float64).cpu()

@@ -55,6 +55,7 @@ __all__ = ["cutmix", "mixup", "cutmix_boxes", "CutMixMethod", "MixUpMethod", "Mi
 
 
 def _check_common(images, targets, alpha, num_classes, label_smoothing, return_pair, masks):
+    require_data(images=images, targets=targets, masks=masks)  # values are read (labels, the mix) below
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
     if images.dim() != 4:
@@ -185,7 +186,6 @@ def cutmix(
         ``(images, soft_targets)`` or ``(images, targets_a, targets_b, lam)``, with ``masks`` appended when given;
         ``lam`` ``(N,)`` float32 is the area-corrected weight of ``targets_a``. Inputs are not modified.
     """
-    require_data(images=images, targets=targets, masks=masks)
     _check_common(images, targets, alpha, num_classes, label_smoothing, return_pair, masks)
     n, _, h, w = images.shape
     perm = _permutation(n, generator)

@@ -49,6 +49,7 @@ __all__ = ["facility_location", "gradient_proxies", "model_gradient_proxies", "s
 @checked_arguments
 def gradient_proxies(logits: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
     """Per-example last-layer gradient proxies ``(N, D)``: ``softmax(z) - onehot(y)``, times ``features`` if given."""
+    require_data(logits=logits, labels=labels, features=features)
     if logits.dim() != 2:
         raise ValueError(f"logits must be (N, C), got {tuple(logits.shape)}")
     if labels.shape != (logits.shape[0],):

@@ -81,6 +81,9 @@ def norm_test(per_sample_grads: torch.Tensor, eta: float = 1.0) -> NormTestResul
     require_data(per_sample_grads=per_sample_grads)
     if not isinstance(per_sample_grads, torch.Tensor) or per_sample_grads.dim() != 2:
         raise ValueError("per_sample_grads must be a 2-d tensor (samples, parameters)")
+    if per_sample_grads.shape[0] < 2:
+        raise ValueError(f"per_sample_grads must hold at least 2 per-sample gradients (rows), got "
+                         f"{per_sample_grads.shape[0]}")
     g = per_sample_grads.double()
     return norm_test_from_sums(g.sum(0), g.pow(2).sum(), g.shape[0], eta)
 

@@ -35,6 +35,8 @@ __all__ = ["GradientClippingMethod", "adaptive_clip_grad_", "unitwise_norm"]
 def unitwise_norm(x: torch.Tensor) -> torch.Tensor:
     """The Frobenius norm of each output unit: over all dims but the first (kept as size-1 dims), or of the whole
     tensor when it has at most one dim."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
     if x.ndim <= 1:
         return x.norm(2)
     return x.norm(2, dim=tuple(range(1, x.ndim)), keepdim=True)

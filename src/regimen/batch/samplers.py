@@ -33,6 +33,7 @@ __all__ = ["LengthBucketBatchSampler", "TokenBudgetBatchSampler", "padding_fract
 
 
 def _lengths_tensor(lengths: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    require_data(lengths=lengths)
     t = torch.as_tensor(lengths)
     if t.dim() != 1 or t.numel() == 0:
         raise ValueError(f"lengths must be a non-empty 1-d sequence, got shape {tuple(t.shape)}")

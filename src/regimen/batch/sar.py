@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data
 from regimen.models import copy_module
 
 __all__ = ["SAR", "SARMethod", "Tent", "adapt", "norm_affine_parameters", "softmax_entropy"]
@@ -54,6 +54,12 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.Layer
 
 
 @checked_arguments
+def _check_batch(x: object) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor batch, got {type(x).__name__}")
+    require_data(x=x)
+
+
 def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
     """E = −Σ_c p_c log p_c per row of ``logits`` ``(N, C)``."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
@@ -141,6 +147,7 @@ class Tent(_Adapter):
         super().__init__(model, lr, momentum, ignore, copy)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_batch(x)
         with torch.enable_grad():
             self.optimizer.zero_grad(set_to_none=True)
             outputs = self.model(x)
@@ -183,6 +190,7 @@ class SAR(_Adapter):
         self.ema = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_batch(x)
         with torch.enable_grad():
             self.optimizer.zero_grad(set_to_none=True)
             outputs = self.model(x)

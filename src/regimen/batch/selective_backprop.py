@@ -102,6 +102,8 @@ def downsample_for_scoring(x: torch.Tensor, scale_factor: float) -> torch.Tensor
     if not isinstance(x, torch.Tensor) or x.dim() not in _INTERPOLATION:
         raise ValueError(f"scale_factor < 1 downsamples 3-d, 4-d or 5-d input tensors (N, C, ...), got "
                          f"{getattr(x, 'shape', type(x).__name__)}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be floating point to be resized linearly, got {x.dtype}")
     return F.interpolate(x, scale_factor=scale_factor, mode=_INTERPOLATION[x.dim()], align_corners=False)
 
 

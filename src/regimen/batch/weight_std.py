@@ -121,6 +121,9 @@ class WSConv2d(nn.Conv2d):
         return weight_standardize(self.weight, self.ws_eps, self.ws_mode)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4):
+            raise ValueError(f"x must be a (C, H, W) or (N, C, H, W) tensor, got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
         return self._conv_forward(x, self.standardized_weight(), self.bias)
 
     def extra_repr(self) -> str:

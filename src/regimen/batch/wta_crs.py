@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data
 
 __all__ = ["WTACRSLinear", "WTACRSMethod", "apply_wta_crs", "crs_sample", "wta_crs_sample", "wta_crs_weight_grad"]
 
@@ -112,6 +112,7 @@ def wta_crs_sample(scores: torch.Tensor, k: int, generator: torch.Generator | No
 def crs_sample(scores: torch.Tensor, k: int, generator: torch.Generator | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain column-row sampling: k rows drawn with replacement from p ∝ ``scores``, weights 1 / (k p_j)."""
+    require_data(scores=scores)
     n = scores.numel()
     if scores.dim() != 1 or n == 0:
         raise ValueError(f"scores must be a non-empty 1-d tensor, got {tuple(scores.shape)}")

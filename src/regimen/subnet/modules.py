@@ -47,6 +47,8 @@ class PrunedMultiheadAttention(nn.Module):
         if num_heads < 1 or head_dim < 1 or embed_dim < 1:
             raise ValueError(f"embed_dim, num_heads and head_dim must be >= 1, got {embed_dim}, {num_heads}, "
                              f"{head_dim}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         factory = {"device": device, "dtype": dtype}
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, head_dim
         self.dropout, self.batch_first = dropout, batch_first
