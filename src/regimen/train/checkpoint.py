@@ -81,7 +81,7 @@ def load_model_state(model: nn.Module, state_dict: dict[str, torch.Tensor], sour
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
-    mismatched = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
+    mismatched = [k for k in own if k in state_dict and _shape(own[k]) != _shape(state_dict[k])]
     if missing or unexpected or mismatched:
         parts = []
         if missing:
@@ -91,9 +91,14 @@ def load_model_state(model: nn.Module, state_dict: dict[str, torch.Tensor], sour
         if mismatched:
             key = mismatched[0]
             parts.append(f"{len(mismatched)} shape mismatches (e.g. {key}: checkpoint "
-                         f"{tuple(state_dict[key].shape)} vs model {tuple(own[key].shape)})")
+                         f"{_shape(state_dict[key])} vs model {_shape(own[key])})")
         raise CheckpointError(f"{source} was saved from a different model: {'; '.join(parts)}")
     model.load_state_dict(state_dict)
+
+
+def _shape(value: Any) -> tuple[int, ...] | str:
+    """A state entry's shape; a module's ``get_extra_state`` may return any object, compared by its type name."""
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def capture_rng() -> dict[str, Any]:
