@@ -73,6 +73,27 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
+def load_weights(path: str | os.PathLike) -> dict[str, Any]:
+    """Model weights from a regimen checkpoint (its ``model`` entry) or from a plain ``torch.save(model.state_dict())``
+    file, loaded with ``weights_only=True``; a one-line :class:`CheckpointError` for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    verify_archive(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path} is not a readable weights file: {first}") from None
+    if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
+        return state["model"]
+    if isinstance(state, dict) and state and all(isinstance(k, str) for k in state) and any(
+            isinstance(v, torch.Tensor) for v in state.values()):
+        return state
+    raise CheckpointError(f"{path} holds neither a regimen checkpoint nor a model state_dict "
+                          f"(got {type(state).__name__})")
+
+
 def load_model_state(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """``model.load_state_dict`` with a one-line error when the checkpoint comes from another model.
 

@@ -55,6 +55,9 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     name: str | None = None  # None: the task's default model
     options: dict[str, Any] = Field(default_factory=dict)
+    # start from trained weights: a regimen checkpoint.pt or a torch.save(model.state_dict()) file, loaded into the
+    # freshly built model before the methods' setup (surgery), so a method fine-tunes a model trained by another run
+    weights: str | None = None
 
 
 class OptimConfig(_Strict):

@@ -48,6 +48,7 @@ from regimen.train.checkpoint import (
     capture_rng,
     load_checkpoint,
     load_model_state,
+    load_weights,
     restore_rng,
     save_checkpoint,
 )
@@ -343,6 +344,13 @@ class _Run:
                 "params": sum(p.numel() for p in self.user_model.parameters())}
         return copy_module(self.user_model), spec
 
+    @staticmethod
+    def _load_initial_weights(model: nn.Module, path: str) -> None:
+        try:
+            load_model_state(model, load_weights(path), f"model.weights = {path!r}")
+        except CheckpointError as error:
+            raise ConfigurationError(f"model.weights: {error}") from None
+
     def _check_model_size(self) -> None:
         """Build the recipe's model on the meta device first (no memory, no time) and refuse one whose weights,
         gradients and two optimizer moments cannot fit in this machine's memory: ``model.options`` with a width of
@@ -371,6 +379,8 @@ class _Run:
             raise CheckpointError(f"{source} is a checkpoint of task {state.get('task')!r}, not of the recipe's task "
                                   f"{recipe.task!r}")
         model, self.model_spec = self._build_model()
+        if state is None and recipe.model.weights is not None:  # a resume carries its own (later) weights
+            self._load_initial_weights(model, recipe.model.weights)
         if state is not None and state["model_spec"] != self.model_spec:
             raise CheckpointError(f"{source} was saved from a different model: {state['model_spec']} vs "
                                   f"{self.model_spec}")
