@@ -230,7 +230,7 @@ def test_shared_bn_recalibration_equals_the_recalibrated_extracted_copy():
 
 
 def test_vit_blocks_are_elastic_in_depth():
-    """regimen's ViT: blocks skip (depth); its widths are not traceable (attention), so depth only."""
+    """regimen's ViT: blocks skip (depth); widths (heads, MLP units) are in test_ofa_vit.py."""
     torch.manual_seed(0)
     vit = ViT(image_size=(8, 8), patch=4, dim=16, depth=3, heads=2)
     x = torch.randn(2, 1, 8, 8)

@@ -261,6 +261,24 @@ class NestedWidth(nn.Module):
         """Units of ``group`` kept at ``width``."""
         return units_at_width(group.size, width)
 
+    def width_plan(self, width: float) -> dict[str, list[tuple[int, torch.Tensor]]]:
+        """The tensors that shrink at ``width``, by their names in the model *now* (after any wrapping surgery):
+        ``{name: [(dim, kept positions), ...]}``, positions sorted and counted on the full tensor. BatchNorm running
+        statistics are included (as the shared buffers; this width's own statistics are in ``bn_stats``)."""
+        width = self._check_width(width)
+        names = self._current_names()
+        return {self._rename(name, names): list(cuts) for name, cuts in self._plan(width).items()}
+
+    def groups_now(self, groups: Sequence[Group] | None = None) -> list[Group]:
+        """``groups`` (default: the sliceable ``self.groups``; also ``self.fixed`` or any of them) with their slices'
+        module names as they are in the model now (after any wrapping surgery)."""
+        names = self._current_names()
+        if groups is None:
+            return self._groups_now(names)
+        return [dataclasses.replace(g, slices=[dataclasses.replace(s, module=names[s.module]) for s in g.slices],
+                                    modules=tuple(names.get(m, m) for m in g.modules), name=names.get(g.name, g.name))
+                for g in groups]
+
     def _plan(self, width: float) -> dict[str, list[tuple[int, torch.Tensor]]]:
         """``{tensor name: [(dim, kept positions), ...]}`` for ``width`` (only tensors that shrink)."""
         if width in self._plans:

@@ -16,7 +16,9 @@ shared by all channels, initialised to the identity; ``crop_b`` the centre ``b �
 
     W_K = W,   W_b = reshape( flatten(crop_b(W_a)) · M_{a→b}ᵀ )   for consecutive kernel sizes a > b   (7→5→3)
     depth d of a stage with D blocks:  blocks 1 … d run, blocks d+1 … D are skipped (identity)
-    width w:  every sliceable channel group keeps its first ⌈w · n⌉ units (the nested widths of ``NestedWidth``)
+    width w:  every sliceable channel group keeps its first ⌈w · n⌉ units (the nested widths of ``NestedWidth``);
+              on a transformer also every attention-head group keeps its first ⌈w · H⌉ heads (MLP hidden width
+              and heads shrink together; the embedding width, coupled through LayerNorm, stays whole)
     L_step = Σ_{s ∈ S_t} [ ℓ(f_s(x), y) + λ_kd · CE(f_s(x), softmax(f_teacher(x))) ]   one optimizer step per S_t
     phases: full (K, D, 1.0) → elastic kernel → elastic depth → elastic width (each adds the next smaller values)
 
@@ -43,7 +45,8 @@ Pitfalls handled:
     * ``extract`` refuses a depth, width or kernel size the supernet never trained (nor declared), naming it.
 
 Deviations from the reference (stated, not hidden): width is one fraction for the whole network (the nested widths
-of ``NestedWidth``) rather than an expand ratio per block; depth skips trailing blocks of regimen's staged models
+of ``NestedWidth``, plus whole attention heads — the tracer's head groups, sorted by the same importance before the
+width phase) rather than an expand ratio per block; depth skips trailing blocks of regimen's staged models
 (ResNet stages, ViT blocks); one learning-rate schedule spans all phases (the reference restarts a schedule with a
 lower rate per phase); no elastic resolution.
 """
@@ -65,7 +68,8 @@ from regimen.errors import ConfigurationError
 from regimen.losses import soft_target_cross_entropy
 from regimen.method import Context, Method, checked_arguments, register_method
 from regimen.models import copy_module
-from regimen.subnet._surgery import replace_parameters
+from regimen.models.transformer import CausalSelfAttention
+from regimen.subnet._surgery import attention_attributes, replace_parameters
 from regimen.subnet.dependency import Group, UntraceableError
 from regimen.subnet.elastic_samplers import ComplexityAwareSampler, PerformanceAwareSampler
 from regimen.subnet.nested import NestedWidth, check_widths
@@ -378,6 +382,12 @@ class OnceForAll(nn.Module):
             Skipping a block must keep the shape (identity shortcut), checked on ``example_inputs``.
         groups: dependency groups of ``model`` for the widths (default: traced).
 
+    On a transformer (regimen's ViT) the width slices the MLP hidden units (``NestedWidth``'s channel groups) and
+    whole attention heads (``head_groups``: the tracer's lossless head groups computed with
+    ``scaled_dot_product_attention``); the attention modules' head counts follow during the forward and in the
+    extracted copy. The extracted ViT keeps its ``config`` (heads, mlp_ratio) of the full network: a pruned attention
+    whose inner width ``heads · head_dim`` is below ``dim`` cannot be described by that config.
+
     ``trained`` holds the values each dimension has been trained at (initially only the full network's; the method
     enables the others phase by phase, or call :meth:`enable`); :meth:`extract` refuses any other.
     """
@@ -398,9 +408,17 @@ class OnceForAll(nn.Module):
         example = example_inputs if isinstance(example_inputs, tuple | list) else (example_inputs,)
         # widths: the nested channel groups (traced on the plain convolutions, before the kernel surgery)
         self._nested: NestedWidth | None = None
+        #: attention-head groups sliced by OnceForAll itself (NestedWidth keeps heads at full width)
+        self.head_groups: list[Group] = []
+        object.__setattr__(self, "_attention_modules", {})  # traced name -> the attention module (by identity)
         if len(self.widths) > 1:
             nested = NestedWidth(model, example_inputs, self.widths, sort_by="none", groups=groups)
             object.__setattr__(self, "_nested", nested)  # not a submodule: it wraps the same ``model``
+            for group in nested.fixed:
+                if _sliceable_heads(model, group):
+                    self.head_groups.append(group)
+                    for site in group.attention:
+                        self._attention_modules[site.module] = model.get_submodule(site.module)
         # depth
         if depths is not None:
             values = tuple(depths)
@@ -554,30 +572,86 @@ class OnceForAll(nn.Module):
         for module, k in zip(self._kernel_modules, setting.kernel, strict=True):
             module.active_kernel = k
         overrides: dict[str, torch.Tensor] = {}
+        attributes: list[tuple[nn.Module, dict[str, Any]]] = []
         if setting.width < 1.0:
-            names = self._nested._current_names()
-            for name, cuts in self._nested._plan(setting.width).items():
-                name = self._nested._rename(name, names)
-                tensor = self._nested._param_or_buffer(name)
+            head_groups = self._head_groups_now()
+            plan = _merge_cuts(self._nested.width_plan(setting.width),
+                               _group_cuts(self.model, {g: self._nested.units(g, setting.width) for g in head_groups}))
+            for name, cuts in plan.items():
+                tensor = _param_or_buffer(self.model, name)
                 for dim, kept in cuts:
                     if int(kept[-1]) + 1 == kept.numel():  # a prefix: a view (BN statistics update in place)
                         tensor = tensor.narrow(dim, 0, kept.numel())
                     else:
                         tensor = tensor.index_select(dim, kept.to(tensor.device))
                 overrides[name] = tensor
+            attributes = self._head_attributes(setting.width)
         skipped = self._skipped(setting) if self.depths else set()
         if not skipped and not overrides:
             return self.model(*args, **kwargs)
         if kwargs:
             raise TypeError(f"a staged sub-network takes the input tensor only, got keyword arguments {sorted(kwargs)}")
         x = args[0] if len(args) == 1 else args
-        for index, stage in enumerate(self.model.stages):
-            if index in skipped:
-                continue
-            prefix = f"stages.{index}."
-            local = {name[len(prefix):]: t for name, t in overrides.items() if name.startswith(prefix)}
-            x = functional_call(stage, local, (x,), strict=False) if local else stage(x)
+        saved = [(module, {key: getattr(module, key) for key in values}) for module, values in attributes]
+        try:
+            for module, values in attributes:  # the attention modules run with the sliced head counts
+                for key, value in values.items():
+                    setattr(module, key, value)
+            for index, stage in enumerate(self.model.stages):
+                if index in skipped:
+                    continue
+                prefix = f"stages.{index}."
+                local = {name[len(prefix):]: t for name, t in overrides.items() if name.startswith(prefix)}
+                x = functional_call(stage, local, (x,), strict=False) if local else stage(x)
+        finally:
+            for module, values in saved:
+                for key, value in values.items():
+                    setattr(module, key, value)
         return x
+
+    def _head_groups_now(self) -> list[Group]:
+        """``head_groups`` with their slices' and attention sites' module names as they are now."""
+        if not self.head_groups:
+            return []
+        groups = self._nested.groups_now(self.head_groups)
+        now = {id(m): name for name, m in self.model.named_modules(remove_duplicate=False)}
+        out = []
+        for group in groups:
+            sites = []
+            for site in group.attention:
+                module = self._attention_modules[site.module]
+                if id(module) not in now:
+                    raise RuntimeError(f"OnceForAll: attention module {site.module!r} is no longer in the model; "
+                                       "surgery after OnceForAll may wrap its layers, not replace them")
+                sites.append(dataclasses.replace(site, module=now[id(module)]))
+            out.append(dataclasses.replace(group, attention=tuple(sites)))
+        return out
+
+    def _head_attributes(self, width: float) -> list[tuple[nn.Module, dict[str, Any]]]:
+        """The head-count attributes of every attention module at ``width`` (only those that change)."""
+        counts: dict[int, tuple[nn.Module, dict[str, int], dict[str, int], int]] = {}
+        for group in self.head_groups:
+            keep = self._nested.units(group, width)
+            if keep == group.size:
+                continue
+            kept = torch.arange(group.size) < keep
+            for site in group.attention:
+                module = self._attention_modules[site.module]
+                before = {"heads": site.q_units.numel(), "kv_heads": site.kv_units.numel(),
+                          "inner": site.q_units.numel() * site.head_dim}
+                _, first, old, _ = counts.get(id(module), (module, before, dict(before), site.head_dim))
+                lost_q = int(((site.q_units >= 0) & ~kept[site.q_units.clamp(min=0)]).sum())
+                lost_kv = int(((site.kv_units >= 0) & ~kept[site.kv_units.clamp(min=0)]).sum())
+                after = {"heads": old["heads"] - lost_q, "kv_heads": old["kv_heads"] - lost_kv}
+                after["inner"] = after["heads"] * site.head_dim
+                counts[id(module)] = (module, first, after, site.head_dim)
+        out = []
+        for module, before, after, _ in counts.values():
+            values = attention_attributes(module, before, after)
+            if isinstance(module, CausalSelfAttention):  # regimen's attention reshapes to ``dim`` = heads·head_dim
+                values["dim"] = after["inner"]
+            out.append((module, values))
+        return out
 
     # ------------------------------------------------------------------------------------------------------- export
     def _check_trained(self, setting: SubnetSetting) -> None:
@@ -602,11 +676,14 @@ class OnceForAll(nn.Module):
             name = now[id(module)]
             model.set_submodule(name, model.get_submodule(name).to_conv(k))
         if setting.width < 1.0:
-            groups = self._nested._groups_now(self._nested._current_names())
+            groups = self._nested.groups_now() + self._head_groups_now()
             plan = {g: torch.arange(self._nested.units(g, setting.width)) for g in groups
                     if self._nested.units(g, setting.width) < g.size}
             if plan:
                 prune_groups(model, plan)
+                for module in model.modules():  # prune_groups set ``heads``; regimen's attention also reads ``dim``
+                    if isinstance(module, CausalSelfAttention):
+                        module.dim = module.heads * module.head_dim
         skipped = self._skipped(setting) if self.depths else set()
         if skipped:
             model.stages = nn.ModuleList([s for i, s in enumerate(model.stages) if i not in skipped])
@@ -662,11 +739,76 @@ class OnceForAll(nn.Module):
         phase)."""
         if self._nested is not None:
             self._nested.sort_channels(importance)
+            _sort_units(self.model, self._head_groups_now(), importance)
 
     @property
     def stages(self) -> nn.Module:
         """The wrapped model's ``stages``."""
         return self.model.stages
+
+
+def _sliceable_heads(model: nn.Module, group: Group) -> bool:
+    """A lossless head group whose tensors are Linear weights/biases and whose attention runs through
+    ``scaled_dot_product_attention`` in a module that reads its head count from attributes (not the packed
+    ``nn.MultiheadAttention``, whose forward checks its own sizes)."""
+    if group.kind != "head" or not group.lossless or not group.attention:
+        return False
+    if any(not isinstance(model.get_submodule(s.module), nn.Linear) for s in group.slices):
+        return False
+    return not any(isinstance(model.get_submodule(site.module), nn.MultiheadAttention) for site in group.attention)
+
+
+def _param_or_buffer(model: nn.Module, name: str) -> torch.Tensor:
+    try:
+        return model.get_parameter(name)
+    except AttributeError:  # a buffer (running statistics)
+        return model.get_buffer(name)
+
+
+def _group_cuts(model: nn.Module, keeps: dict[Group, int]) -> dict[str, list[tuple[int, torch.Tensor]]]:
+    """``{tensor name: [(dim, kept positions), ...]}`` when each group keeps its first ``keeps[group]`` units."""
+    dropped: dict[tuple[str, int], set[int]] = {}
+    sizes: dict[tuple[str, int], int] = {}
+    for group, keep in keeps.items():
+        if keep >= group.size:
+            continue
+        for s in group.slices:
+            key = (f"{s.module}.{s.param}" if s.module else s.param, s.dim)
+            sizes[key] = s.tensor(model).shape[s.dim]
+            dropped.setdefault(key, set()).update(group.positions(s, torch.arange(keep, group.size)).tolist())
+    plan: dict[str, list[tuple[int, torch.Tensor]]] = {}
+    for (name, dim), gone in sorted(dropped.items()):
+        mask = torch.ones(sizes[(name, dim)], dtype=torch.bool)
+        mask[list(gone)] = False
+        plan.setdefault(name, []).append((dim, mask.nonzero().reshape(-1)))
+    return plan
+
+
+def _merge_cuts(*plans: dict[str, list[tuple[int, torch.Tensor]]]) -> dict[str, list[tuple[int, torch.Tensor]]]:
+    """One plan from several: the kept positions of a tensor's dim are those every plan keeps."""
+    merged: dict[str, dict[int, torch.Tensor]] = {}
+    for plan in plans:
+        for name, cuts in plan.items():
+            entry = merged.setdefault(name, {})
+            for dim, kept in cuts:
+                entry[dim] = kept if dim not in entry else entry[dim][torch.isin(entry[dim], kept)]
+    return {name: sorted(entry.items()) for name, entry in merged.items()}
+
+
+@torch.no_grad()
+def _sort_units(model: nn.Module, groups: Sequence[Group], importance: str) -> None:
+    """Permute each group's units by decreasing importance, every coupled tensor alike (function preserving)."""
+    from regimen.subnet.importance import group_scores
+
+    for group in groups:
+        order = torch.sort(group_scores(model, group, importance), descending=True, stable=True).indices
+        if torch.equal(order, torch.arange(group.size)):
+            continue
+        for s in group.slices:
+            tensor = s.tensor(model)
+            destination = s.indices.reshape(-1).to(tensor.device)
+            source = s.indices[order].reshape(-1).to(tensor.device)
+            tensor.index_copy_(s.dim, destination, tensor.index_select(s.dim, source))
 
 
 # --------------------------------------------------------------------------------------------------------------- method
@@ -694,8 +836,9 @@ class OnceForAllMethod(Method):
 
     ``sampler`` chooses how sub-networks are drawn: ``"uniform"`` (OFA: per-group depth, per-layer kernel, one
     width), or ElasticViT's ``"complexity"`` (MACs buckets visited by an adjacent random walk, the bucket's smallest
-    sub-network in every step) and ``"performance"`` (the same plus a bank of good sub-networks per bucket) over the
-    uniform settings (one depth, one kernel) — see :mod:`regimen.subnet.elastic_samplers`.
+    sub-network in every step) and ``"performance"`` (the same plus a bank of good sub-networks per bucket, and
+    ElasticViT's preference for candidates whose extra MACs over the anchor come from width rather than depth) over
+    the uniform settings (one depth, one kernel) — see :mod:`regimen.subnet.elastic_samplers`.
 
     The trainer evaluates the setting ``eval_depth`` / ``eval_width`` / ``eval_kernel`` (default the full network)
     as a standalone copy with BN statistics re-estimated on ``recalibrate_batches`` training batches.
@@ -864,7 +1007,16 @@ class OnceForAllMethod(Method):
         if self.sampler == "complexity":
             self._sampler = ComplexityAwareSampler(costs, buckets, generator=self._generator(ctx))
         else:
-            self._sampler = PerformanceAwareSampler(costs, buckets, generator=self._generator(ctx))
+            self._sampler = PerformanceAwareSampler(costs, buckets, generator=self._generator(ctx),
+                                                    preference=self._preference)
+
+    def _preference(self, candidate: int, anchor: int) -> float:
+        """ElasticViT's preference (lower is preferred): MACs of the candidate with the anchor's width minus MACs of
+        the candidate with the anchor's depth — candidates whose extra cost comes from width rather than depth win."""
+        c, a = self._candidates[candidate], self._candidates[anchor]
+        deep = self._macs.get(SubnetSetting(c.depth, a.width, c.kernel))
+        wide = self._macs.get(SubnetSetting(a.depth, c.width, c.kernel))
+        return 0.0 if deep is None or wide is None else float(deep - wide)
 
     def on_epoch_start(self, ctx: Context) -> None:
         if self.supernet is not None:
