@@ -126,7 +126,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
         out = self.attend(*self.project(x))
-        return self.proj(out.transpose(1, 2).reshape(b, t, self.dim))
+        return self.proj(out.transpose(1, 2).reshape(b, t, -1))  # heads x head_dim: below dim once heads are pruned
 
 
 class FeedForward(nn.Module):
