@@ -31,7 +31,7 @@ from regimen.subnet.ofa import recalibrate_batch_norm
 #: learning rate of the fine-tuning after extraction (as entries_a / entries_b)
 FINETUNE_LR = 0.01
 #: λ_s (sparsity), final λ_p (polarization), fraction of the run over which λ_p rises from 0, predictor bias at start
-CG_LAM_S, CG_LAM_P, CG_ANNEAL, CG_INIT_BIAS = 5.0, 1.0, 0.3, 1.0
+CG_LAM_S, CG_LAM_P, CG_ANNEAL, CG_INIT_BIAS = 20.0, 1.0, 0.3, 1.0
 #: training images the firing rates and the BN re-estimation use
 CALIBRATION = 2000
 
@@ -42,10 +42,11 @@ def _chunks(x: torch.Tensor, size: int = 500) -> list[torch.Tensor]:
 
 def consensus_gates(setting: PruneSetting) -> nn.Module:
     """One pass from the fresh initialisation: a ConsensusGate (linear predictor on the pooled layer input, hard gate,
-    straight-through gradient) on each of the four conv-BN groups; ``scratch_epochs - 1`` epochs of CE + 5·L_s + λ_p·L_p
-    on the batch firing rates (κ = sqrt(keep) of the MAC-weighted rate, t = 2 − 4κ, λ_p rising 0 → 1 over the first
-    30 %); then firing rates on 2,000 training images, gates removed and the channels ranked by firing rate removed
-    until the MAC budget holds, BN statistics re-estimated on those images, one epoch of fine-tuning at lr 0.01."""
+    straight-through gradient) on each of the four conv-BN groups; ``scratch_epochs - 1`` epochs of CE + 20·L_s +
+    λ_p·L_p on the batch firing rates (κ = sqrt(keep) of the MAC-weighted rate, t = 2 − 4κ, λ_p rising 0 → 1 over
+    the first 30 %); then firing rates on 2,000 training images, gates removed and the channels ranked by firing rate
+    removed until the MAC budget holds, BN statistics re-estimated on those images, one epoch of fine-tuning at lr
+    0.01."""
     model = setting.make_model()
     example = setting.example_input
     names = apply_consensus_gates(model, example, init_bias=CG_INIT_BIAS)

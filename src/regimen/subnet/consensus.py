@@ -375,8 +375,9 @@ def apply_consensus_gates(model: nn.Module, example_inputs: Any, init_bias: floa
             gate = ConsensusGate(layer, norm, init_bias=init_bias)
             gate.norm_slot = norm_name
             gate.unit_cost = costs[producer]
-            gate.consumers = [(model.get_submodule(s.module), int(s.indices.shape[1]))
-                              for s in group.slices if s.role == "in"]
+            consumers = [(model.get_submodule(s.module), int(s.indices.shape[1])) for s in group.slices
+                         if s.role == "in"]
+            gate.consumers = [(c.layer if isinstance(c, ConsensusGate) else c, k) for c, k in consumers]
             _set(model, producer, gate)
             if norm_name is not None:
                 _set(model, norm_name, nn.Identity())
@@ -651,7 +652,7 @@ class ConsensusGatesMethod(Method):
                          "or masked layers, must see the head multi-sample dropout wraps, and polarization, ftwt, "
                          "random_search, nested and once-for-all widths gate or prune the same channels")
 
-    def __init__(self, keep: float = 0.5, lam_sparsity: float = 5.0, lam_polar: float = 0.5, t: float | None = None,
+    def __init__(self, keep: float = 0.5, lam_sparsity: float = 20.0, lam_polar: float = 1.0, t: float | None = None,
                  anneal: float = 0.3, init_bias: float = 1.0, gate_lr: float | None = None, threshold: float = 0.5,
                  calibration_samples: int = 512, recalibrate: bool = True, ignore: list[str] | None = None,
                  extract_at_end: bool = True) -> None:
