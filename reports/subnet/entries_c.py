@@ -31,7 +31,9 @@ from regimen.subnet.ofa import recalibrate_batch_norm
 #: learning rate of the fine-tuning after extraction (as entries_a / entries_b)
 FINETUNE_LR = 0.01
 #: λ_s (sparsity), final λ_p (polarization), fraction of the run over which λ_p rises from 0, predictor bias at start
-CG_LAM_S, CG_LAM_P, CG_ANNEAL, CG_INIT_BIAS = 20.0, 1.0, 0.3, 1.0
+CG_LAM_S, CG_LAM_P, CG_ANNEAL, CG_INIT_BIAS = 20.0, 5.0, 0.3, 1.0
+#: polarization strength (0: symmetric around the mean rate; the level is set by L_s), one target per layer
+CG_T, CG_PER_LAYER = 0.0, True
 #: training images the firing rates and the BN re-estimation use
 CALIBRATION = 2000
 
@@ -43,17 +45,17 @@ def _chunks(x: torch.Tensor, size: int = 500) -> list[torch.Tensor]:
 def consensus_gates(setting: PruneSetting) -> nn.Module:
     """One pass from the fresh initialisation: a ConsensusGate (linear predictor on the pooled layer input, hard gate,
     straight-through gradient) on each of the four conv-BN groups; ``scratch_epochs - 1`` epochs of CE + 20·L_s +
-    λ_p·L_p on the batch firing rates (κ = sqrt(keep) of the MAC-weighted rate, t = 2 − 4κ, λ_p rising 0 → 1 over
-    the first 30 %); then firing rates on 2,000 training images, gates removed and the channels ranked by firing rate
-    removed until the MAC budget holds, BN statistics re-estimated on those images, one epoch of fine-tuning at lr
-    0.01."""
+    λ_p·L_p on the batch firing rates (L_s per layer: each layer's MAC-weighted rate → κ = sqrt(keep); t = 0; λ_p
+    rising 0 → 5 over the first 30 %); then firing rates on 2,000 training images, gates removed and the channels
+    ranked by firing rate removed until the MAC budget holds, BN statistics re-estimated on those images, one epoch
+    of fine-tuning at lr 0.01."""
     model = setting.make_model()
     example = setting.example_input
     names = apply_consensus_gates(model, example, init_bias=CG_INIT_BIAS)
     gates = [model.get_submodule(n) for n in names]
     costs = torch.cat([torch.full((g.out_channels,), float(g.unit_cost)) for g in gates])
     kappa = math.sqrt(setting.keep)
-    t = min(2.0, max(-2.0, 2.0 - 4.0 * kappa))
+    t = CG_T
     epochs = setting.scratch_epochs - 1
     total = epochs * math.ceil(len(setting.train[0]) / setting.batch_size)
     step = [0]
@@ -64,7 +66,7 @@ def consensus_gates(setting: PruneSetting) -> nn.Module:
             g.rates = None
         lam_p = CG_LAM_P * min(1.0, step[0] / max(1.0, CG_ANNEAL * total))
         step[0] += 1
-        return CG_LAM_S * gate_sparsity_loss(rates, kappa, costs) + lam_p * gate_polarization(rates, t)
+        return CG_LAM_S * gate_sparsity_loss(rates, kappa, costs, CG_PER_LAYER) + lam_p * gate_polarization(rates, t)
 
     train_model(model, setting, epochs, extra)
     dense = dense_macs(setting)

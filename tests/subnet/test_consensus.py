@@ -78,6 +78,8 @@ def test_sparsity_loss_matches_the_formula_by_hand():
     assert float(gate_sparsity_loss(rates, 0.3, costs)) == pytest.approx((weighted - 0.3) ** 2)
     plain = (1.0 + 0.0 + 0.5 + 0.25 + 1.0) / 5
     assert float(gate_sparsity_loss(rates, 0.6)) == pytest.approx((plain - 0.6) ** 2)
+    layers = ((1.0 + 0.0 + 0.5) / 3 - 0.3) ** 2, ((0.25 + 1.0) / 2 - 0.3) ** 2  # each layer's own weighted rate
+    assert float(gate_sparsity_loss(rates, 0.3, costs, per_layer=True)) == pytest.approx(sum(layers) / 2)
 
 
 @pytest.mark.parametrize("t", [0.0, 0.6, 1.2])

@@ -17,13 +17,16 @@ Losses on the firing rates ``r_u = mean over the batch of g_u`` (value: the true
 gradient through ``p``, by the STE):
 
     L_s = ( Σ_u c_u r_u / Σ_u c_u − κ )²                (user-set sparsity; c_u = MACs unit u costs per sample:
-                                                          its filter in the producer plus its columns in consumers)
+                                                          its filter in the producer plus its columns in consumers;
+                                                          per_layer: the mean over gated layers of each one's term)
     L_p = (1/U) Σ_u ( t·r_u − |r_u − r̄| ),  r̄ = (1/U) Σ_u r_u      (A1a's polarization on the rates, global mean)
 
 ``L = task + λ_s·L_s + λ_p(τ)·L_p``, ``λ_p`` rising linearly from 0 over the first ``anneal`` of the run (with
 ``p ≈ 0`` or ``1`` the STE passes almost no gradient, so polarising too early freezes the gates). Polarization theorem
 (A1a, Thm 3.2): on ``[0, 1]^U`` the minimisers of ``L_p`` put a fraction ``ρ = 1/2 − t/4`` of the rates at 1 and the
-rest at 0; by default ``t = 2 − 4κ`` so that fraction agrees with the sparsity target.
+rest at 0. Regimen's defaults (chosen on a Fashion-MNIST CNN, see reports/subnet/consensus.md): ``t = 0`` (symmetric
+push away from the mean rate; ``L_s`` sets the level) and one target per gated layer (``per_layer``: with one global
+target the layer whose units are cheapest to switch off collapsed to ~10 % while the others stayed fully on).
 
 Consensus. After training, firing rates over (training) inputs are measured in eval mode; units with ``r_u >
 threshold`` (default 0.5: the majority of inputs) are kept, the rest removed. ``extract_consensus`` removes the gate
@@ -108,9 +111,12 @@ def _rates(rates: Sequence[torch.Tensor] | torch.Tensor, name: str = "rates") ->
 
 @checked_arguments
 def gate_sparsity_loss(rates: Sequence[torch.Tensor] | torch.Tensor, target: float,
-                       costs: Sequence[torch.Tensor] | torch.Tensor | None = None) -> torch.Tensor:
+                       costs: Sequence[torch.Tensor] | torch.Tensor | None = None,
+                       per_layer: bool = False) -> torch.Tensor:
     """``L_s = (Σ_u c_u r_u / Σ_u c_u − target)²``: the cost-weighted firing rate against the keep target ``κ``
-    (``costs`` one per unit, in the order of ``rates``; ``None``: every unit costs 1)."""
+    (``costs`` one per unit, in the order of ``rates``; ``None``: every unit costs 1). ``per_layer``: the mean over
+    the tensors of ``rates`` (one per gated layer) of each tensor's own term, so every layer keeps about ``κ``
+    (a global target lets the cheapest layer collapse first)."""
     if not 0.0 <= target <= 1.0:
         raise ValueError(f"target must be in [0, 1], got {target!r}")
     flat = _rates(rates)
@@ -122,7 +128,15 @@ def gate_sparsity_loss(rates: Sequence[torch.Tensor] | torch.Tensor, target: flo
             raise ValueError(f"costs must hold one value per rate ({flat.numel()}), got {weights.numel()}")
         if bool((weights < 0).any()) or not bool(weights.sum() > 0):
             raise ValueError("costs must be >= 0 with a positive sum")
-    return ((weights * flat).sum() / weights.sum() - target) ** 2
+    if not per_layer or isinstance(rates, torch.Tensor):
+        return ((weights * flat).sum() / weights.sum() - target) ** 2
+    terms, start = [], 0
+    for r in rates:
+        w, f = weights[start:start + r.numel()], flat[start:start + r.numel()]
+        start += r.numel()
+        if f.numel():
+            terms.append(((w * f).sum() / w.sum().clamp_min(1e-12) - target) ** 2)
+    return torch.stack(terms).mean()
 
 
 @checked_arguments
@@ -627,7 +641,8 @@ class ConsensusGatesMethod(Method):
         keep: κ, the target cost-weighted firing rate (fraction of gated channels' MACs kept, per layer side).
         lam_sparsity: λ_s, weight of the sparsity term.
         lam_polar: final λ_p, weight of the polarization term.
-        t: polarization strength; ``None``: ``2 − 4κ`` clipped to [−2, 2] (Thm 3.2's split at κ).
+        t: polarization strength (0: symmetric around the mean rate; ``2 − 4κ``: Thm 3.2's split at κ).
+        per_layer: one sparsity target per gated layer (else one global, cost-weighted target).
         anneal: fraction of the run over which λ_p rises from 0 (pitfall: STE gates freeze once polarised).
         init_bias: initial predictor bias (every gate on).
         gate_lr: learning rate of the predictors (``None``: the optimizer's).
@@ -652,10 +667,10 @@ class ConsensusGatesMethod(Method):
                          "or masked layers, must see the head multi-sample dropout wraps, and polarization, ftwt, "
                          "random_search, nested and once-for-all widths gate or prune the same channels")
 
-    def __init__(self, keep: float = 0.5, lam_sparsity: float = 20.0, lam_polar: float = 1.0, t: float | None = None,
-                 anneal: float = 0.3, init_bias: float = 1.0, gate_lr: float | None = None, threshold: float = 0.5,
-                 calibration_samples: int = 512, recalibrate: bool = True, ignore: list[str] | None = None,
-                 extract_at_end: bool = True) -> None:
+    def __init__(self, keep: float = 0.5, lam_sparsity: float = 20.0, lam_polar: float = 5.0, t: float = 0.0,
+                 per_layer: bool = True, anneal: float = 0.3, init_bias: float = 1.0, gate_lr: float | None = None,
+                 threshold: float = 0.5, calibration_samples: int = 512, recalibrate: bool = True,
+                 ignore: list[str] | None = None, extract_at_end: bool = True) -> None:
         if not 0.0 < keep <= 1.0:
             raise ValueError(f"keep must be in (0, 1], got {keep!r}")
         if not lam_sparsity >= 0:
@@ -671,7 +686,7 @@ class ConsensusGatesMethod(Method):
         if calibration_samples < 1:
             raise ValueError(f"calibration_samples must be >= 1, got {calibration_samples!r}")
         self.keep, self.lam_sparsity, self.lam_polar, self.anneal = keep, lam_sparsity, lam_polar, anneal
-        self.t = t if t is not None else min(2.0, max(-2.0, 2.0 - 4.0 * keep))
+        self.t, self.per_layer = t, per_layer
         self.init_bias, self.gate_lr, self.threshold = init_bias, gate_lr, threshold
         self.calibration_samples, self.recalibrate = calibration_samples, recalibrate
         self.ignore, self.extract_at_end = list(ignore or []), extract_at_end
@@ -710,7 +725,7 @@ class ConsensusGatesMethod(Method):
             g.rates = None
         if self.gates and all(r is not None for r in rates):
             costs = self._costs.to(rates[0])
-            reg = self.lam_sparsity * gate_sparsity_loss(rates, self.keep, costs)
+            reg = self.lam_sparsity * gate_sparsity_loss(rates, self.keep, costs, self.per_layer)
             lam_p = self._lam_polar(ctx)
             if lam_p > 0:
                 reg = reg + lam_p * gate_polarization(rates, self.t)
