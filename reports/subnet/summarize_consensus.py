@@ -1,13 +1,16 @@
 """Print the consensus-gates tables of ``consensus.md`` from ``results/consensus_gates__*.json`` and the polarization
-runs of the same seeds (``results/polarization__*.json``): ``python reports/subnet/summarize_consensus.py``."""
+runs of the same seeds (``results/polarization__*.json``): ``python reports/subnet/summarize_consensus.py``; with
+``quick``, from the reduced-budget runs of ``consensus_quick.py`` (``results_consensus_quick/``)."""
 
 from __future__ import annotations
 
 import json
 import statistics
+import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+QUICK = len(sys.argv) > 1 and sys.argv[1] == "quick"
+RESULTS = Path(__file__).resolve().parent / ("results_consensus_quick" if QUICK else "results")
 
 
 def _load(entry: str) -> dict[tuple[float, int], dict]:
@@ -41,7 +44,8 @@ def main() -> None:
         mdiff = [cg[(keep, s)]["test_accuracy"] - mag[(keep, s)]["test_accuracy"] for s in seeds if (keep, s) in mag]
         macs = [cg[(keep, s)]["macs"] / cg[(keep, s)]["dense_macs"] for s in seeds]
         pmacs = [pol[(keep, s)]["macs"] / pol[(keep, s)]["dense_macs"] for s in seeds if (keep, s) in pol]
-        lat = [cg[(keep, s)]["latency_ms"] / cg[(keep, s)]["dense_latency_ms"] for s in seeds]
+        lat = [cg[(keep, s)]["latency_ms"] / cg[(keep, s)]["dense_latency_ms"] for s in seeds
+               if "latency_ms" in cg[(keep, s)]]
         print(f"| {keep:g} | {len(seeds)} | {_med(acc)} | {_med(pacc)} | {_med(diff)} | {_med(mdiff)} "
               f"| {_med(macs, 1, 3)} / {_med(pmacs, 1, 3)} | {_med(lat, 1, 2)} |")
     print()
