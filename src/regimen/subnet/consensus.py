@@ -659,13 +659,16 @@ class ConsensusGatesMethod(Method):
              "of connections at <1% accuracy loss (CIFAR-10/100, Tiny-ImageNet ResNets)")
     claimed_effect = "no_worse"
     inputs = ("image",)
-    before = ("weight_std", "nm_sparsity", "hesso", "lottery_jackpots", "layer_dp", "tscnc", "trp", "maestro")
-    after = ("multi_sample_dropout",)
-    conflicts = ("polarization", "ftwt", "nested_dropout", "random_search", "nested_width", "ofa")
-    constraint_reason = ("consensus_gates traces the channel-dependency graph, wraps conv/linear layers in gates and "
-                         "removes channels at the end: it cannot trace weight-standardized, N:M-parametrized, low-rank "
-                         "or masked layers, must see the head multi-sample dropout wraps, and polarization, ftwt, "
-                         "random_search, nested and once-for-all widths gate or prune the same channels")
+    before = ("nm_sparsity", "hesso", "lottery_jackpots", "layer_dp", "tscnc", "trp", "swa")
+    after = ("multi_sample_dropout", "lora", "allora", "squeeze_excite")
+    conflicts = ("polarization", "ftwt", "nested_dropout", "random_search", "nested_width", "ofa", "weight_std",
+                 "maestro", "blurpool", "cp_kernels", "lost")
+    constraint_reason = ("consensus_gates traces the channel-dependency graph in setup and again at the end, wraps "
+                         "conv/linear layers in gates and removes channels at the end: layers that other methods "
+                         "replace after it (LoRA, squeeze-excitation) are no longer the traced ones, and the tracer "
+                         "cannot map weight-standardized, low-rank, CP-factorised, LOST or blur-pooled layers; SWA "
+                         "must load its average before the extraction; polarization, ftwt, random_search, nested and "
+                         "once-for-all widths gate or prune the same channels")
 
     def __init__(self, keep: float = 0.5, lam_sparsity: float = 20.0, lam_polar: float = 5.0, t: float = 0.0,
                  per_layer: bool = True, anneal: float = 0.3, init_bias: float = 1.0, gate_lr: float | None = None,
