@@ -2,7 +2,7 @@
 
 Importing this package registers its recipe methods (``hesso``, ``maestro``, ``nested_width``, ``nm_sparsity``,
 ``trp``, ``ssa``, ``lora``, ``allora``, ``lost``, ``cp_kernels``, ``polarization``, ``sap``, ``class_dependent``,
-``random_search``, ``ofa``, ``lottery_jackpots``, ``ftwt``, ``layer_dp``, ``tscnc``).
+``random_search``, ``ofa``, ``lottery_jackpots``, ``ftwt``, ``layer_dp``, ``tscnc``, ``consensus_gates``).
 Old names of v1 (``HESSO``, ``Maestro``, ``TrainedRankPruning``, ``LowRankConv2d``, ``LowRankLinear``,
 ``export``) still resolve, with a DeprecationWarning.
 """
@@ -14,6 +14,20 @@ from regimen.subnet.class_dependent import (
     class_rank_loss,
     class_weighted_loss,
     layer_prune_masks,
+)
+from regimen.subnet.consensus import (
+    ConsensusGate,
+    ConsensusGatesMethod,
+    apply_consensus_gates,
+    consensus_dynamic_macs,
+    consensus_masks,
+    consensus_plan,
+    extract_consensus,
+    firing_rates,
+    gate_polarization,
+    gate_sparsity_loss,
+    remove_consensus_gates,
+    straight_through_gate,
 )
 from regimen.subnet.cp_kernels import (
     CPKernelConv2d,
@@ -359,6 +373,19 @@ __all__ = [
     "pgd_attack",
     "transformed_l1",
     "tscnc_penalty",
+    # consensus sub-network: dynamic gates, polarised, extracted (arXiv 2302.10798)
+    "ConsensusGate",
+    "ConsensusGatesMethod",
+    "apply_consensus_gates",
+    "consensus_dynamic_macs",
+    "consensus_masks",
+    "consensus_plan",
+    "extract_consensus",
+    "firing_rates",
+    "gate_polarization",
+    "gate_sparsity_loss",
+    "remove_consensus_gates",
+    "straight_through_gate",
 ]
 
 __getattr__ = deprecated_aliases(__name__, {
