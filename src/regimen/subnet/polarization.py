@@ -278,9 +278,10 @@ class PolarizationMethod(Method):
              "<1% accuracy (ResNet-56 CIFAR-10 93.80 -> 93.83 at 47% FLOPs reduction)")
     claimed_effect = "no_worse"
     inputs = ("image",)
-    before = ("weight_std", "nm_sparsity")
+    before = ("nm_sparsity",)
     after = ("trp", "multi_sample_dropout")
-    conflicts = ("maestro", "hesso", "nested_dropout", "random_search")
+    # weight_std: traced again at the end, its WSConv2d (std_mean) is untraceable in either order
+    conflicts = ("maestro", "hesso", "nested_dropout", "random_search", "weight_std")
     constraint_reason = ("polarization traces the channel-dependency graph and removes channels by name at the end: it "
                          "cannot trace weight-standardized, N:M-parametrized, low-rank or nested-dropout (functional) "
                          "layers, and must see the head that multi-sample dropout and TRP wrap; hesso and "
