@@ -42,7 +42,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "reports" / "lm" / "evidence"
 STUDY = ROOT / "reports" / "lm" / "studies" / "proxy"
-ARMS = ("seq_length_warmup_equal_tokens", "length_buckets", "token_budget", "moe", "moe_load_balance", "overhead")
+ARMS = ("seq_length_warmup_equal_tokens", "length_buckets", "token_budget", "moe", "moe_load_balance", "ssa_local",
+        "overhead")
 STUDY_ARMS = ("ssa", "seq_length_warmup")  # the study's arms, at equal steps
 SEQ_WARMUP = {"name": "seq_length_warmup", "duration": 0.3, "min_len": 8, "step_size": 8}  # lm/seq_length_warmup
 
@@ -109,6 +110,9 @@ def arm_recipe(arm: str, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
             options["max_tokens"] = train["batch_size"] * options["seq_len"]  # a window batch's slots
         steps, planned = batching_steps_for_tokens(raw, seed, tokens)
         train["max_steps_per_epoch"] = steps
+    elif arm == "ssa_local":  # lm/ssa's settings with locality-biased sampling (tau = 16 positions)
+        raw["methods"] = [{"name": "ssa", "ratio": 4.0, "dense_fraction": 0.1, "locality": 16.0}]
+        steps, planned = train["max_steps_per_epoch"], tokens
     elif arm == "overhead":  # one step: start-up, data, evaluation (what every proxy run pays besides training)
         train["max_steps_per_epoch"] = steps = 1
         planned = train["batch_size"] * options["seq_len"]
@@ -126,18 +130,19 @@ def _train(arm: str, seed: int) -> str:
     from regimen.train.recipe import dump_recipe
 
     folder = OUT / "runs" / f"{arm}-seed{seed}"
-    if (folder / "summary.json").exists():
-        return f"{arm} seed {seed}: done before"
-    raw, plan = arm_recipe(arm, seed)
     scratch = OUT / "runs" / f"{arm}-seed{seed}.recipe"
-    scratch.mkdir(parents=True, exist_ok=True)
-    (scratch / "recipe.toml").write_text(dump_recipe(raw), encoding="utf-8")
-    (scratch / "plan.json").write_text(json.dumps(plan, indent=2))
-    command = [sys.executable, "-m", "regimen", "train", "--recipe", str(scratch / "recipe.toml"), "--out",
-               str(folder), "--overwrite", "--quiet", "--set", f"seed={seed}", "--set", "train.threads=1"]
-    completed = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
-    if completed.returncode != 0:
-        return f"{arm} seed {seed}: FAILED {completed.stderr.strip().splitlines()[-1:]}"
+    if not (folder / "summary.json").exists():
+        raw, plan = arm_recipe(arm, seed)
+        scratch.mkdir(parents=True, exist_ok=True)
+        (scratch / "recipe.toml").write_text(dump_recipe(raw), encoding="utf-8")
+        (scratch / "plan.json").write_text(json.dumps(plan, indent=2))
+        command = [sys.executable, "-m", "regimen", "train", "--recipe", str(scratch / "recipe.toml"), "--out",
+                   str(folder), "--overwrite", "--quiet", "--set", f"seed={seed}", "--set", "train.threads=1"]
+        completed = subprocess.run(command, capture_output=True, text=True,
+                                   env=os.environ | {"OMP_NUM_THREADS": "1"})
+        if completed.returncode != 0:
+            return f"{arm} seed {seed}: FAILED {completed.stderr.strip().splitlines()[-1:]}"
+    plan = json.loads((scratch / "plan.json").read_text())
     keep = OUT / f"{arm}-seed{seed}"
     keep.mkdir(parents=True, exist_ok=True)
     for name in ("recipe.toml", "plan.json"):
@@ -147,8 +152,8 @@ def _train(arm: str, seed: int) -> str:
     return f"{arm} seed {seed}: done, {plan}"
 
 
-def run(arms: list[str], seeds: int, workers: int) -> None:
-    jobs = [(arm, seed) for arm in arms for seed in range(seeds)]
+def run(arms: list[str], seeds: list[int], workers: int) -> None:
+    jobs = [(arm, seed) for arm in arms for seed in seeds]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for message in pool.map(lambda job: _train(*job), jobs):
             print(message, flush=True)
@@ -220,8 +225,9 @@ def collect(seeds: int) -> dict[str, Any]:
                 runs.setdefault(arm, {})[seed] = found
     brief = {arm: {seed: _brief(run) for seed, run in by_seed.items()} for arm, by_seed in runs.items()}
     results: dict[str, Any] = {"runs": brief, "comparisons": {}}
-    for arm, base in (("ssa", "base"), ("seq_length_warmup", "base"), ("seq_length_warmup_equal_tokens", "base"), ("length_buckets", "base"),
-                      ("token_budget", "base"), ("moe_load_balance", "moe")):
+    for arm, base in (("ssa", "base"), ("ssa_local", "base"), ("seq_length_warmup", "base"),
+                      ("seq_length_warmup_equal_tokens", "base"),
+                      ("length_buckets", "base"), ("token_budget", "base"), ("moe_load_balance", "moe")):
         if arm in brief and base in brief:
             results["comparisons"][f"{arm} - {base}"] = {
                 key: _pairs(brief[base], brief[arm], key) for key in ("val_bpb", "test_bpb", "process_cpu_s")}
@@ -276,6 +282,7 @@ def main() -> None:
     parser.add_argument("--arms", default=",".join(a for a in ARMS if a != "overhead"),
                         help=f"comma-separated, of {', '.join(ARMS)} (overhead: one 1-step run, --seeds 1)")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seed-list", help="comma-separated seeds to run (default: 0 .. seeds - 1)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     arms = [a for a in args.arms.split(",") if a]
@@ -284,7 +291,8 @@ def main() -> None:
             for seed in range(args.seeds):
                 print(arm, seed, arm_recipe(arm, seed)[1])
     elif args.action == "run":
-        run(arms, args.seeds, args.workers)
+        seeds = [int(s) for s in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
+        run(arms, seeds, args.workers)
     else:
         print(markdown(collect(args.seeds)))
 
