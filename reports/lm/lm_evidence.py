@@ -279,7 +279,7 @@ def markdown(results: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=("run", "collect", "plan"))
-    parser.add_argument("--arms", default=",".join(a for a in ARMS if a != "overhead"),
+    parser.add_argument("--arms", default=",".join(a for a in ARMS if a not in ("overhead", "token_budget")),
                         help=f"comma-separated, of {', '.join(ARMS)} (overhead: one 1-step run, --seeds 1)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--seed-list", help="comma-separated seeds to run (default: 0 .. seeds - 1)")
