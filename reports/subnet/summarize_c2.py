@@ -123,9 +123,10 @@ def allocation() -> None:
     rows = load("results_allocation")
     if not rows:
         return
-    epochs = sorted({r["finetune_epochs"] for r in rows})
+    epochs = sorted({r["finetune_epochs"] for r in rows} - {0})
     print("\n### Layer-wise allocations at equal parameter sparsity (conv/linear weights; first 5,000 test images)\n")
-    print(f"Fine-tuning: {epochs} epoch(s), lr 0.01, masks fixed. Δ: paired (same seed) vs `dp`, points.\n")
+    print(f"Fine-tuning: {epochs} epoch(s), lr 0.01, masks fixed, at 90 % only ('–': not fine-tuned). Δ: paired "
+          "(same seed) vs `dp`, points.\n")
     print("| sparsity | rule | seeds | one-shot % | one-shot + BN re-estimation % | fine-tuned % "
           "| fine-tuned Δ vs dp | predicted distortion | measured distortion | effective MACs kept |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -140,7 +141,8 @@ def allocation() -> None:
                 continue
             rl = [rs[s] for s in sorted(rs)]
             delta = "(reference)" if rule == "dp" else signed(
-                [rs[s]["test_accuracy"] - base[s]["test_accuracy"] for s in sorted(rs) if s in base])
+                [rs[s]["test_accuracy"] - base[s]["test_accuracy"] for s in sorted(rs)
+                 if s in base and rs[s]["test_accuracy"] is not None and base[s]["test_accuracy"] is not None])
             print(f"| {sparsity:g} | {rule} | {len(rl)} | {fmt([r['one_shot_test_accuracy'] for r in rl])} "
                   f"| {fmt([r['one_shot_bn_test_accuracy'] for r in rl])} | {fmt([r['test_accuracy'] for r in rl])} "
                   f"| {delta} | {fmt([r['predicted_distortion'] for r in rl], 1, 2)} "
