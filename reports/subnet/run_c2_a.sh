@@ -1,5 +1,5 @@
 #!/bin/sh
-# Stream A of run_c2.sh as restarted at 00:36 UTC (allocation fine-tuning only at 90 % for CPU time; the TSCNC
+# Stream A of run_c2.sh as restarted at 00:34 UTC (allocation fine-tuning only at 90 % for CPU time; the TSCNC
 # 99 % arms moved to stream B). Usage (worktree root): sh reports/subnet/run_c2_a.sh
 PY=${PYTHON:-/work/main/.venv/bin/python}
 export OMP_NUM_THREADS=1 PYTHONPATH=src
