@@ -6,7 +6,7 @@ Usage (from the worktree root; every run in a fresh process, one after another):
         --keeps 0.5 0.25 --seeds 0 1 2
     PYTHONPATH=src python reports/subnet/compare.py render
 
-Entries come from ``entries_a.py``, ``entries_b.py``, ``entries_c.py`` here (whichever exist): each defines
+Entries come from every ``entries_*.py`` in this folder (``entries_a.py``, ``entries_b.py``, ...): each defines
 ``ENTRIES: dict[str, Callable[[PruneSetting], nn.Module]]`` and may define ``CLAIMS: dict[str, str]`` (the paper's
 claim, shown beside the entry) and ``PAPERS: dict[str, str]``. An entry returns a trained model, physically pruned to
 ``macs <= keep * dense_macs * 1.01``, or masked (zeros) to ``nonzero_params <= keep * dense_params * 1.01``. It may
@@ -47,9 +47,7 @@ PROTECTED = 6  # the class the class-dependent entry protects
 
 def load_entries() -> tuple[dict, dict, dict]:
     entries, claims, papers = {}, {}, {}
-    for module_name in ("entries_a", "entries_b", "entries_c"):
-        if not (HERE / f"{module_name}.py").exists():
-            continue
+    for module_name in sorted(path.stem for path in HERE.glob("entries_*.py")):
         module = importlib.import_module(module_name)
         entries.update(module.ENTRIES)
         claims.update(getattr(module, "CLAIMS", {}))

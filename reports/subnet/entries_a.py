@@ -77,7 +77,7 @@ def random_search_dense(setting: PruneSetting) -> nn.Module:
 POL_LAM, POL_T, POL_MU = 5e-3, 1.2, 1.0
 
 
-def polarization(setting: PruneSetting) -> nn.Module:
+def polarization(setting: PruneSetting, lam: float = POL_LAM) -> nn.Module:
     """One pass from the fresh initialisation: ``scratch_epochs - 1`` epochs of CE + λ·R_s(γ) + μ·(mean γ − κ)² with
     γ (BN scales) initialised to 0.5 and clamped to [0, 1] after every step, κ = sqrt(keep) (the channel fraction
     that keeps about ``keep`` of the MACs of a plain CNN); then the lowest-γ channels are removed until the MAC
@@ -91,7 +91,7 @@ def polarization(setting: PruneSetting) -> nn.Module:
 
     def extra(model, x, y, logits):
         flat = torch.cat([f.reshape(-1) for f in factors])
-        return POL_LAM * polarization_penalty(factors, POL_T) + POL_MU * (flat.mean() - kappa) ** 2
+        return lam * polarization_penalty(factors, POL_T) + POL_MU * (flat.mean() - kappa) ** 2
 
     def clamp(model):
         for f in factors:
@@ -106,7 +106,7 @@ def polarization(setting: PruneSetting) -> nn.Module:
     prune_groups(model, plan, example_inputs=setting.example_input)
     pruned_val = evaluate(model, *setting.val)
     train_model(model, setting, 1, lr=FINETUNE_LR)
-    model.report_extra = {"fraction_low": low, "fraction_high": high, "threshold": threshold,
+    model.report_extra = {"lam": lam, "fraction_low": low, "fraction_high": high, "threshold": threshold,
                           "fraction_below_threshold": below, "val_before_prune": before_val,
                           "val_after_prune_no_finetune": pruned_val}
     return model

@@ -52,6 +52,7 @@ def main() -> None:
                   f"| {e['dynamic_macs_p90']:.3f} | {', '.join(f'{v:.2f}' for v in e['kept_fraction_per_gate'])} "
                   f"| {', '.join(f'{v:.2f}' for v in e.get('mask_std_over_inputs_per_gate', []))} |")
     tscnc = [json.loads(p.read_text()) for p in sorted((HERE / "results_tscnc").glob("*.json"))]
+    tscnc = [r for r in tscnc if r["sparsity"] == 0.9]  # 95 / 99 %: summarize_c2.py
     if tscnc:
         print("\nTSCNC ablation (90 % sparsity, FGSM fine-tuning, first 1,000 test images):\n")
         layers = sorted({k for r in tscnc for k in r["log10_condition_numbers"]})

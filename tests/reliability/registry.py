@@ -16,6 +16,7 @@ from tests.reliability import (
     entries_consensus,
     entries_dropout,
     entries_elastic,
+    entries_h17ev,
     entries_local,
     entries_losses,
     entries_lowrank,
@@ -30,7 +31,8 @@ PILLARS = ("augment", "batch", "dropout", "local", "losses", "subnet")
 ENTRIES = {}
 SKIPPED: dict[str, str] = {}
 for _module in (entries_augment, entries_batch, entries_dropout, entries_local, entries_losses, entries_subnet,
-                entries_lowrank, entries_prune_a, entries_elastic, entries_prune_b, entries_consensus):
+                entries_lowrank, entries_prune_a, entries_elastic, entries_prune_b, entries_consensus,
+                entries_h17ev):
     for _entry in _module.ENTRIES:
         assert _entry.name not in ENTRIES, f"two fuzz entries for {_entry.name}"
         ENTRIES[_entry.name] = _entry

@@ -8,6 +8,7 @@ Old names of v1 (``HESSO``, ``Maestro``, ``TrainedRankPruning``, ``LowRankConv2d
 """
 
 from regimen._compat import deprecated_aliases
+from regimen.subnet.allocation import allocate_sparsity, apply_allocation, erk_densities, lamp_scores
 from regimen.subnet.class_dependent import (
     ClassDependentMethod,
     class_false_negatives,
@@ -365,6 +366,11 @@ __all__ = [
     "dp_allocate",
     "layer_costs",
     "rd_curves",
+    # layer-wise sparsity allocations (uniform, global magnitude, LAMP, ERK)
+    "allocate_sparsity",
+    "apply_allocation",
+    "erk_densities",
+    "lamp_scores",
     # TSCNC
     "TSCNCMethod",
     "condition_number_penalty",
