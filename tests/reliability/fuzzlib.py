@@ -71,6 +71,25 @@ class Entry:
     aliases: tuple[str, ...] = ()
 
 
+
+def entry_adder(entries: list[Entry], pillar: str) -> Callable[..., None]:
+    """The ``add`` of an ``entries_<name>.py`` file: ``add(name, build, check=None, scalars=None, tensors=(),
+    exempt=None, aliases=())`` appends ``Entry("<pillar>.<name>", ...)`` to ``entries``."""
+
+    def add(name: str, build: Callable[[Callable], Call], check: Callable[[Any, Call], None] | None = None,
+            scalars: dict[str, str] | None = None, tensors: tuple[str, ...] = (),
+            exempt: dict[str, str] | None = None, aliases: tuple[str, ...] = ()) -> None:
+        entries.append(Entry(f"{pillar}.{name}", build, check, scalars or {}, tensors, exempt or {}, aliases))
+
+    return add
+
+
+def expect(condition: Any, message: str = "check failed") -> None:
+    """An entry's check: an ``AssertionError`` with ``message`` unless ``condition`` holds (``assert`` statements
+    cannot sit in the lambdas most checks are)."""
+    if not condition:
+        raise AssertionError(message)
+
 # --------------------------------------------------------------------------------------------- hostile scalars
 #: kind -> values that are never legal for a parameter of that kind
 HOSTILE: dict[str, list[Any]] = {

@@ -52,7 +52,7 @@ from torch import nn
 
 from regimen._compat import deprecated_aliases
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_same_device
 
 __all__ = [
     "GhostBatchNorm1d",
@@ -273,6 +273,8 @@ def ghost_batch_norm(
                              f"got {tuple(tensor.shape)}")
     if momentum is None and running_mean is not None and training and num_batches_tracked is None:
         raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
+    require_same_device(x=x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias,
+                        num_batches_tracked=num_batches_tracked)
     batch = x.shape[0]
     if batch == 0:
         raise ValueError("x must contain at least one sample")

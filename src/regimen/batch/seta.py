@@ -71,7 +71,7 @@ def kmeans_1d(values: torch.Tensor, num_groups: int, iterations: int = 100) -> t
         return torch.div(torch.arange(n) * num_groups, n, rounding_mode="floor")
     centres = torch.quantile(v, (torch.arange(num_groups, dtype=torch.float64) + 0.5) / num_groups)
     labels = torch.full((n,), -1, dtype=torch.int64)
-    for _ in range(iterations):
+    for _ in range(max(iterations, 1)):  # iterations = 0: the quantile centres' assignment (not the -1 placeholder)
         new = torch.argmin((v.unsqueeze(1) - centres.unsqueeze(0)).abs(), dim=1)
         if torch.equal(new, labels):
             break

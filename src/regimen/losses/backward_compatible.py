@@ -41,7 +41,7 @@ Pitfalls handled / differences from the reference:
   ones; here they are computed on the batch the model sees (the models are frozen, so the cost is two forwards).
 * The pseudo-classifier logits are cosines without a temperature, as in the reference (small gradients: λ₂ = 10
   makes up for them).
-* ``extra_dims`` must satisfy 1 <= a <= d_old; the embedding has D + a numbers.
+* ``extra_dims`` must satisfy 1 <= a <= d_old and D + a >= d_old; the embedding has D + a numbers.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def bt2_embedding(feature: torch.Tensor, old_space: torch.Tensor, p: torch.Tenso
         old_space: ``(N, d_old)`` the old-space head's output o.
         p: ``(D, D)`` orthogonal matrix (applied as ``x @ p.T``, as ``nn.Linear`` does).
         o2: ``(d_old, d_old)`` orthogonal matrix.
-        extra_dims: a, the dimensions added (1 <= a <= d_old).
+        extra_dims: a, the dimensions added (1 <= a <= d_old, D + a >= d_old).
         scale: C, the factor on f before P.
 
     Returns:
@@ -95,6 +95,9 @@ def bt2_embedding(feature: torch.Tensor, old_space: torch.Tensor, p: torch.Tenso
                          f"{tuple(o2.shape)}")
     if not 1 <= extra_dims <= d_old:
         raise ValueError(f"extra_dims must lie in [1, d_old = {d_old}], got {extra_dims}")
+    if d + extra_dims < d_old:  # z = [a old-space dims, D new dims] must cover the d_old compatible dims
+        raise ValueError(f"extra_dims must be >= d_old - D = {d_old} - {d} = {d_old - d} (the embedding's first "
+                         f"d_old dims are the compatible part), got {extra_dims}")
     z = torch.cat([F.normalize(old_space[:, :extra_dims], dim=1), (scale * feature) @ p.T], dim=1)
     compatible = z[:, :d_old] @ o2.T
     return torch.cat([compatible, z[:, d_old:]], dim=1), compatible

@@ -1,0 +1,93 @@
+"""Regression tests of the defects the large fuzz profile found (issue 21, third triage pass): each input below
+once raised an internal torch error (or was accepted); each must now be a ``TypeError``/``ValueError`` naming the
+argument, or, where the input is legal, a correct result. reports/reliability/fuzzing.md lists them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import regimen.augment as A
+import regimen.batch as B
+import regimen.dropout as D
+import regimen.losses as L
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _orthogonal(n: int, seed: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    return q.float()
+
+
+def test_bt2_embedding_refuses_extra_dims_too_small_to_cover_the_old_space():
+    feature, old_space = F.normalize(torch.randn(3, 2), dim=1), torch.randn(3, 4)
+    with pytest.raises(ValueError, match="extra_dims"):  # D + a = 2 + 1 < d_old = 4: was a matmul shape error
+        L.bt2_embedding(feature, old_space, _orthogonal(2, 0), _orthogonal(4, 1), extra_dims=1)
+    embedding, compatible = L.bt2_embedding(feature, old_space, _orthogonal(2, 0), _orthogonal(4, 1), extra_dims=2)
+    assert embedding.shape == (3, 4) and compatible.shape == (3, 4)  # D + a == d_old: all of it is compatible
+
+
+def test_train_neighbour_cvae_trains_in_the_features_dtype():
+    features = (torch.rand(5, 3, generator=torch.Generator().manual_seed(0)) > 0.5).double()
+    src = torch.arange(5)
+    edge_index = torch.cat([torch.stack([src, (src + 1) % 5]), torch.stack([(src + 1) % 5, src])], 1)
+    cvae = A.train_neighbour_cvae(features, edge_index, latent=2, hidden=4, epochs=1, batch_size=4,
+                                  generator=torch.Generator().manual_seed(0))
+    assert all(p.dtype == torch.float64 for p in cvae.parameters())  # was: mat1 and mat2 must have the same dtype
+    recon, mean, log_var = cvae(features[:2], features[2:4], torch.zeros(2, 2, dtype=torch.float64))
+    assert recon.dtype == torch.float64 and recon.shape == (2, 3)
+    again = A.train_neighbour_cvae(features, edge_index, latent=2, hidden=4, epochs=1, batch_size=4,
+                                   generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(cvae.parameters(), again.parameters()))  # same seed, same weights
+
+
+@pytest.mark.parametrize("bad", ["x", "c", "noise"])
+def test_neighbour_cvae_names_a_mis_shaped_input(bad):
+    cvae = A.NeighbourCVAE(3, latent=2, hidden=4)
+    inputs = {"x": torch.rand(4, 3), "c": torch.rand(4, 3), "noise": torch.randn(4, 2)}
+    inputs[bad] = inputs[bad][:2]  # was: torch.cat's "Sizes of tensors must match"
+    with pytest.raises(ValueError, match=bad):
+        cvae(**inputs)
+    inputs[bad] = inputs[bad].tolist()
+    with pytest.raises(TypeError, match=bad):  # was: torch.cat's "expected Tensor as element 0"
+        cvae(**inputs)
+
+
+def test_ghost_batch_norm_names_x_on_another_device_than_its_running_stats():
+    with pytest.raises(ValueError, match="x"):  # was: an in-place copy between meta and cpu
+        B.ghost_batch_norm(torch.randn(4, 3, device="meta"), 2, torch.zeros(3), torch.ones(3))
+
+
+def test_wta_crs_sampling_refuses_meta_tensors_and_mismatched_rows_by_name():
+    with pytest.raises(ValueError, match="scores"):  # was: Tensor.item() on meta
+        B.wta_crs_sample(torch.rand(5, device="meta"), 2)
+    with pytest.raises(ValueError, match="x"):
+        B.wta_crs_weight_grad(torch.randn(6, 4, device="meta"), torch.randn(6, 3, device="meta"))
+    with pytest.raises(ValueError, match="grad_output"):  # was: an IndexError
+        B.wta_crs_weight_grad(torch.randn(6, 4), torch.randn(5, 3))
+    with pytest.raises(ValueError, match="grad_norm"):  # was: a broadcasting RuntimeError
+        B.wta_crs_weight_grad(torch.randn(6, 4), torch.randn(6, 3), grad_norm=torch.ones(4))
+
+
+def test_targeted_fgsm_refuses_targets_that_are_not_class_indices():
+    model, x = nn.Linear(4, 3), torch.rand(2, 4)
+    for target in (torch.tensor([True, False]), torch.tensor([0.0, 1.0]), [0, 1]):
+        with pytest.raises(TypeError, match="target"):  # a bool target was nll_loss's "expected Long" RuntimeError
+            B.targeted_fgsm(model, x, target, 0.1, 0.1)
+    with pytest.raises(ValueError, match="target"):
+        B.targeted_fgsm(model, x, torch.tensor([0]), 0.1, 0.1)
+    with pytest.raises(ValueError, match="target"):  # was: an IndexError inside cross_entropy
+        B.targeted_fgsm(model, x, torch.tensor([0, 3]), 0.1, 0.1)
+
+
+def test_concrete_temporal_dropout_names_x_on_another_device():
+    with pytest.raises(ValueError, match="x"):  # the message named the mask's p and noise, not x
+        D.ConcreteTemporalDropout()(torch.randn(2, 3, 4, device="meta"))
+
+
+def test_gyro_dropout_refuses_a_list_by_name():
+    with pytest.raises(TypeError, match="x"):  # was: AttributeError: 'list' object has no attribute 'dim'
+        D.GyroDropout(p=0.5, sigma=4, tau=2)([[1.0, 2.0], [3.0, 4.0]])
