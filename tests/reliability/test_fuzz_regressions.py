@@ -91,3 +91,54 @@ def test_concrete_temporal_dropout_names_x_on_another_device():
 def test_gyro_dropout_refuses_a_list_by_name():
     with pytest.raises(TypeError, match="x"):  # was: AttributeError: 'list' object has no attribute 'dim'
         D.GyroDropout(p=0.5, sigma=4, tau=2)([[1.0, 2.0], [3.0, 4.0]])
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0])
+def test_consistency_loss_refuses_a_temperature_that_is_not_positive(temperature):
+    p = torch.tensor([[0.2, 0.8]])
+    with pytest.raises(ValueError, match="temperature"):  # was accepted: p ** (1 / 0) and p ** -1
+        A.consistency_loss([p, p], temperature=temperature)
+
+
+def test_agvm_factors_refuses_eps_and_phis_that_break_the_ratio():
+    with pytest.raises(ValueError, match="eps"):  # eps = 0 with φ = 0 was a ZeroDivisionError
+        B.agvm_factors([0.0, 0.0], eps=0.0)
+    with pytest.raises(ValueError, match="phis"):  # a NaN φ gave a NaN LR factor
+        B.agvm_factors([0.5, float("nan")])
+    assert B.agvm_factors([0.5, -1e-17]) == pytest.approx([1.0, 10.0 ** 0.5])  # 1 − cos rounded below 0: legal
+
+
+def test_coteaching_losses_names_inputs_cross_entropy_cannot_take():
+    a, b, y = torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(TypeError, match="output_a"):  # was: AttributeError on .shape
+        B.coteaching_losses(a.tolist(), b, y, 0.25)
+    with pytest.raises(TypeError, match="target"):  # was: nll_loss's "expected scalar type Long" RuntimeError
+        B.coteaching_losses(a, b, y.bool(), 0.25)
+    with pytest.raises(TypeError, match="output_b"):  # was: log_softmax "not implemented for 'Long'"
+        B.coteaching_losses(a, b.long(), y, 0.25)
+    with pytest.raises(ValueError, match="output_a"):  # was: coteaching_select's message naming loss_a
+        B.coteaching_losses(a.to("meta"), b.to("meta"), y.to("meta"), 0.25)
+
+
+def test_mc_dropout_classifier_refuses_an_empty_batch_by_name():
+    model = D.MCDropoutClassifier(nn.Sequential(nn.Linear(5, 3), nn.Dropout(0.5)), samples=2, chunk_size=1)
+    with pytest.raises(ValueError, match="x"):  # was: torch.cat of no chunks
+        model(torch.randn(0, 5))
+
+
+def test_truncate_sequences_names_a_list():
+    with pytest.raises(TypeError, match="inputs"):  # was: AttributeError: 'list' object has no attribute 'dim'
+        B.truncate_sequences([[1, 2, 3]], torch.tensor([[2, 3, 4]]), 2)
+
+
+def test_kmeans_1d_without_iterations_assigns_to_the_quantile_centres():
+    values = torch.tensor([0.0, 0.1, 5.0, 5.1, 10.0, 10.2])
+    # was: every label rank[-1] (the -1 placeholder indexed the last group); now the initial centres' assignment
+    assert B.kmeans_1d(values, 3, iterations=0).tolist() == [0, 0, 1, 1, 2, 2]
+    assert B.kmeans_1d(values, 3, iterations=0).tolist() == B.kmeans_1d(values, 3).tolist()
+
+
+def test_bt2_embedding_names_a_tensor_of_another_dtype():
+    feature, old_space = F.normalize(torch.randn(3, 2), dim=1), torch.randn(3, 2)
+    with pytest.raises(TypeError, match="p must"):  # was: matmul's "expected m1 and m2 to have the same dtype"
+        L.bt2_embedding(feature, old_space, _orthogonal(2, 0).double(), _orthogonal(2, 1), extra_dims=1)

@@ -85,6 +85,9 @@ def bt2_embedding(feature: torch.Tensor, old_space: torch.Tensor, p: torch.Tenso
     for name, value in (("feature", feature), ("old_space", old_space), ("p", p), ("o2", o2)):
         if not value.is_floating_point():
             raise TypeError(f"{name} must be a floating point tensor, got {value.dtype}")
+    for name, value in (("old_space", old_space), ("p", p), ("o2", o2)):
+        if value.dtype != feature.dtype:
+            raise TypeError(f"{name} must have feature's dtype {feature.dtype}, got {value.dtype}")
     require_same_device(feature=feature, old_space=old_space, p=p, o2=o2)
     if feature.dim() != 2 or old_space.dim() != 2 or feature.shape[0] != old_space.shape[0]:
         raise ValueError(f"feature (N, D) and old_space (N, d_old) must be 2-D with one row per sample, got "
