@@ -56,9 +56,12 @@ def test_neighbour_cvae_names_a_mis_shaped_input(bad):
         cvae(**inputs)
 
 
-def test_ghost_batch_norm_names_x_on_another_device_than_its_running_stats():
+def test_ghost_batch_norm_names_x_on_meta_or_on_another_device_than_its_running_stats():
     with pytest.raises(ValueError, match="x"):  # was: an in-place copy between meta and cpu
         B.ghost_batch_norm(torch.randn(4, 3, device="meta"), 2, torch.zeros(3), torch.ones(3))
+    with pytest.raises(ValueError, match="x"):  # all on meta: was Tensor.item() in the statistics' guard
+        B.GhostBatchNorm1d(3, 2).to("meta")(torch.randn(4, 3, device="meta"))
+    assert B.GhostBatchNorm1d(3, 2).to("meta").eval()(torch.randn(4, 3, device="meta")).shape == (4, 3)
 
 
 def test_wta_crs_sampling_refuses_meta_tensors_and_mismatched_rows_by_name():
@@ -124,11 +127,6 @@ def test_mc_dropout_classifier_refuses_an_empty_batch_by_name():
     model = D.MCDropoutClassifier(nn.Sequential(nn.Linear(5, 3), nn.Dropout(0.5)), samples=2, chunk_size=1)
     with pytest.raises(ValueError, match="x"):  # was: torch.cat of no chunks
         model(torch.randn(0, 5))
-
-
-def test_truncate_sequences_names_a_list():
-    with pytest.raises(TypeError, match="inputs"):  # was: AttributeError: 'list' object has no attribute 'dim'
-        B.truncate_sequences([[1, 2, 3]], torch.tensor([[2, 3, 4]]), 2)
 
 
 def test_kmeans_1d_without_iterations_assigns_to_the_quantile_centres():

@@ -52,7 +52,7 @@ from torch import nn
 
 from regimen._compat import deprecated_aliases
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, checked_arguments, register_method, require_same_device
+from regimen.method import Context, Method, checked_arguments, register_method, require_data, require_same_device
 
 __all__ = [
     "GhostBatchNorm1d",
@@ -284,6 +284,7 @@ def ghost_batch_norm(
             raise ValueError("eval mode needs running_mean and running_var")
         return F.batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps)
 
+    require_data(x=x)  # the cancellation guard of the statistics reads values
     spatial = x[0, 0].numel()
     full, size, tail = _ghost_sizes(batch, ghost_batch_size, last_partial)
     if tail and tail * spatial < 2:

@@ -42,9 +42,6 @@ def seq_length_at(progress: float, min_len: int, max_len: int, duration: float, 
 @checked_arguments
 def truncate_sequences(inputs: torch.Tensor, targets: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``length`` positions of ``(N, T)`` token inputs and their next-token targets."""
-    for name, value in (("inputs", inputs), ("targets", targets)):
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if inputs.dim() < 2 or targets.shape[:2] != inputs.shape[:2]:
         raise ValueError(f"seq_length_warmup needs (N, T) inputs and targets, got {tuple(inputs.shape)} and "
                          f"{tuple(targets.shape)}")
