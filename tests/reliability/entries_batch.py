@@ -266,7 +266,7 @@ add("LengthBucketBatchSampler", lambda d: Call(_batches(B.LengthBucketBatchSampl
 add("TokenBudgetBatchSampler", lambda d: Call(_batches(B.TokenBudgetBatchSampler), {
     "lengths": _lengths(d), "max_tokens": d(st.integers(40, 200)), "pool_size": d(st.integers(1, 40))}),
     check=_sampler_check,
-    scalars={"max_tokens": "count", "max_batch_size": "count", "pool_size": "count", "shuffle": "bool",
+    scalars={"max_tokens": "count", "max_batch_size": "count", "pool_size": "count0", "shuffle": "bool",  # 0: all
              "drop_oversized": "bool", "seed": "int", "num_replicas": "count", "rank": "count0"},
     tensors=("lengths",))
 

@@ -109,7 +109,7 @@ def _concrete_check(result, c):
 
 
 add("concrete_dropout_mask", _concrete_build, check=_concrete_check,
-    scalars={"temperature": "positive", "eps": "positive"}, tensors=("p", "noise"))
+    scalars={"temperature": "positive", "eps": "nonneg"}, tensors=("p", "noise"))  # eps = 0: no smoothing, legal
 
 
 def _msd_build(d):

@@ -100,6 +100,7 @@ HOSTILE: dict[str, list[Any]] = {
     "finite": [float("nan"), float("inf"), -float("inf"), "1", None],  # any finite number
     "count": [0, -1, 2.5, "2", None, float("nan")],  # an integer >= 1
     "count0": [-1, 2.5, "2", None, float("nan")],  # an integer >= 0
+    "count_or_none": [0, -1, 2.5, "2", float("nan")],  # an integer >= 1, or None (where None means something)
     "int": [2.5, "2", None, float("nan")],  # any integer
     "bool": ["yes", None, 2.5],
     "str": [3, None, b"l2", "no-such-choice"],
@@ -133,7 +134,7 @@ def corrupt(x: torch.Tensor, variant: str) -> Any:
     if variant == "extra_dim":
         return x.unsqueeze(0)
     if variant == "empty":
-        return x[:0]
+        return x[:0] if x.dim() else x.reshape(1)[:0]  # a 0-d tensor has no batch to empty: an empty vector
     if not x.is_floating_point():
         return x  # NaN/inf/huge only exist in float tensors
     y = x.clone(memory_format=torch.contiguous_format)  # a flat view of the copy, whatever x's strides

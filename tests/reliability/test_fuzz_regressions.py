@@ -140,3 +140,92 @@ def test_bt2_embedding_names_a_tensor_of_another_dtype():
     feature, old_space = F.normalize(torch.randn(3, 2), dim=1), torch.randn(3, 2)
     with pytest.raises(TypeError, match="p must"):  # was: matmul's "expected m1 and m2 to have the same dtype"
         L.bt2_embedding(feature, old_space, _orthogonal(2, 0).double(), _orthogonal(2, 1), extra_dims=1)
+
+
+# ---- found by the whole-registry large run (third pass)
+def test_loss_functions_name_a_tensor_on_another_device():
+    logits, probs = torch.randn(3, 4), torch.rand(3, 4).softmax(1)
+    with pytest.raises(ValueError, match="target"):  # each was "Tensor on device cpu is not on the expected device"
+        L.soft_target_cross_entropy(logits, probs.to("meta"))
+    with pytest.raises(ValueError, match="target"):
+        L.multi_sample_cross_entropy(torch.randn(2, 3, 4), torch.tensor([0, 1, 2], device="meta"))
+    with pytest.raises(ValueError, match="bias"):
+        L.linear_cross_entropy(torch.randn(3, 2), torch.randn(4, 2), torch.tensor([0, 1, 3]),
+                               bias=torch.zeros(4, device="meta"))
+    with pytest.raises(ValueError, match="prediction"):  # was index_add's device error
+        L.aggregate_loss(torch.randn(4, device="meta"), torch.tensor([0, 0, 1, 1]), torch.randn(2))
+
+
+def test_loss_functions_name_a_tensor_of_another_dtype():
+    with pytest.raises(TypeError, match="target"):  # was: "Subtraction ... with two bool tensors"
+        L.cfm_loss(torch.randn(2, 5), torch.rand(2, 5) > 0.5)
+    pred, target = torch.rand(4, 3, dtype=torch.float64), torch.rand(4, 3)
+    with pytest.raises(TypeError, match="pred and target"):  # the message named ssim's img1 and img2
+        L.s3im_loss(pred, target, kernel=1, stride=1, repeats=1, patch_height=2)
+    n, d, d_old = 3, 2, 2
+    args = dict(feature=torch.randn(n, d), compatible=torch.randn(n, d_old), target=torch.tensor([0, 1, 2]),
+                old=torch.randn(n, d_old), new=None, old_classifier=torch.randn(3, d_old, dtype=torch.float64))
+    with pytest.raises(TypeError, match="old_classifier"):  # was: matmul's "expected m1 and m2 to have the same dtype"
+        L.bt2_regularizer(**args)
+
+
+def test_dropout_heads_name_bad_inputs():
+    with pytest.raises(ValueError, match="bias"):  # was: "The expanded size of the tensor (3) must match ... (0)"
+        D.multi_sample_dropout(torch.randn(5, 4), torch.randn(3, 4), torch.zeros(0), num_samples=2)
+    with pytest.raises(ValueError, match="features"):  # was: a device RuntimeError
+        D.nested_prefix_logits(torch.randn(2, 4, device="meta"), torch.randn(3, 4))
+    with pytest.raises(TypeError, match="x"):  # was: AttributeError: 'list' object has no attribute 'device'
+        D.NestedLinear(4, 3)([[1.0, 2.0, 3.0, 4.0]])
+
+
+def test_seta_sliding_window_names_num_groups():
+    with pytest.raises(ValueError, match="num_groups"):  # the message said "group count (-1)"
+        B.sliding_window(-1, 3, 1)
+
+
+def test_subnet_functions_name_bad_inputs():
+    import regimen.subnet as S
+    with pytest.raises(ValueError, match="matrix"):  # was: "shape '[2, 3, 3, 3]' is invalid for input of size 0"
+        S.matrix_to_conv(torch.zeros(0, 9), (2, 3, 3, 3))
+    with pytest.raises(ValueError, match="singular_values"):  # was: torch.searchsorted's dimension error
+        S.energy_rank(torch.rand(1, 7))
+    with pytest.raises(ValueError, match="weight"):  # was: max() of an empty tensor
+        S.nuclear_subgradient(torch.zeros(0, 2, 3, 3))
+    with pytest.raises(ValueError, match="v"):  # was: a device RuntimeError
+        S.hierarchical_group_lasso(torch.randn(4, 3), torch.randn(3, 6, device="meta"))
+    q = torch.randn(2, 2, 6, 4)
+    with pytest.raises(TypeError, match="k must"):  # was: "expected scalar type Float but found Long"
+        S.subsampled_causal_attention(q, q.long(), q, torch.tensor([[0, 2], [1, 3]]))
+    with pytest.raises(ValueError, match="teacher_logits"):
+        S.inplace_distillation_loss(torch.randn(4, 2), torch.randn(1, 4, 2))
+    with pytest.raises(ValueError, match="upper"):  # upper = 0 divided the factors by zero
+        S.polarized_fraction(torch.rand(5), upper=0.0)
+    with pytest.raises(TypeError, match="weight"):  # was: F.linear's "expected m1 and m2 to have the same dtype"
+        S.transform_kernel(torch.ones(2, 2, 5, 5, dtype=torch.bool), [3, 5], 3, [torch.eye(9)])
+
+
+def test_subnet_modules_name_bad_inputs():
+    import regimen.subnet as S
+    with pytest.raises(ValueError, match="x"):  # was: conv2d's "Expected 3D (unbatched) or 4D (batched) input"
+        S.FactorizedConv2d(3, 4, rank=2, kernel_size=3)(torch.randn(1, 2, 3, 8, 8))
+    with pytest.raises(TypeError, match="x"):  # the message named linear()'s 'input'
+        S.FactorizedLinear(3, 4, rank=2)([[1.0, 2.0, 3.0]])
+    attention = S.PrunedMultiheadAttention(8, 2, head_dim=4, batch_first=True)
+    x = torch.randn(3, 1, 8)
+    with pytest.raises(ValueError, match="query"):  # was: "shape '[0, 1, 2, 1]' is invalid for input of size 6"
+        attention(x[:0], x, x)
+
+
+def test_second_round_inputs_are_named():
+    import regimen.subnet as S
+    with pytest.raises(ValueError, match="bias"):  # was: "The size of tensor a (0) must match the size of tensor b"
+        D.nested_prefix_logits(torch.randn(2, 6), torch.randn(0, 6), torch.zeros(3))
+    with pytest.raises(ValueError, match="target"):  # was: Tensor.item() on meta
+        L.s3im_loss(torch.rand(4, 3), torch.rand(4, 3, device="meta"), kernel=1, stride=1, repeats=1, patch_height=2)
+    with pytest.raises(ValueError, match="teacher_logits"):  # the message named soft CE's target and logits
+        S.inplace_distillation_loss(torch.randn(4, 2), torch.randn(4, 2, device="meta"))
+    q = torch.randn(1, 2, 6, 4)
+    with pytest.raises(ValueError, match="kept"):  # was: a device RuntimeError
+        S.subsampled_attention(q, q, q, torch.tensor([[0, 2]], device="meta"), causal=False)
+    with pytest.raises(ValueError, match="kept"):  # was: gather(): "Expected dtype int32/int64 for index"
+        S.subsampled_causal_attention(q, q, q, torch.tensor([[True, False]]))

@@ -100,12 +100,12 @@ def seta_window(num_groups: int, window_scale: float) -> int:
 @checked_arguments
 def sliding_window(num_groups: int, window: int, epoch: int) -> tuple[int, int]:
     """The groups ``[start, end)`` kept at ``epoch``: all at epoch 0, else start = epoch mod (G - w + 1)."""
+    if num_groups < 1:
+        raise ValueError(f"num_groups must be >= 1, got {num_groups}")
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be an int >= 1, got {window!r}")
     if window > num_groups:
-        raise ValueError(f"window ({window}) is larger than the group count ({num_groups})")
-    if num_groups < 1:
-        raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+        raise ValueError(f"window ({window}) is larger than the group count num_groups ({num_groups})")
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
     if epoch == 0:

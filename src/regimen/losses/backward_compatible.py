@@ -129,6 +129,9 @@ def bt2_regularizer(feature: torch.Tensor, compatible: torch.Tensor, target: tor
         raise ValueError(f"feature (N, D), compatible and old (N, d_old) and new (N, D) must agree, got "
                          f"{tuple(feature.shape)}, {tuple(compatible.shape)}, {tuple(old.shape)} and "
                          f"{None if new is None else tuple(new.shape)}")
+    for name, value in (("compatible", compatible), ("old", old), ("new", new), ("old_classifier", old_classifier)):
+        if value is not None and value.dtype != feature.dtype:
+            raise TypeError(f"{name} must have feature's dtype {feature.dtype}, got {value.dtype}")
     if old_classifier.dim() != 2 or old_classifier.shape[1] != compatible.shape[1]:
         raise ValueError(f"old_classifier must be (classes, {compatible.shape[1]}), got {tuple(old_classifier.shape)}")
     if target.shape != (compatible.shape[0],) or target.is_floating_point() or target.dtype == torch.bool:
