@@ -228,7 +228,9 @@ add("LocalLearning", lambda d: _local_fix_batch(_local_build(d)),
     scalars={"num_modules": "count", "aux": "str", "aux_depth": "count0", "balance": "str", "num_classes": "count",
              "pyramid_coeff": "prob", "momentum": "prob", "man_learnable": "str", "recon_weight": "nonneg",
              "stages": "str", "infopro_first": "str"},
-    tensors=("x", "y"))
+    tensors=("x", "y"),
+    exempt={v: "the user's stages receive x as given (torch.nn's convention for its layers: another dtype or "
+               "device is torch's RuntimeError)" for v in ("int64", "bool", "float64", "meta")})
 
 
 def _apply_build(d):

@@ -229,3 +229,5 @@ def test_second_round_inputs_are_named():
         S.subsampled_attention(q, q, q, torch.tensor([[0, 2]], device="meta"), causal=False)
     with pytest.raises(ValueError, match="kept"):  # was: gather(): "Expected dtype int32/int64 for index"
         S.subsampled_causal_attention(q, q, q, torch.tensor([[True, False]]))
+    with pytest.raises(ValueError, match="v is on meta"):  # was: "Tensor on device meta is not on the expected device"
+        S.subsampled_causal_attention(q, q, q.to("meta"), torch.tensor([[0, 2]]))

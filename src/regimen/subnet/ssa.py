@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, checked_arguments, register_method, require_data
+from regimen.method import Context, Method, checked_arguments, register_method, require_data, require_same_device
 
 __all__ = [
     "SubsampledAttentionMethod",
@@ -82,6 +82,7 @@ def subsampled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kept
         raise TypeError(f"q, k and v must be floating point, got {q.dtype}")
     b, h, t, d = q.shape
     require_data(kept=kept)  # the positions index the keys
+    require_same_device(q=q, k=k, v=v, kept=kept)
     if kept.dim() != 2 or kept.shape[0] != b or kept.is_floating_point() or kept.dtype == torch.bool:
         raise ValueError(f"kept must be integer positions (B={b}, K), got {tuple(kept.shape)} {kept.dtype}")
     scale = 1.0 / math.sqrt(d) if scale is None else scale
