@@ -280,7 +280,7 @@ add("progressive_scale", lambda d: Call(A.progressive_scale, {"progress": d(st.f
                                                                "delay": d(st.floats(0, 0.5)),
                                                                "finetune": d(st.floats(0, 0.4))}),
     check=lambda r, c: (c.kwargs["initial_scale"] - 1e-9 <= r <= 1.0) or (_ for _ in ()).throw(AssertionError(r)),
-    scalars={"progress": "prob", "initial_scale": "prob", "delay": "prob", "finetune": "prob"})
+    scalars={"progress": "nonneg", "initial_scale": "prob", "delay": "prob", "finetune": "prob"})  # progress > 1: legal
 
 
 def _resize_check(result, c):
