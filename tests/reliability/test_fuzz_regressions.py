@@ -231,3 +231,14 @@ def test_second_round_inputs_are_named():
         S.subsampled_causal_attention(q, q, q, torch.tensor([[True, False]]))
     with pytest.raises(ValueError, match="v is on meta"):  # was: "Tensor on device meta is not on the expected device"
         S.subsampled_causal_attention(q, q, q.to("meta"), torch.tensor([[0, 2]]))
+
+
+def test_third_round_inputs_are_named():
+    import regimen.subnet as S
+    with pytest.raises(ValueError, match="labels"):  # was: a device RuntimeError
+        L.multi_similarity_loss(torch.randn(4, 3), torch.tensor([0, 0, 1, 1], device="meta"))
+    with pytest.raises(ValueError, match="u and v"):  # was: conv2d's "expected weight to be at least 1 at dimension 0"
+        S.low_rank_conv2d(torch.randn(1, 2, 5, 5), torch.zeros(0, 4), torch.randn(4, 2, 3, 3))
+    q = torch.randn(1, 1, 3, 2)
+    with pytest.raises(ValueError, match="v"):  # was: gather's "Index tensor must have the same number of dimensions"
+        S.subsampled_causal_attention(q, q, q.unsqueeze(-1), torch.tensor([[0, 2]]))

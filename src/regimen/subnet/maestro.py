@@ -137,6 +137,9 @@ def low_rank_conv2d(
     """A ``k×k`` conv to ``rank`` channels (``v[:rank]``, shape ``(r, in, kh, kw)``) then a ``1×1`` conv by ``u``."""
     if u.ndim != 2 or v.ndim != 4 or u.shape[1] != v.shape[0]:
         raise ValueError(f"u (out, r) and v (r, in, kh, kw) must share r, got {tuple(u.shape)} and {tuple(v.shape)}")
+    if u.numel() == 0 or v.numel() == 0:
+        raise ValueError(f"u and v must not be empty (a conv needs >= 1 output channel and rank), got "
+                         f"{tuple(u.shape)} and {tuple(v.shape)}")
     if not (x.dtype == u.dtype == v.dtype and x.is_floating_point()):
         raise TypeError(f"x, u and v must share one floating point dtype, got {x.dtype}, {u.dtype}, {v.dtype}")
     if x.dim() not in (3, 4):

@@ -72,7 +72,7 @@ def subsampled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kept
                          scale: float | None = None, causal: bool = True) -> torch.Tensor:
     """Attention of ``(B, H, T, D)`` queries to the kept keys/values ``kept`` ``(B, K)`` plus themselves: the
     earlier kept ones (``causal``) or all the other kept ones (bidirectional)."""
-    if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
+    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
         raise ValueError(f"q, k, v must be (B, H, T, D) alike, got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
     for name, value in (("k", k), ("v", v)):
