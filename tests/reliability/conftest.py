@@ -1,8 +1,9 @@
 """Hypothesis profiles of the reliability suite and the count of generated cases.
 
 ``REGIMEN_FUZZ`` unset: the bounded default profile (derandomized, so the default suite is deterministic and fits
-its time budget). ``REGIMEN_FUZZ=large``: many more examples, random seeds. The terminal summary prints how many
-cases ran, by kind.
+its time budget). ``REGIMEN_FUZZ=large``: many more examples, random seeds; ``REGIMEN_FUZZ=large-triage``: the same
+without shrinking (a failure is reported as first found: for listing failures over the whole registry in less CPU
+time). The terminal summary prints how many cases ran, by kind.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ settings.register_profile("regimen-default", max_examples=3, derandomize=True, *
 settings.register_profile("regimen-large", max_examples=150, derandomize=False, **_COMMON)
 settings.register_profile("regimen-triage", max_examples=6, derandomize=True, phases=[Phase.explicit, Phase.generate],
                           **_COMMON)  # no shrinking: for listing failures fast while fixing them
-settings.load_profile({"large": "regimen-large", "triage": "regimen-triage"}.get(os.environ.get("REGIMEN_FUZZ", ""),
-                                                                                "regimen-default"))
+settings.register_profile("regimen-large-triage", max_examples=150, derandomize=False,
+                          phases=[Phase.explicit, Phase.generate], **_COMMON)  # the large profile, no shrinking
+settings.load_profile({"large": "regimen-large", "triage": "regimen-triage", "large-triage": "regimen-large-triage"}
+                      .get(os.environ.get("REGIMEN_FUZZ", ""), "regimen-default"))
 
 
 def pytest_terminal_summary(terminalreporter):

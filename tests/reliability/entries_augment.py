@@ -7,10 +7,11 @@ import torch.nn.functional as F
 from hypothesis import strategies as st
 
 import regimen.augment as A
-from tests.reliability.fuzzlib import HOSTILE, Call, Entry
+from tests.reliability.fuzzlib import HOSTILE, Call, Entry, entry_adder, expect
 from tests.reliability.strategies import ModuleFn, images, labels, same_shape_as, seeds, shape_is, tensor
 
 ENTRIES: list[Entry] = []
+add = entry_adder(ENTRIES, "augment")
 HOSTILE.setdefault("nonneg_or_inf", [float("nan"), -float("inf"), -1.0, "1", None])  # inf means something there
 SKIPPED = {
     "augment.OPS": "a constant tuple of op names (no inputs); apply_ops/RandAugment fuzz every op through it",
@@ -19,10 +20,6 @@ SKIPPED = {
     "augment.AugUndo": "a result type of InvertibleAugment (built by it, fuzzed through invertible_augment)",
     "augment.AugmentParams": "a plain container of (ops, values) tensors; validated and fuzzed through apply_ops",
 }
-
-
-def add(name, build, check=None, scalars=None, tensors=(), exempt=None):
-    ENTRIES.append(Entry(f"augment.{name}", build, check, scalars or {}, tensors, exempt or {}))
 
 
 def _images_call(fn, draw, generator=True, uint8=False, **kwargs):
@@ -283,7 +280,7 @@ add("progressive_scale", lambda d: Call(A.progressive_scale, {"progress": d(st.f
                                                                "delay": d(st.floats(0, 0.5)),
                                                                "finetune": d(st.floats(0, 0.4))}),
     check=lambda r, c: (c.kwargs["initial_scale"] - 1e-9 <= r <= 1.0) or (_ for _ in ()).throw(AssertionError(r)),
-    scalars={"progress": "prob", "initial_scale": "prob", "delay": "prob", "finetune": "prob"})
+    scalars={"progress": "nonneg", "initial_scale": "prob", "delay": "prob", "finetune": "prob"})  # progress > 1: legal
 
 
 def _resize_check(result, c):
@@ -351,12 +348,7 @@ def _js_check(result, c):
     probs = [t.double().softmax(1) for t in c.kwargs["logits"]]
     m = torch.stack(probs).mean(0).clamp(1e-7, 1)
     expected = sum((p * (p.clamp_min(1e-300).log() - m.log())).sum(1).mean() for p in probs) / len(probs)
-    _check(torch.allclose(result.double(), expected, atol=1e-5), "JS divergence formula")
-
-
-def _check(condition, message="check failed"):
-    if not condition:
-        raise AssertionError(message)
+    expect(torch.allclose(result.double(), expected, atol=1e-5), "JS divergence formula")
 
 
 add("jensen_shannon_consistency", _js_build, check=_js_check, scalars={"eps": "prob_open", "logits": "int"})
@@ -374,7 +366,7 @@ def _consistency_check(result, c):
     sharp = mean ** (1 / c.kwargs["temperature"])
     sharp = sharp / sharp.sum(1, keepdim=True)
     expected = sum(((p - sharp) ** 2).sum(1).mean() for p in ps) / len(ps)
-    _check(torch.allclose(result.double(), expected, atol=1e-5), "consistency formula")
+    expect(torch.allclose(result.double(), expected, atol=1e-5), "consistency formula")
 
 
 add("consistency_loss", _consistency_build, check=_consistency_check,
@@ -391,7 +383,7 @@ def _cvae_loss_check(result, c):
     k = {n: t.double() for n, t in c.kwargs.items()}
     bce = -(k["x"] * k["recon"].log() + (1 - k["x"]) * (1 - k["recon"]).log()).sum()
     kld = -0.5 * (1 + k["log_var"] - k["mean"] ** 2 - k["log_var"].exp()).sum()
-    _check(torch.allclose(result.double(), (bce + kld) / k["x"].shape[0], rtol=1e-4), "BCE_sum + KLD per sample")
+    expect(torch.allclose(result.double(), (bce + kld) / k["x"].shape[0], rtol=1e-4), "BCE_sum + KLD per sample")
 
 
 add("cvae_loss", _cvae_loss_build, check=_cvae_loss_check, tensors=("recon", "x", "mean", "log_var"))
@@ -408,8 +400,8 @@ def _ncvae_build(d):
 def _ncvae_check(result, c):
     recon, mean, log_var = result
     n, f = c.kwargs["x"].shape
-    _check(recon.shape == (n, f) and mean.shape == log_var.shape == (n, c.kwargs["latent"]), "shapes")
-    _check(bool(((recon >= 0) & (recon <= 1)).all()), "a Bernoulli decoder's output in [0, 1]")
+    expect(recon.shape == (n, f) and mean.shape == log_var.shape == (n, c.kwargs["latent"]), "shapes")
+    expect(bool(((recon >= 0) & (recon <= 1)).all()), "a Bernoulli decoder's output in [0, 1]")
 
 
 add("NeighbourCVAE", _ncvae_build, check=_ncvae_check,
@@ -434,8 +426,8 @@ def _train_cvae_build(d):
 
 
 def _train_cvae_check(result, c):
-    _check(isinstance(result, A.NeighbourCVAE) and not result.training, "an eval-mode CVAE")
-    _check(all(not p.requires_grad for p in result.parameters()), "frozen parameters")
+    expect(isinstance(result, A.NeighbourCVAE) and not result.training, "an eval-mode CVAE")
+    expect(all(not p.requires_grad for p in result.parameters()), "frozen parameters")
 
 
 add("train_neighbour_cvae", _train_cvae_build, check=_train_cvae_check,
@@ -463,7 +455,7 @@ def _lagcn_build(d):
 
 
 add("LocalAugmentedGCN", _lagcn_build,
-    check=lambda r, c: _check(r.shape == (c.kwargs["nodes"].numel(), 2), f"{tuple(r.shape)}"),
+    check=lambda r, c: expect(r.shape == (c.kwargs["nodes"].numel(), 2), f"{tuple(r.shape)}"),
     scalars={"concat": "count", "gcn": "module", "cvae": "module"}, tensors=("nodes",),
     exempt={v: "integer node indices: NaN/inf/huge do not exist" for v in ("nan", "inf", "huge")})
 _ = nn

@@ -8,10 +8,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 import regimen.dropout as D
-from tests.reliability.fuzzlib import Call, Entry
+from tests.reliability.fuzzlib import Call, Entry, entry_adder, expect
 from tests.reliability.strategies import ModuleFn, images, same_shape_as, seeds, staged_resnet, tensor, tiny_cnn
 
 ENTRIES: list[Entry] = []
+add = entry_adder(ENTRIES, "dropout")
 WRAPPED_LAYER = {"extra_dim": "the wrapped user layer (an nn.Conv2d) receives x as given and raises its "
                                 "own error"}
 SKIPPED = {
@@ -20,15 +21,6 @@ SKIPPED = {
     "dropout.mc_dropout_mode": "a context manager over a model (no scalar or tensor input); mc_predict runs it "
                                "and is fuzzed",
 }
-
-
-def add(name, build, check=None, scalars=None, tensors=(), exempt=None):
-    ENTRIES.append(Entry(f"dropout.{name}", build, check, scalars or {}, tensors, exempt or {}))
-
-
-def _check(condition, message="check failed"):
-    if not condition:
-        raise AssertionError(message)
 
 
 def _features(d):
@@ -40,7 +32,7 @@ def _zero_or_scaled(result, c, scale_key="scale_by_keep"):
     x, p = c.kwargs["x"], c.kwargs["p"]
     factor = 1 / (1 - p) if c.kwargs.get(scale_key, True) and p < 1 else 1.0
     ok = (result == 0) | torch.isclose(result, x * factor, rtol=1e-5, atol=1e-6)
-    _check(bool(ok.all()), "a value that is neither dropped nor scaled")
+    expect(bool(ok.all()), "a value that is neither dropped nor scaled")
 
 
 def _fn(fn, extra=None, x=_features):
@@ -79,17 +71,17 @@ def _dropblock_mask_build(d):
 
 
 add("dropblock_mask", _dropblock_mask_build,
-    check=lambda r, c: _check(list(r.shape) == c.kwargs["shape"] and bool(((r == 0) | (r == 1)).all())),
+    check=lambda r, c: expect(list(r.shape) == c.kwargs["shape"] and bool(((r == 0) | (r == 1)).all())),
     scalars={"p": "prob", "block_size": "count", "gamma_scale": "positive", "batchwise": "bool", "shape": "str"})
 
 add("drop_path_rates", lambda d: Call(D.drop_path_rates, {"num_blocks": d(st.integers(1, 12)),
                                                           "max_rate": d(st.floats(0, 0.99))}),
-    check=lambda r, c: _check(all(abs(v - (i + 1) / c.kwargs["num_blocks"] * c.kwargs["max_rate"]) < 1e-12
+    check=lambda r, c: expect(all(abs(v - (i + 1) / c.kwargs["num_blocks"] * c.kwargs["max_rate"]) < 1e-12
                                   for i, v in enumerate(r)) and len(r) == c.kwargs["num_blocks"]),
     scalars={"num_blocks": "count", "max_rate": "prob_open"})
 
 add("gyro_group_index", lambda d: Call(D.gyro_group_index, {"n": d(st.integers(0, 40)), "tau": d(st.integers(1, 16))}),
-    check=lambda r, c: _check(r.tolist() == [i * c.kwargs["tau"] // max(c.kwargs["n"], 1)
+    check=lambda r, c: expect(r.tolist() == [i * c.kwargs["tau"] // max(c.kwargs["n"], 1)
                                              for i in range(c.kwargs["n"])]),
     scalars={"n": "count0", "tau": "count"})
 
@@ -100,7 +92,7 @@ def _nested_index_build(d):
 
 
 add("nested_dropout_index", _nested_index_build,
-    check=lambda r, c: _check(r.shape == (c.kwargs["batch"],) and bool((r >= 1).all())),
+    check=lambda r, c: expect(r.shape == (c.kwargs["batch"],) and bool((r >= 1).all())),
     scalars={"batch": "count0", "p": "prob_open"})
 
 
@@ -113,11 +105,11 @@ def _concrete_build(d):
 def _concrete_check(result, c):
     p, u, t, eps = c.kwargs["p"], c.kwargs["noise"], c.kwargs["temperature"], 1e-7
     z = torch.sigmoid((torch.log(p + eps) - torch.log(1 - p + eps) + torch.log(u + eps) - torch.log(1 - u + eps)) / t)
-    _check(torch.allclose(result, (1 - z) / (1 - p), rtol=1e-4, atol=1e-5), "concrete mask formula")
+    expect(torch.allclose(result, (1 - z) / (1 - p), rtol=1e-4, atol=1e-5), "concrete mask formula")
 
 
 add("concrete_dropout_mask", _concrete_build, check=_concrete_check,
-    scalars={"temperature": "positive", "eps": "positive"}, tensors=("p", "noise"))
+    scalars={"temperature": "positive", "eps": "nonneg"}, tensors=("p", "noise"))  # eps = 0: no smoothing, legal
 
 
 def _msd_build(d):
@@ -129,10 +121,10 @@ def _msd_build(d):
 
 def _msd_check(result, c):
     n = c.kwargs["features"].shape[0]
-    _check(result.shape == (c.kwargs["num_samples"], n, 3), f"{result.shape}")
+    expect(result.shape == (c.kwargs["num_samples"], n, 3), f"{result.shape}")
     if c.kwargs["p"] == 0:
         expected = F.linear(c.kwargs["features"], c.kwargs["weight"], c.kwargs["bias"])
-        _check(torch.allclose(result, expected.expand_as(result), atol=1e-5))
+        expect(torch.allclose(result, expected.expand_as(result), atol=1e-5))
 
 
 add("multi_sample_dropout", _msd_build, check=_msd_check,
@@ -140,11 +132,11 @@ add("multi_sample_dropout", _msd_build, check=_msd_check,
 add("multi_sample_dropout_masks", lambda d: Call(D.multi_sample_dropout_masks, {
     "num_samples": d(st.integers(1, 4)), "shape": [d(st.integers(0, 4)), d(st.integers(1, 4))],
     "p": d(st.floats(0, 0.9))}, d(seeds), "generator"),
-    check=lambda r, c: _check(list(r.shape) == [c.kwargs["num_samples"], *c.kwargs["shape"]]),
+    check=lambda r, c: expect(list(r.shape) == [c.kwargs["num_samples"], *c.kwargs["shape"]]),
     scalars={"num_samples": "count", "p": "prob_open", "shape": "str"})
 
 add("time_step_mask_shape", lambda d: Call(D.time_step_mask_shape, {"x": _features(d), "dim": d(st.integers(1, 2))}),
-    check=lambda r, c: _check(r[0] == c.kwargs["x"].shape[0] and r[c.kwargs["dim"]] == c.kwargs["x"].shape[
+    check=lambda r, c: expect(r[0] == c.kwargs["x"].shape[0] and r[c.kwargs["dim"]] == c.kwargs["x"].shape[
         c.kwargs["dim"]]),
     scalars={"dim": "int"}, tensors=("x",),
     exempt={v: "only the shape of x is read" for v in ("nan", "inf", "huge", "meta", "int64", "bool", "float64")})
@@ -188,7 +180,7 @@ def _msd_module_build(d):
 
 
 add("MultiSampleDropout", _msd_module_build,
-    check=lambda r, c: _check(r.shape == (c.kwargs["num_samples"], c.kwargs["x"].shape[0], 3)),
+    check=lambda r, c: expect(r.shape == (c.kwargs["num_samples"], c.kwargs["x"].shape[0], 3)),
     scalars={"num_samples": "count", "p": "prob_open", "head": "str"}, tensors=("x",))
 ENTRIES[-1].aliases = ("features", "like")
 
@@ -224,12 +216,12 @@ add("apply_gyro_dropout", _surgery(D.apply_gyro_dropout, model=tiny_cnn),
     scalars={"sigma": "count", "tau": "count", "interval": "count", "p": "prob_open", "model": "str"})
 add("apply_multi_sample_dropout", _surgery(D.apply_multi_sample_dropout, num_samples=lambda d: d(st.integers(1, 4))),
     scalars={"num_samples": "count", "p": "prob_open", "module": "str", "model": "str"})
-add("default_dropblock_targets", _surgery(D.default_dropblock_targets), check=lambda r, c: _check(isinstance(r, list)),
+add("default_dropblock_targets", _surgery(D.default_dropblock_targets), check=lambda r, c: expect(isinstance(r, list)),
     scalars={"model": "str"})
-add("default_head", _surgery(D.default_head), check=lambda r, c: _check(isinstance(r, str)), scalars={"model": "str"})
+add("default_head", _surgery(D.default_head), check=lambda r, c: expect(isinstance(r, str)), scalars={"model": "str"})
 add("is_mc_dropout_layer", lambda d: Call(D.is_mc_dropout_layer, {"module": d(st.sampled_from(
     [nn.Dropout(0.1), nn.Linear(2, 2), D.DropPath(0.1), nn.Dropout2d(0.2)]))}),
-    check=lambda r, c: _check(isinstance(r, bool)))
+    check=lambda r, c: expect(isinstance(r, bool)))
 
 
 def _mc_build(d):
@@ -241,7 +233,7 @@ def _mc_build(d):
 
 def _mc_check(result, c):
     mean, var = result
-    _check(mean.shape == (c.kwargs["x"].shape[0], 3) and var.shape == mean.shape and bool((var >= 0).all()))
+    expect(mean.shape == (c.kwargs["x"].shape[0], 3) and var.shape == mean.shape and bool((var >= 0).all()))
 
 
 add("mc_predict", _mc_build, check=_mc_check, scalars={"samples": "count", "chunk_size": "count", "model": "str"},
@@ -289,7 +281,7 @@ add("nested_prefix_logits", _npl_build, check=_npl_check, tensors=("features", "
 
 
 def _half_gaussian_check(result, c):
-    _check(1 <= result <= c.kwargs["units"], f"k={result} outside 1..{c.kwargs['units']}")
+    expect(1 <= result <= c.kwargs["units"], f"k={result} outside 1..{c.kwargs['units']}")
 
 
 add("half_gaussian_nested_index", lambda d: Call(D.half_gaussian_nested_index, {
@@ -309,8 +301,8 @@ def _nested_linear_check(result, c):
     layer = D.NestedLinear(6, 3, sigma=c.kwargs["sigma"])
     k = D.half_gaussian_nested_index(6, c.kwargs["sigma"], generator=torch.Generator().manual_seed(c.seed))
     expected = x[:, :k] @ layer.weight[:, :k].T + layer.bias
-    _check(result.shape == (x.shape[0], 3), "shape")
-    _check(torch.allclose(result, expected, atol=1e-5), "not the Linear on a k-unit prefix")
+    expect(result.shape == (x.shape[0], 3), "shape")
+    expect(torch.allclose(result, expected, atol=1e-5), "not the Linear on a k-unit prefix")
 
 
 add("NestedLinear", _nested_linear_build, check=_nested_linear_check,
@@ -319,7 +311,7 @@ add("NestedLinear", _nested_linear_build, check=_nested_linear_check,
 
 
 def _find_check(result, c):
-    _check(result == "head.fc", f"{result}")
+    expect(result == "head.fc", f"{result}")
 
 
 add("find_classifier_linear", lambda d: Call(D.find_classifier_linear, {"model": _head_model(d(seeds)),
@@ -329,9 +321,9 @@ add("find_classifier_linear", lambda d: Call(D.find_classifier_linear, {"model":
 
 def _apply_nested_check(result, c):
     model = c.kwargs["model"]
-    _check(isinstance(result, D.NestedLinear) and model.head.fc is result, "the classifier Linear replaced")
+    expect(isinstance(result, D.NestedLinear) and model.head.fc is result, "the classifier Linear replaced")
     model.eval()
-    _check(model(torch.rand(2, 3, 4, 4)).shape == (2, 4), "model output")
+    expect(model(torch.rand(2, 3, 4, 4)).shape == (2, 4), "model output")
 
 
 add("apply_nested_dropout_head", lambda d: Call(D.apply_nested_dropout_head, {
@@ -351,7 +343,7 @@ def _select_k_build(d):
 def _select_k_check(result, c):
     k, accuracy = result
     model, data = c.kwargs["model"], c.kwargs["dataset"]
-    _check(1 <= k <= 6 and 0 <= accuracy <= 1, f"{result}")
+    expect(1 <= k <= 6 and 0 <= accuracy <= 1, f"{result}")
     layer = model.head.fc
     model.eval()
     accuracies = []
@@ -359,7 +351,7 @@ def _select_k_check(result, c):
         layer.eval_k = j
         accuracies.append(float((model(data.inputs).argmax(1) == data.targets).double().mean()))
     layer.eval_k = k
-    _check(abs(accuracy - max(accuracies)) < 1e-9 and accuracies.index(max(accuracies)) + 1 == k,
+    expect(abs(accuracy - max(accuracies)) < 1e-9 and accuracies.index(max(accuracies)) + 1 == k,
            f"{result} vs {accuracies}")
 
 
@@ -376,8 +368,8 @@ def _mc_build(d):
 
 
 def _mc_check(result, c):
-    _check(result.shape == (c.kwargs["x"].shape[0], 3), "(N, C) log-probabilities")
-    _check(torch.allclose(result.exp().sum(1), torch.ones(result.shape[0]), atol=1e-5), "not log of a mean softmax")
+    expect(result.shape == (c.kwargs["x"].shape[0], 3), "(N, C) log-probabilities")
+    expect(torch.allclose(result.exp().sum(1), torch.ones(result.shape[0]), atol=1e-5), "not log of a mean softmax")
 
 
 add("MCDropoutClassifier", _mc_build, check=_mc_check,
@@ -393,7 +385,7 @@ def _rnn(seed=0):
 
 
 def _slots_check(result, c):
-    _check(isinstance(result, list) and len(result) >= 1 and all(isinstance(n, str) for n in result), f"{result}")
+    expect(isinstance(result, list) and len(result) >= 1 and all(isinstance(n, str) for n in result), f"{result}")
 
 
 add("time_dropout_slots", lambda d: Call(D.time_dropout_slots, {"model": _rnn(d(seeds))}), check=_slots_check,
@@ -416,7 +408,7 @@ def _apply_td_build(apply, **extra):
 def _apply_td_check(result, c):
     names, out = result
     slots = D.time_dropout_slots(_rnn())
-    _check(names == [f"{s}.time_dropout" for s in slots] and out.shape == (2, 2), f"{names} {tuple(out.shape)}")
+    expect(names == [f"{s}.time_dropout" for s in slots] and out.shape == (2, 2), f"{names} {tuple(out.shape)}")
 
 
 def _td_target(apply):

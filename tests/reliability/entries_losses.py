@@ -8,24 +8,16 @@ from hypothesis import strategies as st
 from torch import nn
 
 import regimen.losses as L
-from tests.reliability.fuzzlib import Call, Entry
+from tests.reliability.fuzzlib import Call, Entry, entry_adder, expect
 from tests.reliability.strategies import ModuleFn, labels, seeds, tensor
 
 ENTRIES: list[Entry] = []
+add = entry_adder(ENTRIES, "losses")
 SKIPPED: dict[str, str] = {}
 
 
-def add(name, build, check=None, scalars=None, tensors=(), exempt=None, aliases=()):
-    ENTRIES.append(Entry(f"losses.{name}", build, check, scalars or {}, tensors, exempt or {}, aliases))
-
-
-def _check(condition, message="check failed"):
-    if not condition:
-        raise AssertionError(message)
-
-
 def _close(result, expected, message, atol=1e-5, rtol=1e-4):
-    _check(torch.allclose(result.double(), expected.double(), atol=atol, rtol=rtol),
+    expect(torch.allclose(result.double(), expected.double(), atol=atol, rtol=rtol),
            f"{message}: {result} != {expected}")
 
 
@@ -104,7 +96,7 @@ def _check_single_build(d):
     return Call(L.check_single_sample_logits, {"logits": z, "target": y})
 
 
-add("check_single_sample_logits", _check_single_build, check=lambda r, c: _check(r is None),
+add("check_single_sample_logits", _check_single_build, check=lambda r, c: expect(r is None),
     tensors=("logits", "target"),
     exempt={v: "only the shapes are read" for v in ("nan", "inf", "huge", "meta", "int64", "bool", "float64",
                                                    "empty")})
@@ -200,7 +192,7 @@ def _indices(d, t, e, k=1):
 add("expert_counts", lambda d: Call(L.expert_counts, {"expert_indices": _indices(d, d(st.integers(0, 20)), 4,
                                                                                    d(st.integers(1, 2))),
                                                       "num_experts": 4}),
-    check=lambda r, c: _check(r.tolist() == torch.bincount(c.kwargs["expert_indices"].flatten(), minlength=4)
+    check=lambda r, c: expect(r.tolist() == torch.bincount(c.kwargs["expert_indices"].flatten(), minlength=4)
                               .tolist()),
     scalars={"num_experts": "count"}, tensors=("expert_indices",),
     exempt={"nan": "integer indices", "inf": "integer indices", "huge": "integer indices"})
@@ -244,7 +236,7 @@ def _ms_build(d):
                                           "labels": labels(d, n, d(st.integers(1, 3)))})
 
 
-add("multi_similarity_loss", _ms_build, check=lambda r, c: _check(r.dim() == 0 and r >= 0),
+add("multi_similarity_loss", _ms_build, check=lambda r, c: expect(r.dim() == 0 and r >= 0),
     scalars={"alpha": "positive", "beta": "positive", "base": "finite", "margin": "nonneg", "normalize": "bool"},
     tensors=("embeddings", "labels"))
 add("MultiSimilarityLoss", lambda d: Call(ModuleFn(L.MultiSimilarityLoss, ("embeddings", "labels")),
@@ -257,7 +249,7 @@ def _pk_check(result, c):
     p, k = c.kwargs["p"], c.kwargs["k"]
     y = c.kwargs["labels"].tolist()
     for batch in list(result):
-        _check(len(batch) == p * k and len({y[i] for i in batch}) == p, "a P x K batch with P distinct classes")
+        expect(len(batch) == p * k and len({y[i] for i in batch}) == p, "a P x K batch with P distinct classes")
 
 
 def _pk_batches(**kwargs):
@@ -275,7 +267,7 @@ add("PKSampler", lambda d: Call(_pk_batches, {"labels": torch.arange(12) % 4, "p
 # ------------------------------------------------------------------------------------------------- S3IM
 add("gaussian_window", lambda d: Call(L.gaussian_window, {"kernel": d(st.integers(1, 9)),
                                                           "sigma": d(st.floats(0.1, 5))}),
-    check=lambda r, c: _check(r.shape == (c.kwargs["kernel"],) * 2 and abs(r.sum().item() - 1) < 1e-9),
+    check=lambda r, c: expect(r.shape == (c.kwargs["kernel"],) * 2 and abs(r.sum().item() - 1) < 1e-9),
     scalars={"kernel": "count", "sigma": "positive"})
 
 
@@ -289,7 +281,7 @@ add("ssim", _ssim_build, aliases=("images",),
     scalars={"kernel": "count", "stride": "count", "sigma": "positive"}, tensors=("img1", "img2"))
 add("s3im_indices", lambda d: Call(L.s3im_indices, {"n": d(st.integers(1, 20)), "repeats": d(st.integers(1, 4))},
                                    d(seeds), "generator"),
-    check=lambda r, c: _check(r.numel() == c.kwargs["n"] * c.kwargs["repeats"]),
+    check=lambda r, c: expect(r.numel() == c.kwargs["n"] * c.kwargs["repeats"]),
     scalars={"n": "count", "repeats": "count"})
 
 
@@ -352,8 +344,8 @@ def _pairs_check(result, c):
     t = k["t"].unsqueeze(1)
     xt = (1 - t) * k["x0"] + t * k["x1"] + (k["sigma"] * k["noise"] if k["sigma"] > 0 else 0)
     inputs, target = result
-    _check(torch.allclose(inputs, torch.cat([xt, t], 1), atol=1e-6), "x_t = (1 - t) x0 + t x1 + sigma eps")
-    _check(torch.equal(target, torch.cat([k["x0"], k["x1"], t], 1)), "target [x0, x1, t]")
+    expect(torch.allclose(inputs, torch.cat([xt, t], 1), atol=1e-6), "x_t = (1 - t) x0 + t x1 + sigma eps")
+    expect(torch.equal(target, torch.cat([k["x0"], k["x1"], t], 1)), "target [x0, x1, t]")
 
 
 add("cfm_pairs", _pairs_build, check=_pairs_check, scalars={"sigma": "nonneg"}, tensors=("x0", "x1", "t"))
@@ -368,8 +360,8 @@ def _target(d):
 def _split_check(result, c):
     target = c.kwargs["target"]
     dim = (target.shape[1] - 1) // 2
-    _check(torch.equal(torch.cat([result[0], result[1], result[2].unsqueeze(1)], 1), target), "not a split")
-    _check(result[0].shape == (target.shape[0], dim), "x0 shape")
+    expect(torch.equal(torch.cat([result[0], result[1], result[2].unsqueeze(1)], 1), target), "not a split")
+    expect(result[0].shape == (target.shape[0], dim), "x0 shape")
 
 
 add("split_cfm_target", lambda d: Call(L.split_cfm_target, {"target": _target(d)}), check=_split_check,
@@ -389,7 +381,7 @@ def _cfm_loss_check(result, c):
     x0, x1 = k["target"][:, :dim], k["target"][:, dim:2 * dim]
     per = ((k["output"] - (x1 - x0)) ** 2).mean(1)
     expected = {"mean": per.mean(), "sum": per.sum(), "none": per}[k["reduction"]]
-    _check(torch.allclose(result, expected, atol=1e-5), "CFM loss formula")
+    expect(torch.allclose(result, expected, atol=1e-5), "CFM loss formula")
 
 
 add("cfm_loss", _cfm_loss_build, check=_cfm_loss_check, scalars={"reduction": "str"}, tensors=("output", "target"))
@@ -413,7 +405,7 @@ def _flow_check(result, c):
     k = c.kwargs
     h, a = 1.0 / k["steps"], k["_a"]
     factor = (1 + a * h) if k["solver"] == "euler" else (1 + a * h + (a * h) ** 2 / 2)  # the solvers on dx/dt = a x
-    _check(torch.allclose(result, k["x0"] * factor ** k["steps"], atol=1e-5), "not the solver's closed form")
+    expect(torch.allclose(result, k["x0"] * factor ** k["steps"], atol=1e-5), "not the solver's closed form")
 
 
 add("integrate_flow", lambda d: Call(_flow_run, _flow_build(d).kwargs), check=_flow_check,
@@ -429,7 +421,7 @@ def _noise_build(d):
 def _noise_check(result, c):
     k = c.kwargs
     expected = torch.cat([k["inputs"][:, :-1] + k["sigma"] * k["noise"], k["inputs"][:, -1:]], 1)
-    _check(torch.allclose(result, expected, atol=1e-6), "[x_t + sigma eps, t]")
+    expect(torch.allclose(result, expected, atol=1e-6), "[x_t + sigma eps, t]")
 
 
 add("add_path_noise", _noise_build, check=_noise_check, scalars={"sigma": "nonneg"}, tensors=("inputs", "noise"))
@@ -444,7 +436,7 @@ def _pair_cost_build(d):
 def _pair_cost_check(result, c):
     k = c.kwargs
     sq = ((k["x1"] - k["x0"]) ** 2).sum(1)
-    _check(torch.allclose(result, sq if k["cost"] == "sqeuclidean" else sq.sqrt(), atol=1e-6), "pair cost")
+    expect(torch.allclose(result, sq if k["cost"] == "sqeuclidean" else sq.sqrt(), atol=1e-6), "pair cost")
 
 
 add("pair_cost", _pair_cost_build, check=_pair_cost_check, scalars={"cost": "str"}, tensors=("x0", "x1"))
@@ -454,8 +446,8 @@ def _gibbs_check(result, c):
     cost, eps = c.kwargs["cost"].double(), c.kwargs["epsilon"]
     w = torch.exp(-cost / eps)
     if bool(w.sum() > 0):
-        _check(torch.allclose(result.double(), w / w.sum() * cost.numel(), rtol=1e-5, atol=1e-6), "N softmax(-c/eps)")
-    _check(abs(float(result.double().mean()) - 1) < 1e-5, "mean 1")
+        expect(torch.allclose(result.double(), w / w.sum() * cost.numel(), rtol=1e-5, atol=1e-6), "N softmax(-c/eps)")
+    expect(abs(float(result.double().mean()) - 1) < 1e-5, "mean 1")
 
 
 add("gibbs_weights", lambda d: Call(L.gibbs_weights, {"cost": tensor(d, (d(st.integers(1, 6)),), 0, 5),
@@ -467,12 +459,12 @@ def _ot_check(result, c):
     import itertools
     x0, x1 = c.kwargs["x0"].double(), c.kwargs["x1"].double()
     n = x0.shape[0]
-    _check(sorted(result.tolist()) == list(range(n)), "not a permutation")
+    expect(sorted(result.tolist()) == list(range(n)), "not a permutation")
 
     def total(p):
         return float(((x0[list(p)] - x1) ** 2).sum())
     best = min(total(p) for p in itertools.permutations(range(n)))  # brute force over every pairing
-    _check(abs(total(result.tolist()) - best) < 1e-9, f"not the least-cost pairing: {total(result.tolist())} > {best}")
+    expect(abs(total(result.tolist()) - best) < 1e-9, f"not the least-cost pairing: {total(result.tolist())} > {best}")
 
 
 add("ot_pairing", lambda d: Call(L.ot_pairing, {"x0": (x0 := _points(d)), "x1": tensor(d, tuple(x0.shape))}),
@@ -493,7 +485,7 @@ def _comp_sum_check(result, c):
     tau = k["tau"]
     per = -p.log() if tau == 1.0 else (1 - p ** (tau - 1)) / (tau - 1)
     expected = {"mean": per.mean(), "sum": per.sum(), "none": per}[k["reduction"]]
-    _check(torch.allclose(result.double(), expected, rtol=1e-4, atol=1e-5), "(1 - p_y^(tau-1)) / (tau - 1)")
+    expect(torch.allclose(result.double(), expected, rtol=1e-4, atol=1e-5), "(1 - p_y^(tau-1)) / (tau - 1)")
 
 
 add("comp_sum_loss", _comp_sum_build, check=_comp_sum_check,
@@ -514,7 +506,7 @@ add("CompSumLoss", _comp_sum_module_build, check=_comp_sum_check,
 def _phi_check(result, c):
     u, tau = c.kwargs["u"].double(), c.kwargs["tau"]
     expected = torch.log1p(u) if tau == 1.0 else ((1 + u) ** (1 - tau) - 1) / (1 - tau)
-    _check(torch.allclose(result.double(), expected, rtol=1e-4, atol=1e-6), "Phi^tau(u)")
+    expect(torch.allclose(result.double(), expected, rtol=1e-4, atol=1e-6), "Phi^tau(u)")
 
 
 add("comp_sum_phi", lambda d: Call(L.comp_sum_phi, {"u": tensor(d, (d(st.integers(0, 6)),), 0, 5),
@@ -540,7 +532,7 @@ def _agg_check(result, c):
         per.append((float(k["bag_targets"][a]) - float(f.mean())) ** 2 + k["rho"] * float(((f - f.mean()) ** 2).mean()))
     per = torch.tensor(per, dtype=torch.float64)
     expected = {"mean": per.mean(), "sum": per.sum(), "none": per}[k["reduction"]]
-    _check(torch.allclose(result.double(), expected, rtol=1e-4, atol=1e-5), "L_rho per bag")
+    expect(torch.allclose(result.double(), expected, rtol=1e-4, atol=1e-5), "L_rho per bag")
 
 
 add("aggregate_loss", _agg_build, check=_agg_check, scalars={"rho": "nonneg", "reduction": "str"},
@@ -577,7 +569,7 @@ def _conr_check(result, c):
         per.append(-sum(s[j] - math.log(positive + negative) for j in pos) / len(pos))
     per = torch.tensor(per, dtype=torch.float64)
     expected = {"mean": per.mean(), "sum": per.sum(), "none": per}[k["reduction"]]
-    _check(torch.allclose(result.double(), expected, rtol=1e-4, atol=1e-5), f"{result} != {expected}")
+    expect(torch.allclose(result.double(), expected, rtol=1e-4, atol=1e-5), f"{result} != {expected}")
 
 
 def _conr_run(push=0.01, **kw):
@@ -593,10 +585,10 @@ add("conr_loss", lambda d: Call(_conr_run, {**_conr_build(d).kwargs, "push": 0.0
 def _lds_check(result, c):
     weights, low = result
     t = c.kwargs["train_targets"].double()
-    _check(low == float(t.min()), "lowest target")
+    expect(low == float(t.min()), "lowest target")
     index = ((t - low) / c.kwargs["bin_width"]).floor().long()
-    _check(abs(float(weights[index].double().mean()) - 1) < 1e-5, "training samples' mean weight 1")
-    _check(bool((weights > 0).all()), "positive weights")
+    expect(abs(float(weights[index].double().mean()) - 1) < 1e-5, "training samples' mean weight 1")
+    expect(bool((weights > 0).all()), "positive weights")
 
 
 add("lds_weights", lambda d: Call(L.lds_weights, {"train_targets": tensor(d, (d(st.integers(1, 20)),), 0, 5),
@@ -617,7 +609,7 @@ def _bt2e_build(d):
     n, dim, d_old = d(st.integers(1, 4)), d(st.integers(2, 5)), d(st.integers(1, 4))
     return Call(L.bt2_embedding, {"feature": F.normalize(tensor(d, (n, dim)), dim=1),
                                   "old_space": tensor(d, (n, d_old)), "p": _orth(d, dim), "o2": _orth(d, d_old),
-                                  "extra_dims": d(st.integers(1, d_old)),
+                                  "extra_dims": d(st.integers(max(1, d_old - dim), d_old)),  # D + a >= d_old
                                   "scale": d(st.floats(0.5, 5))})
 
 
@@ -626,8 +618,8 @@ def _bt2e_check(result, c):
     a, d_old = k["extra_dims"], k["old_space"].shape[1]
     z = torch.cat([F.normalize(k["old_space"][:, :a], dim=1), (k["scale"] * k["feature"]) @ k["p"].T], 1)
     compatible = z[:, :d_old] @ k["o2"].T
-    _check(torch.allclose(result[1], compatible, atol=1e-5), "compatible part")
-    _check(torch.allclose(result[0], torch.cat([compatible, z[:, d_old:]], 1), atol=1e-5), "embedding")
+    expect(torch.allclose(result[1], compatible, atol=1e-5), "compatible part")
+    expect(torch.allclose(result[0], torch.cat([compatible, z[:, d_old:]], 1), atol=1e-5), "embedding")
 
 
 add("bt2_embedding", _bt2e_build, check=_bt2e_check, scalars={"extra_dims": "count", "scale": "finite"},
@@ -649,7 +641,7 @@ def _bt2r_check(result, c):
         1 - F.cosine_similarity(k["compatible"], k["old"], dim=1))
     if k["new"] is not None:
         expected = expected + (1 - F.cosine_similarity(k["feature"], k["new"], dim=1))
-    _check(torch.allclose(result, expected, atol=1e-4), "BT2 regulariser terms")
+    expect(torch.allclose(result, expected, atol=1e-4), "BT2 regulariser terms")
 
 
 add("bt2_regularizer", _bt2r_build, check=_bt2r_check,
@@ -666,9 +658,9 @@ def _class_means_check(result, c):
     means, lookup = result
     e, y = F.normalize(c.kwargs["embeddings"].double(), dim=1), c.kwargs["labels"]
     present = sorted(set(y.tolist()))
-    _check(lookup.tolist() == [present.index(i) if i in present else -1 for i in range(max(present) + 1)], "lookup")
+    expect(lookup.tolist() == [present.index(i) if i in present else -1 for i in range(max(present) + 1)], "lookup")
     for row, cls in enumerate(present):  # the loop reference
-        _check(torch.allclose(means[row].double(), e[y == cls].mean(0), atol=1e-6), f"class {cls} mean")
+        expect(torch.allclose(means[row].double(), e[y == cls].mean(0), atol=1e-6), f"class {cls} mean")
 
 
 add("class_means", _class_means_build, check=_class_means_check, tensors=("embeddings", "labels"))
@@ -697,9 +689,9 @@ def _bt2_model_check(result, c):
     k = c.kwargs
     n, width = k["x"].shape[0], k["feature_dim"] + k["extra_dims"]
     embedding = result.embedding if k["train"] else result
-    _check(embedding.shape == (n, width), f"embedding {tuple(embedding.shape)} != {(n, width)}")
+    expect(embedding.shape == (n, width), f"embedding {tuple(embedding.shape)} != {(n, width)}")
     if k["train"]:
-        _check(isinstance(result, L.BT2Output) and result.compatible.shape == (n, k["old_dim"]), "BT2Output")
+        expect(isinstance(result, L.BT2Output) and result.compatible.shape == (n, k["old_dim"]), "BT2Output")
 
 
 add("BT2Model", _bt2_model_build, check=_bt2_model_check,

@@ -8,25 +8,16 @@ from hypothesis import strategies as st
 from torch import nn
 
 import regimen.subnet as S
-from tests.reliability.fuzzlib import Call, Entry
-from tests.reliability.strategies import ModuleFn, images, seeds, tensor
+from tests.reliability.fuzzlib import Call, Entry, entry_adder, expect
+from tests.reliability.strategies import ModuleFn, images, mlp, seeds, tensor
 
 ENTRIES: list[Entry] = []
+add = entry_adder(ENTRIES, "subnet")
 SKIPPED: dict[str, str] = {}
 
 
-def add(name, build, check=None, scalars=None, tensors=(), exempt=None):
-    ENTRIES.append(Entry(f"subnet.{name}", build, check, scalars or {}, tensors, exempt or {}))
-
-
-def _check(condition, message="check failed"):
-    if not condition:
-        raise AssertionError(message)
-
-
 def _mlp(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 5))
+    return mlp(seed, (6, 8, 8, 5))
 
 
 def _lora_model(d):
@@ -39,11 +30,11 @@ def _lora_model(d):
 add("LoRALinear", lambda d: Call(ModuleFn(S.LoRALinear, ("x",)), {
     "base": nn.Linear(6, 5), "rank": d(st.integers(1, 4)), "dropout": d(st.floats(0.0, 0.9)),
     "scale": d(st.booleans()), "x": tensor(d, (d(st.integers(1, 4)), 6))}),
-    check=lambda r, c: _check(r.shape == (c.kwargs["x"].shape[0], 5)),
+    check=lambda r, c: expect(r.shape == (c.kwargs["x"].shape[0], 5)),
     scalars={"rank": "count", "dropout": "prob_open", "scale": "bool", "alpha": "positive"}, tensors=("x",))
 add("LoRAConv2d", lambda d: Call(ModuleFn(S.LoRAConv2d, ("x",)), {
     "base": nn.Conv2d(3, 4, 3, padding=1), "rank": d(st.integers(1, 3)), "x": images(d, c=(3, 3), hw=(2, 8))}),
-    check=lambda r, c: _check(r.shape[:2] == (c.kwargs["x"].shape[0], 4)),
+    check=lambda r, c: expect(r.shape[:2] == (c.kwargs["x"].shape[0], 4)),
     scalars={"rank": "count", "dropout": "prob_open", "scale": "bool", "alpha": "positive"}, tensors=("x",))
 
 
@@ -59,22 +50,22 @@ def _delta_build(d):
 def _delta_check(result, c):
     a, b, scaling = c.kwargs["lora_a"], c.kwargs["lora_b"], c.kwargs["scaling"]
     expected = (b.flatten(1) @ a.flatten(1)).reshape(b.shape[0], *a.shape[1:]) * scaling
-    _check(torch.allclose(result, expected, atol=1e-5))
+    expect(torch.allclose(result, expected, atol=1e-5))
 
 
 add("lora_delta", _delta_build, check=_delta_check, scalars={"scaling": "finite"}, tensors=("lora_a", "lora_b"))
 add("apply_lora", lambda d: Call(S.apply_lora, {"model": _mlp(d(seeds)), "rank": d(st.integers(1, 4)),
                                                 "dropout": d(st.floats(0.0, 0.9))}),
-    check=lambda r, c: _check(len(r) == 3),
+    check=lambda r, c: expect(len(r) == 3),
     scalars={"rank": "count", "dropout": "prob_open", "alpha": "positive", "scale": "bool", "layers": "str",
              "model": "str"})
-add("lora_layers", lambda d: Call(S.lora_layers, {"model": _lora_model(d)}), check=lambda r, c: _check(len(r) == 3),
+add("lora_layers", lambda d: Call(S.lora_layers, {"model": _lora_model(d)}), check=lambda r, c: expect(len(r) == 3),
     scalars={"model": "str"})
 add("lora_parameters", lambda d: Call(S.lora_parameters, {"model": _lora_model(d)}),
-    check=lambda r, c: _check(len(r) == 6), scalars={"model": "str"})
-add("merge_lora", lambda d: Call(S.merge_lora, {"model": _lora_model(d)}), check=lambda r, c: _check(r == 3),
+    check=lambda r, c: expect(len(r) == 6), scalars={"model": "str"})
+add("merge_lora", lambda d: Call(S.merge_lora, {"model": _lora_model(d)}), check=lambda r, c: expect(r == 3),
     scalars={"model": "str"})
-add("unmerge_lora", lambda d: Call(S.unmerge_lora, {"model": _lora_model(d)}), check=lambda r, c: _check(r == 0),
+add("unmerge_lora", lambda d: Call(S.unmerge_lora, {"model": _lora_model(d)}), check=lambda r, c: expect(r == 0),
     scalars={"model": "str"})
 
 
@@ -82,7 +73,7 @@ def _row_scale_check(result, c):
     p, eta = c.kwargs["param"], c.kwargs["eta"]
     for i in range(p.shape[0]):
         expected = 1.0 / (float(p[i].double().pow(2).sum()) + 1.0 / eta ** 2) ** 0.5
-        _check(abs(float(result.flatten()[i]) - expected) <= 1e-4 * expected)
+        expect(abs(float(result.flatten()[i]) - expected) <= 1e-4 * expected)
 
 
 add("allora_row_scale", lambda d: Call(S.allora_row_scale, {
@@ -103,7 +94,7 @@ add("allora_scale_", _scale_build, scalars={"eta": "positive"})
 add("LOSTLinear", lambda d: Call(ModuleFn(S.LOSTLinear, ("x",)), {
     "in_features": 8, "out_features": 6, "rank": d(st.integers(1, 5)), "channels": d(st.integers(0, 8)),
     "gamma": d(st.floats(0.0, 1.0)), "x": tensor(d, (d(st.integers(1, 4)), 8))}),
-    check=lambda r, c: _check(r.shape == (c.kwargs["x"].shape[0], 6)),
+    check=lambda r, c: expect(r.shape == (c.kwargs["x"].shape[0], 6)),
     scalars={"in_features": "count", "out_features": "count", "rank": "count", "channels": "count0",
              "gamma": "prob", "activation": "str", "bias": "bool"}, tensors=("x",))
 
@@ -117,8 +108,8 @@ def _decompose_build(d):
 def _decompose_check(result, c):
     b, a, s, index = result
     weight = c.kwargs["weight"]
-    _check(b.shape[1] == a.shape[0] == c.kwargs["rank"] and s.shape == (weight.shape[0], c.kwargs["channels"]))
-    _check(torch.allclose(s, (weight.double() - b.double() @ a.double())[:, index].to(s.dtype), atol=1e-4))
+    expect(b.shape[1] == a.shape[0] == c.kwargs["rank"] and s.shape == (weight.shape[0], c.kwargs["channels"]))
+    expect(torch.allclose(s, (weight.double() - b.double() @ a.double())[:, index].to(s.dtype), atol=1e-4))
 
 
 add("lost_decompose", _decompose_build, check=_decompose_check,
@@ -136,7 +127,7 @@ def _lost_linear_check(result, c):
     k = c.kwargs
     dense = k["gamma"] * k["lora_b"] @ k["lora_a"]
     dense = dense.index_add(1, k["index"], (1 - k["gamma"]) * k["sparse"])
-    _check(torch.allclose(result, k["x"] @ dense.T, atol=1e-4))
+    expect(torch.allclose(result, k["x"] @ dense.T, atol=1e-4))
 
 
 add("lost_linear", _lost_linear_build, check=_lost_linear_check, scalars={"gamma": "prob", "activation": "str"},
@@ -144,17 +135,17 @@ add("lost_linear", _lost_linear_build, check=_lost_linear_check, scalars={"gamma
 add("lost_parameter_count", lambda d: Call(S.lost_parameter_count, {
     "in_features": d(st.integers(1, 50)), "out_features": d(st.integers(1, 50)), "rank": d(st.integers(1, 10)),
     "channels": d(st.integers(0, 10))}),
-    check=lambda r, c: _check(r == c.kwargs["rank"] * (c.kwargs["in_features"] + c.kwargs["out_features"])
+    check=lambda r, c: expect(r == c.kwargs["rank"] * (c.kwargs["in_features"] + c.kwargs["out_features"])
                               + (c.kwargs["channels"] + 1) * c.kwargs["out_features"]),
     scalars={"in_features": "count", "out_features": "count", "rank": "count", "channels": "count0", "bias": "bool"})
 add("select_channels", lambda d: Call(S.select_channels, {"residual": tensor(d, (4, 6)),
                                                          "channels": d(st.integers(0, 6))},
                                       seed=d(seeds), generator="generator"),
-    check=lambda r, c: _check(r.numel() == c.kwargs["channels"] and len(set(r.tolist())) == r.numel()),
+    check=lambda r, c: expect(r.numel() == c.kwargs["channels"] and len(set(r.tolist())) == r.numel()),
     scalars={"channels": "count0", "selection": "str"}, tensors=("residual",))
 add("apply_lost", lambda d: Call(S.apply_lost, {"model": _mlp(d(seeds)), "rank": d(st.sampled_from([1, 2, 0.25])),
                                                 "channels": d(st.sampled_from([0, 2, 0.5]))}),
-    check=lambda r, c: _check(len(r) == 3),
+    check=lambda r, c: expect(len(r) == 3),
     scalars={"rank": "positive", "channels": "nonneg", "gamma": "prob", "activation": "str", "selection": "str",
              "model": "str"})
 
@@ -163,7 +154,7 @@ add("apply_lost", lambda d: Call(S.apply_lost, {"model": _mlp(d(seeds)), "rank":
 add("CPKernelConv2d", lambda d: Call(ModuleFn(S.CPKernelConv2d, ("x",)), {
     "in_channels": 3, "out_channels": 4, "kernel_size": 3, "rank": d(st.integers(1, 3)), "padding": 1,
     "x": images(d, c=(3, 3), hw=(3, 8))}),
-    check=lambda r, c: _check(r.shape[:2] == (c.kwargs["x"].shape[0], 4)),
+    check=lambda r, c: expect(r.shape[:2] == (c.kwargs["x"].shape[0], 4)),
     scalars={"in_channels": "count", "out_channels": "count", "rank": "count", "groups": "count", "bias": "bool"},
     tensors=("x",))
 
@@ -171,7 +162,7 @@ add("CPKernelConv2d", lambda d: Call(ModuleFn(S.CPKernelConv2d, ("x",)), {
 def _cp_kernel_check(result, c):
     a, b = c.kwargs["factor_h"], c.kwargs["factor_w"]
     expected = sum(a[:, :, r, :, None] * b[:, :, r, None, :] for r in range(a.shape[2]))
-    _check(torch.allclose(result, expected, atol=1e-5))
+    expect(torch.allclose(result, expected, atol=1e-5))
 
 
 def _cp_kernel_build(d):
@@ -182,7 +173,7 @@ def _cp_kernel_build(d):
 add("cp_kernel", _cp_kernel_build, check=_cp_kernel_check, tensors=("factor_h", "factor_w"))
 add("cp_kernel_factors", lambda d: Call(S.cp_kernel_factors, {"weight": tensor(d, (2, 3, 3, 3)),
                                                               "rank": d(st.integers(1, 4))}),
-    check=lambda r, c: _check(r[0].shape == (2, 3, c.kwargs["rank"], 3)), scalars={"rank": "count"},
+    check=lambda r, c: expect(r[0].shape == (2, 3, c.kwargs["rank"], 3)), scalars={"rank": "count"},
     tensors=("weight",))
 add("apply_cp_kernels", lambda d: Call(S.apply_cp_kernels, {
     "model": nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 5)),

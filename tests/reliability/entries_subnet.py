@@ -9,10 +9,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 import regimen.subnet as S
-from tests.reliability.fuzzlib import Call, Entry
-from tests.reliability.strategies import ModuleFn, images, seeds, tensor, tiny_cnn
+from tests.reliability.fuzzlib import Call, Entry, entry_adder, expect
+from tests.reliability.strategies import ModuleFn, images, mlp, seeds, tensor, tiny_cnn
 
 ENTRIES: list[Entry] = []
+add = entry_adder(ENTRIES, "subnet")
 SKIPPED = {
     "subnet.DependencyGraph": "a dataclass result of trace_dependencies (fuzzed there)",
     "subnet.Group": "a dataclass of the dependency graph (built by dependency_groups, fuzzed there)",
@@ -28,18 +29,8 @@ SKIPPED = {
 }
 
 
-def add(name, build, check=None, scalars=None, tensors=(), exempt=None):
-    ENTRIES.append(Entry(f"subnet.{name}", build, check, scalars or {}, tensors, exempt or {}))
-
-
-def _check(condition, message="check failed"):
-    if not condition:
-        raise AssertionError(message)
-
-
 def _mlp(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    return mlp(seed, (6, 8, 8, 3))
 
 
 def _example(n=2):
@@ -65,7 +56,7 @@ def _ssa_check(result, c):
             keys = [p for p in kept[i].tolist() if p < j] + [j]
             logits = (q[i, :, j:j + 1] @ k[i, :, keys].transpose(-1, -2)) * scale
             expected[i, :, j] = (logits.softmax(-1) @ v[i, :, keys])[:, 0]
-    _check(torch.allclose(result, expected, atol=1e-5), "subsampled attention differs from the loop")
+    expect(torch.allclose(result, expected, atol=1e-5), "subsampled attention differs from the loop")
 
 
 add("subsampled_causal_attention", _ssa_build, check=_ssa_check, scalars={"scale": "finite"},
@@ -73,7 +64,7 @@ add("subsampled_causal_attention", _ssa_build, check=_ssa_check, scalars={"scale
 add("sample_kept_positions", lambda d: Call(S.sample_kept_positions, {
     "batch": d(st.integers(0, 3)), "length": (t := d(st.integers(1, 10))), "keep": d(st.integers(1, t))},
     d(seeds), "generator"),
-    check=lambda r, c: _check(r.shape == (c.kwargs["batch"], c.kwargs["keep"]) and all(
+    check=lambda r, c: expect(r.shape == (c.kwargs["batch"], c.kwargs["keep"]) and all(
         len(set(row)) == len(row) and row == sorted(row) for row in r.tolist())),
     scalars={"batch": "count0", "length": "count", "keep": "count"})
 
@@ -86,7 +77,7 @@ def _pmha_build(d):
 
 
 add("PrunedMultiheadAttention", _pmha_build,
-    check=lambda r, c: _check(r[0].shape == c.kwargs["query"].shape),
+    check=lambda r, c: expect(r[0].shape == c.kwargs["query"].shape),
     scalars={"embed_dim": "count", "num_heads": "count", "head_dim": "count", "dropout": "prob_open",
              "bias": "bool", "batch_first": "bool"}, tensors=("query",))
 
@@ -98,13 +89,13 @@ def _graph_build(fn):
     return build
 
 
-add("dependency_groups", _graph_build(S.dependency_groups), check=lambda r, c: _check(len(r) == 2),
+add("dependency_groups", _graph_build(S.dependency_groups), check=lambda r, c: expect(len(r) == 2),
     scalars={"tracer": "str", "model": "str"})
-add("trace_dependencies", _graph_build(S.trace_dependencies), check=lambda r, c: _check(len(r.groups) == 2),
+add("trace_dependencies", _graph_build(S.trace_dependencies), check=lambda r, c: expect(len(r.groups) == 2),
     scalars={"tracer": "str", "model": "str"})
 add("normalize_inputs", lambda d: Call(S.normalize_inputs, {"example_inputs": d(st.sampled_from(
     [torch.zeros(1), (torch.zeros(1), torch.ones(2)), {"x": torch.zeros(1)}, [torch.zeros(2)]]))}),
-    check=lambda r, c: _check(isinstance(r[0], tuple) and isinstance(r[1], dict)),
+    check=lambda r, c: expect(isinstance(r[0], tuple) and isinstance(r[1], dict)),
     scalars={"example_inputs": "int"})
 
 
@@ -118,7 +109,7 @@ def _units_build(fn, **extra):
 
 
 add("zero_units", _units_build(S.zero_units),
-    check=lambda r, c: _check(bool((c.kwargs["model"][0].weight[c.kwargs["units"]] == 0).all())),
+    check=lambda r, c: expect(bool((c.kwargs["model"][0].weight[c.kwargs["units"]] == 0).all())),
     scalars={"units": "str", "roles": "int", "group": "str"})
 add("scale_units", _units_build(S.scale_units, factor=0.5),
     scalars={"units": "str", "factor": "finite", "roles": "int", "group": "str"})
@@ -126,12 +117,12 @@ add("scale_units", _units_build(S.scale_units, factor=0.5),
 
 # --------------------------------------------------------------------------------------------- pruning
 add("count_params", lambda d: Call(S.count_params, {"model": _mlp(d(seeds))}),
-    check=lambda r, c: _check(r == sum(p.numel() for p in c.kwargs["model"].parameters())),
+    check=lambda r, c: expect(r == sum(p.numel() for p in c.kwargs["model"].parameters())),
     scalars={"model": "str"})
 add("count_macs", lambda d: Call(S.count_macs, {"model": _mlp(d(seeds)), "example_inputs": _example()}),
-    check=lambda r, c: _check(r == 6 * 8 + 8 * 8 + 8 * 3, f"{r}"), scalars={"model": "str"})
+    check=lambda r, c: expect(r == 6 * 8 + 8 * 8 + 8 * 3, f"{r}"), scalars={"model": "str"})
 add("layer_widths", lambda d: Call(S.layer_widths, {"model": _mlp(d(seeds))}),
-    check=lambda r, c: _check(list(r.values()) == [8, 8, 3], f"{r}"), scalars={"model": "str"})
+    check=lambda r, c: expect(list(r.values()) == [8, 8, 3], f"{r}"), scalars={"model": "str"})
 
 
 def _scores_build(fn):
@@ -143,10 +134,10 @@ def _scores_build(fn):
     return build
 
 
-add("group_scores", _scores_build(S.group_scores), check=lambda r, c: _check(r.shape == (c.kwargs["group"].size,)),
+add("group_scores", _scores_build(S.group_scores), check=lambda r, c: expect(r.shape == (c.kwargs["group"].size,)),
     scalars={"importance": "str", "group": "str"})
 add("normalized_scores", _scores_build(S.normalized_scores),
-    check=lambda r, c: _check(r.shape == (c.kwargs["group"].size,)), scalars={"importance": "str", "group": "str"})
+    check=lambda r, c: expect(r.shape == (c.kwargs["group"].size,)), scalars={"importance": "str", "group": "str"})
 
 
 def _plan_build(d):
@@ -155,13 +146,13 @@ def _plan_build(d):
                                  "ratio": d(st.floats(0, 0.9)), "scope": d(st.sampled_from(["global", "uniform"]))})
 
 
-add("plan_pruning", _plan_build, check=lambda r, c: _check(all(len(v) >= 1 for v in r.values())),
+add("plan_pruning", _plan_build, check=lambda r, c: expect(all(len(v) >= 1 for v in r.values())),
     scalars={"ratio": "prob_open", "importance": "str", "scope": "str", "round_to": "count", "groups": "int"})
 
 
 def _prune_check(result, c):
     out = c.kwargs["model"](_example())
-    _check(out.shape == (2, 3) and result.params_after <= result.params_before)
+    expect(out.shape == (2, 3) and result.params_after <= result.params_before)
 
 
 add("prune", lambda d: Call(S.prune, {"model": _mlp(d(seeds)), "example_inputs": _example(),
@@ -176,7 +167,7 @@ def _prune_groups_build(d):
     return Call(S.prune_groups, {"model": model, "plan": {groups[0]: [0, 2, 3]}})
 
 
-add("prune_groups", _prune_groups_build, check=lambda r, c: _check(c.kwargs["model"][0].out_features == 3),
+add("prune_groups", _prune_groups_build, check=lambda r, c: expect(c.kwargs["model"][0].out_features == 3),
     scalars={"plan": "str", "model": "str"})
 
 
@@ -187,9 +178,9 @@ def _spec_build(d):
 
 
 add("architecture_spec", lambda d: Call(S.architecture_spec, {"model": _spec_build(d)}),
-    check=lambda r, c: _check(r is not None and r["class"] == "MLP"), scalars={"model": "str"})
+    check=lambda r, c: expect(r is not None and r["class"] == "MLP"), scalars={"model": "str"})
 add("build_from_spec", lambda d: Call(S.build_from_spec, {"spec": S.architecture_spec(_spec_build(d))}),
-    check=lambda r, c: _check(isinstance(r, nn.Module)), scalars={"spec": "str"})
+    check=lambda r, c: expect(isinstance(r, nn.Module)), scalars={"spec": "str"})
 
 
 def _restore_build(d):
@@ -217,7 +208,7 @@ add("HESSOPruner", lambda d: Call(_hesso_run, {"model": _mlp(d(seeds)), "example
              "periods": "count", "scope": "str"})
 add("hesso_factor", lambda d: Call(S.hesso_factor, {"t": (t := d(st.integers(0, 20))),
                                                     "period": d(st.integers(t + 1, 30))}),
-    check=lambda r, c: _check(math.isclose(r, (c.kwargs["period"] - c.kwargs["t"] - 1) /
+    check=lambda r, c: expect(math.isclose(r, (c.kwargs["period"] - c.kwargs["t"] - 1) /
                                            (c.kwargs["period"] - c.kwargs["t"]))),
     scalars={"t": "count0", "period": "count"})
 
@@ -238,10 +229,10 @@ def _nm_mask_check(result, c):
     w, n, m = c.kwargs["weight"], c.kwargs["n"], c.kwargs["m"]
     groups = w.abs().reshape(w.shape[0], -1, m)
     kept = result.reshape(groups.shape)
-    _check(bool((kept.sum(-1) == n).all()), "not n kept of every m")
+    expect(bool((kept.sum(-1) == n).all()), "not n kept of every m")
     kept_min = torch.where(kept, groups, torch.inf).amin(-1)
     dropped_max = torch.where(kept, -torch.inf, groups).amax(-1)
-    _check(bool((kept_min >= dropped_max).all()), "a dropped weight is larger than a kept one")
+    expect(bool((kept_min >= dropped_max).all()), "a dropped weight is larger than a kept one")
 
 
 add("nm_mask", _nm_mask_build, check=_nm_mask_check, scalars={"n": "count", "m": "count"}, tensors=("weight",))
@@ -251,7 +242,7 @@ def _nm_sparsify_build(d):
 
 
 add("nm_sparsify", _nm_sparsify_build,
-    check=lambda r, c: _check(torch.equal(r, c.kwargs["weight"] * S.nm_mask(c.kwargs["weight"], c.kwargs["n"],
+    check=lambda r, c: expect(torch.equal(r, c.kwargs["weight"] * S.nm_mask(c.kwargs["weight"], c.kwargs["n"],
                                                                              c.kwargs["m"]))),
     scalars={"n": "count", "m": "count", "decay": "nonneg"}, tensors=("weight",))
 add("NMSparsity", lambda d: Call(ModuleFn(S.NMSparsity, ("weight",)), {"weight": tensor(d, (3, 8)),
@@ -275,7 +266,7 @@ def _nm_model(d):
 
 
 add("export_nm_sparsity", lambda d: Call(S.export_nm_sparsity, {"model": _nm_model(d)}),
-    check=lambda r, c: _check(bool((r[0].weight.reshape(8, -1, 2) != 0).sum(-1).le(1).all())),
+    check=lambda r, c: expect(bool((r[0].weight.reshape(8, -1, 2) != 0).sum(-1).le(1).all())),
     scalars={"model": "str"})
 
 
@@ -289,19 +280,19 @@ def _factorized(cls, inputs, **ctor):
 
 add("FactorizedLinear", _factorized(S.FactorizedLinear, lambda d: tensor(d, (d(st.integers(1, 4)), 6)),
                                     in_features=6, out_features=5, rank=lambda d: d(st.integers(1, 5))),
-    check=lambda r, c: _check(r.shape == (c.kwargs["x"].shape[0], 5)),
+    check=lambda r, c: expect(r.shape == (c.kwargs["x"].shape[0], 5)),
     scalars={"in_features": "count", "out_features": "count", "rank": "count", "bias": "bool"}, tensors=("x",))
 add("FactorizedConv2d", _factorized(S.FactorizedConv2d, lambda d: images(d, c=(3, 3), hw=(3, 8)), in_channels=3,
                                     out_channels=4, rank=lambda d: d(st.integers(1, 4)), kernel_size=3, padding=1),
-    check=lambda r, c: _check(r.shape[:2] == (c.kwargs["x"].shape[0], 4)),
+    check=lambda r, c: expect(r.shape[:2] == (c.kwargs["x"].shape[0], 4)),
     scalars={"in_channels": "count", "out_channels": "count", "rank": "count", "bias": "bool"}, tensors=("x",))
 add("conv_to_matrix", lambda d: Call(S.conv_to_matrix, {"weight": tensor(d, (d(st.integers(1, 4)),
                                                                              d(st.integers(1, 3)), 3, 3))}),
-    check=lambda r, c: _check(torch.equal(S.matrix_to_conv(r, c.kwargs["weight"].shape), c.kwargs["weight"])),
+    check=lambda r, c: expect(torch.equal(S.matrix_to_conv(r, c.kwargs["weight"].shape), c.kwargs["weight"])),
     tensors=("weight",))
 add("matrix_to_conv", lambda d: Call(S.matrix_to_conv, {"matrix": S.conv_to_matrix(w := tensor(d, (3, 2, 3, 3))),
                                                         "shape": w.shape}),
-    check=lambda r, c: _check(r.shape == c.kwargs["shape"]), scalars={"shape": "int"}, tensors=("matrix",))
+    check=lambda r, c: expect(r.shape == c.kwargs["shape"]), scalars={"shape": "int"}, tensors=("matrix",))
 
 
 def _sv(d):
@@ -313,18 +304,18 @@ def _energy_check(result, c):
     e = c.kwargs["energy"]
     cums = s2.cumsum(0)
     expected = next((i + 1 for i, v in enumerate(cums.tolist()) if v >= e * s2.sum().item() - 1e-12), len(s2))
-    _check(result == max(1, expected), f"{result} != {expected}")
+    expect(result == max(1, expected), f"{result} != {expected}")
 
 
 add("energy_rank", lambda d: Call(S.energy_rank, {"singular_values": _sv(d), "energy": d(st.floats(0.01, 1))}),
     check=_energy_check, scalars={"energy": "prob"}, tensors=("singular_values",))
 add("truncate_weight", lambda d: Call(S.truncate_weight, {"weight": tensor(d, (4, 3, 3, 3)),
                                                           "energy": d(st.floats(0.01, 1))}),
-    check=lambda r, c: _check(r[0].shape == c.kwargs["weight"].shape and 1 <= r[1] <= 9),
+    check=lambda r, c: expect(r[0].shape == c.kwargs["weight"].shape and 1 <= r[1] <= 9),
     scalars={"energy": "prob"}, tensors=("weight",))
 add("nuclear_subgradient", lambda d: Call(S.nuclear_subgradient, {"weight": tensor(d, (4, d(st.integers(1, 3)), 3,
                                                                                        3))}),
-    check=lambda r, c: _check(r.shape == c.kwargs["weight"].shape), scalars={"tol": "nonneg"}, tensors=("weight",))
+    check=lambda r, c: expect(r.shape == c.kwargs["weight"].shape), scalars={"tol": "nonneg"}, tensors=("weight",))
 add("factorize", lambda d: Call(S.factorize, {"model": tiny_cnn(seed=d(seeds)), "energy": d(st.floats(0.01, 1))}),
     scalars={"energy": "prob", "include_linear": "bool", "ignore": "int", "rule": "str", "model": "str"})
 
@@ -345,11 +336,11 @@ def _olr(cls, inputs, **ctor):
 
 add("OrderedLowRankLinear", _olr(S.OrderedLowRankLinear, lambda d: tensor(d, (d(st.integers(1, 4)), 6)),
                                  in_features=6, out_features=5, rank=lambda d: d(st.integers(1, 5))),
-    check=lambda r, c: _check(r.shape == (c.kwargs["x"].shape[0], 5)),
+    check=lambda r, c: expect(r.shape == (c.kwargs["x"].shape[0], 5)),
     scalars={"in_features": "count", "out_features": "count", "rank": "count", "bias": "bool"}, tensors=("x",))
 add("OrderedLowRankConv2d", _olr(S.OrderedLowRankConv2d, lambda d: images(d, c=(3, 3), hw=(3, 8)), in_channels=3,
                                  out_channels=4, kernel_size=3, padding=1, rank=lambda d: d(st.integers(1, 4))),
-    check=lambda r, c: _check(r.shape[:2] == (c.kwargs["x"].shape[0], 4)),
+    check=lambda r, c: expect(r.shape[:2] == (c.kwargs["x"].shape[0], 4)),
     scalars={"in_channels": "count", "out_channels": "count", "rank": "count"}, tensors=("x",))
 
 
@@ -365,7 +356,7 @@ def _lrl_build(d):
 
 
 add("low_rank_linear", _lrl_build,
-    check=lambda r, c: _check(torch.allclose(r, c.kwargs["x"] @ (c.kwargs["u"][:, :c.kwargs["rank"]] @
+    check=lambda r, c: expect(torch.allclose(r, c.kwargs["x"] @ (c.kwargs["u"][:, :c.kwargs["rank"]] @
                                                                   c.kwargs["v"][:c.kwargs["rank"]]).T, atol=1e-5)),
     scalars={"rank": "count"}, tensors=("x", "u", "v"))
 
@@ -381,7 +372,7 @@ def _lrc_check(result, c):
     r = k["rank"]
     expected = torch.nn.functional.conv2d(torch.nn.functional.conv2d(k["x"], k["v"][:r], padding=1),
                                           k["u"][:, :r, None, None])
-    _check(torch.allclose(result, expected, atol=1e-4), "low-rank conv differs from two convs")
+    expect(torch.allclose(result, expected, atol=1e-4), "low-rank conv differs from two convs")
 
 
 add("low_rank_conv2d", _lrc_build, check=_lrc_check, scalars={"rank": "count"}, tensors=("x", "u", "v"))
@@ -391,20 +382,20 @@ def _hgl_check(result, c):
     u, v = c.kwargs["u"], c.kwargs["v"]
     r = c.kwargs["rank"] or u.shape[1]
     expected = sum(v[b:r].norm() + u[:, b:r].norm() for b in range(r))
-    _check(torch.allclose(result, expected, atol=1e-4), "hierarchical group lasso formula")
+    expect(torch.allclose(result, expected, atol=1e-4), "hierarchical group lasso formula")
 
 
 add("hierarchical_group_lasso", lambda d: Call(S.hierarchical_group_lasso, dict(zip(("u", "v"), _uv(d)), rank=None)),
     check=_hgl_check, scalars={"rank": "count"}, tensors=("u", "v"))
 add("rank_importance", lambda d: Call(S.rank_importance, dict(zip(("u", "v"), _uv(d)))),
-    check=lambda r, c: _check(r.shape == (c.kwargs["u"].shape[1],) and bool((r[:-1] >= r[1:] - 1e-6).all())),
+    check=lambda r, c: expect(r.shape == (c.kwargs["u"].shape[1],) and bool((r[:-1] >= r[1:] - 1e-6).all())),
     tensors=("u", "v"))
 add("sample_rank", lambda d: Call(S.sample_rank, {"max_rank": (m := d(st.integers(1, 10))),
                                                   "min_rank": d(st.integers(1, m))}, d(seeds), "generator"),
-    check=lambda r, c: _check(c.kwargs["min_rank"] <= r <= c.kwargs["max_rank"]),
+    check=lambda r, c: expect(c.kwargs["min_rank"] <= r <= c.kwargs["max_rank"]),
     scalars={"max_rank": "count", "min_rank": "count"})
 add("svd_factors", lambda d: Call(S.svd_factors, {"weight": tensor(d, (5, 4)), "rank": d(st.integers(1, 4))}),
-    check=lambda r, c: _check(r[0].shape == (5, c.kwargs["rank"]) and r[1].shape == (c.kwargs["rank"], 4)),
+    check=lambda r, c: expect(r[0].shape == (5, c.kwargs["rank"]) and r[1].shape == (c.kwargs["rank"], 4)),
     scalars={"rank": "count"}, tensors=("weight",))
 ENTRIES[-1].aliases = ("rank",)  # an empty weight has no rank to keep: the error names rank
 
@@ -418,12 +409,12 @@ def _maestro_model(d):
 add("apply_maestro", lambda d: Call(S.apply_maestro, {"model": _mlp(d(seeds)), "rank_ratio": d(st.floats(0.1, 1))}),
     scalars={"rank_ratio": "prob", "layers": "str", "ignore": "int", "model": "str"})
 add("low_rank_layers", lambda d: Call(S.low_rank_layers, {"model": _maestro_model(d)}),
-    check=lambda r, c: _check(len(r) == 3), scalars={"model": "str"})
+    check=lambda r, c: expect(len(r) == 3), scalars={"model": "str"})
 add("set_rank_fraction", lambda d: Call(S.set_rank_fraction, {"model": _maestro_model(d),
                                                               "fraction": d(st.floats(0.01, 1))}),
     scalars={"fraction": "prob", "model": "str"})
 add("truncate_model", lambda d: Call(S.truncate_model, {"model": _maestro_model(d)}),
-    check=lambda r, c: _check(r(_example()).shape == (2, 3)), scalars={"dense_when_cheaper": "bool", "model": "str"})
+    check=lambda r, c: expect(r(_example()).shape == (2, 3)), scalars={"dense_when_cheaper": "bool", "model": "str"})
 
 
 # ------------------------------------------------------------------------------------------------ nested
@@ -436,9 +427,11 @@ _nested_run.target = S.NestedWidth
 add("NestedWidth", lambda d: Call(_nested_run, {"model": _mlp(d(seeds)), "example_inputs": _example(),
                                                 "x": tensor(d, (d(st.integers(1, 4)), 6)),
                                                 "width": d(st.sampled_from([0.25, 0.5, 0.75, 1.0]))}),
-    check=lambda r, c: _check(r.shape == (c.kwargs["x"].shape[0], 3)),
+    check=lambda r, c: expect(r.shape == (c.kwargs["x"].shape[0], 3)),
     scalars={"widths": "str"}, tensors=("x",),
-    exempt={v: "the user's model decides its dtypes" for v in ("int64", "bool", "float64")})
+    exempt={**{v: "the user's model decides its dtypes" for v in ("int64", "bool", "float64")},
+            "meta": "the user's model receives x as given (another device is torch's error, as for torch.nn)",
+            "not_a_tensor": "forward(*args) passes any inputs to the user's model, whose own error names them"})
 
 
 def _widths(d):
@@ -446,13 +439,13 @@ def _widths(d):
 
 
 add("check_widths", lambda d: Call(S.check_widths, {"widths": _widths(d)}),
-    check=lambda r, c: _check(list(r) == c.kwargs["widths"]), scalars={"widths": "str"})
+    check=lambda r, c: expect(list(r) == c.kwargs["widths"]), scalars={"widths": "str"})
 add("sandwich_widths", lambda d: Call(S.sandwich_widths, {"widths": _widths(d), "n_random": d(st.integers(0, 3))},
                                       d(seeds), "generator"),
-    check=lambda r, c: _check(r[0] == max(c.kwargs["widths"]) and set(r) <= set(c.kwargs["widths"])),
+    check=lambda r, c: expect(r[0] == max(c.kwargs["widths"]) and set(r) <= set(c.kwargs["widths"])),
     scalars={"n_random": "count0", "widths": "str"})
 add("units_at_width", lambda d: Call(S.units_at_width, {"size": d(st.integers(1, 64)), "width": d(st.floats(0.01, 1))}),
-    check=lambda r, c: _check(1 <= r <= c.kwargs["size"] and r >= math.ceil(c.kwargs["width"] * c.kwargs["size"]
+    check=lambda r, c: expect(1 <= r <= c.kwargs["size"] and r >= math.ceil(c.kwargs["width"] * c.kwargs["size"]
                                                                              - 1e-9) - 0),
     scalars={"size": "count", "width": "prob"})
 
@@ -466,7 +459,7 @@ def _distill_build(d):
 def _distill_check(result, c):
     s, t, temp = c.kwargs["student_logits"], c.kwargs["teacher_logits"], c.kwargs["temperature"]
     expected = temp ** 2 * -(torch.softmax(t / temp, 1) * torch.log_softmax(s / temp, 1)).sum(1).mean()
-    _check(torch.allclose(result, expected, atol=1e-5), "in-place distillation formula")
+    expect(torch.allclose(result, expected, atol=1e-5), "in-place distillation formula")
 
 
 add("inplace_distillation_loss", _distill_build, check=_distill_check, scalars={"temperature": "positive"},
@@ -493,7 +486,7 @@ def _sa_check(result, c):
             keys = [p for p in kept[i].tolist() if (p < j if causal else p != j)] + [j]
             logits = (q[i, :, j:j + 1] @ k[i, :, keys].transpose(-1, -2)) * scale
             expected[i, :, j] = (logits.softmax(-1) @ v[i, :, keys])[:, 0]
-    _check(torch.allclose(result, expected, atol=1e-5), "subsampled attention differs from the loop")
+    expect(torch.allclose(result, expected, atol=1e-5), "subsampled attention differs from the loop")
 
 
 add("subsampled_attention", _sa_build, check=_sa_check, scalars={"scale": "finite", "causal": "bool"},

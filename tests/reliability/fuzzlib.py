@@ -71,6 +71,25 @@ class Entry:
     aliases: tuple[str, ...] = ()
 
 
+
+def entry_adder(entries: list[Entry], pillar: str) -> Callable[..., None]:
+    """The ``add`` of an ``entries_<name>.py`` file: ``add(name, build, check=None, scalars=None, tensors=(),
+    exempt=None, aliases=())`` appends ``Entry("<pillar>.<name>", ...)`` to ``entries``."""
+
+    def add(name: str, build: Callable[[Callable], Call], check: Callable[[Any, Call], None] | None = None,
+            scalars: dict[str, str] | None = None, tensors: tuple[str, ...] = (),
+            exempt: dict[str, str] | None = None, aliases: tuple[str, ...] = ()) -> None:
+        entries.append(Entry(f"{pillar}.{name}", build, check, scalars or {}, tensors, exempt or {}, aliases))
+
+    return add
+
+
+def expect(condition: Any, message: str = "check failed") -> None:
+    """An entry's check: an ``AssertionError`` with ``message`` unless ``condition`` holds (``assert`` statements
+    cannot sit in the lambdas most checks are)."""
+    if not condition:
+        raise AssertionError(message)
+
 # --------------------------------------------------------------------------------------------- hostile scalars
 #: kind -> values that are never legal for a parameter of that kind
 HOSTILE: dict[str, list[Any]] = {
@@ -81,6 +100,7 @@ HOSTILE: dict[str, list[Any]] = {
     "finite": [float("nan"), float("inf"), -float("inf"), "1", None],  # any finite number
     "count": [0, -1, 2.5, "2", None, float("nan")],  # an integer >= 1
     "count0": [-1, 2.5, "2", None, float("nan")],  # an integer >= 0
+    "count_or_none": [0, -1, 2.5, "2", float("nan")],  # an integer >= 1, or None (where None means something)
     "int": [2.5, "2", None, float("nan")],  # any integer
     "bool": ["yes", None, 2.5],
     "str": [3, None, b"l2", "no-such-choice"],
@@ -114,7 +134,7 @@ def corrupt(x: torch.Tensor, variant: str) -> Any:
     if variant == "extra_dim":
         return x.unsqueeze(0)
     if variant == "empty":
-        return x[:0]
+        return x[:0] if x.dim() else x.reshape(1)[:0]  # a 0-d tensor has no batch to empty: an empty vector
     if not x.is_floating_point():
         return x  # NaN/inf/huge only exist in float tensors
     y = x.clone(memory_format=torch.contiguous_format)  # a flat view of the copy, whatever x's strides

@@ -70,6 +70,15 @@ def tiny_cnn(classes: int = 4, seed: int = 0) -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, classes))
 
 
+def mlp(seed: int = 0, widths: tuple[int, ...] = (6, 8, 8, 3)) -> nn.Module:
+    """Linear layers of ``widths`` with a ReLU between each two, initialised from ``seed``."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+        layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(widths) - 2 else [])
+    return nn.Sequential(*layers)
+
+
 def staged_resnet(seed: int = 0) -> nn.Module:
     from regimen.models.resnet import ResNet
     torch.manual_seed(seed)

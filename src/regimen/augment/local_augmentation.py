@@ -48,7 +48,7 @@ class NeighbourCVAE(nn.Module):
         for name, value in (("features", features), ("latent", latent), ("hidden", hidden)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        self.latent = latent
+        self.features, self.latent = features, latent
         self.encoder = nn.Sequential(nn.Linear(2 * features, hidden), nn.ReLU())
         self.mean = nn.Linear(hidden, latent)
         self.log_var = nn.Linear(hidden, latent)
@@ -57,13 +57,28 @@ class NeighbourCVAE(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(x̂, μ, log σ²)`` with ``z = μ + σ · noise``."""
+        self._check_inputs(c, noise, "noise", x=x)
         h = self.encoder(torch.cat([x, c], dim=1))
         mean, log_var = self.mean(h), self.log_var(h)
         return self.generate(c, mean + noise * torch.exp(0.5 * log_var)), mean, log_var
 
     def generate(self, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Neighbour-like features of the centres ``c`` for latent codes ``z``."""
+        self._check_inputs(c, z, "z")
         return self.decoder(torch.cat([z, c], dim=1))
+
+    def _check_inputs(self, c: torch.Tensor, z: torch.Tensor, z_name: str, **x: torch.Tensor) -> None:
+        """``c`` (and ``x``) ``(N, features)``, the latent codes ``(N, latent)``: named errors, not torch's."""
+        tensors = {**x, "c": c, z_name: z}
+        for name, value in tensors.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        for name, value in tensors.items():
+            width = self.latent if name == z_name else self.features
+            if value.dim() != 2 or value.shape != (c.shape[0], width):
+                raise ValueError(f"{name} must be ({c.shape[0]}, {width}) (c: (N, features = {self.features}), "
+                                 f"latent = {self.latent}), got {tuple(value.shape)}")
+        require_same_device(**tensors)
 
 
 @checked_arguments
@@ -107,7 +122,7 @@ def train_neighbour_cvae(features: torch.Tensor, edge_index: torch.Tensor, laten
     if edge_index.shape[1] == 0:
         raise ValueError("lagnn: the graph has no edges to learn neighbour features from")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    cvae = NeighbourCVAE(features.shape[1], latent, hidden)
+    cvae = NeighbourCVAE(features.shape[1], latent, hidden).to(features.dtype)  # trained in the features' dtype
     for p in cvae.parameters():  # a seeded initialisation from the run's generator (not the global RNG)
         if p.dim() > 1:
             bound = 1.0 / p.shape[1] ** 0.5
@@ -121,7 +136,7 @@ def train_neighbour_cvae(features: torch.Tensor, edge_index: torch.Tensor, laten
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             x, c = features[neighbours[batch]], features[centres[batch]]
-            noise = torch.randn(len(batch), latent, generator=generator)
+            noise = torch.randn(len(batch), latent, generator=generator, dtype=features.dtype)
             recon, mean, log_var = cvae(x, c, noise)
             loss = cvae_loss(recon, x, mean, log_var)
             optimizer.zero_grad(set_to_none=True)
@@ -137,6 +152,8 @@ def train_neighbour_cvae(features: torch.Tensor, edge_index: torch.Tensor, laten
 def consistency_loss(probabilities: list[torch.Tensor], temperature: float = 0.5) -> torch.Tensor:
     """``(1/S) Σ_s mean_v ‖p_s(v) − sharpen(p̄(v))‖²`` with ``sharpen(p)_c = p_c^{1/T} / Σ_c' p_c'^{1/T}``, the
     sharpened mean prediction detached (the reference's ``consis_loss``)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (sharpening raises p to 1/temperature), got {temperature}")
     if not probabilities:
         raise ValueError("consistency_loss needs at least one prediction")
     mean = torch.stack(probabilities).mean(dim=0)

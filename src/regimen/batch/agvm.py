@@ -39,6 +39,7 @@ Pitfalls handled:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -71,8 +72,15 @@ def agvm_factors(phis: Sequence[float], reference: int = 0, low: float = 0.5, hi
     """``μ_i = sqrt(clamp((φ_ref + eps) / (φ_i + eps), low, high))`` for every group (the reference gets 1)."""
     if not 0 < low <= high:
         raise ValueError(f"need 0 < low <= high, got low={low}, high={high}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0 (it keeps (φ_ref + eps) / (φ_i + eps) finite), got {eps}")
     if not 0 <= reference < len(phis):
         raise ValueError(f"reference must index one of the {len(phis)} groups, got {reference}")
+    for index, phi in enumerate(phis):
+        if isinstance(phi, bool) or not isinstance(phi, int | float) or not (phi + eps > 0 and math.isfinite(phi)):
+            # φ = 1 − cos ∈ [0, 2] (a rounding below 0 is fine); NaN (a NaN gradient) would poison the averaged LR
+            raise ValueError(f"phis must hold finite gradient variance proxies 1 − cos >= 0, got phis[{index}] = "
+                             f"{phi!r}")
     out = []
     for phi in phis:
         ratio = (phis[reference] + eps) / (phi + eps)

@@ -86,6 +86,12 @@ def targeted_fgsm(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
         raise ValueError(f"random_start must be a probability in [0, 1], got {random_start}")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating tensor of images, got {getattr(x, 'dtype', type(x))}")
+    if not isinstance(target, torch.Tensor) or target.dtype != torch.int64:
+        raise TypeError(f"target must be an int64 tensor of class indices, got "
+                        f"{getattr(target, 'dtype', type(target).__name__)}")
+    if x.dim() == 0 or target.shape != x.shape[:1]:
+        raise ValueError(f"target must hold one class index per image of x {tuple(x.shape)}, got shape "
+                         f"{tuple(target.shape)}")
     lo, hi = bounds
     x = x.detach()
     device = generator.device if generator is not None else "cpu"
@@ -95,6 +101,10 @@ def targeted_fgsm(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     x0 = (x + start * noise).clamp(lo, hi).requires_grad_(True)
     with torch.enable_grad():
         logits = model(normalize(x0) if normalize is not None else x0)
+        if target.device.type != "meta" and logits.dim() == 2 and target.numel() and (
+                int(target.min()) < 0 or int(target.max()) >= logits.shape[1]):
+            raise ValueError(f"target holds class indices outside [0, {logits.shape[1]}) (the model's classes), "
+                             f"got [{int(target.min())}, {int(target.max())}]")
         (grad,) = torch.autograd.grad(F.cross_entropy(logits, target), x0)
     stepped = x0.detach() - step_size * grad.sign()
     return torch.minimum(torch.maximum(stepped, x - epsilon), x + epsilon).clamp(lo, hi)

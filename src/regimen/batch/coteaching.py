@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data, require_same_device
 from regimen.models import copy_module
 
 __all__ = ["CoTeachingEnsemble", "CoTeachingMethod", "coteaching_losses", "coteaching_select", "forget_rate_at"]
@@ -109,13 +109,27 @@ def coteaching_losses(output_a: torch.Tensor, output_b: torch.Tensor, target: to
         forget_rate: R in [0, 1), the fraction of each batch dropped.
         loss_fn: ``loss_fn(output, target, reduction=...)`` (default cross-entropy).
     """
+    for name, value in (("output_a", output_a), ("output_b", output_b), ("target", target)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    require_data(output_a=output_a, output_b=output_b, target=target)  # the selection reads the losses' values
+    require_same_device(output_a=output_a, output_b=output_b, target=target)
     if output_a.shape != output_b.shape or output_a.dim() < 1:
         raise ValueError(f"output_a and output_b must be the two networks' outputs of one shape (N, C), got "
                          f"{tuple(output_a.shape)} and {tuple(output_b.shape)}")
     if target.shape != output_a.shape[:1] and target.shape != output_a.shape:
         raise ValueError(f"target must be (N,) labels or (N, C) soft targets for outputs {tuple(output_a.shape)}, got "
                          f"shape {tuple(target.shape)}")
-    if loss_fn is None:
+    if loss_fn is None:  # cross-entropy's inputs, refused by name instead of by torch's RuntimeError
+        for name, value in (("output_a", output_a), ("output_b", output_b)):
+            if not value.is_floating_point():
+                raise TypeError(f"{name} must hold floating point logits, got {value.dtype}")
+        if target.shape == output_a.shape[:1] and (target.dtype != torch.int64):
+            raise TypeError(f"target must be int64 class indices (N,) or floating (N, C) soft targets, got "
+                            f"{target.dtype} of shape {tuple(target.shape)}")
+        if target.shape == output_a.shape and target.dim() > 1 and not target.is_floating_point():
+            raise TypeError(f"target of shape {tuple(target.shape)} (soft targets) must be floating point, got "
+                            f"{target.dtype}")
         loss_fn = torch.nn.functional.cross_entropy
     with torch.no_grad():
         per_a = loss_fn(output_a, target, reduction="none")

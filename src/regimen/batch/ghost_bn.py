@@ -52,7 +52,7 @@ from torch import nn
 
 from regimen._compat import deprecated_aliases
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_data, require_same_device
 
 __all__ = [
     "GhostBatchNorm1d",
@@ -273,6 +273,8 @@ def ghost_batch_norm(
                              f"got {tuple(tensor.shape)}")
     if momentum is None and running_mean is not None and training and num_batches_tracked is None:
         raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
+    require_same_device(x=x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias,
+                        num_batches_tracked=num_batches_tracked)
     batch = x.shape[0]
     if batch == 0:
         raise ValueError("x must contain at least one sample")
@@ -282,6 +284,7 @@ def ghost_batch_norm(
             raise ValueError("eval mode needs running_mean and running_var")
         return F.batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps)
 
+    require_data(x=x)  # the cancellation guard of the statistics reads values
     spatial = x[0, 0].numel()
     full, size, tail = _ghost_sizes(batch, ghost_batch_size, last_partial)
     if tail and tail * spatial < 2:

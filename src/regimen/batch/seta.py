@@ -71,7 +71,7 @@ def kmeans_1d(values: torch.Tensor, num_groups: int, iterations: int = 100) -> t
         return torch.div(torch.arange(n) * num_groups, n, rounding_mode="floor")
     centres = torch.quantile(v, (torch.arange(num_groups, dtype=torch.float64) + 0.5) / num_groups)
     labels = torch.full((n,), -1, dtype=torch.int64)
-    for _ in range(iterations):
+    for _ in range(max(iterations, 1)):  # iterations = 0: the quantile centres' assignment (not the -1 placeholder)
         new = torch.argmin((v.unsqueeze(1) - centres.unsqueeze(0)).abs(), dim=1)
         if torch.equal(new, labels):
             break
@@ -100,12 +100,12 @@ def seta_window(num_groups: int, window_scale: float) -> int:
 @checked_arguments
 def sliding_window(num_groups: int, window: int, epoch: int) -> tuple[int, int]:
     """The groups ``[start, end)`` kept at ``epoch``: all at epoch 0, else start = epoch mod (G - w + 1)."""
+    if num_groups < 1:
+        raise ValueError(f"num_groups must be >= 1, got {num_groups}")
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be an int >= 1, got {window!r}")
     if window > num_groups:
-        raise ValueError(f"window ({window}) is larger than the group count ({num_groups})")
-    if num_groups < 1:
-        raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+        raise ValueError(f"window ({window}) is larger than the group count num_groups ({num_groups})")
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
     if epoch == 0:

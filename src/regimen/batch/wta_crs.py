@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from regimen.method import Context, Method, checked_arguments, register_method, require_data
+from regimen.method import Context, Method, checked_arguments, register_method, require_data, require_same_device
 
 __all__ = ["WTACRSLinear", "WTACRSMethod", "apply_wta_crs", "crs_sample", "wta_crs_sample", "wta_crs_weight_grad"]
 
@@ -80,6 +80,7 @@ def wta_crs_sample(scores: torch.Tensor, k: int, generator: torch.Generator | No
         ``(indices (k,), weights (k,))``: Σ_t weights_t · A_{indices_t} is an unbiased estimate of Σ_j A_j; the
         first |C| entries are the winners (weight 1), the rest the s = k − |C| sampled rows.
     """
+    require_data(scores=scores)
     n = scores.numel()
     if scores.dim() != 1 or n == 0:
         raise ValueError(f"scores must be a non-empty 1-d tensor, got {tuple(scores.shape)}")
@@ -132,9 +133,20 @@ def wta_crs_weight_grad(x: torch.Tensor, grad_output: torch.Tensor, ratio: float
     if x.dtype != grad_output.dtype or not x.is_floating_point():
         raise TypeError(f"x and grad_output must share one floating point dtype, got {x.dtype} and "
                         f"{grad_output.dtype}")
+    require_data(x=x, grad_output=grad_output, grad_norm=grad_norm)  # the sampling reads the row norms
+    require_same_device(x=x, grad_output=grad_output, grad_norm=grad_norm)
+    if x.dim() == 0 or grad_output.dim() == 0:
+        raise ValueError(f"x and grad_output must be (..., in) and (..., out) rows, got shapes {tuple(x.shape)} "
+                         f"and {tuple(grad_output.shape)}")
     x2, g2 = x.reshape(-1, x.shape[-1]), grad_output.reshape(-1, grad_output.shape[-1])
+    if x2.shape[0] != g2.shape[0]:
+        raise ValueError(f"x and grad_output must hold the same rows, got shapes {tuple(x.shape)} and "
+                         f"{tuple(grad_output.shape)}")
     scores = x2.detach().norm(dim=1).double()
     if grad_norm is not None:
+        if grad_norm.numel() != x2.shape[0]:
+            raise ValueError(f"grad_norm must hold one value per row of x ({x2.shape[0]}), got shape "
+                             f"{tuple(grad_norm.shape)}")
         scores = scores * grad_norm.reshape(-1).double()
     _probabilities(scores, "x's row norms (times grad_norm), WTA-CRS's sampling scores,")
     indices, weights = wta_crs_sample(scores, sample_count(x2.shape[0], ratio, min_k), generator)

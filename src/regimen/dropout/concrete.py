@@ -45,7 +45,7 @@ from regimen.dropout._common import (
     rand,
 )
 from regimen.dropout.temporal import TIME_DROPOUT_SLOT, time_dropout_slots, time_step_mask_shape
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_same_device
 
 __all__ = ["ConcreteTemporalDropout", "ConcreteTemporalDropoutMethod", "apply_concrete_temporal_dropout",
            "concrete_dropout_mask"]
@@ -124,6 +124,7 @@ class ConcreteTemporalDropout(StochasticLayer):
         dim = check_dim_of(x, self.dim)
         if not self.training:
             return x
+        require_same_device(p_logit=self.p_logit, x=x)  # the error names x, not the mask's p and noise
         self.num_units = x.shape[dim]
         noise = rand(time_step_mask_shape(x, dim), x, self.generator)
         p = self.p.to(x.dtype)

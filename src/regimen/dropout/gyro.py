@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from regimen.dropout._common import StochasticLayer
+from regimen.dropout._common import StochasticLayer, check_tensor
 from regimen.method import Context, Method, checked_arguments, register_method
 
 __all__ = ["GyroDropout", "GyroDropoutMethod", "apply_gyro_dropout", "gyro_group_index"]
@@ -73,10 +73,11 @@ class GyroDropout(StochasticLayer):
         self.step = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor(x, "x")
         if not self.training or self.p == 0.0:
             return x
         if x.dim() < 2:
-            raise ValueError(f"GyroDropout needs (N, features, ...) inputs, got shape {tuple(x.shape)}")
+            raise ValueError(f"GyroDropout needs (N, features, ...) inputs x, got shape {tuple(x.shape)}")
         features = x.shape[1]
         if self.masks is None:
             self.masks = (torch.rand(self.sigma, features, generator=self.generator) >= self.p).float()

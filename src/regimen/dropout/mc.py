@@ -96,6 +96,8 @@ def mc_predict(
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     check_generator(generator)
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError(f"x must be a batch (N, ...) with N >= 1, got shape {tuple(x.shape)}")
     n = x.shape[0]
     stacked = x.unsqueeze(0).expand(samples, *x.shape).reshape(samples * n, *x.shape[1:])
     devices = [x.device] if x.device.type == "cuda" else []

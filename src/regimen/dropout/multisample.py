@@ -133,6 +133,8 @@ def multi_sample_dropout(
         if other is not None and (other.dtype != features.dtype or other.device != features.device):
             raise ValueError(f"{name} must have the dtype and device of features ({features.dtype}, {features.device}),"
                              f" got {other.dtype}, {other.device}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must be ({weight.shape[0]},) like weight's rows, got {tuple(bias.shape)}")
     if not training:
         _keep_probabilities(p, num_samples)
         return F.linear(features, weight, bias)

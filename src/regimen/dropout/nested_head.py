@@ -41,7 +41,7 @@ from torch.nn.utils import parametrize
 from regimen.dropout._common import check_generator, locate_submodule
 from regimen.dropout.multisample import default_head
 from regimen.dropout.nested import _check_sigma, half_gaussian_nested_index
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_same_device
 
 __all__ = [
     "NestedDropoutMethod",
@@ -66,6 +66,9 @@ def nested_prefix_logits(features: torch.Tensor, weight: torch.Tensor, bias: tor
         raise ValueError(f"features must be (N, D), got {tuple(getattr(features, 'shape', ()))}")
     if weight.dim() != 2 or weight.shape[1] != features.shape[1]:
         raise ValueError(f"weight must be (C, {features.shape[1]}), got {tuple(weight.shape)}")
+    require_same_device(features=features, weight=weight, bias=bias)
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must be ({weight.shape[0]},) like weight's rows, got {tuple(bias.shape)}")
     contributions = features.unsqueeze(2) * weight.t().unsqueeze(0)  # (N, D, C): h_j W[:, j]
     logits = torch.cumsum(contributions, dim=1)
     return logits if bias is None else logits + bias
@@ -96,6 +99,8 @@ class NestedLinear(nn.Linear):
         return half_gaussian_nested_index(self.in_features, self.sigma, self.mu, self.generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         k = self.sample_k() if self.training else self.eval_k
         self.last_k = k
         if k is None or k >= self.in_features:

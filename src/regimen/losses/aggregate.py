@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_same_device
 
 __all__ = ["AggregateLossMethod", "aggregate_loss"]
 
@@ -42,6 +42,7 @@ def aggregate_loss(prediction: torch.Tensor, bags: torch.Tensor, bag_targets: to
         rho: ρ >= 0 (0: bag-level, 1: instance-level).
         reduction: ``"mean"`` over bags, ``"sum"`` or ``"none"`` (``(B,)``).
     """
+    require_same_device(prediction=prediction, bags=bags, bag_targets=bag_targets)
     if prediction.dim() != 1 or bags.dim() != 1 or prediction.shape != bags.shape:
         raise ValueError(f"prediction and bags must be (n,) each, got {tuple(prediction.shape)} and "
                          f"{tuple(bags.shape)}")

@@ -41,7 +41,7 @@ Pitfalls handled / differences from the reference:
   ones; here they are computed on the batch the model sees (the models are frozen, so the cost is two forwards).
 * The pseudo-classifier logits are cosines without a temperature, as in the reference (small gradients: λ₂ = 10
   makes up for them).
-* ``extra_dims`` must satisfy 1 <= a <= d_old; the embedding has D + a numbers.
+* ``extra_dims`` must satisfy 1 <= a <= d_old and D + a >= d_old; the embedding has D + a numbers.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def bt2_embedding(feature: torch.Tensor, old_space: torch.Tensor, p: torch.Tenso
         old_space: ``(N, d_old)`` the old-space head's output o.
         p: ``(D, D)`` orthogonal matrix (applied as ``x @ p.T``, as ``nn.Linear`` does).
         o2: ``(d_old, d_old)`` orthogonal matrix.
-        extra_dims: a, the dimensions added (1 <= a <= d_old).
+        extra_dims: a, the dimensions added (1 <= a <= d_old, D + a >= d_old).
         scale: C, the factor on f before P.
 
     Returns:
@@ -85,6 +85,9 @@ def bt2_embedding(feature: torch.Tensor, old_space: torch.Tensor, p: torch.Tenso
     for name, value in (("feature", feature), ("old_space", old_space), ("p", p), ("o2", o2)):
         if not value.is_floating_point():
             raise TypeError(f"{name} must be a floating point tensor, got {value.dtype}")
+    for name, value in (("old_space", old_space), ("p", p), ("o2", o2)):
+        if value.dtype != feature.dtype:
+            raise TypeError(f"{name} must have feature's dtype {feature.dtype}, got {value.dtype}")
     require_same_device(feature=feature, old_space=old_space, p=p, o2=o2)
     if feature.dim() != 2 or old_space.dim() != 2 or feature.shape[0] != old_space.shape[0]:
         raise ValueError(f"feature (N, D) and old_space (N, d_old) must be 2-D with one row per sample, got "
@@ -95,6 +98,9 @@ def bt2_embedding(feature: torch.Tensor, old_space: torch.Tensor, p: torch.Tenso
                          f"{tuple(o2.shape)}")
     if not 1 <= extra_dims <= d_old:
         raise ValueError(f"extra_dims must lie in [1, d_old = {d_old}], got {extra_dims}")
+    if d + extra_dims < d_old:  # z = [a old-space dims, D new dims] must cover the d_old compatible dims
+        raise ValueError(f"extra_dims must be >= d_old - D = {d_old} - {d} = {d_old - d} (the embedding's first "
+                         f"d_old dims are the compatible part), got {extra_dims}")
     z = torch.cat([F.normalize(old_space[:, :extra_dims], dim=1), (scale * feature) @ p.T], dim=1)
     compatible = z[:, :d_old] @ o2.T
     return torch.cat([compatible, z[:, d_old:]], dim=1), compatible
@@ -123,6 +129,9 @@ def bt2_regularizer(feature: torch.Tensor, compatible: torch.Tensor, target: tor
         raise ValueError(f"feature (N, D), compatible and old (N, d_old) and new (N, D) must agree, got "
                          f"{tuple(feature.shape)}, {tuple(compatible.shape)}, {tuple(old.shape)} and "
                          f"{None if new is None else tuple(new.shape)}")
+    for name, value in (("compatible", compatible), ("old", old), ("new", new), ("old_classifier", old_classifier)):
+        if value is not None and value.dtype != feature.dtype:
+            raise TypeError(f"{name} must have feature's dtype {feature.dtype}, got {value.dtype}")
     if old_classifier.dim() != 2 or old_classifier.shape[1] != compatible.shape[1]:
         raise ValueError(f"old_classifier must be (classes, {compatible.shape[1]}), got {tuple(old_classifier.shape)}")
     if target.shape != (compatible.shape[0],) or target.is_floating_point() or target.dtype == torch.bool:

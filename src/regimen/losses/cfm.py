@@ -85,6 +85,8 @@ def cfm_loss(output: torch.Tensor, target: torch.Tensor, reduction: str = "mean"
     """``mean_j (v_ij − (x1_ij − x0_ij))²`` per pair: its mean over the batch, sum, or the ``(N,)`` values."""
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if isinstance(target, torch.Tensor) and not target.is_floating_point():
+        raise TypeError(f"target must be a floating tensor (the pair's points and times), got {target.dtype}")
     x0, x1, _ = split_cfm_target(target)
     if not isinstance(output, torch.Tensor) or output.shape != x0.shape:
         raise ValueError(f"output (the velocity) must be (N, d) = {tuple(x0.shape)} like the pair's points, got "

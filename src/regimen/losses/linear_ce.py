@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_same_device
 
 __all__ = ["LinearCrossEntropy", "LinearCrossEntropyMethod", "linear_cross_entropy"]
 
@@ -197,6 +197,7 @@ def linear_cross_entropy(
         TypeError: non-floating embeddings/weight/bias, non-integer target, mismatched dtypes.
         ValueError: mismatched shapes, targets out of range, non-finite logits, bad reduction or chunk sizes.
     """
+    require_same_device(embeddings=embeddings, classifier_weight=classifier_weight, target=target, bias=bias)
     if not isinstance(embeddings, torch.Tensor) or not embeddings.is_floating_point():
         raise TypeError(f"embeddings must be a floating tensor, got {getattr(embeddings, 'dtype', type(embeddings))}")
     if not isinstance(classifier_weight, torch.Tensor) or not classifier_weight.is_floating_point():

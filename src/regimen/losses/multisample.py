@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from regimen.losses.soft_ce import classification_loss
-from regimen.method import checked_arguments
+from regimen.method import checked_arguments, require_same_device
 
 __all__ = ["multi_sample_cross_entropy"]
 
@@ -21,6 +21,7 @@ def multi_sample_cross_entropy(
     logits_k: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0, average: str = "losses"
 ) -> torch.Tensor:
     """Mean over K of the cross-entropy of ``logits_k (K, N, C)`` against index ``(N,)`` or soft ``(N, C)`` targets."""
+    require_same_device(logits_k=logits_k, target=target)
     if logits_k.dim() != 3:
         raise ValueError(f"logits_k must be (K, N, C), got shape {tuple(logits_k.shape)}")
     if not logits_k.is_floating_point():

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Sampler
 
-from regimen.method import Context, Method, checked_arguments, register_method, require_data
+from regimen.method import Context, Method, checked_arguments, register_method, require_data, require_same_device
 
 __all__ = ["MultiSimilarityLoss", "MultiSimilarityMethod", "PKSampler", "multi_similarity_loss"]
 
@@ -67,6 +67,7 @@ def multi_similarity_loss(
         raise TypeError("labels must be a 1-D integer tensor")
     if labels.shape[0] != embeddings.shape[0]:
         raise ValueError(f"labels ({labels.shape[0]}) and embeddings ({embeddings.shape[0]}) differ in length")
+    require_same_device(embeddings=embeddings, labels=labels)
     if embeddings.shape[0] < 2:
         raise ValueError("multi_similarity_loss needs at least 2 embeddings")
     if not (alpha > 0 and beta > 0):

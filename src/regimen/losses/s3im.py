@@ -120,6 +120,9 @@ def s3im_loss(
         raise TypeError("pred must be a floating tensor")
     if not isinstance(target, torch.Tensor) or not target.is_floating_point():
         raise TypeError("target must be a floating tensor")
+    if pred.dtype != target.dtype:
+        raise TypeError(f"pred and target must share one dtype, got {pred.dtype} and {target.dtype}")
+    require_data(pred=pred, target=target)  # the finiteness check and the patches' shuffle read values
     if pred.dim() == 1 and target.dim() == 1:
         pred, target = pred.unsqueeze(1), target.unsqueeze(1)
     if pred.dim() != 2 or pred.shape != target.shape:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from regimen._compat import renamed_arguments
-from regimen.method import checked_arguments
+from regimen.method import checked_arguments, require_same_device
 
 __all__ = ["check_single_sample_logits", "classification_loss", "mixed_cross_entropy", "soft_target_cross_entropy"]
 
@@ -61,6 +61,7 @@ def soft_target_cross_entropy(
 ) -> torch.Tensor:
     """Cross-entropy of ``logits (N, C)`` against probability ``target (N, C)`` (rows summing to 1)."""
     check_single_sample_logits(logits)
+    require_same_device(logits=logits, target=target)
     if logits.dim() != 2:
         raise ValueError(f"logits must be (N, C), got shape {tuple(logits.shape)}")
     if target.shape != logits.shape:

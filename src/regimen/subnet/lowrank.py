@@ -21,6 +21,7 @@ the functional API.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -63,6 +64,9 @@ def conv_to_matrix(weight: torch.Tensor) -> torch.Tensor:
 @checked_arguments
 def matrix_to_conv(matrix: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
     """Inverse of ``conv_to_matrix`` for a weight of ``shape``."""
+    if len(shape) not in (2, 4) or matrix.numel() != math.prod(shape):
+        raise ValueError(f"matrix must hold the {math.prod(shape)} values of a weight of shape {tuple(shape)} (2-D or "
+                         f"4-D), got {tuple(matrix.shape)}")
     if len(shape) == 2:
         return matrix.reshape(shape)
     n, c, kh, kw = shape
@@ -75,6 +79,8 @@ def energy_rank(singular_values: torch.Tensor, energy: float = 0.99) -> int:
     require_data(singular_values=singular_values)
     if not 0.0 < energy <= 1.0:
         raise ValueError(f"energy must be in (0, 1], got {energy}")
+    if singular_values.dim() != 1:
+        raise ValueError(f"singular_values must be 1-D, got shape {tuple(singular_values.shape)}")
     power = singular_values.double().pow(2)
     total = power.sum()
     if total <= 0:
@@ -109,6 +115,8 @@ def nuclear_subgradient(weight: torch.Tensor, tol: float = 1e-7) -> torch.Tensor
                          f"{weight.dtype}")
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol}")
+    if weight.numel() == 0:
+        raise ValueError(f"weight must not be empty (no singular values), got shape {tuple(weight.shape)}")
     matrix = conv_to_matrix(weight.detach()).double()
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     keep = s > tol * s.max().clamp_min(1e-30)
@@ -163,6 +171,9 @@ class FactorizedConv2d(nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4):
+            raise ValueError(f"x must be a (C, H, W) or (N, C, H, W) tensor, got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
         return self.second(self.first(x))
 
 
@@ -203,6 +214,8 @@ class FactorizedLinear(nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         return self.second(self.first(x))
 
 

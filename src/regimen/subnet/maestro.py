@@ -47,7 +47,7 @@ from torch import nn
 
 from regimen._compat import deprecated_aliases
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, checked_arguments, register_method, require_data
+from regimen.method import Context, Method, checked_arguments, register_method, require_data, require_same_device
 from regimen.subnet._common import unignored_modules
 from regimen.subnet._surgery import replace_parameters
 
@@ -137,6 +137,9 @@ def low_rank_conv2d(
     """A ``k×k`` conv to ``rank`` channels (``v[:rank]``, shape ``(r, in, kh, kw)``) then a ``1×1`` conv by ``u``."""
     if u.ndim != 2 or v.ndim != 4 or u.shape[1] != v.shape[0]:
         raise ValueError(f"u (out, r) and v (r, in, kh, kw) must share r, got {tuple(u.shape)} and {tuple(v.shape)}")
+    if u.numel() == 0 or v.numel() == 0:
+        raise ValueError(f"u and v must not be empty (a conv needs >= 1 output channel and rank), got "
+                         f"{tuple(u.shape)} and {tuple(v.shape)}")
     if not (x.dtype == u.dtype == v.dtype and x.is_floating_point()):
         raise TypeError(f"x, u and v must share one floating point dtype, got {x.dtype}, {u.dtype}, {v.dtype}")
     if x.dim() not in (3, 4):
@@ -164,6 +167,7 @@ def hierarchical_group_lasso(u: torch.Tensor, v: torch.Tensor, rank: int | None 
         v: ``(r, in)`` or ``(r, in, kh, kw)`` input factor.
         rank: only the first ``rank`` components take part (the layer's active rank); ``None`` uses all.
     """
+    require_same_device(u=u, v=v)
     if u.ndim != 2 or u.shape[1] != v.shape[0]:
         raise ValueError(f"u (out, r) and v (r, ...) must share r, got {tuple(u.shape)} and {tuple(v.shape)}")
     rank = _check_rank(rank, v.shape[0])

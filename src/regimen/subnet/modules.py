@@ -78,6 +78,10 @@ class PrunedMultiheadAttention(nn.Module):
             query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
         batch, length, _ = query.shape
         source = key.shape[1]
+        if key.shape[0] != batch or value.shape[:2] != key.shape[:2]:
+            raise ValueError(f"query, key and value must share the batch (and key and value the source length), got "
+                             f"query {tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)} "
+                             f"(batch first)")
         inner = self.num_heads * self.head_dim
         w_q, w_k, w_v = self.in_proj_weight.split(inner)
         b_q = b_k = b_v = None

@@ -57,7 +57,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from regimen.errors import ConfigurationError
 from regimen.losses import soft_target_cross_entropy
-from regimen.method import Context, Method, checked_arguments, register_method
+from regimen.method import Context, Method, checked_arguments, register_method, require_same_device
 from regimen.models import copy_module
 from regimen.subnet.dependency import Group, UntraceableError, dependency_groups
 from regimen.subnet.importance import IMPORTANCES, group_scores
@@ -131,9 +131,10 @@ def sandwich_widths(widths: Sequence[float], n_random: int = 2, generator: torch
 def inplace_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
                               ) -> torch.Tensor:
     """``T² · CE(softmax(sg[teacher] / T), log_softmax(student / T))`` with the teacher detached."""
+    require_same_device(student_logits=student_logits, teacher_logits=teacher_logits)
     if student_logits.shape != teacher_logits.shape or student_logits.dim() != 2:
-        raise ValueError(f"student and teacher logits must both be (N, C), got {tuple(student_logits.shape)} and "
-                         f"{tuple(teacher_logits.shape)}")
+        raise ValueError(f"student_logits and teacher_logits must both be (N, C), got {tuple(student_logits.shape)} "
+                         f"and {tuple(teacher_logits.shape)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     target = F.softmax(teacher_logits.detach().float() / temperature, dim=1)

@@ -149,6 +149,9 @@ def transform_kernel(weight: torch.Tensor, kernels: Sequence[int], kernel: int,
         if tuple(matrix.shape) != (small, small):
             raise ValueError(f"matrices[{index}] must be {small}x{small} (maps {kernels[index + 1]} -> "
                              f"{kernels[index]}), got {tuple(matrix.shape)}")
+        if matrix.dtype != weight.dtype or not weight.is_floating_point():
+            raise TypeError(f"weight and matrices[{index}] must share one floating point dtype, got {weight.dtype} "
+                            f"and {matrix.dtype}")
     out = weight
     for index in range(len(kernels) - 1, 0, -1):
         if kernels[index] <= kernel:

@@ -183,6 +183,8 @@ def search_threshold(factors: Sequence[torch.Tensor] | torch.Tensor, upper: floa
 def polarized_fraction(factors: Sequence[torch.Tensor] | torch.Tensor, upper: float = 1.0,
                        tolerance: float = 0.01) -> tuple[float, float]:
     """``(fraction ≤ tolerance·upper, fraction ≥ (1 − 0.1)·upper)``: how bimodal the factors are."""
+    if not upper > 0:
+        raise ValueError(f"upper must be > 0 (the factors' upper bound), got {upper}")
     if isinstance(factors, torch.Tensor):
         factors = [factors]
     flat = torch.cat([f.detach().reshape(-1) for f in factors]) / upper

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from regimen.errors import ConfigurationError
-from regimen.method import Context, Method, checked_arguments, register_method, require_data
+from regimen.method import Context, Method, checked_arguments, register_method, require_data, require_same_device
 
 __all__ = [
     "SubsampledAttentionMethod",
@@ -72,11 +72,18 @@ def subsampled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kept
                          scale: float | None = None, causal: bool = True) -> torch.Tensor:
     """Attention of ``(B, H, T, D)`` queries to the kept keys/values ``kept`` ``(B, K)`` plus themselves: the
     earlier kept ones (``causal``) or all the other kept ones (bidirectional)."""
-    if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
+    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
         raise ValueError(f"q, k, v must be (B, H, T, D) alike, got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
+    for name, value in (("k", k), ("v", v)):
+        if value.dtype != q.dtype:
+            raise TypeError(f"{name} must have q's dtype {q.dtype}, got {value.dtype}")
+    if not q.is_floating_point():
+        raise TypeError(f"q, k and v must be floating point, got {q.dtype}")
     b, h, t, d = q.shape
-    if kept.dim() != 2 or kept.shape[0] != b or kept.is_floating_point():
+    require_data(kept=kept)  # the positions index the keys
+    require_same_device(q=q, k=k, v=v, kept=kept)
+    if kept.dim() != 2 or kept.shape[0] != b or kept.is_floating_point() or kept.dtype == torch.bool:
         raise ValueError(f"kept must be integer positions (B={b}, K), got {tuple(kept.shape)} {kept.dtype}")
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     index = kept[:, None, :, None]
