@@ -149,3 +149,10 @@ def test_a_single_document_is_cut_at_line_breaks():
     assert "".join(train + val + test) == text
     assert [sum(len(d) for d in b) for b in (train, val, test)] == [630, 90, 180]
     assert all(d.endswith("\n") for d in train + val + test)
+
+
+@pytest.mark.parametrize("vocab_size, match", [(10**10, "must be <= 1,048,576"), (300, "exceeds what BPE can learn")])
+def test_bpe_vocabulary_is_bounded_before_allocating(vocab_size, match):
+    # 10**10 made `tokenizers` try to allocate ~570 GB and abort the whole process (not a Python error)
+    with pytest.raises(ValueError, match=f"data.options.vocab_size.*{match}|{match}"):
+        train_bpe(["tiny text"], vocab_size, cache=False)

@@ -88,3 +88,29 @@ def test_oversized_recipes_are_refused_before_allocating_through_fit_and_the_com
     lines = [line for line in stderr.strip().splitlines() if line.startswith("regimen train")]
     assert len(lines) == 1 and "internal error" not in lines[0] and "model.options" in lines[0], stderr
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir()), "a refused run wrote files"
+
+
+def test_a_model_with_too_many_layers_is_refused_before_it_is_built(tiny_recipe, monkeypatch):
+    # depth = 10**9 spent minutes registering modules on the meta device before any size check could run
+    import pytest
+
+    from regimen.errors import ConfigurationError
+    from regimen.train import fit, trainer
+
+    monkeypatch.setattr(trainer, "MAX_MODEL_MODULES", 3)
+    recipe = dict(tiny_recipe, model={"name": "mlp", "options": {"hidden": [8, 8, 8, 8]}})
+    with pytest.raises(ConfigurationError, match=r"^model.options: .*registers more than 3 layers"):
+        fit(recipe)
+
+
+def test_a_weight_whose_size_overflows_is_refused_by_key(tiny_recipe):
+    # on the meta device torch raised "Storage size calculation overflowed"; the probe then gave up silently and the
+    # real build asked the allocator for the impossible size
+    import pytest
+
+    from regimen.errors import ConfigurationError
+    from regimen.train import fit
+
+    recipe = dict(tiny_recipe, model={"name": "mlp", "options": {"hidden": [4 * 10**9, 4 * 10**9]}})
+    with pytest.raises(ConfigurationError, match=r"^model.options: .*weight too large to allocate"):
+        fit(recipe)

@@ -132,6 +132,9 @@ def _byte_decoder() -> dict[str, int]:
     return chars
 
 
+MAX_BPE_VOCAB = 2**20  # 1,048,576: four times the largest vocabularies in use (256k)
+
+
 def train_bpe(documents: Sequence[str], vocab_size: int, cache: bool = True) -> BPETokenizer:
     """Train a byte-level BPE of ``vocab_size`` tokens on ``documents`` (or load it from the cache).
 
@@ -143,6 +146,12 @@ def train_bpe(documents: Sequence[str], vocab_size: int, cache: bool = True) -> 
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 257:
         raise ValueError(f"data.options.vocab_size must be an int >= 257 for BPE (256 bytes + merges), got "
                          f"{vocab_size!r}")
+    if vocab_size > MAX_BPE_VOCAB:  # `tokenizers` allocates for the requested size up front: 10**10 aborts the process
+        raise ValueError(f"data.options.vocab_size must be <= {MAX_BPE_VOCAB:,} for BPE, got {vocab_size:,}")
+    corpus_bytes = sum(len(document.encode("utf-8")) for document in documents)
+    if vocab_size > 256 + corpus_bytes:  # every merge joins two tokens of the text: at most one per byte
+        raise ValueError(f"data.options.vocab_size = {vocab_size:,} exceeds what BPE can learn from "
+                         f"{corpus_bytes:,} bytes of training text (at most 256 + one merge per byte)")
     tk = _tokenizers()
     digest = hashlib.sha256()
     for document in documents:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_module_registration_hook
 
 from regimen.data import DataSplits
 from regimen.errors import ConfigurationError, DivergenceError
@@ -306,6 +307,13 @@ def _train(run: _Run, state: dict | None, resume: str | os.PathLike | None, out_
             run.loggers.finish(None, "failed")
 
 
+MAX_MODEL_MODULES = 100_000  # submodule registrations while probing a recipe's model (a 1,000-block GPT: ~14k)
+
+
+class _TooManyModules(Exception):
+    """Raised inside the model probe's registration hook; turned into a ConfigurationError."""
+
+
 class _Run:
     """The state of one training run and the steps of its loop."""
 
@@ -356,21 +364,38 @@ class _Run:
         gradients and two optimizer moments cannot fit in this machine's memory: ``model.options`` with a width of
         10**9 is a one-line error, not an allocation of hundreds of GiB (or the machine's OOM killer)."""
         rng = torch.get_rng_state()
+        described = f"model.name = {self.recipe.model.name!r} with {dict(self.recipe.model.options)}"
+        registered = [0]
+
+        def count_modules(module: nn.Module, name: str, submodule: nn.Module | None) -> None:
+            registered[0] += 1
+            if registered[0] > MAX_MODEL_MODULES:  # depth = 10**9 would spend hours building modules on meta
+                raise _TooManyModules
+
+        handle = register_module_module_registration_hook(count_modules)
         try:
             with torch.device("meta"):
                 probe = self.task.build_model(self.data)
+        except _TooManyModules:
+            raise ConfigurationError(f"model.options: {described} registers more than {MAX_MODEL_MODULES:,} "
+                                     f"layers; refused before building it") from None
+        except RuntimeError as error:
+            if "overflow" in str(error):  # a weight with more than 2**63 elements
+                raise ConfigurationError(f"model.options: {described} has a weight too large to allocate "
+                                         f"({str(error).splitlines()[0]})") from None
+            return
         except Exception:  # noqa: BLE001 - a builder that needs real tensors (a data-fitted layer): not probed
             return
         finally:
+            handle.remove()
             torch.set_rng_state(rng)
         numel = sum(p.numel() for p in probe.parameters()) + sum(b.numel() for b in probe.buffers())
         need = numel * 4 * 4  # float32 weights, gradients and two optimizer moments: a floor, not an estimate
         available = machine_memory()
         if need > available:
             raise ConfigurationError(
-                f"model.options: model.name = {self.recipe.model.name!r} with {dict(self.recipe.model.options)} has "
-                f"{numel:,} parameters, at least {need / 2**30:.1f} GiB with gradients and optimizer state; this "
-                f"machine has {available / 2**30:.1f} GiB of memory")
+                f"model.options: {described} has {numel:,} parameters, at least {need / 2**30:.1f} GiB with "
+                f"gradients and optimizer state; this machine has {available / 2**30:.1f} GiB of memory")
 
     def setup(self, state: dict | None, source: str) -> None:
         """Model, optimizer, methods, loader and context; surgery by the methods; Fabric wrapping; resume."""
