@@ -4,6 +4,8 @@ on the language-model task, a-priori CP conv kernels on a wave-equation U-Net su
     OMP_NUM_THREADS=1 PYTHONPATH=src python reports/subnet_elastic/lowrank_experiments.py lora --seeds 0 1 2
     OMP_NUM_THREADS=1 PYTHONPATH=src python reports/subnet_elastic/lowrank_experiments.py lost --seeds 0 1 2
     OMP_NUM_THREADS=1 PYTHONPATH=src python reports/subnet_elastic/lowrank_experiments.py wave --seeds 0 1 2
+    OMP_NUM_THREADS=1 PYTHONPATH=src python reports/subnet_elastic/lowrank_experiments.py lost_gamma --seeds 0 1 2 \
+        --gammas 0.25 0.5 0.75
 
 Each run appends one JSON line to reports/subnet_elastic/lowrank_runs/<experiment>.jsonl and (LOST, LoRA) writes
 the plot points reports/subnet_elastic/results/<method>__<setting>__seed<seed>.json.
@@ -150,15 +152,23 @@ def _lm_recipe(seed, steps, dim, depth, methods):
     }
 
 
-def run_lost(seeds, steps, dim, depth, rank, channels, matched_rank, matched_dim):
+def run_lost(seeds, steps, dim, depth, rank, channels, matched_rank, matched_dim, gammas=None, low_rank_gamma1=False):
     from regimen.train import fit
-    arms = {
-        "full_rank": ([], dim),
-        f"dense_d{matched_dim}": ([], matched_dim),
-        "low_rank": ([{"name": "lost", "rank": matched_rank, "channels": 0.0}], dim),
-        "lost_random": ([{"name": "lost", "rank": rank, "channels": channels, "selection": "random"}], dim),
-        "lost": ([{"name": "lost", "rank": rank, "channels": channels}], dim),
-    }
+    if gammas is not None:  # the gamma sweep: LOST at the same rank and channels (same parameter count) per gamma
+        arms = {f"lost_g{g:g}": ([{"name": "lost", "rank": rank, "channels": channels, "gamma": g}], dim)
+                for g in gammas}
+        if low_rank_gamma1:  # the low-rank comparator without the 0.5 factor on its only path
+            arms["low_rank_g1"] = ([{"name": "lost", "rank": matched_rank, "channels": 0.0, "gamma": 1.0}], dim)
+        experiment = "lost_gamma"
+    else:
+        experiment = "lost"
+        arms = {
+            "full_rank": ([], dim),
+            f"dense_d{matched_dim}": ([], matched_dim),
+            "low_rank": ([{"name": "lost", "rank": matched_rank, "channels": 0.0}], dim),
+            "lost_random": ([{"name": "lost", "rank": rank, "channels": channels, "selection": "random"}], dim),
+            "lost": ([{"name": "lost", "rank": rank, "channels": channels}], dim),
+        }
     for seed in seeds:
         for arm, (methods, width) in arms.items():
             recipe = _lm_recipe(seed, steps, width, depth, methods)
@@ -168,10 +178,12 @@ def run_lost(seeds, steps, dim, depth, rank, channels, matched_rank, matched_dim
             model = result.model
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             final = result.history[-1]
-            record = {"experiment": "lost", "arm": arm, "seed": seed, "steps": steps, "dim": width, "depth": depth,
+            record = {"experiment": experiment, "arm": arm, "seed": seed, "steps": steps, "dim": width, "depth": depth,
                       "trainable_params": trainable, "seconds": round(seconds, 1),
                       **{k: v for k, v in final.items() if isinstance(v, int | float)}}
-            _write("lost", record)
+            _write(experiment, record)
+            if gammas is not None:
+                continue
             metric = final.get("val_bits_per_byte", final.get("val_loss"))
             name = "val_bits_per_byte" if "val_bits_per_byte" in final else "val_loss"
             _point({"full_rank": "dense", f"dense_d{matched_dim}": "dense_matched"}.get(arm, arm), "language_model",
@@ -254,7 +266,9 @@ def run_wave(seeds, size, epochs, train_traj, arms):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("experiment", choices=["lora", "lost", "wave"])
+    parser.add_argument("experiment", choices=["lora", "lost", "lost_gamma", "wave"])
+    parser.add_argument("--gammas", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    parser.add_argument("--low-rank-gamma1", action="store_true", help="lost_gamma: add low rank at gamma = 1")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2, 3e-2])
@@ -262,9 +276,10 @@ def main():
     torch.set_num_threads(1)
     if args.experiment == "lora":
         run_lora(args.seeds, args.steps or 200, pretrain_steps=600, adapt_samples=1000, rank=4, lrs=args.lrs)
-    elif args.experiment == "lost":
+    elif args.experiment in ("lost", "lost_gamma"):
         run_lost(args.seeds, args.steps or 400, dim=128, depth=2, rank=0.25, channels=0.05, matched_rank=0.29,
-                 matched_dim=80)
+                 matched_dim=80, gammas=args.gammas if args.experiment == "lost_gamma" else None,
+                 low_rank_gamma1=args.low_rank_gamma1)
     else:
         run_wave(args.seeds, size=32, epochs=args.steps or 16, train_traj=48, arms=[(3, 0), (3, 1), (5, 0), (5, 1)])
 

@@ -105,6 +105,38 @@ def lost():
     print()
 
 
+def lost_gamma():
+    """The gamma sweep: LOST at rank 0.25, 5 % channels (same parameters for every gamma); gamma = 0.5 seeds that
+    the sweep did not rerun are the ``lost`` arm of lost.jsonl (the same recipe; a rerun of seed 0 checked that the
+    runs are deterministic)."""
+    rows = _rows("lost_gamma")
+    if not rows:
+        return
+    groups = collections.defaultdict(dict)
+    for r in rows:
+        groups[r["arm"]][r["seed"]] = r
+    for r in _rows("lost"):
+        if r["arm"] == "lost":
+            groups["lost_g0.5"].setdefault(r["seed"], r)
+    reference = groups.get("lost_g0.5", {})
+    print("### LOST gamma sweep (validation / test bits per byte after 400 steps)\n")
+    print("| arm | gamma | trainable params | val bits/byte median [min, max] | test bits/byte median [min, max] "
+          "| seeds | val minus gamma 0.5, per seed |")
+    print("|---|---|---|---|---|---|---|")
+
+    def order(arm):
+        return (arm.startswith("low_rank"), float(arm.rsplit("_g", 1)[1]))
+    for arm in sorted(groups, key=order):
+        by_seed = groups[arm]
+        rs = [by_seed[k] for k in sorted(by_seed)]
+        gamma = arm.rsplit("_g", 1)[1]
+        diffs = ", ".join(f"s{k}: {by_seed[k]['val_bits_per_byte'] - reference[k]['val_bits_per_byte']:+.3f}"
+                          for k in sorted(by_seed) if k in reference) if arm != "lost_g0.5" else "-"
+        print(f"| {arm} | {gamma} | {rs[0]['trainable_params']} | {_fmt([r['val_bits_per_byte'] for r in rs])} | "
+              f"{_fmt([r['test_bits_per_byte'] for r in rs])} | {len(rs)} | {diffs} |")
+    print()
+
+
 def wave():
     rows = _rows("wave")
     if not rows:
@@ -140,4 +172,5 @@ def wave():
 if __name__ == "__main__":
     lora()
     lost()
+    lost_gamma()
     wave()

@@ -6,6 +6,9 @@ metric_name, metric``), groups them by task (one panel each: accuracy-like metri
 the median over seeds with a min–max bar. Writes ``plot.png`` and replaces the text between
 ``<!-- tables:start -->`` and ``<!-- tables:end -->`` in ``README.md`` with one table per task.
 
+The knee runs (``knee/*.json``: separately trained networks at several epoch budgets, one seed, with their
+validation curves) go to ``knee.png`` and to the table between ``<!-- knee:start -->`` and ``<!-- knee:end -->``.
+
 Usage: python reports/subnet_elastic/plot.py
 """
 
@@ -18,15 +21,17 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
+KNEE = HERE / "knee"
 START, END = "<!-- tables:start -->", "<!-- tables:end -->"
+KNEE_START, KNEE_END = "<!-- knee:start -->", "<!-- knee:end -->"
 #: drawing order and style: separately trained models first (the reference every method is judged against)
 STYLE = {"separate": ("black", "s", "-"), "nested_width": ("tab:blue", "o", "-"), "ofa": ("tab:red", "^", "none"),
          "ofa_all": ("tab:orange", "v", "none"), "maestro": ("tab:green", "D", "-"), "trp": ("tab:purple", "P", "none")}
 
 
-def load() -> list[dict]:
+def load(folder: Path = RESULTS) -> list[dict]:
     points = []
-    for path in sorted(RESULTS.glob("*.json")):
+    for path in sorted(folder.glob("*.json")):
         point = json.loads(path.read_text())
         missing = {"method", "task", "setting", "seed", "macs", "params", "metric_name", "metric"} - set(point)
         if missing:
@@ -115,6 +120,52 @@ def markdown(tables: dict[str, list[dict]]) -> str:
     return "\n\n".join(parts)
 
 
+def knee(points: list[dict], out: Path) -> str:
+    """``knee.png`` (left: final test accuracy against the epoch budget per width; right: the validation curve of
+    every run) and its markdown table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    by_setting: dict[str, list[dict]] = defaultdict(list)
+    for p in points:
+        by_setting[p["setting"]].append(p)
+    lines = ["| network | train images | epochs | seed | test accuracy (final) | validation accuracy by epoch |",
+             "|---|---|---|---|---|---|"]
+    for setting in sorted(by_setting, key=lambda s: float(s.split("_")[0][1:])):
+        runs = sorted(by_setting[setting], key=lambda p: (p["epochs"], p["seed"]))
+        left.plot([p["epochs"] for p in runs], [p["metric"] for p in runs], marker="o", label=setting)
+        for p in runs:
+            curve = p.get("val_curve") or []
+            right.plot([c[0] for c in curve], [c[1] for c in curve], alpha=0.8,
+                       label=f"{setting}, {p['epochs']} epochs")
+            shown = " ".join(f"{c[1]:.3f}" for c in curve)
+            lines.append(f"| {setting} | {p.get('train_subset', '')} | {p['epochs']} | {p['seed']} | "
+                         f"{p['metric']:.4f} | {shown} |")
+    left.set_xlabel("epoch budget (cosine schedule to zero over the budget)")
+    left.set_ylabel("test accuracy after the budget")
+    right.set_xlabel("epoch")
+    right.set_ylabel("validation accuracy")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    left.set_title("separately trained: final accuracy vs budget")
+    right.set_title("separately trained: validation curves")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return "\n".join(lines)
+
+
+def replace_between(text: str, start: str, end: str, body: str, where: Path) -> str:
+    if start not in text or end not in text:
+        raise SystemExit(f"{where} has no {start} ... {end} markers")
+    before, rest = text.split(start, 1)
+    _, after = rest.split(end, 1)
+    return f"{before}{start}\n{body}\n{end}{after}"
+
+
 def main() -> None:
     tables = summarise(load())
     if not tables:
@@ -122,11 +173,13 @@ def main() -> None:
     plot(tables, HERE / "plot.png")
     readme = HERE / "README.md"
     text = readme.read_text() if readme.exists() else f"{START}\n{END}\n"
-    if START not in text or END not in text:
-        raise SystemExit(f"{readme} has no {START} ... {END} markers")
-    before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
-    readme.write_text(f"{before}{START}\n{markdown(tables)}\n{END}{after}")
+    text = replace_between(text, START, END, markdown(tables), readme)
+    knee_points = load(KNEE) if KNEE.exists() else []
+    if knee_points:
+        table = knee(knee_points, HERE / "knee.png")
+        text = replace_between(text, KNEE_START, KNEE_END, table, readme)
+        print(table)
+    readme.write_text(text)
     print(markdown(tables))
 
 

@@ -15,6 +15,7 @@ from regimen.tasks.neural_field import NeuralFieldTask, field_mse, image_ssim
 from regimen.tasks.node_classification import NodeClassificationTask
 from regimen.tasks.regression import RegressionTask, regression_loss
 from regimen.tasks.sequence_classification import SequenceClassificationTask, expected_calibration_error
+from regimen.tasks.wave_surrogate import WaveSurrogateTask
 
 __all__ = [
     "ClassificationTask",
@@ -26,6 +27,7 @@ __all__ = [
     "SequenceClassificationTask",
     "Task",
     "UnknownTaskError",
+    "WaveSurrogateTask",
     "classification_criterion",
     "expected_calibration_error",
     "field_mse",
@@ -90,3 +92,4 @@ register_task(NeuralFieldTask)
 register_task(SequenceClassificationTask)
 register_task(MetricLearningTask)
 register_task(RegressionTask)
+register_task(WaveSurrogateTask)
