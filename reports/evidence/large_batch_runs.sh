@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The large-batch evidence: the study (lr_scaling, ghost_bn, regime_adaptation on the batch-1024 base), the base's
 # budget curve (the same recipe at half and twice the epochs, seed 0) and the small-batch reference (the same recipe
-# at batch 128, seeds of the study). One thread per run, one run at a time. From the repository root:
+# at batch 256, the study's seeds). One thread per run, one run at a time. From the repository root:
 #
 #   bash reports/evidence/large_batch_runs.sh            # then: python reports/evidence/index.py
 #
@@ -22,7 +22,7 @@ train() {  # train NAME ARGS...: one run into $OUT/NAME unless it finished befor
 
 "$PY" -m regimen study reports/evidence/large_batch.toml --out reports/evidence/large_batch --workers 1 --threads 1
 for seed in $(seq 0 $((SEEDS - 1))); do
-  train "b128-e${EPOCHS}-seed${seed}" --set seed="$seed" --set train.batch_size=128
+  train "b256-e${EPOCHS}-seed${seed}" --set seed="$seed" --set train.batch_size=256
 done
 train "b1024-e$((EPOCHS / 2))-seed0" --set train.epochs=$((EPOCHS / 2))
 train "b1024-e$((EPOCHS * 2))-seed0" --set train.epochs=$((EPOCHS * 2))

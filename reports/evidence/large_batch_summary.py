@@ -3,7 +3,7 @@
     python reports/evidence/large_batch_summary.py
 
 Reads the study (reports/evidence/large_batch: results.json and runs/) and the extra runs of large_batch_runs.sh
-(large_batch_curve/: the base at half and twice the epochs, seed 0; the small-batch reference, batch 128, at the
+(large_batch_curve/: the base at half and twice the epochs, seed 0; the small-batch reference, batch 256, at the
 study's seeds) and writes:
 - the budget curve: the base's final test accuracy at E/2, E and 2E epochs (each a full cosine schedule), and the
   test accuracy at every evaluation inside the runs;
@@ -47,7 +47,7 @@ def main() -> None:
     epochs = results["base"]["epochs"]
     base = {seed: s["final_test_acc"] for seed, s in runs["base"].items()}
     reference = {}
-    for folder in sorted(CURVE.glob("b128-*-seed*")):
+    for folder in sorted(CURVE.glob("b256-*-seed*")):
         if (folder / "summary.json").exists():
             reference[int(folder.name.rpartition("-seed")[2])] = json.loads((folder / "summary.json").read_text())
     lines = ["# Large-batch study: the budget curve and the gap", "",
@@ -69,7 +69,7 @@ def main() -> None:
               "| run | epochs: test acc |", "|---|---|"]
     curves = [("base (batch 1024)", STUDY / "runs" / "base-seed0")]
     curves += [(f"+ {row['label']}", STUDY / "runs" / f"{row['label']}-seed0") for row in results["rows"]]
-    curves += [(f"reference (batch 128, {epochs} epochs)", CURVE / f"b128-e{epochs}-seed0")]
+    curves += [(f"reference (batch 256, {epochs} epochs)", CURVE / f"b256-e{epochs}-seed0")]
     for label, folder in curves:
         if (folder / "metrics.jsonl").exists():
             points = ", ".join(f"{e}: {_pct(a)}" for e, _, a in _evaluations(folder))
@@ -77,7 +77,7 @@ def main() -> None:
     if reference:
         gap = {seed: reference[seed]["final_test_acc"] - base[seed] for seed in reference if seed in base}
         lines += ["", "## The gap and the share of it each method closes (paired by seed)", "",
-                  f"Small-batch reference (batch 128, {epochs} epochs): "
+                  f"Small-batch reference (batch 256, {epochs} epochs): "
                   f"{median_spread([s['final_test_acc'] for s in reference.values()], '{:.2f}', 100)} "
                   f"(median [min, max] over {len(reference)} seeds); large-batch base: "
                   f"{median_spread(base.values(), '{:.2f}', 100)}; gap (reference − base) "

@@ -164,3 +164,11 @@ def test_the_committed_evidence_index_is_current():
     done = subprocess.run([sys.executable, str(ROOT / "reports" / "evidence" / "index.py"), "--check"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr + " (regenerate: python reports/evidence/index.py)"
+
+
+def test_report_scripts_print_the_shared_table(tmp_path):
+    folder = _study(tmp_path / "study")
+    for script, digits, time_column in (("tabulate.py", 3, True), ("study_metrics.py", 4, False)):
+        done = subprocess.run([sys.executable, str(ROOT / "reports" / "tasks" / script), str(folder), "acc"],
+                              capture_output=True, text=True, check=True)
+        assert done.stdout == metric_table(folder, ["acc"], digits=digits, time_column=time_column) + "\n"
