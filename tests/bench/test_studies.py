@@ -172,3 +172,14 @@ def test_report_scripts_print_the_shared_table(tmp_path):
         done = subprocess.run([sys.executable, str(ROOT / "reports" / "tasks" / script), str(folder), "acc"],
                               capture_output=True, text=True, check=True)
         assert done.stdout == metric_table(folder, ["acc"], digits=digits, time_column=time_column) + "\n"
+
+
+def test_a_tasks_folders_add_every_study_found_under_them(tmp_path):
+    _study(tmp_path / "tasks" / "x" / "b")
+    _study(tmp_path / "tasks" / "x" / "a")
+    (tmp_path / "index.toml").write_text('[[tasks]]\nname = "x"\nstudies = ["tasks/x/b"]\nfolders = ["tasks/x"]\n')
+    (task,) = load_index(tmp_path / "index.toml")
+    assert task.studies == [tmp_path / "tasks" / "x" / "b", tmp_path / "tasks" / "x" / "a"]  # named first, once
+    (tmp_path / "index.toml").write_text('[[tasks]]\nname = "x"\nfolders = ["nowhere"]\n')
+    with pytest.raises(ConfigurationError, match="folder 'nowhere' does not exist"):
+        load_index(tmp_path / "index.toml")

@@ -37,7 +37,8 @@ INDEX_FILE = "index.toml"
 
 @dataclass
 class EvidenceTask:
-    """One task of the evidence index: its study folders and its hand-written reports ``(path, what it holds)``."""
+    """One task of the evidence index: its study folders (named, then found under its ``folders``) and its
+    hand-written reports ``(path, what it holds)``."""
 
     name: str
     studies: list[Path] = field(default_factory=list)
@@ -201,6 +202,7 @@ def load_index(path: str | os.PathLike) -> list[EvidenceTask]:
         [[tasks]]
         name = "regression"
         studies = ["../tasks/regression/study-conr"]                    # relative to the index file
+        folders = ["../tasks/regression"]          # and every study found under these folders, after those
         reports = [["../tasks/regression/README.md", "the task report"]]  # hand-written, with what each holds
 
     Raises:
@@ -226,9 +228,9 @@ def load_index(path: str | os.PathLike) -> list[EvidenceTask]:
     tasks = []
     for index, entry in enumerate(raw.get("tasks", [])):
         where = f"{path}: tasks.{index}"
-        unknown = sorted(set(entry) - {"name", "studies", "reports"})
+        unknown = sorted(set(entry) - {"name", "studies", "folders", "reports"})
         if unknown or not isinstance(entry.get("name"), str):
-            raise ConfigurationError(f"{where}: a task has name (a string), studies and reports"
+            raise ConfigurationError(f"{where}: a task has name (a string), studies, folders and reports"
                                      + (f"; unknown key {unknown[0]!r}" if unknown else ""))
         task = EvidenceTask(entry["name"])
         for study in entry.get("studies", []):
@@ -236,6 +238,11 @@ def load_index(path: str | os.PathLike) -> list[EvidenceTask]:
             if not (folder / RESULTS_FILE).is_file():
                 raise ConfigurationError(f"{where} ({entry['name']}): study {study!r} has no {RESULTS_FILE}")
             task.studies.append(folder)
+        for name in entry.get("folders", []):
+            if not (path.parent / name).is_dir():
+                raise ConfigurationError(f"{where} ({entry['name']}): folder {name!r} does not exist")
+            known = {study.resolve() for study in task.studies}
+            task.studies += [study for study in find_studies(path.parent / name) if study.resolve() not in known]
         for report in entry.get("reports", []):
             if not (isinstance(report, list) and len(report) == 2 and all(isinstance(r, str) for r in report)):
                 raise ConfigurationError(f"{where} ({entry['name']}): a report is [path, what it holds], got "
