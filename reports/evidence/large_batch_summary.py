@@ -92,7 +92,7 @@ def main() -> None:
             accuracy = median_spread([a["final_test_acc"] for a in arm.values()], "{:.2f}", 100)
             lines.append(f"| `{row['label']}` | {accuracy} | {median_spread(diffs, '{:+.2f}', 100)} | "
                          f"{', '.join(f'{x:+.0%}' for x in shares) or '–'} | "
-                         f"{row.get('cpu_time_ratio') or float('nan'):.2f} |")
+                         f"{median_spread([row.get('cpu_time_ratio')], '{:.2f}').partition(' ')[0]} |")
         cpu = [s.get("process_cpu_time") for s in reference.values() if s.get("process_cpu_time")]
         base_cpu = [s.get("process_cpu_time") for s in runs["base"].values() if s.get("process_cpu_time")]
         if cpu and base_cpu:
