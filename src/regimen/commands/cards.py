@@ -63,6 +63,8 @@ def load_evidence(folder: str | Path) -> list[dict[str, Any]]:
         results = json.loads(path.read_text())
         study = Path(os.path.relpath(path.parent, folder)).as_posix()
         for row in results.get("rows", []):
+            if not row.get("pairs"):  # an arm whose runs have not finished measures nothing yet
+                continue
             rows.append({**row, "study": study, "metric": results["primary_metric"],
                          "seeds": results["spec"]["seeds"], "base_recipe": results["spec"]["base"],
                          "epochs": results["base"].get("epochs"), "percent": str(results["primary_metric"]).endswith(
