@@ -7,6 +7,11 @@ accuracy and box IoU, the paired gap closed by AGVM, (agvm - large) / (small - l
 import json
 import statistics
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))  # this checkout's regimen
+
+from regimen.bench.studies import median_spread  # noqa: E402
 
 rows = json.load(open(sys.argv[1] if len(sys.argv) > 1 else "reports/wave2/agvm_long.json"))
 arms = list(dict.fromkeys(r["arm"] for r in rows))
@@ -15,8 +20,7 @@ seeds = sorted({r["seed"] for r in rows})
 
 
 def spread(values, scale=100.0):
-    values = [v * scale for v in values]
-    return f"{statistics.median(values):.1f} [{min(values):.1f}, {max(values):.1f}]"
+    return median_spread(values, "{:.1f}", scale)
 
 
 print("| arm | steps | class accuracy % | box IoU x100 | CPU s (median) |")

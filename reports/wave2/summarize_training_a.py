@@ -5,16 +5,18 @@ Run: cd WORKTREE && python reports/wave2/summarize_training_a.py
 """
 
 import json
-import statistics
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.resolve().parents[1] / "src"))  # this checkout's regimen
+
+from regimen.bench.studies import median_spread  # noqa: E402
 
 
 def fmt(values, scale=100.0, digits=1):
-    values = [v * scale for v in values]
-    return (f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}, {max(values):.{digits}f}] "
-            f"(n={len(values)})")
+    values = list(values)
+    return f"{median_spread(values, f'{{:.{digits}f}}', scale)} (n={len(values)})"
 
 
 def table(rows, key, metrics, scale=100.0):

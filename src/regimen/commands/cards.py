@@ -11,6 +11,8 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
+import posixpath
 from pathlib import Path
 from typing import Any
 
@@ -44,20 +46,41 @@ def run(args) -> int:
 
 
 def load_evidence(folder: str | Path) -> list[dict[str, Any]]:
-    """Every study row under ``folder`` (``*/results.json``), each with its study's name, metric and base."""
-    rows = []
-    for path in sorted(Path(folder).glob("*/results.json")):
+    """Every study row under ``folder`` (``*/results.json``) and of every study its evidence index
+    (``folder/index.toml``: the studies of every task, wherever they live under reports/) names, each with its
+    study's name (its path relative to ``folder``), metric and base."""
+    folder = Path(folder)
+    paths = sorted(folder.glob("*/results.json"))
+    if (folder / "index.toml").is_file():
+        from regimen.bench.studies import load_index
+
+        paths += [study / "results.json" for task in load_index(folder / "index.toml") for study in task.studies]
+    rows, seen = [], set()
+    for path in paths:
+        if path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
         results = json.loads(path.read_text())
+        study = Path(os.path.relpath(path.parent, folder)).as_posix()
         for row in results.get("rows", []):
-            rows.append({**row, "study": path.parent.name, "metric": results["primary_metric"],
+            if not row.get("pairs"):  # an arm whose runs have not finished measures nothing yet
+                continue
+            rows.append({**row, "study": study, "metric": results["primary_metric"],
                          "seeds": results["spec"]["seeds"], "base_recipe": results["spec"]["base"],
                          "epochs": results["base"].get("epochs"), "percent": str(results["primary_metric"]).endswith(
-                             "acc")})
+                             "acc"), "higher_is_better": results.get("higher_is_better", True)})
     return rows
 
 
 def _number(value: Any, template: str) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else template.format(value)
+
+
+def _study_name(study: str) -> str:
+    """A study's path relative to the evidence folder, without the ``../`` of studies that live elsewhere."""
+    while study.startswith("../"):
+        study = study[3:]
+    return study
 
 
 def _measured(rows: list[dict[str, Any]], evidence_link: str) -> list[str]:
@@ -66,15 +89,25 @@ def _measured(rows: list[dict[str, Any]], evidence_link: str) -> list[str]:
     lines = ["| study | arm | Δ (95 % CI) | verdict | time × | memory × |", "|---|---|---|---|---|---|"]
     for row in rows:
         scale, unit = (100.0, " pp") if row["percent"] else (1.0, "")
+        arrow = "" if row.get("higher_is_better", True) else " (lower is better)"
         delta = (f"{_number(row['mean_difference'] and scale * row['mean_difference'], '{:+.2f}')}{unit} "
                  f"[{_number(row['ci_low'] and scale * row['ci_low'], '{:+.2f}')}, "
                  f"{_number(row['ci_high'] and scale * row['ci_high'], '{:+.2f}')}]")
-        lines.append(f"| [{row['study']}]({evidence_link}/{row['study']}/results.md) | `{row['label']}` | "
-                     f"{row['metric']} {delta} | {row['verdict']} | {_number(row['time_ratio'], '{:.2f}')} | "
+        link = posixpath.normpath(f"{evidence_link}/{row['study']}/results.md")
+        lines.append(f"| [{_study_name(row['study'])}]({link}) | `{row['label']}` | "
+                     f"{row['metric']}{arrow} {delta} | {row['verdict']} | {_number(row['time_ratio'], '{:.2f}')} | "
                      f"{_number(row['memory_ratio'], '{:.2f}')} |")
-    first = rows[0]
-    lines += ["", f"Paired seeds: {first['seeds']}; base recipe `{first['base_recipe']}` ({first['epochs']} epochs). "
-                  "Δ is (base + method) − base at the same seed; ratios are method / base."]
+    studies = list(dict.fromkeys(row["study"] for row in rows))
+    if len(studies) == 1:
+        first = rows[0]
+        lines += ["", f"Paired seeds: {first['seeds']}; base recipe `{first['base_recipe']}` ({first['epochs']} "
+                      "epochs). Δ is (base + method) − base at the same seed; ratios are method / base."]
+    else:
+        lines += ["", "Δ is (base + method) − base at the same seed; ratios are method / base. Per study:", ""]
+        for study in studies:
+            first = next(row for row in rows if row["study"] == study)
+            lines.append(f"- {_study_name(study)}: {first['seeds']} paired seeds; base recipe "
+                         f"`{first['base_recipe']}` ({first['epochs']} epochs).")
     return lines
 
 
