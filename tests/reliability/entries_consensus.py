@@ -9,20 +9,14 @@ from hypothesis import strategies as st
 from torch import nn
 
 import regimen.subnet as S
-from tests.reliability.fuzzlib import Call, Entry
+from tests.reliability.fuzzlib import Call, Entry, entry_adder, expect
 from tests.reliability.strategies import ModuleFn, seeds, tensor, tiny_cnn
 
 ENTRIES: list[Entry] = []
 SKIPPED: dict[str, str] = {}
 
 
-def add(name, build, check=None, scalars=None, tensors=(), exempt=None):
-    ENTRIES.append(Entry(f"subnet.{name}", build, check, scalars or {}, tensors, exempt or {}))
-
-
-def _check(condition, message="check failed"):
-    if not condition:
-        raise AssertionError(message)
+add = entry_adder(ENTRIES, "subnet")
 
 
 def _x(d, n=3):
@@ -38,8 +32,8 @@ def _gated(d):
 def _ste_check(result, c):
     logits = c.kwargs["logits"]
     finite = torch.isfinite(logits) if logits.is_floating_point() else torch.ones_like(logits, dtype=torch.bool)
-    _check(result.shape == logits.shape)
-    _check(torch.equal(result.detach()[finite], (logits[finite] > 0).to(result.dtype)))
+    expect(result.shape == logits.shape)
+    expect(torch.equal(result.detach()[finite], (logits[finite] > 0).to(result.dtype)))
 
 
 add("straight_through_gate", lambda d: Call(S.straight_through_gate, {"logits": tensor(d, (d(st.integers(1, 4)), 5))}),
@@ -53,7 +47,7 @@ def _rates(d, n=6):
 
 def _sparsity_check(result, c):
     r = c.kwargs["rates"]
-    _check(math.isclose(float(result), (float(r.mean()) - c.kwargs["target"]) ** 2, rel_tol=1e-5, abs_tol=1e-7))
+    expect(math.isclose(float(result), (float(r.mean()) - c.kwargs["target"]) ** 2, rel_tol=1e-5, abs_tol=1e-7))
 
 
 add("gate_sparsity_loss", lambda d: Call(S.gate_sparsity_loss, {"rates": _rates(d), "target": d(st.floats(0, 1))}),
@@ -65,7 +59,7 @@ def _polar_check(result, c):
     r = c.kwargs["rates"].reshape(-1).tolist()
     t = c.kwargs["t"]
     mean = sum(r) / len(r)
-    _check(math.isclose(float(result), sum(t * abs(v) - abs(v - mean) for v in r) / len(r), rel_tol=1e-4,
+    expect(math.isclose(float(result), sum(t * abs(v) - abs(v - mean) for v in r) / len(r), rel_tol=1e-4,
                         abs_tol=1e-6))
 
 
@@ -80,18 +74,18 @@ def _gate_build(d):
                                                     "x": _x(d, 2)})
 
 
-add("ConsensusGate", _gate_build, check=lambda r, c: _check(r.shape == (2, 4, 8, 8)), scalars={"init_bias": "finite"})
+add("ConsensusGate", _gate_build, check=lambda r, c: expect(r.shape == (2, 4, 8, 8)), scalars={"init_bias": "finite"})
 add("apply_consensus_gates", lambda d: Call(S.apply_consensus_gates, {"model": tiny_cnn(seed=d(seeds)),
                                                                       "example_inputs": _x(d, 2)}),
-    check=lambda r, c: _check(r == ["0", "4"]), scalars={"init_bias": "finite"})
+    check=lambda r, c: expect(r == ["0", "4"]), scalars={"init_bias": "finite"})
 add("remove_consensus_gates", lambda d: Call(S.remove_consensus_gates, {"model": _gated(d)}),
-    check=lambda r, c: _check(sorted(r) == ["0", "4"] and isinstance(c.kwargs["model"][1], nn.BatchNorm2d)))
+    check=lambda r, c: expect(sorted(r) == ["0", "4"] and isinstance(c.kwargs["model"][1], nn.BatchNorm2d)))
 add("firing_rates", lambda d: Call(S.firing_rates, {"model": _gated(d), "inputs": _x(d, 4),
                                                     "batch_size": d(st.integers(1, 5))}),
-    check=lambda r, c: _check(sorted(r) == ["0", "4"] and all(bool(((v >= 0) & (v <= 1)).all()) for v in r.values())),
+    check=lambda r, c: expect(sorted(r) == ["0", "4"] and all(bool(((v >= 0) & (v <= 1)).all()) for v in r.values())),
     scalars={"batch_size": "count"})
 add("consensus_dynamic_macs", lambda d: Call(S.consensus_dynamic_macs, {"model": _gated(d), "inputs": _x(d, 3)}),
-    check=lambda r, c: _check(r.shape == (3,) and bool((r > 0).all())))
+    check=lambda r, c: expect(r.shape == (3,) and bool((r > 0).all())))
 
 
 def _rates_of(model):
@@ -107,7 +101,7 @@ def _plan_build(d):
                                    "threshold": d(st.floats(0, 0.9))})
 
 
-add("consensus_plan", _plan_build, check=lambda r, c: _check(len(r) == 2 and all(len(k) >= 1 for k in r.values())),
+add("consensus_plan", _plan_build, check=lambda r, c: expect(len(r) == 2 and all(len(k) >= 1 for k in r.values())),
     scalars={"threshold": "prob_open"})
 
 
@@ -118,7 +112,7 @@ def _extract_build(d):
 
 
 add("extract_consensus", _extract_build,
-    check=lambda r, c: _check(not any(isinstance(m, S.ConsensusGate) for m in c.kwargs["model"].modules())),
+    check=lambda r, c: expect(not any(isinstance(m, S.ConsensusGate) for m in c.kwargs["model"].modules())),
     scalars={"threshold": "prob_open"})
 
 
@@ -128,6 +122,6 @@ def _masks_build(d):
 
 
 add("consensus_masks", _masks_build,
-    check=lambda r, c: _check(all(m.forced is not None for m in c.kwargs["model"].modules()
+    check=lambda r, c: expect(all(m.forced is not None for m in c.kwargs["model"].modules()
                                   if isinstance(m, S.ConsensusGate))),
     scalars={"threshold": "prob_open"})
