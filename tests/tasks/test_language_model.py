@@ -240,6 +240,42 @@ threads = 1
     assert all(math.isfinite(r["max_attention_logit"]) for r in report["runs"])
 
 
+def test_an_interrupted_sweep_continues_without_retraining_finished_lrs(corpus, tmp_path, capsys):
+    import json
+
+    recipe = tmp_path / "lm.toml"
+    recipe.write_text(f"""
+task = "language_model"
+[data]
+name = "text"
+root = "{corpus}"
+test_fraction = 0.1
+options = {{ seq_len = 32 }}
+[model]
+options = {{ dim = 16, depth = 1, heads = 2 }}
+[optim]
+name = "adamw"
+[train]
+epochs = 1
+batch_size = 16
+max_steps_per_epoch = 2
+threads = 1
+""")
+    out = tmp_path / "sweep.json"
+    assert run_cli(capsys, "sweep", "--recipe", str(recipe), "--lr", "1e-3", "--out", str(out))[0] == 0
+    first = json.loads(out.read_text())
+    assert first["complete"] and len(first["runs"]) == 1
+    first["runs"][0]["loss"] = 1.2345  # a marker: a retrained LR would overwrite it
+    out.write_text(json.dumps(first))
+    assert run_cli(capsys, "sweep", "--recipe", str(recipe), "--lr", "1e-3,1e-2", "--out", str(out))[0] == 0
+    second = json.loads(out.read_text())
+    assert [r["lr"] for r in second["runs"]] == [1e-3, 1e-2] and second["complete"]
+    assert second["runs"][0]["loss"] == 1.2345
+    code, _, err = run_cli(capsys, "sweep", "--recipe", str(recipe), "--lr", "1e-3", "--set", "seed=1",
+                           "--out", str(out))
+    assert code != 0 and "--out" in err and "another sweep" in err
+
+
 def test_generate_rebuilds_a_mup_model_with_its_multipliers(corpus, tmp_path):
     from regimen.commands.generate import load_language_model
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ def add_parser(subparsers) -> str:  # noqa: ANN001 - argparse's private type
     parser.add_argument("--lr", required=True, help="comma-separated learning rates, e.g. 1e-3,3e-3,1e-2")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key for every run (repeatable)")
-    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--out", help="write the results as JSON here (after every LR; a rerun with the same recipe "
+                                      "and overrides skips the LRs it already holds)")
     return "sweep"
 
 
@@ -63,9 +65,33 @@ def _max_attention_logit(model, dataset) -> float:
     return value
 
 
-def sweep_lr(recipe_name: str, lrs: list[float], overrides: list[str] | None = None) -> dict[str, Any]:
+def _finished_runs(out: Path | None, recipe_name: str, overrides: list[str]) -> dict[float, dict[str, Any]]:
+    """The runs an earlier, interrupted sweep wrote to ``out`` (same recipe and overrides), by LR."""
+    if out is None or not out.is_file():
+        return {}
+    try:
+        earlier = json.loads(out.read_text())
+    except (OSError, ValueError):
+        raise ConfigurationError(f"--out: {out} exists and is not a sweep's JSON; choose another file") from None
+    if not isinstance(earlier, dict) or (earlier.get("recipe"), earlier.get("overrides")) != (recipe_name, overrides):
+        raise ConfigurationError(f"--out: {out} holds another sweep (recipe {earlier.get('recipe')!r}, overrides "
+                                 f"{earlier.get('overrides')}); choose another file")
+    return {float(r["lr"]): r for r in earlier.get("runs", [])}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text)
+    os.replace(temp, path)
+
+
+def sweep_lr(recipe_name: str, lrs: list[float], overrides: list[str] | None = None,
+             out: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train ``recipe_name`` at every LR of ``lrs``: ``{"init_loss", "runs": [{lr, loss, diverged,
-    max_attention_logit}], "lr_sensitivity"}``."""
+    max_attention_logit}], "lr_sensitivity", "complete"}``.
+
+    With ``out``, the report is rewritten after every LR, and LRs that ``out`` already holds from an interrupted
+    sweep of the same recipe and overrides are not trained again."""
     import torch
 
     from regimen.train import fit
@@ -73,7 +99,10 @@ def sweep_lr(recipe_name: str, lrs: list[float], overrides: list[str] | None = N
 
     if not lrs or any(not (lr > 0) for lr in lrs):
         raise ConfigurationError(f"--lr: expected positive learning rates, got {lrs}")
-    base = load_recipe(recipe_name, overrides or [])
+    overrides = list(overrides or [])
+    out_path = Path(out) if out is not None else None
+    done = _finished_runs(out_path, recipe_name, overrides)
+    base = load_recipe(recipe_name, overrides)
     task = recipe_task(base)(base)
     data = task.load_data()
     torch.manual_seed(base.seed)  # the trainer's initial weights
@@ -84,9 +113,18 @@ def sweep_lr(recipe_name: str, lrs: list[float], overrides: list[str] | None = N
     init_loss = task.evaluate(init_model, split, task.normalizer(data, torch.device("cpu")),
                               base.train.eval_batch_size)["loss"]
     key = "val_loss" if data.val is not None else "test_loss"
-    runs = []
+    runs: list[dict[str, Any]] = []
+
+    def report() -> dict[str, Any]:
+        sensitivity = lr_sensitivity({r["lr"]: r["loss"] for r in runs}, init_loss) if runs else math.nan
+        return {"recipe": recipe_name, "overrides": overrides, "init_loss": init_loss, "runs": runs,
+                "lr_sensitivity": sensitivity, "complete": len(runs) == len(lrs)}
+
     for lr in lrs:
-        recipe = load_recipe(recipe_name, [*(overrides or []), f"optim.lr={lr!r}"])
+        if lr in done:
+            runs.append(done[lr])
+            continue
+        recipe = load_recipe(recipe_name, [*overrides, f"optim.lr={lr!r}"])
         try:
             result = fit(recipe, data=data)
             loss, diverged = result.history[-1].get(key, math.nan), False
@@ -95,9 +133,9 @@ def sweep_lr(recipe_name: str, lrs: list[float], overrides: list[str] | None = N
             loss, diverged, logit = math.nan, True, math.nan
         diverged = diverged or not math.isfinite(loss)
         runs.append({"lr": lr, "loss": loss, "diverged": diverged, "max_attention_logit": logit})
-    sensitivity = lr_sensitivity({r["lr"]: r["loss"] for r in runs}, init_loss)
-    return {"recipe": recipe_name, "overrides": overrides or [], "init_loss": init_loss, "runs": runs,
-            "lr_sensitivity": sensitivity}
+        if out_path is not None:
+            _write_atomic(out_path, json.dumps(report(), indent=2))
+    return report()
 
 
 def run(args) -> int:  # noqa: ANN001
@@ -105,7 +143,7 @@ def run(args) -> int:  # noqa: ANN001
         lrs = [float(v) for v in args.lr.split(",") if v.strip()]
     except ValueError:
         raise ConfigurationError(f"--lr: expected comma-separated numbers, got {args.lr!r}") from None
-    report = sweep_lr(args.recipe, lrs, args.overrides)
+    report = sweep_lr(args.recipe, lrs, args.overrides, args.out)
     print(f"{report['recipe']}: validation loss at init {report['init_loss']:.4f}")
     print("| lr | final loss | max attention logit |")
     print("|---|---|---|")
@@ -114,5 +152,5 @@ def run(args) -> int:  # noqa: ANN001
         print(f"| {r['lr']:g} | {loss} | {r['max_attention_logit']:.2f} |")
     print(f"LR sensitivity: {report['lr_sensitivity']:.4f}")
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2))
+        _write_atomic(Path(args.out), json.dumps(report, indent=2))
     return 0
