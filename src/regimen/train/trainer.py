@@ -333,6 +333,7 @@ class _Run:
         self.user_model = model
         self.history: list[dict[str, Any]] = []
         self.start_epoch, self.elapsed, self.samples_seen = 0, 0.0, 0
+        self.train_cpu_time = 0.0  # process CPU seconds inside training epochs (evaluation and start-up excluded)
         self.position: dict[str, Any] | None = None  # where a mid-epoch checkpoint stopped
         self.time_to_target: float | None = None
         self.final_metrics: dict[str, float] = {}  # metrics of the exported model, after on_train_end
@@ -524,6 +525,7 @@ class _Run:
         ctx.set_batch_size(state["per_device_batch"])
         self.history = list(state["history"])
         self.elapsed, self.samples_seen = state["elapsed"], state["samples_seen"]
+        self.train_cpu_time = state.get("train_cpu_time", 0.0)  # absent from checkpoints written before it existed
         self.position = state.get("position")
         ctx.log.pending = dict(state.get("pending_log", {}))
         self.time_to_target = next((h["wall_time"] for h in self.history if self._reached(h)), None)
@@ -610,6 +612,7 @@ class _Run:
         ctx.epoch = epoch
         self.loader.set_epoch(epoch)
         started = time.perf_counter()  # epoch time includes the methods' per-epoch work (e.g. subset selection)
+        cpu_started = time.process_time()
         position, self.position = self.position, None
         if position is None:
             hooks.call("on_epoch_start", ctx)
@@ -657,7 +660,8 @@ class _Run:
             if out_path is not None and every and ctx.step % every == 0 and step_in_epoch + 1 < steps:
                 self.elapsed += time.perf_counter() - started
                 earlier_time += time.perf_counter() - started
-                started = time.perf_counter()
+                self.train_cpu_time += time.process_time() - cpu_started
+                started, cpu_started = time.perf_counter(), time.process_time()
                 self._save(out_path / "checkpoint.pt", epoch, position={
                     "subset": self.loader.subset, "selected": selected, "step_in_epoch": step_in_epoch + 1,
                     "totals": totals.clone(), "epoch_time": earlier_time})
@@ -666,6 +670,7 @@ class _Run:
         hooks.call("on_epoch_end", ctx)
         now = time.perf_counter()
         self.elapsed += now - started
+        self.train_cpu_time += time.process_time() - cpu_started
         train_time = earlier_time + now - started
         totals = ctx.all_reduce(totals.to(ctx.run.device), "sum").cpu()
         count = max(totals[1].item(), 1.0)
@@ -755,7 +760,8 @@ class _Run:
             "methods": [m.state_dict() for m in self.methods],
             "rng": {"process": process_states, "generator": generator_states}, "epoch": epochs_done,
             "step": ctx.step, "per_device_batch": self.loader.batch_size, "history": self.history,
-            "elapsed": self.elapsed, "samples_seen": self.samples_seen, "position": position,
+            "elapsed": self.elapsed, "train_cpu_time": self.train_cpu_time, "samples_seen": self.samples_seen,
+            "position": position,
             "pending_log": dict(ctx.log.pending),
         }, path)
 
@@ -797,6 +803,7 @@ class _Run:
             # CPU seconds of this process (all threads, start-up and evaluation included): unlike wall time, barely
             # moved by other jobs on a shared machine, so studies compare costs with it
             "process_cpu_time": time.process_time(), "world_size": self.world_size,
+            "train_cpu_time": self.train_cpu_time,  # the same, inside training epochs only: cost ratios of methods
             "num_nodes": self.cfg.num_nodes,
             "global_batch": self.ctx.run.global_batch, "device": str(self.ctx.run.device),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "python": sys.version.split()[0],
