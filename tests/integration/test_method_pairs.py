@@ -62,6 +62,7 @@ def test_order_and_conflict_declarations_name_the_fix():
     ("weight_std", "hesso"), ("weight_std", "nested_width"), ("nm_sparsity", "hesso"), ("hesso", "trp"),
     ("hesso", "multi_sample_dropout"), ("hesso", "maestro"), ("nested_width", "nm_sparsity"),
     ("cutmix", "z_loss"), ("z_loss", "mixup"), ("z_loss", "logit_z_loss"), ("polarization", "weight_std"),
+    ("batchformer", "random_search"), ("squeeze_excite", "ofa"), ("tscnc", "random_search"),
 ])
 def test_pairs_that_failed_inside_training_are_refused_by_the_recipe(first, second):
     with pytest.raises(RecipeError, match="must be listed before|cannot share a recipe"):

@@ -855,10 +855,11 @@ class OnceForAllMethod(Method):
     inputs = ("image",)
     targets = ("labels",)
     # found by training every pair of methods (tests/integration)
-    after = ("squeeze_excite", "blurpool")
+    after = ("blurpool",)
+    # squeeze_excite: its gates keep the full channel count, so every narrower width fails in either order
     conflicts = ("nested_width", "nm_sparsity", "maestro", "trp", "hesso", "weight_std", "batchformer",
                  "nested_dropout", "multi_sample_dropout", "lora", "allora", "lost", "cp_kernels", "random_search",
-                 "lottery_jackpots", "ftwt")
+                 "lottery_jackpots", "ftwt", "squeeze_excite")
     constraint_reason = ("ofa traces the model's channel groups and convolutions in setup, then slices their weights "
                          "and kernels: layers inserted after it (squeeze_excite, blurpool: list them first) are not "
                          "sliced; it cannot share the model with methods that re-parametrize or slice the same layers "

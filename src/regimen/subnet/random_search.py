@@ -132,7 +132,8 @@ class RandomSearchMethod(Method):
     claim = ("initialised sparse networks found by random search neither perform better nor converge more efficiently "
              "than their random counterparts: random search is a neutral baseline")
     claimed_effect = "no_worse"
-    before = ("weight_std", "nm_sparsity")
+    # batchformer / tscnc first: the search's physical pruning leaves them holding the unpruned widths
+    before = ("weight_std", "nm_sparsity", "batchformer", "tscnc")
     after = ("trp", "multi_sample_dropout")
     conflicts = ("maestro", "hesso", "polarization")
     constraint_reason = ("random_search traces the channel-dependency graph and removes channels by name in setup: it "
