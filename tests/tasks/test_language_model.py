@@ -210,8 +210,9 @@ def test_lr_sensitivity_by_hand_with_diverged_runs_at_the_init_loss():
     assert lr_sensitivity({1e-3: 1.0}, 5.0) == 0.0
 
 
-def test_sweep_command_reports_every_lr(corpus, tmp_path, capsys):
-    recipe = tmp_path / "lm.toml"
+def _tiny_lm_toml(folder, corpus, steps: int):
+    """A seconds-long language-model recipe file for the command-line tests."""
+    recipe = folder / "lm.toml"
     recipe.write_text(f"""
 task = "language_model"
 [data]
@@ -226,9 +227,14 @@ name = "adamw"
 [train]
 epochs = 1
 batch_size = 16
-max_steps_per_epoch = 3
+max_steps_per_epoch = {steps}
 threads = 1
 """)
+    return recipe
+
+
+def test_sweep_command_reports_every_lr(corpus, tmp_path, capsys):
+    recipe = _tiny_lm_toml(tmp_path, corpus, steps=3)
     code, out, err = run_cli(capsys, "sweep", "--recipe", str(recipe), "--lr", "1e-3,1e-2",
                              "--out", str(tmp_path / "sweep.json"))
     assert code == 0, err
@@ -243,24 +249,7 @@ threads = 1
 def test_an_interrupted_sweep_continues_without_retraining_finished_lrs(corpus, tmp_path, capsys):
     import json
 
-    recipe = tmp_path / "lm.toml"
-    recipe.write_text(f"""
-task = "language_model"
-[data]
-name = "text"
-root = "{corpus}"
-test_fraction = 0.1
-options = {{ seq_len = 32 }}
-[model]
-options = {{ dim = 16, depth = 1, heads = 2 }}
-[optim]
-name = "adamw"
-[train]
-epochs = 1
-batch_size = 16
-max_steps_per_epoch = 2
-threads = 1
-""")
+    recipe = _tiny_lm_toml(tmp_path, corpus, steps=2)
     out = tmp_path / "sweep.json"
     assert run_cli(capsys, "sweep", "--recipe", str(recipe), "--lr", "1e-3", "--out", str(out))[0] == 0
     first = json.loads(out.read_text())
@@ -274,6 +263,8 @@ threads = 1
     code, _, err = run_cli(capsys, "sweep", "--recipe", str(recipe), "--lr", "1e-3", "--set", "seed=1",
                            "--out", str(out))
     assert code != 0 and "--out" in err and "another sweep" in err
+    code, _, err = run_cli(capsys, "sweep", "--recipe", str(recipe), "--lr", "1e-3", "--out", str(tmp_path))
+    assert code != 0 and "--out" in err and "not a file" in err
 
 
 def test_generate_rebuilds_a_mup_model_with_its_multipliers(corpus, tmp_path):

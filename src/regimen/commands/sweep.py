@@ -67,6 +67,8 @@ def _max_attention_logit(model, dataset) -> float:
 
 def _finished_runs(out: Path | None, recipe_name: str, overrides: list[str]) -> dict[float, dict[str, Any]]:
     """The runs an earlier, interrupted sweep wrote to ``out`` (same recipe and overrides), by LR."""
+    if out is not None and out.exists() and not out.is_file():
+        raise ConfigurationError(f"--out: {out} is not a file; give a JSON file's path")
     if out is None or not out.is_file():
         return {}
     try:
@@ -79,12 +81,6 @@ def _finished_runs(out: Path | None, recipe_name: str, overrides: list[str]) -> 
     return {float(r["lr"]): r for r in earlier.get("runs", [])}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text)
-    os.replace(temp, path)
-
-
 def sweep_lr(recipe_name: str, lrs: list[float], overrides: list[str] | None = None,
              out: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train ``recipe_name`` at every LR of ``lrs``: ``{"init_loss", "runs": [{lr, loss, diverged,
@@ -95,6 +91,7 @@ def sweep_lr(recipe_name: str, lrs: list[float], overrides: list[str] | None = N
     import torch
 
     from regimen.train import fit
+    from regimen.train.checkpoint import write_text_atomic
     from regimen.train.recipe import load_recipe, recipe_task
 
     if not lrs or any(not (lr > 0) for lr in lrs):
@@ -134,7 +131,7 @@ def sweep_lr(recipe_name: str, lrs: list[float], overrides: list[str] | None = N
         diverged = diverged or not math.isfinite(loss)
         runs.append({"lr": lr, "loss": loss, "diverged": diverged, "max_attention_logit": logit})
         if out_path is not None:
-            _write_atomic(out_path, json.dumps(report(), indent=2))
+            write_text_atomic(out_path, json.dumps(report(), indent=2))
     return report()
 
 
@@ -152,5 +149,7 @@ def run(args) -> int:  # noqa: ANN001
         print(f"| {r['lr']:g} | {loss} | {r['max_attention_logit']:.2f} |")
     print(f"LR sensitivity: {report['lr_sensitivity']:.4f}")
     if args.out:
-        _write_atomic(Path(args.out), json.dumps(report, indent=2))
+        from regimen.train.checkpoint import write_text_atomic
+
+        write_text_atomic(Path(args.out), json.dumps(report, indent=2))
     return 0

@@ -52,6 +52,27 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step (a temp file beside it, then ``os.replace``): a crash mid-write
+    leaves the previous file intact."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text)
+    os.replace(temp, path)
+
+
+def _torch_load(path: Path, what: str, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` (no code runs) after the archive's checksums; one-line errors."""
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}")
+    verify_archive(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path} is not a readable {what}: {first}") from None
+
+
 def verify_archive(path: Path, error: type[Exception] | None = None) -> None:
     """Check a torch zip file's CRC-32 checksums before loading it (see :func:`verify_torch_archive`)."""
     verify_torch_archive(path, error or CheckpointError, "checkpoint")
@@ -59,15 +80,7 @@ def verify_archive(path: Path, error: type[Exception] | None = None) -> None:
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a regimen checkpoint with ``weights_only=True`` (no code runs); clear errors for foreign files."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    verify_archive(path)
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint: {first}") from None
+    state = _torch_load(Path(path), "checkpoint", map_location)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a regimen checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     return state
@@ -76,15 +89,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def load_weights(path: str | os.PathLike) -> dict[str, Any]:
     """Model weights from a regimen checkpoint (its ``model`` entry) or from a plain ``torch.save(model.state_dict())``
     file, loaded with ``weights_only=True``; a one-line :class:`CheckpointError` for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
-    verify_archive(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path} is not a readable weights file: {first}") from None
+    state = _torch_load(Path(path), "weights file")
     if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
         return state["model"]
     if isinstance(state, dict) and state and all(isinstance(k, str) for k in state) and any(

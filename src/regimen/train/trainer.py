@@ -52,6 +52,7 @@ from regimen.train.checkpoint import (
     load_weights,
     restore_rng,
     save_checkpoint,
+    write_text_atomic,
 )
 from regimen.train.launch import launch_fabric, launcher_rank, make_fabric
 from regimen.train.lock import check_run_folder_free, hold_run_folder
@@ -555,7 +556,7 @@ class _Run:
         if out_path is not None and self.rank == 0:
             out_path.mkdir(parents=True, exist_ok=True)
             if resumed:  # the log holds exactly the checkpoint's epochs: no row twice, none missing
-                _write_atomic(out_path / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+                write_text_atomic(out_path / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
             else:
                 (out_path / "metrics.jsonl").write_text("")
                 (out_path / "recipe.json").write_text(json.dumps(self.recipe.model_dump(), indent=2))
@@ -768,7 +769,7 @@ class _Run:
     def finish(self, out_path: Path | None) -> FitResult:
         summary = self._summary()
         if self.rank == 0 and out_path is not None:
-            _write_atomic(out_path / "summary.json", json.dumps(summary, indent=2))
+            write_text_atomic(out_path / "summary.json", json.dumps(summary, indent=2))
         if self.loggers is not None:
             self.loggers.finish(summary)
         key = self._primary_key()
@@ -818,12 +819,6 @@ def _never(ctx: Context) -> bool:
 
 def _detach(output: Any) -> Any:
     return output.detach() if isinstance(output, torch.Tensor) else output
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text)
-    os.replace(temp, path)
 
 
 def _check_selection(positions: list[int], available: int, accumulation: int, name: str) -> None:
