@@ -36,7 +36,13 @@ from torch import nn
 
 from regimen.method import checked_arguments
 from regimen.subnet._common import check_float_tensor, check_ignore
-from regimen.subnet._sparse import apply_masks, check_sparsity, magnitude_mask, prunable_layers
+from regimen.subnet._sparse import (
+    apply_masks,
+    check_sparsity,
+    global_magnitude_masks,
+    magnitude_mask,
+    prunable_layers,
+)
 
 __all__ = ["allocate_sparsity", "apply_allocation", "erk_densities", "lamp_scores"]
 
@@ -113,19 +119,10 @@ def erk_densities(shapes: Mapping[str, Sequence[int]], density: float, power: fl
 
 
 def _selection_amounts(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, float]:
-    """Per-layer amounts when the ``⌊sparsity·N⌋`` lowest scores over all layers are removed (stable ties)."""
-    names = list(scores)
-    flat = torch.cat([scores[n].reshape(-1).double() for n in names])
-    k = int(math.floor(sparsity * flat.numel() + 1e-9))
-    removed = torch.zeros(flat.numel(), dtype=torch.bool)
-    if k > 0:
-        removed[torch.sort(flat, stable=True).indices[:k]] = True
-    amounts, start = {}, 0
-    for n in names:
-        size = scores[n].numel()
-        amounts[n] = int(removed[start:start + size].sum()) / size
-        start += size
-    return amounts
+    """Per-layer amounts when the ``⌊sparsity·N⌋`` lowest (non-negative) scores over all layers are removed: the
+    global ranking of ``global_magnitude_masks`` (stable ties), read back as the fraction each layer loses."""
+    masks = global_magnitude_masks(scores, sparsity)
+    return {name: 1.0 - int(mask.sum()) / mask.numel() for name, mask in masks.items()}
 
 
 @checked_arguments
